@@ -1,0 +1,45 @@
+"""Build a dataset from its config (seeded), or load it from the on-disk cache keyed by config."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from datagen.arithmetic import make_group, make_modular
+from datagen.comparison import make_comparison
+from datagen.composition import make_composition
+from datagen.config import DataConfig, config_dict
+from datagen.dataset import Dataset
+
+BUILDERS = {"composition": make_composition, "comparison": make_comparison,
+            "modular": make_modular, "group": make_group}
+
+
+def build_dataset(cfg: DataConfig) -> Dataset:
+    """Pure: the same config (seed included) gives the same bytes."""
+    return BUILDERS[cfg.task](cfg, np.random.default_rng(cfg.seed))
+
+
+def config_hash(cfg: DataConfig) -> str:
+    return hashlib.sha256(json.dumps(config_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_or_build(cfg: DataConfig, cache_dir: str | Path | None) -> Dataset:
+    """Reuse a cached dataset so sweeps do not regenerate it; the cache is written atomically."""
+    if cache_dir is None:
+        return build_dataset(cfg)
+    path = Path(cache_dir) / f"{cfg.task}-{config_hash(cfg)}"
+    if (path / "manifest.json").exists():
+        return Dataset.load(path)
+    ds = build_dataset(cfg)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    ds.save(tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ds

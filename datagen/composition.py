@@ -1,0 +1,182 @@
+"""Knowledge-graph composition: atomic facts (h, r) -> t and k-hop inferred facts.
+
+Construction (Wang et al. 2024, REFERENCES.md §1): every head gets `out_degree` distinct relations,
+each with a uniform random tail. The ID/OOD split is by atomic FACT. An inferred fact
+(h, r1, ..., rk) -> t follows a path of k atomic facts; a path whose hops are all ID is a training
+candidate or (a `test_id_fraction` of them) an ID test fact, a path whose hops are all OOD is an
+OOD test fact, and mixed paths are discarded. Mixed paths are never built: ID paths are enumerated
+in the subgraph of ID facts and OOD paths in the subgraph of OOD facts, which is the same rule and
+far cheaper. When a subgraph has more than `ENUMERATE_LIMIT` k-paths (k >= 3 at paper scale) the
+paths are sampled as random walks in that subgraph (each next fact uniform among the current
+tail's facts) and de-duplicated; a query (h, r1..rk) determines its path, so distinct paths are
+distinct facts.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from datagen.config import CompositionConfig, config_dict
+from datagen.dataset import Dataset, sample_eval
+from datagen.vocab import Vocab
+
+ENUMERATE_LIMIT = 4_000_000
+
+
+def composition_vocab(n_entities: int, n_relations: int) -> Vocab:
+    # Token spellings follow the GrokkedTransformer repository so files convert losslessly.
+    return Vocab.build([("specials", ["<pad>", "</a>"]),
+                        ("entities", [f"<e_{i}>" for i in range(n_entities)]),
+                        ("relations", [f"<r_{i}>" for i in range(n_relations)])])
+
+
+class Graph:
+    """Atomic facts in head order: fact f has head f // out_degree."""
+
+    def __init__(self, cfg: CompositionConfig, rng: np.random.Generator):
+        E, R, D = cfg.n_entities, cfg.n_relations, cfg.out_degree
+        self.E, self.D = E, D
+        self.head = np.repeat(np.arange(E), D)                          # [F]
+        self.relation = rng.random((E, R)).argsort(axis=1)[:, :D].ravel()  # distinct per head
+        self.tail = rng.integers(0, E, size=E * D)                      # [F]
+        n_ood = round(cfg.ood_fraction * E * D)
+        self.is_ood = np.zeros(E * D, dtype=bool)
+        self.is_ood[rng.permutation(E * D)[:n_ood]] = True
+
+    def subgraph(self, ood: bool):
+        """CSR of the facts with is_ood == ood: facts sorted by head, count and offset per head."""
+        facts = np.flatnonzero(self.is_ood == ood)
+        counts = np.bincount(self.head[facts], minlength=self.E)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        return facts, counts, offsets
+
+    def count_paths(self, sub, k: int) -> int:
+        """Number of k-paths in a subgraph, by dynamic programming over the tail entity."""
+        facts, counts, _ = sub
+        per_entity = counts.astype(np.float64)          # paths of length 1 starting at each entity
+        for _ in range(k - 1):
+            per_fact = per_entity[self.tail[facts]]     # paths continuing after each fact
+            per_entity = np.bincount(self.head[facts], weights=per_fact, minlength=self.E)
+        return int(per_entity.sum())
+
+    def enumerate_paths(self, sub, k: int) -> np.ndarray:
+        facts, counts, offsets = sub
+        paths = facts[:, None]                                           # [n, 1] fact indices
+        for _ in range(k - 1):
+            ent = self.tail[paths[:, -1]]
+            c = counts[ent]
+            rows = np.repeat(np.arange(len(paths)), c)
+            within = np.arange(len(rows)) - np.repeat(np.cumsum(c) - c, c)
+            nxt = facts[offsets[ent[rows]] + within]
+            paths = np.concatenate([paths[rows], nxt[:, None]], axis=1)
+        return paths
+
+    def sample_paths(self, sub, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """About n distinct k-paths by random walks (fewer if the subgraph has fewer)."""
+        facts, counts, offsets = sub
+        found = np.empty((0, k), dtype=np.int64)
+        for _ in range(20):
+            m = 2 * (n - len(found)) + 64
+            walk = rng.choice(facts, size=m)[:, None]
+            alive = np.ones(m, dtype=bool)
+            for _ in range(k - 1):
+                ent = self.tail[walk[:, -1]]
+                c = counts[ent]
+                alive &= c > 0
+                pick = offsets[ent] + np.floor(rng.random(m) * np.maximum(c, 1)).astype(np.int64)
+                walk = np.concatenate([walk, facts[np.minimum(pick, len(facts) - 1)][:, None]], 1)
+            found = np.unique(np.concatenate([found, walk[alive]]), axis=0)
+            if len(found) >= n:
+                break
+        return found[rng.permutation(len(found))[:n]]
+
+
+def _paths(graph: Graph, sub, k: int, n_wanted: int, rng) -> tuple[np.ndarray, int]:
+    total = graph.count_paths(sub, k)
+    if total <= ENUMERATE_LIMIT:
+        paths = graph.enumerate_paths(sub, k)
+        return paths[rng.permutation(len(paths))], total
+    return graph.sample_paths(sub, k, min(n_wanted, total), rng), total
+
+
+def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Dataset:
+    graph = Graph(cfg, rng)
+    vocab = composition_vocab(cfg.n_entities, cfg.n_relations)
+    id_sub, ood_sub = graph.subgraph(ood=False), graph.subgraph(ood=True)
+    n_id_atomic = int((~graph.is_ood).sum())
+    train_hops = sorted(k for k in set(cfg.hops) if k >= 2)
+    n_train_total = round(cfg.phi * n_id_atomic)
+    per_hop = {k: n_train_total // len(train_hops) + (i < n_train_total % len(train_hops))
+               for i, k in enumerate(train_hops)} if train_hops else {}
+    if n_train_total and not train_hops:
+        raise ValueError(f"data.phi={cfg.phi} asks for inferred facts but data.hops={cfg.hops} "
+                         "has no hop count >= 2; add 2 to data.hops or set phi=0")
+
+    # Plan every split's size from exact path counts before building anything.
+    blocks, stats = [], {"n_id_atomic": n_id_atomic, "n_ood_atomic": int(graph.is_ood.sum()),
+                         "paths": {}}
+    for k in sorted(set(train_hops) | {k for k in cfg.test_hops if k >= 2}):
+        total_id = graph.count_paths(id_sub, k)
+        n_test = round(cfg.test_id_fraction * total_id) if k in per_hop else total_id
+        n_test = min(n_test, cfg.eval_size) if k in per_hop else min(total_id, cfg.eval_size)
+        n_train = per_hop.get(k, 0)
+        held_out = round(cfg.test_id_fraction * total_id)
+        if n_train > total_id - held_out:
+            largest = (total_id - held_out) * len(train_hops) / n_id_atomic
+            raise ValueError(f"data.phi={cfg.phi} needs {n_train} {k}-hop training facts but only "
+                             f"{total_id - held_out} candidates exist; the largest phi possible "
+                             f"here is {largest:.3f}")
+        id_paths, _ = _paths(graph, id_sub, k, n_test + n_train, rng)
+        ood_paths, total_ood = _paths(graph, ood_sub, k, cfg.eval_size, rng)
+        blocks += [("test_inferred_id", k, id_paths[:n_test]),
+                   ("train_inferred", k, id_paths[n_test:n_test + n_train]),
+                   ("test_inferred_ood", k, ood_paths[:cfg.eval_size])]
+        stats["paths"][k] = {"id": total_id, "ood": total_ood, "train": n_train, "test_id": n_test}
+
+    # Examples: all atomic facts first (as 1-hop paths), then each inferred block.
+    all_facts = np.arange(len(graph.tail))[:, None]
+    pieces = [("atomic", 1, all_facts)] + blocks
+    max_hops = max([1] + list(cfg.hops) + list(cfg.test_hops))
+    n_ctx = 1 + max_hops
+    N = sum(len(p) for _, _, p in pieces)
+    e0, r0 = vocab.ranges["entities"][0], vocab.ranges["relations"][0]
+    inputs = np.full((N, n_ctx), vocab.pad_id, dtype=np.int64)
+    hops = np.zeros(N, dtype=np.int64)
+    roles = {"head": np.full(N, -1), "answer": np.full(N, -1)}
+    roles |= {f"relation_{i}": np.full(N, -1) for i in range(1, max_hops + 1)}
+    roles |= {f"bridge_{i}": np.full(N, -1) for i in range(1, max_hops)}
+    role_pos = {name: np.full(N, -1) for name in roles}
+    index, start = {}, 0
+    for name, k, paths in pieces:
+        s = slice(start, start + len(paths))
+        index.setdefault(name, []).append(np.arange(s.start, s.stop))
+        inputs[s, 0] = e0 + graph.head[paths[:, 0]]
+        roles["head"][s], role_pos["head"][s] = inputs[s, 0], 0
+        for j in range(k):
+            inputs[s, 1 + j] = r0 + graph.relation[paths[:, j]]
+            roles[f"relation_{j + 1}"][s], role_pos[f"relation_{j + 1}"][s] = inputs[s, 1 + j], 1 + j
+            if j < k - 1:  # the bridge reached after hop j+1, probed at that relation's position
+                roles[f"bridge_{j + 1}"][s] = e0 + graph.tail[paths[:, j]]
+                role_pos[f"bridge_{j + 1}"][s] = 1 + j
+        roles["answer"][s] = e0 + graph.tail[paths[:, -1]]
+        hops[s] = k
+        start = s.stop
+    answers = roles["answer"].copy()
+    answer_pos = hops.copy()          # the last relation sits at position k
+
+    atomic = np.concatenate(index["atomic"])
+    train_inferred = np.concatenate(index.get("train_inferred", [np.empty(0, np.int64)]))
+    splits = {"train": np.concatenate([atomic, train_inferred]),
+              "atomic_id": sample_eval(atomic[~graph.is_ood], cfg.eval_size, rng),
+              "atomic_ood": sample_eval(atomic[graph.is_ood], cfg.eval_size, rng),
+              "train_inferred": np.concatenate(
+                  [sample_eval(train_inferred[hops[train_inferred] == k], cfg.eval_size, rng)
+                   for k in train_hops] or [np.empty(0, np.int64)])}
+    for name in ("test_inferred_id", "test_inferred_ood"):
+        splits[name] = np.sort(np.concatenate(index.get(name, [np.empty(0, np.int64)])))
+    splits = {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
+    stats["achieved_phi"] = len(train_inferred) / n_id_atomic
+    stats["paths"] = {str(k): v for k, v in stats["paths"].items()}
+    return Dataset("composition", vocab, inputs, answer_pos, answers, hops,
+                   {k: v.astype(np.int64) for k, v in roles.items()},
+                   {k: v.astype(np.int64) for k, v in role_pos.items()},
+                   splits, config_dict(cfg), stats)

@@ -1,0 +1,143 @@
+"""Typed, validated data configs, one per task. Validation runs at construction, before any work."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+def _fraction(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"data.{name}={value} is outside [0, 1); set it to a fraction such as 0.05")
+
+
+def _positive(name: str, value: int) -> None:
+    if int(value) < 1:
+        raise ValueError(f"data.{name}={value} must be at least 1")
+
+
+@dataclass
+class CompositionConfig:
+    """Knowledge-graph composition (Wang et al. 2024, REFERENCES.md §1), generalised to k hops.
+
+    `hops`: inferred hop counts in training (atomic facts are always in training).
+    `test_hops`: hop counts that appear only in the test splits (depth extrapolation).
+    phi = |inferred training facts| / |ID atomic facts|, split evenly over `hops`.
+    """
+    task: str = "composition"
+    n_entities: int = 2000
+    n_relations: int = 200
+    out_degree: int = 20
+    ood_fraction: float = 0.05
+    test_id_fraction: float = 0.005
+    phi: float = 7.2
+    hops: list[int] = field(default_factory=lambda: [2])
+    test_hops: list[int] = field(default_factory=list)
+    eval_size: int = 3000
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("n_entities", "n_relations", "out_degree", "eval_size"):
+            _positive(name, getattr(self, name))
+        if self.out_degree > self.n_relations:
+            raise ValueError(f"data.out_degree={self.out_degree} is larger than data.n_relations="
+                             f"{self.n_relations}: each head needs distinct relations; lower "
+                             "out_degree or raise n_relations")
+        _fraction("ood_fraction", self.ood_fraction)
+        _fraction("test_id_fraction", self.test_id_fraction)
+        if self.phi < 0:
+            raise ValueError(f"data.phi={self.phi} must be >= 0")
+        self.hops, self.test_hops = list(self.hops), list(self.test_hops)
+        for k in self.hops + self.test_hops:
+            if int(k) < 1:
+                raise ValueError(f"hop count {k} in data.hops/test_hops must be at least 1")
+        if set(self.hops) & set(self.test_hops):
+            raise ValueError(f"data.hops={self.hops} and data.test_hops={self.test_hops} overlap; "
+                             "a test-only hop count cannot also be trained on")
+
+
+@dataclass
+class ComparisonConfig:
+    """Attribute comparison (Wang et al. 2024, REFERENCES.md §2)."""
+    task: str = "comparison"
+    n_entities: int = 1000
+    n_attributes: int = 20
+    n_values: int = 20
+    ood_fraction: float = 0.1
+    test_id_fraction: float = 0.1
+    phi: float = 7.2
+    eval_size: int = 3000
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("n_entities", "n_attributes", "n_values", "eval_size"):
+            _positive(name, getattr(self, name))
+        _fraction("ood_fraction", self.ood_fraction)
+        _fraction("test_id_fraction", self.test_id_fraction)
+        if self.phi < 0:
+            raise ValueError(f"data.phi={self.phi} must be >= 0")
+
+
+MODULAR_OPS = ("add", "sub", "mul", "div", "poly")
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
+
+
+@dataclass
+class ModularConfig:
+    """`a op b mod p`; poly is x^2 + xy + y^2. A `train_fraction` of the table trains."""
+    task: str = "modular"
+    p: int = 113
+    op: str = "add"
+    train_fraction: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.op not in MODULAR_OPS:
+            raise ValueError(f"data.op={self.op!r} is unknown; choose one of {list(MODULAR_OPS)}")
+        if self.p < 2:
+            raise ValueError(f"data.p={self.p} must be at least 2")
+        if self.op == "div" and not _is_prime(self.p):
+            raise ValueError(f"data.p={self.p} is not prime, so division mod p is not defined for "
+                             "every divisor; use a prime such as 97 or 113")
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ValueError(f"data.train_fraction={self.train_fraction} must be in (0, 1)")
+
+
+@dataclass
+class GroupConfig:
+    """Composition in the symmetric group S_n (n <= 5)."""
+    task: str = "group"
+    n: int = 5
+    train_fraction: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 2 <= self.n <= 5:
+            raise ValueError(f"data.n={self.n} must be between 2 and 5 (S_n has n! elements)")
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ValueError(f"data.train_fraction={self.train_fraction} must be in (0, 1)")
+
+
+DATA_CONFIGS = {"composition": CompositionConfig, "comparison": ComparisonConfig,
+                "modular": ModularConfig, "group": GroupConfig}
+DataConfig = CompositionConfig | ComparisonConfig | ModularConfig | GroupConfig
+
+
+def data_config_from_dict(d: dict) -> DataConfig:
+    """Build the task's config; unknown task names or keys fail with the list of valid ones."""
+    d = dict(d)
+    task = d.get("task")
+    if task not in DATA_CONFIGS:
+        raise ValueError(f"data.task={task!r} is unknown; choose one of {sorted(DATA_CONFIGS)}")
+    cls = DATA_CONFIGS[task]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"data.{unknown[0]}: unknown key for task {task!r}; known keys: "
+                         f"{sorted(known)}")
+    return cls(**d)
+
+
+def config_dict(cfg: DataConfig) -> dict:
+    return asdict(cfg)
