@@ -1,0 +1,1 @@
+"""grokloop: looped transformers and the long-run training that makes them grok."""

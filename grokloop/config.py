@@ -1,0 +1,153 @@
+"""Typed run configuration mirroring the Hydra tree in conf/. Built by `run_config_from_dict`,
+which rejects unknown keys and impossible values with the key's full name, before any work.
+Library code never imports Hydra; the entrypoints hand plain dicts to these classes."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from datagen import data_config_from_dict
+from datagen.config import DataConfig
+
+
+def _choice(key: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"{key}={value!r} is not one of {list(options)}")
+
+
+@dataclass
+class ModelConfig:
+    d_vocab: int = 0          # 0: taken from the dataset
+    n_ctx: int = 0            # 0: taken from the dataset
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int | None = None  # None: 4 * d_model
+    act_fn: str = "relu"
+    normalization: str = "LN"
+    n_prelude: int = 0
+    n_core: int = 2
+    n_coda: int = 0
+    n_steps: int = 1
+    core_sizes: list[int] | None = None  # a bank of cores of these sizes; None: [n_core]
+    injection: str = "none"
+    init_state: str = "prelude"
+    positional: str = "learned"
+    tied_embeddings: bool = False
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_heads="
+                             f"{self.n_heads}; pick n_heads dividing d_model")
+        if self.n_steps < 1:
+            raise ValueError(f"model.n_steps={self.n_steps} must be at least 1")
+        if min(self.bank) < 1 and not (self.bank == [0] and self.n_steps == 1):
+            raise ValueError(f"model.n_core / core_sizes={self.bank} must be at least 1 layer")
+        _choice("model.act_fn", self.act_fn, ("relu", "gelu"))
+        _choice("model.normalization", self.normalization, ("LN", "none"))
+        _choice("model.injection", self.injection, ("none", "add", "concat"))
+        _choice("model.init_state", self.init_state, ("prelude", "zeros", "random"))
+        _choice("model.positional", self.positional, ("learned", "rotary"))
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def bank(self) -> list[int]:
+        return list(self.core_sizes) if self.core_sizes else [self.n_core]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 10
+    grad_clip: float | None = 1.0
+    decay_norms_and_biases: bool = False
+    grokfast_alpha: float = 0.98   # Grokfast EMA (Lee et al. 2024), active when lambda > 0
+    grokfast_lambda: float = 0.0
+    perpendicular_grad: bool = False  # Prieto et al. 2025 ⊥Grad
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr} must be positive")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay={self.weight_decay} must be >= 0")
+        if not 0 <= self.grokfast_alpha < 1:
+            raise ValueError(f"optim.grokfast_alpha={self.grokfast_alpha} must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000
+    batch_size: int | None = None   # None: full batch
+    loss: str = "softmax"           # softmax | stablemax
+    float64_loss: bool = False
+    depth: str = "fixed"            # fixed | random
+    depth_choices: list[int] = field(default_factory=list)  # random depth: uniform over these
+    grad_last_k: int | None = None  # truncated backprop through the last k steps
+    eval_every_min: int = 10        # log-spaced schedule: gaps grow from this ...
+    eval_every_max: int = 1000      # ... up to this
+    eval_splits: list[str] | None = None  # None: every split the task produces
+    eval_batch_size: int = 4096
+    checkpoint_every_max: int = 5000
+    stop_at_grok: str | None = None  # stop once this split reaches grok_threshold
+    grok_threshold: float = 0.99
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"train.steps={self.steps} must be at least 1")
+        _choice("train.loss", self.loss, ("softmax", "stablemax"))
+        _choice("train.depth", self.depth, ("fixed", "random"))
+        if self.depth == "random" and not self.depth_choices:
+            raise ValueError("train.depth=random needs train.depth_choices, e.g. [1, 2, 4]")
+        if any(k < 1 for k in self.depth_choices):
+            raise ValueError(f"train.depth_choices={self.depth_choices} must all be >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"train.batch_size={self.batch_size} must be >= 1 or null")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig
+    train: TrainConfig
+    experiment: str = "default"
+    seed: int = 0
+    data_cache: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, d: dict, prefix: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{prefix}.{unknown[0]}: unknown key; known keys: {sorted(known)}")
+    return cls(**d)
+
+
+def run_config_from_dict(d: dict) -> RunConfig:
+    d = dict(d)
+    sections = {"data", "model", "optim", "train"}
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(d) - top)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown top-level key; known keys: {sorted(top)}")
+    missing = sorted(sections - set(d))
+    if missing:
+        raise ValueError(f"config has no {missing[0]!r} section")
+    return RunConfig(data=data_config_from_dict(d.pop("data")),
+                     model=_build(ModelConfig, d.pop("model"), "model"),
+                     optim=_build(OptimConfig, d.pop("optim"), "optim"),
+                     train=_build(TrainConfig, d.pop("train"), "train"), **d)

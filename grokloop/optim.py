@@ -1,0 +1,51 @@
+"""AdamW with decoupled weight decay, warm-up then constant, and two grokking accelerators
+(REFERENCES.md §5): the Grokfast EMA gradient filter and the perpendicular gradient."""
+from __future__ import annotations
+
+import torch
+
+from grokloop.config import OptimConfig
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """Weight decay on matrices only, unless `decay_norms_and_biases` (norm gains, biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() >= 2 or cfg.decay_norms_and_biases else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Linear warm-up over `warmup_steps`, then constant (as in Wang et al. and Power et al.)."""
+    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+
+
+@torch.no_grad()
+def grokfast_ema(params, ema: dict, alpha: float, lamb: float) -> None:
+    """Grokfast-EMA (Lee et al. 2024, Alg. 2): g <- g + lambda * EMA_alpha(g).
+    Note: this raises the effective learning rate by about (1 + lambda) for slow gradients."""
+    for i, p in enumerate(params):
+        if p.grad is None:
+            continue
+        if i not in ema:
+            ema[i] = p.grad.detach().clone()
+        else:
+            ema[i].mul_(alpha).add_(p.grad, alpha=1 - alpha)
+        p.grad.add_(ema[i], alpha=lamb)
+
+
+@torch.no_grad()
+def perpendicular_grad(params) -> None:
+    """⊥Grad (Prieto et al. 2025): remove each tensor's gradient component along its weights and
+    rescale to the original gradient norm, so the update cannot just grow the weights."""
+    for p in params:
+        if p.grad is None or p.dim() < 2:
+            continue
+        g, w = p.grad.flatten(), p.detach().flatten()
+        w_norm2 = w.dot(w)
+        if w_norm2 == 0:
+            continue
+        g_perp = g - (g.dot(w) / w_norm2) * w
+        p.grad.copy_((g_perp * (g.norm() / g_perp.norm().clamp_min(1e-30))).view_as(p.grad))

@@ -1,0 +1,14 @@
+"""Log-spaced schedules: evaluate and checkpoint densely early and sparsely late, because
+grokking happens on a log time axis."""
+import numpy as np
+
+
+def log_schedule(total: int, min_gap: int, max_gap: int, n_per_decade: int = 20) -> list[int]:
+    """Steps in 1..total: about `n_per_decade` per factor of 10, gaps clamped to
+    [min_gap, max_gap], always including the last step."""
+    steps, s = set(), float(min_gap)
+    while s < total:
+        steps.add(int(s))
+        s = s + min(max(s * (10 ** (1 / n_per_decade) - 1), min_gap), max_gap)
+    steps.add(total)
+    return sorted(x for x in steps if x >= 1)

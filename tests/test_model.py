@@ -1,0 +1,122 @@
+"""The looped transformer: per-step hooks, TransformerLens compatibility, steps at test time."""
+import pytest
+import torch
+from transformer_lens import patching
+
+TOKENS = torch.randint(0, 23, (6, 5), generator=torch.Generator().manual_seed(1))
+
+
+def test_hook_names_are_distinct_per_step_and_steps_differ(make_model):
+    m = make_model(n_prelude=1, n_core=2, n_coda=1, n_steps=3, injection="add")
+    _, cache = m.run_with_cache(TOKENS)
+    names = [k for k in cache.keys() if k.endswith("hook_resid_post") and k.startswith("blocks.")]
+    assert len(names) == len(set(names)) == 1 + 2 * 3 + 1 == m.cfg.n_layers
+    table = m.layer_table()
+    assert [r.step for r in table if r.stage == "core"] == [1, 1, 2, 2, 3, 3]
+    core_out = [cache[f"blocks.{r.index}.hook_resid_post"] for r in table if r.stage == "core" and r.layer == 1]
+    assert not torch.allclose(core_out[0], core_out[1]) and not torch.allclose(core_out[1], core_out[2])
+    assert all(f"steps.{s}.hook_state" in cache.keys() for s in range(3))
+
+
+def test_parameter_count_does_not_depend_on_steps(make_model):
+    counts = {sum(p.numel() for p in make_model(n_core=2, n_steps=k).parameters()) for k in (1, 2, 8)}
+    assert len(counts) == 1
+
+
+def test_one_step_equals_the_plain_stack(make_model):
+    m = make_model(n_prelude=1, n_core=2, n_coda=1, n_steps=1)
+    x = m.W_E[TOKENS] + m.W_pos[:5]
+    for block in [*m.prelude, *m.cores[0], *m.coda]:
+        x = block(x)
+    assert torch.allclose(m(TOKENS), m.unembed(x), atol=1e-6)
+
+
+def test_steps_change_at_test_time_beyond_training_without_rebuilding(make_model):
+    m = make_model(n_core=1, n_steps=2, injection="add")
+    n_params = sum(p.numel() for p in m.parameters())
+    out8 = m(TOKENS, n_steps=8)
+    assert out8.shape == (6, 5, 23) and not torch.allclose(out8, m(TOKENS))
+    m.set_n_steps(12)
+    _, cache = m.run_with_cache(TOKENS)
+    assert m.cfg.n_layers == 12 and "blocks.11.hook_resid_pre" in cache.keys()
+    assert sum(p.numel() for p in m.parameters()) == n_params
+
+
+def test_logit_lens_at_last_layer_equals_logits(make_model):
+    for kw in (dict(n_core=2, n_steps=3), dict(n_core=1, n_steps=2, normalization="none")):
+        m = make_model(**kw)
+        logits, cache = m.run_with_cache(TOKENS)
+        lens = cache.accumulated_resid(apply_ln=True)           # [layers + 1, batch, pos, d_model]
+        assert lens.shape[0] == m.cfg.n_layers + 1
+        assert torch.allclose(lens[-1] @ m.W_U + m.b_U, logits, atol=1e-5)
+
+
+def test_patching_clean_into_clean_changes_nothing(make_model):
+    m = make_model(n_core=1, n_steps=3, injection="add")
+    _, cache = m.run_with_cache(TOKENS)
+    metric = lambda logits: logits[:, -1, 0].mean()
+    effect = patching.get_act_patch_resid_pre(m, TOKENS, cache, metric) - metric(m(TOKENS))
+    assert effect.shape == (3, 5) and effect.abs().max() < 1e-5
+    heads = patching.get_act_patch_attn_head_out_by_pos(m, TOKENS, cache, metric) - metric(m(TOKENS))
+    assert heads.shape == (3, 5, 4) and heads.abs().max() < 1e-5
+
+
+def test_run_with_hooks_ablation_changes_output(make_model):
+    m = make_model(n_core=1, n_steps=2)
+    zero = lambda act, hook: torch.zeros_like(act)
+    out = m.run_with_hooks(TOKENS, fwd_hooks=[("blocks.1.hook_mlp_out", zero)])
+    assert not torch.allclose(out, m(TOKENS))
+
+
+def test_readout_last_step_equals_forward_and_answer_only_path(make_model):
+    m = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=3, injection="concat")
+    pos = torch.tensor([4, 3, 2, 4, 1, 0])
+    steps = m.readout_steps(TOKENS, positions=pos)                 # [3, batch, vocab]
+    assert steps.shape == (3, 6, 23)
+    assert torch.allclose(steps[-1], m(TOKENS)[torch.arange(6), pos], atol=1e-5)
+    fast = m.readout_steps(TOKENS, positions=pos, every_step=False, answer_only=True)[-1]
+    assert torch.allclose(fast, steps[-1], atol=1e-5)
+    for t in range(3):
+        assert torch.allclose(steps[t], m(TOKENS, n_steps=t + 1)[torch.arange(6), pos], atol=1e-5)
+
+
+def test_truncated_backprop_stops_gradient_to_early_steps(make_model):
+    m = make_model(n_core=1, n_steps=4, init_state="prelude", injection="add")
+    grads = {}
+
+    def spy(step):
+        def hook(act, hook):
+            if act.requires_grad:  # returns None: act unchanged
+                act.register_hook(lambda g: grads.setdefault(step, g))
+        return hook
+
+    m.steps[0].hook_state.add_hook(spy(0))
+    m.steps[3].hook_state.add_hook(spy(3))
+    m.readout_steps(TOKENS, 4, grad_last_k=1, every_step=False)[-1].sum().backward()
+    m.reset_hooks()
+    assert 3 in grads and 0 not in grads
+
+
+def test_bank_schedule_runs_the_cores_it_names(make_model):
+    m = make_model(core_sizes=[1, 2], n_steps=3)
+    calls = []
+    for c, core in enumerate(m.cores):
+        for block in core:
+            block.register_forward_hook(lambda mod, i, o, c=c: calls.append(c))
+    m(TOKENS, schedule=[1, 0, 1])
+    assert calls == [1, 1, 0, 1, 1]
+    m.set_schedule([1, 0])
+    assert [r.core for r in m.layer_table()] == [1, 1, 0] and m.cfg.n_layers == 3
+    with pytest.raises(ValueError, match="bank has 2 cores"):
+        m(TOKENS, schedule=[2])
+
+
+@pytest.mark.parametrize("kw", [dict(injection="concat", init_state="random"),
+                                dict(injection="add", init_state="zeros"),
+                                dict(positional="rotary", tied_embeddings=True, dropout=0.1),
+                                dict(act_fn="gelu", normalization="none")])
+def test_options_run(make_model, kw):
+    m = make_model(n_core=1, n_steps=2, **kw).train()
+    out = m(TOKENS)
+    out.sum().backward()
+    assert out.shape == (6, 5, 23) and torch.isfinite(out).all()
