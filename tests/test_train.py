@@ -1,0 +1,134 @@
+"""Training: config composition and errors, exact resume after SIGKILL, checkpoint fallback."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from grokloop.checkpoint import last_good_checkpoint, list_checkpoints, load_model
+from grokloop.config import run_config_from_dict
+from grokloop.optim import perpendicular_grad
+from grokloop.train import train
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
+TINY = ["data.p=11", "data.train_fraction=0.5", "model.d_model=16", "model.n_heads=2",
+        "model.d_mlp=32", "train.steps=60", "train.eval_every_min=5", "train.eval_every_max=10",
+        "train.checkpoint_every_max=10", "train.progress=false", "train.stop_at_grok=null"]
+
+
+def compose_dict(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    d = OmegaConf.to_container(cfg, resolve=True)
+    return d.pop("out_dir"), d.pop("resume"), d
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    out_dir, _, d = compose_dict([f"experiment={experiment}"])
+    cfg = run_config_from_dict(d)
+    assert cfg.experiment == experiment and experiment in out_dir
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.n_heads=7", "not divisible by model.n_heads"),
+    ("model.n_steps=0", "n_steps"),
+    ("train.eval_splits=[test_inferred_ood]", "does not produce"),
+])
+def test_config_errors_name_the_key_and_create_no_run_dir(tmp_path, override, needle):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "grokloop.train", *TINY, override, f"out_dir={out}"],
+                       capture_output=True, text=True, cwd=tmp_path,
+                       env=os.environ | {"HYDRA_FULL_ERROR": "1"})
+    assert r.returncode != 0 and needle in r.stderr, r.stderr[-800:]
+    assert not out.exists()
+
+
+def test_unknown_key_fails_with_its_name(tmp_path):
+    _, _, d = compose_dict(TINY)
+    d["model"]["d_modle"] = 3
+    with pytest.raises(ValueError, match="model.d_modle: unknown key"):
+        run_config_from_dict(d)
+    r = subprocess.run([sys.executable, "-m", "grokloop.train", "model.d_modle=3",
+                        f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and "d_modle" in r.stderr and not (tmp_path / "x").exists()
+
+
+def rows(run):
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    overrides = TINY + ["train.steps=400", "train.eval_every_max=20", "train.checkpoint_every_max=20",
+                        "train.batch_size=16", "model.dropout=0.1", f"data_cache={tmp_path / 'cache'}"]
+    cmd = [sys.executable, "-m", "grokloop.train", *overrides]
+    subprocess.run(cmd + [f"out_dir={tmp_path / 'full'}"], check=True, capture_output=True, cwd=tmp_path)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + [f"out_dir={killed}"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not [s for s in list_checkpoints(killed) if s >= 100]:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    subprocess.run(cmd + [f"out_dir={killed}", "resume=true"], check=True, capture_output=True, cwd=tmp_path)
+    assert rows(killed) == rows(tmp_path / "full")
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    _, _, d = compose_dict(TINY)
+    train(run_config_from_dict(d), tmp_path)
+    steps = list_checkpoints(tmp_path)
+    weights = tmp_path / "checkpoints" / f"step_{steps[-1]:08d}.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.warns(UserWarning, match="falling back"):
+        _, _, state = last_good_checkpoint(tmp_path)
+    assert state["step"] == steps[-2]
+    with pytest.warns(UserWarning):
+        model, ds, cfg = load_model(tmp_path)
+    assert ds.task == "modular" and cfg["experiment"] == "default"
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    _, _, d = compose_dict(TINY + ["train.steps=10"])
+    train(run_config_from_dict(d), tmp_path)
+    with pytest.raises(FileExistsError, match="resume=true"):
+        train(run_config_from_dict(d), tmp_path)
+
+
+def test_perpendicular_gradient_is_orthogonal_and_keeps_norm():
+    p = torch.nn.Parameter(torch.randn(5, 4))
+    p.grad = torch.randn(5, 4)
+    before = p.grad.norm()
+    perpendicular_grad([p])
+    assert abs((p.grad * p).sum().item()) < 1e-5 and torch.isclose(p.grad.norm(), before)
+
+
+def test_looped_composition_writes_per_step_and_per_split_metrics(tmp_path):
+    _, _, d = compose_dict(["experiment=composition_khop_looped", "train.steps=20",
+                            "train.progress=false", "model.d_model=16", "model.n_heads=2",
+                            "train.batch_size=64", f"data_cache={tmp_path / 'c'}"])
+    summary = train(run_config_from_dict(d), tmp_path / "r")
+    final = summary["final"]
+    assert {"acc/test_inferred_id", "acc/test_inferred_ood", "acc/atomic_id"} <= set(final)
+    assert "acc/test_inferred_id/hops_8" in final and "acc_step/test_inferred_id/4" in final
+    assert summary["steps_to_0.99"].keys() >= {"test_inferred_id"}
+
+
+@pytest.mark.slow
+def test_modular_addition_groks(tmp_path):
+    _, _, d = compose_dict(["data.p=23", "data.train_fraction=0.5", "train.steps=3000",
+                            "optim.grokfast_lambda=2.0", "train.stop_at_grok=test",
+                            "train.progress=false"])
+    summary = train(run_config_from_dict(d), tmp_path)
+    assert summary["grokked"]["test"], summary["final"]
