@@ -197,7 +197,6 @@ def main() -> None:
         print(f"final {final}")
         print(f"steps to {cfg.train.grok_threshold}: {summary[f'steps_to_{cfg.train.grok_threshold}']}")
         print(f"run directory: {Path(out_dir).resolve()}")
-        print(f"report: python -m reports run_dir={out_dir}")
 
     _main()
 
