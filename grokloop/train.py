@@ -148,7 +148,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
                 f.write(json.dumps(row) + "\n")
             bar.set_postfix({"loss": f"{row['loss/train']:.3g}"} |
                             {s: f"{row[f'acc/{s}']:.3f}" for s in eval_names[:3]})
-        if done in ckpt_steps:
+        grokked = bool(tc.stop_at_grok and history and done == history[-1]["step"] and
+                       history[-1][f"acc/{tc.stop_at_grok}"] >= tc.grok_threshold)
+        if done in ckpt_steps or grokked:  # a grokked run stops here: keep that model
             tensors, opt_meta = optimizer_to_tensors(opt)
             tensors |= {f"ema.{i}": v for i, v in ema.items()}
             tensors |= {"data.order": order, "rng.torch": torch.get_rng_state(),
@@ -156,14 +158,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
             save_checkpoint(out_dir, done, model, tensors,
                             {"optimizer": opt_meta, "cursor": cursor, "config": cfg.to_dict(),
                              "wall_time_s": time.perf_counter() - t0})
-        if tc.stop_at_grok and history and done == history[-1]["step"] and \
-                history[-1][f"acc/{tc.stop_at_grok}"] >= tc.grok_threshold:
-            if done not in ckpt_steps:  # keep the grokked model
-                tensors, opt_meta = optimizer_to_tensors(opt)
-                save_checkpoint(out_dir, done, model, tensors | {"data.order": order,
-                                "rng.torch": torch.get_rng_state(), "rng.gen": gen.get_state()},
-                                {"optimizer": opt_meta, "cursor": cursor, "config": cfg.to_dict(),
-                                 "wall_time_s": time.perf_counter() - t0})
+        if grokked:
             break
     bar.close()
 
