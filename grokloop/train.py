@@ -94,6 +94,13 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
     else:
         metrics_path.write_text("")
 
+    # Random depth: the whole sequence is drawn once from the seed, so a step's depth is a
+    # function of its index (exact on resume) and costs no host sync in the loop.
+    depths = []
+    if tc.depth == "random":
+        picks = torch.randint(len(tc.depth_choices), (tc.steps,),
+                              generator=torch.Generator().manual_seed(cfg.seed + 1))
+        depths = [tc.depth_choices[i] for i in picks.tolist()]
     eval_steps = set(log_schedule(tc.steps, tc.eval_every_min, tc.eval_every_max))
     ckpt_steps = set(log_schedule(tc.steps, tc.eval_every_min, tc.checkpoint_every_max, 5))
     history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
@@ -109,10 +116,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
             order, cursor = torch.randperm(n_train, generator=gen, device=device), 0
         idx = train_idx[order[cursor:cursor + batch]]
         cursor += batch
-        n_steps = cfg.model.n_steps
-        if tc.depth == "random":
-            pick = torch.randint(len(tc.depth_choices), (1,), generator=gen, device=device).item()
-            n_steps = tc.depth_choices[pick]
+        n_steps = depths[step] if depths else cfg.model.n_steps
 
         logits = model.readout_steps(data["inputs"][idx], n_steps, positions=data["answer_pos"][idx],
                                      grad_last_k=tc.grad_last_k, every_step=False,
