@@ -14,6 +14,16 @@ def _positive(name: str, value: int) -> None:
         raise ValueError(f"data.{name}={value} must be at least 1")
 
 
+def _check_inferred_fields(cfg, counts: tuple[str, ...]) -> None:
+    """Checks shared by the knowledge-graph tasks: sizes, fractions, phi."""
+    for name in counts:
+        _positive(name, getattr(cfg, name))
+    _fraction("ood_fraction", cfg.ood_fraction)
+    _fraction("test_id_fraction", cfg.test_id_fraction)
+    if cfg.phi < 0:
+        raise ValueError(f"data.phi={cfg.phi} must be >= 0")
+
+
 @dataclass
 class CompositionConfig:
     """Knowledge-graph composition (Wang et al. 2024, REFERENCES.md §1), generalised to k hops.
@@ -35,16 +45,11 @@ class CompositionConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("n_entities", "n_relations", "out_degree", "eval_size"):
-            _positive(name, getattr(self, name))
+        _check_inferred_fields(self, ("n_entities", "n_relations", "out_degree", "eval_size"))
         if self.out_degree > self.n_relations:
             raise ValueError(f"data.out_degree={self.out_degree} is larger than data.n_relations="
                              f"{self.n_relations}: each head needs distinct relations; lower "
                              "out_degree or raise n_relations")
-        _fraction("ood_fraction", self.ood_fraction)
-        _fraction("test_id_fraction", self.test_id_fraction)
-        if self.phi < 0:
-            raise ValueError(f"data.phi={self.phi} must be >= 0")
         self.hops, self.test_hops = list(self.hops), list(self.test_hops)
         for k in self.hops + self.test_hops:
             if int(k) < 1:
@@ -68,12 +73,7 @@ class ComparisonConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("n_entities", "n_attributes", "n_values", "eval_size"):
-            _positive(name, getattr(self, name))
-        _fraction("ood_fraction", self.ood_fraction)
-        _fraction("test_id_fraction", self.test_id_fraction)
-        if self.phi < 0:
-            raise ValueError(f"data.phi={self.phi} must be >= 0")
+        _check_inferred_fields(self, ("n_entities", "n_attributes", "n_values", "eval_size"))
 
 
 MODULAR_OPS = ("add", "sub", "mul", "div", "poly")
