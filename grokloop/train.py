@@ -55,6 +55,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
     if not resume and (out_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"{out_dir} already holds a run; pass resume=true to continue it "
                               "or choose another out_dir")
+    if resume and (done := finished_summary(cfg, out_dir)) is not None:
+        print(f"{out_dir} already finished this config; nothing to do")
+        return done
     device = resolve_device(cfg.train.device)
     tc = cfg.train
 
@@ -171,6 +174,17 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
     summary["code_version"] = code_version()
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def finished_summary(cfg: RunConfig, out_dir: Path) -> dict | None:
+    """The summary of a run in out_dir that already finished this exact config, else None, so a
+    re-launched sweep with resume=true skips its finished runs (and extends one given more steps)."""
+    summary, config = out_dir / "summary.json", out_dir / "config.json"
+    if not (summary.exists() and config.exists()):
+        return None
+    saved = json.loads(config.read_text())
+    saved.pop("code_version", None)
+    return json.loads(summary.read_text()) if saved == json.loads(json.dumps(cfg.to_dict())) else None
 
 
 def summarize(history: list[dict], splits: list[str], threshold: float) -> dict:

@@ -132,3 +132,15 @@ def test_modular_addition_groks(tmp_path):
                             f"data_cache={tmp_path / 'cache'}"])
     summary = train(run_config_from_dict(d), tmp_path)
     assert summary["grokked"]["test"], summary["final"]
+
+
+def test_resume_skips_a_finished_run_and_extends_a_longer_one(tmp_path, capsys):
+    _, _, d = compose_dict(TINY)
+    first = train(run_config_from_dict(d), tmp_path)
+    mtime = (tmp_path / "metrics.jsonl").stat().st_mtime_ns
+    again = train(run_config_from_dict(d), tmp_path, resume=True)
+    assert again == first and (tmp_path / "metrics.jsonl").stat().st_mtime_ns == mtime
+    assert "already finished" in capsys.readouterr().out
+    d["train"]["steps"] = first["steps"] + 20        # a changed config is not finished: it continues
+    longer = train(run_config_from_dict(d), tmp_path, resume=True)
+    assert longer["steps"] == first["steps"] + 20
