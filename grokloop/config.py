@@ -35,6 +35,9 @@ class ModelConfig:
     tied_embeddings: bool = False
     dropout: float = 0.0
     init_std: float = 0.02
+    moe_experts: int = 0      # > 0: the core's MLP is a mixture of this many experts
+    moe_top_k: int = 2        # experts per token
+    moe_d_expert: int | None = None  # None: d_mlp // moe_top_k (active width equals the dense MLP)
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -51,6 +54,11 @@ class ModelConfig:
         _choice("model.positional", self.positional, ("learned", "rotary"))
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
+        if self.moe_experts < 0 or (self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts):
+            raise ValueError(f"model.moe_top_k={self.moe_top_k} must be between 1 and "
+                             f"model.moe_experts={self.moe_experts} (0 experts: a dense MLP)")
+        if self.moe_d_expert is None:
+            self.moe_d_expert = max(1, self.d_mlp // self.moe_top_k)
 
     @property
     def d_head(self) -> int:

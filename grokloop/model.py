@@ -25,6 +25,8 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from grokloop.config import ModelConfig
+from grokloop.hooks import apply_hook
+from grokloop.moe import MoEMLP, balance_loss
 
 
 @dataclass(frozen=True)
@@ -57,17 +59,9 @@ class VirtualBlock(nn.Module):
                      "hook_attn_scores", "hook_pattern"):      # [batch, head, q_pos, k_pos]
             setattr(self.attn, name, HookPoint())
         self.mlp = nn.Module()
-        self.mlp.hook_post = HookPoint()    # [batch, pos, d_mlp]
-
-
-def _hook(hp, name: str, x: torch.Tensor) -> torch.Tensor:
-    """Apply hook point `name` of a VirtualBlock, or nothing when running without hooks."""
-    if hp is None:
-        return x
-    obj = hp
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj(x)
+        self.mlp.hook_post = HookPoint()    # [batch, pos, d_mlp]  (dense MLP)
+        self.mlp.hook_router = HookPoint()  # [batch, pos, n_experts] gate scores (MoE)
+        self.mlp.hook_experts = HookPoint() # [batch, pos, k] chosen experts (MoE)
 
 
 class LayerNorm(nn.Module):
@@ -122,17 +116,17 @@ class Attention(nn.Module):
                                                attn_mask=keep[:, None, None, :],
                                                dropout_p=self.cfg.dropout if self.training else 0.0)
             return self.W_O(z.transpose(1, 2).reshape(B, 1, H * D))
-        q, k, v = _hook(hp, "attn.hook_q", q), _hook(hp, "attn.hook_k", k), _hook(hp, "attn.hook_v", v)
+        q, k, v = apply_hook(hp, "attn.hook_q", q), apply_hook(hp, "attn.hook_k", k), apply_hook(hp, "attn.hook_v", v)
         if hp is None and not self.training:  # fast path: fused kernel when nobody looks
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                                v.transpose(1, 2), is_causal=True).transpose(1, 2)
         else:
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
             mask = torch.ones(P, P, dtype=torch.bool, device=x.device).triu(1)
-            scores = _hook(hp, "attn.hook_attn_scores", scores.masked_fill(mask, float("-inf")))
-            pattern = _hook(hp, "attn.hook_pattern", self.drop(scores.softmax(-1)))
+            scores = apply_hook(hp, "attn.hook_attn_scores", scores.masked_fill(mask, float("-inf")))
+            pattern = apply_hook(hp, "attn.hook_pattern", self.drop(scores.softmax(-1)))
             z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
-        z = _hook(hp, "attn.hook_z", z)                          # [batch, pos, head, d_head]
+        z = apply_hook(hp, "attn.hook_z", z)                          # [batch, pos, head, d_head]
         return self.W_O(z.reshape(B, P, H * D))
 
 
@@ -144,16 +138,18 @@ class MLP(nn.Module):
         self.act = nn.ReLU() if cfg.act_fn == "relu" else nn.GELU()
 
     def forward(self, x, hp):
-        return self.W_out(_hook(hp, "mlp.hook_post", self.act(self.W_in(x))))
+        return self.W_out(apply_hook(hp, "mlp.hook_post", self.act(self.W_in(x))))
 
 
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln1(x)), then + mlp(ln2(x))."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, moe: bool = False):
         super().__init__()
         self.ln1, self.ln2 = make_norm(cfg), make_norm(cfg)
-        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.attn = Attention(cfg)
+        self.mlp = (MoEMLP(cfg.d_model, cfg.moe_experts, cfg.moe_d_expert, cfg.moe_top_k, cfg.act_fn)
+                    if moe else MLP(cfg))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, hp=None, query_pos=None):
@@ -163,10 +159,10 @@ class Block(nn.Module):
             rows = torch.arange(len(x), device=x.device)
             x1 = x[rows, query_pos][:, None] + self.drop(self.attn(self.ln1(x), None, query_pos))
             return (x1 + self.drop(self.mlp(self.ln2(x1), None)))[:, 0]   # [batch, d_model]
-        x = _hook(hp, "hook_resid_pre", x)
-        x = _hook(hp, "hook_resid_mid", x + _hook(hp, "hook_attn_out", self.drop(self.attn(self.ln1(x), hp))))
-        x = x + _hook(hp, "hook_mlp_out", self.drop(self.mlp(self.ln2(x), hp)))
-        return _hook(hp, "hook_resid_post", x)
+        x = apply_hook(hp, "hook_resid_pre", x)
+        x = apply_hook(hp, "hook_resid_mid", x + apply_hook(hp, "hook_attn_out", self.drop(self.attn(self.ln1(x), hp))))
+        x = x + apply_hook(hp, "hook_mlp_out", self.drop(self.mlp(self.ln2(x), hp)))
+        return apply_hook(hp, "hook_resid_post", x)
 
 
 class LoopedTransformer(HookedRootModule):
@@ -176,7 +172,13 @@ class LoopedTransformer(HookedRootModule):
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model)) if cfg.positional == "learned" else None
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
-        self.cores = nn.ModuleList(nn.ModuleList(Block(cfg) for _ in range(n)) for n in cfg.bank)
+        moe = cfg.moe_experts > 0
+        self.cores = nn.ModuleList(nn.ModuleList(Block(cfg, moe) for _ in range(n)) for n in cfg.bank)
+        self._routing: dict[str, list[torch.Tensor]] = {}  # MoE gate logits of the last forward
+        for c, core in enumerate(self.cores):
+            for i, block in enumerate(core):
+                if moe:
+                    block.mlp.log, block.mlp.key = self._routing, f"c{c}.L{i}"
         self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
         self.W_inject = nn.Linear(2 * cfg.d_model, cfg.d_model) if cfg.injection == "concat" else None
         self.ln_final = LayerNorm(cfg.d_model) if cfg.normalization == "LN" else nn.Identity()
@@ -201,9 +203,11 @@ class LoopedTransformer(HookedRootModule):
         std = self.config.init_std
         n_virtual = self.config.n_prelude + sum(self.config.bank) * self.config.n_steps + self.config.n_coda
         for name, p in self.named_parameters():
-            if p.dim() == 1:
-                nn.init.zeros_(p) if not name.endswith(".w") else nn.init.ones_(p)
-            elif name.endswith(("W_O.weight", "W_out.weight")):
+            if name.endswith(".w"):                      # LayerNorm gains
+                nn.init.ones_(p)
+            elif p.dim() == 1 or name.endswith(".b_in"):  # biases
+                nn.init.zeros_(p)
+            elif name.endswith(("W_O.weight", "W_out.weight", "mlp.W_out")):
                 nn.init.normal_(p, std=std / math.sqrt(2 * max(n_virtual, 1)))
             else:
                 nn.init.normal_(p, std=std)
@@ -262,6 +266,10 @@ class LoopedTransformer(HookedRootModule):
         out, cache = super().run_with_cache(*args, remove_batch_dim=remove_batch_dim, **kwargs)
         return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
 
+    def moe_balance_loss(self) -> torch.Tensor:
+        """The MoE balance regulariser of the last forward, pooled over all its steps."""
+        return balance_loss(self._routing)
+
     # --- forward ------------------------------------------------------------------------------
     def embed(self, tokens):
         x = self.hook_embed(self.W_E[tokens])                        # [batch, pos, d_model]
@@ -302,6 +310,22 @@ class LoopedTransformer(HookedRootModule):
                                     every_step=False)[-1]
         return logits if return_type == "logits" else None
 
+    # --- one step at a time, without hooks (the halting selector's rollouts) -----------------
+    def begin(self, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prelude output e, initial state), both [batch, pos, d_model]."""
+        self._routing.clear()
+        e, _ = self._run_stack(self.prelude, self.embed(tokens), 0, False)
+        return e, self._initial_state(e)
+
+    def think(self, state, e, core: int = 0) -> torch.Tensor:
+        """One recurrence step with core `core` of the bank: the next state."""
+        return self._run_stack(self.cores[core], self._inject(state, e, None), 0, False)[0]
+
+    def read(self, state, positions) -> torch.Tensor:
+        """The answer if the model stopped at `state`: logits [batch, d_vocab] at `positions`."""
+        y, _ = self._run_stack(self.coda, state, 0, False)
+        return self.unembed(y[torch.arange(len(y), device=y.device), positions])
+
     def readout_steps(self, tokens, n_steps: int | None = None, positions=None,
                       schedule: list[int] | None = None, grad_last_k: int | None = None,
                       every_step: bool = True, answer_only: bool = False) -> torch.Tensor:
@@ -317,6 +341,7 @@ class LoopedTransformer(HookedRootModule):
         if answer_only and (positions is None or every_step):
             raise ValueError("answer_only needs positions and every_step=False")
         schedule = self._resolve(n_steps, schedule)
+        self._routing.clear()
         x = self.embed(tokens)
         x, v = self._run_stack(self.prelude, x, 0, True)
         e, state = x, self._initial_state(x)

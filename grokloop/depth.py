@@ -1,0 +1,56 @@
+"""Depth objectives: how a training batch decides how many thinking steps to learn from.
+
+- fixed:     the loss after `n_steps` steps.
+- random:    the loss after a step count drawn per batch (the caller draws it), optionally with
+             truncated backpropagation (Huginn-style).
+- best:      read out after every step 1..T, and learn from each example's best step: the lowest
+             loss, ties (within `tol`) going to the fewest steps. Only the chosen readout enters
+             the loss, so gradient flows only along the chosen step's path.
+- soft_best: a soft minimum over steps, weights softmax(-loss / tau) held constant, so steps
+             near the best keep learning and the choice cannot collapse onto one step (Ouro
+             reports that a reward for the lowest-loss exit step does exactly that).
+
+`depth_loss` returns the scalar loss and, per step, the fraction of the batch that learned from
+it (for the chosen-step distribution over training).
+"""
+from __future__ import annotations
+
+import torch
+
+from grokloop.losses import cross_entropy
+
+OBJECTIVES = ("fixed", "random", "best", "soft_best")
+
+
+def choose_best_step(losses: torch.Tensor, tol: float = 0.0) -> torch.Tensor:
+    """losses [steps, batch] -> the chosen step index [batch]: the first step whose loss is within
+    `tol` of that example's minimum, i.e. the lowest loss with ties going to the fewest steps."""
+    best = losses.min(dim=0).values
+    good = losses <= best + tol                                    # [steps, batch]
+    return good.float().argmax(dim=0)                              # first True
+
+
+def depth_loss(model, tokens, positions, targets, objective: str, n_steps: int,
+               schedule: list[int] | None = None, grad_last_k: int | None = None,
+               loss: str = "softmax", float64: bool = False, tol: float = 0.0,
+               tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scalar loss, share of the batch learning from each step [n_steps]) for one batch."""
+    if objective in ("fixed", "random"):
+        logits = model.readout_steps(tokens, n_steps, positions=positions, schedule=schedule,
+                                     grad_last_k=grad_last_k, every_step=False, answer_only=True)[-1]
+        share = torch.zeros(n_steps, device=tokens.device)
+        share[-1] = 1.0
+        return cross_entropy(logits, targets, loss, float64), share
+    logits = model.readout_steps(tokens, n_steps, positions=positions, schedule=schedule,
+                                 grad_last_k=grad_last_k)                    # [steps, batch, vocab]
+    per_step = cross_entropy(logits, targets.expand(len(logits), -1), loss, float64,
+                             reduction="none")                               # [steps, batch]
+    if objective == "best":
+        chosen = choose_best_step(per_step.detach(), tol)
+        value = per_step.gather(0, chosen[None]).mean()
+        share = torch.bincount(chosen, minlength=n_steps).float() / len(chosen)
+        return value, share
+    if objective == "soft_best":
+        weights = (-per_step.detach() / tau).softmax(dim=0)                 # [steps, batch]
+        return (weights * per_step).sum(0).mean(), weights.mean(1)
+    raise ValueError(f"train.depth={objective!r} is not one of {list(OBJECTIVES)}")

@@ -1,0 +1,14 @@
+"""Calling a hook point by name on a VirtualBlock, or doing nothing when running without hooks."""
+from __future__ import annotations
+
+import torch
+
+
+def apply_hook(hp, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Apply hook point `name` (e.g. "attn.hook_z") of VirtualBlock `hp`; identity if hp is None."""
+    if hp is None:
+        return x
+    obj = hp
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj(x)

@@ -1,0 +1,126 @@
+"""Adaptive thinking: best-step choice, gradient through the chosen path only, MoE routing, the
+halting selector's policy gradient, and a frozen model under selector training."""
+import pytest
+import torch
+
+from grokloop.depth import choose_best_step, depth_loss
+from grokloop.halting import (ABSTAIN, STOP, HaltingConfig, Selector, evaluate_halting,
+                              first_true, reinforce_loss, rollout, rule_exits, train_selector)
+from grokloop.losses import cross_entropy
+
+TOKENS = torch.randint(0, 23, (8, 5), generator=torch.Generator().manual_seed(1))
+POS = torch.full((8,), 4)
+TARGETS = torch.randint(0, 23, (8,), generator=torch.Generator().manual_seed(2))
+
+
+def test_best_step_picks_lowest_loss_and_fewest_steps_on_ties():
+    losses = torch.tensor([[0.9, 0.2, 0.5, 0.3],
+                           [0.4, 0.2, 0.15, 0.3],
+                           [0.4, 0.2, 0.1, 0.30001]])   # [steps, batch]
+    # Lowest loss; exact ties (columns 0, 1 and 3) go to the fewest steps.
+    assert choose_best_step(losses).tolist() == [1, 0, 2, 0]
+    # Within a tolerance, near-ties count as ties: column 2's 0.15 is within 0.1 of 0.1.
+    assert choose_best_step(losses, tol=0.1).tolist() == [1, 0, 1, 0]
+
+
+def test_best_step_gradient_flows_only_through_the_chosen_path(make_model):
+    m = make_model(n_core=1, n_coda=1, n_steps=4, injection="add").train()
+    tokens, pos, target = TOKENS[:1], POS[:1], TARGETS[:1]
+    with torch.no_grad():
+        per_step = cross_entropy(m.readout_steps(tokens, positions=pos), target.expand(4, -1),
+                                 reduction="none")
+    chosen = int(choose_best_step(per_step))
+    loss, share = depth_loss(m, tokens, pos, target, "best", 4)
+    assert share.tolist() == [float(t == chosen) for t in range(4)]
+    grads = torch.autograd.grad(loss, list(m.parameters()))
+    direct = cross_entropy(m.readout_steps(tokens, chosen + 1, positions=pos)[-1], target)
+    expected = torch.autograd.grad(direct, list(m.parameters()))
+    for g, e in zip(grads, expected):
+        assert torch.allclose(g, e, atol=1e-6)
+
+
+def test_soft_best_weights_sum_to_one_and_favour_low_loss(make_model):
+    m = make_model(n_core=1, n_steps=3, injection="add")
+    loss, share = depth_loss(m, TOKENS, POS, TARGETS, "soft_best", 3, tau=0.5)
+    assert torch.isfinite(loss) and share.sum().item() == pytest.approx(1.0)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_moe_sends_each_token_to_k_experts_and_only_they_compute(make_model):
+    m = make_model(n_core=1, n_steps=3, injection="add", moe_experts=4, moe_top_k=2)
+    _, cache = m.run_with_cache(TOKENS)
+    for v in range(m.cfg.n_layers):
+        chosen = cache[f"blocks.{v}.mlp.hook_experts"]                    # [batch, pos, k]
+        assert chosen.shape == (8, 5, 2)
+        assert (chosen[..., 0] != chosen[..., 1]).all() and chosen.max() < 4
+    # The MLP output equals the gate-weighted sum over the chosen experts alone.
+    mlp = m.cores[0][0].mlp
+    x = torch.randn(3, 32)
+    gate = torch.sigmoid(x @ mlp.W_gate)
+    w, idx = gate.topk(2)
+    manual = torch.stack([sum(w[i, j] * (torch.relu(x[i] @ mlp.W_in[e] + mlp.b_in[e]) @ mlp.W_out[e])
+                              for j, e in enumerate(idx[i].tolist())) for i in range(3)]) + mlp.b_out
+    assert torch.allclose(mlp(x, None), manual, atol=1e-5)
+    # An expert no token chose gets no gradient.
+    m.zero_grad()
+    y = mlp(x[:1], None).sum()
+    y.backward()
+    unchosen = sorted(set(range(4)) - set(idx[0].tolist()))
+    assert (mlp.W_in.grad[unchosen] == 0).all() and (mlp.W_in.grad[idx[0]] != 0).any()
+
+
+def test_moe_balance_regulariser_is_pooled_over_steps_and_finite(make_model):
+    m = make_model(n_core=2, n_steps=3, injection="add", moe_experts=4, moe_top_k=1)
+    m(TOKENS)
+    assert {k: len(v) for k, v in m._routing.items()} == {"c0.L0": 3, "c0.L1": 3}
+    reg = m.moe_balance_loss()
+    assert torch.isfinite(reg) and 0 <= reg.item() <= 2 * torch.log(torch.tensor(4.0)).item()
+    dense = make_model(n_core=1)
+    dense(TOKENS)
+    with pytest.raises(ValueError, match="moe_experts"):
+        dense.moe_balance_loss()
+
+
+def test_policy_gradient_raises_the_probability_of_the_rewarded_action():
+    torch.manual_seed(0)
+    logits = torch.zeros(3, requires_grad=True)       # a one-state policy over 3 actions
+    opt = torch.optim.SGD([logits], lr=0.5)
+    for _ in range(50):
+        dist = torch.distributions.Categorical(logits=logits.expand(256, 3))
+        action = dist.sample()
+        reward = (action == 2).float()                 # only action 2 pays
+        loss = reinforce_loss(dist.log_prob(action), reward, dist.entropy(), 0.0)
+        opt.zero_grad(); loss.backward(); opt.step()
+    assert logits.softmax(0)[2] > 0.9
+
+
+def test_selector_training_leaves_the_frozen_model_unchanged(make_model, tmp_path):
+    from datagen import build_dataset
+    from datagen.config import ModularConfig
+
+    ds = build_dataset(ModularConfig(p=7, train_fraction=0.5))
+    m = make_model(d_vocab=len(ds.vocab), n_ctx=ds.n_ctx, n_core=1, n_steps=2, injection="add")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    cfg = HaltingConfig(max_steps=3, iterations=5, batch_size=16)
+    selector, curve = train_selector(m, ds, cfg)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert len(curve) >= 1 and all(p.grad is not None for p in selector.parameters())
+    res = evaluate_halting(m, ds, selector, cfg, ["test"])
+    rules = res["test"]["rules"]
+    assert rules["oracle"]["acc"] >= max(rules[f"fixed_{t}"]["acc"] for t in (1, 2, 3)) - 1e-9
+    assert 1 <= rules["selector"]["mean_steps"] <= 3
+
+
+def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
+    m = make_model(n_core=1, n_steps=2, injection="add")
+    selector = Selector(32, 1)
+    with torch.no_grad():                    # continue while allowed, then stop
+        selector.net[-1].bias.copy_(torch.tensor([0.0, -50.0, 50.0]))
+    out = rollout(m, selector, TOKENS, POS, TARGETS, HaltingConfig(max_steps=4), greedy=True)
+    assert out["steps"].tolist() == [4] * 8 and not out["abstained"].any()
+    hits = torch.tensor([[0, 0, 1], [1, 0, 1], [1, 0, 0]], dtype=torch.bool)  # [T, batch]
+    assert first_true(hits).tolist() == [1, 2, 0]
+    traj = {"correct": hits, "top": torch.rand(3, 3), "kl": torch.rand(3, 3), "cost": torch.ones(3, 3)}
+    assert rule_exits(traj, 2)["oracle"].tolist() == [1, 2, 0]
+    assert STOP == 0 and ABSTAIN == 1
