@@ -97,9 +97,13 @@ class TrainConfig:
     batch_size: int | None = None   # None: full batch
     loss: str = "softmax"           # softmax | stablemax
     float64_loss: bool = False
-    depth: str = "fixed"            # fixed | random
+    depth: str = "fixed"            # fixed | random | best | soft_best (grokloop/depth.py)
     depth_choices: list[int] = field(default_factory=list)  # random depth: uniform over these
     grad_last_k: int | None = None  # truncated backprop through the last k steps
+    best_step_tol: float = 0.0      # best: losses within this of the minimum tie (fewest steps win)
+    soft_best_tau: float = 1.0      # soft_best: temperature of the soft minimum over steps
+    mix_cores: bool = False         # bank: each batch runs a random schedule of the bank's cores
+    moe_balance: float = 0.01       # weight of the MoE balance regulariser (MoE cores only)
     eval_every_min: int = 10        # log-spaced schedule: gaps grow from this ...
     eval_every_max: int = 1000      # ... up to this
     eval_splits: list[str] | None = None  # None: every split the task produces
@@ -114,7 +118,9 @@ class TrainConfig:
         if self.steps < 1:
             raise ValueError(f"train.steps={self.steps} must be at least 1")
         _choice("train.loss", self.loss, ("softmax", "stablemax"))
-        _choice("train.depth", self.depth, ("fixed", "random"))
+        _choice("train.depth", self.depth, ("fixed", "random", "best", "soft_best"))
+        if self.soft_best_tau <= 0:
+            raise ValueError(f"train.soft_best_tau={self.soft_best_tau} must be positive")
         if self.depth == "random" and not self.depth_choices:
             raise ValueError("train.depth=random needs train.depth_choices, e.g. [1, 2, 4]")
         if any(k < 1 for k in self.depth_choices):

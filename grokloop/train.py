@@ -19,8 +19,8 @@ from datagen.dataset import code_version
 from grokloop.checkpoint import (last_good_checkpoint, optimizer_from_tensors,
                                  optimizer_to_tensors, save_checkpoint)
 from grokloop.config import RunConfig
+from grokloop.depth import depth_loss
 from grokloop.evaluate import evaluate
-from grokloop.losses import cross_entropy
 from grokloop.model import LoopedTransformer
 from grokloop.optim import grokfast_ema, lr_at, make_optimizer, perpendicular_grad
 from grokloop.schedule import log_schedule
@@ -43,6 +43,9 @@ def prepare(cfg: RunConfig):
                          f"split; choose one of {wanted}")
     cfg.model.d_vocab = cfg.model.d_vocab or len(ds.vocab)
     cfg.model.n_ctx = cfg.model.n_ctx or ds.n_ctx
+    if cfg.train.mix_cores and len(cfg.model.bank) < 2:
+        raise ValueError("train.mix_cores=true needs a bank of several cores, e.g. "
+                         "model.core_sizes=[1,2]")
     if cfg.model.d_vocab < len(ds.vocab) or cfg.model.n_ctx < ds.n_ctx:
         raise ValueError(f"model.d_vocab/n_ctx ({cfg.model.d_vocab}/{cfg.model.n_ctx}) are smaller "
                          f"than the dataset's ({len(ds.vocab)}/{ds.n_ctx}); set them to 0 (auto)")
@@ -77,6 +80,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
     params = list(model.parameters())
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     order, cursor, ema, start, wall_before = torch.arange(n_train, device=device), n_train, {}, 0, 0.0
+    # best / soft_best: how much of each batch learned from each step, summed between evaluations
+    chosen = torch.zeros(cfg.model.n_steps if tc.depth in ("best", "soft_best") else 0, device=device)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict() | {"code_version": code_version()},
@@ -88,6 +93,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
         optimizer_from_tensors(opt, tensors, state["optimizer"])
         ema = {int(k[4:]): v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
         order, cursor = tensors["data.order"].to(device), state["cursor"]
+        chosen = tensors.get("depth.chosen", chosen).to(device)
         torch.set_rng_state(tensors["rng.torch"])
         gen.set_state(tensors["rng.gen"])
         start, wall_before = state["step"], state["wall_time_s"]
@@ -104,6 +110,12 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
         picks = torch.randint(len(tc.depth_choices), (tc.steps,),
                               generator=torch.Generator().manual_seed(cfg.seed + 1))
         depths = [tc.depth_choices[i] for i in picks.tolist()]
+    schedules = []   # mixed cores: every step's schedule drawn once from the seed, likewise
+    if tc.mix_cores:
+        cores = torch.Generator().manual_seed(cfg.seed + 2)
+        schedules = [torch.randint(len(cfg.model.bank), (depths[i] if depths else cfg.model.n_steps,),
+                                   generator=cores).tolist() for i in range(tc.steps)]
+    moe = cfg.model.moe_experts > 0
     eval_steps = set(log_schedule(tc.steps, tc.eval_every_min, tc.eval_every_max))
     ckpt_steps = set(log_schedule(tc.steps, tc.eval_every_min, tc.checkpoint_every_max, 5))
     history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
@@ -121,10 +133,14 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
         cursor += batch
         n_steps = depths[step] if depths else cfg.model.n_steps
 
-        logits = model.readout_steps(data["inputs"][idx], n_steps, positions=data["answer_pos"][idx],
-                                     grad_last_k=tc.grad_last_k, every_step=False,
-                                     answer_only=True)[-1]
-        loss = cross_entropy(logits, data["answers"][idx], tc.loss, tc.float64_loss)
+        loss, share = depth_loss(model, data["inputs"][idx], data["answer_pos"][idx],
+                                 data["answers"][idx], tc.depth, n_steps,
+                                 schedules[step] if schedules else None, tc.grad_last_k, tc.loss,
+                                 tc.float64_loss, tc.best_step_tol, tc.soft_best_tau)
+        if len(chosen):
+            chosen += share   # stays on the device; read at evaluation
+        if moe and tc.moe_balance:
+            loss = loss + tc.moe_balance * model.moe_balance_loss()
         # Checking needs a host sync: every step on the CPU (free), else where we evaluate or
         # save, which is enough to never write a non-finite checkpoint.
         check = device.type == "cpu" or step + 1 in eval_steps or step + 1 in ckpt_steps
@@ -149,6 +165,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
             row = {"step": done, "loss/train": loss.item(),
                    "weight_norm": math.sqrt(sum(p.detach().pow(2).sum().item() for p in params))}
             row |= evaluate(model, data, eval_idx, cfg.model.n_steps, tc.eval_batch_size)
+            if len(chosen):   # which step the batches learned from since the last evaluation
+                row |= {f"depth/chosen_step/{t + 1}": v for t, v in
+                        enumerate((chosen / chosen.sum()).tolist())}
+                chosen.zero_()
             row["wall_time_s"] = time.perf_counter() - t0
             history.append(row)
             with metrics_path.open("a") as f:
@@ -161,7 +181,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
             tensors, opt_meta = optimizer_to_tensors(opt)
             tensors |= {f"ema.{i}": v for i, v in ema.items()}
             tensors |= {"data.order": order, "rng.torch": torch.get_rng_state(),
-                        "rng.gen": gen.get_state()}
+                        "rng.gen": gen.get_state(), "depth.chosen": chosen}
             save_checkpoint(out_dir, done, model, tensors,
                             {"optimizer": opt_meta, "cursor": cursor, "config": cfg.to_dict(),
                              "wall_time_s": time.perf_counter() - t0})

@@ -124,3 +124,34 @@ def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
     traj = {"correct": hits, "top": torch.rand(3, 3), "kl": torch.rand(3, 3), "cost": torch.ones(3, 3)}
     assert rule_exits(traj, 2)["oracle"].tolist() == [1, 2, 0]
     assert STOP == 0 and ABSTAIN == 1
+
+
+@pytest.mark.parametrize("extra", [
+    ["train.depth=best", "train.best_step_tol=0.01"],
+    ["train.depth=soft_best", "model.moe_experts=4", "model.moe_top_k=2"],
+    ["model.core_sizes=[1,2]", "train.mix_cores=true", "train.depth=best"],
+])
+def test_adaptive_training_runs_and_records_the_chosen_steps(tmp_path, extra):
+    import json
+
+    from grokloop.config import run_config_from_dict
+    from grokloop.train import train
+    from tests.test_train import TINY, compose_dict
+
+    _, _, d = compose_dict(TINY + ["model=looped", "model.d_model=16", "model.n_heads=2",
+                                   "model.d_mlp=32", "model.n_steps=3", *extra])
+    train(run_config_from_dict(d), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    shares = [[r[f"depth/chosen_step/{t}"] for t in (1, 2, 3)] for r in rows]
+    assert all(abs(sum(s) - 1) < 1e-5 for s in shares)
+    assert all(r["loss/train"] == r["loss/train"] for r in rows)   # finite (not NaN)
+
+
+def test_mix_cores_needs_a_bank():
+    from grokloop.config import run_config_from_dict
+    from grokloop.train import prepare
+    from tests.test_train import TINY, compose_dict
+
+    _, _, d = compose_dict(TINY + ["train.mix_cores=true"])
+    with pytest.raises(ValueError, match="core_sizes"):
+        prepare(run_config_from_dict(d))
