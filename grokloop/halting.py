@@ -230,7 +230,8 @@ def summarize_exits(traj, exit_step, hops, cost_all_steps: bool = False) -> dict
     """Accuracy and compute of one rule: overall and per hop count."""
     cols = torch.arange(exit_step.shape[0])
     right = traj["correct"][exit_step, cols].float()
-    steps = (exit_step + 1).float()
+    # A rule that must see every step before choosing (max_confidence) pays for all of them.
+    steps = torch.full_like(right, len(traj["correct"])) if cost_all_steps else (exit_step + 1).float()
     cost = traj["cost"][-1] if cost_all_steps else traj["cost"][exit_step, cols]
     row = {"acc": right.mean().item(), "coverage": 1.0, "mean_steps": steps.mean().item(),
            "mean_cost": cost.float().mean().item()}
@@ -245,7 +246,7 @@ def summarize_selector(out: dict[str, torch.Tensor], hops) -> dict:
     row = {"acc": out["correct"].float().mean().item(),
            "coverage": answered.float().mean().item(),
            "selective_acc": (out["correct"][answered].float().mean().item() if answered.any()
-                             else float("nan")),
+                             else None),
            "mean_steps": out["steps"].mean().item(), "mean_cost": out["cost"].mean().item()}
     for k in hops.unique().tolist():
         m = hops == k

@@ -155,3 +155,39 @@ def test_mix_cores_needs_a_bank():
     _, _, d = compose_dict(TINY + ["train.mix_cores=true"])
     with pytest.raises(ValueError, match="core_sizes"):
         prepare(run_config_from_dict(d))
+
+
+def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from grokloop.adaptive_summary import main as summary_main
+    from grokloop.halting import load_selector
+
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "grokloop.train", "experiment=khop_best", "train.steps=4",
+                    "train.progress=false", f"out_dir={run}", f"data_cache={tmp_path / 'cache'}"],
+                   check=True, capture_output=True, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "grokloop.halting", f"run_dir={run}", "iterations=3",
+                        "max_steps=7"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((run / "halting" / "results.json").read_text())
+    rules = res["splits"]["test_inferred_id"]["rules"]
+    assert {"fixed_7", "kl<0.01", "conf>=0.9", "max_confidence", "oracle", "selector"} <= set(rules)
+    assert set(rules["oracle"]) >= {f"hops_{k}" for k in range(2, 9)}
+    selector, cfg = load_selector(run)
+    assert cfg.max_steps == 7 and selector.n_cores == 1
+    summary_main([str(run), f"out={tmp_path / 'sum'}"])
+    md = (tmp_path / "sum" / "summary.md").read_text()
+    assert "| khop_best | oracle |" in md and "8 hops" in md
+    assert "Plotly" in (tmp_path / "sum" / "figures.html").read_text()[:4_000_000]
+
+
+def test_halting_cli_rejects_unknown_options(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "grokloop.halting", f"run_dir={tmp_path}", "max_step=3"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "max_step" in r.stderr
