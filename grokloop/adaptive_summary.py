@@ -25,12 +25,13 @@ def load_run(run_dir: Path) -> dict:
                                 f"run_dir={run_dir}` first")
     res = json.loads(path.read_text())
     config = json.loads((run_dir / "config.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    chosen = {k.rsplit("/", 1)[1]: v for k, v in history[-1].items() if k.startswith("depth/chosen_step/")}
+    last = history[-1]   # also for a run stopped early: its last evaluation
+    chosen = {k.rsplit("/", 1)[1]: v for k, v in last.items() if k.startswith("depth/chosen_step/")}
     return {"name": config["experiment"], "halting": res, "config": config,
-            "train_steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
-            "chosen_step_last_interval": chosen}
+            "train_steps": last["step"], "wall_time_s": last["wall_time_s"],
+            "chosen_step_last_interval": chosen,
+            "checkpoint": res.get("checkpoint_step")}
 
 
 def per_hop(run: dict, rule: str) -> dict:
@@ -62,7 +63,7 @@ def build(runs: list[dict]) -> dict:
         curves[run["name"]] = {name: {"mean_steps": r["mean_steps"], "acc": r["acc"],
                                       "coverage": r["coverage"]} for name, r in rules.items()}
     return {"table": table, "curves": curves,
-            "runs": [{k: run[k] for k in ("name", "train_steps", "wall_time_s",
+            "runs": [{k: run[k] for k in ("name", "train_steps", "wall_time_s", "checkpoint",
                                           "chosen_step_last_interval")} for run in runs]}
 
 
@@ -76,11 +77,12 @@ def markdown(summary: dict) -> str:
         cells = [f"{row['hops'][h][0]:.2f} ({row['hops'][h][1]:.1f})" if h in row["hops"] else "-"
                  for h in hops + ["ood2"]]
         lines.append(f"| {row['model']} | {row['rule']} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | training steps | wall time (s) | share of batches learning from "
-              "step t (last interval) |", "|---|---|---|---|"]
+    lines += ["", "| model | training steps (last evaluation) | checkpoint evaluated | wall time (s) | "
+              "share of batches learning from step t (last interval) |", "|---|---|---|---|---|"]
     for run in summary["runs"]:
         share = ", ".join(f"{t}: {v:.2f}" for t, v in run["chosen_step_last_interval"].items()) or "-"
-        lines.append(f"| {run['name']} | {run['train_steps']} | {run['wall_time_s']:.0f} | {share} |")
+        lines.append(f"| {run['name']} | {run['train_steps']} | {run['checkpoint']} | "
+                     f"{run['wall_time_s']:.0f} | {share} |")
     return "\n".join(lines) + "\n"
 
 

@@ -375,7 +375,9 @@ def main() -> None:
     selector, curve = train_selector(model, ds, cfg)
     save_selector(run_dir, selector, cfg, curve)
     results = evaluate_halting(model, ds, selector, cfg, ds.eval_splits)
-    out = {"run_dir": str(run_dir), "experiment": run_cfg["experiment"], "config": dataclasses.asdict(cfg),
+    from grokloop.checkpoint import list_checkpoints
+    out = {"run_dir": str(run_dir), "experiment": run_cfg["experiment"],
+           "checkpoint_step": list_checkpoints(run_dir)[-1], "config": dataclasses.asdict(cfg),
            "code_version": code_version(), "selector_curve": curve, "splits": results}
     _write_json(halting_dir(run_dir) / "results.json", out)
     table = markdown_table(results, cfg.max_steps)
