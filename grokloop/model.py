@@ -44,6 +44,14 @@ class VirtualLayer:
         return f"{self.stage}.L{self.layer}"
 
 
+@dataclass(frozen=True)
+class UnrolledLayer:
+    """A virtual layer as something to run: its block, and what happens to the state before it."""
+    block: nn.Module
+    begins_loop: bool   # first core layer of step 1: the state so far becomes e, then the initial state
+    starts_step: bool   # first layer of a step: input injection first
+
+
 class VirtualBlock(nn.Module):
     """Hook points (no weights) for one virtual layer; names follow TransformerLens."""
 
@@ -309,6 +317,40 @@ class LoopedTransformer(HookedRootModule):
         logits = self.readout_steps(tokens, n_steps, schedule=schedule, grad_last_k=grad_last_k,
                                     every_step=False)[-1]
         return logits if return_type == "logits" else None
+
+    # --- the unrolled computation as a list of layers (probes: patching, surgery) -----------
+    def unrolled(self, schedule: list[int] | None = None) -> list[UnrolledLayer]:
+        """One entry per virtual layer, in order; `run_unrolled` runs any slice or rearrangement."""
+        schedule = self._resolve(None, schedule)
+        layers = [UnrolledLayer(b, False, False) for b in self.prelude]
+        for s, c in enumerate(schedule):
+            layers += [UnrolledLayer(b, s == 0 and i == 0, i == 0) for i, b in enumerate(self.cores[c])]
+        return layers + [UnrolledLayer(b, False, False) for b in self.coda]
+
+    def run_unrolled(self, x, layers: list[UnrolledLayer], e=None, keep_states: bool = False):
+        """Run `layers` on the residual x (no hooks). `e` is the prelude output, needed when the
+        layers start past the prelude. Returns x, or with keep_states the states after every
+        layer as well: S[i + 1] of the slice."""
+        states = []
+        for layer in layers:
+            if layer.begins_loop:
+                e, x = x, self._initial_state(x)
+            if layer.starts_step:
+                x = self._inject(x, e, None)
+            x = layer.block(x)
+            if keep_states:
+                states.append(x)
+        return (x, states) if keep_states else x
+
+    def residual_states(self, tokens, schedule: list[int] | None = None):
+        """(S, e): S [n_virtual + 1, batch, pos, d_model], S[0] the embedding and S[i] the state
+        after virtual layer i - 1 (before any injection); e the prelude output (the embedding
+        when there is no prelude)."""
+        layers = self.unrolled(schedule)
+        x0 = self.embed(tokens)
+        _, states = self.run_unrolled(x0, layers, keep_states=True)
+        S = torch.stack([x0] + states)
+        return S, S[len(self.prelude)]
 
     # --- one step at a time, without hooks (the halting selector's rollouts) -----------------
     def begin(self, tokens) -> tuple[torch.Tensor, torch.Tensor]:

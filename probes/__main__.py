@@ -1,0 +1,247 @@
+"""Run probes on a training run, one checkpoint at a time.
+
+    python -m probes run_dir=RUN [probe=all|logit_lens,causal_tracing,attention,fourier,surgery]
+        [checkpoints=last|all|STEP,STEP,...] [split=NAME[,NAME]] [n=300] [corrupt=all|ROLE]
+        [repeats=1,2,3] [patching_examples=40] [seed=0]
+
+Writes RUN/probes/{probe}/step_XXXXXXXX.npz (arrays), RUN/probes/{probe}.jsonl (a tidy table, one
+row per cell and checkpoint; re-running a checkpoint replaces its rows) and RUN/probes/{probe}.json
+(the options, the run's config, the code version, the checkpoints done).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datagen.dataset import code_version
+from grokloop.checkpoint import list_checkpoints, load_model, read_checkpoint
+from probes import attention, causal_tracing, fourier, logit_lens, surgery
+from probes.examples import corrupt, input_roles, probe_batch
+
+PROBES = ("logit_lens", "causal_tracing", "attention", "fourier", "surgery")
+DEFAULTS = {"probe": "all", "checkpoints": "last", "split": "", "n": "300", "corrupt": "all",
+            "repeats": "1,2,3", "patching_examples": "40", "n_attention": "8", "seed": "0"}
+USAGE = ("usage: python -m probes run_dir=RUN [probe=all|" + ",".join(PROBES) + "] "
+         "[checkpoints=last|all|STEP,...] [split=NAME,...] [n=300] [corrupt=all|ROLE] "
+         "[repeats=1,2,3] [patching_examples=40] [seed=0]")
+
+
+def parse(argv: list[str]) -> dict:
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise SystemExit(f"{bad[0]!r}: options are key=value\n{USAGE}")
+    args = dict(a.split("=", 1) for a in argv)
+    unknown = sorted(set(args) - set(DEFAULTS) - {"run_dir"})
+    if unknown:
+        raise SystemExit(f"{unknown[0]}: unknown option; known: run_dir, {', '.join(DEFAULTS)}\n{USAGE}")
+    if "run_dir" not in args:
+        raise SystemExit(USAGE)
+    return DEFAULTS | args
+
+
+def choose_probes(name: str, ds) -> list[str]:
+    """Explicitly named probes must apply to the task; `all` skips those that do not."""
+    applies = {"fourier": ds.task == "modular" and ds.config.get("op") == "add"}
+    if name == "all":
+        return [p for p in PROBES if applies.get(p, True)]
+    chosen = [p.strip() for p in name.split(",")]
+    for p in chosen:
+        if p not in PROBES:
+            raise SystemExit(f"probe={p!r}: unknown; choose from {', '.join(PROBES)} or all")
+        if not applies.get(p, True):
+            try:
+                fourier.check_applies(ds)
+            except ValueError as e:
+                raise SystemExit(str(e)) from None
+    return chosen
+
+
+def choose_checkpoints(spec: str, run_dir: Path) -> list[int]:
+    have = list_checkpoints(run_dir)
+    if not have:
+        raise SystemExit(f"{run_dir} has no checkpoints; train it (python -m grokloop.train) first")
+    if spec == "last":
+        return have[-1:]
+    if spec == "all":
+        return have
+    try:
+        wanted = [int(s) for s in spec.split(",")]
+    except ValueError:
+        raise SystemExit(f"checkpoints={spec!r}: use last, all or a list of steps like 100,2000")
+    missing = [s for s in wanted if s not in have]
+    if missing:
+        raise SystemExit(f"checkpoints: step {missing[0]} has no checkpoint; this run has {have}")
+    return wanted
+
+
+def default_splits(ds) -> list[str]:
+    # The paper traces training inferred facts; OOD shows what the model does not generalise.
+    preferred = [s for s in ("train_inferred", "test_inferred_ood") if s in ds.splits]
+    return preferred or ds.eval_splits[:1]
+
+
+class Store:
+    """Results of one probe: npz per checkpoint, a tidy JSONL table, a JSON record."""
+
+    def __init__(self, run_dir: Path, probe: str, meta: dict):
+        self.dir = run_dir / "probes"
+        self.probe, self.meta = probe, meta
+        (self.dir / probe).mkdir(parents=True, exist_ok=True)
+
+    def _atomic_write(self, path: Path, text: str):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def save(self, step: int, arrays: dict[str, np.ndarray], rows: list[dict]):
+        path = self.dir / self.probe / f"step_{step:08d}.npz"
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+        table = self.dir / f"{self.probe}.jsonl"
+        old = [json.loads(line) for line in table.read_text().splitlines()] if table.exists() else []
+        keep = [r for r in old if r["checkpoint"] != step]
+        rows = [{"checkpoint": step} | r for r in rows]
+        self._atomic_write(table, "".join(json.dumps(r) + "\n" for r in keep + rows))
+        record = self.dir / f"{self.probe}.json"
+        done = json.loads(record.read_text())["checkpoints"] if record.exists() else []
+        self._atomic_write(record, json.dumps(self.meta | {"checkpoints": sorted(set(done) | {step})},
+                                              indent=2))
+
+
+def _cells(prefix: dict, layers: list[str], grid: np.ndarray, name: str) -> list[dict]:
+    """Rows for a [layer, pos] grid."""
+    return [prefix | {"layer": i, "layer_label": layers[i], "pos": p, name: float(grid[i, p])}
+            for i in range(grid.shape[0]) for p in range(grid.shape[1])]
+
+
+def run_logit_lens(model, batches, opts):
+    arrays, rows = {}, []
+    for split, b in batches.items():
+        lens = logit_lens.logit_lens(model, b)
+        readout = logit_lens.step_readout(model, b)
+        for k in ("rank", "mrr", "top1", "at_role_mrr", "at_role_top1", "n"):
+            arrays[f"{split}/{k}"] = lens[k]
+        arrays[f"{split}/readout_acc"], arrays[f"{split}/readout_mrr"] = readout["acc"], readout["answer_mrr"]
+        arrays["roles"], arrays["layers"] = np.array(lens["roles"]), np.array(lens["layers"])
+        for j, role in enumerate(lens["roles"]):
+            rows += [{"kind": "at_role", "split": split, "role": role, "layer": i,
+                      "layer_label": lens["layers"][i], "mrr": float(lens["at_role_mrr"][j, i]),
+                      "top1": float(lens["at_role_top1"][j, i]), "n": int(lens["n"][j])}
+                     for i in range(len(lens["layers"]))]
+        rows += [{"kind": "readout", "split": split, "step": t + 1, "acc": float(a), "answer_mrr": float(m)}
+                 for t, (a, m) in enumerate(zip(readout["acc"], readout["answer_mrr"]))]
+    return arrays, rows
+
+
+def run_causal_tracing(model, batches, opts, ds):
+    arrays, rows = {}, []
+    layers = ["embed"] + [v.label for v in model.layer_table()]
+    for split, b in batches.items():
+        roles = input_roles(b) if opts["corrupt"] == "all" else [opts["corrupt"]]
+        for role in roles:
+            bad, bad_answers, kept = corrupt(ds, b, role, seed=int(opts["seed"]))
+            if len(kept) == 0:
+                rows.append({"kind": "summary", "split": split, "corrupt": role, "n": 0})
+                continue
+            clean = b.subset(kept)
+            res = causal_tracing.causal_trace(model, clean.tokens, bad, clean.answer_pos,
+                                              clean.answers, bad_answers)
+            key = f"{split}/{role}"
+            arrays[f"{key}/strength"], arrays[f"{key}/logit_diff"] = res["strength"], res["logit_diff"]
+            arrays[f"{key}/flip"] = res["flip"]
+            rows.append({"kind": "summary", "split": split, "corrupt": role, "n": len(kept),
+                         "n_dropped": len(b) - len(kept), "full_effect": res["full_effect"],
+                         "clean_acc": res["clean_acc"]})
+            prefix = {"kind": "cell", "split": split, "corrupt": role}
+            rows += [r | {"logit_diff": float(res["logit_diff"][r["layer"], r["pos"]])}
+                     for r in _cells(prefix, layers, res["strength"], "strength")]
+            m = min(len(kept), int(opts["patching_examples"]))
+            if m:
+                maps = causal_tracing.patching_maps(model, clean.tokens[:m], bad[:m], clean.answer_pos[:m],
+                                                    clean.answers[:m], bad_answers[:m])
+                arrays |= {f"{key}/patching_{k}": v for k, v in maps.items()}
+    arrays["layers"] = np.array(layers)
+    return arrays, rows
+
+
+def run_attention(model, batches, opts):
+    arrays, rows = {}, []
+    for split, b in batches.items():
+        att = attention.attention_patterns(model, b.tokens[: int(opts["n_attention"])])
+        arrays[f"{split}/pattern"], arrays[f"{split}/mean"] = att["pattern"], att["mean"]
+        arrays[f"{split}/tokens"] = b.tokens[: int(opts["n_attention"])].numpy()
+        arrays["layers"] = np.array(att["layers"])
+        mean = att["mean"]
+        rows += [{"split": split, "layer": v, "layer_label": att["layers"][v], "head": h, "query": q,
+                  "key": k, "attention": float(mean[v, h, q, k])}
+                 for v in range(mean.shape[0]) for h in range(mean.shape[1])
+                 for q in range(mean.shape[2]) for k in range(q + 1)]
+    return arrays, rows
+
+
+def run_fourier(model, ds):
+    res = fourier.fourier_measures(model, ds)
+    row = {k: v for k, v in res.items() if k != "freq_norm"}
+    return {"freq_norm": res["freq_norm"]}, [row]
+
+
+def run_surgery(model, batches, opts):
+    repeats = tuple(int(r) for r in opts["repeats"].split(","))
+    res = surgery.layer_loop_surgery(model, batches, repeats)
+    arrays = {f"{s}/acc": g for s, g in res["acc"].items()} | {"repeats": np.array(repeats),
+                                                               "layers": np.array(res["layers"])}
+    rows = []
+    for split, grid in res["acc"].items():
+        rows += [{"split": split, "repeats": extra, "start": s, "end": e, "acc": float(grid[r, s, e]),
+                  "base_acc": res["base"][split]}
+                 for r, extra in enumerate(repeats) for s in range(grid.shape[1])
+                 for e in range(s, grid.shape[2])]
+    return arrays, rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse(sys.argv[1:] if argv is None else argv)
+    run_dir = Path(opts["run_dir"])
+    if not run_dir.is_dir():
+        raise SystemExit(f"run_dir={run_dir}: no such directory")
+    steps = choose_checkpoints(opts["checkpoints"], run_dir)
+    model, ds, run_cfg = load_model(run_dir, steps[0])
+    probes = choose_probes(opts["probe"], ds)
+    splits = opts["split"].split(",") if opts["split"] else default_splits(ds)
+    batches = {s: probe_batch(ds, s, int(opts["n"]), seed=int(opts["seed"])) for s in splits}
+    if opts["corrupt"] != "all":
+        for b in batches.values():
+            if opts["corrupt"] not in input_roles(b):
+                raise SystemExit(f"corrupt={opts['corrupt']!r} is not an input role of task "
+                                 f"{ds.task!r}; choose from {input_roles(b)}")
+    meta = {"run_dir": str(run_dir), "options": opts, "splits": splits,
+            "code_version": code_version(), "run_config": run_cfg}
+    stores = {p: Store(run_dir, p, meta | {"probe": p}) for p in probes}
+    for step in steps:
+        if step != steps[0]:
+            model.load_state_dict(read_checkpoint(run_dir, step)[0])
+        for p in probes:
+            if p == "logit_lens":
+                arrays, rows = run_logit_lens(model, batches, opts)
+            elif p == "causal_tracing":
+                arrays, rows = run_causal_tracing(model, batches, opts, ds)
+            elif p == "attention":
+                arrays, rows = run_attention(model, batches, opts)
+            elif p == "fourier":
+                arrays, rows = run_fourier(model, ds)
+            else:
+                arrays, rows = run_surgery(model, batches, opts)
+            stores[p].save(step, arrays, rows)
+        print(f"checkpoint {step}: {', '.join(probes)}")
+    print(f"wrote {run_dir / 'probes'}/{{{','.join(probes)}}}.jsonl, .json and npz arrays")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

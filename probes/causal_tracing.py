@@ -1,0 +1,127 @@
+"""Causal tracing across (virtual layer, position), batched; and transformer_lens.patching maps.
+
+The paper's procedure (REFERENCES.md §3): run the clean input; for each cell (i, pos) overwrite the
+clean state S[i, pos] with the corrupted run's S[i, pos], run the remaining layers, and record
+whether the top-1 prediction at the answer position flips. With causal attention the corrupted
+state at pos depends only on tokens up to pos, so the paper's prefix-only corrupted run and one
+full corrupted run give the same S[i, pos]. In a looped model the layers after a patched cell
+include later recurrence steps, and input injection re-reads the prelude output e: a patch inside
+the prelude changes e (as it would), a patch after it leaves the clean e.
+
+Batched: the states of both runs are computed once; for each layer i, every position's patched
+copy of the batch runs the remaining layers together (`n * pos` rows), so all cells take V + 1
+continuations instead of V * pos full forward passes. `trace_loop` is the straightforward
+one-cell-per-forward-pass version through hook points, kept as the reference the benchmark and
+tests compare against.
+"""
+from __future__ import annotations
+
+import torch
+from transformer_lens import patching
+
+
+def _answer_logits(model, final_state, answer_pos):
+    rows = torch.arange(len(final_state), device=final_state.device)
+    return model.unembed(final_state[rows, answer_pos])          # [rows, vocab]
+
+
+@torch.no_grad()
+def patched_logits(model, base, source, answer_pos, max_rows: int = 8192) -> torch.Tensor:
+    """Answer logits [V + 1, pos, n, vocab] of the `base` run with S[i, pos] taken from `source`."""
+    n, P = base.shape
+    layers = model.unrolled()
+    V, n_pre = len(layers), len(model.prelude)
+    out = []
+    chunk = max(1, max_rows // P)
+    for lo in range(0, n, chunk):
+        rows = slice(lo, lo + chunk)
+        S_base, e = model.residual_states(base[rows])
+        S_src, _ = model.residual_states(source[rows])
+        m, ap = S_base.shape[1], answer_pos[rows]
+        eye = torch.eye(P, dtype=torch.bool)[:, None, :, None]  # [patched pos, 1, pos, 1]
+        per_layer = []
+        for i in range(V + 1):
+            x = torch.where(eye, S_src[i][None], S_base[i][None]).reshape(P * m, P, -1)
+            e_rep = None if i <= n_pre else e.repeat(P, 1, 1)
+            x = model.run_unrolled(x, layers[i:], e_rep)
+            per_layer.append(_answer_logits(model, x, ap.repeat(P)).view(P, m, -1))
+        out.append(torch.stack(per_layer))
+    return torch.cat(out, dim=2)
+
+
+@torch.no_grad()
+def causal_trace(model, clean, corrupted, answer_pos, clean_answers, corrupted_answers) -> dict:
+    """Flip rate and logit difference for every (layer, pos) cell.
+
+    flip [V + 1, pos, n]: the clean run's top-1 answer changes when S[i, pos] comes from the
+    corrupted run; strength [V + 1, pos] its mean (the paper's causal strength);
+    logit_diff [V + 1, pos]: mean logit(clean answer) - logit(corrupted answer) of the patched
+    run; full_effect: the fraction of examples whose prediction the corruption itself flips."""
+    logits = patched_logits(model, clean, corrupted, answer_pos)
+    clean_final = _answer_logits(model, model.residual_states(clean)[0][-1], answer_pos)
+    corr_final = _answer_logits(model, model.residual_states(corrupted)[0][-1], answer_pos)
+    clean_pred = clean_final.argmax(-1)
+    flip = logits.argmax(-1) != clean_pred
+    diff = (logits.gather(-1, clean_answers.expand(*logits.shape[:2], -1)[..., None])
+            - logits.gather(-1, corrupted_answers.expand(*logits.shape[:2], -1)[..., None]))[..., 0]
+    return {"flip": flip.numpy(), "strength": flip.double().mean(-1).numpy(),
+            "logit_diff": diff.double().mean(-1).numpy(),
+            "full_effect": float((corr_final.argmax(-1) != clean_pred).double().mean()),
+            "clean_acc": float((clean_pred == clean_answers).double().mean())}
+
+
+def state_hook_name(i: int) -> str:
+    """The hook point whose output is S[i]: the token embedding for i = 0 (positions are the same
+    in both runs), else the residual after virtual layer i - 1."""
+    return "hook_embed" if i == 0 else f"blocks.{i - 1}.hook_resid_post"
+
+
+@torch.no_grad()
+def trace_loop(model, clean, corrupted, answer_pos) -> torch.Tensor:
+    """Reference: one forward pass per (layer, pos) cell, patching through a hook point.
+    Returns the flip [V + 1, pos, n] of `causal_trace`."""
+    _, cache = model.run_with_cache(corrupted, names_filter=lambda name: name == "hook_embed"
+                                    or name.endswith("hook_resid_post"))
+    rows = torch.arange(len(clean))
+    clean_pred = model(clean)[rows, answer_pos].argmax(-1)
+    V, P = len(model.layer_table()), clean.shape[1]
+    flip = torch.zeros(V + 1, P, len(clean), dtype=torch.bool)
+    for i in range(V + 1):
+        name = state_hook_name(i)
+        for p in range(P):
+            def patch(act, hook, p=p, name=name):
+                act = act.clone()
+                act[:, p] = cache[name][:, p]
+                return act
+            logits = model.run_with_hooks(clean, fwd_hooks=[(name, patch)])
+            flip[i, p] = logits[rows, answer_pos].argmax(-1) != clean_pred
+    return flip
+
+
+def logit_diff_metric(answer_pos, clean_answers, corrupted_answers, clean_ld: float, corrupted_ld: float):
+    """Normalised logit difference: 0 = the corrupted run, 1 = the clean run."""
+    def metric(logits):
+        rows = torch.arange(len(logits))
+        lg = logits[rows, answer_pos]
+        ld = (lg[rows, clean_answers] - lg[rows, corrupted_answers]).mean()
+        return (ld - corrupted_ld) / (clean_ld - corrupted_ld + 1e-12)
+    return metric
+
+
+@torch.no_grad()
+def patching_maps(model, clean, corrupted, answer_pos, clean_answers, corrupted_answers) -> dict:
+    """transformer_lens.patching heatmaps (denoising: the corrupted run with one clean activation
+    patched in) with the normalised logit-difference metric: resid_pre and attn_out
+    [layer, pos], head outputs over all positions [layer, head]. Layers are the hooked
+    virtual blocks, `model.layer_table()`."""
+    rows = torch.arange(len(clean))
+
+    def ld(tokens):
+        lg = model(tokens)[rows, answer_pos]
+        return float((lg[rows, clean_answers] - lg[rows, corrupted_answers]).mean())
+
+    metric = logit_diff_metric(answer_pos, clean_answers, corrupted_answers, ld(clean), ld(corrupted))
+    _, cache = model.run_with_cache(clean)
+    return {"resid_pre": patching.get_act_patch_resid_pre(model, corrupted, cache, metric).numpy(),
+            "attn_out": patching.get_act_patch_attn_out(model, corrupted, cache, metric).numpy(),
+            "head_out": patching.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric).numpy()}

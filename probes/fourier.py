@@ -1,0 +1,78 @@
+"""Fourier progress measures for modular addition (Nanda et al. 2023, REFERENCES.md §2).
+
+Token id == number for the modular task, so row a of W_E is the embedding of a.
+- Fourier norms of the embedding per frequency k = 1..(p-1)/2 (the cos and sin components
+  together), their Gini coefficient (sparsity: high once a few key frequencies dominate), and the
+  key frequencies (the largest norms).
+- Restricted loss: the answer logits over the whole table (restricted to the p number tokens)
+  projected, for each output c, onto the directions cos(w_k(a+b)) and sin(w_k(a+b)) of the key
+  frequencies plus the constant; the loss of those logits over the whole table. Excluded loss:
+  those directions removed, the loss on the training cells. Restricted falls and excluded rises
+  as the Fourier circuit forms, before test accuracy jumps.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def fourier_basis(p: int) -> torch.Tensor:
+    """Orthonormal basis [p, p] over Z_p: constant, then cos k, sin k for k = 1..(p-1)/2."""
+    x = torch.arange(p, dtype=torch.float64)
+    rows = [torch.ones(p, dtype=torch.float64)]
+    for k in range(1, (p - 1) // 2 + 1):
+        rows += [torch.cos(2 * math.pi * k * x / p), torch.sin(2 * math.pi * k * x / p)]
+    basis = torch.stack(rows)
+    return basis / basis.norm(dim=1, keepdim=True)
+
+
+def gini(values: np.ndarray) -> float:
+    """Gini coefficient of non-negative values: 0 all equal, towards 1 when one dominates."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(v)
+    if v.sum() == 0:
+        return 0.0
+    return float((2 * np.arange(1, n + 1) - n - 1) @ v / (n * v.sum()))
+
+
+def check_applies(ds) -> int:
+    if ds.task != "modular" or ds.config.get("op") != "add":
+        raise ValueError(f"probe=fourier applies to modular addition only; this run's task is "
+                         f"{ds.task!r}{' with op ' + repr(ds.config.get('op')) if ds.task == 'modular' else ''}")
+    return int(ds.config["p"])
+
+
+@torch.no_grad()
+def fourier_measures(model, ds, n_key: int = 5) -> dict:
+    p = check_applies(ds)
+    basis = fourier_basis(p)
+    coef = basis @ model.W_E[:p].double()                       # [basis, d_model]
+    norms = coef.norm(dim=1)
+    freq_norm = (norms[1::2] ** 2 + norms[2::2] ** 2).sqrt()   # [(p-1)/2], frequency k = index + 1
+    key = (torch.argsort(freq_norm, descending=True)[:n_key] + 1).tolist()
+
+    tokens = torch.as_tensor(ds.inputs)                         # every cell, a-major: row a*p + b
+    pos = torch.as_tensor(ds.answer_pos)
+    logits = torch.cat([model(tokens[i:i + 4096])[torch.arange(len(tokens[i:i + 4096])),
+                                                  pos[i:i + 4096], :p]
+                        for i in range(0, len(tokens), 4096)]).double()   # [p*p, p]
+    answers = torch.as_tensor(ds.answers)
+    a, b = tokens[:, 0].double(), tokens[:, 2].double()
+    dirs = [torch.ones(p * p, dtype=torch.float64)]
+    for k in key:
+        w = 2 * math.pi * k / p
+        dirs += [torch.cos(w * (a + b)), torch.sin(w * (a + b))]
+    D = torch.stack(dirs)
+    D = D / D.norm(dim=1, keepdim=True)                         # orthonormal over the table
+    kept = D.T @ (D @ logits)                                   # [p*p, p]
+    excluded = logits - kept + D[:1].T @ (D[:1] @ logits)      # remove the key directions only
+    train = torch.as_tensor(ds.splits["train"])
+    ce = lambda lg, idx: float(F.cross_entropy(lg[idx], answers[idx]))
+    every = torch.arange(p * p)
+    test = torch.as_tensor(ds.splits["test"])
+    return {"freq_norm": freq_norm.numpy(), "gini": gini(freq_norm.numpy()), "key_freqs": key,
+            "restricted_loss": ce(kept, every), "excluded_loss": ce(excluded, train),
+            "train_loss": ce(logits, train), "test_loss": ce(logits, test)}

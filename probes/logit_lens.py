@@ -1,0 +1,79 @@
+"""Logit lens at every virtual layer and position, and the per-step readout through the coda.
+
+Logit lens (REFERENCES.md §3): the final norm and the unembedding applied to the residual state
+S[i, pos] after virtual layer i (S[0] is the embedding). For each target role (the tokens a task
+names: bridge entities, relations, the answer, comparison values) we record, at every (layer,
+position), the rank of the role's token among all tokens (0 = top), the reciprocal rank and top-1.
+`at_role` reads each role at its own position (the answer at the answer position), the paper's
+numbers: e.g. the bridge entity's MRR at the r1 position per layer.
+"""
+from __future__ import annotations
+
+import torch
+
+from probes.examples import ProbeBatch
+
+
+def target_roles(batch: ProbeBatch) -> list[str]:
+    return [name for name, tok in batch.roles.items() if (tok >= 0).any()]
+
+
+@torch.no_grad()
+def logit_lens(model, batch: ProbeBatch, roles: list[str] | None = None, chunk: int = 256) -> dict:
+    """Arrays, roles in the order of `roles`:
+    rank/mrr/top1 [role, layer, pos] means over the examples that have the role;
+    at_role_mrr/at_role_top1 [role, layer] at each example's own role position;
+    n [role] examples per role; layers: labels of S[0..V]."""
+    roles = roles or target_roles(batch)
+    missing = [r for r in roles if r not in batch.roles]
+    if missing:
+        raise ValueError(f"role {missing[0]!r} is not a role of this task; it has {sorted(batch.roles)}")
+    n_layers = len(model.layer_table()) + 1
+    P = batch.tokens.shape[1]
+    sums = {k: torch.zeros(len(roles), n_layers, P, dtype=torch.float64) for k in ("rank", "mrr", "top1")}
+    at = {k: torch.zeros(len(roles), n_layers, dtype=torch.float64) for k in ("mrr", "top1")}
+    count = torch.zeros(len(roles), dtype=torch.float64)
+    for lo in range(0, len(batch), chunk):
+        rows = slice(lo, lo + chunk)
+        S, _ = model.residual_states(batch.tokens[rows])
+        logits = model.unembed(S)                                   # [layer, n, pos, vocab]
+        for j, role in enumerate(roles):
+            tok = batch.roles[role][rows]
+            has = tok >= 0
+            if not has.any():
+                continue
+            lg = logits[:, has]                                     # [layer, m, pos, vocab]
+            target = lg.gather(-1, tok[has][None, :, None, None].expand(*lg.shape[:3], 1))
+            rank = (lg > target).sum(-1).double()                   # [layer, m, pos]
+            sums["rank"][j] += rank.sum(1)
+            sums["mrr"][j] += (1 / (rank + 1)).sum(1)
+            sums["top1"][j] += (rank == 0).double().sum(1)
+            pos = batch.role_pos[role][rows][has]
+            pos = torch.where(pos >= 0, pos, batch.answer_pos[rows][has])
+            own = rank[:, torch.arange(len(pos)), pos]              # [layer, m]
+            at["mrr"][j] += (1 / (own + 1)).sum(1)
+            at["top1"][j] += (own == 0).double().sum(1)
+            count[j] += has.sum()
+    denom = count.clamp(min=1)
+    out = {k: (v / denom[:, None, None]).numpy() for k, v in sums.items()}
+    out |= {f"at_role_{k}": (v / denom[:, None]).numpy() for k, v in at.items()}
+    out["n"] = count.numpy()
+    out["roles"] = roles
+    out["layers"] = ["embed"] + [v.label for v in model.layer_table()]
+    return out
+
+
+@torch.no_grad()
+def step_readout(model, batch: ProbeBatch, n_steps: int | None = None, chunk: int = 1024) -> dict:
+    """What the model would answer if it stopped after step t: accuracy and answer MRR
+    [steps] for t = 1..n_steps (default: the trained number of steps)."""
+    correct, rr = [], []
+    for lo in range(0, len(batch), chunk):
+        rows = slice(lo, lo + chunk)
+        logits = model.readout_steps(batch.tokens[rows], n_steps, positions=batch.answer_pos[rows])
+        target = logits.gather(-1, batch.answers[rows][None, :, None].expand(len(logits), -1, 1))
+        rank = (logits > target).sum(-1)                            # [steps, n]
+        correct.append(rank == 0)
+        rr.append(1 / (rank.double() + 1))
+    return {"acc": torch.cat(correct, 1).double().mean(1).numpy(),
+            "answer_mrr": torch.cat(rr, 1).mean(1).numpy()}

@@ -1,0 +1,48 @@
+"""Layer-loop surgery: re-run a contiguous range of virtual layers of a trained model.
+
+L1 -> [L2 -> L3] x (1 + N) -> L4: layers start..end (inclusive) run N extra times, with no
+retraining. For a looped model a repeated range that starts a recurrence step re-applies input
+injection there (the loop was trained that way); the prelude output e is set once.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+
+def repeat_range(layers: list, start: int, end: int, extra: int) -> list:
+    again = [dataclasses.replace(layer, begins_loop=False) for layer in layers[start:end + 1]]
+    return layers[:end + 1] + again * extra + layers[end + 1:]
+
+
+@torch.no_grad()
+def accuracy(model, layers, tokens, answer_pos, answers, chunk: int = 4096) -> float:
+    correct = 0
+    for lo in range(0, len(tokens), chunk):
+        rows = slice(lo, lo + chunk)
+        x = model.run_unrolled(model.embed(tokens[rows]), layers)
+        ap = answer_pos[rows]
+        logits = model.unembed(x[torch.arange(len(x)), ap])
+        correct += int((logits.argmax(-1) == answers[rows]).sum())
+    return correct / max(len(tokens), 1)
+
+
+@torch.no_grad()
+def layer_loop_surgery(model, batches: dict, repeats=(1, 2, 3)) -> dict:
+    """acc[split] [len(repeats), V, V] (start, end; NaN where end < start) and base[split], the
+    unmodified model's accuracy on the same examples."""
+    layers = model.unrolled()
+    V = len(layers)
+    out = {"repeats": list(repeats), "layers": [v.label for v in model.layer_table()], "acc": {}, "base": {}}
+    for split, b in batches.items():
+        grid = np.full((len(repeats), V, V), np.nan)
+        for r, extra in enumerate(repeats):
+            for start in range(V):
+                for end in range(start, V):
+                    grid[r, start, end] = accuracy(model, repeat_range(layers, start, end, extra),
+                                                   b.tokens, b.answer_pos, b.answers)
+        out["acc"][split] = grid
+        out["base"][split] = accuracy(model, layers, b.tokens, b.answer_pos, b.answers)
+    return out

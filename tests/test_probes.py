@@ -1,0 +1,194 @@
+"""Probes: correctness on hand-built and random models, agreement with transformer_lens.patching,
+the batched tracing equal to the one-cell-per-pass loop, and the CLI on a trained run."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformer_lens import patching
+
+from grokloop.config import RunConfig
+from grokloop.train import train
+from probes import causal_tracing as ct
+from probes.__main__ import main as probes_main
+from probes.examples import ProbeBatch
+from probes.fourier import fourier_measures, gini
+from probes.logit_lens import logit_lens, step_readout
+from probes.surgery import accuracy, layer_loop_surgery, repeat_range
+from tests.test_train import TINY, compose_dict
+from grokloop.config import run_config_from_dict
+
+N, P = 30, 5
+
+
+def batch_of(tokens, roles=None, answer_pos=None, answers=None):
+    n = len(tokens)
+    answer_pos = torch.full((n,), P - 1) if answer_pos is None else answer_pos
+    answers = torch.zeros(n, dtype=torch.long) if answers is None else answers
+    roles = roles or {"answer": answers}
+    role_pos = {k: torch.full((n,), -1) for k in roles}
+    return ProbeBatch("x", np.arange(n), tokens, answer_pos, answers, torch.ones(n, dtype=torch.long),
+                      roles, role_pos)
+
+
+def clean_and_corrupted(seed=0, at=1):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, 23, (N, P), generator=g)
+    bad = clean.clone()
+    bad[:, at] = (clean[:, at] + 1 + torch.randint(0, 21, (N,), generator=g)) % 23
+    return clean, bad, torch.full((N,), P - 1)
+
+
+def test_logit_lens_at_the_last_layer_is_the_models_answer(make_model):
+    m = make_model(n_prelude=1, n_core=1, n_steps=3, n_coda=1, injection="concat")
+    clean, _, ap = clean_and_corrupted()
+    logits = m(clean)[torch.arange(N), ap]
+    answers = logits.argsort(-1, descending=True)[:, 2]          # the model's 3rd choice
+    lens = logit_lens(m, batch_of(clean, answers=answers))
+    assert lens["layers"][-1] == "coda.L0" and len(lens["layers"]) == 6
+    assert np.allclose(lens["rank"][0, -1, P - 1], 2) and np.allclose(lens["at_role_mrr"][0, -1], 1 / 3)
+    readout = step_readout(m, batch_of(clean, answers=logits.argmax(-1)))
+    assert readout["acc"][-1] == 1.0 and readout["acc"].shape == (3,)
+
+
+def test_logit_lens_finds_a_hand_placed_token_at_its_layer(make_model):
+    # One-hot embeddings, tied unembedding, every block silent except layer 2's MLP, which writes
+    # token 7's direction everywhere: the lens must see the input token up to S[2] and 7 from S[3].
+    m = make_model(n_core=4, n_steps=1, d_model=32, d_vocab=23, tied_embeddings=True,
+                   normalization="none")
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        m.W_E[:, :23] = torch.eye(23) * 5
+        m.cores[0][2].mlp.W_out.bias[7] = 20.0
+    tokens = torch.randint(0, 23, (N, P))
+    tokens[tokens == 7] = 8
+    lens = logit_lens(m, batch_of(tokens, roles={"seven": torch.full((N,), 7),
+                                                 "input_at_0": tokens[:, 0]}))
+    seven, own = lens["top1"][0], lens["top1"][1]
+    assert (seven[:3] == 0).all() and (seven[3:] == 1).all()
+    assert (own[:3, 0] == 1).all() and (own[3:, 0] == 0).all()
+
+
+def test_patching_clean_into_clean_is_zero_and_corrupted_into_corrupted_is_full(make_model):
+    m = make_model(n_prelude=1, n_core=2, n_steps=2, n_coda=1, injection="add")
+    clean, bad, ap = clean_and_corrupted()
+    rows = torch.arange(N)
+    clean_pred, bad_pred = m(clean)[rows, ap].argmax(-1), m(bad)[rows, ap].argmax(-1)
+    same = ct.patched_logits(m, clean, clean, ap).argmax(-1)           # [V + 1, pos, n]
+    assert (same == clean_pred).all()
+    full = ct.patched_logits(m, bad, bad, ap).argmax(-1)
+    assert (full == bad_pred).all() and (full != clean_pred).any()
+    res = ct.causal_trace(m, clean, bad, ap, clean_pred, bad_pred)
+    assert res["strength"][:, 0].max() == 0                            # before the corrupted token
+    assert res["strength"][-1, -1] == pytest.approx(res["full_effect"])  # the last cell is everything
+
+
+@pytest.mark.parametrize("kw", [dict(n_core=3, n_steps=1),
+                                dict(n_prelude=1, n_core=1, n_steps=3, n_coda=1, injection="concat",
+                                     positional="rotary")])
+def test_batched_tracing_equals_the_one_cell_per_pass_loop(make_model, kw):
+    m = make_model(**kw)
+    clean, bad, ap = clean_and_corrupted(at=2)
+    rows = torch.arange(N)
+    res = ct.causal_trace(m, clean, bad, ap, m(clean)[rows, ap].argmax(-1), m(bad)[rows, ap].argmax(-1))
+    assert (torch.as_tensor(res["flip"]) == ct.trace_loop(m, clean, bad, ap)).all()
+    assert res["strength"].max() > 0
+
+
+def test_causal_tracing_agrees_with_transformer_lens_patching(make_model):
+    m = make_model(n_core=3, n_steps=1)  # a plain stack: resid_pre of block i is S[i]
+    clean, bad, ap = clean_and_corrupted()
+    rows = torch.arange(N)
+    clean_ans, bad_ans = m(clean)[rows, ap].argmax(-1), m(bad)[rows, ap].argmax(-1)
+    res = ct.causal_trace(m, clean, bad, ap, clean_ans, bad_ans)
+    _, bad_cache = m.run_with_cache(bad)
+    flips = lambda logits: (logits[rows, ap].argmax(-1) != clean_ans).float().mean()
+    ld = lambda logits: (logits[rows, ap, clean_ans] - logits[rows, ap, bad_ans]).mean()
+    tl_strength = patching.get_act_patch_resid_pre(m, clean, bad_cache, flips)
+    tl_ld = patching.get_act_patch_resid_pre(m, clean, bad_cache, ld)
+    assert np.allclose(res["strength"][:3], tl_strength.numpy())
+    assert np.allclose(res["logit_diff"][:3], tl_ld.numpy(), atol=1e-5)
+    maps = ct.patching_maps(m, clean, bad, ap, clean_ans, bad_ans)
+    assert maps["resid_pre"].shape == (3, P) and maps["head_out"].shape == (3, 4)
+    assert maps["resid_pre"][0, 1] == pytest.approx(1.0, abs=1e-4)  # the corrupted token, restored
+
+
+def test_surgery_repeating_the_last_step_equals_one_more_step(make_model):
+    m = make_model(n_core=1, n_steps=3, injection="add")
+    tokens, _, ap = clean_and_corrupted()
+    four = m.readout_steps(tokens, 4, positions=ap)[-1].argmax(-1)
+    layers = m.unrolled()
+    assert accuracy(m, repeat_range(layers, 2, 2, 1), tokens, ap, four) == 1.0
+    assert accuracy(m, layers, tokens, ap, four) < 1.0
+    res = layer_loop_surgery(m, {"x": batch_of(tokens, answers=four, answer_pos=ap)}, repeats=(1, 2))
+    assert res["acc"]["x"].shape == (2, 3, 3) and res["acc"]["x"][0, 2, 2] == 1.0
+    assert np.isnan(res["acc"]["x"][0, 2, 0])
+
+
+def test_fourier_measures_find_a_planted_frequency(make_model):
+    p = 13
+    _, _, d = compose_dict(TINY + ["data.p=13"])
+    cfg = run_config_from_dict(d)
+    from datagen import load_or_build
+    ds = load_or_build(cfg.data, None)
+    m = make_model(d_vocab=len(ds.vocab), n_ctx=4, n_core=1)
+    with torch.no_grad():
+        a = torch.arange(p, dtype=torch.float64)
+        m.W_E[:p] = 0
+        m.W_E[:p, 0] = torch.cos(2 * math.pi * 4 * a / p).float()
+        m.W_E[:p, 1] = torch.sin(2 * math.pi * 4 * a / p).float()
+    res = fourier_measures(m, ds)
+    assert res["key_freqs"][0] == 4 and res["gini"] > 0.8
+    assert all(np.isfinite([res["restricted_loss"], res["excluded_loss"], res["test_loss"]]))
+    assert gini(np.ones(6)) == 0 and gini(np.eye(6)[0]) > 0.8
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("probe_run")
+    _, _, d = compose_dict(["experiment=composition_small_looped", "train.steps=40",
+                            "train.progress=false", "model.d_model=32", "model.n_heads=2",
+                            "model.d_mlp=64", "train.batch_size=128", "train.checkpoint_every_max=20",
+                            f"data_cache={tmp / 'cache'}"])
+    train(run_config_from_dict(d), tmp / "run")
+    return tmp / "run"
+
+
+def test_probes_cli_writes_every_probe_for_every_checkpoint(trained_run):
+    probes_main([f"run_dir={trained_run}", "checkpoints=all", "n=40", "patching_examples=5",
+                 "repeats=1"])
+    out = trained_run / "probes"
+    record = json.loads((out / "causal_tracing.json").read_text())
+    steps = record["checkpoints"]
+    assert len(steps) >= 2 and record["code_version"] and record["run_config"]["experiment"]
+    for probe in ("logit_lens", "causal_tracing", "attention", "surgery"):
+        rows = [json.loads(line) for line in (out / f"{probe}.jsonl").read_text().splitlines()]
+        assert {r["checkpoint"] for r in rows} == set(steps)
+        assert len(list((out / probe).glob("step_*.npz"))) == len(steps)
+    lens = np.load(out / "logit_lens" / f"step_{steps[-1]:08d}.npz")
+    assert lens["train_inferred/at_role_mrr"].shape[1] == 5            # embed + 2 layers x 2 steps
+    n_rows = len((out / "surgery.jsonl").read_text().splitlines())
+    probes_main([f"run_dir={trained_run}", f"checkpoints={steps[-1]}", "probe=surgery", "n=40",
+                 "repeats=1"])
+    assert len((out / "surgery.jsonl").read_text().splitlines()) == n_rows  # replaced, not appended
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run_dir=/nonexistent/run"], "no such directory"),
+    (["probe=fourier"], "modular addition only"),
+    (["corrupt=bridge_1"], "not an input role"),
+    (["checkpoints=999999"], "has no checkpoint"),
+    (["probe=lens"], "unknown"),
+    (["colour=red"], "unknown option")])
+def test_probes_cli_errors_name_the_problem(trained_run, args, needle):
+    argv = args if args[0].startswith("run_dir") else [f"run_dir={trained_run}"] + args
+    with pytest.raises(SystemExit, match=needle):
+        probes_main(argv)
+
+
+def test_probes_cli_on_a_run_without_checkpoints(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no checkpoints"):
+        probes_main([f"run_dir={tmp_path}"])
