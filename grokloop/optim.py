@@ -8,10 +8,12 @@ from grokloop.config import OptimConfig
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """Weight decay on matrices only, unless `decay_norms_and_biases` (norm gains, biases)."""
+    """Weight decay on matrices only, unless `decay_norms_and_biases` (norm gains, biases).
+    The MoE experts' input biases `b_in` are 2-D ([expert, d_expert]) but biases all the same."""
     decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.dim() >= 2 or cfg.decay_norms_and_biases else no_decay).append(p)
+    for name, p in model.named_parameters():
+        matrix = p.dim() >= 2 and not name.endswith(".b_in")
+        (decay if matrix or cfg.decay_norms_and_biases else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)

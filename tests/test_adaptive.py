@@ -191,3 +191,14 @@ def test_halting_cli_rejects_unknown_options(tmp_path):
     r = subprocess.run([sys.executable, "-m", "grokloop.halting", f"run_dir={tmp_path}", "max_step=3"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "max_step" in r.stderr
+
+
+def test_moe_expert_biases_are_not_weight_decayed(make_model):
+    from grokloop.config import OptimConfig
+    from grokloop.optim import make_optimizer
+
+    m = make_model(n_core=1, n_steps=2, moe_experts=4, moe_top_k=2)
+    decay, no_decay = make_optimizer(m, OptimConfig(weight_decay=1.0)).param_groups
+    b_in = [p for n, p in m.named_parameters() if n.endswith(".b_in")]
+    assert b_in and all(any(p is q for q in no_decay["params"]) for p in b_in)
+    assert decay["weight_decay"] == 1.0 and no_decay["weight_decay"] == 0.0
