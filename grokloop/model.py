@@ -110,12 +110,18 @@ class Attention(nn.Module):
         self.W_O = nn.Linear(cfg.d_model, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, hp, query_pos=None):
+    def forward(self, x, hp, query_pos=None, from_pos: int = 0):
         B, P, _ = x.shape
         H, D = self.cfg.n_heads, self.cfg.d_head
         q, k, v = self.W_QKV(x).view(B, P, 3, H, D).unbind(2)  # each [batch, pos, head, d_head]
         if self.cfg.positional == "rotary":
             q, k = rotary(q), rotary(k)
+        if from_pos:  # queries from_pos.. only, attending to every key up to themselves
+            keep = torch.arange(P, device=x.device)[None] <= torch.arange(from_pos, P, device=x.device)[:, None]
+            z = F.scaled_dot_product_attention(q[:, from_pos:].transpose(1, 2), k.transpose(1, 2),
+                                               v.transpose(1, 2), attn_mask=keep,
+                                               dropout_p=self.cfg.dropout if self.training else 0.0)
+            return self.W_O(z.transpose(1, 2).reshape(B, P - from_pos, H * D))
         if query_pos is not None:  # only one query per example: [batch, 1, d_model] out
             rows = torch.arange(B, device=x.device)
             q = q[rows, query_pos][:, None]                          # [batch, 1, head, d_head]
@@ -160,7 +166,12 @@ class Block(nn.Module):
                     if moe else MLP(cfg))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, hp=None, query_pos=None):
+    def forward(self, x, hp=None, query_pos=None, from_pos: int = 0):
+        if from_pos:
+            # Positions before from_pos are known (causal tracing patches a later position): only
+            # the residual at from_pos.. is computed, [batch, pos - from_pos, d_model].
+            x1 = x[:, from_pos:] + self.drop(self.attn(self.ln1(x), None, from_pos=from_pos))
+            return x1 + self.drop(self.mlp(self.ln2(x1), None))
         if query_pos is not None:
             # Only the residual at query_pos is needed downstream (the loss reads one position and
             # attention is causal), so the last layer computes its query and MLP there alone.

@@ -8,11 +8,10 @@ full corrupted run give the same S[i, pos]. In a looped model the layers after a
 include later recurrence steps, and input injection re-reads the prelude output e: a patch inside
 the prelude changes e (as it would), a patch after it leaves the clean e.
 
-Batched: the states of both runs are computed once; for each layer i, every position's patched
-copy of the batch runs the remaining layers together (`n * pos` rows), so all cells take V + 1
-continuations instead of V * pos full forward passes. `trace_loop` is the straightforward
-one-cell-per-forward-pass version through hook points, kept as the reference the benchmark and
-tests compare against.
+Batched: the states of both runs are computed once; for each (layer i, position p) the examples
+whose cell can change the answer continue from layer i together, computing only positions p..
+(see `patched_logits`). `trace_loop` is the straightforward one-cell-per-forward-pass version
+through hook points, kept as the reference the benchmark and tests compare against.
 """
 from __future__ import annotations
 
@@ -25,28 +24,64 @@ def _answer_logits(model, final_state, answer_pos):
     return model.unembed(final_state[rows, answer_pos])          # [rows, vocab]
 
 
+def _continue(model, x, layers, first: int, S_base, e, p: int, answer_pos):
+    """The final state at the answer position [rows, d_model] after running virtual layers
+    first.. on x (S[first] with position p patched). By causality every position before p keeps
+    its clean state (read from S_base), so only positions p.. are computed, and the last layer
+    computes the answer position alone."""
+    for j, layer in enumerate(layers):
+        if j:
+            x = torch.cat([S_base[first + j][:, :p], x], dim=1)
+        if layer.begins_loop:
+            e, x = x, model._initial_state(x)
+        if layer.starts_step:
+            x = model._inject(x, e, None)
+        if j == len(layers) - 1:
+            return layer.block(x, None, query_pos=answer_pos)
+        x = layer.block(x, from_pos=p)
+
+
 @torch.no_grad()
-def patched_logits(model, base, source, answer_pos, max_rows: int = 8192) -> torch.Tensor:
-    """Answer logits [V + 1, pos, n, vocab] of the `base` run with S[i, pos] taken from `source`."""
+def patched_logits(model, base, source, answer_pos, max_rows: int = 8192, with_runs: bool = False):
+    """Answer logits [V + 1, pos, n, vocab] of the `base` run with S[i, pos] taken from `source`
+    (with_runs: also the unpatched base and source runs' answer logits [n, vocab]).
+
+    Exact shortcuts, each a consequence of causal attention: a cell whose source state equals
+    the base state (every position before the corrupted token), or that lies after the answer
+    position, leaves the answer unchanged (the clean logits); every other cell is continued from
+    layer i computing only positions pos.. (earlier positions keep their clean states)."""
     n, P = base.shape
     layers = model.unrolled()
     V, n_pre = len(layers), len(model.prelude)
-    out = []
-    chunk = max(1, max_rows // P)
-    for lo in range(0, n, chunk):
-        rows = slice(lo, lo + chunk)
+    out, base_out, src_out = [], [], []
+    for lo in range(0, n, max(1, max_rows // P)):
+        rows = slice(lo, lo + max(1, max_rows // P))
         S_base, e = model.residual_states(base[rows])
         S_src, _ = model.residual_states(source[rows])
-        m, ap = S_base.shape[1], answer_pos[rows]
-        eye = torch.eye(P, dtype=torch.bool)[:, None, :, None]  # [patched pos, 1, pos, 1]
-        per_layer = []
-        for i in range(V + 1):
-            x = torch.where(eye, S_src[i][None], S_base[i][None]).reshape(P * m, P, -1)
-            e_rep = None if i <= n_pre else e.repeat(P, 1, 1)
-            x = model.run_unrolled(x, layers[i:], e_rep)
-            per_layer.append(_answer_logits(model, x, ap.repeat(P)).view(P, m, -1))
-        out.append(torch.stack(per_layer))
-    return torch.cat(out, dim=2)
+        ap = answer_pos[rows]
+        clean = _answer_logits(model, S_base[-1], ap)
+        logits = clean.expand(V + 1, P, *clean.shape).clone()           # [V + 1, pos, m, vocab]
+        for i in range(V):
+            differs = (S_src[i] != S_base[i]).any(-1)                    # [m, pos]
+            for p in range(P):
+                todo = torch.nonzero(differs[:, p] & (p <= ap))[:, 0]
+                if not len(todo):
+                    continue
+                x = S_base[i][todo].clone()
+                x[:, p] = S_src[i][todo, p]
+                x = _continue(model, x, layers[i:], i, S_base[:, todo], None if i <= n_pre else e[todo],
+                              p, ap[todo])
+                logits[i, p, todo] = model.unembed(x)
+        # after the last layer, patching S[V] replaces the final state itself
+        final = S_base[-1][None].expand(P, *S_base[-1].shape).clone()    # [pos, m, pos, d]
+        idx = torch.arange(P)
+        final[idx, :, idx] = S_src[-1].transpose(0, 1)
+        logits[V] = torch.stack([_answer_logits(model, final[p], ap) for p in range(P)])
+        out.append(logits)
+        base_out.append(clean)
+        src_out.append(_answer_logits(model, S_src[-1], ap))
+    logits = torch.cat(out, dim=2)
+    return (logits, torch.cat(base_out), torch.cat(src_out)) if with_runs else logits
 
 
 @torch.no_grad()
