@@ -25,7 +25,7 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from grokloop.config import ModelConfig
-from grokloop.hooks import apply_hook
+from grokloop.hooks import apply_hook, watched
 from grokloop.moe import MoEMLP, balance_loss
 
 
@@ -82,6 +82,9 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, x):
+        if not (self.hook_scale._forward_hooks or self.hook_normalized._forward_hooks):
+            # nobody looks inside: the fused kernel (the same function; its backward is far cheaper)
+            return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(x / scale) * self.w + self.b
@@ -131,9 +134,10 @@ class Attention(nn.Module):
                                                dropout_p=self.cfg.dropout if self.training else 0.0)
             return self.W_O(z.transpose(1, 2).reshape(B, 1, H * D))
         q, k, v = apply_hook(hp, "attn.hook_q", q), apply_hook(hp, "attn.hook_k", k), apply_hook(hp, "attn.hook_v", v)
-        if hp is None and not self.training:  # fast path: fused kernel when nobody looks
-            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                               v.transpose(1, 2), is_causal=True).transpose(1, 2)
+        if hp is None:  # fast path: the fused kernel when nobody looks at the pattern
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True, dropout_p=self.cfg.dropout if self.training
+                                               else 0.0).transpose(1, 2)
         else:
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
             mask = torch.ones(P, P, dtype=torch.bool, device=x.device).triu(1)
@@ -318,7 +322,8 @@ class LoopedTransformer(HookedRootModule):
         [batch, d_model] at those positions only (no hooks: the training fast path)."""
         for i, layer in enumerate(layers):
             last = query_pos is not None and i == len(layers) - 1
-            x = layer(x, None if last or not hooked else self.blocks[v], query_pos if last else None)
+            hp = self.blocks[v] if hooked and not last and watched(self.blocks[v]) else None
+            x = layer(x, hp, query_pos if last else None)
             v += 1
         return x, v
 
