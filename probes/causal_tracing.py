@@ -48,8 +48,10 @@ def patched_logits(model, base, source, answer_pos, max_rows: int = 8192, with_r
 
     Exact shortcuts, each a consequence of causal attention: a cell whose source state equals
     the base state (every position before the corrupted token), or that lies after the answer
-    position, leaves the answer unchanged (the clean logits); every other cell is continued from
-    layer i computing only positions pos.. (earlier positions keep their clean states)."""
+    position, leaves the answer unchanged (the base logits); a cell whose patch makes the whole
+    state the source's (the only position where they differ), with the same injected input,
+    continues as the source run (the source logits); every other cell is continued from layer i
+    computing only positions pos.. (earlier positions keep their base states)."""
     n, P = base.shape
     layers = model.unrolled()
     V, n_pre = len(layers), len(model.prelude)
@@ -57,14 +59,18 @@ def patched_logits(model, base, source, answer_pos, max_rows: int = 8192, with_r
     for lo in range(0, n, max(1, max_rows // P)):
         rows = slice(lo, lo + max(1, max_rows // P))
         S_base, e = model.residual_states(base[rows])
-        S_src, _ = model.residual_states(source[rows])
+        S_src, e_src = model.residual_states(source[rows])
         ap = answer_pos[rows]
-        clean = _answer_logits(model, S_base[-1], ap)
+        clean, corrupted = _answer_logits(model, S_base[-1], ap), _answer_logits(model, S_src[-1], ap)
+        same_e = (e_src == e).flatten(1).all(1)                          # [m]
         logits = clean.expand(V + 1, P, *clean.shape).clone()           # [V + 1, pos, m, vocab]
         for i in range(V):
             differs = (S_src[i] != S_base[i]).any(-1)                    # [m, pos]
+            whole = (differs.sum(1) == 1) & (same_e if i > n_pre else True)
             for p in range(P):
-                todo = torch.nonzero(differs[:, p] & (p <= ap))[:, 0]
+                as_source = differs[:, p] & whole
+                logits[i, p, as_source] = corrupted[as_source]
+                todo = torch.nonzero(differs[:, p] & ~as_source & (p <= ap))[:, 0]
                 if not len(todo):
                     continue
                 x = S_base[i][todo].clone()
@@ -79,7 +85,7 @@ def patched_logits(model, base, source, answer_pos, max_rows: int = 8192, with_r
         logits[V] = torch.stack([_answer_logits(model, final[p], ap) for p in range(P)])
         out.append(logits)
         base_out.append(clean)
-        src_out.append(_answer_logits(model, S_src[-1], ap))
+        src_out.append(corrupted)
     logits = torch.cat(out, dim=2)
     return (logits, torch.cat(base_out), torch.cat(src_out)) if with_runs else logits
 
