@@ -32,8 +32,6 @@ def group_runs(runs: list[Run]) -> tuple[list[str], dict[str, list[Run]]]:
     flat = [flatten(r.config) for r in runs]
     keys = sorted({k for f in flat for k in f})
     differ = [k for k in keys if k not in IGNORED and len({f.get(k) for f in flat}) > 1]
-    # keys that only follow another (e.g. experiment name and the model it sets) add noise: keep
-    # the experiment name when it explains everything
     groups: dict[str, list[Run]] = {}
     for r, f in zip(runs, flat):
         label = ", ".join(f"{k}={f.get(k)}" for k in differ) or "all runs"
