@@ -113,6 +113,7 @@ class TrainConfig:
     grok_threshold: float = 0.99
     device: str = "auto"
     progress: bool = True
+    report: bool = True             # the CLI writes RUN/report.html at the end (reports/)
 
     def __post_init__(self):
         if self.steps < 1:

@@ -230,6 +230,11 @@ def main() -> None:
                  and k.count("/") == 1}
         print(f"final {final}")
         print(f"steps to {cfg.train.grok_threshold}: {summary[f'steps_to_{cfg.train.grok_threshold}']}")
+        if cfg.train.report:
+            from reports.__main__ import write
+            from reports.load import load_run
+            from reports.run_report import run_report
+            write(Path(out_dir) / "report.html", run_report(load_run(out_dir)))
         print(f"run directory: {Path(out_dir).resolve()}")
 
     _main()

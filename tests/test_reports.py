@@ -122,6 +122,7 @@ def test_sweep_through_submitit_local_resumes_and_compares(tmp_path):
         "composition_small/seed0", "composition_small/seed1",
         "composition_small_looped/seed0", "composition_small_looped/seed1"]
     assert all((r / "summary.json").exists() for r in runs)
+    assert not any((r / "report.html").exists() for r in runs)  # a sweep gets one compare page
     assert list((tmp_path / "submitit").iterdir())             # the jobs really went through submitit
 
     # interrupt: one run never ran, one was killed after a checkpoint; two finished

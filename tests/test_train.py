@@ -21,7 +21,8 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
 TINY = ["data.p=11", "data.train_fraction=0.5", "model.d_model=16", "model.n_heads=2",
         "model.d_mlp=32", "train.steps=60", "train.eval_every_min=5", "train.eval_every_max=10",
-        "train.checkpoint_every_max=10", "train.progress=false", "train.stop_at_grok=null"]
+        "train.checkpoint_every_max=10", "train.progress=false", "train.stop_at_grok=null",
+        "train.report=false"]
 
 
 def compose_dict(overrides):
@@ -60,6 +61,15 @@ def test_unknown_key_fails_with_its_name(tmp_path):
     r = subprocess.run([sys.executable, "-m", "grokloop.train", "model.d_modle=3",
                         f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0 and "d_modle" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_cli_run_ends_with_its_report_and_says_where(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "grokloop.train", *TINY, "train.report=true",
+                        f"data_cache={tmp_path / 'cache'}", f"out_dir={out}"],
+                       capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert (out / "report.html").stat().st_size > 0 and "Plotly.newPlot" in (out / "report.html").read_text()
+    assert f"wrote {out / 'report.html'}" in r.stdout and f"run directory: {out}" in r.stdout
 
 
 def rows(run):
