@@ -135,13 +135,14 @@ def test_looped_composition_writes_per_step_and_per_split_metrics(tmp_path):
     assert summary["steps_to_0.99"].keys() >= {"test_inferred_id"}
 
 
-@pytest.mark.slow
 def test_modular_addition_groks(tmp_path):
-    # The default experiment (mod 113, half the table, Grokfast): about 2,000 steps, minutes.
-    _, _, d = compose_dict(["experiment=default", "train.steps=4000", "train.progress=false",
+    # The default experiment (mod 113, 30% of the table, perpendicular gradient): it reaches 0.99
+    # test accuracy in 320-360 steps (seeds 0-2), about a minute here; the cap leaves 4x margin.
+    _, _, d = compose_dict(["experiment=default", "train.steps=1500", "train.progress=false",
                             f"data_cache={tmp_path / 'cache'}"])
     summary = train(run_config_from_dict(d), tmp_path)
-    assert summary["grokked"]["test"], summary["final"]
+    assert summary["grokked"]["test"] and summary["steps"] < 1500, summary["final"]
+    assert summary["final"]["acc/test"] >= 0.99
 
 
 def test_resume_skips_a_finished_run_and_extends_a_longer_one(tmp_path, capsys):
