@@ -8,7 +8,11 @@ data and batch size, one process, interleaved repeats.
                 the answer token of the full logits (what the paper's code does)
   plain_loop    our model in that same DataLoader loop
 
-    python bench/bench_train.py [--shapes small,paper] [--steps 20] [--repeats 3]
+With --profile it also measures, with torch.profiler, the time each loop spends inside matrix
+multiplies. No loop can beat another by more than (the other's step time) / (its own matmul time)
+without doing fewer FLOPs, so this says how much speed-up the shapes leave to win.
+
+    python bench/bench_train.py [--shapes small,paper] [--steps 20] [--repeats 3] [--profile]
     python bench/bench_train.py --smoke
 """
 from __future__ import annotations
@@ -49,7 +53,43 @@ def hf_gpt2(mc):
     return model, lambda x: model(input_ids=x).logits
 
 
-def dataloader_seconds_per_step(model, forward, ds, batch: int, steps: int, lr: float, wd: float) -> float:
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+
+
+def matmul_share(run, steps: int) -> float:
+    """The fraction of a loop's own CPU time spent in matrix multiplies, over `steps` steps."""
+    from torch.profiler import profile
+    with profile() as prof:
+        run(steps)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / total
+
+
+def grokloop_step_loop(cfg, ds):
+    """`grokloop.train`'s step (the same calls, without its bookkeeping), for the profiler only:
+    the timing itself always runs the real `train`."""
+    from grokloop.depth import depth_loss
+    from grokloop.optim import make_optimizer
+    torch.manual_seed(0)
+    model = LoopedTransformer(cfg.model)
+    opt = make_optimizer(model, cfg.optim)
+    train = torch.as_tensor(ds.splits["train"])
+    data = [torch.as_tensor(getattr(ds, k)) for k in ("inputs", "answer_pos", "answers")]
+    batch = cfg.train.batch_size or len(train)
+
+    def run(n):
+        for _ in range(n):
+            idx = train[torch.randperm(len(train))[:batch]]
+            loss, _ = depth_loss(model, *(d[idx] for d in data), "fixed", cfg.model.n_steps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    return run
+
+
+def dataloader_loop(model, forward, ds, batch: int, lr: float, wd: float):
     train = torch.as_tensor(ds.splits["train"])
     tensors = TensorDataset(torch.as_tensor(ds.inputs)[train], torch.as_tensor(ds.answer_pos)[train],
                             torch.as_tensor(ds.answers)[train])
@@ -70,14 +110,17 @@ def dataloader_seconds_per_step(model, forward, ds, batch: int, steps: int, lr: 
                 done += 1
                 if done == n:
                     return
+    return run
 
+
+def seconds_per_step(run, steps: int) -> float:
     run(2)  # warm-up
     t = time.perf_counter()
     run(steps)
     return (time.perf_counter() - t) / steps
 
 
-def bench_shape(name: str, steps: int, repeats: int) -> dict:
+def bench_shape(name: str, steps: int, repeats: int, profile: bool = False) -> dict:
     overrides = SHAPES[name]
     cfg = run_config(overrides)
     ds = load_or_build(cfg.data, cfg.data_cache)
@@ -87,14 +130,17 @@ def bench_shape(name: str, steps: int, repeats: int) -> dict:
     for _ in range(repeats):
         times["grokloop"].append(train_seconds_per_step(overrides, steps))
         torch.manual_seed(0)
-        model, fwd = hf_gpt2(cfg.model)
-        times["hf_gpt2"].append(dataloader_seconds_per_step(model, fwd, ds, batch, steps,
-                                                            cfg.optim.lr, cfg.optim.weight_decay))
-        torch.manual_seed(0)
-        ours = LoopedTransformer(cfg.model)
-        times["plain_loop"].append(dataloader_seconds_per_step(ours, ours, ds, batch, steps,
-                                                               cfg.optim.lr, cfg.optim.weight_decay))
+        loops = competitors(cfg, ds)
+        for k, run in loops.items():
+            times[k].append(seconds_per_step(run, steps))
     med = {k: statistics.median(v) for k, v in times.items()}
+    extra = {}
+    if profile:
+        loops = {"grokloop": grokloop_step_loop(cfg, ds)} | competitors(cfg, ds)
+        share = {k: matmul_share(run, steps) for k, run in loops.items()}
+        # the best any loop could do against HF at these FLOPs: HF's step over our matmul time
+        extra = {"matmul_share": share,
+                 "ceiling_vs_hf_gpt2": med["hf_gpt2"] / (share["grokloop"] * med["grokloop"])}
     n_params = sum(p.numel() for p in LoopedTransformer(cfg.model).parameters())
     return {"shape": name, "overrides": overrides, "batch_size": batch, "n_ctx": ds.n_ctx,
             "d_vocab": len(ds.vocab), "n_params": n_params, "steps_timed": steps,
@@ -102,7 +148,18 @@ def bench_shape(name: str, steps: int, repeats: int) -> dict:
             "steps_per_s": {k: 1 / v for k, v in med.items()},
             "examples_per_s": {k: batch / v for k, v in med.items()},
             "speedup_vs_hf_gpt2": med["hf_gpt2"] / med["grokloop"],
-            "speedup_vs_plain_loop": med["plain_loop"] / med["grokloop"]}
+            "speedup_vs_plain_loop": med["plain_loop"] / med["grokloop"]} | extra
+
+
+def competitors(cfg, ds) -> dict:
+    """The two DataLoader loops, freshly built: HF GPT-2 and our model."""
+    batch, lr, wd = cfg.train.batch_size, cfg.optim.lr, cfg.optim.weight_decay
+    torch.manual_seed(0)
+    model, fwd = hf_gpt2(cfg.model)
+    hf = dataloader_loop(model, fwd, ds, batch, lr, wd)
+    torch.manual_seed(0)
+    ours = LoopedTransformer(cfg.model)
+    return {"hf_gpt2": hf, "plain_loop": dataloader_loop(ours, ours, ds, batch, lr, wd)}
 
 
 def main():
@@ -110,17 +167,23 @@ def main():
     ap.add_argument("--shapes", default="small,paper")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="also measure each loop's matmul share")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args()
     shapes = ["smoke"] if args.smoke else args.shapes.split(",")
     steps, repeats = (10, 1) if args.smoke else (args.steps, args.repeats)
-    results = [bench_shape(s, steps, repeats) for s in shapes]
+    results = [bench_shape(s, steps, repeats, args.profile or args.smoke) for s in shapes]
     rows = [[r["shape"], r["batch_size"], f"{r['steps_per_s']['grokloop']:.2f}",
              f"{r['steps_per_s']['hf_gpt2']:.2f}", f"{r['steps_per_s']['plain_loop']:.2f}",
              f"{r['speedup_vs_hf_gpt2']:.2f}x", f"{r['speedup_vs_plain_loop']:.2f}x"] for r in results]
     print(table(["shape", "batch", "grokloop steps/s", "HF GPT-2 steps/s", "plain loop steps/s",
                  "vs HF", "vs plain"], rows))
+    for r in results:
+        if "matmul_share" in r:
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in r["matmul_share"].items())
+            print(f"{r['shape']}: time in matmuls: {shares}; at these FLOPs no loop of ours can beat "
+                  f"HF by more than {r['ceiling_vs_hf_gpt2']:.2f}x")
     path = write("train_throughput", {"machine": machine(), "results": results}, args.out)
     print(f"wrote {path}")
 

@@ -26,6 +26,8 @@ def test_train_throughput_benchmark_smoke(tmp_path):
     (r,) = smoke("bench_train.py", tmp_path)["results"]
     assert set(r["steps_per_s"]) == {"grokloop", "hf_gpt2", "plain_loop"}
     assert all(v > 0 for v in r["steps_per_s"].values())
+    assert set(r["matmul_share"]) == {"grokloop", "hf_gpt2", "plain_loop"}
+    assert all(0 < v < 1 for v in r["matmul_share"].values())
 
 
 def test_looped_cost_benchmark_smoke(tmp_path):
