@@ -39,7 +39,8 @@ def accuracy_curves(run: Run, threshold: float = 0.99) -> go.Figure:
         x, y = run.curve(f"acc/{s}")
         fig.add_trace(go.Scatter(x=x, y=y, name=s, mode="lines", line=dict(color=split_color(s, i), width=2)))
         if grok.get(s):
-            fig.add_vline(x=np.log10(grok[s]), line=dict(color=split_color(s, i), dash="dot", width=1))
+            # shapes take data coordinates on a log axis; annotations take log10 (plotly.js)
+            fig.add_vline(x=grok[s], line=dict(color=split_color(s, i), dash="dot", width=1))
             fig.add_annotation(x=np.log10(grok[s]), y=1.02, text=f"{s} ≥ {threshold}: step {grok[s]:,}",
                                showarrow=False, textangle=-90, xanchor="right", yanchor="top",
                                font=dict(size=10, color=split_color(s, i)))
