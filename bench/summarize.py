@@ -37,7 +37,8 @@ def where(m) -> str:
     if isinstance(m, str):
         return m
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return f"{m['cpu']}, {m['cores']} cores{gpu}, torch {m['torch']}, {m['date']}"
+    threads = f", {m['torch_threads']} torch thread{'s' * (m['torch_threads'] > 1)}" if "torch_threads" in m else ""
+    return f"{m['cpu']}, {m['cores']} cores{gpu}, torch {m['torch']}{threads}, {m['date']}"
 
 
 def section_train(r: dict) -> str:
@@ -45,10 +46,20 @@ def section_train(r: dict) -> str:
              f"{x['steps_per_s']['grokloop']:.1f} ({x['examples_per_s']['grokloop']:,.0f})",
              f"{x['steps_per_s']['hf_gpt2']:.1f} ({x['examples_per_s']['hf_gpt2']:,.0f})",
              f"{x['steps_per_s']['plain_loop']:.1f} ({x['examples_per_s']['plain_loop']:,.0f})",
-             f"**{x['speedup_vs_hf_gpt2']:.2f}x**", f"{x['speedup_vs_plain_loop']:.2f}x"] for x in r["results"]]
-    return ("### Training throughput (`python bench/bench_train.py`)\n\n" f"Machine: {where(r['machine'])}.\n\n"
+             f"**{x['speedup_vs_hf_gpt2']:.2f}x**", f"{x['speedup_vs_plain_loop']:.2f}x",
+             matmuls(x)] for x in r["results"]]
+    return ("### Training throughput (`python bench/bench_train.py`)\n\n" f"Machine: {where(r['machine'])}. "
+            "Time in matmuls (`--profile`): ours / HF's share of each step; the ceiling is HF's step time over "
+            "our matmul time, the most any loop could gain on HF without doing fewer FLOPs.\n\n"
             + md(["shape", "batch", "params", "grokloop steps/s (examples/s)", "HF GPT-2 + DataLoader",
-                  "our model + DataLoader", "vs HF", "vs plain loop"], rows))
+                  "our model + DataLoader", "vs HF", "vs plain loop", "time in matmuls; ceiling vs HF"], rows))
+
+
+def matmuls(x: dict) -> str:
+    if "matmul_share" not in x:
+        return "-"
+    share = x["matmul_share"]
+    return f"{share['grokloop']:.0%} / {share['hf_gpt2']:.0%}; {x['ceiling_vs_hf_gpt2']:.2f}x"
 
 
 def section_looped(r: dict) -> str:
