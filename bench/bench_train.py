@@ -129,9 +129,7 @@ def bench_shape(name: str, steps: int, repeats: int, profile: bool = False) -> d
     times = {"grokloop": [], "hf_gpt2": [], "plain_loop": []}
     for _ in range(repeats):
         times["grokloop"].append(train_seconds_per_step(overrides, steps))
-        torch.manual_seed(0)
-        loops = competitors(cfg, ds)
-        for k, run in loops.items():
+        for k, run in competitors(cfg, ds).items():
             times[k].append(seconds_per_step(run, steps))
     med = {k: statistics.median(v) for k, v in times.items()}
     extra = {}
