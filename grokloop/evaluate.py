@@ -15,8 +15,9 @@ def evaluate(model, data: dict[str, torch.Tensor], splits: dict[str, torch.Tenso
     out = {}
     for name, idx in splits.items():
         per_step, losses = [], []
+        width = int(data["answer_pos"][idx].max()) + 1   # causal: later tokens cannot matter
         for chunk in idx.split(batch_size):
-            logits = model.readout_steps(data["inputs"][chunk], n_steps,
+            logits = model.readout_steps(data["inputs"][chunk, :width], n_steps,
                                          positions=data["answer_pos"][chunk])  # [steps, batch, vocab]
             target = data["answers"][chunk]
             per_step.append(logits.argmax(-1) == target)

@@ -159,11 +159,12 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     data = _tensors(ds, device)
     pool = torch.as_tensor(ds.splits[cfg.train_split], device=device)
+    tokens = data["inputs"][:, :int(data["answer_pos"][pool].max()) + 1]  # causal: drop the tail
     curve = []
     for it in range(cfg.iterations):
         batch = pool[torch.randint(len(pool), (min(cfg.batch_size, len(pool)),), generator=gen,
                                    device=device)]
-        out = rollout(model, selector, data["inputs"][batch], data["answer_pos"][batch],
+        out = rollout(model, selector, tokens[batch], data["answer_pos"][batch],
                       data["answers"][batch], cfg, greedy=False, generator=gen)
         loss = reinforce_loss(out["log_prob"], out["reward"], out["entropy"], cfg.entropy_bonus)
         opt.zero_grad(set_to_none=True)
@@ -277,8 +278,10 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
     for split in splits:
         idx = torch.as_tensor(ds.splits[split], device=device)
         trajs, outs = [], []
+        width = int(data["answer_pos"][idx].max()) + 1   # causal: later tokens cannot matter
         for chunk in idx.split(batch_size):
-            args = (data["inputs"][chunk], data["answer_pos"][chunk], data["answers"][chunk])
+            args = (data["inputs"][chunk, :width], data["answer_pos"][chunk],
+                    data["answers"][chunk])
             trajs.append(trajectory(model, *args, cfg.max_steps))
             if selector is not None:
                 outs.append(rollout(model, selector, *args, cfg, greedy=True))

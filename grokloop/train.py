@@ -71,6 +71,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
     eval_idx = {s: torch.as_tensor(ds.splits[s], device=device) for s in eval_names}
     n_train = len(train_idx)
     batch = min(tc.batch_size or n_train, n_train)
+    # The model is causal, so tokens after the last answer position cannot change any answer:
+    # train on the shortest prefix that holds them all (k-hop data is padded to its test depth).
+    train_tokens = data["inputs"][:, :int(data["answer_pos"][train_idx].max()) + 1]
 
     # --- model, optimizer, RNG ----------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -133,7 +136,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
         cursor += batch
         n_steps = depths[step] if depths else cfg.model.n_steps
 
-        loss, share = depth_loss(model, data["inputs"][idx], data["answer_pos"][idx],
+        loss, share = depth_loss(model, train_tokens[idx], data["answer_pos"][idx],
                                  data["answers"][idx], tc.depth, n_steps,
                                  schedules[step] if schedules else None, tc.grad_last_k, tc.loss,
                                  tc.float64_loss, tc.best_step_tol, tc.soft_best_tau)

@@ -80,6 +80,19 @@ def test_readout_last_step_equals_forward_and_answer_only_path(make_model):
         assert torch.allclose(steps[t], m(TOKENS, n_steps=t + 1)[torch.arange(6), pos], atol=1e-5)
 
 
+@pytest.mark.parametrize("positional", ["learned", "rotary"])
+def test_tokens_after_the_answer_do_not_change_it(make_model, positional):
+    # Training and evaluation cut k-hop batches to the answer prefix; this is why that is exact.
+    m = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=3, positional=positional)
+    pos = torch.tensor([2, 1, 2, 0, 1, 2])
+    full = m.readout_steps(TOKENS, positions=pos)
+    cut = m.readout_steps(TOKENS[:, :3], positions=pos)
+    assert torch.allclose(full, cut, atol=1e-5)
+    changed = TOKENS.clone()
+    changed[:, 3:] = 0
+    assert torch.allclose(m.readout_steps(changed, positions=pos), full, atol=1e-5)
+
+
 def test_truncated_backprop_stops_gradient_to_early_steps(make_model):
     m = make_model(n_core=1, n_steps=4, init_state="prelude", injection="add")
     grads = {}
