@@ -7,6 +7,13 @@ import torch
 from grokloop.losses import cross_entropy
 
 
+def answer_prefix(inputs: torch.Tensor, answer_pos: torch.Tensor,
+                  idx: torch.Tensor) -> torch.Tensor:
+    """`inputs` cut after the last answer position of the examples `idx`. The model is causal, so
+    later tokens cannot change any answer (k-hop data is padded to its deepest test path)."""
+    return inputs[:, :int(answer_pos[idx].max()) + 1]
+
+
 @torch.no_grad()
 def evaluate(model, data: dict[str, torch.Tensor], splits: dict[str, torch.Tensor],
              n_steps: int, batch_size: int = 4096) -> dict[str, float]:
@@ -15,9 +22,9 @@ def evaluate(model, data: dict[str, torch.Tensor], splits: dict[str, torch.Tenso
     out = {}
     for name, idx in splits.items():
         per_step, losses = [], []
-        width = int(data["answer_pos"][idx].max()) + 1   # causal: later tokens cannot matter
+        tokens = answer_prefix(data["inputs"], data["answer_pos"], idx)
         for chunk in idx.split(batch_size):
-            logits = model.readout_steps(data["inputs"][chunk, :width], n_steps,
+            logits = model.readout_steps(tokens[chunk], n_steps,
                                          positions=data["answer_pos"][chunk])  # [steps, batch, vocab]
             target = data["answers"][chunk]
             per_step.append(logits.argmax(-1) == target)

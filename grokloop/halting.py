@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from grokloop.evaluate import answer_prefix
+
 STOP, ABSTAIN = 0, 1          # then 2 + c: continue with core c
 KL_THRESHOLDS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
 CONFIDENCE_THRESHOLDS = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999]
@@ -159,7 +161,7 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     data = _tensors(ds, device)
     pool = torch.as_tensor(ds.splits[cfg.train_split], device=device)
-    tokens = data["inputs"][:, :int(data["answer_pos"][pool].max()) + 1]  # causal: drop the tail
+    tokens = answer_prefix(data["inputs"], data["answer_pos"], pool)
     curve = []
     for it in range(cfg.iterations):
         batch = pool[torch.randint(len(pool), (min(cfg.batch_size, len(pool)),), generator=gen,
@@ -278,10 +280,9 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
     for split in splits:
         idx = torch.as_tensor(ds.splits[split], device=device)
         trajs, outs = [], []
-        width = int(data["answer_pos"][idx].max()) + 1   # causal: later tokens cannot matter
+        tokens = answer_prefix(data["inputs"], data["answer_pos"], idx)
         for chunk in idx.split(batch_size):
-            args = (data["inputs"][chunk, :width], data["answer_pos"][chunk],
-                    data["answers"][chunk])
+            args = (tokens[chunk], data["answer_pos"][chunk], data["answers"][chunk])
             trajs.append(trajectory(model, *args, cfg.max_steps))
             if selector is not None:
                 outs.append(rollout(model, selector, *args, cfg, greedy=True))

@@ -20,7 +20,7 @@ from grokloop.checkpoint import (last_good_checkpoint, optimizer_from_tensors,
                                  optimizer_to_tensors, save_checkpoint)
 from grokloop.config import RunConfig
 from grokloop.depth import depth_loss
-from grokloop.evaluate import evaluate
+from grokloop.evaluate import answer_prefix, evaluate
 from grokloop.model import LoopedTransformer
 from grokloop.optim import grokfast_ema, lr_at, make_optimizer, perpendicular_grad
 from grokloop.schedule import log_schedule
@@ -71,9 +71,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
     eval_idx = {s: torch.as_tensor(ds.splits[s], device=device) for s in eval_names}
     n_train = len(train_idx)
     batch = min(tc.batch_size or n_train, n_train)
-    # The model is causal, so tokens after the last answer position cannot change any answer:
-    # train on the shortest prefix that holds them all (k-hop data is padded to its test depth).
-    train_tokens = data["inputs"][:, :int(data["answer_pos"][train_idx].max()) + 1]
+    train_tokens = answer_prefix(data["inputs"], data["answer_pos"], train_idx)
 
     # --- model, optimizer, RNG ----------------------------------------------------------------
     torch.manual_seed(cfg.seed)
