@@ -114,6 +114,8 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     report: bool = True             # the CLI writes RUN/report.html at the end (reports/)
+    deterministic: bool = True      # deterministic kernels: same seed and machine, same run
+    restart_if_damaged: bool = False  # resume=true over a run with no readable checkpoint: start over
 
     def __post_init__(self):
         if self.steps < 1:
