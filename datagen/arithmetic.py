@@ -1,6 +1,8 @@
 """Binary-operation tables: `a op b mod p` (Power et al. 2022; Nanda et al. 2023) and composition
 in the symmetric group S_n. Input `a op b =`, answer at the `=` position. The split is by table
-cell: a `train_fraction` of the cells train, the rest test."""
+cell: a `train_fraction` of the cells train, the rest test. `train_sample`, a fixed seeded sample of
+at most `TRAIN_SAMPLE_SIZE` training cells, is an evaluation split so every run has a training
+accuracy curve."""
 from __future__ import annotations
 
 import itertools
@@ -8,9 +10,10 @@ import itertools
 import numpy as np
 
 from datagen.config import GroupConfig, ModularConfig, config_dict
-from datagen.dataset import Dataset
+from datagen.dataset import Dataset, sample_eval
 from datagen.vocab import Vocab
 
+TRAIN_SAMPLE_SIZE = 2000
 OP_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "poly": "x^2+xy+y^2"}
 
 
@@ -32,6 +35,7 @@ def _table_dataset(task, vocab, a, b, c, train_fraction, cfg, rng, stats) -> Dat
     order = rng.permutation(n)
     n_train = round(train_fraction * n)
     splits = {"train": np.sort(order[:n_train]), "test": np.sort(order[n_train:])}
+    splits["train_sample"] = sample_eval(splits["train"], TRAIN_SAMPLE_SIZE, rng)
     roles = {"a": a, "op": inputs[:, 1], "b": b, "answer": c}
     role_pos = {"a": np.zeros(n, np.int64), "op": np.ones(n, np.int64), "b": np.full(n, 2),
                 "answer": np.full(n, -1)}

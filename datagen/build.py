@@ -1,4 +1,5 @@
-"""Build a dataset from its config (seeded), or load it from the on-disk cache keyed by config."""
+"""Build a dataset from its config (seeded), or load it from the on-disk cache keyed by the config
+and the generator version (datagen.dataset.GENERATOR_VERSION)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ from datagen.arithmetic import make_group, make_modular
 from datagen.comparison import make_comparison
 from datagen.composition import make_composition
 from datagen.config import DataConfig, config_dict
-from datagen.dataset import Dataset
+from datagen.dataset import GENERATOR_VERSION, Dataset
 
 BUILDERS = {"composition": make_composition, "comparison": make_comparison,
             "modular": make_modular, "group": make_group}
@@ -25,7 +26,10 @@ def build_dataset(cfg: DataConfig) -> Dataset:
 
 
 def config_hash(cfg: DataConfig) -> str:
-    return hashlib.sha256(json.dumps(config_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    """Cache key: the config and the generator version, so a generator change never reuses stale
+    data built from the same config."""
+    key = {"config": config_dict(cfg), "generator_version": GENERATOR_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_or_build(cfg: DataConfig, cache_dir: str | Path | None) -> Dataset:

@@ -1,15 +1,27 @@
 """Knowledge-graph composition: atomic facts (h, r) -> t and k-hop inferred facts.
 
-Construction (Wang et al. 2024, REFERENCES.md §1): every head gets `out_degree` distinct relations,
-each with a uniform random tail. The ID/OOD split is by atomic FACT. An inferred fact
-(h, r1, ..., rk) -> t follows a path of k atomic facts; a path whose hops are all ID is a training
-candidate or (a `test_id_fraction` of them) an ID test fact, a path whose hops are all OOD is an
-OOD test fact, and mixed paths are discarded. Mixed paths are never built: ID paths are enumerated
-in the subgraph of ID facts and OOD paths in the subgraph of OOD facts, which is the same rule and
-far cheaper. When a subgraph has more than `ENUMERATE_LIMIT` k-paths (k >= 3 at paper scale) the
-paths are sampled as random walks in that subgraph (each next fact uniform among the current
-tail's facts) and de-duplicated; a query (h, r1..rk) determines its path, so distinct paths are
-distinct facts.
+Construction (Wang et al. 2024; docs/references.md, "Grokked transformers are implicit
+reasoners"): every head gets `out_degree` distinct relations, each with a uniform random tail. The
+ID/OOD split is by atomic FACT. An inferred fact (h, r1, ..., rk) -> t follows a path of k atomic
+facts; a path whose hops are all ID is a training candidate or an ID test fact, a path whose hops
+are all OOD is an OOD test fact, and mixed paths are discarded. Mixed paths are never built: ID
+paths are enumerated in the subgraph of ID facts and OOD paths in the subgraph of OOD facts, which
+is the same rule and far cheaper. When a subgraph has more than `ENUMERATE_LIMIT` k-paths (k >= 3
+at paper scale) the paths are sampled as random walks in that subgraph (each next fact uniform
+among the current tail's facts) and de-duplicated; a query (h, r1..rk) determines its path, so
+distinct paths are distinct facts.
+
+Held-out queries are never prefixes of training facts (the model is causal, so its state at the
+end of a prefix is trained by every training fact that extends it). The rule is per path and
+closed under extension: hop counts are processed in increasing order, and a k-hop ID path is a
+candidate (for training or for `test_inferred_id`) only if none of its proper prefixes of 2 or
+more hops was held out at a shorter hop count. The candidates are shuffled; the first ones (a
+`test_id_fraction`, at most `eval_size`; every candidate up to `eval_size` for a test-only hop
+count) are held out as `test_inferred_id`, the next ones train. So a held-out 2-hop query h r1 r2
+never begins a training 3-hop fact, while a held-out 3-hop query may begin with a training 2-hop
+fact (that composition is what the split tests). OOD queries start with an OOD atomic fact, which
+no ID path does, so they are never prefixes of training inferred facts. With `hops: [2]` only the
+2-hop level exists and the rule changes nothing.
 """
 from __future__ import annotations
 
@@ -49,14 +61,19 @@ class Graph:
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
         return facts, counts, offsets
 
-    def count_paths(self, sub, k: int) -> int:
-        """Number of k-paths in a subgraph, by dynamic programming over the tail entity."""
-        facts, counts, _ = sub
-        per_entity = counts.astype(np.float64)          # paths of length 1 starting at each entity
-        for _ in range(k - 1):
+    def paths_from(self, sub, m: int) -> np.ndarray:
+        """[E] number of m-paths in a subgraph starting at each entity (m = 0: one, the empty
+        path), by dynamic programming over the tail entity."""
+        facts, _, _ = sub
+        per_entity = np.ones(self.E)
+        for _ in range(m):
             per_fact = per_entity[self.tail[facts]]     # paths continuing after each fact
             per_entity = np.bincount(self.head[facts], weights=per_fact, minlength=self.E)
-        return int(per_entity.sum())
+        return per_entity
+
+    def count_paths(self, sub, k: int) -> int:
+        """Number of k-paths in a subgraph."""
+        return int(round(self.paths_from(sub, k).sum()))
 
     def enumerate_paths(self, sub, k: int) -> np.ndarray:
         facts, counts, offsets = sub
@@ -70,8 +87,10 @@ class Graph:
             paths = np.concatenate([paths[rows], nxt[:, None]], axis=1)
         return paths
 
-    def sample_paths(self, sub, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
-        """About n distinct k-paths by random walks (fewer if the subgraph has fewer)."""
+    def sample_paths(self, sub, k: int, n: int, rng: np.random.Generator,
+                     keep=None) -> np.ndarray:
+        """About n distinct k-paths by random walks (fewer if the subgraph has fewer); `keep`, if
+        given, maps an [m, k] array of paths to a bool mask of the ones that may be returned."""
         facts, counts, offsets = sub
         found = np.empty((0, k), dtype=np.int64)
         for _ in range(20):
@@ -84,18 +103,54 @@ class Graph:
                 alive &= c > 0
                 pick = offsets[ent] + np.floor(rng.random(m) * np.maximum(c, 1)).astype(np.int64)
                 walk = np.concatenate([walk, facts[np.minimum(pick, len(facts) - 1)][:, None]], 1)
-            found = np.unique(np.concatenate([found, walk[alive]]), axis=0)
+            new = walk[alive]
+            if keep is not None:
+                new = new[keep(new)]
+            found = np.unique(np.concatenate([found, new]), axis=0)
             if len(found) >= n:
                 break
         return found[rng.permutation(len(found))[:n]]
 
 
-def _paths(graph: Graph, sub, k: int, n_wanted: int, rng) -> tuple[np.ndarray, int]:
+def _rows_in(x: np.ndarray, y: np.ndarray, base: int) -> np.ndarray:
+    """Bool mask over the rows of x: which also occur as rows of y (int arrays, values < base)."""
+    both = np.concatenate([x, y])
+    key = both[:, 0]
+    for c in range(1, both.shape[1]):   # dense row ids, one column at a time (no overflow)
+        key = np.unique(key * base + both[:, c], return_inverse=True)[1].reshape(-1)
+    return np.isin(key[:len(x)], key[len(x):])
+
+
+def _extends_held(paths: np.ndarray, held: dict[int, np.ndarray], n_facts: int) -> np.ndarray:
+    """Bool mask over k-paths: which have a proper prefix among the held-out j-paths (j < k)."""
+    out = np.zeros(len(paths), dtype=bool)
+    for j, h in held.items():
+        if j < paths.shape[1] and len(h):
+            out |= _rows_in(paths[:, :j], h, n_facts)
+    return out
+
+
+def _n_extending(graph: Graph, sub, held: dict[int, np.ndarray], k: int) -> int:
+    """Number of k-paths in the subgraph that extend a held-out path. Held-out paths never
+    extend one another, so the sets of their extensions are disjoint and the counts add up."""
+    return int(round(sum(graph.paths_from(sub, k - j)[graph.tail[h[:, -1]]].sum()
+                         for j, h in held.items() if j < k and len(h))))
+
+
+def _paths(graph: Graph, sub, k: int, n_wanted: int, rng,
+           held: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, int]:
+    """Shuffled k-paths of the subgraph that extend no held-out path (all of them when they are
+    few enough to enumerate, else about n_wanted sampled), and the total number of k-paths."""
+    held = {j: h for j, h in (held or {}).items() if j < k and len(h)}
+    n_facts = len(graph.tail)
     total = graph.count_paths(sub, k)
     if total <= ENUMERATE_LIMIT:
         paths = graph.enumerate_paths(sub, k)
-        return paths[rng.permutation(len(paths))], total
-    return graph.sample_paths(sub, k, min(n_wanted, total), rng), total
+        paths = paths[rng.permutation(len(paths))]
+        return (paths[~_extends_held(paths, held, n_facts)] if held else paths), total
+    n_free = total - _n_extending(graph, sub, held, k)
+    keep = (lambda p: ~_extends_held(p, held, n_facts)) if held else None
+    return graph.sample_paths(sub, k, min(n_wanted, n_free), rng, keep), total
 
 
 def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Dataset:
@@ -111,26 +166,33 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
         raise ValueError(f"data.phi={cfg.phi} asks for inferred facts but data.hops={cfg.hops} "
                          "has no hop count >= 2; add 2 to data.hops or set phi=0")
 
-    # Plan every split's size from exact path counts before building anything.
+    # Plan every split's size from exact path counts before building anything. Hop counts go in
+    # increasing order so that held-out queries are known before longer paths are split.
     blocks, stats = [], {"n_id_atomic": n_id_atomic, "n_ood_atomic": int(graph.is_ood.sum()),
                          "paths": {}}
+    held: dict[int, np.ndarray] = {}      # hop count -> the held-out ID paths (test_inferred_id)
     for k in sorted(set(train_hops) | {k for k in cfg.test_hops if k >= 2}):
         total_id = graph.count_paths(id_sub, k)
-        n_test = round(cfg.test_id_fraction * total_id) if k in per_hop else total_id
-        n_test = min(n_test, cfg.eval_size) if k in per_hop else min(total_id, cfg.eval_size)
+        n_cand = total_id - _n_extending(graph, id_sub, held, k)
+        n_test = round(cfg.test_id_fraction * n_cand) if k in per_hop else n_cand
+        n_test = min(n_test, cfg.eval_size)
         n_train = per_hop.get(k, 0)
-        held_out = round(cfg.test_id_fraction * total_id)
-        if n_train > total_id - held_out:
-            largest = (total_id - held_out) * len(train_hops) / n_id_atomic
+        if n_train > n_cand - n_test:
+            largest = (n_cand - n_test) * len(train_hops) / n_id_atomic
             raise ValueError(f"data.phi={cfg.phi} needs {n_train} {k}-hop training facts but only "
-                             f"{total_id - held_out} candidates exist; the largest phi possible "
+                             f"{n_cand - n_test} candidates exist; the largest phi possible "
                              f"here is {largest:.3f}")
-        id_paths, _ = _paths(graph, id_sub, k, n_test + n_train, rng)
+        id_paths, _ = _paths(graph, id_sub, k, n_test + n_train, rng, held)
+        if len(id_paths) < n_test + n_train and n_train:
+            raise ValueError(f"sampling found only {len(id_paths)} of the {n_test + n_train} "
+                             f"{k}-hop paths needed; lower data.phi")
         ood_paths, total_ood = _paths(graph, ood_sub, k, cfg.eval_size, rng)
+        held[k] = id_paths[:n_test]
         blocks += [("test_inferred_id", k, id_paths[:n_test]),
                    ("train_inferred", k, id_paths[n_test:n_test + n_train]),
                    ("test_inferred_ood", k, ood_paths[:cfg.eval_size])]
-        stats["paths"][k] = {"id": total_id, "ood": total_ood, "train": n_train, "test_id": n_test}
+        stats["paths"][k] = {"id": total_id, "ood": total_ood, "candidates": n_cand,
+                             "train": n_train, "test_id": len(held[k])}
 
     # Examples: all atomic facts first (as 1-hop paths), then each inferred block.
     all_facts = np.arange(len(graph.tail))[:, None]

@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from datagen.vocab import Vocab
+from grokloop.provenance import atomic_write, atomic_write_text, code_version
 
+__all__ = ["Dataset", "GENERATOR_VERSION", "code_version", "sample_eval"]
 
-def code_version() -> str:
-    """The git commit of the checkout (with -dirty), or 'unknown' outside a git tree."""
-    try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+# Bump whenever any generator's output for the same config changes: the dataset cache is keyed by
+# (config, GENERATOR_VERSION), so a bump makes every cached dataset stale.
+#   2: k-hop held-out queries are never prefixes of training facts; modular/group `train_sample`.
+GENERATOR_VERSION = 2
 
 
 @dataclass
@@ -68,6 +64,8 @@ class Dataset:
         return arrays
 
     def content_hash(self) -> str:
+        """sha256 of the vocabulary and every array (the manifest's `content_hash`): two datasets
+        with the same hash hold the same examples and splits, whatever code built them."""
         h = hashlib.sha256(json.dumps(self.vocab.to_dict()).encode())
         for name, arr in sorted(self._arrays().items()):
             h.update(name.encode())
@@ -79,14 +77,16 @@ class Dataset:
                 "n_examples": len(self), "n_ctx": self.n_ctx, "d_vocab": len(self.vocab),
                 "counts": {k: int(len(v)) for k, v in self.splits.items()},
                 "stats": self.stats, "content_hash": self.content_hash(),
-                "code_version": code_version()}
+                "generator_version": GENERATOR_VERSION, "code_version": code_version()}
 
     def save(self, out_dir: str | Path) -> Path:
+        """Write data.npz, vocab.json and manifest.json, each atomically (manifest last, so a
+        directory with a manifest is complete)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / "data.npz", **self._arrays())
-        (out / "vocab.json").write_text(json.dumps(self.vocab.to_dict()))
-        (out / "manifest.json").write_text(json.dumps(self.manifest(), indent=2))
+        atomic_write(out / "data.npz", lambda tmp: np.savez(tmp, **self._arrays()), suffix=".npz")
+        atomic_write_text(out / "vocab.json", json.dumps(self.vocab.to_dict()))
+        atomic_write_text(out / "manifest.json", json.dumps(self.manifest(), indent=2))
         return out
 
     @staticmethod

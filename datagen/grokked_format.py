@@ -14,6 +14,7 @@ import numpy as np
 
 from datagen.composition import composition_vocab
 from datagen.dataset import Dataset
+from grokloop.provenance import atomic_write_text
 
 TEST_TYPES = {"atomic_id": "id_atomic", "atomic_ood": "ood_atomic",
               "train_inferred": "train_inferred", "test_inferred_id": "test_inferred_iid",
@@ -37,7 +38,7 @@ def write_grokked(ds: Dataset, out_dir: str | Path) -> Path:
     test = [_record(ds, i) | {"type": TEST_TYPES[s]}
             for s in TEST_TYPES if s in ds.splits for i in ds.splits[s]]
     for name, records in (("train", train), ("valid", valid), ("test", test)):
-        (out / f"{name}.json").write_text(json.dumps(records))
+        atomic_write_text(out / f"{name}.json", json.dumps(records))
     return out
 
 

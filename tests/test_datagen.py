@@ -2,13 +2,21 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+import datagen.build
+import datagen.composition
 from datagen import build_dataset, data_config_from_dict, load_or_build
-from datagen.arithmetic import modular_table
+from datagen.arithmetic import TRAIN_SAMPLE_SIZE, modular_table
+from datagen.dataset import GENERATOR_VERSION, code_version
 from datagen.grokked_format import read_grokked, write_grokked
+from grokloop.provenance import code_version as provenance_code_version
+
+PRESETS = Path(__file__).resolve().parent.parent / "conf" / "data"
 
 SMALL = dict(task="composition", n_entities=60, n_relations=8, out_degree=6, ood_fraction=0.2,
              test_id_fraction=0.1, phi=3.0, eval_size=400, seed=1)
@@ -69,6 +77,66 @@ def test_splits_are_leak_free_and_ood_uses_only_ood_facts():
             assert all(h in id_atomic for h in hops_of(i))
     train_hops = set(ds.hops[ds.splits["train"]].tolist())
     assert train_hops == {1, 2, 3} and 4 in set(ds.hops[ds.splits["test_inferred_id"]].tolist())
+
+
+def preset(name):
+    return build_dataset(data_config_from_dict(yaml.safe_load((PRESETS / f"{name}.yaml").read_text())))
+
+
+def held_out_prefix_leaks(ds):
+    """Held-out examples (in no training split) whose query is a training fact or a prefix of one."""
+    train = set(ds.splits["train"].tolist())
+    prefixes = set()
+    for i in train:
+        key = fact_key(ds, i)
+        prefixes.update(key[:j] for j in range(1, len(key) + 1))
+    held = sorted({int(i) for s in ds.eval_splits for i in ds.splits[s]} - train)
+    assert held, "no held-out examples to check"
+    return [i for i in held if fact_key(ds, i) in prefixes]
+
+
+def test_khop_preset_holds_out_no_prefix_of_a_training_fact():
+    # The generator before GENERATOR_VERSION 2 leaked 275 of the 500 two-hop ID test queries.
+    ds = preset("composition_khop")
+    assert held_out_prefix_leaks(ds) == []
+    test_id = ds.splits["test_inferred_id"]
+    assert {k: int((ds.hops[test_id] == k).sum()) for k in range(2, 9)} == {k: 500 for k in range(2, 9)}
+    # A held-out 3-hop query may still begin with a training 2-hop fact: that composition is tested.
+    train = {fact_key(ds, i) for i in ds.splits["train"]}
+    three = [i for i in test_id if ds.hops[i] == 3]
+    assert sum(fact_key(ds, i)[:3] in train for i in three) > 100
+
+
+@pytest.mark.parametrize("hops,test_hops", [([2, 3], [4]), ([2, 3, 4], []), ([3], [2]),
+                                            ([2, 4], [3, 5])])
+@pytest.mark.parametrize("limit", [None, 50])
+def test_no_held_out_query_is_a_prefix_of_a_training_fact(hops, test_hops, limit, monkeypatch):
+    if limit is not None:  # force the random-walk sampler for every hop count
+        monkeypatch.setattr(datagen.composition, "ENUMERATE_LIMIT", limit)
+    ds = comp(hops=hops, test_hops=test_hops, phi=1.0, eval_size=150)
+    assert held_out_prefix_leaks(ds) == []
+    for k in hops + test_hops:
+        assert (ds.hops[ds.splits["test_inferred_id"]] == k).sum() > 0, k
+    n_inferred = int((ds.hops[ds.splits["train"]] > 1).sum())
+    assert n_inferred == round(1.0 * ds.stats["n_id_atomic"])
+    assert comp(hops=hops, test_hops=test_hops, phi=1.0, eval_size=150).content_hash() == ds.content_hash()
+
+
+def test_prefix_helpers_agree_with_brute_force():
+    from datagen.composition import Graph, _extends_held, _n_extending
+    rng = np.random.default_rng(0)
+    g = Graph(data_config_from_dict(SMALL), rng)
+    sub = g.subgraph(ood=False)
+    p2, p3, p4 = (g.enumerate_paths(sub, k) for k in (2, 3, 4))
+    held = {2: p2[rng.choice(len(p2), 40, replace=False)]}
+    free3 = p3[~_extends_held(p3, held, len(g.tail))]
+    held[3] = free3[rng.choice(len(free3), 40, replace=False)]
+    keys = {j: {tuple(r) for r in h.tolist()} for j, h in held.items()}
+    brute = np.array([tuple(r[:2]) in keys[2] or tuple(r[:3]) in keys[3] for r in p4.tolist()])
+    assert brute.any() and not brute.all()
+    assert np.array_equal(_extends_held(p4, held, len(g.tail)), brute)
+    assert _n_extending(g, sub, held, 4) == brute.sum()
+    assert g.count_paths(sub, 4) == len(p4)
 
 
 def test_achieved_phi_matches_request():
@@ -165,7 +233,42 @@ def test_save_load_and_cache(tmp_path):
     ds = load_or_build(cfg, tmp_path)
     cached = load_or_build(cfg, tmp_path)
     assert cached.content_hash() == ds.content_hash()
-    assert len(list(tmp_path.iterdir())) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [f"composition-{datagen.build.config_hash(cfg)}"]
+    manifest = json.loads(next(tmp_path.iterdir()).joinpath("manifest.json").read_text())
+    assert manifest["content_hash"] == ds.content_hash()
+    assert manifest["generator_version"] == GENERATOR_VERSION
+    assert not [p for p in next(tmp_path.iterdir()).iterdir() if ".tmp" in p.name]
+
+
+def test_cache_is_keyed_by_generator_version(tmp_path, monkeypatch):
+    cfg = data_config_from_dict(SMALL)
+    load_or_build(cfg, tmp_path)
+    old_key = datagen.build.config_hash(cfg)
+    # A stale cache entry with the same config must not be reused after a generator change.
+    stale = next(tmp_path.iterdir())
+    np.savez(stale / "data.npz", **{k: v[:0] for k, v in np.load(stale / "data.npz").items()})
+    monkeypatch.setattr(datagen.build, "GENERATOR_VERSION", GENERATOR_VERSION + 1)
+    assert datagen.build.config_hash(cfg) != old_key
+    fresh = load_or_build(cfg, tmp_path)
+    assert len(fresh) > 0 and fresh.content_hash() == build_dataset(cfg).content_hash()
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_code_version_comes_from_provenance():
+    assert code_version is provenance_code_version
+
+
+@pytest.mark.parametrize("cfg", [dict(task="modular", p=97), dict(task="modular", p=23),
+                                 dict(task="group", n=4)])
+def test_table_tasks_evaluate_a_seeded_training_sample(cfg):
+    ds = build_dataset(data_config_from_dict(cfg))
+    train, sample = ds.splits["train"], ds.splits["train_sample"]
+    assert ds.eval_splits == ["test", "train_sample"]
+    assert len(sample) == min(len(train), TRAIN_SAMPLE_SIZE) and len(set(sample.tolist())) == len(sample)
+    assert set(sample.tolist()) <= set(train.tolist())
+    assert np.array_equal(build_dataset(data_config_from_dict(cfg)).splits["train_sample"], sample)
+    other = build_dataset(data_config_from_dict(cfg | {"seed": 1})).splits["train_sample"]
+    assert not np.array_equal(other, sample)
 
 
 def test_datagen_does_not_import_torch_or_transformer_lens():
