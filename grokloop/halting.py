@@ -104,7 +104,7 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
     B, T = len(tokens), cfg.max_steps
     layers = torch.tensor(core_layers(model), dtype=torch.float, device=tokens.device)
     with torch.no_grad():
-        e, state = model.begin(tokens)
+        e, state = model.enter_loop(tokens)
     next_core = torch.full((B,), model.schedule[0], device=tokens.device)
     active = torch.ones(B, dtype=torch.bool, device=tokens.device)
     prev = torch.zeros(B, model.config.d_vocab, device=tokens.device)
@@ -121,7 +121,7 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
             for c in range(len(model.cores)):
                 rows = idx[next_core[idx] == c]
                 if len(rows):
-                    state[rows] = model.think(state[rows], e[rows], c)
+                    state[rows] = model.step(state[rows], e[rows], t - 1, c)
             logp = model.read(state[idx], positions[idx]).float().log_softmax(-1)
             at_answer = state[idx, positions[idx]]
         feats = features(at_answer, logp, prev[idx] if t > 1 else None, t, T)
@@ -189,12 +189,12 @@ def _tensors(ds, device):
 def trajectory(model, tokens, positions, answers, max_steps: int) -> dict[str, torch.Tensor]:
     """Per step t = 1..T of the model's schedule (cycled): correct, top probability, KL to t-1,
     and layers run so far. Each tensor is [T, batch]."""
-    e, state = model.begin(tokens)
+    e, state = model.enter_loop(tokens)
     layers = core_layers(model)
     correct, top, kl, spent, prev, total = [], [], [], [], None, 0
     for t in range(max_steps):
         core = model.schedule[t % len(model.schedule)]
-        state = model.think(state, e, core)
+        state = model.step(state, e, t, core)
         total += layers[core]
         logp = model.read(state, positions).float().log_softmax(-1)
         correct.append(logp.argmax(-1) == answers)

@@ -1,21 +1,38 @@
 """The looped transformer: prelude -> core applied n_steps times (shared weights) -> coda -> unembed.
 
-`n_steps = 1` is an ordinary transformer of n_prelude + n_core + n_coda layers; `n_steps` can be
-changed at test time. Weights live in `prelude`, `cores` (a bank of one or more thinking blocks of
-different sizes) and `coda`. Hook points live apart from the weights, one `VirtualBlock` per
-*virtual layer* of the unrolled computation, named the TransformerLens way (`blocks.{v}.hook_...`)
-so caches never overwrite one step with another and `transformer_lens.patching` and
-`ActivationCache.accumulated_resid` work unchanged. `model.layer_table()` says which stage, step,
-core and layer each virtual layer `v` is.
+`n_steps = 1` is an ordinary transformer of n_prelude + n_core + n_coda layers, for every input
+injection mode; `n_steps` can be changed at test time. Weights live in `prelude`, `cores` (a bank
+of one or more thinking blocks of different sizes) and `coda`.
 
-Input injection (recurrent-depth models, REFERENCES.md §4): none, add (state + e) or concat
-(Linear([state, e]) -> d_model), where e is the prelude output; the initial state is e, zeros or
-Gaussian noise.
+The computation is a list of *virtual layers* (`model.unrolled()`): the prelude layers, every
+layer of every recurrence step, the coda. One function runs any list of them (`run_layers`), and
+everything calls it: the forward pass, the per-step readout, the step-at-a-time primitives of the
+halting selector (`enter_loop`, `step`, `read`) and the probes (`residual_states`, `before_layer`).
+
+Between virtual layers the only thing that happens to the state is `before_layer`: at the loop's
+entry the state so far becomes e (the prelude output) and the initial state is made from it; at
+the start of each step after the first, input injection mixes e back in (none, add: state + e,
+concat: Linear([state, e])). Step 1 does not inject when the initial state is e itself, so
+`n_steps = 1` is the plain stack (docs/references.md: recurrent depth, Geiping et al. 2025).
+
+Hooks live apart from the weights, one `VirtualBlock` per virtual layer, named the TransformerLens
+way, and no hook point fires twice in a forward (table in README.md, "Hook points"):
+    hook_embed, hook_pos_embed                  the embedding                [batch, pos, d_model]
+    blocks.{v}.hook_resid_pre                   S[v], the state entering virtual layer v, before
+                                                its loop entry / injection (= resid_post of v - 1)
+    steps.{s}.hook_state                        the state entering step s (0-based) after loop entry
+    steps.{s}.hook_injected                     ... after input injection: what the core reads
+    blocks.{v}.ln1.hook_scale / hook_normalized  (and ln2) LayerNorm of virtual layer v
+    blocks.{v}.attn.hook_q/k/v/z/attn_scores/pattern, hook_attn_out, hook_resid_mid,
+    blocks.{v}.mlp.hook_post (or hook_router / hook_experts), hook_mlp_out, hook_resid_post
+    ln_final.hook_scale / hook_normalized
+So `ActivationCache.accumulated_resid()` is exactly the logit lens's S[0..V].
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -48,8 +65,61 @@ class VirtualLayer:
 class UnrolledLayer:
     """A virtual layer as something to run: its block, and what happens to the state before it."""
     block: nn.Module
+    index: int          # virtual layer v (its hook points are blocks.{v})
+    step: int | None    # 0-based recurrence step of a core layer (its hooks are steps.{step})
     begins_loop: bool   # first core layer of step 1: the state so far becomes e, then the initial state
-    starts_step: bool   # first layer of a step: input injection first
+    starts_step: bool   # first layer of a step
+    injects: bool       # input injection before this layer
+
+
+# --- hook points, one set per virtual layer ---------------------------------------------------
+class NormHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_scale = HookPoint()       # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+
+
+class AttnHooks(nn.Module):
+    """Attention hook points of one virtual layer, and TransformerLens's per-head weight views
+    (W_Q/W_K/W_V [head, d_model, d_head], W_O [head, d_head, d_model]) onto the weights that
+    virtual layer runs, for QK/OV circuit analysis."""
+
+    def __init__(self):
+        super().__init__()
+        for name in ("hook_q", "hook_k", "hook_v", "hook_z",   # [batch, pos, head, d_head]
+                     "hook_attn_scores", "hook_pattern"):      # [batch, head, q_pos, k_pos]
+            setattr(self, name, HookPoint())
+        self.__dict__["_attn"] = None   # the weight module; not a submodule (no duplicate params)
+
+    def _weights(self) -> "Attention":
+        a = self.__dict__["_attn"]
+        if a is None:
+            raise RuntimeError("this virtual layer is not part of the current schedule")
+        return a
+
+    def _qkv(self, i: int, bias: bool):
+        a = self._weights()
+        H, D, d = a.cfg.n_heads, a.cfg.d_head, a.cfg.d_model
+        if bias:
+            return a.W_QKV.bias[i * d:(i + 1) * d].view(H, D)
+        return a.W_QKV.weight[i * d:(i + 1) * d].T.reshape(d, H, D).permute(1, 0, 2)
+
+    W_Q = property(lambda self: self._qkv(0, False))
+    W_K = property(lambda self: self._qkv(1, False))
+    W_V = property(lambda self: self._qkv(2, False))
+    b_Q = property(lambda self: self._qkv(0, True))
+    b_K = property(lambda self: self._qkv(1, True))
+    b_V = property(lambda self: self._qkv(2, True))
+
+    @property
+    def W_O(self) -> torch.Tensor:
+        a = self._weights()
+        return a.W_O.weight.T.reshape(a.cfg.n_heads, a.cfg.d_head, a.cfg.d_model)
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        return self._weights().W_O.bias
 
 
 class VirtualBlock(nn.Module):
@@ -62,36 +132,51 @@ class VirtualBlock(nn.Module):
         self.hook_resid_mid = HookPoint()   # [batch, pos, d_model]
         self.hook_mlp_out = HookPoint()     # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
-        self.attn = nn.Module()
-        for name in ("hook_q", "hook_k", "hook_v", "hook_z",   # [batch, pos, head, d_head]
-                     "hook_attn_scores", "hook_pattern"):      # [batch, head, q_pos, k_pos]
-            setattr(self.attn, name, HookPoint())
+        self.ln1, self.ln2 = NormHooks(), NormHooks()
+        self.attn = AttnHooks()
         self.mlp = nn.Module()
         self.mlp.hook_post = HookPoint()    # [batch, pos, d_mlp]  (dense MLP)
         self.mlp.hook_router = HookPoint()  # [batch, pos, n_experts] gate scores (MoE)
         self.mlp.hook_experts = HookPoint() # [batch, pos, k] chosen experts (MoE)
 
+    def bind(self, block: "Block") -> None:
+        self.attn.__dict__["_attn"] = block.attn
 
+
+class StepHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_state = HookPoint()     # [batch, pos, d_model] entering the step
+        self.hook_injected = HookPoint()  # [batch, pos, d_model] after input injection
+
+
+# --- the layers ----------------------------------------------------------------------------------
 class LayerNorm(nn.Module):
-    def __init__(self, d_model: int, eps: float = 1e-5):
+    def __init__(self, d_model: int, eps: float = 1e-5, own_hooks: bool = False):
         super().__init__()
         self.w = nn.Parameter(torch.ones(d_model))
         self.b = nn.Parameter(torch.zeros(d_model))
         self.eps = eps
-        self.hook_scale = HookPoint()       # [batch, pos, 1]
-        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+        if own_hooks:   # ln_final runs once per forward, so its hook points can live on it
+            self.hook_scale = HookPoint()       # [batch, pos, 1]
+            self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
-    def forward(self, x):
-        if not (self.hook_scale._forward_hooks or self.hook_normalized._forward_hooks):
+    def forward(self, x, hooks: nn.Module | None = None):
+        if hooks is None or not watched(hooks):
             # nobody looks inside: the fused kernel (the same function; its backward is far cheaper)
             return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
         x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale) * self.w + self.b
+        scale = hooks.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return hooks.hook_normalized(x / scale) * self.w + self.b
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    return LayerNorm(cfg.d_model) if cfg.normalization == "LN" else nn.Identity()
+class NoNorm(nn.Identity):
+    def forward(self, x, hooks=None):
+        return x
+
+
+def make_norm(cfg: ModelConfig, own_hooks: bool = False) -> nn.Module:
+    return LayerNorm(cfg.d_model, own_hooks=own_hooks) if cfg.normalization == "LN" else NoNorm()
 
 
 def rotary(x: torch.Tensor) -> torch.Tensor:
@@ -116,28 +201,26 @@ class Attention(nn.Module):
     def forward(self, x, hp, query_pos=None, from_pos: int = 0):
         B, P, _ = x.shape
         H, D = self.cfg.n_heads, self.cfg.d_head
+        p_drop = self.cfg.dropout if self.training else 0.0
         q, k, v = self.W_QKV(x).view(B, P, 3, H, D).unbind(2)  # each [batch, pos, head, d_head]
         if self.cfg.positional == "rotary":
             q, k = rotary(q), rotary(k)
         if from_pos:  # queries from_pos.. only, attending to every key up to themselves
             keep = torch.arange(P, device=x.device)[None] <= torch.arange(from_pos, P, device=x.device)[:, None]
             z = F.scaled_dot_product_attention(q[:, from_pos:].transpose(1, 2), k.transpose(1, 2),
-                                               v.transpose(1, 2), attn_mask=keep,
-                                               dropout_p=self.cfg.dropout if self.training else 0.0)
+                                               v.transpose(1, 2), attn_mask=keep, dropout_p=p_drop)
             return self.W_O(z.transpose(1, 2).reshape(B, P - from_pos, H * D))
         if query_pos is not None:  # only one query per example: [batch, 1, d_model] out
             rows = torch.arange(B, device=x.device)
             q = q[rows, query_pos][:, None]                          # [batch, 1, head, d_head]
             keep = torch.arange(P, device=x.device)[None] <= query_pos[:, None]  # causal [batch, pos]
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=keep[:, None, None, :],
-                                               dropout_p=self.cfg.dropout if self.training else 0.0)
+                                               attn_mask=keep[:, None, None, :], dropout_p=p_drop)
             return self.W_O(z.transpose(1, 2).reshape(B, 1, H * D))
         q, k, v = apply_hook(hp, "attn.hook_q", q), apply_hook(hp, "attn.hook_k", k), apply_hook(hp, "attn.hook_v", v)
         if hp is None:  # fast path: the fused kernel when nobody looks at the pattern
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               is_causal=True, dropout_p=self.cfg.dropout if self.training
-                                               else 0.0).transpose(1, 2)
+                                               is_causal=True, dropout_p=p_drop).transpose(1, 2)
         else:
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
             mask = torch.ones(P, P, dtype=torch.bool, device=x.device).triu(1)
@@ -160,7 +243,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln1(x)), then + mlp(ln2(x))."""
+    """Pre-LN transformer block: x + attn(ln1(x)), then + mlp(ln2(x)). `hp` is the VirtualBlock
+    whose hook points this application fires (None: no hooks, fused kernels)."""
 
     def __init__(self, cfg: ModelConfig, moe: bool = False):
         super().__init__()
@@ -182,12 +266,14 @@ class Block(nn.Module):
             rows = torch.arange(len(x), device=x.device)
             x1 = x[rows, query_pos][:, None] + self.drop(self.attn(self.ln1(x), None, query_pos))
             return (x1 + self.drop(self.mlp(self.ln2(x1), None)))[:, 0]   # [batch, d_model]
-        x = apply_hook(hp, "hook_resid_pre", x)
-        x = apply_hook(hp, "hook_resid_mid", x + apply_hook(hp, "hook_attn_out", self.drop(self.attn(self.ln1(x), hp))))
-        x = x + apply_hook(hp, "hook_mlp_out", self.drop(self.mlp(self.ln2(x), hp)))
+        ln1, ln2 = (None, None) if hp is None else (hp.ln1, hp.ln2)
+        attn_out = apply_hook(hp, "hook_attn_out", self.drop(self.attn(self.ln1(x, ln1), hp)))
+        x = apply_hook(hp, "hook_resid_mid", x + attn_out)
+        x = x + apply_hook(hp, "hook_mlp_out", self.drop(self.mlp(self.ln2(x, ln2), hp)))
         return apply_hook(hp, "hook_resid_post", x)
 
 
+# --- the model -----------------------------------------------------------------------------------
 class LoopedTransformer(HookedRootModule):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -204,13 +290,13 @@ class LoopedTransformer(HookedRootModule):
                     block.mlp.log, block.mlp.key = self._routing, f"c{c}.L{i}"
         self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
         self.W_inject = nn.Linear(2 * cfg.d_model, cfg.d_model) if cfg.injection == "concat" else None
-        self.ln_final = LayerNorm(cfg.d_model) if cfg.normalization == "LN" else nn.Identity()
+        self.ln_final = make_norm(cfg, own_hooks=True)
         self.W_U_own = None if cfg.tied_embeddings else nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
         self.drop = nn.Dropout(cfg.dropout)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList()   # VirtualBlocks, grown on demand
-        self.steps = nn.ModuleList()    # per-step hooks: steps.{s}.hook_state
+        self.steps = nn.ModuleList()    # StepHooks: steps.{s}.hook_state / hook_injected
         self._init_weights()
         # A TransformerLens-style cfg view for ActivationCache and transformer_lens.patching.
         self.cfg = SimpleNamespace(
@@ -218,8 +304,19 @@ class LoopedTransformer(HookedRootModule):
             d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx, device="cpu",
             normalization_type="LN" if cfg.normalization == "LN" else None, attn_only=False,
             n_key_value_heads=None, use_split_qkv_input=False, use_attn_in=False,
-            use_attn_result=False, positional_embedding_type="standard")
+            use_attn_result=False, positional_embedding_type="standard" if self.W_pos is not None
+            else "rotary")
         self.set_schedule([0] * cfg.n_steps)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, step: int | None = None, device=None) -> "LoopedTransformer":
+        """The model of a training run (step None: its last good checkpoint), in eval mode."""
+        from grokloop.checkpoint import load_model
+        model = load_model(run_dir, step)[0]
+        if device is not None:
+            model.to(device)
+            model.cfg.device = str(device)
+        return model
 
     def _init_weights(self):
         """The one place weights are initialised: GPT-2 style, output projections scaled."""
@@ -245,11 +342,9 @@ class LoopedTransformer(HookedRootModule):
 
     def set_schedule(self, schedule: list[int]) -> None:
         """Default step schedule (core index per step); grows hook points, never touches weights."""
-        self._check_schedule(schedule)
-        self.schedule = list(schedule)
+        self.schedule = self._resolve(None, list(schedule))
         self.n_steps = len(schedule)
         self.cfg.n_layers = len(self.layer_table())
-        self._ensure_hooks(self.cfg.n_layers, self.n_steps)
 
     def _check_schedule(self, schedule):
         if len(schedule) < 1:
@@ -258,14 +353,23 @@ class LoopedTransformer(HookedRootModule):
         if bad:
             raise ValueError(f"schedule names core {bad[0]} but the bank has {len(self.cores)} cores")
 
-    def _ensure_hooks(self, n_layers: int, n_steps: int) -> None:
+    def _resolve(self, n_steps, schedule):
+        """The schedule a call runs; grows hook points for it and binds each virtual layer's
+        weight views to the block it runs."""
+        if schedule is None:
+            schedule = self.schedule if n_steps is None else [0] * n_steps
+        self._check_schedule(schedule)
+        layers = self._unroll(schedule)
         grew = False
-        while len(self.blocks) < n_layers:
+        while len(self.blocks) < len(layers):
             self.blocks.append(VirtualBlock()); grew = True
-        while len(self.steps) < n_steps:
-            step = nn.Module(); step.hook_state = HookPoint(); self.steps.append(step); grew = True
+        while len(self.steps) < len(schedule):
+            self.steps.append(StepHooks()); grew = True
         if grew:
             self.setup()  # register the new hook points with HookedRootModule
+        for layer in layers:
+            self.blocks[layer.index].bind(layer.block)
+        return schedule
 
     def layer_table(self, schedule: list[int] | None = None) -> list[VirtualLayer]:
         schedule = self.schedule if schedule is None else schedule
@@ -275,14 +379,26 @@ class LoopedTransformer(HookedRootModule):
         rows += [VirtualLayer(0, "coda", None, None, i) for i in range(self.config.n_coda)]
         return [VirtualLayer(v, r.stage, r.step, r.core, r.layer) for v, r in enumerate(rows)]
 
-    def _resolve(self, n_steps, schedule):
-        if schedule is None:
-            schedule = self.schedule if n_steps is None else [0] * n_steps
-        self._check_schedule(schedule)
-        n_pre = self.config.n_prelude
-        self._ensure_hooks(n_pre + sum(len(self.cores[c]) for c in schedule) + self.config.n_coda,
-                           len(schedule))
-        return schedule
+    def _unroll(self, schedule: list[int]) -> list[UnrolledLayer]:
+        # Step 1 injects only when its initial state is not e itself (zeros, noise): injecting e
+        # into e would double the embedding and make n_steps = 1 differ from the plain stack.
+        inject_first = self.config.init_state != "prelude"
+        layers, v = [], 0
+        for b in self.prelude:
+            layers.append(UnrolledLayer(b, v, None, False, False, False)); v += 1
+        for s, c in enumerate(schedule):
+            for i, b in enumerate(self.cores[c]):
+                first = i == 0
+                layers.append(UnrolledLayer(b, v, s, s == 0 and first, first,
+                                            first and (s > 0 or inject_first)))
+                v += 1
+        for b in self.coda:
+            layers.append(UnrolledLayer(b, v, None, False, False, False)); v += 1
+        return layers
+
+    def unrolled(self, schedule: list[int] | None = None) -> list[UnrolledLayer]:
+        """One entry per virtual layer, in order; `run_layers` runs any slice or rearrangement."""
+        return self._unroll(self._resolve(None, schedule))
 
     def run_with_cache(self, *args, remove_batch_dim: bool = False, **kwargs):
         """As HookedRootModule's, but the cache is an ActivationCache (accumulated_resid etc.)."""
@@ -293,96 +409,106 @@ class LoopedTransformer(HookedRootModule):
         """The MoE balance regulariser of the last forward, pooled over all its steps."""
         return balance_loss(self._routing)
 
-    # --- forward ------------------------------------------------------------------------------
+    # --- the computation: embed, what happens between layers, layers, unembed -------------------
     def embed(self, tokens):
         x = self.hook_embed(self.W_E[tokens])                        # [batch, pos, d_model]
         if self.W_pos is not None:
-            x = x + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
+            x = x + self.hook_pos_embed(self.W_pos[: tokens.shape[1]].expand(len(tokens), -1, -1))
         return self.drop(x)
 
-    def _inject(self, state, e, step_hooks):
-        if self.config.injection == "add":
-            state = state + e
-        elif self.config.injection == "concat":
-            state = self.W_inject(torch.cat([state, e], dim=-1))
-        return step_hooks.hook_state(state) if step_hooks is not None else state
-
-    def _initial_state(self, e):
+    def initial_state(self, e):
         if self.config.init_state == "prelude":
             return e
         if self.config.init_state == "zeros":
             return torch.zeros_like(e)
         return torch.randn_like(e) * self.config.init_std
 
-    def unembed(self, x):
-        return self.ln_final(x) @ self.W_U + self.b_U                 # [batch, pos, d_vocab]
+    def inject(self, state, e):
+        if self.config.injection == "add":
+            return state + e
+        if self.config.injection == "concat":
+            return self.W_inject(torch.cat([state, e], dim=-1))
+        return state
 
-    def _run_stack(self, layers, x, v, hooked, query_pos=None):
-        """Run `layers` from virtual layer v; with query_pos the last layer returns
-        [batch, d_model] at those positions only (no hooks: the training fast path)."""
+    def before_layer(self, layer: UnrolledLayer, x, e, hooked: bool = False):
+        """What happens to the state x before virtual layer `layer` runs: (x, e). At the loop's
+        entry x becomes e and the initial state is made from it; a step that injects mixes e
+        back in. Every path through the model (forward, readout, rollouts, probes) calls this."""
+        if layer.begins_loop:
+            e, x = x, self.initial_state(x)
+        if layer.starts_step:
+            hooks = self.steps[layer.step] if hooked else None
+            x = apply_hook(hooks, "hook_state", x)
+            if layer.injects:
+                x = self.inject(x, e)
+            x = apply_hook(hooks, "hook_injected", x)
+        elif layer.injects:   # a rearranged list (surgery) may inject mid-step
+            x = self.inject(x, e)
+        return x, e
+
+    def run_layers(self, x, layers: list[UnrolledLayer], e=None, hooked: bool = False,
+                   query_pos=None, keep_states: bool = False):
+        """Run virtual layers in order on the residual x [batch, pos, d_model]: (x, e), or with
+        keep_states (x, e, states) where states[i] is S of layers[i] (its resid_pre).
+
+        `e` is the prelude output, needed when the layers start past the loop's entry. With
+        `query_pos` [batch] the last layer computes only those positions and returns
+        [batch, d_model] (the training fast path; it fires no hooks)."""
+        states = []
         for i, layer in enumerate(layers):
             last = query_pos is not None and i == len(layers) - 1
-            hp = self.blocks[v] if hooked and not last and watched(self.blocks[v]) else None
-            x = layer(x, hp, query_pos if last else None)
-            v += 1
-        return x, v
-
-    def forward(self, tokens, n_steps: int | None = None, schedule: list[int] | None = None,
-                grad_last_k: int | None = None, return_type: str | None = "logits"):
-        """tokens [batch, pos] -> logits [batch, pos, d_vocab] (TransformerLens call shape)."""
-        logits = self.readout_steps(tokens, n_steps, schedule=schedule, grad_last_k=grad_last_k,
-                                    every_step=False)[-1]
-        return logits if return_type == "logits" else None
-
-    # --- the unrolled computation as a list of layers (probes: patching, surgery) -----------
-    def unrolled(self, schedule: list[int] | None = None) -> list[UnrolledLayer]:
-        """One entry per virtual layer, in order; `run_unrolled` runs any slice or rearrangement."""
-        schedule = self._resolve(None, schedule)
-        layers = [UnrolledLayer(b, False, False) for b in self.prelude]
-        for s, c in enumerate(schedule):
-            layers += [UnrolledLayer(b, s == 0 and i == 0, i == 0) for i, b in enumerate(self.cores[c])]
-        return layers + [UnrolledLayer(b, False, False) for b in self.coda]
-
-    def run_unrolled(self, x, layers: list[UnrolledLayer], e=None, keep_states: bool = False):
-        """Run `layers` on the residual x (no hooks). `e` is the prelude output, needed when the
-        layers start past the prelude. Returns x, or with keep_states the states after every
-        layer as well: S[i + 1] of the slice."""
-        states = []
-        for layer in layers:
-            if layer.begins_loop:
-                e, x = x, self._initial_state(x)
-            if layer.starts_step:
-                x = self._inject(x, e, None)
-            x = layer.block(x)
+            hp = self.blocks[layer.index] if hooked and not last and watched(self.blocks[layer.index]) else None
+            x = apply_hook(hp, "hook_resid_pre", x)
             if keep_states:
                 states.append(x)
-        return (x, states) if keep_states else x
+            x, e = self.before_layer(layer, x, e, hooked)
+            x = layer.block(x, hp, query_pos if last else None)
+        return (x, e, states) if keep_states else (x, e)
 
-    def residual_states(self, tokens, schedule: list[int] | None = None):
-        """(S, e): S [n_virtual + 1, batch, pos, d_model], S[0] the embedding and S[i] the state
-        after virtual layer i - 1 (before any injection); e the prelude output (the embedding
-        when there is no prelude)."""
-        layers = self.unrolled(schedule)
-        x0 = self.embed(tokens)
-        _, states = self.run_unrolled(x0, layers, keep_states=True)
-        S = torch.stack([x0] + states)
-        return S, S[len(self.prelude)]
+    def unembed(self, x, hooked: bool = False):
+        return self.ln_final(x, self.ln_final if hooked else None) @ self.W_U + self.b_U
 
-    # --- one step at a time, without hooks (the halting selector's rollouts) -----------------
-    def begin(self, tokens) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prelude output e, initial state), both [batch, pos, d_model]."""
+    # --- one step at a time (the halting selector's rollouts) ---------------------------------
+    def enter_loop(self, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prelude: (e, state) both [batch, pos, d_model]; the state that step 0 reads
+        before its loop entry (so `step(state, e, 0)` makes the initial state from it)."""
         self._routing.clear()
-        e, _ = self._run_stack(self.prelude, self.embed(tokens), 0, False)
-        return e, self._initial_state(e)
+        x, _ = self.run_layers(self.embed(tokens), self._unroll([0])[:len(self.prelude)])
+        return x, x
 
-    def think(self, state, e, core: int = 0) -> torch.Tensor:
-        """One recurrence step with core `core` of the bank: the next state."""
-        return self._run_stack(self.cores[core], self._inject(state, e, None), 0, False)[0]
+    def step(self, state, e, s: int, core: int = 0) -> torch.Tensor:
+        """Recurrence step s (0-based) with core `core` of the bank: the next state."""
+        layers = [layer for layer in self._unroll([core] * (s + 1)) if layer.step == s]
+        return self.run_layers(state, layers, e)[0]
 
     def read(self, state, positions) -> torch.Tensor:
         """The answer if the model stopped at `state`: logits [batch, d_vocab] at `positions`."""
-        y, _ = self._run_stack(self.coda, state, 0, False)
+        layers = self._unroll([0])
+        y, _ = self.run_layers(state, layers[len(layers) - len(self.coda):])
         return self.unembed(y[torch.arange(len(y), device=y.device), positions])
+
+    # --- whole passes -----------------------------------------------------------------------------
+    def forward(self, tokens, n_steps: int | None = None, schedule: list[int] | None = None,
+                grad_last_k: int | None = None, return_type: str | None = "logits"):
+        """tokens [batch, pos] -> logits [batch, pos, d_vocab] (TransformerLens call shape).
+        return_type: "logits", "loss" (mean next-token cross-entropy, TransformerLens's
+        convention), "both" ((logits, loss)) or None."""
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type={return_type!r}: choose logits, loss, both or None")
+        logits = self.readout_steps(tokens, n_steps, schedule=schedule, grad_last_k=grad_last_k,
+                                    every_step=False)[-1]
+        if return_type in (None, "logits"):
+            return logits if return_type else None
+        logp = logits[:, :-1].float().log_softmax(-1)
+        loss = -logp.gather(-1, tokens[:, 1:, None])[..., 0].mean()
+        return loss if return_type == "loss" else (logits, loss)
+
+    def residual_states(self, tokens, schedule: list[int] | None = None):
+        """(S, e): S [n_virtual + 1, batch, pos, d_model], S[v] the state entering virtual layer
+        v (blocks.{v}.hook_resid_pre; S[0] the embedding) and S[-1] the final residual; e the
+        prelude output. The logit lens reads S; it equals `cache.accumulated_resid()`."""
+        x, e, states = self.run_layers(self.embed(tokens), self.unrolled(schedule), keep_states=True)
+        return torch.stack(states + [x]), e
 
     def readout_steps(self, tokens, n_steps: int | None = None, positions=None,
                       schedule: list[int] | None = None, grad_last_k: int | None = None,
@@ -399,21 +525,22 @@ class LoopedTransformer(HookedRootModule):
         if answer_only and (positions is None or every_step):
             raise ValueError("answer_only needs positions and every_step=False")
         schedule = self._resolve(n_steps, schedule)
+        layers = self._unroll(schedule)
+        n_pre = len(self.prelude)
+        coda = layers[len(layers) - len(self.coda):]
         self._routing.clear()
-        x = self.embed(tokens)
-        x, v = self._run_stack(self.prelude, x, 0, True)
-        e, state = x, self._initial_state(x)
+        state, e = self.run_layers(self.embed(tokens), layers[:n_pre], hooked=True)
         outs = []
-        for s, c in enumerate(schedule):
+        for s in range(len(schedule)):
             if grad_last_k is not None and s == len(schedule) - grad_last_k:
                 state = state.detach()
             last = s == len(schedule) - 1
+            step_layers = [layer for layer in layers if layer.step == s]
             fast = answer_only and last and not self.coda
-            state, v = self._run_stack(self.cores[c], self._inject(state, e, self.steps[s]), v, True,
-                                       positions if fast else None)
+            state, e = self.run_layers(state, step_layers, e, True, positions if fast else None)
             if every_step or last:
-                y, _ = self._run_stack(self.coda, state, v, last, positions if answer_only else None)
+                y, _ = self.run_layers(state, coda, e, last, positions if answer_only and coda else None)
                 if positions is not None and y.dim() == 3:
                     y = y[torch.arange(len(y), device=y.device), positions]  # [batch, d_model]
-                outs.append(self.unembed(y))
+                outs.append(self.unembed(y, hooked=last))
         return torch.stack(outs)

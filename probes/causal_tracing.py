@@ -1,12 +1,13 @@
 """Causal tracing across (virtual layer, position), batched; and transformer_lens.patching maps.
 
-The paper's procedure (REFERENCES.md §3): run the clean input; for each cell (i, pos) overwrite the
-clean state S[i, pos] with the corrupted run's S[i, pos], run the remaining layers, and record
+The paper's procedure (Wang et al. 2024, docs/references.md): run the clean input; for each cell
+(i, pos) overwrite the clean state S[i, pos] (blocks.{i}.hook_resid_pre, the state entering
+virtual layer i) with the corrupted run's S[i, pos], run the remaining layers, and record
 whether the top-1 prediction at the answer position flips. With causal attention the corrupted
 state at pos depends only on tokens up to pos, so the paper's prefix-only corrupted run and one
 full corrupted run give the same S[i, pos]. In a looped model the layers after a patched cell
-include later recurrence steps, and input injection re-reads the prelude output e: a patch inside
-the prelude changes e (as it would), a patch after it leaves the clean e.
+include later recurrence steps, and input injection re-reads the prelude output e: a patch at or
+before the loop's entry changes e (as it would), a patch after it leaves the clean e.
 
 Batched: the states of both runs are computed once; for each (layer i, position p) the examples
 whose cell can change the answer continue from layer i together, computing only positions p..
@@ -32,10 +33,7 @@ def _continue(model, x, layers, first: int, S_base, e, p: int, answer_pos):
     for j, layer in enumerate(layers):
         if j:
             x = torch.cat([S_base[first + j][:, :p], x], dim=1)
-        if layer.begins_loop:
-            e, x = x, model._initial_state(x)
-        if layer.starts_step:
-            x = model._inject(x, e, None)
+        x, e = model.before_layer(layer, x, e)
         if j == len(layers) - 1:
             return layer.block(x, None, query_pos=answer_pos)
         x = layer.block(x, from_pos=p)
@@ -111,24 +109,23 @@ def causal_trace(model, clean, corrupted, answer_pos, clean_answers, corrupted_a
             "clean_acc": float((clean_pred == clean_answers).double().mean())}
 
 
-def state_hook_name(i: int) -> str:
-    """The hook point whose output is S[i]: the token embedding for i = 0 (positions are the same
-    in both runs), else the residual after virtual layer i - 1."""
-    return "hook_embed" if i == 0 else f"blocks.{i - 1}.hook_resid_post"
+def state_hook_name(i: int, n_layers: int) -> str:
+    """The hook point whose output is S[i]: the state entering virtual layer i, or for
+    i = n_layers the final residual."""
+    return f"blocks.{i}.hook_resid_pre" if i < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
 
 
 @torch.no_grad()
 def trace_loop(model, clean, corrupted, answer_pos) -> torch.Tensor:
     """Reference: one forward pass per (layer, pos) cell, patching through a hook point.
     Returns the flip [V + 1, pos, n] of `causal_trace`."""
-    _, cache = model.run_with_cache(corrupted, names_filter=lambda name: name == "hook_embed"
-                                    or name.endswith("hook_resid_post"))
+    V, P = len(model.layer_table()), clean.shape[1]
+    names = [state_hook_name(i, V) for i in range(V + 1)]
+    _, cache = model.run_with_cache(corrupted, names_filter=lambda name: name in names)
     rows = torch.arange(len(clean))
     clean_pred = model(clean)[rows, answer_pos].argmax(-1)
-    V, P = len(model.layer_table()), clean.shape[1]
     flip = torch.zeros(V + 1, P, len(clean), dtype=torch.bool)
-    for i in range(V + 1):
-        name = state_hook_name(i)
+    for i, name in enumerate(names):
         for p in range(P):
             def patch(act, hook, p=p, name=name):
                 act = act.clone()

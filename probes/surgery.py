@@ -2,7 +2,8 @@
 
 L1 -> [L2 -> L3] x (1 + N) -> L4: layers start..end (inclusive) run N extra times, with no
 retraining. For a looped model a repeated range that starts a recurrence step re-applies input
-injection there (the loop was trained that way); the prelude output e is set once.
+injection there, as every step after the first does (the loop was trained that way); the prelude
+output e is set once.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 
 
 def repeat_range(layers: list, start: int, end: int, extra: int) -> list:
-    again = [dataclasses.replace(layer, begins_loop=False) for layer in layers[start:end + 1]]
+    again = [dataclasses.replace(layer, begins_loop=False, injects=layer.starts_step)
+             for layer in layers[start:end + 1]]
     return layers[:end + 1] + again * extra + layers[end + 1:]
 
 
@@ -22,7 +24,7 @@ def accuracy(model, layers, tokens, answer_pos, answers, chunk: int = 4096) -> f
     correct = 0
     for lo in range(0, len(tokens), chunk):
         rows = slice(lo, lo + chunk)
-        x = model.run_unrolled(model.embed(tokens[rows]), layers)
+        x, _ = model.run_layers(model.embed(tokens[rows]), layers)
         ap = answer_pos[rows]
         logits = model.unembed(x[torch.arange(len(x)), ap])
         correct += int((logits.argmax(-1) == answers[rows]).sum())

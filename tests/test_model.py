@@ -23,12 +23,95 @@ def test_parameter_count_does_not_depend_on_steps(make_model):
     assert len(counts) == 1
 
 
-def test_one_step_equals_the_plain_stack(make_model):
-    m = make_model(n_prelude=1, n_core=2, n_coda=1, n_steps=1)
+@pytest.mark.parametrize("injection", ["none", "add", "concat"])
+def test_one_step_equals_the_plain_stack_for_every_injection(make_model, injection):
+    m = make_model(n_prelude=1, n_core=2, n_coda=1, n_steps=1, injection=injection)
     x = m.W_E[TOKENS] + m.W_pos[:5]
     for block in [*m.prelude, *m.cores[0], *m.coda]:
         x = block(x)
     assert torch.allclose(m(TOKENS), m.unembed(x), atol=1e-6)
+    # and a second step does inject: two steps differ from the stack run twice without e
+    if injection != "none":
+        y = m.W_E[TOKENS] + m.W_pos[:5]
+        for block in [*m.prelude, *m.cores[0], *m.cores[0], *m.coda]:
+            y = block(y)
+        assert not torch.allclose(m(TOKENS, n_steps=2), m.unembed(y), atol=1e-4)
+
+
+HOOKED = dict(n_prelude=1, core_sizes=[1, 2], n_coda=1, n_steps=3, injection="add")
+
+
+def test_every_hook_point_fires_at_most_once_per_forward(make_model):
+    for kw in (HOOKED, dict(n_core=1, n_steps=4, injection="concat", moe_experts=4)):
+        m = make_model(**kw)
+        fired = {}
+        for name, hp in m.hook_dict.items():
+            hp.add_hook(lambda act, hook: fired.__setitem__(hook.name, fired.get(hook.name, 0) + 1))
+        m(TOKENS, schedule=[0, 1, 1] if "core_sizes" in kw else None)
+        m.readout_steps(TOKENS, positions=torch.zeros(6, dtype=torch.long), every_step=True)
+        m.reset_hooks()
+        assert fired and max(fired.values()) == 2 and set(fired.values()) == {2}   # two calls
+        assert "blocks.0.ln1.hook_scale" in fired and "steps.1.hook_injected" in fired
+
+
+def test_logit_lens_equals_accumulated_resid_at_every_layer(make_model):
+    m = make_model(**HOOKED)
+    _, cache = m.run_with_cache(TOKENS)
+    S, _ = m.residual_states(TOKENS)
+    acc = cache.accumulated_resid()                              # [V + 1, batch, pos, d_model]
+    assert acc.shape == S.shape and torch.allclose(acc, S, atol=1e-6)
+    lens = cache.accumulated_resid(apply_ln=True)
+    assert torch.allclose(lens @ m.W_U + m.b_U, m.unembed(S), atol=1e-5)
+    # resid_pre of a step's first layer is the state before injection; the core reads
+    # steps.{s}.hook_injected = state + e
+    first_of_step2 = next(r.index for r in m.layer_table() if r.step == 2)
+    assert torch.allclose(cache["steps.1.hook_state"], cache[f"blocks.{first_of_step2}.hook_resid_pre"])
+    e = cache["blocks.0.hook_resid_post"]
+    assert torch.allclose(cache["steps.1.hook_injected"], cache["steps.1.hook_state"] + e, atol=1e-6)
+
+
+def test_transformer_lens_cache_methods_work_on_a_looped_model(make_model):
+    m = make_model(n_core=1, n_steps=3)               # no injection: the stream is a plain sum
+    logits, cache = m.run_with_cache(TOKENS)
+    V = m.cfg.n_layers
+    for layer in range(1, V + 1):
+        acc = cache.accumulated_resid(layer=layer, apply_ln=True)
+        assert acc.shape == (layer + 1, 6, 5, 32)
+    parts = cache.decompose_resid()                   # embed, pos, attn and mlp out per layer
+    assert parts.shape[0] == 2 + 2 * V
+    assert torch.allclose(parts.sum(0), cache[f"blocks.{V - 1}.hook_resid_post"], atol=1e-5)
+    heads = cache.stack_head_results(layer=V)         # [V * heads, batch, pos, d_model]
+    attn = torch.stack([cache[f"blocks.{v}.hook_attn_out"] for v in range(V)])
+    b_O = torch.stack([m.blocks[v].attn.b_O for v in range(V)])
+    assert heads.shape[0] == V * 4
+    assert torch.allclose(heads.view(V, 4, 6, 5, 32).sum(1) + b_O[:, None, None], attn, atol=1e-5)
+    # per-head weight views reproduce the cached queries and the output projection
+    q = torch.einsum("bpd,hde->bphe", cache["blocks.2.ln1.hook_normalized"] * m.cores[0][0].ln1.w
+                     + m.cores[0][0].ln1.b, m.blocks[2].attn.W_Q) + m.blocks[2].attn.b_Q
+    assert torch.allclose(q, cache["blocks.2.attn.hook_q"], atol=1e-5)
+    assert m.blocks[0].attn.W_O.data_ptr() == m.blocks[2].attn.W_O.data_ptr()   # shared weights
+
+
+def test_return_types(make_model):
+    m = make_model(n_core=1, n_steps=2)
+    logits, loss = m(TOKENS, return_type="both")
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 23), TOKENS[:, 1:].reshape(-1))
+    assert torch.allclose(loss, ref) and torch.allclose(m(TOKENS, return_type="loss"), ref)
+    assert m(TOKENS, return_type=None) is None
+    with pytest.raises(ValueError, match="return_type"):
+        m(TOKENS, return_type="probs")
+
+
+def test_step_primitive_matches_the_unrolled_forward(make_model):
+    for kw in (dict(n_prelude=1, n_core=2, n_coda=1, n_steps=3, injection="concat"),
+               dict(n_core=1, n_steps=3, injection="add", init_state="zeros")):
+        m = make_model(**kw)
+        pos = torch.tensor([4, 3, 2, 4, 1, 0])
+        e, state = m.enter_loop(TOKENS)
+        for s in range(3):
+            state = m.step(state, e, s)
+            assert torch.allclose(m.read(state, pos), m(TOKENS, n_steps=s + 1)[torch.arange(6), pos],
+                                  atol=1e-5)
 
 
 def test_steps_change_at_test_time_beyond_training_without_rebuilding(make_model):
@@ -103,11 +186,13 @@ def test_truncated_backprop_stops_gradient_to_early_steps(make_model):
                 act.register_hook(lambda g: grads.setdefault(step, g))
         return hook
 
-    m.steps[0].hook_state.add_hook(spy(0))
-    m.steps[3].hook_state.add_hook(spy(3))
+    # hook_injected of step 1 is state + e: its only path to the loss is through the state,
+    # which is cut before step 3 (e itself still gets gradient through step 3's injection)
+    m.steps[1].hook_injected.add_hook(spy(1))
+    m.steps[3].hook_injected.add_hook(spy(3))
     m.readout_steps(TOKENS, 4, grad_last_k=1, every_step=False)[-1].sum().backward()
     m.reset_hooks()
-    assert 3 in grads and 0 not in grads
+    assert 3 in grads and 1 not in grads
 
 
 def test_bank_schedule_runs_the_cores_it_names(make_model):
