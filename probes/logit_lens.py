@@ -1,7 +1,8 @@
 """Logit lens at every virtual layer and position, and the per-step readout through the coda.
 
 Logit lens (REFERENCES.md §3): the final norm and the unembedding applied to the residual state
-S[i, pos] after virtual layer i (S[0] is the embedding). For each target role (the tokens a task
+S[v, pos] entering virtual layer v (`blocks.{v}.hook_resid_pre`; S[0] is the embedding) and to the
+final residual S[V]: exactly TransformerLens's `cache.accumulated_resid(apply_ln=True)`. For each target role (the tokens a task
 names: bridge entities, relations, the answer, comparison values) we record, at every (layer,
 position), the rank of the role's token among all tokens (0 = top), the reciprocal rank and top-1.
 `at_role` reads each role at its own position (the answer at the answer position), the paper's

@@ -117,7 +117,7 @@ def test_causal_tracing_agrees_with_transformer_lens_patching(make_model):
 
 
 def test_surgery_repeating_the_last_step_equals_one_more_step(make_model):
-    m = make_model(n_core=1, n_steps=3, injection="add")
+    m = make_model(n_core=1, n_steps=3, injection="add", init_std=0.1)   # steps must matter
     tokens, _, ap = clean_and_corrupted()
     four = m.readout_steps(tokens, 4, positions=ap)[-1].argmax(-1)
     layers = m.unrolled()
