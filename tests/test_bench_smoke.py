@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -22,6 +24,7 @@ def smoke(script: str, tmp_path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # ~14 s: three model stacks timed
 def test_train_throughput_benchmark_smoke(tmp_path):
     (r,) = smoke("bench_train.py", tmp_path)["results"]
     assert set(r["steps_per_s"]) == {"grokloop", "hf_gpt2", "plain_loop"}

@@ -84,6 +84,7 @@ def test_report_cli_on_a_directory_without_runs(tmp_path):
 
 
 @needs_browser
+@pytest.mark.slow  # ~11 s; fast: test_browser_check_catches_errors_and_unrendered_figures
 def test_reports_render_in_a_browser_without_errors(runs, tmp_path):
     for name in ("probed", "bare", "modular"):
         got = check(runs[name] / "report.html")
@@ -104,6 +105,18 @@ def test_browser_check_catches_errors_and_unrendered_figures(runs, tmp_path):
     assert got["rendered"] == got["expected"] - 1
 
 
+def test_compare_groups_seeds_of_one_setting(runs, tmp_path):
+    # Two seeds of the bare run and the probed run (a different directory, same settings) plus the
+    # modular run (different settings): two groups, one per setting.
+    for i, name in enumerate(("bare", "probed", "modular")):
+        dst = shutil.copytree(runs[name], tmp_path / "tree" / f"r{i}")
+        cfg = json.loads((dst / "config.json").read_text())
+        (dst / "config.json").write_text(json.dumps(cfg | {"seed": i}))
+    reports_main(["compare", str(tmp_path / "tree")])
+    text = (tmp_path / "tree" / "compare.html").read_text()
+    assert "3 runs in 2 group(s)" in text and "final acc test_inferred_id" in text
+
+
 def launch_sweep(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     """Two settings (vanilla, looped) x two seeds, tiny, into tmp/sweep."""
     return subprocess.run(
@@ -113,6 +126,7 @@ def launch_sweep(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
         cwd=ROOT, capture_output=True, text=True, check=True)
 
 
+@pytest.mark.slow  # ~35 s; fast: test_compare_groups_seeds_of_one_setting
 def test_sweep_through_submitit_local_resumes_and_compares(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")

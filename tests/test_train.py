@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 
 from grokloop.checkpoint import last_good_checkpoint, list_checkpoints, load_model
 from grokloop.config import run_config_from_dict
-from grokloop.optim import perpendicular_grad
 from grokloop.train import train
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -77,6 +76,7 @@ def rows(run):
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~18 s: three CLI processes; fast: test_resume_skips_a_finished_run_and_extends_a_longer_one
 def test_resume_after_sigkill_is_exact(tmp_path):
     overrides = TINY + ["train.steps=400", "train.eval_every_max=20", "train.checkpoint_every_max=20",
                         "train.batch_size=16", "model.dropout=0.1", f"data_cache={tmp_path / 'cache'}"]
@@ -116,14 +116,6 @@ def test_existing_run_is_not_overwritten(tmp_path):
         train(run_config_from_dict(d), tmp_path)
 
 
-def test_perpendicular_gradient_is_orthogonal_and_keeps_norm():
-    p = torch.nn.Parameter(torch.randn(5, 4))
-    p.grad = torch.randn(5, 4)
-    before = p.grad.norm()
-    perpendicular_grad([p])
-    assert abs((p.grad * p).sum().item()) < 1e-5 and torch.isclose(p.grad.norm(), before)
-
-
 def test_looped_composition_writes_per_step_and_per_split_metrics(tmp_path):
     _, _, d = compose_dict(["experiment=composition_khop_looped", "train.steps=20",
                             "train.progress=false", "model.d_model=16", "model.n_heads=2",
@@ -135,6 +127,7 @@ def test_looped_composition_writes_per_step_and_per_split_metrics(tmp_path):
     assert summary["steps_to_0.99"].keys() >= {"test_inferred_id"}
 
 
+@pytest.mark.slow  # minutes; fast: the TINY training tests
 def test_modular_addition_groks(tmp_path):
     # The default experiment (mod 113, 30% of the table, perpendicular gradient): it reaches 0.99
     # test accuracy in 320-360 steps (seeds 0-2), about a minute here; the cap leaves 4x margin.
