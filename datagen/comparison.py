@@ -1,4 +1,4 @@
-"""Attribute comparison (Wang et al. 2024, REFERENCES.md §2).
+"""Attribute comparison (Wang et al. 2024; docs/references.md).
 
 Each entity has an ordinal value per attribute. Atomic `<attr><e>` -> `<v>`. Inferred
 `<attr><q><e1><mask><e2>` -> one of <lt>, <eq>, <gt> comparing the two values. Per attribute, an

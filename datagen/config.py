@@ -26,7 +26,7 @@ def _check_inferred_fields(cfg, counts: tuple[str, ...]) -> None:
 
 @dataclass
 class CompositionConfig:
-    """Knowledge-graph composition (Wang et al. 2024, REFERENCES.md §1), generalised to k hops.
+    """Knowledge-graph composition (Wang et al. 2024; docs/references.md), generalised to k hops.
 
     `hops`: inferred hop counts in training (atomic facts are always in training).
     `test_hops`: hop counts that appear only in the test splits (depth extrapolation).
@@ -61,7 +61,7 @@ class CompositionConfig:
 
 @dataclass
 class ComparisonConfig:
-    """Attribute comparison (Wang et al. 2024, REFERENCES.md §2)."""
+    """Attribute comparison (Wang et al. 2024; docs/references.md)."""
     task: str = "comparison"
     n_entities: int = 1000
     n_attributes: int = 20

@@ -1,5 +1,5 @@
 """AdamW with decoupled weight decay, warm-up then constant, and two grokking accelerators
-(REFERENCES.md §5): the Grokfast EMA gradient filter and the perpendicular gradient."""
+(docs/references.md): the Grokfast EMA gradient filter and the perpendicular gradient."""
 from __future__ import annotations
 
 import torch

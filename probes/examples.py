@@ -1,6 +1,6 @@
 """Which examples a probe looks at, and the corrupted inputs causal tracing needs.
 
-Corruption follows the paper (REFERENCES.md §3): ONE input token is replaced by a token of the
+Corruption follows the paper (docs/references.md): ONE input token is replaced by a token of the
 same type (same vocabulary range) chosen so that the answer changes. "The answer" of a corrupted
 input is looked up in the dataset itself, so this works for every task the generators make and
 never invents a query the task does not define; examples with no such replacement are dropped

@@ -1,4 +1,4 @@
-"""Fourier progress measures for modular addition (Nanda et al. 2023, REFERENCES.md §2).
+"""Fourier progress measures for modular addition (Nanda et al. 2023; docs/references.md).
 
 Token id == number for the modular task, so row a of W_E is the embedding of a.
 - Fourier norms of the embedding per frequency k = 1..(p-1)/2 (the cos and sin components

@@ -1,6 +1,6 @@
 """Logit lens at every virtual layer and position, and the per-step readout through the coda.
 
-Logit lens (REFERENCES.md §3): the final norm and the unembedding applied to the residual state
+Logit lens (docs/references.md): the final norm and the unembedding applied to the residual state
 S[v, pos] entering virtual layer v (`blocks.{v}.hook_resid_pre`; S[0] is the embedding) and to the
 final residual S[V]: exactly TransformerLens's `cache.accumulated_resid(apply_ln=True)`. For each target role (the tokens a task
 names: bridge entities, relations, the answer, comparison values) we record, at every (layer,
