@@ -9,7 +9,7 @@ It is trained with REINFORCE and a batch-mean baseline; reward = 1 if the answer
 wrong, `abstain_reward` for abstaining, minus `step_cost` per step (scaled by the block's layer
 count when the bank's blocks differ in size, so the cost is per FLOP). The model never changes.
 
-It is compared, on the same frozen model and examples, with the simple rules (REFERENCES.md §4):
+It is compared, on the same frozen model and examples, with the simple rules (docs/references.md):
 fixed depth T; exit when KL(p_t || p_t-1) < threshold (Huginn); exit when the top probability
 >= threshold; the most confident of all T steps; and the oracle (the fewest steps that answer
 right, which needs the answer). Results per split and hop count go to RUN/halting/.
