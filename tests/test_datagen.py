@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import datagen.build
 import datagen.composition
@@ -16,7 +17,7 @@ from datagen.dataset import GENERATOR_VERSION, code_version
 from datagen.grokked_format import read_grokked, write_grokked
 from grokloop.provenance import code_version as provenance_code_version
 
-PRESETS = Path(__file__).resolve().parent.parent / "conf" / "data"
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 SMALL = dict(task="composition", n_entities=60, n_relations=8, out_degree=6, ood_fraction=0.2,
              test_id_fraction=0.1, phi=3.0, eval_size=400, seed=1)
@@ -80,7 +81,10 @@ def test_splits_are_leak_free_and_ood_uses_only_ood_facts():
 
 
 def preset(name):
-    return build_dataset(data_config_from_dict(yaml.safe_load((PRESETS / f"{name}.yaml").read_text())))
+    """A data preset composed as `python -m datagen data=NAME` composes it (defaults included)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="datagen", overrides=[f"data={name}"])
+    return build_dataset(data_config_from_dict(OmegaConf.to_container(cfg.data, resolve=True)))
 
 
 def held_out_prefix_leaks(ds):
