@@ -31,11 +31,13 @@ def evaluate(model, data: dict[str, torch.Tensor], splits: dict[str, torch.Tenso
             losses.append(cross_entropy(logits[-1].float(), target, reduction="none"))
         correct = torch.cat(per_step, dim=1)                  # [steps, n]
         out[f"acc/{name}"] = correct[-1].float().mean().item()
+        out[f"n/{name}"] = len(idx)   # with acc, gives the Wilson interval (grokloop/stats.py)
         out[f"loss/{name}"] = torch.cat(losses).mean().item()
         hops = data["hops"][idx]
         if len(hops.unique()) > 1:
             for k in hops.unique().tolist():
                 out[f"acc/{name}/hops_{k}"] = correct[-1][hops == k].float().mean().item()
+                out[f"n/{name}/hops_{k}"] = int((hops == k).sum())
         if n_steps > 1:
             for t in range(n_steps):
                 out[f"acc_step/{name}/{t + 1}"] = correct[t].float().mean().item()
