@@ -3,8 +3,6 @@ machine description. Every script prints a table and writes JSON to bench/result
 from __future__ import annotations
 
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from grokloop.config import run_config_from_dict
+from grokloop.provenance import machine  # noqa: F401  (re-exported for the bench scripts)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -26,18 +25,6 @@ def run_config(overrides: list[str]):
     d = OmegaConf.to_container(cfg, resolve=True)
     d.pop("out_dir"), d.pop("resume")
     return run_config_from_dict(d)
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": gpu, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
 
 
 def train_seconds_per_step(overrides: list[str], steps: int) -> float:

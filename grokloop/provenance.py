@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +25,28 @@ def code_version() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def machine() -> dict:
+    """What a timing or a result was measured on: the CPU model (timings are only comparable on
+    one machine), cores, torch threads, GPU, torch version, date."""
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = ""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    isa = "amx_bf16" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else \
+        "avx2" if "avx2" in flags else "other"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": gpu, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
 
 
 def sha256_file(path: str | Path) -> str:

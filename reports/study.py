@@ -1,0 +1,98 @@
+"""A study's committed results: `docs/results/<study>/summary.json`, `summary.md` and
+`compare.html`, made from run directories, in the one results schema every study uses:
+
+    {"study": NAME, "machine": {...}, "commands": [...],
+     "rows": [{"model", "split", "acc", "lo", "hi", "n", "seed", "step", ("hops")}, ...]}
+
+One row per (model configuration, split, hop count where the split has several, seed) at each
+run's last evaluation, plus a `seed: "pooled"` row per (model, split, hops) that pools the seeds'
+facts; `lo`/`hi` are the Wilson 95% interval (grokloop/stats.py). README tables are generated
+from these files (`reports.readme`), never typed by hand.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from grokloop.provenance import atomic_write_text, machine
+from grokloop.stats import acc_row, wilson
+from reports.compare import compare_report, group_runs, short_labels
+from reports.load import Run
+
+
+def run_rows(run: Run, model: str, row: dict | None = None) -> list[dict]:
+    """Rows of one run at one evaluation row of its metrics (default: the last)."""
+    row = row or (run.metrics[-1] if run.metrics else {})
+    out = []
+    for key, acc in row.items():
+        if not key.startswith("acc/"):
+            continue
+        parts = key.split("/")                      # acc/SPLIT or acc/SPLIT/hops_K
+        n = row.get("n/" + "/".join(parts[1:]))
+        if n is None:
+            continue                                # no count recorded: no interval, no row
+        fields = {"model": model, "split": parts[1]}
+        if len(parts) == 3 and parts[2].startswith("hops_"):
+            fields["hops"] = int(parts[2][5:])
+        elif len(parts) != 2:
+            continue
+        out.append(acc_row(acc, n, **fields, seed=run.config.get("seed"), step=row["step"]))
+    return out
+
+
+def pooled(rows: list[dict]) -> list[dict]:
+    """Per (model, split, hops): the seeds' facts pooled into one accuracy and interval."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["split"], r.get("hops")), []).append(r)
+    out = []
+    for (model, split, hops), rs in groups.items():
+        if len(rs) < 2:
+            continue
+        k, n = sum(r["acc"] * r["n"] for r in rs), sum(r["n"] for r in rs)
+        lo, hi = wilson(round(k), n)
+        extra = {} if hops is None else {"hops": hops}
+        out.append({"model": model, "split": split, **extra, "acc": k / n, "lo": lo, "hi": hi,
+                    "n": n, "seed": "pooled", "seeds": len(rs), "step": max(r["step"] for r in rs)})
+    return out
+
+
+def study_rows(runs: list[Run], model_names: dict[str, str] | None = None) -> list[dict]:
+    """Rows for every run, the model named by its group label (the settings that differ between
+    runs, seeds aside) unless `model_names` maps a run directory to a name."""
+    differ, groups = group_runs(runs)
+    labels = short_labels(differ, groups)
+    rows = []
+    for label, members in groups.items():
+        for run in members:
+            name = (model_names or {}).get(str(run.path), labels[label])
+            rows += run_rows(run, name)
+    return rows + pooled(rows)
+
+
+def markdown(summary: dict) -> str:
+    rows = summary["rows"]
+    has_hops = any("hops" in r for r in rows)
+    head = ["model", "split"] + (["hops"] if has_hops else []) + ["seed", "step", "acc", "95% CI", "n"]
+    lines = [f"# {summary['study']}", "", "Commands:", "", "```bash", *summary["commands"], "```", "",
+             f"Machine: {summary['machine'].get('cpu')} ({summary['machine'].get('cores')} cores), "
+             f"torch {summary['machine'].get('torch')}, {summary['machine'].get('date')}.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], r["split"]] + ([str(r.get("hops", ""))] if has_hops else []) + [
+            str(r["seed"]), f"{r['step']:,}", f"{r['acc']:.3f}", f"[{r['lo']:.3f}, {r['hi']:.3f}]",
+            f"{r['n']:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_study(out: str | Path, study: str, runs: list[Run], commands: list[str],
+                model_names: dict[str, str] | None = None, extra_rows: list[dict] | None = None) -> dict:
+    """Write summary.json, summary.md and compare.html for `runs` into `out`; returns the summary."""
+    out = Path(out)
+    summary = {"study": study, "machine": machine(), "commands": list(commands),
+               "rows": study_rows(runs, model_names) + list(extra_rows or [])}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.md", markdown(summary))
+    atomic_write_text(out / "compare.html", compare_report(runs))
+    return summary

@@ -1,0 +1,41 @@
+"""Study summaries: one row per (model, split, hops, seed) with Wilson intervals, pooled seeds."""
+import json
+from pathlib import Path
+
+import pytest
+
+from grokloop.stats import wilson
+from reports.load import Run
+from reports.study import markdown, study_rows, write_study
+
+
+def fake_run(tmp: Path, name: str, seed: int, depth: int, acc: float) -> Run:
+    config = {"experiment": "x", "seed": seed, "model": {"n_steps": depth}}
+    last = {"step": 100, "acc/test": acc, "n/test": 200, "acc/test/hops_2": acc, "n/test/hops_2": 100,
+            "acc/test/hops_3": acc / 2, "n/test/hops_3": 100, "acc/old": 0.5}
+    return Run(tmp / name, config, [{"step": 10, "acc/test": 0.0, "n/test": 200}, last], None)
+
+
+def test_rows_carry_intervals_hops_seeds_and_pooled_seeds(tmp_path):
+    runs = [fake_run(tmp_path, f"d{d}s{s}", s, d, 0.5 + 0.1 * s) for d in (1, 2) for s in (0, 1)]
+    rows = study_rows(runs)
+    per_seed = [r for r in rows if r["seed"] != "pooled"]
+    assert len(per_seed) == 4 * 3                       # 4 runs x (test, hops 2, hops 3); acc/old has no n
+    r = next(r for r in per_seed if r["model"] == "model.n_steps=2" and r["seed"] == 1 and "hops" not in r)
+    assert r["acc"] == 0.6 and r["n"] == 200 and r["step"] == 100
+    assert (r["lo"], r["hi"]) == pytest.approx(wilson(120, 200))
+    pool = next(r for r in rows if r["seed"] == "pooled" and r["model"] == "model.n_steps=1"
+                and r.get("hops") == 3)
+    assert pool["n"] == 200 and pool["acc"] == pytest.approx((25 + 30) / 200) and pool["seeds"] == 2
+    assert "| model.n_steps=1 | test | 2 |" in markdown({"study": "s", "commands": ["c"], "machine": {},
+                                                       "rows": rows})
+
+
+def test_write_study_writes_the_schema(tmp_path):
+    runs = [fake_run(tmp_path, "a", 0, 1, 0.9)]
+    write_study(tmp_path / "out", "demo", runs, ["python -m grokloop.train"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary) == {"study", "machine", "commands", "rows"} and summary["study"] == "demo"
+    assert {"model", "split", "acc", "lo", "hi", "n"} <= set(summary["rows"][0])
+    assert "cpu" in summary["machine"]
+    assert (tmp_path / "out" / "compare.html").read_text().startswith("<!DOCTYPE html>")
