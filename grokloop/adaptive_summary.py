@@ -1,10 +1,11 @@
 """The adaptive-thinking evaluation across runs: accuracy per hop count and steps used, for every
 model and halting rule, plus accuracy-versus-compute and coverage-versus-accuracy figures.
 
-    python -m grokloop.adaptive_summary runs/adaptive/khop_* out=docs/results/adaptive
+    python -m grokloop.adaptive_summary runs/adaptive/khop_* [out=DIR]
 
 Each run directory must hold `halting/results.json` (`python -m grokloop.halting run_dir=RUN`).
-Writes summary.json, summary.md and figures.html (plotly, inlined, opens offline) into `out`.
+Writes summary.json, summary.md and figures.html (plotly, inlined, opens offline) into `out`,
+by default runs/adaptive_summary (untracked; pass out=docs/results/adaptive to publish).
 Hop 1 is read from the atomic_id split, hops 2.. from test_inferred_id, and 2-hop OOD from
 test_inferred_ood.
 """
@@ -14,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+DEFAULT_OUT = "runs/adaptive_summary"   # under runs/ (gitignored): nothing tracked is overwritten
 RULES = ["trained_depth", "fixed_{T}", "kl<0.01", "conf>=0.9", "max_confidence", "oracle",
          "selector"]
 
@@ -123,7 +125,7 @@ def figures_html(summary: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-    out = Path(next((a.split("=", 1)[1] for a in argv if a.startswith("out=")), "docs/results/adaptive"))
+    out = Path(next((a.split("=", 1)[1] for a in argv if a.startswith("out=")), DEFAULT_OUT))
     run_dirs = [Path(a) for a in argv if not a.startswith("out=")]
     if not run_dirs:
         raise SystemExit("usage: python -m grokloop.adaptive_summary RUN_DIR... [out=DIR]")

@@ -4,32 +4,31 @@ checkpoints/step_XXXXXXXX.safetensors        model weights
 checkpoints/step_XXXXXXXX.state.safetensors  optimizer moments, Grokfast EMA, RNG states, data order
 checkpoints/step_XXXXXXXX.json               step, config, scalar state, sha256 of the two files
 The JSON is written last, so a checkpoint without it never happened; a checkpoint whose files do
-not match their recorded hashes (truncated, corrupt) is skipped with a warning.
+not match their recorded hashes (truncated, corrupt) or that holds non-finite numbers is damaged:
+`last_good_checkpoint` skips it with a warning, `newest_readable` also says why.
 """
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from grokloop.provenance import atomic_write as _atomic
+from grokloop.provenance import atomic_write_text
+from grokloop.provenance import sha256_file as _sha
 
 
 def ckpt_dir(run_dir) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_path(run_dir, step: int) -> Path:
+    """The file that makes a checkpoint exist (its JSON, written last)."""
+    return ckpt_dir(run_dir) / f"step_{step:08d}.json"
 
 
 def save_checkpoint(run_dir, step: int, model, tensors: dict[str, torch.Tensor], state: dict) -> Path:
@@ -42,7 +41,7 @@ def save_checkpoint(run_dir, step: int, model, tensors: dict[str, torch.Tensor],
     _atomic(d / f"{stem}.state.safetensors", lambda p: save_file(extra, str(p)))
     meta = state | {"step": step, "sha256": {f: _sha(d / f) for f in
                                              (f"{stem}.safetensors", f"{stem}.state.safetensors")}}
-    _atomic(d / f"{stem}.json", lambda p: p.write_text(json.dumps(meta)))
+    atomic_write_text(d / f"{stem}.json", json.dumps(meta))
     return d / f"{stem}.json"
 
 
@@ -60,9 +59,27 @@ def read_checkpoint(run_dir, step: int):
         for f, digest in state["sha256"].items():
             if _sha(d / f) != digest:
                 raise ValueError(f"{d / f} does not match its recorded sha256")
-        return load_file(str(d / f"{stem}.safetensors")), load_file(str(d / f"{stem}.state.safetensors")), state
+        weights = load_file(str(d / f"{stem}.safetensors"))
+        tensors = load_file(str(d / f"{stem}.state.safetensors"))
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"checkpoint {d / stem} is unreadable: {e}") from e
+    # Written before non-finite gradients were checked, a checkpoint could hold NaN weights.
+    bad = [k for k, v in (weights | tensors).items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise ValueError(f"checkpoint {d / stem} holds non-finite values in {', '.join(bad[:5])}")
+    return weights, tensors, state
+
+
+def newest_readable(run_dir):
+    """(the newest checkpoint that verifies as (weights, tensors, state), or None; and every newer
+    damaged checkpoint as (path, why))."""
+    damaged = []
+    for step in reversed(list_checkpoints(run_dir)):
+        try:
+            return read_checkpoint(run_dir, step), damaged
+        except ValueError as e:
+            damaged.append((checkpoint_path(run_dir, step), str(e)))
+    return None, damaged
 
 
 def last_good_checkpoint(run_dir, at_most: int | None = None):
@@ -100,7 +117,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict
 def load_model(run_dir, step: int | None = None):
     """(model, dataset, config dict) from a run directory; step None = last good checkpoint."""
     from datagen import load_or_build
-    from grokloop.config import run_config_from_dict
+    from grokloop.config import RunConfig, run_config_from_dict
     from grokloop.model import LoopedTransformer
 
     run_dir = Path(run_dir)
@@ -112,7 +129,8 @@ def load_model(run_dir, step: int | None = None):
     if got is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoints; train longer or resume it")
     weights, _, state = got
-    cfg = run_config_from_dict({k: v for k, v in cfg_dict.items() if k != "code_version"})
+    known = {f.name for f in dataclasses.fields(RunConfig)}   # drops code_version, dataset_hash
+    cfg = run_config_from_dict({k: v for k, v in cfg_dict.items() if k in known})
     model = LoopedTransformer(cfg.model)
     model.load_state_dict(weights)
     return model.eval(), load_or_build(cfg.data, cfg.data_cache), cfg_dict

@@ -3,27 +3,53 @@
     python -m grokloop.train experiment=composition_small [key=value ...] [resume=true]
 
 `train(cfg, out_dir)` is the pure entry; `main` is the thin Hydra wrapper. A run directory holds
-config.json, metrics.jsonl (one row per evaluation), summary.json and checkpoints/.
+config.json (written once, when the run starts, with the code version and the dataset's content
+hash), metrics.jsonl (one row per evaluation), summary.json, checkpoints/, resume_log.jsonl (one
+event per resume) and, while a process trains there, .lock (grokloop/runlock.py).
+
+Runs you can trust:
+  - resume=true compares the config with the saved one before touching anything; only the keys
+    in RESUMABLE may change (recorded in resume_log.jsonl), any other difference is refused;
+  - one process per run directory (RUN/.lock);
+  - train.deterministic=true (default): same seed, config and machine give the same metrics and
+    weights, multithreaded (see `deterministic_algorithms`);
+  - no resume from a run whose checkpoints are all damaged, unless train.restart_if_damaged=true;
+  - a non-finite loss or gradient stops the run before the update, so no checkpoint holds NaN.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from datagen import load_or_build
-from datagen.dataset import code_version
-from grokloop.checkpoint import (last_good_checkpoint, optimizer_from_tensors,
-                                 optimizer_to_tensors, save_checkpoint)
-from grokloop.config import RunConfig
+from grokloop.checkpoint import (checkpoint_path, ckpt_dir, newest_readable,
+                                 optimizer_from_tensors, optimizer_to_tensors, save_checkpoint)
+from grokloop.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
 from grokloop.depth import depth_loss
 from grokloop.evaluate import answer_prefix, evaluate
 from grokloop.model import LoopedTransformer
 from grokloop.optim import grokfast_ema, lr_at, make_optimizer, perpendicular_grad
+from grokloop.provenance import atomic_write_text, code_version
+from grokloop.runlock import run_lock
 from grokloop.schedule import log_schedule
+
+# Keys that may change when a run is resumed, because they change how the run is driven or
+# reported, not what it computes: the step budget (extending a run is the point of resuming),
+# progress bar and report, where it runs and how evaluation is batched, where the dataset is
+# cached (its content is checked by hash), the kernel choice, and the resume policy itself.
+# Every other difference from the saved config.json refuses the resume.
+RESUMABLE = frozenset({"train.steps", "train.progress", "train.report", "train.device",
+                       "train.eval_batch_size", "train.deterministic", "train.restart_if_damaged",
+                       "data_cache"})
+BOOKKEEPING = ("code_version", "dataset_hash")   # config.json keys that are not config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,13 +81,56 @@ def prepare(cfg: RunConfig):
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
     ds, eval_names = prepare(cfg)
     out_dir = Path(out_dir)
+    config = json.loads(json.dumps(cfg.to_dict()))   # as config.json holds it (tuples as lists)
+
+    # --- checks that write nothing ------------------------------------------------------------
     if not resume and (out_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"{out_dir} already holds a run; pass resume=true to continue it "
                               "or choose another out_dir")
-    if resume and (done := finished_summary(cfg, out_dir)) is not None:
-        print(f"{out_dir} already finished this config; nothing to do")
-        return done
+    changes = {}
+    if resume and (out_dir / "config.json").exists():
+        changes = resume_changes(out_dir, config)    # raises on a change outside RESUMABLE
+        if (done := finished_summary(cfg, out_dir)) is not None:
+            print(f"{out_dir} already finished this config; nothing to do")
+            return done
+
+    print(f"run directory: {out_dir.resolve()}", flush=True)
     device = resolve_device(cfg.train.device)
+    with run_lock(out_dir), deterministic_algorithms(cfg.train.deterministic, device):
+        if not resume and (out_dir / "metrics.jsonl").exists():   # started while we checked
+            raise FileExistsError(f"{out_dir} already holds a run; pass resume=true to continue it")
+        return _train(cfg, ds, eval_names, out_dir, resume, device, config, changes)
+
+
+@contextmanager
+def deterministic_algorithms(on: bool, device: torch.device):
+    """Deterministic kernels for the run, the previous setting restored after.
+
+    On the CPU this makes a run a function of (seed, config, machine, torch version), with any
+    number of threads: the one nondeterministic op we use is the embedding's backward (an
+    index_put with accumulate), which otherwise sums rows in thread order.
+    On a GPU it guarantees less: the same results on the same GPU model, driver, CUDA and torch
+    version, using the deterministic kernel of each op where one exists; an op that has none
+    raises an error naming it (then run with train.deterministic=false). cuBLAS needs
+    CUBLAS_WORKSPACE_CONFIG set before its first use; we set :4096:8 if it is unset, which only
+    takes effect if CUDA was not used earlier in this process.
+    """
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), \
+        torch.is_deterministic_algorithms_warn_only_enabled()
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dict,
+           changes: dict) -> dict:
     tc = cfg.train
 
     # --- data, resident on the device for the whole run -----------------------------------
@@ -84,11 +153,35 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
     # best / soft_best: how much of each batch learned from each step, summed between evaluations
     chosen = torch.zeros(cfg.model.n_steps if tc.depth in ("best", "soft_best") else 0, device=device)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict() | {"code_version": code_version()},
-                                                    indent=2))
+    # --- what a resume continues from: the newest readable checkpoint, or nothing --------------
     metrics_path = out_dir / "metrics.jsonl"
-    if resume and (got := last_good_checkpoint(out_dir)) is not None:
+    got, damaged = newest_readable(out_dir) if resume else (None, [])
+    old_rows = [r for r in metrics_path.read_text().splitlines() if r] \
+        if resume and metrics_path.exists() else []
+    restarted = None
+    if resume and got is None and (damaged or old_rows):
+        why = (f"every checkpoint is damaged:\n" + "".join(f"  {p}: {e}\n" for p, e in damaged)
+               if damaged else f"it holds {len(old_rows)} metrics rows but no checkpoint\n")
+        if not tc.restart_if_damaged:
+            raise RuntimeError(f"cannot resume {out_dir}: {why}Nothing was changed. Pass "
+                               "train.restart_if_damaged=true to start it over from step 0.")
+        warnings.warn(f"restarting {out_dir} from step 0: {why.strip()}")
+        restarted = why.strip()
+        for path, _ in damaged:   # kept for inspection, out of the way of the new checkpoints
+            (ckpt_dir(out_dir) / "damaged").mkdir(exist_ok=True)
+            for f in list(ckpt_dir(out_dir).glob(path.stem + ".*")):
+                f.rename(ckpt_dir(out_dir) / "damaged" / f.name)
+    for _, e in (damaged if got is not None else []):
+        warnings.warn(f"{e}; falling back to the previous checkpoint")
+
+    # --- the run directory: config.json once, at the start; a resume is an event -------------
+    dataset_hash = ds.content_hash() if callable(ds.content_hash) else ds.content_hash
+    continuing = resume and (out_dir / "config.json").exists()
+    if not continuing:
+        atomic_write_text(out_dir / "config.json", json.dumps(
+            config | {"code_version": code_version(), "dataset_hash": dataset_hash}, indent=2))
+    last_ckpt = None   # the newest checkpoint known good: named when the run fails
+    if got is not None:
         weights, tensors, state = got
         model.load_state_dict(weights)
         optimizer_from_tensors(opt, tensors, state["optimizer"])
@@ -98,11 +191,15 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
         torch.set_rng_state(tensors["rng.torch"])
         gen.set_state(tensors["rng.gen"])
         start, wall_before = state["step"], state["wall_time_s"]
-        rows = [r for r in map(json.loads, metrics_path.read_text().splitlines()) if r["step"] <= start]
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        last_ckpt = checkpoint_path(out_dir, start)
+        rows = [r for r in map(json.loads, old_rows) if r["step"] <= start]
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         print(f"resumed {out_dir} at step {start}")
     else:
-        metrics_path.write_text("")
+        atomic_write_text(metrics_path, "")
+    if continuing:
+        log_resume(out_dir, start, changes, tc.deterministic, dataset_hash, restarted)
+        (out_dir / "summary.json").unlink(missing_ok=True)   # no longer finished: it continues
 
     # Random depth: the whole sequence is drawn once from the seed, so a step's depth is a
     # function of its index (exact on resume) and costs no host sync in the loop.
@@ -121,10 +218,14 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
     ckpt_steps = set(log_schedule(tc.steps, tc.eval_every_min, tc.checkpoint_every_max, 5))
     history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     t0 = time.perf_counter() - wall_before
+    grads_finite = torch.ones((), dtype=torch.bool, device=device)   # since the last check
 
     from tqdm import tqdm
+    # A run that stops at grok ends at an unknown step: no ETA for the full budget.
+    fmt = "{n_fmt}/{total_fmt} steps (stops at grok) [{elapsed}, {rate_fmt}{postfix}]" \
+        if tc.stop_at_grok else None
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not tc.progress,
-               dynamic_ncols=True, mininterval=1.0)
+               dynamic_ncols=True, mininterval=1.0, bar_format=fmt)
     model.train()
     for step in bar:
         # --- batch: on-device shuffle, one permutation per epoch --------------------------------
@@ -142,21 +243,33 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
             chosen += share   # stays on the device; read at evaluation
         if moe and tc.moe_balance:
             loss = loss + tc.moe_balance * model.moe_balance_loss()
-        # Checking needs a host sync: every step on the CPU (free), else where we evaluate or
-        # save, which is enough to never write a non-finite checkpoint.
+        # Checking the loss and gradients needs a host sync: every step on the CPU (free), else
+        # where we evaluate or save, which is enough to never write a non-finite checkpoint.
         check = device.type == "cpu" or step + 1 in eval_steps or step + 1 in ckpt_steps
         if check and not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; the last good "
-                                     f"checkpoint is kept in {out_dir / 'checkpoints'}. Lower "
-                                     "optim.lr, or try train.float64_loss=true / train.loss=stablemax")
+            after = "" if grads_finite else " after non-finite gradients since the last check"
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}{after}; "
+                                     f"{_last_good(last_ckpt)}. Lower optim.lr, or try "
+                                     "train.float64_loss=true / train.loss=stablemax")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grokfast_lambda > 0:
             grokfast_ema(params, ema, cfg.optim.grokfast_alpha, cfg.optim.grokfast_lambda)
         if cfg.optim.perpendicular_grad:
             perpendicular_grad(params)
+        # A finite loss can still give non-finite gradients (an overflow in backward), and one
+        # update with them puts NaN in the weights: the total norm says so before opt.step.
         if cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        grads_finite &= torch.isfinite(norm)   # on the device: no sync until the check
+        if check and not grads_finite:
+            when = f"at step {step}" if device.type == "cpu" else f"by step {step}"
+            raise FloatingPointError(f"gradients became non-finite {when} (total norm "
+                                     f"{norm.item()}, loss {loss.item():.4g}); "
+                                     f"{_last_good(last_ckpt)}. Lower optim.lr, or try "
+                                     "train.float64_loss=true / a smaller optim.grad_clip")
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.optim)
         opt.step()
@@ -183,9 +296,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
             tensors |= {f"ema.{i}": v for i, v in ema.items()}
             tensors |= {"data.order": order, "rng.torch": torch.get_rng_state(),
                         "rng.gen": gen.get_state(), "depth.chosen": chosen}
-            save_checkpoint(out_dir, done, model, tensors,
-                            {"optimizer": opt_meta, "cursor": cursor, "config": cfg.to_dict(),
-                             "wall_time_s": time.perf_counter() - t0})
+            last_ckpt = save_checkpoint(out_dir, done, model, tensors,
+                                        {"optimizer": opt_meta, "cursor": cursor,
+                                         "config": cfg.to_dict(),
+                                         "wall_time_s": time.perf_counter() - t0})
         if grokked:
             break
     bar.close()
@@ -193,19 +307,120 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
     summary = summarize(history, eval_names, tc.grok_threshold)
     summary["wall_time_s"] = time.perf_counter() - t0
     summary["code_version"] = code_version()
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary["budget_steps"] = tc.steps    # what this summary finished; see finished_summary
+    summary["deterministic"] = tc.deterministic
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
+def _last_good(path: Path | None) -> str:
+    return f"the last good checkpoint is {path}" if path else "no checkpoint was written yet"
+
+
+# --- the saved config, resumes, finished runs ---------------------------------------------------
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"train": {"steps": 5}} -> {"train.steps": 5}."""
+    out = {}
+    for k, v in d.items():
+        out |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+_ABSENT = object()
+_SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def _default(key: str):
+    """The dataclass default of a config key (e.g. train.deterministic), or _ABSENT."""
+    section, _, name = key.rpartition(".")
+    cls = _SECTIONS.get(section) if section else RunConfig
+    for f in dataclasses.fields(cls) if cls else ():
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return _ABSENT
+
+
+def config_diff(saved: dict, new: dict) -> dict[str, tuple]:
+    """{key: (old, new)} for every differing config key (bookkeeping keys aside). A key the saved
+    config lacks counts as unchanged when the new value is its default: the run predates the key,
+    and a new key's default keeps the old behaviour."""
+    old = flatten({k: v for k, v in saved.items() if k not in BOOKKEEPING})
+    new = flatten({k: v for k, v in new.items() if k not in BOOKKEEPING})
+    diff = {}
+    for k in sorted(old.keys() | new.keys()):
+        a, b = old.get(k, _ABSENT), new.get(k, _ABSENT)
+        if a is _ABSENT and b == _default(k):
+            continue
+        if a != b:
+            diff[k] = ("<absent>" if a is _ABSENT else a, "<absent>" if b is _ABSENT else b)
+    return diff
+
+
+def _events(out_dir: Path) -> list[dict]:
+    log = out_dir / "resume_log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def current_config(out_dir: Path) -> dict:
+    """The run's config as it stands: config.json with every logged resume's changes applied
+    (flattened keys)."""
+    saved = json.loads((out_dir / "config.json").read_text())
+    flat = flatten({k: v for k, v in saved.items() if k not in BOOKKEEPING})
+    for event in _events(out_dir):
+        flat |= {k: change["new"] for k, change in event.get("changed", {}).items()}
+    return flat
+
+
+def resume_changes(out_dir: Path, config: dict) -> dict[str, tuple]:
+    """The changes a resume of out_dir with `config` makes, relative to the run's current config;
+    a ValueError naming every key that differs from config.json outside RESUMABLE."""
+    saved = json.loads((out_dir / "config.json").read_text())
+    refused = {k: v for k, v in config_diff(saved, config).items() if k not in RESUMABLE}
+    if refused:
+        lines = "".join(f"\n  {k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise ValueError(f"cannot resume {out_dir} with a different config; these keys differ from "
+                         f"its config.json:{lines}\nOnly {sorted(RESUMABLE)} may change on resume. "
+                         "Nothing was changed; start a new run (another out_dir) instead.")
+    current, new = current_config(out_dir), flatten(config)
+    return {k: (current.get(k), v) for k, v in new.items() if k in RESUMABLE and current.get(k) != v
+            and not (k not in current and v == _default(k))}
+
+
+def log_resume(out_dir: Path, step: int, changes: dict, deterministic: bool, dataset_hash: str,
+               restarted: str | None) -> None:
+    """Append one resume event to RUN/resume_log.jsonl (config.json stays as the run started)."""
+    saved_hash = json.loads((out_dir / "config.json").read_text()).get("dataset_hash")
+    event = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step,
+             "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()},
+             "code_version": code_version(), "deterministic": deterministic}
+    if saved_hash is not None and saved_hash != dataset_hash:
+        warnings.warn(f"{out_dir}: the dataset's content differs from the one this run started "
+                      f"with (sha256 {saved_hash[:12]}... -> {dataset_hash[:12]}...); the data "
+                      "generator changed. Continuing; recorded in resume_log.jsonl")
+        event["dataset_hash"] = {"old": saved_hash, "new": dataset_hash}
+    if restarted:
+        event["restarted_from_scratch"] = restarted
+    with (out_dir / "resume_log.jsonl").open("a") as f:
+        f.write(json.dumps(event) + "\n")
+
+
 def finished_summary(cfg: RunConfig, out_dir: Path) -> dict | None:
-    """The summary of a run in out_dir that already finished this exact config, else None, so a
-    re-launched sweep with resume=true skips its finished runs (and extends one given more steps)."""
+    """The summary of a run in out_dir that already finished this config, else None, so a
+    re-launched sweep with resume=true skips its finished runs and extends one given more steps.
+    Finished: the config matches config.json outside RESUMABLE, and summary.json was written
+    for this train.steps budget (the budget config.json holds for summaries that predate it)."""
     summary, config = out_dir / "summary.json", out_dir / "config.json"
     if not (summary.exists() and config.exists()):
         return None
     saved = json.loads(config.read_text())
-    saved.pop("code_version", None)
-    return json.loads(summary.read_text()) if saved == json.loads(json.dumps(cfg.to_dict())) else None
+    if any(k not in RESUMABLE for k in config_diff(saved, json.loads(json.dumps(cfg.to_dict())))):
+        return None
+    done = json.loads(summary.read_text())
+    return done if done.get("budget_steps", saved["train"]["steps"]) == cfg.train.steps else None
 
 
 def summarize(history: list[dict], splits: list[str], threshold: float) -> dict:
