@@ -3,7 +3,10 @@
 Each entity has an ordinal value per attribute. Atomic `<attr><e>` -> `<v>`. Inferred
 `<attr><q><e1><mask><e2>` -> one of <lt>, <eq>, <gt> comparing the two values. Per attribute, an
 `ood_fraction` of entities is OOD; OOD x OOD pairs form the OOD test set, ID x ID pairs give the ID
-test set (a `test_id_fraction`) and the training candidates; mixed pairs are discarded.
+test set (a `test_id_fraction`), the validation set (a `valid_fraction`) and the training
+candidates; mixed pairs are discarded. Splits are by UNORDERED pair, as in the authors' data: both
+orders of a pair land in the same split, so a held-out comparison is never the mirror image of a
+training one.
 """
 from __future__ import annotations
 
@@ -16,9 +19,16 @@ from datagen.vocab import Vocab
 LABELS = ["<lt>", "<eq>", "<gt>"]
 
 
-def _ordered_pairs(ents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pairs(ents: np.ndarray) -> np.ndarray:
+    """Unordered pairs [n, 2] (first < second) of distinct entities."""
     i, j = (x.ravel() for x in np.meshgrid(ents, ents, indexing="ij"))
-    return i[i != j], j[i != j]
+    return np.stack([i[i < j], j[i < j]], 1)
+
+
+def _both_orders(a: int, pairs: np.ndarray) -> np.ndarray:
+    """Rows (attribute, e1, e2) for both orders of every pair."""
+    both = np.concatenate([pairs, pairs[:, ::-1]])
+    return np.concatenate([np.full((len(both), 1), a), both], 1)
 
 
 def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
@@ -34,18 +44,15 @@ def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
     for a in range(A):
         is_ood[rng.permutation(E)[:n_ood], a] = True
 
-    cand, test_id, test_ood = [], [], []       # rows of (attribute, e1, e2)
+    cand, test_id, valid, test_ood = [], [], [], []       # rows of (attribute, e1, e2)
     for a in range(A):
-        for ood, out in ((False, None), (True, test_ood)):
-            e1, e2 = _ordered_pairs(np.flatnonzero(is_ood[:, a] == ood))
-            rows = np.stack([np.full(len(e1), a), e1, e2], 1)
-            if ood:
-                out.append(rows)
-                continue
-            rows = rows[rng.permutation(len(rows))]
-            n_test = round(cfg.test_id_fraction * len(rows))
-            test_id.append(rows[:n_test])
-            cand.append(rows[n_test:])
+        test_ood.append(_both_orders(a, _pairs(np.flatnonzero(is_ood[:, a]))))
+        pairs = _pairs(np.flatnonzero(~is_ood[:, a]))
+        pairs = pairs[rng.permutation(len(pairs))]
+        n_test, n_valid = (round(f * len(pairs)) for f in (cfg.test_id_fraction, cfg.valid_fraction))
+        test_id.append(_both_orders(a, pairs[:n_test]))
+        valid.append(_both_orders(a, pairs[n_test:n_test + n_valid]))
+        cand.append(_both_orders(a, pairs[n_test + n_valid:]))
     cand = np.concatenate(cand)
     n_id_atomic = int((~is_ood).sum())
     n_train = round(cfg.phi * n_id_atomic)
@@ -56,12 +63,14 @@ def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
     train_inf = cand[rng.choice(len(cand), size=n_train, replace=False)]
     test_id = np.concatenate(test_id)
     test_id = test_id[sample_eval(np.arange(len(test_id)), cfg.eval_size, rng)]
+    valid = np.concatenate(valid)
+    valid = valid[sample_eval(np.arange(len(valid)), cfg.eval_size, rng)]
     test_ood = np.concatenate(test_ood)
     test_ood = test_ood[sample_eval(np.arange(len(test_ood)), cfg.eval_size, rng)]
 
     ent, att = (x.ravel() for x in np.meshgrid(np.arange(E), np.arange(A), indexing="ij"))
     n_atomic = E * A
-    inferred = np.concatenate([train_inf, test_id, test_ood])
+    inferred = np.concatenate([train_inf, test_id, valid, test_ood])
     N = n_atomic + len(inferred)
     inputs = np.zeros((N, 5), dtype=np.int64)  # <pad> is id 0
     inputs[:n_atomic, 0], inputs[:n_atomic, 1] = a0 + att, e0 + ent
@@ -85,13 +94,15 @@ def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
 
     atomic_idx = np.arange(n_atomic)
     atomic_ood = is_ood[ent, att]
-    o1, o2, o3 = n_atomic, n_atomic + len(train_inf), n_atomic + len(train_inf) + len(test_id)
+    o1, o2 = n_atomic, n_atomic + len(train_inf)
+    o3, o4 = o2 + len(test_id), o2 + len(test_id) + len(valid)
     train_idx = np.arange(o1, o2)
     splits = {"train": np.concatenate([atomic_idx, train_idx]),
               "atomic_id": sample_eval(atomic_idx[~atomic_ood], cfg.eval_size, rng),
               "atomic_ood": sample_eval(atomic_idx[atomic_ood], cfg.eval_size, rng),
               "train_inferred": sample_eval(train_idx, cfg.eval_size, rng),
-              "test_inferred_id": np.arange(o2, o3), "test_inferred_ood": np.arange(o3, N)}
+              "valid": np.arange(o3, o4), "test_inferred_id": np.arange(o2, o3),
+              "test_inferred_ood": np.arange(o4, N)}
     splits = {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
     stats = {"n_id_atomic": n_id_atomic, "n_candidates": len(cand),
              "achieved_phi": n_train / n_id_atomic}

@@ -3,10 +3,11 @@
 Construction (Wang et al. 2024; docs/references.md, "Grokked transformers are implicit
 reasoners"): every head gets `out_degree` distinct relations, each with a uniform random tail. The
 ID/OOD split is by atomic FACT. An inferred fact (h, r1, ..., rk) -> t follows a path of k atomic
-facts; a path whose hops are all ID is a training candidate or an ID test fact, a path whose hops
-are all OOD is an OOD test fact, and mixed paths are discarded. Mixed paths are never built: ID
-paths are enumerated in the subgraph of ID facts and OOD paths in the subgraph of OOD facts, which
-is the same rule and far cheaper. When a subgraph has more than `ENUMERATE_LIMIT` k-paths (k >= 3
+facts; a path whose hops are all ID is a training candidate, an ID test fact (test_inferred_id) or
+a validation fact (valid); a path whose hops are all OOD is an OOD test fact (test_inferred_ood).
+Mixed two-hop paths are the OOD-by-hop splits test_OI (first hop OOD) and test_IO (second hop
+OOD), as in the authors' released files; longer mixed paths are not built. ID paths are
+enumerated in the subgraph of ID facts and OOD paths in the subgraph of OOD facts. When a subgraph has more than `ENUMERATE_LIMIT` k-paths (k >= 3
 at paper scale) the paths are sampled as random walks in that subgraph (each next fact uniform
 among the current tail's facts) and de-duplicated; a query (h, r1..rk) determines its path, so
 distinct paths are distinct facts.
@@ -75,9 +76,11 @@ class Graph:
         """Number of k-paths in a subgraph."""
         return int(round(self.paths_from(sub, k).sum()))
 
-    def enumerate_paths(self, sub, k: int) -> np.ndarray:
+    def enumerate_paths(self, sub, k: int, first: np.ndarray | None = None) -> np.ndarray:
+        """Every k-path in a subgraph; with `first`, paths whose first fact is from `first` and
+        whose later facts are in the subgraph (the mixed OOD-by-hop paths)."""
         facts, counts, offsets = sub
-        paths = facts[:, None]                                           # [n, 1] fact indices
+        paths = (facts if first is None else first)[:, None]              # [n, 1] fact indices
         for _ in range(k - 1):
             ent = self.tail[paths[:, -1]]
             c = counts[ent]
@@ -176,6 +179,8 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
         n_cand = total_id - _n_extending(graph, id_sub, held, k)
         n_test = round(cfg.test_id_fraction * n_cand) if k in per_hop else n_cand
         n_test = min(n_test, cfg.eval_size)
+        n_valid = min(round(cfg.valid_fraction * n_cand), cfg.eval_size) if k in per_hop else 0
+        n_test += n_valid                 # held out together: test first, then valid
         n_train = per_hop.get(k, 0)
         if n_train > n_cand - n_test:
             largest = (n_cand - n_test) * len(train_hops) / n_id_atomic
@@ -188,11 +193,24 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
                              f"{k}-hop paths needed; lower data.phi")
         ood_paths, total_ood = _paths(graph, ood_sub, k, cfg.eval_size, rng)
         held[k] = id_paths[:n_test]
-        blocks += [("test_inferred_id", k, id_paths[:n_test]),
+        blocks += [("test_inferred_id", k, id_paths[:n_test - n_valid]),
+                   ("valid", k, id_paths[n_test - n_valid:n_test]),
                    ("train_inferred", k, id_paths[n_test:n_test + n_train]),
                    ("test_inferred_ood", k, ood_paths[:cfg.eval_size])]
         stats["paths"][k] = {"id": total_id, "ood": total_ood, "candidates": n_cand,
-                             "train": n_train, "test_id": len(held[k])}
+                             "train": n_train, "test_id": len(held[k]) - n_valid, "valid": n_valid}
+
+    # OOD by hop (Ye et al. 2025): two-hop queries whose first hop is OOD and second ID
+    # (test_OI) or the reverse (test_IO), named as in the authors' released files. Drawn after
+    # every other split, so adding them changes no other split.
+    if cfg.mixed_ood and 2 in set(cfg.hops) | set(cfg.test_hops):
+        for name, first_ood in (("test_OI", True), ("test_IO", False)):
+            first = np.flatnonzero(graph.is_ood == first_ood)
+            rest = ood_sub if not first_ood else id_sub
+            paths = graph.enumerate_paths(rest, 2, first=first)
+            paths = paths[rng.permutation(len(paths))[:cfg.eval_size]]
+            blocks.append((name, 2, paths))
+            stats["paths"][f"2_{name}"] = {"total": len(paths)}
 
     # Examples: all atomic facts first (as 1-hop paths), then each inferred block.
     all_facts = np.arange(len(graph.tail))[:, None]
@@ -233,7 +251,7 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
               "train_inferred": np.concatenate(
                   [sample_eval(train_inferred[hops[train_inferred] == k], cfg.eval_size, rng)
                    for k in train_hops] or [np.empty(0, np.int64)])}
-    for name in ("test_inferred_id", "test_inferred_ood"):
+    for name in ("valid", "test_inferred_id", "test_inferred_ood", "test_OI", "test_IO"):
         splits[name] = np.sort(np.concatenate(index.get(name, [np.empty(0, np.int64)])))
     splits = {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
     stats["achieved_phi"] = len(train_inferred) / n_id_atomic

@@ -31,6 +31,9 @@ class CompositionConfig:
     `hops`: inferred hop counts in training (atomic facts are always in training).
     `test_hops`: hop counts that appear only in the test splits (depth extrapolation).
     phi = |inferred training facts| / |ID atomic facts|, split evenly over `hops`.
+    `valid_fraction`: held-out ID inferred facts (at most eval_size per hop count) for model
+    selection and the halting selector, disjoint from test_inferred_id and from training.
+    `mixed_ood`: also build test_OI / test_IO, the two-hop facts whose first / second hop is OOD.
     """
     task: str = "composition"
     n_entities: int = 2000
@@ -42,10 +45,13 @@ class CompositionConfig:
     hops: list[int] = field(default_factory=lambda: [2])
     test_hops: list[int] = field(default_factory=list)
     eval_size: int = 3000
+    valid_fraction: float = 0.0
+    mixed_ood: bool = True
     seed: int = 0
 
     def __post_init__(self):
         _check_inferred_fields(self, ("n_entities", "n_relations", "out_degree", "eval_size"))
+        _fraction("valid_fraction", self.valid_fraction)
         if self.out_degree > self.n_relations:
             raise ValueError(f"data.out_degree={self.out_degree} is larger than data.n_relations="
                              f"{self.n_relations}: each head needs distinct relations; lower "
@@ -68,12 +74,17 @@ class ComparisonConfig:
     n_values: int = 20
     ood_fraction: float = 0.1
     test_id_fraction: float = 0.1
+    valid_fraction: float = 0.0
     phi: float = 7.2
     eval_size: int = 3000
     seed: int = 0
 
     def __post_init__(self):
         _check_inferred_fields(self, ("n_entities", "n_attributes", "n_values", "eval_size"))
+        _fraction("valid_fraction", self.valid_fraction)
+        if self.test_id_fraction + self.valid_fraction >= 1:
+            raise ValueError(f"data.test_id_fraction + data.valid_fraction = "
+                             f"{self.test_id_fraction + self.valid_fraction} leaves no training pairs")
 
 
 MODULAR_OPS = ("add", "sub", "mul", "div", "poly")

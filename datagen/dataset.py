@@ -27,7 +27,9 @@ __all__ = ["Dataset", "GENERATOR_VERSION", "code_version", "sample_eval"]
 # Bump whenever any generator's output for the same config changes: the dataset cache is keyed by
 # (config, GENERATOR_VERSION), so a bump makes every cached dataset stale.
 #   2: k-hop held-out queries are never prefixes of training facts; modular/group `train_sample`.
-GENERATOR_VERSION = 2
+#   3: composition and comparison `valid` (held-out ID inferred facts); composition `test_OI` /
+#      `test_IO` (OOD by hop); comparison splits by unordered pair.
+GENERATOR_VERSION = 3
 
 
 @dataclass

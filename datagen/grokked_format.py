@@ -18,7 +18,8 @@ from grokloop.provenance import atomic_write_text
 
 TEST_TYPES = {"atomic_id": "id_atomic", "atomic_ood": "ood_atomic",
               "train_inferred": "train_inferred", "test_inferred_id": "test_inferred_iid",
-              "test_inferred_ood": "test_inferred_ood"}
+              "test_inferred_ood": "test_inferred_ood", "test_OI": "test_OI", "test_IO": "test_IO",
+              "valid": "valid"}
 _TOKEN = re.compile(r"<[^>]+>")
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import datagen.build
@@ -15,6 +14,7 @@ from datagen import build_dataset, data_config_from_dict, load_or_build
 from datagen.arithmetic import TRAIN_SAMPLE_SIZE, modular_table
 from datagen.dataset import GENERATOR_VERSION, code_version
 from datagen.grokked_format import read_grokked, write_grokked
+from grokloop import cli
 from grokloop.provenance import code_version as provenance_code_version
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -82,8 +82,7 @@ def test_splits_are_leak_free_and_ood_uses_only_ood_facts():
 
 def preset(name):
     """A data preset composed as `python -m datagen data=NAME` composes it (defaults included)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="datagen", overrides=[f"data={name}"])
+    cfg = cli.compose("datagen", [f"data={name}"])
     return build_dataset(data_config_from_dict(OmegaConf.to_container(cfg.data, resolve=True)))
 
 
@@ -286,3 +285,37 @@ def test_cli_prints_statistics(tmp_path):
                           f"out_dir={tmp_path}"], capture_output=True, text=True, check=True)
     assert "achieved phi 7.2000" in out.stdout and "content hash" in out.stdout
     assert (tmp_path / "manifest.json").exists()
+
+
+def test_ood_by_hop_splits_mix_exactly_one_ood_hop_and_valid_is_held_out():
+    # eval_size covers every atomic fact, so atomic_id + atomic_ood say which facts are OOD
+    ds = comp(valid_fraction=0.1, eval_size=2000)
+    ood = {fact_key(ds, i) for i in ds.splits["atomic_ood"]}
+    idf = {fact_key(ds, i) for i in ds.splits["atomic_id"]}
+    assert len(ood) + len(idf) == 60 * 6
+
+    def hop_facts(i):
+        return (int(ds.inputs[i, 0]), int(ds.inputs[i, 1])), (int(ds.roles["bridge_1"][i]), int(ds.inputs[i, 2]))
+
+    for name, first, second in (("test_OI", ood, idf), ("test_IO", idf, ood),
+                                ("test_inferred_ood", ood, ood), ("valid", idf, idf)):
+        assert len(ds.splits[name]) > 20, name
+        for i in ds.splits[name]:
+            a, b = hop_facts(i)
+            assert a in first and b in second, name
+    keys = {s: {fact_key(ds, i) for i in ds.splits[s]} for s in ds.splits}
+    assert not keys["valid"] & keys["test_inferred_id"] and not keys["valid"] & keys["train"]
+    assert not (keys["test_OI"] | keys["test_IO"]) & keys["train"]
+    # the mixed splits are drawn last: without them every other split is unchanged
+    plain = comp(valid_fraction=0.1, eval_size=2000, mixed_ood=False)
+    for s in plain.splits:
+        assert keys[s] == {fact_key(plain, i) for i in plain.splits[s]}, s
+
+
+def test_cpu_presets_have_a_thousand_facts_in_every_test_split():
+    comp_cpu = preset("composition_cpu")
+    for s in ("valid", "test_inferred_id", "test_OI", "test_IO", "test_inferred_ood"):
+        assert len(comp_cpu.splits[s]) >= 1000, s
+    cmp_cpu = preset("comparison_cpu")
+    for s in ("valid", "test_inferred_id", "test_inferred_ood"):
+        assert len(cmp_cpu.splits[s]) >= 1000, s
