@@ -11,8 +11,9 @@ halting selector (`enter_loop`, `step`, `read`) and the probes (`residual_states
 
 Between virtual layers the only thing that happens to the state is `before_layer`: at the loop's
 entry the state so far becomes e (the prelude output) and the initial state is made from it; at
-the start of each step after the first, input injection mixes e back in (none, add: state + e,
-concat: Linear([state, e])). Step 1 does not inject when the initial state is e itself, so
+the start of each step after the first, the optional feedback channel adds the embedding of the
+token the state decodes to, and input injection mixes e back in (none, add: state + e, concat:
+Linear([state, e])). Step 1 does not inject when the initial state is e itself, so
 `n_steps = 1` is the plain stack (docs/references.md: recurrent depth, Geiping et al. 2025).
 
 Hooks live apart from the weights, one `VirtualBlock` per virtual layer, named the TransformerLens
@@ -179,6 +180,11 @@ def make_norm(cfg: ModelConfig, own_hooks: bool = False) -> nn.Module:
     return LayerNorm(cfg.d_model, own_hooks=own_hooks) if cfg.normalization == "LN" else NoNorm()
 
 
+def activation(name: str) -> nn.Module:
+    """relu, gelu (exact) or gelu_tanh (the tanh approximation GPT-2 and the authors' code use)."""
+    return {"relu": nn.ReLU(), "gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh")}[name]
+
+
 def rotary(x: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding (Su et al. 2021) on [batch, pos, head, d_head]."""
     _, n_pos, _, d = x.shape
@@ -236,7 +242,7 @@ class MLP(nn.Module):
         super().__init__()
         self.W_in = nn.Linear(cfg.d_model, cfg.d_mlp)
         self.W_out = nn.Linear(cfg.d_mlp, cfg.d_model)
-        self.act = nn.ReLU() if cfg.act_fn == "relu" else nn.GELU()
+        self.act = activation(cfg.act_fn)
 
     def forward(self, x, hp):
         return self.W_out(apply_hook(hp, "mlp.hook_post", self.act(self.W_in(x))))
@@ -292,7 +298,10 @@ class LoopedTransformer(HookedRootModule):
         self.W_inject = nn.Linear(2 * cfg.d_model, cfg.d_model) if cfg.injection == "concat" else None
         self.ln_final = make_norm(cfg, own_hooks=True)
         self.W_U_own = None if cfg.tied_embeddings else nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
-        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        if cfg.unembed_bias:
+            self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        else:   # a fixed zero, so every reader of b_U works unchanged
+            self.register_buffer("b_U", torch.zeros(cfg.d_vocab))
         self.drop = nn.Dropout(cfg.dropout)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList()   # VirtualBlocks, grown on demand
@@ -430,6 +439,17 @@ class LoopedTransformer(HookedRootModule):
             return self.W_inject(torch.cat([state, e], dim=-1))
         return state
 
+    def feedback(self, x) -> torch.Tensor:
+        """The discrete feedback channel (DiscoLoop; docs/references.md): the embedding of the
+        token the state currently decodes to through the final norm and unembedding, at every
+        position, so a bridge entity decoded after one step re-enters as that entity's token.
+        argmax: the top-1 token's embedding (no gradient through the choice); soft: the
+        probability-weighted mixture of embeddings (differentiable)."""
+        logits = self.unembed(x)                                   # [batch, pos, d_vocab]
+        if self.config.feedback == "argmax":
+            return self.W_E[logits.argmax(-1)]
+        return logits.softmax(-1) @ self.W_E
+
     def before_layer(self, layer: UnrolledLayer, x, e, hooked: bool = False):
         """What happens to the state x before virtual layer `layer` runs: (x, e). At the loop's
         entry x becomes e and the initial state is made from it; a step that injects mixes e
@@ -439,6 +459,8 @@ class LoopedTransformer(HookedRootModule):
         if layer.starts_step:
             hooks = self.steps[layer.step] if hooked else None
             x = apply_hook(hooks, "hook_state", x)
+            if layer.step and self.config.feedback != "none":
+                x = x + self.feedback(x)
             if layer.injects:
                 x = self.inject(x, e)
             x = apply_hook(hooks, "hook_injected", x)

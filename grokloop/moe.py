@@ -33,7 +33,8 @@ class MoEMLP(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(n_experts, d_expert))
         self.W_out = nn.Parameter(torch.empty(n_experts, d_expert, d_model))
         self.b_out = nn.Parameter(torch.zeros(d_model))
-        self.act = F.relu if act_fn == "relu" else F.gelu
+        self.act = {"relu": F.relu, "gelu": F.gelu,
+                    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[act_fn]
         self.log: dict[str, list[torch.Tensor]] | None = None  # set by the model
         self.key = ""                                            # which core/layer, for the log
 

@@ -218,3 +218,25 @@ def test_options_run(make_model, kw):
     out = m(TOKENS)
     out.sum().backward()
     assert out.shape == (6, 5, 23) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mode", ["argmax", "soft"])
+def test_feedback_adds_the_embedding_of_the_decoded_token_from_step_two(make_model, mode):
+    m = make_model(n_core=1, n_steps=3, injection="add", feedback=mode)
+    plain = make_model(n_core=1, n_steps=3, injection="add")
+    plain.load_state_dict(m.state_dict())
+    assert torch.allclose(m(TOKENS, n_steps=1), plain(TOKENS, n_steps=1))   # step 1: nothing to feed
+    assert not torch.allclose(m(TOKENS, n_steps=2), plain(TOKENS, n_steps=2), atol=1e-5)
+    _, cache = m.run_with_cache(TOKENS, n_steps=2)
+    state = cache["steps.1.hook_state"]
+    lens = m.unembed(state)
+    fed = m.W_E[lens.argmax(-1)] if mode == "argmax" else lens.softmax(-1) @ m.W_E
+    e = cache["steps.0.hook_state"]                      # init_state=prelude: e is step 0's state
+    assert torch.allclose(cache["steps.1.hook_injected"], state + fed + e, atol=1e-5)
+
+
+def test_authors_head_options_tanh_gelu_and_no_output_bias(make_model):
+    m = make_model(n_core=1, act_fn="gelu_tanh", unembed_bias=False, tied_embeddings=True)
+    assert "b_U" not in dict(m.named_parameters()) and (m.b_U == 0).all()
+    assert m.cores[0][0].mlp.act.approximate == "tanh"
+    m(TOKENS).sum().backward()
