@@ -1,22 +1,33 @@
 """Generate a dataset from a config, write it, print its statistics.
 
     python -m datagen data=composition_small out_dir=/tmp/comp
+    python -m datagen data=composition data.n_entities=200 out_dir=/tmp/comp
     python -m datagen data=composition_paper out_dir=/tmp/paper format=grokked
 """
-from pathlib import Path
+from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from datagen import build_dataset, data_config_from_dict
 from datagen.grokked_format import write_grokked
 
+FORMATS = ("npz", "grokked")
 
-@hydra.main(config_path="../conf", config_name="datagen", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    data_cfg = data_config_from_dict(OmegaConf.to_container(cfg.data, resolve=True))
-    if cfg.format not in ("npz", "grokked"):
-        raise ValueError(f"format={cfg.format!r} is unknown; use npz or grokked")
+
+@dataclass
+class DatagenCommand:
+    """Schema of conf/datagen.yaml; `data` is typed by its preset (conf/data/)."""
+    data: Any = None
+    out_dir: str | None = None   # None: print the statistics only
+    format: str = "npz"          # npz | grokked (the authors' JSON files)
+
+
+def generate(d: dict) -> None:
+    if d["format"] not in FORMATS:
+        raise ValueError(f"format={d['format']!r} is unknown; use one of {', '.join(FORMATS)}")
+    data_cfg = data_config_from_dict(d["data"])
     ds = build_dataset(data_cfg)
     m = ds.manifest()
     print(f"task {m['task']}  examples {m['n_examples']}  n_ctx {m['n_ctx']}  d_vocab {m['d_vocab']}")
@@ -25,10 +36,16 @@ def main(cfg: DictConfig) -> None:
     if "achieved_phi" in ds.stats:
         print(f"achieved phi {ds.stats['achieved_phi']:.4f} (requested {data_cfg.phi})")
     print(f"content hash {m['content_hash']}")
-    if cfg.out_dir:
-        out = Path(cfg.out_dir)
-        write_grokked(ds, out) if cfg.format == "grokked" else ds.save(out)
+    if d["out_dir"]:
+        out = Path(d["out_dir"])
+        write_grokked(ds, out) if d["format"] == "grokked" else ds.save(out)
         print(f"written to {out.resolve()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from grokloop import cli
+
+    cli.run("datagen", generate, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ test_inferred_ood.
 from __future__ import annotations
 
 import json
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_OUT = "runs/adaptive_summary"   # under runs/ (gitignored): nothing tracked is overwritten
@@ -124,12 +124,26 @@ def figures_html(summary: dict) -> str:
             f"<script>{get_plotlyjs()}</script></head><body>{body}</body></html>")
 
 
-def main(argv: list[str]) -> None:
-    out = Path(next((a.split("=", 1)[1] for a in argv if a.startswith("out=")), DEFAULT_OUT))
-    run_dirs = [Path(a) for a in argv if not a.startswith("out=")]
-    if not run_dirs:
-        raise SystemExit("usage: python -m grokloop.adaptive_summary RUN_DIR... [out=DIR]")
-    summary = build([load_run(d) for d in run_dirs])
+# --- the command line: python -m grokloop.adaptive_summary RUN [RUN ...] [out=DIR] -----------
+@dataclass
+class SummaryCommand:
+    """Schema of conf/adaptive_summary.yaml; the positional RUN words are runs=[...]."""
+    runs: list[str] = field(default_factory=list)   # run directories holding halting/results.json
+    out: str = DEFAULT_OUT
+
+
+def main(argv: list[str] | None = None) -> None:
+    from grokloop import cli
+
+    cli.run("adaptive_summary", summarize, argv)
+
+
+def summarize(d: dict) -> None:
+    if not d["runs"]:
+        raise ValueError("runs: give at least one run directory: "
+                         "python -m grokloop.adaptive_summary RUN [RUN ...] [out=DIR]")
+    summary = build([load_run(Path(r)) for r in d["runs"]])
+    out = Path(d["out"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(markdown(summary))
@@ -139,4 +153,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

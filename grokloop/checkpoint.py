@@ -131,6 +131,7 @@ def load_model(run_dir, step: int | None = None):
     weights, _, state = got
     known = {f.name for f in dataclasses.fields(RunConfig)}   # drops code_version, dataset_hash
     cfg = run_config_from_dict({k: v for k, v in cfg_dict.items() if k in known})
-    model = LoopedTransformer(cfg.model)
+    ds = load_or_build(cfg.data, cfg.data_cache)
+    model = LoopedTransformer(cfg.model.resolved(len(ds.vocab), ds.n_ctx))  # config.json: resolved
     model.load_state_dict(weights)
-    return model.eval(), load_or_build(cfg.data, cfg.data_cache), cfg_dict
+    return model.eval(), ds, cfg_dict

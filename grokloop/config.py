@@ -1,10 +1,16 @@
-"""Typed run configuration mirroring the Hydra tree in conf/. Built by `run_config_from_dict`,
-which rejects unknown keys and impossible values with the key's full name, before any work.
-Library code never imports Hydra; the entrypoints hand plain dicts to these classes."""
+"""Typed run configuration: these dataclasses are the schemas of the Hydra tree in conf/.
+
+The YAML files hold only what differs from the defaults here (grokloop/cli.py registers the
+classes with Hydra, which then type-checks every override at compose time). Built by
+`run_config_from_dict`, which rejects unknown keys and impossible values with the key's full name,
+before any work. A config is never filled in place: values derived from the dataset or from other
+fields come from `ModelConfig.resolved`, a new config. Library code never imports Hydra; the
+entrypoints hand plain dicts to these classes."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from datagen import data_config_from_dict
 from datagen.config import DataConfig
@@ -17,11 +23,11 @@ def _choice(key: str, value, options) -> None:
 
 @dataclass
 class ModelConfig:
-    d_vocab: int = 0          # 0: taken from the dataset
-    n_ctx: int = 0            # 0: taken from the dataset
+    d_vocab: int = 0          # 0: taken from the dataset (resolved)
+    n_ctx: int = 0            # 0: taken from the dataset (resolved)
     d_model: int = 128
     n_heads: int = 4
-    d_mlp: int | None = None  # None: 4 * d_model
+    d_mlp: int | None = None  # None: 4 * d_model (resolved)
     act_fn: str = "relu"
     normalization: str = "LN"
     n_prelude: int = 0
@@ -37,7 +43,10 @@ class ModelConfig:
     init_std: float = 0.02
     moe_experts: int = 0      # > 0: the core's MLP is a mixture of this many experts
     moe_top_k: int = 2        # experts per token
-    moe_d_expert: int | None = None  # None: d_mlp // moe_top_k (active width equals the dense MLP)
+    moe_d_expert: int | None = None  # None: d_mlp // moe_top_k, the dense MLP's active width (resolved)
+    unembed_bias: bool = True  # false: no output bias (the authors' GPT-2 head)
+    feedback: str = "none"     # each step after the first adds the embedding of the state's current
+                               # top-1 token (argmax) or of its softmax mixture (soft), per position
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -47,18 +56,31 @@ class ModelConfig:
             raise ValueError(f"model.n_steps={self.n_steps} must be at least 1")
         if min(self.bank) < 1 and not (self.bank == [0] and self.n_steps == 1):
             raise ValueError(f"model.n_core / core_sizes={self.bank} must be at least 1 layer")
-        _choice("model.act_fn", self.act_fn, ("relu", "gelu"))
+        _choice("model.act_fn", self.act_fn, ("relu", "gelu", "gelu_tanh"))
+        _choice("model.feedback", self.feedback, ("none", "argmax", "soft"))
         _choice("model.normalization", self.normalization, ("LN", "none"))
         _choice("model.injection", self.injection, ("none", "add", "concat"))
         _choice("model.init_state", self.init_state, ("prelude", "zeros", "random"))
         _choice("model.positional", self.positional, ("learned", "rotary"))
-        if self.d_mlp is None:
-            self.d_mlp = 4 * self.d_model
+        for key in ("d_vocab", "n_ctx"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"model.{key}={getattr(self, key)} must be >= 0 (0: from the dataset)")
+        for key in ("d_mlp", "moe_d_expert"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"model.{key}={getattr(self, key)} must be at least 1, or null "
+                                 "for the default width")
         if self.moe_experts < 0 or (self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts):
             raise ValueError(f"model.moe_top_k={self.moe_top_k} must be between 1 and "
                              f"model.moe_experts={self.moe_experts} (0 experts: a dense MLP)")
-        if self.moe_d_expert is None:
-            self.moe_d_expert = max(1, self.d_mlp // self.moe_top_k)
+
+    def resolved(self, d_vocab: int = 0, n_ctx: int = 0) -> ModelConfig:
+        """A new config with every derived size filled in: d_vocab and n_ctx from the dataset's
+        (where they are 0), d_mlp = 4 * d_model and moe_d_expert = d_mlp // moe_top_k (where
+        None). The model is built from this; resolving twice changes nothing."""
+        d_mlp = self.d_mlp or 4 * self.d_model
+        return dataclasses.replace(
+            self, d_vocab=self.d_vocab or d_vocab, n_ctx=self.n_ctx or n_ctx, d_mlp=d_mlp,
+            moe_d_expert=self.moe_d_expert or max(1, d_mlp // self.moe_top_k))
 
     @property
     def d_head(self) -> int:
@@ -75,14 +97,14 @@ class OptimConfig:
     weight_decay: float = 1.0
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = 10
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = None  # None: no clipping
     decay_norms_and_biases: bool = False
     grokfast_alpha: float = 0.98   # Grokfast EMA (Lee et al. 2024), active when lambda > 0
     grokfast_lambda: float = 0.0
     perpendicular_grad: bool = False  # Prieto et al. 2025 ⊥Grad
 
     def __post_init__(self):
-        self.betas = tuple(self.betas)
+        self.betas = tuple(self.betas)   # YAML gives a list; the annotated type, not a derived value
         if self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr} must be positive")
         if self.weight_decay < 0:
@@ -105,7 +127,7 @@ class TrainConfig:
     mix_cores: bool = False         # bank: each batch runs a random schedule of the bank's cores
     moe_balance: float = 0.01       # weight of the MoE balance regulariser (MoE cores only)
     eval_every_min: int = 10        # log-spaced schedule: gaps grow from this ...
-    eval_every_max: int = 1000      # ... up to this
+    eval_every_max: int = 500       # ... up to this
     eval_splits: list[str] | None = None  # None: every split the task produces
     eval_batch_size: int = 4096
     checkpoint_every_max: int = 5000
@@ -144,6 +166,22 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainCommand:
+    """Schema of conf/train.yaml (`python -m grokloop.train`): a RunConfig, where to write it and
+    whether to continue it. `data` is typed by its preset, which extends the task's schema
+    (conf/data/*.yaml; OmegaConf cannot type a union of dataclasses)."""
+    data: Any = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    experiment: str = "default"
+    seed: int = 0
+    data_cache: str | None = None
+    out_dir: str = "???"   # OmegaConf's mark for a required value
+    resume: bool = False
 
 
 def _build(cls, d: dict, prefix: str):

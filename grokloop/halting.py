@@ -358,28 +358,31 @@ def markdown_table(results: dict, max_steps: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    import sys
-    from datagen.dataset import code_version
-    from grokloop.checkpoint import load_model
+# --- the command line: python -m grokloop.halting run_dir=RUN [key=value ...] -----------------
+@dataclass
+class HaltingCommand(HaltingConfig):
+    """Schema of conf/halting.yaml: every HaltingConfig option, and the run to evaluate."""
+    run_dir: str = "???"   # required
 
-    args = dict(a.split("=", 1) for a in sys.argv[1:])
-    if "run_dir" not in args:
-        raise SystemExit("usage: python -m grokloop.halting run_dir=RUN [max_steps=12] "
-                         "[step_cost=0.01] [abstain_reward=0.3] [iterations=1500] ...")
-    run_dir = args.pop("run_dir")
-    fields = {f.name: f.type for f in dataclasses.fields(HaltingConfig)}
-    unknown = sorted(set(args) - set(fields))
-    if unknown:
-        raise SystemExit(f"{unknown[0]}: unknown option; known: run_dir, {', '.join(fields)}")
-    cfg = HaltingConfig(**{k: (str if fields[k] == "str" else float if fields[k] == "float"
-                               else int)(v) for k, v in args.items()})
+
+def main(argv: list[str] | None = None) -> None:
+    from grokloop import cli
+
+    cli.run("halting", run_halting, argv)
+
+
+def run_halting(d: dict) -> None:
+    """The composed HaltingCommand as a dict: train the selector, evaluate, write RUN/halting/."""
+    from datagen.dataset import code_version
+    from grokloop.checkpoint import list_checkpoints, load_model
+
+    run_dir = d.pop("run_dir")
+    cfg = HaltingConfig(**d)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, ds, run_cfg = load_model(run_dir)
     selector, curve = train_selector(model, ds, cfg)
     save_selector(run_dir, selector, cfg, curve)
     results = evaluate_halting(model, ds, selector, cfg, ds.eval_splits)
-    from grokloop.checkpoint import list_checkpoints
     out = {"run_dir": str(run_dir), "experiment": run_cfg["experiment"],
            "checkpoint_step": list_checkpoints(run_dir)[-1], "config": dataclasses.asdict(cfg),
            "code_version": code_version(), "selector_curve": curve, "splits": results}

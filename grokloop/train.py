@@ -57,7 +57,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare(cfg: RunConfig):
-    """Dataset, filled-in model config and checks, all before any run directory exists."""
+    """Dataset, evaluated splits and the config with the model's sizes resolved (a new config;
+    `cfg` is not changed), after every check, all before any run directory exists."""
     ds = load_or_build(cfg.data, cfg.data_cache)
     wanted = cfg.train.eval_splits or ds.eval_splits
     missing = [s for s in wanted if s not in ds.eval_splits]
@@ -67,19 +68,18 @@ def prepare(cfg: RunConfig):
     if cfg.train.stop_at_grok and cfg.train.stop_at_grok not in wanted:
         raise ValueError(f"train.stop_at_grok={cfg.train.stop_at_grok!r} is not an evaluated "
                          f"split; choose one of {wanted}")
-    cfg.model.d_vocab = cfg.model.d_vocab or len(ds.vocab)
-    cfg.model.n_ctx = cfg.model.n_ctx or ds.n_ctx
+    cfg = dataclasses.replace(cfg, model=cfg.model.resolved(len(ds.vocab), ds.n_ctx))
     if cfg.train.mix_cores and len(cfg.model.bank) < 2:
         raise ValueError("train.mix_cores=true needs a bank of several cores, e.g. "
                          "model.core_sizes=[1,2]")
     if cfg.model.d_vocab < len(ds.vocab) or cfg.model.n_ctx < ds.n_ctx:
         raise ValueError(f"model.d_vocab/n_ctx ({cfg.model.d_vocab}/{cfg.model.n_ctx}) are smaller "
                          f"than the dataset's ({len(ds.vocab)}/{ds.n_ctx}); set them to 0 (auto)")
-    return ds, wanted
+    return ds, wanted, cfg
 
 
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
-    ds, eval_names = prepare(cfg)
+    ds, eval_names, cfg = prepare(cfg)   # cfg with the model's sizes resolved
     out_dir = Path(out_dir)
     config = json.loads(json.dumps(cfg.to_dict()))   # as config.json holds it (tuples as lists)
 
@@ -430,15 +430,11 @@ def summarize(history: list[dict], splits: list[str], threshold: float) -> dict:
             f"steps_to_{threshold}": first, "grokked": {s: v is not None for s, v in first.items()}}
 
 
-def main() -> None:
-    import hydra
-    from omegaconf import OmegaConf
-
+def main(argv: list[str] | None = None) -> None:
+    from grokloop import cli
     from grokloop.config import run_config_from_dict
 
-    @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
-    def _main(hcfg) -> None:
-        d = OmegaConf.to_container(hcfg, resolve=True)
+    def _main(d: dict) -> None:   # the composed, type-checked conf/train.yaml as a dict
         out_dir, resume = d.pop("out_dir"), d.pop("resume")
         cfg = run_config_from_dict(d)      # every config error surfaces here, before any file
         summary = train(cfg, out_dir, resume=resume)
@@ -453,8 +449,11 @@ def main() -> None:
             write(Path(out_dir) / "report.html", run_report(load_run(out_dir)))
         print(f"run directory: {Path(out_dir).resolve()}")
 
-    _main()
+    cli.run("train", _main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module, not __main__: a sweep launcher (joblib, submitit) then pickles the
+    # training functions by reference instead of by value.
+    from grokloop.train import main as imported_main
+    imported_main()

@@ -2,7 +2,9 @@
 
     python -m probes run_dir=RUN [probe=all|logit_lens,causal_tracing,attention,fourier,surgery]
         [checkpoints=last|all|STEP,STEP,...] [split=NAME[,NAME]] [n=300] [corrupt=all|ROLE]
-        [repeats=1,2,3] [patching_examples=40] [seed=0]
+        [repeats=1,2,3] [patching_examples=40] [n_attention=8] [seed=0]
+
+The options are typed by ProbesCommand (conf/probes.yaml; `python -m probes --help`).
 
 Writes RUN/probes/{probe}/step_XXXXXXXX.npz (arrays), RUN/probes/{probe}.jsonl (a tidy table, one
 row per cell and checkpoint; re-running a checkpoint replaces its rows) and RUN/probes/{probe}.json
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +26,21 @@ from probes import attention, causal_tracing, fourier, logit_lens, surgery
 from probes.examples import corrupt, input_roles, probe_batch
 
 PROBES = ("logit_lens", "causal_tracing", "attention", "fourier", "surgery")
-DEFAULTS = {"probe": "all", "checkpoints": "last", "split": "", "n": "300", "corrupt": "all",
-            "repeats": "1,2,3", "patching_examples": "40", "n_attention": "8", "seed": "0"}
-USAGE = ("usage: python -m probes run_dir=RUN [probe=all|" + ",".join(PROBES) + "] "
-         "[checkpoints=last|all|STEP,...] [split=NAME,...] [n=300] [corrupt=all|ROLE] "
-         "[repeats=1,2,3] [patching_examples=40] [seed=0]")
 
 
-def parse(argv: list[str]) -> dict:
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise SystemExit(f"{bad[0]!r}: options are key=value\n{USAGE}")
-    args = dict(a.split("=", 1) for a in argv)
-    unknown = sorted(set(args) - set(DEFAULTS) - {"run_dir"})
-    if unknown:
-        raise SystemExit(f"{unknown[0]}: unknown option; known: run_dir, {', '.join(DEFAULTS)}\n{USAGE}")
-    if "run_dir" not in args:
-        raise SystemExit(USAGE)
-    return DEFAULTS | args
+@dataclass
+class ProbesCommand:
+    """Schema of conf/probes.yaml. On the command line a list may be written probe=a,b."""
+    run_dir: str = "???"            # required
+    probe: list[str] = field(default_factory=lambda: ["all"])        # all, or some of PROBES
+    checkpoints: list[str] = field(default_factory=lambda: ["last"])  # last | all | steps
+    split: list[str] = field(default_factory=list)   # []: train_inferred + test_inferred_ood
+    n: int = 300                    # examples per split
+    corrupt: str = "all"            # causal tracing: corrupt every input role, or this one
+    repeats: list[int] = field(default_factory=lambda: [1, 2, 3])     # surgery: extra repeats
+    patching_examples: int = 40     # causal tracing: examples in the per-head patching maps
+    n_attention: int = 8            # attention: examples whose patterns are kept
+    seed: int = 0
 
 
 def choose_probes(name: str, ds) -> list[str]:
@@ -206,7 +205,15 @@ def run_surgery(model, batches, opts):
 
 
 def main(argv: list[str] | None = None) -> None:
-    opts = parse(sys.argv[1:] if argv is None else argv)
+    from grokloop import cli
+
+    cli.run("probes", run_probes, argv)
+
+
+def run_probes(d: dict) -> None:
+    """The composed ProbesCommand as a dict; the probes take its options as strings (lists
+    comma-joined), the form RUN/probes/{probe}.json records."""
+    opts = {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in d.items()}
     run_dir = Path(opts["run_dir"])
     if not run_dir.is_dir():
         raise SystemExit(f"run_dir={run_dir}: no such directory")

@@ -3,18 +3,25 @@
     python -m reports run_dir=RUN [out=FILE]                 # one run; default RUN/report.html
     python -m reports compare DIR [DIR ...] [out=FILE]       # runs or sweep trees; default
                                                              # DIR/compare.html (the first DIR)
+
+Typed by ReportsCommand (conf/reports.yaml); `compare DIR...` is the shorthand of compare=[DIR,...].
 """
 from __future__ import annotations
 
 import os
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reports.compare import compare_report
 from reports.load import find_runs, load_run
 from reports.run_report import run_report
 
-USAGE = __doc__.split("\n", 1)[1].rstrip()
+@dataclass
+class ReportsCommand:
+    """Schema of conf/reports.yaml: one of run_dir (a run's page) or compare (a comparison)."""
+    run_dir: str | None = None
+    compare: list[str] = field(default_factory=list)   # runs or sweep trees
+    out: str | None = None   # None: RUN/report.html, or compare.html in the first compare dir
 
 
 def write(path: Path, text: str) -> None:
@@ -26,20 +33,21 @@ def write(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    bare = [a for a in argv if "=" not in a]
-    if bare[:1] == ["compare"]:
-        dirs = bare[1:]
-        if not dirs or set(opts) - {"out"}:
-            raise SystemExit(USAGE)
-        runs = [load_run(p) for p in find_runs(dirs)]
-        write(Path(opts.get("out") or Path(dirs[0]) / "compare.html"), compare_report(runs))
-    elif bare or "run_dir" not in opts or set(opts) - {"run_dir", "out"}:
-        raise SystemExit(USAGE)
+    from grokloop import cli
+
+    cli.run("reports", report, argv)
+
+
+def report(d: dict) -> None:
+    if bool(d["run_dir"]) == bool(d["compare"]):
+        raise SystemExit("give one of run_dir=RUN (a run's page) or compare DIR [DIR ...] (a "
+                         "comparison); `python -m reports --help` shows both")
+    if d["compare"]:
+        runs = [load_run(p) for p in find_runs(d["compare"])]
+        write(Path(d["out"] or Path(d["compare"][0]) / "compare.html"), compare_report(runs))
     else:
-        run = load_run(opts["run_dir"])
-        write(Path(opts.get("out") or run.path / "report.html"), run_report(run))
+        run = load_run(d["run_dir"])
+        write(Path(d["out"] or run.path / "report.html"), run_report(run))
 
 
 if __name__ == "__main__":

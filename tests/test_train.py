@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from grokloop import cli
 from grokloop.checkpoint import last_good_checkpoint, list_checkpoints, load_model
 from grokloop.config import run_config_from_dict
 from grokloop.train import train
@@ -25,9 +25,7 @@ TINY = ["data.p=11", "data.train_fraction=0.5", "model.d_model=16", "model.n_hea
 
 
 def compose_dict(overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    d = OmegaConf.to_container(cfg, resolve=True)
+    d = OmegaConf.to_container(cli.compose("train", overrides), resolve=True)
     return d.pop("out_dir"), d.pop("resume"), d
 
 

@@ -1,0 +1,219 @@
+"""One command-line grammar for every entry point: Hydra overrides typed by a dataclass schema.
+
+Each command has a primary config conf/NAME.yaml whose defaults list starts with NAME_schema, the
+dataclass named in COMMANDS; the data presets extend their task's dataclass (base_TASK). So
+OmegaConf rejects a wrongly typed or unknown key while composing, before the command runs, and
+`--help` shows every option with its default. `run` is the one wrapper around `hydra.main`:
+
+    def main(argv=None):
+        cli.run("probes", run_probes, argv)   # run_probes(dict) does the work
+
+A config error (bad type, unknown key, invalid value, missing required key, a path that is not a
+run) prints one line `error: ...` to stderr and exits with status 2, before anything is written;
+HYDRA_FULL_ERROR=1 shows the traceback instead. Tests compose the same configs with `compose`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str                # python -m MODULE
+    schema: str                # "module:Class", imported only when the command runs
+    rest: str | None = None    # positional words on the command line become this list option
+    verb: str | None = None    # ... after this first word (python -m reports compare DIR ...)
+
+
+COMMANDS = {   # by primary config name, conf/NAME.yaml
+    "train": Command("grokloop.train", "grokloop.config:TrainCommand"),
+    "datagen": Command("datagen", "datagen.__main__:DatagenCommand"),
+    "probes": Command("probes", "probes.__main__:ProbesCommand"),
+    "halting": Command("grokloop.halting", "grokloop.halting:HaltingCommand"),
+    "reports": Command("reports", "reports.__main__:ReportsCommand", rest="compare", verb="compare"),
+    "adaptive_summary": Command("grokloop.adaptive_summary",
+                                "grokloop.adaptive_summary:SummaryCommand", rest="runs"),
+}
+# Hydra's own flags that take the next word as their value (not a positional argument).
+_FLAG_VALUES = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg",
+                "-c", "--package", "-p", "--experimental-rerun"}
+_INFO = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+class UsageError(SystemExit):
+    """Exit status 2 with the message already printed; str() is the message (for tests)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def fail(message: str) -> typing.NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise UsageError(message)
+
+
+def schema(name: str) -> type:
+    module, cls = COMMANDS[name].schema.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def register(name: str) -> None:
+    """Store the data task schemas and command `name`'s schema in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    from datagen.config import DATA_CONFIGS
+
+    store = ConfigStore.instance()
+    for task, cls in DATA_CONFIGS.items():
+        store.store(group="data", name=f"base_{task}", node=cls)
+    store.store(name=f"{name}_schema", node=schema(name))
+
+
+def compose(name: str, overrides: list[str] = ()):
+    """The config `python -m ... overrides` would run with (Hydra's compose API), unresolved."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register(name)
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return hydra_compose(config_name=name, overrides=list(overrides))
+
+
+def overrides(name: str, argv: list[str]) -> list[str]:
+    """Command `name`'s documented shorthands as Hydra overrides: positional words become the
+    list option `rest` (after the word `verb`, if it has one), and `key=a,b` on a list option is
+    the list [a,b] (Hydra would read it as a sweep; these commands do not sweep)."""
+    cls, rest, verb = schema(name), COMMANDS[name].rest, COMMANDS[name].verb
+    hints = typing.get_type_hints(cls)
+    lists = {f.name for f in dataclasses.fields(cls) if typing.get_origin(hints[f.name]) is list}
+    out, bare, after_flag = [], [], False
+    for a in argv:
+        if after_flag or a.startswith(("-", "~")) or "=" in a:
+            key, _, value = a.partition("=")
+            if key.lstrip("+") in lists and value[:1] != "[" and not after_flag:
+                a = f"{key}=[{value}]"
+            out.append(a)
+            after_flag = a in _FLAG_VALUES
+        elif out and out[-1] in ("--info", "-i") and a in _INFO:
+            out.append(a)
+        else:
+            bare.append(a)
+    if bare and verb is not None:
+        if bare[0] != verb:
+            fail(f"{bare[0]!r}: options are key=value (or `{verb} ...`); see --help")
+        bare = bare[1:]
+    if bare and rest is None:
+        fail(f"{bare[0]!r}: options are key=value; see --help")
+    if bare:
+        quoted = ",".join("'" + b.replace("\\", "\\\\").replace("'", "\\'") + "'" for b in bare)
+        out.append(f"{rest}=[{quoted}]")
+    return out
+
+
+def describe(e: BaseException, name: str) -> str:
+    """One line naming the key and the fix, from a Hydra or OmegaConf error."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
+                                  OmegaConfBaseException, ValidationError)
+
+    cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
+    key = getattr(cause, "full_key", None)
+    if isinstance(e, MissingConfigException) and e.options is not None:
+        group, _, option = (e.missing_cfg_file or "").rpartition("/")
+        return f"{group}={option}: no such config; choose one of {', '.join(sorted(e.options))}"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        near = _near(key, cause.parent_node)
+        return (f"{key}: unknown option; " + (f"did you mean {near}? " if near else "") +
+                f"`python -m {COMMANDS[name].module} --help` lists the options")
+    if isinstance(cause, MissingMandatoryValue) and key:
+        return f"{key} is required: pass {key}=..."
+    if isinstance(cause, ValidationError) and key:
+        meta = getattr(cause.child_node, "_metadata", None)   # the schema's type for this key
+        want = ""
+        if meta is not None and meta.ref_type is not typing.Any:
+            want = f"; {key} takes {getattr(meta.ref_type, '__name__', meta.ref_type)}" + \
+                   (" or null" if meta.optional else "")
+        return f"{key}={cause.value}: {str(cause.msg).splitlines()[0]}{want}"
+    return " ".join(str(e).split())   # e.g. an override that does not parse
+
+
+def _near(key: str, parent) -> str | None:
+    """The known key closest to a misspelt one, looking one level down too (n_entities ->
+    data.n_entities)."""
+    from omegaconf import OmegaConf
+
+    if parent is None:
+        return None
+    prefix, _, leaf = key.rpartition(".")
+    known = {}
+    for k, v in OmegaConf.to_container(parent, resolve=False).items():
+        full = f"{prefix}.{k}" if prefix else str(k)
+        known.setdefault(str(k), full)
+        for kk in v if isinstance(v, dict) else ():
+            known.setdefault(str(kk), f"{full}.{kk}")
+    near = difflib.get_close_matches(leaf, list(known), n=1, cutoff=0.75)
+    return known[near[0]] if near else None
+
+
+def run(name: str, task: Callable[[dict], None], argv: list[str] | None = None) -> None:
+    """Compose conf/NAME.yaml with the command line and hand `task` the resolved dict. Config
+    errors, and the ValueError, FileNotFoundError, FileExistsError or SystemExit(message) that
+    `task` raises for a value it cannot use, end as one line `error: ...` and exit status 2."""
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    traceback_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    config_errors = (HydraException, OmegaConfBaseException)
+    usage_errors = (ValueError, FileNotFoundError, FileExistsError)
+
+    def report(e: BaseException) -> typing.NoReturn:
+        if isinstance(e, UsageError) or traceback_wanted:
+            raise e
+        if isinstance(e, SystemExit):
+            if not isinstance(e.code, str):
+                raise e
+            fail(" ".join(e.code.split()))
+        fail(describe(e, name) if isinstance(e, config_errors) else " ".join(str(e).split()))
+
+    argv = overrides(name, sys.argv[1:] if argv is None else list(argv))
+    register(name)
+
+    @hydra.main(config_path=CONF, config_name=name, version_base="1.3")
+    def _main(cfg) -> None:
+        # Caught here, inside the job, or Hydra adds a line of its own before re-raising.
+        try:
+            task(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+        except (*config_errors, *usage_errors, SystemExit) as e:
+            report(e)
+
+    # Hydra prints its own multi-line report of a composition error unless HYDRA_FULL_ERROR is
+    # set; we set it to receive the exception and print one line (unless the user set it).
+    saved = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [sys.argv[0], *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _main()
+    except config_errors as e:
+        report(e)
+    finally:
+        sys.argv = saved[0]
+        if saved[1] is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved[1]
