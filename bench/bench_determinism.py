@@ -5,7 +5,7 @@ without deterministic kernels, one process, interleaved repeats, the median of e
 Each measurement is a marginal cost per step: a run of 2*steps minus a run of `steps` (set-up,
 data and the final evaluation and checkpoint cancel), divided by `steps`.
 
-    python bench/bench_determinism.py [--steps 30] [--repeats 5] [--threads 2]
+    python bench/bench_determinism.py [--steps 20] [--repeats 3] [--threads 2]
     python bench/bench_determinism.py --smoke --out /tmp/determinism.json
 """
 from __future__ import annotations
@@ -56,8 +56,8 @@ def seconds_per_step(steps: int, deterministic: bool, cache: str, smoke: bool) -
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out")
