@@ -44,7 +44,7 @@ SMOKE = ["model.d_model=16", "model.n_heads=2", "model.d_mlp=32", "data.n_entiti
 def fresh_model(overrides):
     cfg = run_config(overrides)
     ds = load_or_build(cfg.data, cfg.data_cache)
-    cfg.model.d_vocab, cfg.model.n_ctx = len(ds.vocab), ds.n_ctx
+    cfg.model = cfg.model.resolved(len(ds.vocab), ds.n_ctx)
     torch.manual_seed(0)
     return LoopedTransformer(cfg.model).eval(), ds
 

@@ -124,7 +124,7 @@ def bench_shape(name: str, steps: int, repeats: int, profile: bool = False) -> d
     overrides = SHAPES[name]
     cfg = run_config(overrides)
     ds = load_or_build(cfg.data, cfg.data_cache)
-    cfg.model.d_vocab, cfg.model.n_ctx = len(ds.vocab), ds.n_ctx
+    cfg.model = cfg.model.resolved(len(ds.vocab), ds.n_ctx)
     batch = cfg.train.batch_size
     times = {"grokloop": [], "hf_gpt2": [], "plain_loop": []}
     for _ in range(repeats):

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from grokloop import cli
 from grokloop.config import run_config_from_dict
 from grokloop.provenance import machine  # noqa: F401  (re-exported for the bench scripts)
 
@@ -20,8 +20,7 @@ RESULTS = ROOT / "bench" / "results"
 
 def run_config(overrides: list[str]):
     """The RunConfig `python -m grokloop.train` would build from these overrides."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = cli.compose("train", overrides)
     d = OmegaConf.to_container(cfg, resolve=True)
     d.pop("out_dir"), d.pop("resume")
     return run_config_from_dict(d)
