@@ -41,6 +41,7 @@ COMMANDS = {   # by primary config name, conf/NAME.yaml
     "probes": Command("probes", "probes.__main__:ProbesCommand"),
     "halting": Command("grokloop.halting", "grokloop.halting:HaltingCommand"),
     "reports": Command("reports", "reports.__main__:ReportsCommand", rest="compare", verb="compare"),
+    "study": Command("reports.study", "reports.study:StudyCommand", rest="runs"),
     "adaptive_summary": Command("grokloop.adaptive_summary",
                                 "grokloop.adaptive_summary:SummaryCommand", rest="runs"),
 }

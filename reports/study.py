@@ -7,22 +7,42 @@
 One row per (model configuration, split, hop count where the split has several, seed) at each
 run's last evaluation, plus a `seed: "pooled"` row per (model, split, hops) that pools the seeds'
 facts; `lo`/`hi` are the Wilson 95% interval (grokloop/stats.py). README tables are generated
-from these files (`reports.readme`), never typed by hand.
+from these files (`python -m reports.readme`), never typed by hand.
+
+    python -m reports.study DIR [DIR ...] name=STUDY out=docs/results/STUDY [commands=[...]]
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from grokloop.provenance import atomic_write_text, machine
 from grokloop.stats import acc_row, wilson
 from reports.compare import compare_report, group_runs, short_labels
-from reports.load import Run
+from reports.load import Run, find_runs, load_run
+
+
+def split_sizes(run: Run) -> dict[str, int]:
+    """`n/SPLIT` and `n/SPLIT/hops_K` counts rebuilt from the run's dataset, for runs made before
+    evaluation recorded them."""
+    from datagen import data_config_from_dict, load_or_build
+    ds = load_or_build(data_config_from_dict(run.config["data"]), run.config.get("data_cache"))
+    out = {}
+    for name in ds.eval_splits:
+        idx = ds.splits[name]
+        out[f"n/{name}"] = len(idx)
+        hops = ds.hops[idx]
+        if len(set(hops.tolist())) > 1:
+            out |= {f"n/{name}/hops_{k}": int((hops == k).sum()) for k in sorted(set(hops.tolist()))}
+    return out
 
 
 def run_rows(run: Run, model: str, row: dict | None = None) -> list[dict]:
     """Rows of one run at one evaluation row of its metrics (default: the last)."""
     row = row or (run.metrics[-1] if run.metrics else {})
+    if row and not any(k.startswith("n/") for k in row):
+        row = split_sizes(run) | row
     out = []
     for key, acc in row.items():
         if not key.startswith("acc/"):
@@ -62,6 +82,8 @@ def study_rows(runs: list[Run], model_names: dict[str, str] | None = None) -> li
     runs, seeds aside) unless `model_names` maps a run directory to a name."""
     differ, groups = group_runs(runs)
     labels = short_labels(differ, groups)
+    if len(groups) == 1:      # nothing differs but the seed: name the model by its experiment
+        labels = {label: runs[0].name for label in groups}
     rows = []
     for label, members in groups.items():
         for run in members:
@@ -96,3 +118,32 @@ def write_study(out: str | Path, study: str, runs: list[Run], commands: list[str
     atomic_write_text(out / "summary.md", markdown(summary))
     atomic_write_text(out / "compare.html", compare_report(runs))
     return summary
+
+
+@dataclass
+class StudyCommand:
+    """Schema of conf/study.yaml."""
+    runs: list[str] = field(default_factory=list)      # runs or sweep trees
+    name: str = "???"                                  # the study's name
+    out: str | None = None                             # None: runs/studies/NAME (never docs/)
+    commands: list[str] = field(default_factory=list)  # the commands that made the runs
+
+
+def run_study(d: dict) -> None:
+    if not d["runs"]:
+        raise SystemExit("give the runs or sweep trees: python -m reports.study DIR [DIR ...] name=NAME")
+    out = Path(d["out"] or Path("runs/studies") / d["name"])
+    runs = [load_run(p) for p in find_runs(d["runs"])]
+    summary = write_study(out, d["name"], runs, d["commands"])
+    print(f"wrote {out}/summary.json, summary.md and compare.html: {len(runs)} runs, "
+          f"{len(summary['rows'])} rows")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from grokloop import cli
+
+    cli.run("study", run_study, argv)
+
+
+if __name__ == "__main__":
+    main()

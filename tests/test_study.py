@@ -39,3 +39,19 @@ def test_write_study_writes_the_schema(tmp_path):
     assert {"model", "split", "acc", "lo", "hi", "n"} <= set(summary["rows"][0])
     assert "cpu" in summary["machine"]
     assert (tmp_path / "out" / "compare.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_readme_tables_are_rendered_from_summary_rows(tmp_path):
+    from reports.readme import update
+    runs = [fake_run(tmp_path, f"d{d}s{s}", s, d, 0.5 + 0.1 * s) for d in (1, 2) for s in (0, 1)]
+    write_study(tmp_path / "res", "demo", runs, ["cmd"])
+    doc = ("intro\n<!-- results res/summary.json rows=model columns=hops seed=pooled split=test -->\n"
+           "stale\n<!-- /results -->\nend\n")
+    out = update(doc, tmp_path)
+    assert "stale" not in out and out.startswith("intro\n") and out.endswith("<!-- /results -->\nend\n")
+    lines = out.splitlines()
+    assert lines[2] == "| model | all | 2 | 3 |"            # the whole split, then each hop count
+    pool = [r for r in json.loads((tmp_path / "res" / "summary.json").read_text())["rows"]
+            if r["seed"] == "pooled" and r["model"] == "model.n_steps=2" and r.get("hops") == 3][0]
+    assert f"{pool['acc']:.3f} [{pool['lo']:.2f}, {pool['hi']:.2f}]" in out
+    assert update(out, tmp_path) == out                      # idempotent
