@@ -1,5 +1,6 @@
 """Build a dataset from its config (seeded), or load it from the on-disk cache keyed by the config
-and the generator version (datagen.dataset.GENERATOR_VERSION)."""
+and the generator version (datagen.dataset.GENERATOR_VERSION). An imported folder (data=grokked)
+is read every time instead: its content can change under the same config."""
 from __future__ import annotations
 
 import hashlib
@@ -15,14 +16,28 @@ from datagen.comparison import make_comparison
 from datagen.composition import make_composition
 from datagen.config import DataConfig, config_dict
 from datagen.dataset import GENERATOR_VERSION, Dataset
+from datagen.grokked_format import read_grokked
+
+
+def read_folder(cfg, rng=None) -> Dataset:
+    """data=grokked: the folder, which must hold training data to train on."""
+    if cfg.path in ("", "???"):
+        raise ValueError("data.path is required: the folder of train/valid/test.json (pass "
+                         "data.path=DIR)")
+    ds = read_grokked(cfg.path)
+    if not len(ds.splits["train"]):
+        raise ValueError(f"data.path={cfg.path} has no training records (train.json is missing or "
+                         "empty): nothing to train on")
+    return ds
+
 
 BUILDERS = {"composition": make_composition, "comparison": make_comparison,
-            "modular": make_modular, "group": make_group}
+            "modular": make_modular, "group": make_group, "grokked": read_folder}
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:
     """Pure: the same config (seed included) gives the same bytes."""
-    return BUILDERS[cfg.task](cfg, np.random.default_rng(cfg.seed))
+    return BUILDERS[cfg.task](cfg, np.random.default_rng(getattr(cfg, "seed", 0)))
 
 
 def config_hash(cfg: DataConfig) -> str:
@@ -34,7 +49,7 @@ def config_hash(cfg: DataConfig) -> str:
 
 def load_or_build(cfg: DataConfig, cache_dir: str | Path | None) -> Dataset:
     """Reuse a cached dataset so sweeps do not regenerate it; the cache is written atomically."""
-    if cache_dir is None:
+    if cache_dir is None or cfg.task == "grokked":
         return build_dataset(cfg)
     path = Path(cache_dir) / f"{cfg.task}-{config_hash(cfg)}"
     if (path / "manifest.json").exists():

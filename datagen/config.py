@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 
 def _fraction(name: str, value: float) -> None:
@@ -130,9 +131,24 @@ class GroupConfig:
             raise ValueError(f"data.train_fraction={self.train_fraction} must be in (0, 1)")
 
 
+@dataclass
+class GrokkedConfig:
+    """A folder in the GrokkedTransformer repository's format (train/valid/test.json and
+    vocab.json; datagen/grokked_format.py), theirs or one we exported with format=grokked. The
+    task (composition or comparison) is detected from its tokens. `path` is recorded absolute, so
+    probes and reports find the folder from any directory; the run's dataset_hash pins its
+    content. Imported folders are read every time, never cached (datagen/build.py)."""
+    task: str = "grokked"
+    path: str = "???"     # required (OmegaConf's mark): data.path=DIR
+
+    def __post_init__(self):
+        if self.path not in ("", "???"):
+            self.path = str(Path(self.path).expanduser().resolve())
+
+
 DATA_CONFIGS = {"composition": CompositionConfig, "comparison": ComparisonConfig,
-                "modular": ModularConfig, "group": GroupConfig}
-DataConfig = CompositionConfig | ComparisonConfig | ModularConfig | GroupConfig
+                "modular": ModularConfig, "group": GroupConfig, "grokked": GrokkedConfig}
+DataConfig = CompositionConfig | ComparisonConfig | ModularConfig | GroupConfig | GrokkedConfig
 
 
 def data_config_from_dict(d: dict) -> DataConfig:

@@ -118,6 +118,8 @@ class TrainConfig:
     steps: int = 10_000
     batch_size: int | None = None   # None: full batch
     loss: str = "softmax"           # softmax | stablemax
+    loss_on_end_token: bool = False  # also learn </a> after the answer (the authors' GPT-2 loss;
+                                     # grokloop/losses.py answer_and_end_loss)
     float64_loss: bool = False
     depth: str = "fixed"            # fixed | random | best | soft_best (grokloop/depth.py)
     depth_choices: list[int] = field(default_factory=list)  # random depth: uniform over these
@@ -150,6 +152,9 @@ class TrainConfig:
             raise ValueError("train.depth=random needs train.depth_choices, e.g. [1, 2, 4]")
         if any(k < 1 for k in self.depth_choices):
             raise ValueError(f"train.depth_choices={self.depth_choices} must all be >= 1")
+        if self.loss_on_end_token and self.depth not in ("fixed", "random"):
+            raise ValueError(f"train.loss_on_end_token=true works with train.depth fixed or random, "
+                             f"not {self.depth!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"train.batch_size={self.batch_size} must be >= 1 or null")
 

@@ -35,6 +35,7 @@ from grokloop.checkpoint import (checkpoint_path, ckpt_dir, newest_readable,
 from grokloop.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
 from grokloop.depth import depth_loss
 from grokloop.evaluate import answer_prefix, evaluate
+from grokloop.losses import answer_and_end_loss, with_answer
 from grokloop.model import LoopedTransformer
 from grokloop.optim import grokfast_ema, lr_at, make_optimizer, perpendicular_grad
 from grokloop.provenance import atomic_write_text, code_version
@@ -68,7 +69,13 @@ def prepare(cfg: RunConfig):
     if cfg.train.stop_at_grok and cfg.train.stop_at_grok not in wanted:
         raise ValueError(f"train.stop_at_grok={cfg.train.stop_at_grok!r} is not an evaluated "
                          f"split; choose one of {wanted}")
-    cfg = dataclasses.replace(cfg, model=cfg.model.resolved(len(ds.vocab), ds.n_ctx))
+    if cfg.train.loss_on_end_token and "</a>" not in ds.vocab.tokens:
+        raise ValueError(f"train.loss_on_end_token=true needs a </a> token, which {ds.task!r} data "
+                         "in our layout lacks; export it (python -m datagen data=... out_dir=DIR "
+                         "format=grokked) and train on data=grokked data.path=DIR")
+    # The end-token loss reads the answer one position past the query: one more position.
+    cfg = dataclasses.replace(cfg, model=cfg.model.resolved(
+        len(ds.vocab), ds.n_ctx + int(cfg.train.loss_on_end_token)))
     if cfg.train.mix_cores and len(cfg.model.bank) < 2:
         raise ValueError("train.mix_cores=true needs a bank of several cores, e.g. "
                          "model.core_sizes=[1,2]")
@@ -141,6 +148,9 @@ def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dic
     n_train = len(train_idx)
     batch = min(tc.batch_size or n_train, n_train)
     train_tokens = answer_prefix(data["inputs"], data["answer_pos"], train_idx)
+    end_id = ds.vocab.id("</a>") if tc.loss_on_end_token else None
+    if end_id is not None:   # the authors' loss: answer, then </a> (grokloop/losses.py)
+        train_tokens = with_answer(train_tokens, data["answer_pos"], data["answers"])
 
     # --- model, optimizer, RNG ----------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -235,10 +245,16 @@ def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dic
         cursor += batch
         n_steps = depths[step] if depths else cfg.model.n_steps
 
-        loss, share = depth_loss(model, train_tokens[idx], data["answer_pos"][idx],
-                                 data["answers"][idx], tc.depth, n_steps,
-                                 schedules[step] if schedules else None, tc.grad_last_k, tc.loss,
-                                 tc.float64_loss, tc.best_step_tol, tc.soft_best_tau)
+        if end_id is not None:
+            loss, share = answer_and_end_loss(model, train_tokens[idx], data["answer_pos"][idx],
+                                              data["answers"][idx], end_id, n_steps,
+                                              schedules[step] if schedules else None,
+                                              tc.grad_last_k, tc.loss, tc.float64_loss)
+        else:
+            loss, share = depth_loss(model, train_tokens[idx], data["answer_pos"][idx],
+                                     data["answers"][idx], tc.depth, n_steps,
+                                     schedules[step] if schedules else None, tc.grad_last_k,
+                                     tc.loss, tc.float64_loss, tc.best_step_tol, tc.soft_best_tau)
         if len(chosen):
             chosen += share   # stays on the device; read at evaluation
         if moe and tc.moe_balance:

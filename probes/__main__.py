@@ -2,6 +2,7 @@
 
     python -m probes run_dir=RUN [probe=all|logit_lens,causal_tracing,attention,fourier,surgery]
         [checkpoints=last|all|STEP,STEP,...] [split=NAME[,NAME]] [n=300] [corrupt=all|ROLE]
+        [corruption=exists|free]
         [repeats=1,2,3] [patching_examples=40] [n_attention=8] [seed=0]
 
 The options are typed by ProbesCommand (conf/probes.yaml; `python -m probes --help`).
@@ -37,6 +38,7 @@ class ProbesCommand:
     split: list[str] = field(default_factory=list)   # []: train_inferred + test_inferred_ood
     n: int = 300                    # examples per split
     corrupt: str = "all"            # causal tracing: corrupt every input role, or this one
+    corruption: str = "exists"      # causal tracing: exists | free (probes/examples.py)
     repeats: list[int] = field(default_factory=lambda: [1, 2, 3])     # surgery: extra repeats
     patching_examples: int = 40     # causal tracing: examples in the per-head patching maps
     n_attention: int = 8            # attention: examples whose patterns are kept
@@ -144,9 +146,11 @@ def run_causal_tracing(model, batches, opts, ds):
     for split, b in batches.items():
         roles = input_roles(b) if opts["corrupt"] == "all" else [opts["corrupt"]]
         for role in roles:
-            bad, bad_answers, kept = corrupt(ds, b, role, seed=int(opts["seed"]))
+            bad, bad_answers, kept = corrupt(ds, b, role, seed=int(opts["seed"]),
+                                             mode=opts["corruption"])
             if len(kept) == 0:
-                rows.append({"kind": "summary", "split": split, "corrupt": role, "n": 0})
+                rows.append({"kind": "summary", "split": split, "corrupt": role, "n": 0,
+                             "corruption": opts["corruption"], "n_dropped": len(b)})
                 continue
             clean = b.subset(kept)
             res = causal_tracing.causal_trace(model, clean.tokens, bad, clean.answer_pos,
@@ -155,6 +159,7 @@ def run_causal_tracing(model, batches, opts, ds):
             arrays[f"{key}/strength"], arrays[f"{key}/logit_diff"] = res["strength"], res["logit_diff"]
             arrays[f"{key}/flip"] = res["flip"]
             rows.append({"kind": "summary", "split": split, "corrupt": role, "n": len(kept),
+                         "corruption": opts["corruption"],
                          "n_dropped": len(b) - len(kept), "full_effect": res["full_effect"],
                          "clean_acc": res["clean_acc"]})
             prefix = {"kind": "cell", "split": split, "corrupt": role}

@@ -89,13 +89,27 @@ def patched_logits(model, base, source, answer_pos, max_rows: int = 8192, with_r
 
 
 @torch.no_grad()
+def known_or_predicted(model, corrupted, answer_pos, corrupted_answers):
+    """Corrupted answers with the unknown ones (-1: corruption=free made a query the data does
+    not answer) replaced by the corrupted run's own top-1 token, the answer it moves towards."""
+    unknown = corrupted_answers < 0
+    if not unknown.any():
+        return corrupted_answers
+    rows = torch.arange(len(corrupted))
+    predicted = model(corrupted)[rows, answer_pos].argmax(-1)
+    return torch.where(unknown, predicted, corrupted_answers)
+
+
+@torch.no_grad()
 def causal_trace(model, clean, corrupted, answer_pos, clean_answers, corrupted_answers) -> dict:
     """Flip rate and logit difference for every (layer, pos) cell.
 
     flip [V + 1, pos, n]: the clean run's top-1 answer changes when S[i, pos] comes from the
     corrupted run; strength [V + 1, pos] its mean (the paper's causal strength);
     logit_diff [V + 1, pos]: mean logit(clean answer) - logit(corrupted answer) of the patched
-    run; full_effect: the fraction of examples whose prediction the corruption itself flips."""
+    run (an unknown corrupted answer, -1, is the corrupted run's top-1: `known_or_predicted`);
+    full_effect: the fraction of examples whose prediction the corruption itself flips."""
+    corrupted_answers = known_or_predicted(model, corrupted, answer_pos, corrupted_answers)
     logits = patched_logits(model, clean, corrupted, answer_pos)
     clean_final = _answer_logits(model, model.residual_states(clean)[0][-1], answer_pos)
     corr_final = _answer_logits(model, model.residual_states(corrupted)[0][-1], answer_pos)
@@ -153,6 +167,7 @@ def patching_maps(model, clean, corrupted, answer_pos, clean_answers, corrupted_
     [layer, pos], head outputs over all positions [layer, head]. Layers are the hooked
     virtual blocks, `model.layer_table()`."""
     rows = torch.arange(len(clean))
+    corrupted_answers = known_or_predicted(model, corrupted, answer_pos, corrupted_answers)
 
     def ld(tokens):
         lg = model(tokens)[rows, answer_pos]
