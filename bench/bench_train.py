@@ -69,7 +69,7 @@ def matmul_share(run, steps: int) -> float:
 def grokloop_step_loop(cfg, ds):
     """`grokloop.train`'s step (the same calls, without its bookkeeping), for the profiler only:
     the timing itself always runs the real `train`."""
-    from grokloop.depth import depth_loss
+    from grokloop.adaptive.depth import depth_loss
     from grokloop.optim import make_optimizer
     torch.manual_seed(0)
     model = LoopedTransformer(cfg.model)

@@ -35,15 +35,17 @@ class Command:
     verb: str | None = None    # ... after this first word (python -m reports compare DIR ...)
 
 
-COMMANDS = {   # by primary config name, conf/NAME.yaml
+# By primary config name, conf/NAME.yaml. `module` is the documented command: grokloop.halting and
+# grokloop.adaptive_summary are aliases of grokloop.adaptive.halting and reports.adaptive.
+COMMANDS = {
     "train": Command("grokloop.train", "grokloop.config:TrainCommand"),
     "datagen": Command("datagen", "datagen.__main__:DatagenCommand"),
     "probes": Command("probes", "probes.__main__:ProbesCommand"),
-    "halting": Command("grokloop.halting", "grokloop.halting:HaltingCommand"),
+    "halting": Command("grokloop.halting", "grokloop.adaptive.halting:HaltingCommand"),
     "reports": Command("reports", "reports.__main__:ReportsCommand", rest="compare", verb="compare"),
     "study": Command("reports.study", "reports.study:StudyCommand", rest="runs"),
-    "adaptive_summary": Command("grokloop.adaptive_summary",
-                                "grokloop.adaptive_summary:SummaryCommand", rest="runs"),
+    "adaptive_summary": Command("grokloop.adaptive_summary", "reports.adaptive:SummaryCommand",
+                                rest="runs"),
 }
 # Hydra's own flags that take the next word as their value (not a positional argument).
 _FLAG_VALUES = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg",

@@ -121,7 +121,7 @@ class TrainConfig:
     loss_on_end_token: bool = False  # also learn </a> after the answer (the authors' GPT-2 loss;
                                      # grokloop/losses.py answer_and_end_loss)
     float64_loss: bool = False
-    depth: str = "fixed"            # fixed | random | best | soft_best (grokloop/depth.py)
+    depth: str = "fixed"            # fixed | random | best | soft_best (grokloop/adaptive/depth.py)
     depth_choices: list[int] = field(default_factory=list)  # random depth: uniform over these
     grad_last_k: int | None = None  # truncated backprop through the last k steps
     best_step_tol: float = 0.0      # best: losses within this of the minimum tie (fewest steps win)

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from datagen import load_or_build
+from grokloop.adaptive.depth import depth_loss
 from grokloop.checkpoint import (checkpoint_path, ckpt_dir, newest_readable,
                                  optimizer_from_tensors, optimizer_to_tensors, save_checkpoint)
 from grokloop.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
-from grokloop.depth import depth_loss
 from grokloop.evaluate import answer_prefix, evaluate
 from grokloop.losses import answer_and_end_loss, with_answer
 from grokloop.model import LoopedTransformer
@@ -459,10 +459,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"final {final}")
         print(f"steps to {cfg.train.grok_threshold}: {summary[f'steps_to_{cfg.train.grok_threshold}']}")
         if cfg.train.report:
-            from reports.__main__ import write
-            from reports.load import load_run
-            from reports.run_report import run_report
-            write(Path(out_dir) / "report.html", run_report(load_run(out_dir)))
+            from reports import write_run_report
+            write_run_report(out_dir)
         print(f"run directory: {Path(out_dir).resolve()}")
 
     cli.run("train", _main, argv)

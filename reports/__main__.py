@@ -8,13 +8,14 @@ Typed by ReportsCommand (conf/reports.yaml); `compare DIR...` is the shorthand o
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reports import write_run_report
 from reports.compare import compare_report
+from reports.html import write
 from reports.load import find_runs, load_run
-from reports.run_report import run_report
+
 
 @dataclass
 class ReportsCommand:
@@ -22,14 +23,6 @@ class ReportsCommand:
     run_dir: str | None = None
     compare: list[str] = field(default_factory=list)   # runs or sweep trees
     out: str | None = None   # None: RUN/report.html, or compare.html in the first compare dir
-
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    print(f"wrote {path} ({len(text) / 1e6:.1f} MB; open it in a browser, no network needed)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,8 +39,7 @@ def report(d: dict) -> None:
         runs = [load_run(p) for p in find_runs(d["compare"])]
         write(Path(d["out"] or Path(d["compare"][0]) / "compare.html"), compare_report(runs))
     else:
-        run = load_run(d["run_dir"])
-        write(Path(d["out"] or run.path / "report.html"), run_report(run))
+        write_run_report(d["run_dir"], d["out"])
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """One self-contained HTML page: plotly.js inlined once in the head, then sections of text,
-tables and figures. It opens with no network."""
+tables and figures. It opens with no network. `write` saves a page atomically."""
 from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
+
+from grokloop.provenance import atomic_write_text
 
 CSS = """
 body { font-family: Helvetica, Arial, sans-serif; max-width: 1280px; margin: 2em auto; padding: 0 1em;
@@ -70,3 +73,10 @@ def page(title: str, subtitle: str, sections: list[Section]) -> str:
             f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head>"
             f"<body data-figures=\"{n_fig}\"><h1>{html.escape(title)}</h1>"
             f"<p class=\"muted\">{subtitle}</p><nav>{nav}</nav>{''.join(body)}</body></html>\n")
+
+
+def write(path: str | Path, text: str) -> Path:
+    """Write a page (atomically: a killed process leaves no half page) and say where it is."""
+    path = atomic_write_text(path, text)
+    print(f"wrote {path} ({len(text) / 1e6:.1f} MB; open it in a browser, no network needed)")
+    return path

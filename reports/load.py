@@ -60,7 +60,8 @@ def load_probe(probe_dir: Path, name: str) -> ProbeResult | None:
     return ProbeResult(json.loads(record.read_text()), arrays, rows)
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, probes: bool = True) -> Run:
+    """The run at `path`; with probes=False its probe results are not read (they can be large)."""
     path = Path(path)
     if not path.is_dir():
         raise SystemExit(f"run_dir={path}: no such directory")
@@ -70,7 +71,7 @@ def load_run(path: str | Path) -> Run:
     metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
     run = Run(path, json.loads((path / "config.json").read_text()), metrics, summary)
-    for record in sorted((path / "probes").glob("*.json")):
+    for record in sorted((path / "probes").glob("*.json")) if probes else ():
         if (got := load_probe(path / "probes", record.stem)) is not None and got.arrays:
             run.probes[record.stem] = got
     return run

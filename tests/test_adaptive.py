@@ -3,9 +3,11 @@ halting selector's policy gradient, and a frozen model under selector training."
 import pytest
 import torch
 
-from grokloop.depth import choose_best_step, depth_loss
-from grokloop.halting import (ABSTAIN, STOP, HaltingConfig, Selector, evaluate_halting,
-                              first_true, reinforce_loss, rollout, rule_exits, train_selector)
+from grokloop.adaptive.depth import choose_best_step, depth_loss
+from grokloop.adaptive.halting import evaluate_halting
+from grokloop.adaptive.rules import first_true, rule_exits
+from grokloop.adaptive.selector import (ABSTAIN, STOP, HaltingConfig, Selector, reinforce_loss,
+                                        rollout, train_selector)
 from grokloop.losses import cross_entropy
 
 TOKENS = torch.randint(0, 23, (8, 5), generator=torch.Generator().manual_seed(1))
@@ -196,8 +198,8 @@ def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
     import subprocess
     import sys
 
+    from grokloop.adaptive.halting import load_selector
     from grokloop.adaptive_summary import main as summary_main
-    from grokloop.halting import load_selector
 
     run = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "grokloop.train", "experiment=khop_best", "train.steps=4",
@@ -216,6 +218,36 @@ def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
     md = (tmp_path / "sum" / "summary.md").read_text()
     assert "| khop_best | oracle |" in md and "8 hops" in md
     assert "Plotly" in (tmp_path / "sum" / "figures.html").read_text()[:4_000_000]
+
+
+@pytest.mark.parametrize("published", ["adaptive", "adaptive_two_hop"])
+def test_adaptive_report_renders_the_published_summaries(published):
+    import json
+    from pathlib import Path
+
+    from reports.adaptive import figures_html, markdown
+
+    d = Path(__file__).resolve().parent.parent / "docs" / "results" / published
+    summary = json.loads((d / "summary.json").read_text())
+    assert markdown(summary) == (d / "summary.md").read_text()   # unchanged by the move
+    page = figures_html(summary)
+    assert 'data-figures="1"' in page and "2-hop OOD" in page and "Plotly" in page
+
+
+@pytest.mark.parametrize("alias, module, command", [
+    ("grokloop.halting", "grokloop.adaptive.halting", "python -m grokloop.halting run_dir=RUN"),
+    ("grokloop.adaptive_summary", "reports.adaptive", "python -m grokloop.adaptive_summary RUN"),
+])
+def test_old_entry_points_are_aliases_with_the_same_help(alias, module, command, capsys):
+    import importlib
+
+    helps = []
+    for name in (alias, module):
+        with pytest.raises(SystemExit) as e:
+            importlib.import_module(name).main(["--help"])
+        assert e.value.code == 0, name
+        helps.append(capsys.readouterr().out)
+    assert command in helps[0] and helps[0] == helps[1]
 
 
 def test_halting_cli_rejects_unknown_options(tmp_path):

@@ -268,16 +268,17 @@ def test_progress_names_the_run_first_and_shows_no_eta_when_stopping_at_grok(tmp
 # --- 8. adaptive summary writes under runs/ ------------------------------------------------------
 
 def test_adaptive_summary_writes_under_runs_by_default(tmp_path, monkeypatch):
-    from grokloop import adaptive_summary as A
+    from grokloop.adaptive_summary import main
+    from reports import adaptive as A
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(A, "load_run", lambda d: {})
+    monkeypatch.setattr(A, "load_halting", lambda d: {})
     monkeypatch.setattr(A, "build", lambda runs: {"table": []})
     monkeypatch.setattr(A, "markdown", lambda s: "md")
     monkeypatch.setattr(A, "figures_html", lambda s: "html")
-    A.main(["some_run"])
+    main(["some_run"])
     assert (tmp_path / "runs" / "adaptive_summary" / "summary.md").read_text() == "md"
     assert not (tmp_path / "docs").exists()
-    A.main(["some_run", f"out={tmp_path / 'elsewhere'}"])
+    main(["some_run", f"out={tmp_path / 'elsewhere'}"])
     assert (tmp_path / "elsewhere" / "summary.md").exists()
 
 

@@ -11,7 +11,8 @@
              reports that a reward for the lowest-loss exit step does exactly that).
 
 `depth_loss` returns the scalar loss and, per step, the fraction of the batch that learned from
-it (for the chosen-step distribution over training).
+it (for the chosen-step distribution over training). grokloop/train.py calls it every step;
+choose the objective with `python -m grokloop.train experiment=khop_fixed train.depth=best`.
 """
 from __future__ import annotations
 

@@ -1,0 +1,141 @@
+"""Halting on a frozen model: the learned selector against the simple exit rules, per split and
+hop count, and what a run directory keeps of it (RUN/halting/).
+
+    python -m grokloop.halting run_dir=RUN [max_steps=12] [step_cost=0.01] [abstain_reward=0.3]
+
+(also `python -m grokloop.adaptive.halting ...`; options: conf/halting.yaml, typed by
+HaltingCommand.) `run_halting` trains the selector (grokloop/adaptive/selector.py) on the run's
+last checkpoint, runs `evaluate_halting` on every evaluation split, and writes
+selector.safetensors, selector.json, results.json and results.md; `load_selector` reads the
+selector back. The rules and their scores are grokloop/adaptive/rules.py; the report across
+runs is reports/adaptive.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from grokloop.adaptive import MAIN_RULES
+from grokloop.adaptive.rules import coverage_curve, rule_exits, summarize_exits, trajectory
+from grokloop.adaptive.selector import (HaltingConfig, Selector, dataset_tensors, rollout,
+                                        summarize_selector, train_selector)
+from grokloop.evaluate import answer_prefix
+from grokloop.provenance import atomic_write, atomic_write_text, code_version
+
+
+@torch.no_grad()
+def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str], device="cpu",
+                     batch_size: int = 4096) -> dict:
+    """Every rule and the selector on every split: {split: {rule: row}} plus curves."""
+    data = dataset_tensors(ds, device)
+    results = {}
+    for split in splits:
+        idx = torch.as_tensor(ds.splits[split], device=device)
+        trajs, outs = [], []
+        tokens = answer_prefix(data["inputs"], data["answer_pos"], idx)
+        for chunk in idx.split(batch_size):
+            args = (tokens[chunk], data["answer_pos"][chunk], data["answers"][chunk])
+            trajs.append(trajectory(model, *args, cfg.max_steps))
+            if selector is not None:
+                outs.append(rollout(model, selector, *args, cfg, greedy=True))
+        traj = {k: torch.cat([t[k] for t in trajs], dim=1).cpu() for k in trajs[0]}
+        hops = data["hops"][idx].cpu()
+        exits = rule_exits(traj, model.config.n_steps)
+        rules = {name: summarize_exits(traj, ex, hops, cost_all_steps=name == "max_confidence")
+                 for name, ex in exits.items()}
+        if selector is not None:
+            out = {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
+            rules["selector"] = summarize_selector(out, hops)
+        results[split] = {"rules": rules, "n": len(idx),
+                          "coverage_curve": coverage_curve(traj, exits["trained_depth"])}
+    return results
+
+
+# --- RUN/halting/: the selector and the results ---------------------------------------------
+def halting_dir(run_dir) -> Path:
+    return Path(run_dir) / "halting"
+
+
+def save_selector(run_dir, selector: Selector, cfg: HaltingConfig, curve: list[dict]) -> None:
+    d = halting_dir(run_dir)
+    weights = {k: v.detach().cpu().contiguous() for k, v in selector.state_dict().items()}
+    atomic_write(d / "selector.safetensors", lambda tmp: save_file(weights, str(tmp)))
+    meta = {"config": dataclasses.asdict(cfg), "d_model": selector.d_model,
+            "n_cores": selector.n_cores, "hidden": selector.hidden, "curve": curve}
+    atomic_write_text(d / "selector.json", json.dumps(meta, indent=1))
+
+
+def load_selector(run_dir) -> tuple[Selector, HaltingConfig]:
+    d = halting_dir(run_dir)
+    if not (d / "selector.json").exists():
+        raise FileNotFoundError(f"{d} holds no selector; train one with "
+                                f"`python -m grokloop.halting run_dir={run_dir}`")
+    meta = json.loads((d / "selector.json").read_text())
+    selector = Selector(meta["d_model"], meta["n_cores"], meta["hidden"])
+    selector.load_state_dict(load_file(str(d / "selector.safetensors")))
+    return selector.eval(), HaltingConfig(**meta["config"])
+
+
+def markdown_table(results: dict, max_steps: int) -> str:
+    """Per split: accuracy (mean steps) per hop count for the main rules."""
+    lines = []
+    for split, res in results.items():
+        rules = res["rules"]
+        hops = sorted({k for row in rules.values() for k in row if k.startswith("hops_")},
+                      key=lambda k: int(k[5:]))
+        lines += [f"### {split} (n = {res['n']})", "",
+                  "| rule | acc | coverage | mean steps | " + " | ".join(h.replace("_", " ")
+                                                                       for h in hops) + " |",
+                  "|---" * (4 + len(hops)) + "|"]
+        for name in (r.replace("{T}", str(max_steps)) for r in MAIN_RULES):
+            if name not in rules:
+                continue
+            row = rules[name]
+            cells = [f"{row[h]['acc']:.3f} ({row[h]['mean_steps']:.1f})" for h in hops]
+            lines.append(f"| {name} | {row['acc']:.3f} | {row['coverage']:.2f} | "
+                         f"{row['mean_steps']:.2f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- the command line: python -m grokloop.halting run_dir=RUN [key=value ...] -----------------
+@dataclass
+class HaltingCommand(HaltingConfig):
+    """Schema of conf/halting.yaml: every HaltingConfig option, and the run to evaluate."""
+    run_dir: str = "???"   # required
+
+
+def main(argv: list[str] | None = None) -> None:
+    from grokloop import cli
+
+    cli.run("halting", run_halting, argv)
+
+
+def run_halting(d: dict) -> None:
+    """The composed HaltingCommand as a dict: train the selector, evaluate, write RUN/halting/."""
+    from grokloop.checkpoint import list_checkpoints, load_model
+
+    run_dir = d.pop("run_dir")
+    cfg = HaltingConfig(**d)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, ds, run_cfg = load_model(run_dir)
+    selector, curve = train_selector(model, ds, cfg)
+    save_selector(run_dir, selector, cfg, curve)
+    results = evaluate_halting(model, ds, selector, cfg, ds.eval_splits)
+    out = {"run_dir": str(run_dir), "experiment": run_cfg["experiment"],
+           "checkpoint_step": list_checkpoints(run_dir)[-1], "config": dataclasses.asdict(cfg),
+           "code_version": code_version(), "selector_curve": curve, "splits": results}
+    atomic_write_text(halting_dir(run_dir) / "results.json", json.dumps(out, indent=1))
+    table = markdown_table(results, cfg.max_steps)
+    atomic_write_text(halting_dir(run_dir) / "results.md", table)
+    print(table)
+    print(f"wrote {halting_dir(run_dir)}/results.json and results.md")
+
+
+if __name__ == "__main__":
+    main()

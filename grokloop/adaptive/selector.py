@@ -1,0 +1,176 @@
+"""The halting selector: a learned policy that, on a frozen model, decides after every step to
+stop (answer now), abstain ("I don't know"), or continue with core c of the bank.
+
+It reads the normalised state at the answer position and four readout statistics (entropy, top
+probability, KL to the previous step's readout, step / max_steps). `train_selector` trains it
+with REINFORCE and a batch-mean baseline; reward = 1 if the answer is right, 0 if wrong,
+`abstain_reward` for abstaining, minus `step_cost` per step (scaled by the block's layer count
+when the bank's blocks differ in size, so the cost is per FLOP). The model never changes.
+Trained and evaluated by `python -m grokloop.halting run_dir=RUN` (grokloop/adaptive/halting.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from grokloop.adaptive.rules import core_layers, per_hop
+from grokloop.evaluate import answer_prefix
+
+STOP, ABSTAIN = 0, 1          # then 2 + c: continue with core c
+N_STATS = 4  # entropy, top probability, KL to the previous readout, step / max_steps
+
+
+@dataclass
+class HaltingConfig:
+    max_steps: int = 12           # the most steps any rule may run
+    step_cost: float = 0.01       # reward cost of one step of core 0 (per layer for other sizes)
+    abstain_reward: float = 0.3   # between wrong (0) and right (1)
+    hidden: int = 64
+    iterations: int = 1500
+    batch_size: int = 512
+    lr: float = 3e-3
+    entropy_bonus: float = 0.01
+    train_split: str = "train"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps={self.max_steps} must be at least 1")
+        if not 0 <= self.abstain_reward <= 1:
+            raise ValueError(f"abstain_reward={self.abstain_reward} must lie between the reward "
+                             "of a wrong answer (0) and of a right one (1)")
+        if self.step_cost < 0:
+            raise ValueError(f"step_cost={self.step_cost} must be >= 0")
+
+
+def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: int) -> torch.Tensor:
+    """[batch, d_model + 4]: the normalised state and the readout's statistics."""
+    p = log_probs.exp()
+    entropy = -(p * log_probs).sum(-1)
+    kl = (torch.zeros_like(entropy) if prev_log_probs is None
+          else (p * (log_probs - prev_log_probs)).sum(-1))
+    stats = torch.stack([entropy, p.max(-1).values, kl.clamp_min(0).log1p(),
+                         torch.full_like(entropy, step / max_steps)], dim=-1)
+    return torch.cat([F.layer_norm(state_at_answer, state_at_answer.shape[-1:]), stats], dim=-1)
+
+
+class Selector(nn.Module):
+    """The halting policy: features -> logits over [stop, abstain, continue with core 0..C-1]."""
+
+    def __init__(self, d_model: int, n_cores: int, hidden: int = 64):
+        super().__init__()
+        self.d_model, self.n_cores, self.hidden = d_model, n_cores, hidden
+        self.net = nn.Sequential(nn.Linear(d_model + N_STATS, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 2 + n_cores))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net(feats)
+
+
+def reinforce_loss(log_prob_of_actions, reward, entropy, entropy_bonus: float) -> torch.Tensor:
+    """REINFORCE with the batch-mean reward as baseline: -E[(R - b) * sum_t log pi(a_t)]."""
+    advantage = reward - reward.mean()
+    return -(advantage.detach() * log_prob_of_actions).mean() - entropy_bonus * entropy.mean()
+
+
+def dataset_tensors(ds, device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(getattr(ds, k), device=device)
+            for k in ("inputs", "answer_pos", "answers", "hops")}
+
+
+def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, greedy: bool,
+            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Run the selector's episodes for a batch; the model runs under no_grad.
+
+    Step 1 runs the model's first scheduled core; after each step the selector acts. At
+    `max_steps` only stop and abstain are allowed."""
+    B, T = len(tokens), cfg.max_steps
+    layers = torch.tensor(core_layers(model), dtype=torch.float, device=tokens.device)
+    with torch.no_grad():
+        e, state = model.enter_loop(tokens)
+    next_core = torch.full((B,), model.schedule[0], device=tokens.device)
+    active = torch.ones(B, dtype=torch.bool, device=tokens.device)
+    prev = torch.zeros(B, model.config.d_vocab, device=tokens.device)
+    log_prob = torch.zeros(B, device=tokens.device)
+    entropy = torch.zeros(B, device=tokens.device)
+    steps, cost = torch.zeros(B, device=tokens.device), torch.zeros(B, device=tokens.device)
+    correct = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+    abstained = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+    for t in range(1, T + 1):
+        idx = active.nonzero().squeeze(1)
+        if not len(idx):
+            break
+        with torch.no_grad():
+            for c in range(len(model.cores)):
+                rows = idx[next_core[idx] == c]
+                if len(rows):
+                    state[rows] = model.step(state[rows], e[rows], t - 1, c)
+            logp = model.read(state[idx], positions[idx]).float().log_softmax(-1)
+            at_answer = state[idx, positions[idx]]
+        feats = features(at_answer, logp, prev[idx] if t > 1 else None, t, T)
+        logits = selector(feats)
+        if t == T:
+            logits = logits.clone()
+            logits[:, 2:] = float("-inf")
+        dist = torch.distributions.Categorical(logits=logits)
+        action = (logits.argmax(-1) if greedy else
+                  torch.multinomial(dist.probs, 1, generator=generator).squeeze(1))
+        log_prob = log_prob.index_add(0, idx, dist.log_prob(action))
+        entropy = entropy.index_add(0, idx, dist.entropy())
+        steps[idx] = t
+        cost[idx] += layers[next_core[idx]] / layers[model.schedule[0]]
+        done = action < 2
+        correct[idx[action == STOP]] = logp[action == STOP].argmax(-1) == answers[idx[action == STOP]]
+        abstained[idx[action == ABSTAIN]] = True
+        next_core[idx[~done]] = action[~done] - 2
+        prev[idx] = logp
+        active[idx[done]] = False
+    reward = torch.where(abstained, cfg.abstain_reward, correct.float()) - cfg.step_cost * cost
+    return {"log_prob": log_prob, "entropy": entropy, "reward": reward, "steps": steps,
+            "cost": cost, "correct": correct, "abstained": abstained}
+
+
+def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selector, list[dict]]:
+    """REINFORCE on the frozen model over `cfg.train_split`; returns the selector and its curve."""
+    if cfg.train_split not in ds.splits:
+        raise ValueError(f"train_split={cfg.train_split!r} is not a split of this dataset; "
+                         f"its splits are {sorted(ds.splits)}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    selector = Selector(model.config.d_model, len(model.cores), cfg.hidden).to(device)
+    opt = torch.optim.Adam(selector.parameters(), lr=cfg.lr)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    data = dataset_tensors(ds, device)
+    pool = torch.as_tensor(ds.splits[cfg.train_split], device=device)
+    tokens = answer_prefix(data["inputs"], data["answer_pos"], pool)
+    curve = []
+    for it in range(cfg.iterations):
+        batch = pool[torch.randint(len(pool), (min(cfg.batch_size, len(pool)),), generator=gen,
+                                   device=device)]
+        out = rollout(model, selector, tokens[batch], data["answer_pos"][batch],
+                      data["answers"][batch], cfg, greedy=False, generator=gen)
+        loss = reinforce_loss(out["log_prob"], out["reward"], out["entropy"], cfg.entropy_bonus)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if it % 50 == 0 or it == cfg.iterations - 1:
+            curve.append({"iteration": it, "reward": out["reward"].mean().item(),
+                          "steps": out["steps"].mean().item(),
+                          "abstain": out["abstained"].float().mean().item()})
+    return selector.eval(), curve
+
+
+def summarize_selector(out: dict[str, torch.Tensor], hops) -> dict:
+    """Accuracy, coverage and compute of the selector's greedy episodes: overall and per hop."""
+    answered = ~out["abstained"]
+    return {"acc": out["correct"].float().mean().item(),
+            "coverage": answered.float().mean().item(),
+            "selective_acc": (out["correct"][answered].float().mean().item() if answered.any()
+                              else None),
+            "mean_steps": out["steps"].mean().item(), "mean_cost": out["cost"].mean().item(),
+            **per_hop(hops, acc=out["correct"], mean_steps=out["steps"], coverage=answered)}
