@@ -14,15 +14,14 @@ row per cell and checkpoint; re-running a checkpoint replaces its rows) and RUN/
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from datagen.dataset import code_version
 from grokloop.checkpoint import list_checkpoints, load_model, read_checkpoint
+from grokloop.provenance import atomic_write, atomic_write_text, code_version
 from probes import attention, causal_tracing, fourier, logit_lens, surgery
 from probes.examples import corrupt, input_roles, probe_batch
 
@@ -94,25 +93,18 @@ class Store:
         self.probe, self.meta = probe, meta
         (self.dir / probe).mkdir(parents=True, exist_ok=True)
 
-    def _atomic_write(self, path: Path, text: str):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-
     def save(self, step: int, arrays: dict[str, np.ndarray], rows: list[dict]):
-        path = self.dir / self.probe / f"step_{step:08d}.npz"
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
+        atomic_write(self.dir / self.probe / f"step_{step:08d}.npz",
+                     lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
         table = self.dir / f"{self.probe}.jsonl"
         old = [json.loads(line) for line in table.read_text().splitlines()] if table.exists() else []
         keep = [r for r in old if r["checkpoint"] != step]
         rows = [{"checkpoint": step} | r for r in rows]
-        self._atomic_write(table, "".join(json.dumps(r) + "\n" for r in keep + rows))
+        atomic_write_text(table, "".join(json.dumps(r) + "\n" for r in keep + rows))
         record = self.dir / f"{self.probe}.json"
         done = json.loads(record.read_text())["checkpoints"] if record.exists() else []
-        self._atomic_write(record, json.dumps(self.meta | {"checkpoints": sorted(set(done) | {step})},
-                                              indent=2))
+        atomic_write_text(record, json.dumps(self.meta | {"checkpoints": sorted(set(done) | {step})},
+                                             indent=2))
 
 
 def _cells(prefix: dict, layers: list[str], grid: np.ndarray, name: str) -> list[dict]:
