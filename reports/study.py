@@ -10,6 +10,7 @@ facts; `lo`/`hi` are the Wilson 95% interval (grokloop/stats.py). README tables 
 from these files (`python -m reports.readme`), never typed by hand.
 
     python -m reports.study DIR [DIR ...] name=STUDY out=docs/results/STUDY [commands=[...]]
+        [steps=[2000,4000]]      # rows at those training steps too, not only the last
 """
 from __future__ import annotations
 
@@ -63,10 +64,10 @@ def run_rows(run: Run, model: str, row: dict | None = None) -> list[dict]:
 def pooled(rows: list[dict]) -> list[dict]:
     """Per (model, split, hops): the seeds' facts pooled into one accuracy and interval."""
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["split"], r.get("hops")), []).append(r)
+    for r in rows:   # runs of one study share their evaluation schedule, so steps line up
+        groups.setdefault((r["model"], r["split"], r.get("hops"), r["step"]), []).append(r)
     out = []
-    for (model, split, hops), rs in groups.items():
+    for (model, split, hops, _), rs in groups.items():
         if len(rs) < 2:
             continue
         k, n = sum(r["acc"] * r["n"] for r in rs), sum(r["n"] for r in rs)
@@ -77,8 +78,16 @@ def pooled(rows: list[dict]) -> list[dict]:
     return out
 
 
-def study_rows(runs: list[Run], model_names: dict[str, str] | None = None) -> list[dict]:
-    """Rows for every run, the model named by its group label (the settings that differ between
+def at_step(run: Run, step: int) -> dict | None:
+    """The run's last evaluation at or before `step`."""
+    rows = [r for r in run.metrics if r["step"] <= step]
+    return rows[-1] if rows else None
+
+
+def study_rows(runs: list[Run], model_names: dict[str, str] | None = None,
+               steps: list[int] = ()) -> list[dict]:
+    """Rows for every run at its last evaluation and at each of `steps` (its last evaluation at
+    or before that step), the model named by its group label (the settings that differ between
     runs, seeds aside) unless `model_names` maps a run directory to a name."""
     differ, groups = group_runs(runs)
     labels = short_labels(differ, groups)
@@ -89,6 +98,9 @@ def study_rows(runs: list[Run], model_names: dict[str, str] | None = None) -> li
         for run in members:
             name = (model_names or {}).get(str(run.path), labels[label])
             rows += run_rows(run, name)
+            for step in steps:
+                if (row := at_step(run, step)) is not None and row is not run.metrics[-1]:
+                    rows += run_rows(run, name, row)
     return rows + pooled(rows)
 
 
@@ -109,11 +121,12 @@ def markdown(summary: dict) -> str:
 
 
 def write_study(out: str | Path, study: str, runs: list[Run], commands: list[str],
-                model_names: dict[str, str] | None = None, extra_rows: list[dict] | None = None) -> dict:
+                model_names: dict[str, str] | None = None, extra_rows: list[dict] | None = None,
+                steps: list[int] = ()) -> dict:
     """Write summary.json, summary.md and compare.html for `runs` into `out`; returns the summary."""
     out = Path(out)
     summary = {"study": study, "machine": machine(), "commands": list(commands),
-               "rows": study_rows(runs, model_names) + list(extra_rows or [])}
+               "rows": study_rows(runs, model_names, steps) + list(extra_rows or [])}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "summary.md", markdown(summary))
     atomic_write_text(out / "compare.html", compare_report(runs))
@@ -127,6 +140,7 @@ class StudyCommand:
     name: str = "???"                                  # the study's name
     out: str | None = None                             # None: runs/studies/NAME (never docs/)
     commands: list[str] = field(default_factory=list)  # the commands that made the runs
+    steps: list[int] = field(default_factory=list)     # rows also at these training steps
 
 
 def run_study(d: dict) -> None:
@@ -134,7 +148,7 @@ def run_study(d: dict) -> None:
         raise SystemExit("give the runs or sweep trees: python -m reports.study DIR [DIR ...] name=NAME")
     out = Path(d["out"] or Path("runs/studies") / d["name"])
     runs = [load_run(p) for p in find_runs(d["runs"])]
-    summary = write_study(out, d["name"], runs, d["commands"])
+    summary = write_study(out, d["name"], runs, d["commands"], steps=d["steps"])
     print(f"wrote {out}/summary.json, summary.md and compare.html: {len(runs)} runs, "
           f"{len(summary['rows'])} rows")
 

@@ -55,3 +55,11 @@ def test_readme_tables_are_rendered_from_summary_rows(tmp_path):
             if r["seed"] == "pooled" and r["model"] == "model.n_steps=2" and r.get("hops") == 3][0]
     assert f"{pool['acc']:.3f} [{pool['lo']:.2f}, {pool['hi']:.2f}]" in out
     assert update(out, tmp_path) == out                      # idempotent
+
+
+def test_rows_at_requested_steps(tmp_path):
+    runs = [fake_run(tmp_path, f"s{s}", s, 1, 0.5) for s in (0, 1)]
+    rows = study_rows(runs, steps=[50])
+    early = [r for r in rows if r["step"] == 10]
+    assert {r["seed"] for r in early} == {0, 1, "pooled"} and all(r["acc"] == 0.0 for r in early)
+    assert {r["step"] for r in rows} == {10, 100}
