@@ -42,6 +42,8 @@ def where(m) -> str:
 
 
 def section_train(r: dict) -> str:
+    if any("modes" in x for x in r["results"]):
+        return section_train_modes(r)
     rows = [[x["shape"], x["batch_size"], f"{x['n_params']:,}",
              f"{x['steps_per_s']['grokloop']:.1f} ({x['examples_per_s']['grokloop']:,.0f})",
              f"{x['steps_per_s']['hf_gpt2']:.1f} ({x['examples_per_s']['hf_gpt2']:,.0f})",
@@ -53,6 +55,48 @@ def section_train(r: dict) -> str:
             "our matmul time, the most any loop could gain on HF without doing fewer FLOPs.\n\n"
             + md(["shape", "batch", "params", "grokloop steps/s (examples/s)", "HF GPT-2 + DataLoader",
                   "our model + DataLoader", "vs HF", "vs plain loop", "time in matmuls; ceiling vs HF"], rows))
+
+
+def section_train_modes(r: dict) -> str:
+    """One row per loop and mode: steps/s, speed-up on HF GPT-2, share of the measured matmul peak."""
+    parts = []
+    for x in r["results"]:
+        peak = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in x["matmul_peak_gflops"].items())
+        flops = x["flops_per_step"]
+        rows = []
+        for k, t in x["seconds_per_step"].items():
+            if k == "grokloop":
+                continue
+            loop = "grokloop" if k.startswith("grokloop") else k
+            cpu = x.get("cpu_seconds_per_step", {}).get(k)
+            rows.append([k, f"{x['steps_per_s'][k]:.1f} ({x['examples_per_s'][k]:,.0f})",
+                         f"**{x['seconds_per_step']['hf_gpt2'] / t:.2f}x**",
+                         f"{flops[loop] / 1e9:.2f}", f"{x['matmul_peak_fraction'][k]:.1%}",
+                         f"{1e3 * cpu:.0f}" if cpu else "-",
+                         f"{x['matmul_share'][loop]:.0%}" if loop in x.get("matmul_share", {}) else "-"])
+        kernels = f" bf16 kernels (oneDNN): {'; '.join(x['bf16_kernels'])}." if x.get("bf16_kernels") else ""
+        parts.append(
+            f"Shape `{x['shape']}` (batch {x['batch_size']}, {x['n_params']:,} parameters, "
+            f"{x['steps_timed']} steps x {len(next(iter(x['all_seconds_per_step'].values())))} "
+            f"interleaved repeats, medians). Matmul peak measured in the same run: {peak}; FLOPs "
+            f"counted by {x.get('flops_counted_by', 'the flop counter')}.{kernels}\n\n"
+            + md(["loop", "steps/s (examples/s)", "vs HF GPT-2", "GFLOP per step",
+                  "of matmul peak", "CPU ms/step", "time in matmuls"], rows))
+    return ("### Training throughput (`python bench/bench_train.py`)\n\n" f"Machine: {where(r['machine'])}.\n\n"
+            + "\n\n".join(parts))
+
+
+def section_seeds(r: dict) -> str:
+    rows = [[x["n_seeds"], x.get("device", "cpu"), x["examples_per_batch"],
+             f"{x['seconds_per_round']['sequential']:.3f}", f"{x['seconds_per_round']['vmap']:.3f}",
+             f"**{x['speedup_vmap_vs_sequential']:.2f}x**",
+             f"{x['seeds_per_hour']['sequential']:.0f} / {x['seeds_per_hour']['vmap']:.0f}",
+             f"{x['first_step_max_abs_diff']['weights']:.1e}"] for x in r["results"]]
+    return ("### Seeds in one process (`python bench/bench_seeds.py`)\n\n" f"Machine: {where(r['machine'])}. "
+            "`experiment=default` (full batch), one training step of every seed: in turn (= one process per "
+            "seed) against vmapped over stacked weights. Seeds/hour at the task's ~360 steps to grok.\n\n"
+            + md(["seeds", "device", "examples/batch", "in turn s/step", "vmap s/step", "vmap vs in turn",
+                  "seeds/hour (in turn / vmap)", "first-step max weight diff"], rows))
 
 
 def matmuls(x: dict) -> str:
@@ -101,7 +145,8 @@ def section_datagen(r: dict) -> str:
 def main():
     parts = []
     for name, fn in (("train_throughput", section_train), ("looped_cost", section_looped),
-                     ("tracing", section_tracing), ("time_to_grok", section_grok), ("datagen", section_datagen)):
+                     ("tracing", section_tracing), ("time_to_grok", section_grok), ("datagen", section_datagen),
+                     ("seeds", section_seeds)):
         parts += [fn(r) for r in load(name)]
     readme = BENCH / "README.md"
     head = readme.read_text().split(MARK)[0] if readme.exists() else "# Benchmarks\n\n"

@@ -140,12 +140,15 @@ class TrainConfig:
     report: bool = True             # the CLI writes RUN/report.html at the end (reports/)
     deterministic: bool = True      # deterministic kernels: same seed and machine, same run
     restart_if_damaged: bool = False  # resume=true over a run with no readable checkpoint: start over
+    compile: bool = False           # torch.compile the training forward (grokloop/accelerate.py)
+    precision: str = "fp32"         # fp32 | bf16: autocast of the training forward where supported
 
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"train.steps={self.steps} must be at least 1")
         _choice("train.loss", self.loss, ("softmax", "stablemax"))
         _choice("train.depth", self.depth, ("fixed", "random", "best", "soft_best"))
+        _choice("train.precision", self.precision, ("fp32", "bf16"))
         if self.soft_best_tau <= 0:
             raise ValueError(f"train.soft_best_tau={self.soft_best_tau} must be positive")
         if self.depth == "random" and not self.depth_choices:

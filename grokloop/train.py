@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from datagen import load_or_build
+from grokloop.accelerate import accelerate_training
 from grokloop.adaptive.depth import depth_loss
 from grokloop.checkpoint import (checkpoint_path, ckpt_dir, newest_readable,
                                  optimizer_from_tensors, optimizer_to_tensors, save_checkpoint)
@@ -155,6 +156,7 @@ def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dic
     # --- model, optimizer, RNG ----------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     model = LoopedTransformer(cfg.model).to(device)
+    accelerate_training(model, tc, device)   # train.compile / train.precision; no-op by default
     model.cfg.device = str(device)
     opt = make_optimizer(model, cfg.optim)
     params = list(model.parameters())

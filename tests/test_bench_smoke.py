@@ -27,9 +27,11 @@ def smoke(script: str, tmp_path) -> dict:
 @pytest.mark.slow  # ~14 s: three model stacks timed
 def test_train_throughput_benchmark_smoke(tmp_path):
     (r,) = smoke("bench_train.py", tmp_path)["results"]
-    assert set(r["steps_per_s"]) == {"grokloop", "hf_gpt2", "plain_loop"}
+    assert {"grokloop", "grokloop_eager", "hf_gpt2", "plain_loop"} <= set(r["steps_per_s"])
+    assert all(f"speedup_vs_hf_gpt2_{m}" in r for m in r["modes"])
+    assert all(v > 0 for v in r["matmul_peak_fraction"].values())
     assert all(v > 0 for v in r["steps_per_s"].values())
-    assert set(r["matmul_share"]) == {"grokloop", "hf_gpt2", "plain_loop"}
+    assert {"grokloop", "hf_gpt2", "plain_loop"} <= set(r["matmul_share"])
     assert all(0 < v < 1 for v in r["matmul_share"].values())
 
 
@@ -48,3 +50,22 @@ def test_time_to_grok_benchmark_smoke(tmp_path):
     res = smoke("bench_grok.py", tmp_path)["results"]
     assert [r["method"] for r in res] == ["adamw", "grokfast"]
     assert all(r["steps_run"] == 30 and r["curve"] for r in res)
+
+
+@pytest.mark.slow  # ~60 s: compiles, and trains a tiny composition model
+def test_gpu_suite_dry_run(tmp_path):
+    out = tmp_path / "gpu.json"
+    subprocess.run(["bash", str(BENCH / "gpu_suite.sh"), "--dry-run", "--out", str(out)],
+                   check=True, capture_output=True)
+    r = json.loads(out.read_text())
+    assert r["dry_run"] and set(r["steps"]) == {"matmul_peak_gflops", "throughput_tiny",
+                                                "seeds_in_one_process", "composition_phi18"}
+    assert "eager" in r["steps"]["throughput_tiny"]["seconds_per_step"]
+    assert r["steps"]["composition_phi18"]["steps_run"] == 30
+
+
+def test_seeds_benchmark_smoke(tmp_path):
+    (r,) = smoke("bench_seeds.py", tmp_path)["results"]
+    assert r["seconds_per_round"]["vmap"] > 0 and r["seconds_per_round"]["sequential"] > 0
+    assert r["first_step_max_abs_diff"]["loss"] < 1e-4
+    assert r["first_step_max_abs_diff"]["weights"] < 1e-4
