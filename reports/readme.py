@@ -34,6 +34,8 @@ def render(summary: dict, rows_key: str = "model", columns_key: str = "split",
     if not keep:
         raise ValueError(f"no rows of {summary['study']} match {filters}")
     row_names = list(dict.fromkeys(lab(r, rows_key) for r in keep))
+    if all(n.isdigit() for n in row_names):   # steps, hops, seeds: in numeric order
+        row_names.sort(key=int)
     col_names = list(dict.fromkeys(lab(r, columns_key) for r in keep))
     cell = {(lab(r, rows_key), lab(r, columns_key)): r for r in keep}
     lines = ["| " + " | ".join([rows_key] + col_names) + " |", "|---" * (len(col_names) + 1) + "|"]

@@ -63,3 +63,11 @@ def test_rows_at_requested_steps(tmp_path):
     early = [r for r in rows if r["step"] == 10]
     assert {r["seed"] for r in early} == {0, 1, "pooled"} and all(r["acc"] == 0.0 for r in early)
     assert {r["step"] for r in rows} == {10, 100}
+
+
+def test_the_readme_tables_match_the_committed_results():
+    from reports.readme import MARKER, update
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text()
+    assert MARKER.search(text), "the README has no generated result tables"
+    assert update(text, readme.parent) == text, "run: python -m reports.readme README.md"
