@@ -73,7 +73,7 @@ def section_train_modes(r: dict) -> str:
                          f"**{x['seconds_per_step']['hf_gpt2'] / t:.2f}x**",
                          f"{flops[loop] / 1e9:.2f}", f"{x['matmul_peak_fraction'][k]:.1%}",
                          f"{1e3 * cpu:.0f}" if cpu else "-",
-                         f"{x['matmul_share'][loop]:.0%}" if loop in x.get("matmul_share", {}) else "-"])
+                         share(x, k, loop)])
         kernels = f" bf16 kernels (oneDNN): {'; '.join(x['bf16_kernels'])}." if x.get("bf16_kernels") else ""
         parts.append(
             f"Shape `{x['shape']}` (batch {x['batch_size']}, {x['n_params']:,} parameters, "
@@ -84,6 +84,13 @@ def section_train_modes(r: dict) -> str:
                   "of matmul peak", "CPU ms/step", "time in matmuls"], rows))
     return ("### Training throughput (`python bench/bench_train.py`)\n\n" f"Machine: {where(r['machine'])}.\n\n"
             + "\n\n".join(parts))
+
+
+def share(x: dict, key: str, loop: str) -> str:
+    """The profiled matmul share of a row: its own mode's where profiled (grokloop_bf16), else its loop's."""
+    got = x.get("matmul_share", {})
+    v = got.get(key, got.get(loop)) if key != "grokloop_compiled_bf16" else None
+    return f"{v:.0%}" if v is not None and "compiled" not in key else "-"
 
 
 def section_seeds(r: dict) -> str:
