@@ -35,17 +35,20 @@ def test_train_throughput_benchmark_smoke(tmp_path):
     assert all(0 < v < 1 for v in r["matmul_share"].values())
 
 
+@pytest.mark.slow   # 13-24 s: a real training or tracing loop, run by CI's slow pass
 def test_looped_cost_benchmark_smoke(tmp_path):
     res = smoke("bench_looped.py", tmp_path)["results"]
     assert [r["depth"] for r in res] == [1, 2]
     assert all(r["seconds_per_step"]["looped"] > 0 for r in res)
 
 
+@pytest.mark.slow   # 13-24 s: a real training or tracing loop, run by CI's slow pass
 def test_tracing_benchmark_smoke(tmp_path):
     (r,) = smoke("bench_tracing.py", tmp_path)["results"]
     assert r["same_flips"] and r["examples"] > 0   # the script raises if the flips differ
 
 
+@pytest.mark.slow   # 13-24 s: a real training or tracing loop, run by CI's slow pass
 def test_time_to_grok_benchmark_smoke(tmp_path):
     res = smoke("bench_grok.py", tmp_path)["results"]
     assert [r["method"] for r in res] == ["adamw", "grokfast"]
@@ -64,6 +67,7 @@ def test_gpu_suite_dry_run(tmp_path):
     assert r["steps"]["composition_phi18"]["steps_run"] == 30
 
 
+@pytest.mark.slow   # 13-24 s: a real training or tracing loop, run by CI's slow pass
 def test_seeds_benchmark_smoke(tmp_path):
     (r,) = smoke("bench_seeds.py", tmp_path)["results"]
     assert r["seconds_per_round"]["vmap"] > 0 and r["seconds_per_round"]["sequential"] > 0

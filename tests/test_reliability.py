@@ -300,6 +300,7 @@ def test_composition_small_is_deterministic_with_two_threads(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.slow   # 17 s: two short training runs, run by CI's slow pass
 def test_determinism_benchmark_smoke(tmp_path):
     out = tmp_path / "determinism.json"
     bench = Path(__file__).resolve().parent.parent / "bench" / "bench_determinism.py"
