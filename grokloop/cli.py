@@ -172,6 +172,32 @@ def _near(key: str, parent) -> str | None:
     return known[near[0]] if near else None
 
 
+def announce_sweep_job(argv: list[str]) -> None:
+    """In a --multirun sweep, print `sweep job k of N: <what this job sets>` as each job starts
+    (Hydra's own launcher log is off). N is the grid's size: the sweep values on the command
+    line times those of the sweep config for keys the command line does not sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    parser = OverridesParser.create()
+    sizes = {}
+    for key, value in (hc.sweeper.get("params") or {}).items():   # from conf/sweep/NAME.yaml
+        sizes[key] = len(list(parser.parse_override(f"{key}={value}").sweep_iterator())) \
+            if "," in str(value) else 1
+    for o in parser.parse_overrides([a for a in argv if "=" in a and not a.startswith("hydra")]):
+        if o.is_sweep_override():
+            sizes[o.get_key_element()] = len(list(o.sweep_iterator()))
+    total = 1
+    for n in sizes.values():
+        total *= n
+    print(f"sweep job {hc.job.num + 1} of {total}: {hc.job.override_dirname or 'defaults'}",
+          flush=True)
+
+
 def run(name: str, task: Callable[[dict], None], argv: list[str] | None = None) -> None:
     """Compose conf/NAME.yaml with the command line and hand `task` the resolved dict. Config
     errors, and the ValueError, FileNotFoundError, FileExistsError or SystemExit(message) that
@@ -199,6 +225,7 @@ def run(name: str, task: Callable[[dict], None], argv: list[str] | None = None) 
 
     @hydra.main(config_path=CONF, config_name=name, version_base="1.3")
     def _main(cfg) -> None:
+        announce_sweep_job(argv)
         # Caught here, inside the job, or Hydra adds a line of its own before re-raising.
         try:
             task(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))

@@ -227,10 +227,11 @@ def run_probes(d: dict) -> None:
     meta = {"run_dir": str(run_dir), "options": opts, "splits": splits,
             "code_version": code_version(), "run_config": run_cfg}
     stores = {p: Store(run_dir, p, meta | {"probe": p}) for p in probes}
-    for step in steps:
+    for k, step in enumerate(steps):
         if step != steps[0]:
             model.load_state_dict(read_checkpoint(run_dir, step)[0])
         for p in probes:
+            print(f"checkpoint {step} ({k + 1}/{len(steps)}): {p} on {', '.join(splits)}", flush=True)
             if p == "logit_lens":
                 arrays, rows = run_logit_lens(model, batches, opts)
             elif p == "causal_tracing":
@@ -242,7 +243,6 @@ def run_probes(d: dict) -> None:
             else:
                 arrays, rows = run_surgery(model, batches, opts)
             stores[p].save(step, arrays, rows)
-        print(f"checkpoint {step}: {', '.join(probes)}")
     print(f"wrote {run_dir / 'probes'}/{{{','.join(probes)}}}.jsonl, .json and npz arrays")
 
 

@@ -309,3 +309,14 @@ def test_determinism_benchmark_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert result["smoke"] and all(v > 0 for v in result["steps_per_s"].values())
     assert result["machine"]["cpu"] and result["machine"]["torch"] == torch.__version__
+
+
+def test_a_sweep_says_job_k_of_n_and_leaves_no_empty_job_dirs(tmp_path, capsys):
+    from grokloop.train import main
+    main(["--multirun", "debug=tiny", "seed=0,1", "train.steps=3", f"hydra.sweep.dir={tmp_path}/sw",
+          f"out_dir={tmp_path}/runs/s${{seed}}"])
+    out = capsys.readouterr().out
+    assert "sweep job 1 of 2: debug=tiny,seed=0" in out and "sweep job 2 of 2" in out
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["s0", "s1"]
+    # Hydra records the sweep (multirun.yaml) and makes no numbered job directories
+    assert [p.name for p in (tmp_path / "sw").iterdir()] == ["multirun.yaml"]

@@ -34,7 +34,9 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
     """Every rule and the selector on every split: {split: {rule: row}} plus curves."""
     data = dataset_tensors(ds, device)
     results = {}
-    for split in splits:
+    for i, split in enumerate(splits):
+        print(f"exit rules and selector on {split} ({i + 1}/{len(splits)}, "
+              f"{len(ds.splits[split]):,} examples, up to {cfg.max_steps} steps)", flush=True)
         idx = torch.as_tensor(ds.splits[split], device=device)
         trajs, outs = [], []
         tokens = answer_prefix(data["inputs"], data["answer_pos"], idx)

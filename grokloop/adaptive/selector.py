@@ -149,7 +149,9 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
     pool = torch.as_tensor(ds.splits[cfg.train_split], device=device)
     tokens = answer_prefix(data["inputs"], data["answer_pos"], pool)
     curve = []
-    for it in range(cfg.iterations):
+    from tqdm import tqdm
+    for it in tqdm(range(cfg.iterations), desc=f"halting selector (REINFORCE on {cfg.train_split})",
+                   mininterval=2.0, dynamic_ncols=True):
         batch = pool[torch.randint(len(pool), (min(cfg.batch_size, len(pool)),), generator=gen,
                                    device=device)]
         out = rollout(model, selector, tokens[batch], data["answer_pos"][batch],
