@@ -240,3 +240,22 @@ def test_authors_head_options_tanh_gelu_and_no_output_bias(make_model):
     assert "b_U" not in dict(m.named_parameters()) and (m.b_U == 0).all()
     assert m.cores[0][0].mlp.act.approximate == "tanh"
     m(TOKENS).sum().backward()
+
+
+def test_from_run_loads_a_trained_run_at_any_checkpoint(tmp_path):
+    from grokloop.checkpoint import list_checkpoints
+    from grokloop.config import run_config_from_dict
+    from grokloop.model import LoopedTransformer
+    from grokloop.train import train
+    from tests.test_train import TINY, compose_dict
+
+    _, _, d = compose_dict(TINY + ["train.steps=20"])
+    train(run_config_from_dict(d), tmp_path / "run")
+    steps = list_checkpoints(tmp_path / "run")
+    last, first = LoopedTransformer.from_run(tmp_path / "run"), LoopedTransformer.from_run(
+        tmp_path / "run", step=steps[0], device="cpu")
+    assert not last.training and last.cfg.n_layers == 1    # the default task: Nanda's 1 layer
+    tokens = torch.tensor([[0, 1, 2, 3]])
+    assert not torch.allclose(last(tokens), first(tokens))
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        LoopedTransformer.from_run(tmp_path)
