@@ -29,9 +29,11 @@ def modular_table(p: int, op: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return a, b, c
 
 
-def _table_dataset(task, vocab, a, b, c, train_fraction, cfg, rng, stats) -> Dataset:
+def _table_dataset(task, vocab, a, b, c, train_fraction, cfg, rng, stats, op_id=None) -> Dataset:
+    """`a op b =` -> c, split by cell. `op_id`: the operation's token (default: the first "ops")."""
     n = len(a)
-    inputs = np.stack([a, np.full(n, vocab.range("ops")[0]), b, np.full(n, vocab.id("="))], 1)
+    op_id = vocab.range("ops")[0] if op_id is None else op_id
+    inputs = np.stack([a, np.full(n, op_id), b, np.full(n, vocab.id("="))], 1)
     order = rng.permutation(n)
     n_train = round(train_fraction * n)
     splits = {"train": np.sort(order[:n_train]), "test": np.sort(order[n_train:])}

@@ -17,6 +17,7 @@ from datagen.composition import make_composition
 from datagen.config import DataConfig, config_dict
 from datagen.dataset import GENERATOR_VERSION, Dataset
 from datagen.grokked_format import read_grokked
+from datagen.tables import make_table
 
 
 def read_folder(cfg, rng=None) -> Dataset:
@@ -32,7 +33,8 @@ def read_folder(cfg, rng=None) -> Dataset:
 
 
 BUILDERS = {"composition": make_composition, "comparison": make_comparison,
-            "modular": make_modular, "group": make_group, "grokked": read_folder}
+            "modular": make_modular, "group": make_group, "table": make_table,
+            "grokked": read_folder}
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:

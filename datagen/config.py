@@ -131,6 +131,39 @@ class GroupConfig:
             raise ValueError(f"data.train_fraction={self.train_fraction} must be in (0, 1)")
 
 
+# Every operation of the shared-vocabulary table tasks (datagen/tables.py), in token order: the
+# logic stages (bitwise on 7-bit words) first, then the mathematics stages. Append, never reorder:
+# the position is the operation token's id offset.
+TABLE_OPS = ("xor", "and", "or", "implies", "nand", "gfmul",
+             "add", "sub", "mul", "div", "poly", "s5")
+
+
+@dataclass
+class TableConfig:
+    """One table of a logic-to-mathematics curriculum (datagen/tables.py): `a <op> b =` -> c on a
+    vocabulary that is the same for every `op` (integers 0..127, `<pad>`, `=`, one token per
+    operation), so a model trained on one stage trains on the next without resizing.
+    `modulus` is used by the modular ops only (add, sub, mul, div, poly); it must be at most 128
+    (the integer tokens) and prime for div. A `train_fraction` of the table's cells trains."""
+    task: str = "table"
+    op: str = "xor"
+    modulus: int = 127
+    train_fraction: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.op not in TABLE_OPS:
+            raise ValueError(f"data.op={self.op!r} is unknown; choose one of {list(TABLE_OPS)}")
+        if not 2 <= self.modulus <= 128:
+            raise ValueError(f"data.modulus={self.modulus} must be between 2 and 128 (the answers "
+                             "are the integer tokens 0..127)")
+        if self.op == "div" and not _is_prime(self.modulus):
+            raise ValueError(f"data.modulus={self.modulus} is not prime, so division is not "
+                             "defined for every divisor; use a prime such as 127")
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ValueError(f"data.train_fraction={self.train_fraction} must be in (0, 1)")
+
+
 @dataclass
 class GrokkedConfig:
     """A folder in the GrokkedTransformer repository's format (train/valid/test.json and
@@ -147,8 +180,10 @@ class GrokkedConfig:
 
 
 DATA_CONFIGS = {"composition": CompositionConfig, "comparison": ComparisonConfig,
-                "modular": ModularConfig, "group": GroupConfig, "grokked": GrokkedConfig}
-DataConfig = CompositionConfig | ComparisonConfig | ModularConfig | GroupConfig | GrokkedConfig
+                "modular": ModularConfig, "group": GroupConfig, "table": TableConfig,
+                "grokked": GrokkedConfig}
+DataConfig = (CompositionConfig | ComparisonConfig | ModularConfig | GroupConfig | TableConfig
+              | GrokkedConfig)
 
 
 def data_config_from_dict(d: dict) -> DataConfig:
