@@ -1,0 +1,29 @@
+"""Non-parametric baselines beside every trained model (issue 21, item 3): what memorising the
+training set buys, and what exact symbolic reasoning over it buys.
+
+    python -m grokloop.baselines lookup data=composition_small [sigma=0,2,4] [d=256] [seed=0]
+
+Modules, one concept each:
+  keys.py      canonical random token keys; the context embedding of a query (concatenated
+               per-position token keys), the digit weights, Gaussian query noise, and the
+               hierarchical pairwise-mean ("scattershot") embedding of a whole sequence
+  lookup.py    exact nearest-key search (chunked torch matmul) and the memory of every
+               training example's (query key -> answer)
+  symbolic.py  the exact symbolic lookup over the training facts: k-step chains of atomic facts
+               (composition), value look-up and compare (comparison), the training table
+               (modular, group)
+  evaluate.py  accuracy per (method, split[, hops], sigma) as rows of the results schema
+  __main__.py  the command (schema BaselinesCommand, conf/baselines.yaml)
+
+Methods (the `model` of a row): `lookup_cosine`, `lookup_digit`, `scattershot` (memorisation
+controls: each stores every training example and answers a query with the answer of its nearest
+stored key) and `symbolic` (the reasoning upper bound).
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m grokloop.baselines` (grokloop/baselines/__main__.py), callable as
+    grokloop.baselines.main like every other entry point."""
+    from grokloop.baselines.__main__ import main as run
+
+    run(argv)
