@@ -94,7 +94,9 @@ def composition_run(dry: bool, budget: float, out_dir: Path) -> dict:
     t = time.monotonic()
     try:
         p = subprocess.run([sys.executable, "-m", "grokloop.train", *over], cwd=ROOT,
-                           capture_output=True, text=True, timeout=max(budget, 10))
+                           capture_output=True, text=True,
+                           # the dry run checks the wiring, so a loaded CPU must not cut it short
+                           timeout=600 if dry else max(budget, 10))
         rc, tail = p.returncode, (p.stdout + p.stderr)[-2000:]
     except subprocess.TimeoutExpired as e:
         rc, tail = "budget", ((e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))[-2000:]
