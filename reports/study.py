@@ -11,6 +11,7 @@ from these files (`python -m reports.readme`), never typed by hand.
 
     python -m reports.study DIR [DIR ...] name=STUDY out=docs/results/STUDY [commands=[...]]
         [steps=[2000,4000]]      # rows at those training steps too, not only the last
+        [lens=[bridge_1,answer]] # the probed runs' logit-lens top-1 per role, split and layer
 """
 from __future__ import annotations
 
@@ -61,10 +62,25 @@ def run_rows(run: Run, model: str, row: dict | None = None) -> list[dict]:
     return out
 
 
+def lens_rows(run: Run, model: str, roles: list[str]) -> list[dict]:
+    """The logit lens of a run (`python -m probes ... probe=logit_lens`) as results rows: top-1 of
+    each role's token at its own position, per split and virtual layer, at each probed checkpoint
+    (the `acc` of a lens row is that top-1 rate, with its interval)."""
+    probe = run.probes.get("logit_lens")
+    if probe is None:
+        raise SystemExit(f"{run.path} has no logit-lens results; run python -m probes "
+                         f"run_dir={run.path} probe=logit_lens split=...")
+    return [acc_row(r["top1"], r["n"], model=model, split=r["split"], role=r["role"],
+                    layer=r["layer_label"], seed=run.config.get("seed"), step=r["checkpoint"])
+            for r in probe.rows if r.get("kind") == "at_role" and r.get("role") in roles]
+
+
 def pooled(rows: list[dict]) -> list[dict]:
     """Per (model, split, hops): the seeds' facts pooled into one accuracy and interval."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:   # runs of one study share their evaluation schedule, so steps line up
+        if "role" in r:
+            continue     # lens rows stay per run
         groups.setdefault((r["model"], r["split"], r.get("hops"), r["step"]), []).append(r)
     out = []
     for (model, split, hops, _), rs in groups.items():
@@ -85,7 +101,7 @@ def at_step(run: Run, step: int) -> dict | None:
 
 
 def study_rows(runs: list[Run], model_names: dict[str, str] | None = None,
-               steps: list[int] = ()) -> list[dict]:
+               steps: list[int] = (), lens: list[str] = ()) -> list[dict]:
     """Rows for every run at its last evaluation and at each of `steps` (its last evaluation at
     or before that step), the model named by its group label (the settings that differ between
     runs, seeds aside) unless `model_names` maps a run directory to a name."""
@@ -101,11 +117,13 @@ def study_rows(runs: list[Run], model_names: dict[str, str] | None = None,
             for step in steps:
                 if (row := at_step(run, step)) is not None and row is not run.metrics[-1]:
                     rows += run_rows(run, name, row)
+            if lens and "logit_lens" in run.probes:
+                rows += lens_rows(run, name, list(lens))
     return rows + pooled(rows)
 
 
 def markdown(summary: dict) -> str:
-    rows = summary["rows"]
+    rows = [r for r in summary["rows"] if "role" not in r]   # lens rows: in summary.json
     has_hops = any("hops" in r for r in rows)
     head = ["model", "split"] + (["hops"] if has_hops else []) + ["seed", "step", "acc", "95% CI", "n"]
     lines = [f"# {summary['study']}", "", "Commands:", "", "```bash", *summary["commands"], "```", "",
@@ -122,11 +140,11 @@ def markdown(summary: dict) -> str:
 
 def write_study(out: str | Path, study: str, runs: list[Run], commands: list[str],
                 model_names: dict[str, str] | None = None, extra_rows: list[dict] | None = None,
-                steps: list[int] = ()) -> dict:
+                steps: list[int] = (), lens: list[str] = ()) -> dict:
     """Write summary.json, summary.md and compare.html for `runs` into `out`; returns the summary."""
     out = Path(out)
     summary = {"study": study, "machine": machine(), "commands": list(commands),
-               "rows": study_rows(runs, model_names, steps) + list(extra_rows or [])}
+               "rows": study_rows(runs, model_names, steps, lens) + list(extra_rows or [])}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "summary.md", markdown(summary))
     atomic_write_text(out / "compare.html", compare_report(runs))
@@ -141,6 +159,7 @@ class StudyCommand:
     out: str | None = None                             # None: runs/studies/NAME (never docs/)
     commands: list[str] = field(default_factory=list)  # the commands that made the runs
     steps: list[int] = field(default_factory=list)     # rows also at these training steps
+    lens: list[str] = field(default_factory=list)      # roles whose logit-lens top-1 become rows
 
 
 def run_study(d: dict) -> None:
@@ -148,7 +167,7 @@ def run_study(d: dict) -> None:
         raise SystemExit("give the runs or sweep trees: python -m reports.study DIR [DIR ...] name=NAME")
     out = Path(d["out"] or Path("runs/studies") / d["name"])
     runs = [load_run(p) for p in find_runs(d["runs"])]
-    summary = write_study(out, d["name"], runs, d["commands"], steps=d["steps"])
+    summary = write_study(out, d["name"], runs, d["commands"], steps=d["steps"], lens=d["lens"])
     print(f"wrote {out}/summary.json, summary.md and compare.html: {len(runs)} runs, "
           f"{len(summary['rows'])} rows")
 

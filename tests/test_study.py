@@ -71,3 +71,18 @@ def test_the_readme_tables_match_the_committed_results():
     text = readme.read_text()
     assert MARKER.search(text), "the README has no generated result tables"
     assert update(text, readme.parent) == text, "run: python -m reports.readme README.md"
+
+
+def test_lens_rows_carry_role_layer_and_interval(tmp_path):
+    from reports.load import ProbeResult
+    from reports.study import lens_rows
+    run = fake_run(tmp_path, "a", 0, 1, 0.5)
+    run.probes["logit_lens"] = ProbeResult({}, {}, [
+        {"checkpoint": 100, "kind": "at_role", "split": "test", "role": "bridge_1", "layer": 3,
+         "layer_label": "s1.c0.L2", "mrr": 0.9, "top1": 0.8, "n": 200},
+        {"checkpoint": 100, "kind": "readout", "split": "test", "step": 1, "acc": 0.5}])
+    rows = lens_rows(run, "m", ["bridge_1"])
+    assert len(rows) == 1 and rows[0]["layer"] == "s1.c0.L2" and rows[0]["role"] == "bridge_1"
+    assert (rows[0]["lo"], rows[0]["hi"]) == pytest.approx(wilson(160, 200))
+    rows = study_rows([run], lens=["bridge_1"])
+    assert sum("role" in r for r in rows) == 1
