@@ -95,6 +95,19 @@ def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
 
 
+def _check_table(train_fraction: float, op: str | None = None, ops=(), modulus_name: str = "",
+                 modulus: int = 0) -> None:
+    """Checks shared by the table tasks: a training fraction, and where the task has operations
+    a known op and a prime modulus for division."""
+    if op is not None and op not in ops:
+        raise ValueError(f"data.op={op!r} is unknown; choose one of {list(ops)}")
+    if op == "div" and not _is_prime(modulus):
+        raise ValueError(f"data.{modulus_name}={modulus} is not prime, so division is not defined "
+                         "for every divisor; use a prime such as 97, 113 or 127")
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"data.train_fraction={train_fraction} must be in (0, 1)")
+
+
 @dataclass
 class ModularConfig:
     """`a op b mod p`; poly is x^2 + xy + y^2. A `train_fraction` of the table trains."""
@@ -105,15 +118,9 @@ class ModularConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.op not in MODULAR_OPS:
-            raise ValueError(f"data.op={self.op!r} is unknown; choose one of {list(MODULAR_OPS)}")
         if self.p < 2:
             raise ValueError(f"data.p={self.p} must be at least 2")
-        if self.op == "div" and not _is_prime(self.p):
-            raise ValueError(f"data.p={self.p} is not prime, so division mod p is not defined for "
-                             "every divisor; use a prime such as 97 or 113")
-        if not 0.0 < self.train_fraction < 1.0:
-            raise ValueError(f"data.train_fraction={self.train_fraction} must be in (0, 1)")
+        _check_table(self.train_fraction, self.op, MODULAR_OPS, "p", self.p)
 
 
 @dataclass
@@ -127,8 +134,7 @@ class GroupConfig:
     def __post_init__(self):
         if not 2 <= self.n <= 5:
             raise ValueError(f"data.n={self.n} must be between 2 and 5 (S_n has n! elements)")
-        if not 0.0 < self.train_fraction < 1.0:
-            raise ValueError(f"data.train_fraction={self.train_fraction} must be in (0, 1)")
+        _check_table(self.train_fraction)
 
 
 # Every operation of the shared-vocabulary table tasks (datagen/tables.py), in token order: the
@@ -152,16 +158,10 @@ class TableConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.op not in TABLE_OPS:
-            raise ValueError(f"data.op={self.op!r} is unknown; choose one of {list(TABLE_OPS)}")
         if not 2 <= self.modulus <= 128:
             raise ValueError(f"data.modulus={self.modulus} must be between 2 and 128 (the answers "
                              "are the integer tokens 0..127)")
-        if self.op == "div" and not _is_prime(self.modulus):
-            raise ValueError(f"data.modulus={self.modulus} is not prime, so division is not "
-                             "defined for every divisor; use a prime such as 127")
-        if not 0.0 < self.train_fraction < 1.0:
-            raise ValueError(f"data.train_fraction={self.train_fraction} must be in (0, 1)")
+        _check_table(self.train_fraction, self.op, TABLE_OPS, "modulus", self.modulus)
 
 
 @dataclass
