@@ -21,7 +21,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from grokloop.adaptive import MAIN_RULES
-from grokloop.provenance import atomic_write_text
+from grokloop.provenance import atomic_write_text, machine
+from grokloop.stats import acc_row
 from reports.figures import style
 from reports.html import Section, page, table
 from reports.load import load_run
@@ -75,7 +76,14 @@ def build(runs: list[dict]) -> dict:
         rules = run["halting"]["splits"]["test_inferred_id"]["rules"]
         curves[run["name"]] = {name: {"mean_steps": r["mean_steps"], "acc": r["acc"],
                                       "coverage": r["coverage"]} for name, r in rules.items()}
-    return {"table": table, "curves": curves,
+    # the results schema (DEVELOPERS.md): one row per (model, split, rule) with its interval
+    rows = [acc_row(r["acc"], res["n"], model=run["name"], split=split, rule=rule,
+                    mean_steps=r["mean_steps"])
+            for run in runs for split, res in run["halting"]["splits"].items()
+            for rule, r in res["rules"].items()]
+    return {"study": "adaptive", "machine": machine(),
+            "commands": [f"python -m grokloop.halting run_dir={run['halting']['run_dir']}" for run in runs],
+            "rows": rows, "table": table, "curves": curves,
             "runs": [{k: run[k] for k in ("name", "train_steps", "wall_time_s", "checkpoint",
                                           "chosen_step_last_interval")} for run in runs]}
 
