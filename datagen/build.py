@@ -17,6 +17,7 @@ from datagen.composition import make_composition
 from datagen.config import DataConfig, config_dict
 from datagen.dataset import GENERATOR_VERSION, Dataset
 from datagen.grokked_format import read_grokked
+from datagen.mixture import make_mixture
 from datagen.tables import make_table
 
 
@@ -34,7 +35,7 @@ def read_folder(cfg, rng=None) -> Dataset:
 
 BUILDERS = {"composition": make_composition, "comparison": make_comparison,
             "modular": make_modular, "group": make_group, "table": make_table,
-            "grokked": read_folder}
+            "grokked": read_folder, "mixture": make_mixture}
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:

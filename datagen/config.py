@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 
 def _fraction(name: str, value: float) -> None:
@@ -179,11 +180,46 @@ class GrokkedConfig:
             self.path = str(Path(self.path).expanduser().resolve())
 
 
+@dataclass
+class MixtureConfig:
+    """Several tasks on one shared vocabulary as one dataset (datagen/mixture.py): the unit of a
+    curriculum stage (grokloop/curriculum.py). `parts` maps a name to a data config (a dict, as
+    its preset gives it), in curriculum order. The training split is the training cells of the
+    parts named in `train_on`, plus replay: examples drawn evenly from the training cells of the
+    parts BEFORE the first trained part, so that they make up the fraction `replay` of the
+    training split. Every part has its own held-out split `test_NAME` (a sample of at most
+    `eval_size` of its test cells), so one run measures learning and forgetting on all parts."""
+    task: str = "mixture"
+    parts: dict[str, Any] = field(default_factory=dict)
+    train_on: list[str] = field(default_factory=list)
+    replay: float = 0.0
+    eval_size: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        self.parts, self.train_on = dict(self.parts), list(self.train_on)
+        if not self.parts:
+            raise ValueError("data.parts is empty: a mixture needs at least one part")
+        unknown = [n for n in self.train_on if n not in self.parts]
+        if unknown or not self.train_on:
+            raise ValueError(f"data.train_on={self.train_on} must name parts of the mixture, "
+                             f"one of {list(self.parts)}")
+        _fraction("replay", self.replay)
+        _positive("eval_size", self.eval_size)
+        bad = [n for n in self.parts if not n.replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"mixture part name {bad[0]!r} must be letters, digits and _ (it "
+                             "names the split test_NAME)")
+        if self.replay and list(self.parts).index(self.train_on[0]) == 0:
+            raise ValueError(f"data.replay={self.replay} but no part comes before "
+                             f"{self.train_on[0]!r} to replay; set data.replay=0")
+
+
 DATA_CONFIGS = {"composition": CompositionConfig, "comparison": ComparisonConfig,
                 "modular": ModularConfig, "group": GroupConfig, "table": TableConfig,
-                "grokked": GrokkedConfig}
+                "grokked": GrokkedConfig, "mixture": MixtureConfig}
 DataConfig = (CompositionConfig | ComparisonConfig | ModularConfig | GroupConfig | TableConfig
-              | GrokkedConfig)
+              | GrokkedConfig | MixtureConfig)
 
 
 def data_config_from_dict(d: dict) -> DataConfig:

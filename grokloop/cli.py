@@ -44,6 +44,7 @@ COMMANDS = {
     "halting": Command("grokloop.halting", "grokloop.adaptive.halting:HaltingCommand"),
     "reports": Command("reports", "reports.__main__:ReportsCommand", rest="compare", verb="compare"),
     "study": Command("reports.study", "reports.study:StudyCommand", rest="runs"),
+    "curriculum": Command("grokloop.curriculum", "grokloop.curriculum:CurriculumCommand"),
     "baselines": Command("grokloop.baselines", "grokloop.baselines.__main__:BaselinesCommand", verb="lookup"),
     "adaptive_summary": Command("grokloop.adaptive_summary", "reports.adaptive:SummaryCommand",
                                 rest="runs"),

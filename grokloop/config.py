@@ -133,7 +133,7 @@ class TrainConfig:
     eval_splits: list[str] | None = None  # None: every split the task produces
     eval_batch_size: int = 4096
     checkpoint_every_max: int = 5000
-    stop_at_grok: str | None = None  # stop once this split reaches grok_threshold
+    stop_at_grok: str | None = None  # stop once this split (or each of "a,b,...") reaches grok_threshold
     grok_threshold: float = 0.99
     device: str = "auto"
     progress: bool = True
@@ -142,6 +142,8 @@ class TrainConfig:
     restart_if_damaged: bool = False  # resume=true over a run with no readable checkpoint: start over
     compile: bool = False           # torch.compile the training forward (grokloop/accelerate.py)
     precision: str = "fp32"         # fp32 | bf16: autocast of the training forward where supported
+    init_from: str | None = None    # a run directory: start from its newest good checkpoint's weights
+    init_optimizer: bool = False    # with init_from: also its optimizer moments (else a fresh optimizer)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -158,6 +160,9 @@ class TrainConfig:
         if self.loss_on_end_token and self.depth not in ("fixed", "random"):
             raise ValueError(f"train.loss_on_end_token=true works with train.depth fixed or random, "
                              f"not {self.depth!r}")
+        if self.init_optimizer and not self.init_from:
+            raise ValueError("train.init_optimizer=true needs train.init_from=RUN_DIR, the run whose "
+                             "optimizer state to continue")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"train.batch_size={self.batch_size} must be >= 1 or null")
 

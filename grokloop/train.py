@@ -32,8 +32,9 @@ import torch
 from datagen import load_or_build
 from grokloop.accelerate import accelerate_training
 from grokloop.adaptive.depth import depth_loss
-from grokloop.checkpoint import (checkpoint_path, ckpt_dir, newest_readable,
-                                 optimizer_from_tensors, optimizer_to_tensors, save_checkpoint)
+from grokloop.checkpoint import (checkpoint_path, ckpt_dir, last_good_checkpoint,
+                                 list_checkpoints, newest_readable, optimizer_from_tensors,
+                                 optimizer_to_tensors, save_checkpoint)
 from grokloop.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
 from grokloop.evaluate import answer_prefix, evaluate
 from grokloop.losses import answer_and_end_loss, with_answer
@@ -67,9 +68,10 @@ def prepare(cfg: RunConfig):
     if missing:
         raise ValueError(f"train.eval_splits names {missing[0]!r}, which task {ds.task!r} does not "
                          f"produce; its splits are {ds.eval_splits}")
-    if cfg.train.stop_at_grok and cfg.train.stop_at_grok not in wanted:
-        raise ValueError(f"train.stop_at_grok={cfg.train.stop_at_grok!r} is not an evaluated "
-                         f"split; choose one of {wanted}")
+    for split in grok_splits(cfg.train):
+        if split not in wanted:
+            raise ValueError(f"train.stop_at_grok names {split!r}, which is not an evaluated "
+                             f"split; choose from {wanted} (several: a,b)")
     if cfg.train.loss_on_end_token and "</a>" not in ds.vocab.tokens:
         raise ValueError(f"train.loss_on_end_token=true needs a </a> token, which {ds.task!r} data "
                          "in our layout lacks; export it (python -m datagen data=... out_dir=DIR "
@@ -83,7 +85,15 @@ def prepare(cfg: RunConfig):
     if cfg.model.d_vocab < len(ds.vocab) or cfg.model.n_ctx < ds.n_ctx:
         raise ValueError(f"model.d_vocab/n_ctx ({cfg.model.d_vocab}/{cfg.model.n_ctx}) are smaller "
                          f"than the dataset's ({len(ds.vocab)}/{ds.n_ctx}); set them to 0 (auto)")
+    if cfg.train.init_from and not list_checkpoints(cfg.train.init_from):
+        raise FileNotFoundError(f"train.init_from={cfg.train.init_from} holds no checkpoint to start "
+                                "from; give a run directory with checkpoints/")
     return ds, wanted, cfg
+
+
+def grok_splits(tc: TrainConfig) -> list[str]:
+    """The splits train.stop_at_grok names ("test", or "test_a,test_b": stop when all pass)."""
+    return [s.strip() for s in tc.stop_at_grok.split(",")] if tc.stop_at_grok else []
 
 
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
@@ -185,6 +195,8 @@ def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dic
                 f.rename(ckpt_dir(out_dir) / "damaged" / f.name)
     for _, e in (damaged if got is not None else []):
         warnings.warn(f"{e}; falling back to the previous checkpoint")
+    if got is None and tc.init_from:   # a fresh start from another run's model (a curriculum stage)
+        init_from(model, opt if tc.init_optimizer else None, tc.init_from)
 
     # --- the run directory: config.json once, at the start; a resume is an event -------------
     dataset_hash = ds.content_hash() if callable(ds.content_hash) else ds.content_hash
@@ -308,7 +320,7 @@ def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dic
             bar.set_postfix({"loss": f"{row['loss/train']:.3g}"} |
                             {s: f"{row[f'acc/{s}']:.3f}" for s in eval_names[:3]})
         grokked = bool(tc.stop_at_grok and history and done == history[-1]["step"] and
-                       history[-1][f"acc/{tc.stop_at_grok}"] >= tc.grok_threshold)
+                       all(history[-1][f"acc/{s}"] >= tc.grok_threshold for s in grok_splits(tc)))
         if done in ckpt_steps or grokked:  # a grokked run stops here: keep that model
             tensors, opt_meta = optimizer_to_tensors(opt)
             tensors |= {f"ema.{i}": v for i, v in ema.items()}
@@ -329,6 +341,21 @@ def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dic
     summary["deterministic"] = tc.deterministic
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def init_from(model, opt, run_dir) -> None:
+    """Load the newest good checkpoint of `run_dir` into `model` (and `opt`, unless None)."""
+    got = last_good_checkpoint(run_dir)
+    if got is None:
+        raise RuntimeError(f"train.init_from={run_dir}: no readable checkpoint to start from")
+    weights, tensors, state = got
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"train.init_from={run_dir}: its model does not fit this one ({e}); the "
+                         "model config must be the same") from None
+    if opt is not None:
+        optimizer_from_tensors(opt, tensors, state["optimizer"])
 
 
 def _last_good(path: Path | None) -> str:

@@ -46,12 +46,31 @@ def check_applies(ds) -> int:
 
 
 @torch.no_grad()
+def embedding_spectrum(W_E: torch.Tensor, p: int) -> torch.Tensor:
+    """Norm of the embedding of tokens 0..p-1 at each frequency k = 1..(p-1)/2 of Z_p (cos and
+    sin together): [(p-1)/2], entry k-1 for frequency k."""
+    norms = (fourier_basis(p) @ W_E[:p].double()).norm(dim=1)   # [basis, d_model] -> [basis]
+    return (norms[1::2] ** 2 + norms[2::2] ** 2).sqrt()
+
+
+@torch.no_grad()
+def walsh_spectrum(W_E: torch.Tensor, bits: int) -> torch.Tensor:
+    """Norm of the embedding of tokens 0..2^bits-1 along each non-constant character of Z_2^bits
+    (the Walsh functions (-1)^popcount(s & x)), the XOR group's Fourier basis: [2^bits - 1],
+    entry s-1 for character s."""
+    n = 1 << bits
+    x = torch.arange(n)
+    parity = torch.zeros(n, n, dtype=torch.long)
+    for i in range(bits):   # popcount(s & x) mod 2, bit by bit
+        parity ^= ((x[:, None] >> i) & 1) & ((x[None, :] >> i) & 1)
+    basis = (1 - 2 * parity).double() / math.sqrt(n)          # orthonormal, symmetric
+    return (basis @ W_E[:n].double()).norm(dim=1)[1:]
+
+
+@torch.no_grad()
 def fourier_measures(model, ds, n_key: int = 5) -> dict:
     p = check_applies(ds)
-    basis = fourier_basis(p)
-    coef = basis @ model.W_E[:p].double()                       # [basis, d_model]
-    norms = coef.norm(dim=1)
-    freq_norm = (norms[1::2] ** 2 + norms[2::2] ** 2).sqrt()   # [(p-1)/2], frequency k = index + 1
+    freq_norm = embedding_spectrum(model.W_E, p)
     key = (torch.argsort(freq_norm, descending=True)[:n_key] + 1).tolist()
 
     tokens = torch.as_tensor(ds.inputs)                         # every cell, a-major: row a*p + b

@@ -1,0 +1,65 @@
+"""Several tasks on one shared vocabulary as one dataset: a curriculum stage (grokloop/curriculum.py)
+or the joint baseline, where some parts train and every part is evaluated.
+
+The parts are built by their own generators (each keeps its seed, split and hash) and stacked in
+`parts` order. Splits:
+  train         the training cells of the parts in `train_on`, plus replay examples
+  train_sample  a seeded sample of at most TRAIN_SAMPLE_SIZE training examples
+  test_NAME     for EVERY part: a seeded sample of at most `eval_size` of its test cells
+Replay draws, evenly over the parts that come before the first trained part, training cells of
+those parts, as many as make them the fraction `replay` of the training split (0.25 with 8,192
+stage cells adds 2,731 replayed ones). The draw is a fixed sample, a function of the seed.
+`stats.parts` records each part's offset, size and its own content hash.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from datagen.arithmetic import TRAIN_SAMPLE_SIZE
+from datagen.config import MixtureConfig, config_dict, data_config_from_dict
+from datagen.dataset import Dataset, sample_eval
+
+
+def make_mixture(cfg: MixtureConfig, rng: np.random.Generator) -> Dataset:
+    from datagen.build import build_dataset   # build imports this module
+
+    parts = {name: build_dataset(data_config_from_dict(d)) for name, d in cfg.parts.items()}
+    first_name, first = next(iter(parts.items()))
+    for name, ds in parts.items():
+        if ds.vocab.tokens != first.vocab.tokens:
+            raise ValueError(f"mixture part {name!r} ({ds.task}) has another vocabulary than "
+                             f"{first_name!r} ({first.task}); a mixture's parts must share one "
+                             "vocabulary, e.g. the table presets logic_* and math_*")
+        if ds.n_ctx != first.n_ctx or set(ds.roles) != set(first.roles):
+            raise ValueError(f"mixture part {name!r} has another layout (n_ctx {ds.n_ctx}, roles "
+                             f"{sorted(ds.roles)}) than {first_name!r}; mix tasks of one kind")
+
+    offsets, n = {}, 0
+    for name, ds in parts.items():
+        offsets[name], n = n, n + len(ds)
+    cat = lambda get: np.concatenate([get(ds) for ds in parts.values()])  # noqa: E731
+
+    train = [parts[p].splits["train"] + offsets[p] for p in cfg.train_on]
+    n_trained = sum(len(t) for t in train)
+    earlier = list(parts)[:list(parts).index(cfg.train_on[0])]
+    replayed = {}
+    if cfg.replay:
+        n_replay = round(cfg.replay / (1 - cfg.replay) * n_trained)
+        for i, p in enumerate(earlier):   # evenly; the first parts take the remainder
+            k = n_replay // len(earlier) + (i < n_replay % len(earlier))
+            pool = parts[p].splits["train"] + offsets[p]
+            replayed[p] = np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False))
+    train_idx = np.sort(np.concatenate(train + list(replayed.values())))
+    splits = {"train": train_idx, "train_sample": sample_eval(train_idx, TRAIN_SAMPLE_SIZE, rng)}
+    for p, ds in parts.items():
+        splits[f"test_{p}"] = sample_eval(ds.splits["test"], cfg.eval_size, rng) + offsets[p]
+
+    stats = {"parts": {p: {"offset": offsets[p], "size": len(ds), "task": ds.task,
+                           "content_hash": ds.content_hash(), "stats": ds.stats}
+                       for p, ds in parts.items()},
+             "n_trained": n_trained, "n_replayed": {p: len(v) for p, v in replayed.items()}}
+    return Dataset("mixture", first.vocab, cat(lambda d: d.inputs), cat(lambda d: d.answer_pos),
+                   cat(lambda d: d.answers), cat(lambda d: d.hops),
+                   {k: cat(lambda d: d.roles[k]) for k in first.roles},
+                   {k: cat(lambda d: d.role_pos[k]) for k in first.role_pos},
+                   {k: v.astype(np.int64) for k, v in splits.items()}, config_dict(cfg), stats)
