@@ -45,6 +45,8 @@ COMMANDS = {
     "reports": Command("reports", "reports.__main__:ReportsCommand", rest="compare", verb="compare"),
     "study": Command("reports.study", "reports.study:StudyCommand", rest="runs"),
     "curriculum": Command("grokloop.curriculum", "grokloop.curriculum:CurriculumCommand"),
+    "curriculum_study": Command("reports.curriculum", "reports.curriculum:CurriculumStudyCommand",
+                                rest="runs"),
     "baselines": Command("grokloop.baselines", "grokloop.baselines.__main__:BaselinesCommand", verb="lookup"),
     "adaptive_summary": Command("grokloop.adaptive_summary", "reports.adaptive:SummaryCommand",
                                 rest="runs"),

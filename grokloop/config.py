@@ -133,7 +133,7 @@ class TrainConfig:
     eval_splits: list[str] | None = None  # None: every split the task produces
     eval_batch_size: int = 4096
     checkpoint_every_max: int = 5000
-    stop_at_grok: str | None = None  # stop once this split (or each of "a,b,...") reaches grok_threshold
+    stop_at_grok: str | None = None  # stop once this split (or each of 'a,b') reaches grok_threshold
     grok_threshold: float = 0.99
     device: str = "auto"
     progress: bool = True

@@ -24,3 +24,23 @@ def acc_row(acc: float, n: int, **fields) -> dict:
     """A results row: {**fields, acc, lo, hi, n} with the Wilson interval of acc over n facts."""
     lo, hi = wilson(round(acc * n), n)
     return fields | {"acc": acc, "lo": lo, "hi": hi, "n": n}
+
+
+# Two-sided 95% quantiles of Student's t with df = 1..10 degrees of freedom (df > 10: 2.2 to 1.96).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def mean_interval(values: list[float]) -> dict:
+    """Mean of per-seed values with its 95% t interval (seeds are few, so t, not the normal):
+    {mean, lo, hi, n, values}; one value gives lo = hi = None (no spread to measure)."""
+    v = [float(x) for x in values]
+    n = len(v)
+    if n == 0:
+        raise ValueError("mean_interval needs at least one value")
+    mean = sum(v) / n
+    if n == 1:
+        return {"mean": mean, "lo": None, "hi": None, "n": 1, "values": v}
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+    t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96 + 2.4 / (n - 1)
+    half = t * sd / math.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "values": v}

@@ -11,6 +11,11 @@ study's summary.json and how to lay it out:
 keeps only the rows whose field has that value (several values: a,b). A cell is the accuracy
 with its Wilson 95% interval; the table ends with the n of each column.
 
+Tables that are not accuracies (e.g. a curriculum's ACC/BWT/FWT over seeds) are copied from a
+study's generated summary.md instead, by the title of their section (underscores for spaces):
+
+    <!-- results docs/results/curriculum/summary.md section=Transfer_and_forgetting -->
+
     python -m reports.readme [README.md ...]     # rewrite every marked table in place
 """
 from __future__ import annotations
@@ -55,9 +60,21 @@ def parse(spec: str) -> tuple[Path, str, str, dict[str, list[str]]]:
     return Path(path), rows, cols, {k: v.split(",") for k, v in opts.items()}
 
 
+def section(markdown: str, title: str) -> str:
+    """The body of the first `## ` section whose title starts with `title`, trimmed."""
+    for part in markdown.split("\n## ")[1:]:
+        head, _, body = part.partition("\n")
+        if head.startswith(title):
+            return body.strip() + "\n"
+    raise ValueError(f"no section {title!r} in the summary.md")
+
+
 def update(text: str, root: Path) -> str:
     def table(m: re.Match) -> str:
         path, rows, cols, filters = parse(m["spec"])
+        if path.suffix == ".md":
+            title = filters.pop("section", [""])[0].replace("_", " ")
+            return m.group(1) + section((root / path).read_text(), title) + m.group(4)
         summary = json.loads((root / path).read_text())
         return m.group(1) + render(summary, rows, cols, filters) + m.group(4)
     return MARKER.sub(table, text)

@@ -25,3 +25,13 @@ def test_acc_row_carries_interval_and_n():
     row = acc_row(0.5, 100, model="vanilla", split="test")
     assert row["model"] == "vanilla" and row["n"] == 100
     assert (row["lo"], row["hi"]) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+
+
+def test_mean_interval_uses_students_t():
+    from grokloop.stats import mean_interval
+    m = mean_interval([1.0, 2.0, 3.0])          # sd 1, t(2) = 4.303
+    assert m["mean"] == 2.0 and m["n"] == 3
+    assert m["hi"] - m["mean"] == pytest.approx(4.303 / 3 ** 0.5)
+    assert mean_interval([0.5])["lo"] is None   # one seed: no spread to measure
+    with pytest.raises(ValueError):
+        mean_interval([])

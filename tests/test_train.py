@@ -40,6 +40,9 @@ def test_every_experiment_composes_and_validates(experiment):
     ("model.n_heads=7", "not divisible by model.n_heads"),
     ("model.n_steps=0", "n_steps"),
     ("train.eval_splits=[test_inferred_ood]", "does not produce"),
+    ("train.init_from=/nonexistent/run", "holds no checkpoint to start from"),
+    ("train.init_optimizer=true", "needs train.init_from"),
+    ("train.stop_at_grok='test,nope'", "names 'nope'"),
 ])
 def test_config_errors_name_the_key_and_create_no_run_dir(tmp_path, override, needle):
     out = tmp_path / "run"

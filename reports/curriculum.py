@@ -1,0 +1,301 @@
+"""Curriculum reports: one curriculum's page (OUT/report.html, written by grokloop.curriculum) and
+a study over many curricula (seeds, modes, orders, replay, models):
+
+    python -m reports.curriculum DIR [DIR ...] out=docs/results/curriculum [commands=[...]]
+
+DIR is a curriculum directory (OUT of grokloop.curriculum) or a tree of them. The study writes
+summary.json in the results schema (one row per configuration, seed, trained-through stage and
+evaluated stage, with Wilson intervals), with the named fields `matrix` (mean R per
+configuration), `ACC`, `BWT`, `FWT` (mean and 95% t interval over seeds), `steps_to_gate` and
+`speedup` (a stage's steps to its gate from scratch over those in the configuration, per seed),
+plus summary.md and report.html.
+
+A configuration is `MODEL MODE [reversed] [replay R] [optimizer kept]`, e.g. "vanilla 1L
+sequential replay 0.25"; its seeds are pooled for the intervals."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+
+from grokloop.provenance import atomic_write_text, machine
+from grokloop.stats import acc_row, mean_interval
+from reports.figures import split_color, style
+from reports.html import Section, page, table, write
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def load_curriculum(path: str | Path) -> dict:
+    """summary.json of a finished curriculum, with each stage's metrics rows under `curves`."""
+    path = Path(path)
+    if not (path / "summary.json").is_file() or not (path / "curriculum.json").is_file():
+        raise SystemExit(f"{path}: not a finished curriculum (no curriculum.json and summary.json); "
+                         "run or resume it with python -m grokloop.curriculum")
+    s = json.loads((path / "summary.json").read_text())
+    s["path"] = str(path)
+    s["curves"] = [[json.loads(r) for r in (path / st["run_dir"] / "metrics.jsonl").read_text()
+                    .splitlines() if r] for st in s["per_stage"]]
+    return s
+
+
+def find_curricula(paths: list[str]) -> list[Path]:
+    found = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise SystemExit(f"{p}: no such directory")
+        found += [p] if (p / "curriculum.json").is_file() else \
+            sorted(c.parent for c in p.rglob("curriculum.json"))
+    if not found:
+        raise SystemExit(f"no curriculum directories under {', '.join(map(str, paths))}")
+    return list(dict.fromkeys(found))
+
+
+def label(s: dict) -> str:
+    parts = [s["model"], s["mode"]]
+    if s["order"] == "reversed":
+        parts.append("reversed")
+    if s.get("replay"):
+        parts.append(f"replay {s['replay']:g}")
+    if not s.get("reset_optimizer", True):
+        parts.append("optimizer kept")
+    return " ".join(parts)
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def matrix_heatmap(R: np.ndarray, rows: list[str], cols: list[str], title: str) -> go.Figure:
+    fig = go.Figure(go.Heatmap(
+        z=R, x=[f"on {c}" for c in cols], y=[f"after {r}" for r in rows], zmin=0, zmax=1,
+        colorscale="Viridis", colorbar={"title": "held-out acc"},
+        text=[[f"{v:.2f}" for v in row] for row in R], texttemplate="%{text}",
+        hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return style(fig, title, height=120 + 40 * len(rows))
+
+
+def timeline(s: dict) -> go.Figure:
+    """Every stage's held-out accuracy over the whole curriculum (global steps), with each stage's
+    span marked and labelled by how it ended (gate or budget)."""
+    fig, offset = go.Figure(), 0
+    xs = {n: [] for n in s["stages"]}
+    ys = {n: [] for n in s["stages"]}
+    for st, curve in zip(s["per_stage"], s["curves"]):
+        for r in curve:
+            for n in s["stages"]:
+                xs[n].append(offset + r["step"])
+                ys[n].append(r[f"acc/test_{n}"])
+        end = offset + st["steps"]
+        fig.add_vrect(x0=offset, x1=end, line_width=0, opacity=0.06,
+                      fillcolor="green" if st["passed"] else "grey",
+                      annotation_text=f"{st['stage']}: {'gate' if st['passed'] else 'budget'} "
+                                      f"{st['steps']}", annotation_position="top left",
+                      annotation_textangle=-90 if len(s["per_stage"]) > 4 else 0)
+        offset = end
+    for i, n in enumerate(s["stages"]):
+        fig.add_trace(go.Scatter(x=xs[n], y=ys[n], name=f"test_{n}", mode="lines",
+                                 line={"color": split_color(n, i)}))
+    fig.add_hline(y=s["per_stage"][0]["gate"], line_dash="dot", line_color="#999")
+    fig.update_xaxes(title="step (all stages)")
+    fig.update_yaxes(title="held-out accuracy", range=[0, 1.02])
+    return style(fig, f"{label(s)}, seed {s['seed']}: every stage's held-out accuracy", height=460)
+
+
+def stage_table(s: dict) -> str:
+    rows = [[st["stage"], ", ".join(st["trains"]), st["budget"], st["steps"],
+             "gate" if st["passed"] else "budget",
+             ", ".join(f"{k} {v}" for k, v in st["steps_to_gate"].items()), st["n_train"],
+             f"{st['spectra']['fourier127']['gini']:.3f} {st['spectra']['fourier127']['top'][:3]}",
+             f"{st['spectra']['walsh128']['gini']:.3f} {st['spectra']['walsh128']['top'][:3]}"]
+            for st in s["per_stage"]]
+    return table(["stage", "trains", "budget", "steps", "ended by", "steps to gate",
+                  "examples/step", "Fourier Z_127 gini, top", "Walsh Z_2^7 gini, top"], rows)
+
+
+def curriculum_sections(s: dict) -> list[Section]:
+    R = np.array(s["matrix"])
+    rows = [st["stage"] for st in s["per_stage"]]
+    sec = Section(label(s) + f", seed {s['seed']}")
+    sec.add(timeline(s)).add(matrix_heatmap(R, rows, s["stages"], "R[i, j]: held-out accuracy "
+                                            "on stage j at the end of stage i"))
+    if "ACC" in s:
+        sec.text(f"ACC {s['ACC']:.3f}, BWT {s['BWT']:+.3f}, FWT {s['FWT']:+.3f}; forgetting "
+                 + ", ".join(f"{n} {f:.3f}" for n, f in zip(s["stages"], s["forgetting"])))
+    sec.add(stage_table(s))
+    return [sec]
+
+
+def write_curriculum_report(out_dir: str | Path) -> Path:
+    s = load_curriculum(out_dir)
+    return write(Path(out_dir) / "report.html",
+                 page(f"Curriculum {s['curriculum']}", f"{s['path']}; {s['machine'].get('cpu')}, "
+                      f"{s['wall_time_s'] / 60:.1f} min", curriculum_sections(s)))
+
+
+# --- a study over curricula ---------------------------------------------------------------------
+
+def study_rows(curricula: list[dict]) -> list[dict]:
+    """Results-schema rows: held-out accuracy on each stage after each trained-through stage, per
+    seed and pooled over seeds (seed "pooled": the Wilson interval of the pooled counts). `final`
+    marks the rows after a curriculum's last stage."""
+    rows, pool = [], {}
+    for s in curricula:
+        for i, (st, R_i) in enumerate(zip(s["per_stage"], s["matrix"])):
+            final = i == len(s["per_stage"]) - 1
+            for n, acc in zip(s["stages"], R_i):
+                key = dict(model=label(s), split=f"test_{n}", after_stage=st["stage"], final=final)
+                rows.append(acc_row(acc, st["n_eval"], **key, seed=s["seed"], step=st["steps"],
+                                    gate_passed=st["passed"]))
+                hits = pool.setdefault(tuple(key.items()), [0.0, 0])
+                hits[0] += acc * st["n_eval"]
+                hits[1] += st["n_eval"]
+    rows += [acc_row(c / n, n, **dict(key), seed="pooled") for key, (c, n) in pool.items()]
+    return rows
+
+
+def _stage(s: dict, name: str) -> dict:
+    """The stage record of curriculum `s` that trained stage `name` (joint: the one record)."""
+    return next(st for st in s["per_stage"] if name in st["steps_to_gate"])
+
+
+def aggregate(curricula: list[dict]) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for s in sorted(curricula, key=lambda s: s["seed"]):
+        groups.setdefault(label(s), []).append(s)
+    scratch_by_model = {}   # model -> seed -> its scratch baseline
+    for s in curricula:
+        if s["mode"] == "scratch":
+            scratch_by_model.setdefault(s["model"], {})[s["seed"]] = s
+    out = {"matrix": {}, "ACC": {}, "BWT": {}, "FWT": {}, "forgetting": {}, "steps_to_gate": {},
+           "speedup": {}}
+    for name, ss in groups.items():
+        if ss[0]["mode"] != "joint":
+            out["matrix"][name] = {"rows": [st["stage"] for st in ss[0]["per_stage"]],
+                                   "cols": ss[0]["stages"],
+                                   "mean": np.mean([s["matrix"] for s in ss], 0).tolist()}
+        if "ACC" in ss[0]:
+            for key in ("ACC", "BWT", "FWT"):
+                out[key][name] = mean_interval([s[key] for s in ss])
+            out["forgetting"][name] = {n: mean_interval([s["forgetting"][j] for s in ss])
+                                       for j, n in enumerate(ss[0]["stages"][:-1])}
+        steps = {}
+        for n in ss[0]["stages"]:
+            got = [_stage(s, n)["steps_to_gate"][n] for s in ss]
+            steps[n] = {"per_seed": got, "seeds": [s["seed"] for s in ss],
+                        "reached": sum(g is not None for g in got)}
+        out["steps_to_gate"][name] = steps
+        base = scratch_by_model.get(ss[0]["model"], {})
+        if ss[0]["mode"] != "scratch" and base:
+            speed = {}
+            for n in ss[0]["stages"]:
+                ratios, censored = [], 0
+                for s, g in zip(ss, steps[n]["per_seed"]):
+                    b = base.get(s["seed"])
+                    bg = b and _stage(b, n)["steps_to_gate"][n]
+                    if b is None or (g is None and bg is None):
+                        continue   # neither reached the gate: no ratio to measure
+                    # One side spent its budget: count the budget, a bound on the true ratio.
+                    censored += g is None or bg is None
+                    ratios.append((bg or _stage(b, n)["budget"]) / (g or _stage(s, n)["budget"]))
+                if ratios:
+                    speed[n] = mean_interval(ratios) | {"censored": censored}
+            out["speedup"][name] = speed
+    return out
+
+
+def _ci(m: dict | None, fmt: str = "{:+.3f}") -> str:
+    if not m:
+        return ""
+    bound = f", {m['censored']} censored" if m.get("censored") else ""
+    if m["lo"] is None:
+        return fmt.format(m["mean"]) + f" (1 seed{bound})"
+    return fmt.format(m["mean"]) + " [" + fmt.format(m["lo"]) + ", " + fmt.format(m["hi"]) + \
+        f"] ({m['n']} seeds{bound})"
+
+
+def markdown(summary: dict) -> str:
+    agg = summary
+    lines = [f"# {summary['study']}", "", "Commands:", "", "```bash", *summary["commands"], "```", "",
+             f"Machine: {summary['machine'].get('cpu')} ({summary['machine'].get('cores')} cores), "
+             f"torch {summary['machine'].get('torch')}, {summary['machine'].get('date')}.", "",
+             "## Transfer and forgetting (mean, 95% t interval over seeds)", "",
+             "| configuration | ACC | BWT | FWT |", "|---|---|---|---|"]
+    for name in agg["ACC"]:
+        lines.append(f"| {name} | {_ci(agg['ACC'][name], '{:.3f}')} | {_ci(agg['BWT'][name])} | "
+                     f"{_ci(agg['FWT'][name])} |")
+    stages = summary["stages"]
+    lines += ["", "## Steps to each stage's gate (per seed; - : budget spent)", "",
+              "| configuration | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for name, steps in agg["steps_to_gate"].items():
+        cells = [" / ".join("-" if g is None else str(g) for g in steps[n]["per_seed"])
+                 if n in steps else "" for n in stages]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Speed-up: steps to the gate from scratch / in the configuration", "",
+              "A censored seed is one where one side spent its budget without reaching the gate; "
+              "its ratio counts the budget, a bound.", "",
+              "| configuration | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for name, speed in agg["speedup"].items():
+        lines.append(f"| {name} | " + " | ".join(_ci(speed.get(n), "{:.2f}") for n in stages) + " |")
+    lines += ["", "## Mean accuracy matrix R[i, j] (after stage i, on stage j)", ""]
+    for name, m in agg["matrix"].items():
+        lines += [f"**{name}**", "", "| after \\ on | " + " | ".join(m["cols"]) + " |",
+                  "|---|" + "---|" * len(m["cols"])]
+        lines += [f"| {r} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+                  for r, row in zip(m["rows"], m["mean"])]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class CurriculumStudyCommand:
+    """Schema of conf/curriculum_study.yaml."""
+    runs: list[str] = field(default_factory=list)      # curriculum directories or trees of them
+    name: str = "curriculum"
+    out: str | None = None                             # None: runs/studies/NAME
+    commands: list[str] = field(default_factory=list)  # the commands that made the curricula
+
+
+def write_study(out: str | Path, name: str, paths: list[Path], commands: list[str]) -> dict:
+    curricula = [load_curriculum(p) for p in paths]
+    agg = aggregate(curricula)
+    summary = {"study": name, "machine": machine(), "commands": list(commands),
+               "stages": curricula[0]["stages"], **agg, "rows": study_rows(curricula)}
+    out = Path(out)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.md", markdown(summary))
+    sections = []
+    for n, m in agg["matrix"].items():
+        sec = Section(f"{n}: mean R")
+        sec.add(matrix_heatmap(np.array(m["mean"]), m["rows"], m["cols"], f"{n}: mean R[i, j]"))
+        sections.append(sec)
+    tables = Section("Transfer tables")
+    tables.parts.append("<pre>" + markdown(summary).split("## Transfer", 1)[1]
+                        .split("## Mean accuracy", 1)[0] + "</pre>")
+    sections.insert(0, tables)
+    for s in curricula:
+        if s["seed"] == min(c["seed"] for c in curricula if label(c) == label(s)):
+            sections += curriculum_sections(s)
+    write(out / "report.html", page(f"Study {name}", f"{len(curricula)} curricula; "
+                                    f"{summary['machine'].get('cpu')}", sections))
+    return summary
+
+
+def run_study(d: dict) -> None:
+    if not d["runs"]:
+        raise SystemExit("give the curriculum directories: python -m reports.curriculum DIR [DIR ...]")
+    out = Path(d["out"] or Path("runs/studies") / d["name"])
+    summary = write_study(out, d["name"], find_curricula(d["runs"]), d["commands"])
+    print(f"wrote {out}/summary.json, summary.md and report.html: {len(summary['rows'])} rows")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from grokloop import cli
+
+    cli.run("curriculum_study", run_study, argv)
+
+
+if __name__ == "__main__":
+    main()

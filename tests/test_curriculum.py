@@ -1,0 +1,270 @@
+"""Curricula (grokloop/curriculum.py, datagen/mixture.py): the mixture's splits and replay, the
+plan of every mode, gating and chaining of stages, exact resume mid-curriculum after SIGKILL, the
+transfer metrics against a hand-computed matrix, and config errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from datagen import build_dataset, data_config_from_dict
+from grokloop import cli
+from grokloop.checkpoint import last_good_checkpoint, list_checkpoints
+from grokloop.curriculum import command_from_dict, plan, run_curriculum, transfer_metrics
+
+# A model small enough that a stage on a 121-cell table takes well under a second.
+TINY = ["curriculum=tiny", "model.d_model=16", "model.n_heads=2", "model.d_mlp=32",
+        "optim.lr=0.01", "train.eval_every_min=5", "train.eval_every_max=10",
+        "train.checkpoint_every_max=10", "train.progress=false", "train.report=false"]
+
+
+def command(tmp_path, *overrides):
+    d = OmegaConf.to_container(cli.compose("curriculum", TINY + [
+        f"out_dir={tmp_path / 'cur'}", f"data_cache={tmp_path / 'cache'}", *overrides]), resolve=True)
+    return command_from_dict(d)
+
+
+def table(op, modulus=127):
+    return {"task": "table", "op": op, "modulus": modulus, "train_fraction": 0.5, "seed": 0}
+
+
+# --- the mixture dataset ------------------------------------------------------------------------
+
+def test_mixture_trains_one_part_replays_earlier_ones_and_evaluates_every_part():
+    parts = {"xor": table("xor"), "add": table("add"), "sub": table("sub"), "mul": table("mul")}
+    cfg = data_config_from_dict({"task": "mixture", "parts": parts, "train_on": ["sub"],
+                                 "replay": 0.25, "eval_size": 500})
+    ds = build_dataset(cfg)
+    alone = {n: build_dataset(data_config_from_dict(d)) for n, d in parts.items()}
+    offset = {n: s["offset"] for n, s in ds.stats["parts"].items()}
+    span = {n: range(offset[n], offset[n] + len(alone[n])) for n in parts}
+    train = set(ds.splits["train"].tolist())
+    part_of = lambda i: next(n for n in parts if i in span[n])  # noqa: E731
+
+    # every training cell of the trained part, the same examples as the part alone
+    sub_train = set((alone["sub"].splits["train"] + offset["sub"]).tolist())
+    assert sub_train <= train
+    assert np.array_equal(ds.inputs[offset["sub"]:offset["sub"] + len(alone["sub"])],
+                          alone["sub"].inputs)
+    # replay: a quarter of the training split, evenly from the parts BEFORE sub, their train cells
+    replayed = train - sub_train
+    assert len(replayed) == round(0.25 / 0.75 * len(sub_train))
+    assert abs(len(replayed) / len(train) - 0.25) < 1e-3
+    by_part = {n: {i for i in replayed if part_of(i) == n} for n in parts}
+    assert abs(len(by_part["xor"]) - len(by_part["add"])) <= 1 and not by_part["mul"]
+    for n in ("xor", "add"):
+        assert by_part[n] <= set((alone[n].splits["train"] + offset[n]).tolist())
+    # every part has its held-out split: its own test cells, never trained
+    for n in parts:
+        test = ds.splits[f"test_{n}"]
+        assert len(test) == 500 and set(test.tolist()) <= set((alone[n].splits["test"] + offset[n]).tolist())
+        assert not set(test.tolist()) & train
+    # one vocabulary: a token means the same thing in every part; the op token names the part
+    assert ds.vocab.tokens == alone["xor"].vocab.tokens
+    for n in parts:
+        assert set(ds.inputs[list(span[n]), 1].tolist()) == {ds.vocab.id(f"<op_{n}>")}
+
+
+def test_mixture_refuses_parts_on_other_vocabularies_and_replay_with_nothing_before():
+    cfg = data_config_from_dict({"task": "mixture", "train_on": ["xor"], "parts": {
+        "xor": table("xor"), "mod": {"task": "modular", "p": 11, "op": "add"}}})
+    with pytest.raises(ValueError, match="'mod'.*another vocabulary"):
+        build_dataset(cfg)
+    with pytest.raises(ValueError, match="no part comes before 'xor'"):
+        data_config_from_dict({"task": "mixture", "parts": {"xor": table("xor")},
+                               "train_on": ["xor"], "replay": 0.5})
+
+
+# --- the plan of each mode ----------------------------------------------------------------------
+
+def test_plan_of_every_mode(tmp_path):
+    cmd, out, _ = command(tmp_path, "curriculum.replay=0.25", "curriculum.reset_optimizer=false",
+                          "curriculum.stage_budget=40", "curriculum.stages.mul.steps=90",
+                          "curriculum.stage_steps=60")
+    stages = plan(cmd, out)
+    assert [s.name for s in stages] == ["add", "sub", "mul"]
+    assert [s.cfg.train.steps for s in stages] == [40, 40, 60]   # the cap beats a stage's own 90
+    first, second = stages[0].cfg, stages[1].cfg
+    assert first.train.init_from is None and first.data.replay == 0
+    assert second.train.init_from == str(stages[0].run_dir) and second.train.init_optimizer
+    assert second.data.replay == 0.25 and second.data.train_on == ["sub"]
+    assert second.train.stop_at_grok == "test_sub"
+
+    rev = plan(command(tmp_path, "curriculum.order=reversed")[0], out)
+    assert [s.name for s in rev] == ["mul", "sub", "add"]
+    assert list(rev[0].cfg.data.parts) == ["mul", "sub", "add"]   # replay draws from what came before
+
+    scratch = plan(command(tmp_path, "curriculum.mode=scratch")[0], out)
+    assert all(s.cfg.train.init_from is None for s in scratch)
+
+    (joint,) = plan(command(tmp_path, "curriculum.mode=joint", "curriculum.stage_budget=40",
+                            "curriculum.stages.mul.steps=70")[0], out)
+    assert joint.trains == ["add", "sub", "mul"] and joint.cfg.train.steps == 50   # mean budget
+    assert joint.cfg.train.stop_at_grok == "test_add,test_sub,test_mul"
+
+
+# --- running ------------------------------------------------------------------------------------
+
+def test_gated_stages_chain_and_the_summary_holds_the_matrix(tmp_path):
+    # add must reach accuracy 1.0 (it will not in 20 steps): it spends its budget; sub's gate is
+    # 0.0, passed at its first evaluation; mul gets the default gate and budget.
+    cmd, out, _ = command(tmp_path, "curriculum.stage_budget=20", "curriculum.stages.add.gate=1.0",
+                          "curriculum.stages.sub.gate=0.0")
+    summary = run_curriculum(cmd, out)
+    add, sub, mul = summary["per_stage"]
+    assert (add["passed"], add["steps"]) == (False, 20)
+    assert sub["passed"] and sub["steps"] == 5 == sub["steps_to_gate"]["sub"]
+    # sub started from add's last checkpoint: its first evaluation is not the untrained model's
+    first_sub = json.loads((out / sub["run_dir"] / "metrics.jsonl").read_text().splitlines()[0])
+    last_add = json.loads((out / add["run_dir"] / "metrics.jsonl").read_text().splitlines()[-1])
+    assert first_sub["weight_norm"] == pytest.approx(last_add["weight_norm"], rel=0.2)
+    R = np.array(summary["matrix"])
+    assert R.shape == (3, 3) and np.allclose(R[0], [last_add[f"acc/test_{n}"] for n in ("add", "sub", "mul")])
+    assert summary["ACC"] == pytest.approx(R[-1].mean())
+    assert set(summary["per_stage"][0]["spectra"]) == {"fourier127", "walsh128"}
+
+
+def test_init_from_loads_the_previous_stage_exactly(tmp_path):
+    from grokloop.train import init_from
+    from grokloop.model import LoopedTransformer
+
+    cmd, out, _ = command(tmp_path, "curriculum.stage_budget=10")
+    summary = run_curriculum(cmd, out)
+    stages = plan(cmd, out)
+    model = LoopedTransformer(cmd.model.resolved(142, 4))
+    init_from(model, None, stages[0].run_dir)
+    weights, _, _ = last_good_checkpoint(stages[0].run_dir)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    assert summary["per_stage"][0]["steps"] == 10
+
+
+def test_resume_after_sigkill_mid_curriculum_is_exact(tmp_path):
+    over = TINY + ["curriculum.stage_budget=120", "curriculum.gate=1.0", "model.dropout=0.1",
+                   f"data_cache={tmp_path / 'cache'}"]
+    cmd = [sys.executable, "-m", "grokloop.curriculum", *over]
+    subprocess.run(cmd + [f"out_dir={tmp_path / 'full'}"], check=True, capture_output=True, cwd=tmp_path)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + [f"out_dir={killed}"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = killed / "stages" / "01_sub"   # killed inside the second stage
+    deadline = time.time() + 120
+    while time.time() < deadline and not [s for s in list_checkpoints(second) if s >= 40]:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (second / "summary.json").exists(), "the stage finished before it could be killed"
+    subprocess.run(cmd + [f"out_dir={killed}", "resume=true"], check=True, capture_output=True, cwd=tmp_path)
+
+    def rows(run):
+        return [{k: v for k, v in json.loads(r).items() if k != "wall_time_s"}
+                for r in run.read_text().splitlines()]
+    for stage in ("00_add", "01_sub", "02_mul"):
+        assert rows(killed / "stages" / stage / "metrics.jsonl") == \
+            rows(tmp_path / "full" / "stages" / stage / "metrics.jsonl")
+    full, resumed = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "full", killed))
+    assert full["matrix"] == resumed["matrix"] and full["BWT"] == resumed["BWT"]
+
+
+def test_a_looped_model_runs_a_curriculum(tmp_path):
+    cmd, out, _ = command(tmp_path, "model=looped", "curriculum.stage_budget=5")
+    summary = run_curriculum(cmd, out)
+    assert summary["model"].startswith("looped") and len(summary["matrix"]) == 3
+
+
+# --- metrics and errors -------------------------------------------------------------------------
+
+def test_transfer_metrics_match_a_hand_computed_matrix():
+    R = [[0.90, 0.10, 0.00],
+         [0.70, 0.95, 0.20],
+         [0.60, 0.80, 0.99]]
+    b = [0.01, 0.02, 0.03]
+    m = transfer_metrics(R, b)
+    assert m["ACC"] == pytest.approx((0.60 + 0.80 + 0.99) / 3)
+    assert m["BWT"] == pytest.approx(((0.60 - 0.90) + (0.80 - 0.95)) / 2)     # -0.225
+    assert m["FWT"] == pytest.approx(((0.10 - 0.02) + (0.20 - 0.03)) / 2)     # 0.125
+    assert m["forgetting"] == pytest.approx([0.90 - 0.60, 0.95 - 0.80])
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("curriculum.mode=bogus", "curriculum.mode='bogus' is not one of"),
+    ("curriculum.order=sideways", "forward or reversed"),
+    ("curriculum.replay=0.5 curriculum.mode=scratch", "mode=sequential only"),
+    ("curriculum.stage_steps=0", "curriculum.stage_steps=0 must be at least 1"),
+    ("curriculum.gate=abc", "curriculum.gate=abc"),
+])
+def test_config_errors_are_one_line_and_write_nothing(tmp_path, capsys, override, needle):
+    from grokloop.curriculum import main
+
+    out = tmp_path / "cur"
+    with pytest.raises(SystemExit) as e:
+        main([*TINY, *override.split(), f"out_dir={out}", f"data_cache={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_resume_with_another_config_is_refused_and_changes_nothing(tmp_path):
+    cmd, out, _ = command(tmp_path, "curriculum.stage_budget=5")
+    run_curriculum(cmd, out)
+    before = (out / "curriculum.json").read_text()
+    other, _, _ = command(tmp_path, "curriculum.stage_budget=5", "curriculum.replay=0.25")
+    with pytest.raises(ValueError, match="curriculum.replay: 0.0 -> 0.25"):
+        run_curriculum(other, out, resume=True)
+    with pytest.raises(FileExistsError, match="resume=true"):
+        run_curriculum(cmd, out)
+    assert (out / "curriculum.json").read_text() == before
+
+
+# --- the study report ---------------------------------------------------------------------------
+
+def fake(mode, seed, steps_to, budget=100, model="vanilla 1L"):
+    """A curriculum summary with given steps to the gate per stage (None: budget spent)."""
+    names = list(steps_to)
+    per = [{"stage": n, "trains": [n], "budget": budget, "steps": g or budget, "passed": g is not None,
+            "steps_to_gate": {n: g}, "n_eval": 100} for n, g in steps_to.items()]
+    R = np.eye(len(names)) * 0.9
+    s = {"curriculum": "c", "mode": mode, "order": "forward", "seed": seed, "replay": 0.0,
+         "reset_optimizer": True, "model": model, "stages": names, "matrix": R.tolist(),
+         "per_stage": per, "initial": [0.0] * len(names)}
+    return s | (transfer_metrics(R, np.zeros(len(names))) if mode == "sequential" else {})
+
+
+def test_speedup_is_scratch_over_curriculum_steps_and_marks_budget_bounds():
+    from reports.curriculum import aggregate
+    curricula = [fake("sequential", 0, {"a": 50, "b": 20, "c": None}),
+                 fake("sequential", 1, {"a": 50, "b": 40, "c": None}),
+                 fake("scratch", 0, {"a": 50, "b": 80, "c": 60}),
+                 fake("scratch", 1, {"a": 50, "b": 80, "c": None})]
+    agg = aggregate(curricula)
+    speed = agg["speedup"]["vanilla 1L sequential"]
+    assert speed["a"]["mean"] == 1.0 and speed["b"]["values"] == [4.0, 2.0]
+    # c: seed 0 spent its budget (100) where scratch took 60 -> 0.6, a bound; seed 1: no ratio
+    assert speed["c"]["values"] == [0.6] and speed["c"]["censored"] == 1
+    assert agg["BWT"]["vanilla 1L sequential"]["mean"] == pytest.approx(-0.9)
+    assert "vanilla 1L scratch" not in agg["speedup"]
+
+
+def test_study_writes_schema_rows_tables_and_report(tmp_path):
+    from reports.curriculum import write_study
+    from reports.readme import update
+
+    for mode in ("sequential", "scratch"):
+        cmd, _, _ = command(tmp_path, "curriculum.stage_budget=10", f"curriculum.mode={mode}")
+        run_curriculum(cmd, tmp_path / mode)
+    summary = write_study(tmp_path / "res", "demo", [tmp_path / "sequential", tmp_path / "scratch"],
+                          ["cmd"])
+    rows = summary["rows"]
+    assert {"model", "split", "acc", "lo", "hi", "n", "after_stage", "seed"} <= set(rows[0])
+    assert all(r["lo"] <= r["acc"] <= r["hi"] for r in rows)
+    assert len([r for r in rows if r["seed"] == 0]) == 2 * 3 * 3      # 2 curricula x R[3, 3]
+    assert set(summary["ACC"]) == {"vanilla 1L sequential"} and "matrix" in summary
+    assert (tmp_path / "res" / "report.html").read_text().startswith("<!DOCTYPE html>")
+    doc = "<!-- results res/summary.md section=Transfer_and_forgetting -->\nold\n<!-- /results -->\n"
+    out = update(doc, tmp_path)
+    assert "| vanilla 1L sequential |" in out and "old" not in out and update(out, tmp_path) == out
