@@ -194,6 +194,7 @@ class MixtureConfig:
     train_on: list[str] = field(default_factory=list)
     replay: float = 0.0
     eval_size: int = 2000
+    held_out: str = "test"   # each part's split evaluated as test_NAME
     seed: int = 0
 
     def __post_init__(self):

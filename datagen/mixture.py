@@ -5,7 +5,8 @@ The parts are built by their own generators (each keeps its seed, split and hash
 `parts` order. Splits:
   train         the training cells of the parts in `train_on`, plus replay examples
   train_sample  a seeded sample of at most TRAIN_SAMPLE_SIZE training examples
-  test_NAME     for EVERY part: a seeded sample of at most `eval_size` of its test cells
+  test_NAME     for EVERY part: a seeded sample of at most `eval_size` of its held-out split
+                (`held_out`: "test" for the tables, e.g. test_inferred_id for composition)
 Replay draws, evenly over the parts that come before the first trained part, training cells of
 those parts, as many as make them the fraction `replay` of the training split (0.25 with 8,192
 stage cells adds 2,731 replayed ones). The draw is a fixed sample, a function of the seed.
@@ -30,9 +31,19 @@ def make_mixture(cfg: MixtureConfig, rng: np.random.Generator) -> Dataset:
             raise ValueError(f"mixture part {name!r} ({ds.task}) has another vocabulary than "
                              f"{first_name!r} ({first.task}); a mixture's parts must share one "
                              "vocabulary, e.g. the table presets logic_* and math_*")
-        if ds.n_ctx != first.n_ctx or set(ds.roles) != set(first.roles):
-            raise ValueError(f"mixture part {name!r} has another layout (n_ctx {ds.n_ctx}, roles "
-                             f"{sorted(ds.roles)}) than {first_name!r}; mix tasks of one kind")
+        if cfg.held_out not in ds.splits:
+            raise ValueError(f"mixture part {name!r} ({ds.task}) has no split {cfg.held_out!r} to "
+                             f"hold out; set data.held_out to one of {ds.eval_splits}")
+    # Parts of different lengths (e.g. chains of 2 and 4 hops) are right-padded to the longest;
+    # the model is causal and reads each answer at its own answer_pos, so padding changes nothing.
+    n_ctx, pad = max(ds.n_ctx for ds in parts.values()), first.vocab.id("<pad>")
+    padded = lambda ds: np.pad(ds.inputs, ((0, 0), (0, n_ctx - ds.n_ctx)),  # noqa: E731
+                               constant_values=pad)
+
+    # Roles a part lacks (a 2-hop chain has no bridge_2) are -1 there, as within one task.
+    roles = list(dict.fromkeys(k for ds in parts.values() for k in ds.roles))
+    role = lambda k, field: lambda ds: getattr(ds, field).get(  # noqa: E731
+        k, np.full(len(ds), -1, np.int64))
 
     offsets, n = {}, 0
     for name, ds in parts.items():
@@ -52,14 +63,13 @@ def make_mixture(cfg: MixtureConfig, rng: np.random.Generator) -> Dataset:
     train_idx = np.sort(np.concatenate(train + list(replayed.values())))
     splits = {"train": train_idx, "train_sample": sample_eval(train_idx, TRAIN_SAMPLE_SIZE, rng)}
     for p, ds in parts.items():
-        splits[f"test_{p}"] = sample_eval(ds.splits["test"], cfg.eval_size, rng) + offsets[p]
+        splits[f"test_{p}"] = sample_eval(ds.splits[cfg.held_out], cfg.eval_size, rng) + offsets[p]
 
     stats = {"parts": {p: {"offset": offsets[p], "size": len(ds), "task": ds.task,
                            "content_hash": ds.content_hash(), "stats": ds.stats}
                        for p, ds in parts.items()},
              "n_trained": n_trained, "n_replayed": {p: len(v) for p, v in replayed.items()}}
-    return Dataset("mixture", first.vocab, cat(lambda d: d.inputs), cat(lambda d: d.answer_pos),
+    return Dataset("mixture", first.vocab, cat(padded), cat(lambda d: d.answer_pos),
                    cat(lambda d: d.answers), cat(lambda d: d.hops),
-                   {k: cat(lambda d: d.roles[k]) for k in first.roles},
-                   {k: cat(lambda d: d.role_pos[k]) for k in first.role_pos},
+                   {k: cat(role(k, "roles")) for k in roles}, {k: cat(role(k, "role_pos")) for k in roles},
                    {k: v.astype(np.int64) for k, v in splits.items()}, config_dict(cfg), stats)

@@ -78,6 +78,7 @@ class CurriculumConfig:
     replay: float = 0.0         # fraction of each stage's training split drawn from earlier stages
     reset_optimizer: bool = True     # false: stage k continues stage k-1's Adam moments
     eval_size: int = 2000       # held-out cells evaluated per stage
+    held_out: str = "test"      # each stage's split that is held out (test_inferred_id for k-hop)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -154,7 +155,7 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
         run_dir = out_dir / "stages" / f"{k:02d}_{name}"
         chained = cc.mode == "sequential" and previous is not None
         data = MixtureConfig(parts=parts, train_on=trains, replay=cc.replay if chained else 0.0,
-                             eval_size=cc.eval_size)
+                             eval_size=cc.eval_size, held_out=cc.held_out)
         tc = dataclasses.replace(
             cmd.train, steps=steps, stop_at_grok=grok, grok_threshold=gate, report=False,
             init_from=str(previous) if chained else None,

@@ -268,3 +268,20 @@ def test_study_writes_schema_rows_tables_and_report(tmp_path):
     doc = "<!-- results res/summary.md section=Transfer_and_forgetting -->\nold\n<!-- /results -->\n"
     out = update(doc, tmp_path)
     assert "| vanilla 1L sequential |" in out and "old" not in out and update(out, tmp_path) == out
+
+
+def test_mixture_pads_parts_of_different_lengths_and_fills_missing_roles():
+    base = dict(task="composition", n_entities=60, n_relations=6, out_degree=3, phi=2.0, eval_size=50)
+    cfg = data_config_from_dict({"task": "mixture", "parts": {"h2": base | {"hops": [2]},
+                                 "h3": base | {"hops": [3]}}, "train_on": ["h3"],
+                                 "held_out": "test_inferred_id"})
+    ds = build_dataset(cfg)
+    h2 = build_dataset(data_config_from_dict(base | {"hops": [2]}))
+    size = ds.stats["parts"]["h2"]["size"]
+    assert ds.n_ctx == h2.n_ctx + 1                                  # one more relation
+    assert np.array_equal(ds.inputs[:size, :h2.n_ctx], h2.inputs)
+    assert (ds.inputs[:size, h2.n_ctx:] == ds.vocab.id("<pad>")).all()
+    assert (ds.roles["bridge_2"][:size] == -1).all() and (ds.roles["bridge_2"][size:] >= 0).any()
+    with pytest.raises(ValueError, match="no split 'test'"):
+        build_dataset(data_config_from_dict({"task": "mixture", "parts": {"h2": base},
+                                             "train_on": ["h2"]}))
