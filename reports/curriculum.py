@@ -170,8 +170,12 @@ def aggregate(curricula: list[dict]) -> dict:
         if s["mode"] == "scratch":
             scratch_by_model.setdefault(s["model"], {})[s["seed"]] = s
     out = {"matrix": {}, "ACC": {}, "BWT": {}, "FWT": {}, "forgetting": {}, "steps_to_gate": {},
-           "speedup": {}}
+           "speedup": {}, "spectra": {}}
     for name, ss in groups.items():
+        out["spectra"][name] = {st["stage"]: {
+            basis: {"gini": mean_interval([s["per_stage"][k]["spectra"][basis]["gini"] for s in ss]),
+                    "top_first_seed": st["spectra"][basis]["top"]}
+            for basis in ("fourier127", "walsh128")} for k, st in enumerate(ss[0]["per_stage"])}
         if ss[0]["mode"] != "joint":
             out["matrix"][name] = {"rows": [st["stage"] for st in ss[0]["per_stage"]],
                                    "cols": ss[0]["stages"],
@@ -239,6 +243,18 @@ def markdown(summary: dict) -> str:
               "| configuration | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
     for name, speed in agg["speedup"].items():
         lines.append(f"| {name} | " + " | ".join(_ci(speed.get(n), "{:.2f}") for n in stages) + " |")
+    lines += ["", "## Embedding structure after each stage", "",
+              "Gini coefficient of the integer tokens' embedding spectrum (mean over seeds; 0: "
+              "spread evenly, towards 1: a few frequencies) in the Fourier basis of Z_127 (the "
+              "modular stages' circuit) and the Walsh basis of Z_2^7 (XOR's), with the first "
+              "seed's top 3 frequencies.", "",
+              "| configuration | after | Fourier Z_127 gini | top | Walsh Z_2^7 gini | top |",
+              "|---|---|---|---|---|---|"]
+    for name, per in agg["spectra"].items():
+        for stage, sp in per.items():
+            f, w = sp["fourier127"], sp["walsh128"]
+            lines.append(f"| {name} | {stage} | {f['gini']['mean']:.3f} | {f['top_first_seed'][:3]} "
+                         f"| {w['gini']['mean']:.3f} | {w['top_first_seed'][:3]} |")
     lines += ["", "## Mean accuracy matrix R[i, j] (after stage i, on stage j)", ""]
     for name, m in agg["matrix"].items():
         lines += [f"**{name}**", "", "| after \\ on | " + " | ".join(m["cols"]) + " |",

@@ -226,8 +226,9 @@ def test_resume_with_another_config_is_refused_and_changes_nothing(tmp_path):
 def fake(mode, seed, steps_to, budget=100, model="vanilla 1L"):
     """A curriculum summary with given steps to the gate per stage (None: budget spent)."""
     names = list(steps_to)
+    spectra = {b: {"gini": 0.5, "top": [1, 2, 3]} for b in ("fourier127", "walsh128")}
     per = [{"stage": n, "trains": [n], "budget": budget, "steps": g or budget, "passed": g is not None,
-            "steps_to_gate": {n: g}, "n_eval": 100} for n, g in steps_to.items()]
+            "steps_to_gate": {n: g}, "n_eval": 100, "spectra": spectra} for n, g in steps_to.items()]
     R = np.eye(len(names)) * 0.9
     s = {"curriculum": "c", "mode": mode, "order": "forward", "seed": seed, "replay": 0.0,
          "reset_optimizer": True, "model": model, "stages": names, "matrix": R.tolist(),
