@@ -18,6 +18,7 @@ from datagen.config import DataConfig, config_dict
 from datagen.dataset import GENERATOR_VERSION, Dataset
 from datagen.grokked_format import read_grokked
 from datagen.mixture import make_mixture
+from datagen.permutation_chains import make_permutation_chains
 from datagen.tables import make_table
 
 
@@ -34,6 +35,7 @@ def read_folder(cfg, rng=None) -> Dataset:
 
 
 BUILDERS = {"composition": make_composition, "comparison": make_comparison,
+            "khop_perm": make_permutation_chains,
             "modular": make_modular, "group": make_group, "table": make_table,
             "grokked": read_folder, "mixture": make_mixture}
 

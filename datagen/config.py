@@ -89,6 +89,74 @@ class ComparisonConfig:
                              f"{self.test_id_fraction + self.valid_fraction} leaves no training pairs")
 
 
+# Chain codes are int64 (datagen/permutation_chains.py): n_entities * n_relations**k must fit.
+MAX_CHAIN_CODE = 2 ** 62
+
+
+@dataclass
+class PermutationChainsConfig:
+    """k-hop chains over relations that are permutations of the entities (Loop, Think &
+    Generalize; docs/references.md), so every chain (h, r1, ..., rk) is defined; its answer is the
+    entity reached. Generator: datagen/permutation_chains.py.
+
+    Atomic facts (1-hop, every (h, r)) always train. `hops`: chain lengths trained on (1 is the
+    atomic facts, always in), `train_per_hop` chains each. `test_hops`: lengths that appear only
+    in test_inferred_id (depth extrapolation). Per length, `eval_size` held-out chains are tested
+    (test_inferred_id) and, for trained lengths, `valid_size` more are held out for model
+    selection (valid). The held-out chains of a length depend only on (seed, n_entities,
+    n_relations, eval_size, valid_size), never on `hops`, so presets that differ only in `hops`
+    (the stages of a hop curriculum) agree on every held-out chain.
+    """
+    task: str = "khop_perm"
+    n_entities: int = 200
+    n_relations: int = 10
+    hops: list[int] = field(default_factory=lambda: [2, 3, 4])
+    test_hops: list[int] = field(default_factory=lambda: [5, 6])
+    train_per_hop: int = 12000
+    eval_size: int = 1000
+    valid_size: int = 1000
+    seed: int = 0
+
+    @property
+    def n_held(self) -> int:
+        """Chains held out at every length >= 2, trained or not (test first, then valid)."""
+        return self.eval_size + self.valid_size
+
+    def __post_init__(self):
+        for name in ("n_entities", "n_relations", "train_per_hop", "eval_size"):
+            _positive(name, getattr(self, name))
+        if self.valid_size < 0:
+            raise ValueError(f"data.valid_size={self.valid_size} must be >= 0 (0: no valid split)")
+        self.hops, self.test_hops = list(self.hops), list(self.test_hops)
+        if any(int(k) < 1 for k in self.hops):
+            raise ValueError(f"data.hops={self.hops}: hop counts must be at least 1")
+        if any(int(k) < 2 for k in self.test_hops):
+            raise ValueError(f"data.test_hops={self.test_hops}: test-only hop counts must be at "
+                             "least 2 (every 1-hop atomic fact is in training)")
+        if set(self.hops) & set(self.test_hops):
+            raise ValueError(f"data.hops={self.hops} and data.test_hops={self.test_hops} overlap; "
+                             "a test-only hop count cannot also be trained on")
+        E, R = self.n_entities, self.n_relations
+        deepest = max([1] + self.hops + self.test_hops)
+        if E * R ** deepest >= MAX_CHAIN_CODE:
+            raise ValueError(f"data.hops/test_hops reach {deepest} hops: {E} x {R}^{deepest} "
+                             "chains overflow the int64 chain codes; lower the deepest hop count")
+        for k in range(2, deepest + 1):
+            if self.n_held > E * R ** k:
+                raise ValueError(f"data.eval_size + data.valid_size = {self.n_held} chains are held "
+                                 f"out at every length, but only {E * R ** k} {k}-hop chains exist; "
+                                 "lower eval_size/valid_size or raise n_entities/n_relations")
+        for k in sorted({k for k in self.hops if k >= 2}):
+            # At least this many k-hop chains are neither held out nor extend a held-out shorter
+            # chain (the held-out sets may overlap, so the true number can be larger).
+            free = E * R ** k - self.n_held * sum(R ** (k - j) for j in range(2, k + 1))
+            if self.train_per_hop > free:
+                raise ValueError(f"data.train_per_hop={self.train_per_hop} needs that many {k}-hop "
+                                 f"training chains but only {max(free, 0)} are sure to be free of "
+                                 "held-out chains; lower train_per_hop (or eval_size/valid_size), "
+                                 "or raise n_entities/n_relations")
+
+
 MODULAR_OPS = ("add", "sub", "mul", "div", "poly")
 
 
@@ -217,10 +285,11 @@ class MixtureConfig:
 
 
 DATA_CONFIGS = {"composition": CompositionConfig, "comparison": ComparisonConfig,
+                "khop_perm": PermutationChainsConfig,
                 "modular": ModularConfig, "group": GroupConfig, "table": TableConfig,
                 "grokked": GrokkedConfig, "mixture": MixtureConfig}
-DataConfig = (CompositionConfig | ComparisonConfig | ModularConfig | GroupConfig | TableConfig
-              | GrokkedConfig | MixtureConfig)
+DataConfig = (CompositionConfig | ComparisonConfig | PermutationChainsConfig | ModularConfig
+              | GroupConfig | TableConfig | GrokkedConfig | MixtureConfig)
 
 
 def data_config_from_dict(d: dict) -> DataConfig:
