@@ -37,7 +37,7 @@ class ModelConfig:
     core_sizes: list[int] | None = None  # a bank of cores of these sizes; None: [n_core]
     injection: str = "none"
     init_state: str = "prelude"
-    positional: str = "learned"
+    positional: str = "learned"  # learned | rotary | none (no position signal but the causal mask)
     tied_embeddings: bool = False
     dropout: float = 0.0
     init_std: float = 0.02
@@ -47,6 +47,8 @@ class ModelConfig:
     unembed_bias: bool = True  # false: no output bias (the authors' GPT-2 head)
     feedback: str = "none"     # each step after the first adds the embedding of the state's current
                                # top-1 token (argmax) or of its softmax mixture (soft), per position
+    zero_init_out: bool = False  # attention W_O and MLP output weights start at zero, so every
+                                 # layer starts as the identity on the residual stream
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -61,7 +63,7 @@ class ModelConfig:
         _choice("model.normalization", self.normalization, ("LN", "none"))
         _choice("model.injection", self.injection, ("none", "add", "concat"))
         _choice("model.init_state", self.init_state, ("prelude", "zeros", "random"))
-        _choice("model.positional", self.positional, ("learned", "rotary"))
+        _choice("model.positional", self.positional, ("learned", "rotary", "none"))
         for key in ("d_vocab", "n_ctx"):
             if getattr(self, key) < 0:
                 raise ValueError(f"model.{key}={getattr(self, key)} must be >= 0 (0: from the dataset)")
@@ -121,8 +123,10 @@ class TrainConfig:
     loss_on_end_token: bool = False  # also learn </a> after the answer (the authors' GPT-2 loss;
                                      # grokloop/losses.py answer_and_end_loss)
     float64_loss: bool = False
-    depth: str = "fixed"            # fixed | random | best | soft_best (grokloop/adaptive/depth.py)
+    depth: str = "fixed"            # fixed | random | poisson | best | soft_best (grokloop/adaptive/depth.py)
     depth_choices: list[int] = field(default_factory=list)  # random depth: uniform over these
+    depth_poisson_mean: float = 4.0  # poisson depth: Poisson(mean) per batch, clipped to depth_clip
+    depth_clip: list[int] = field(default_factory=lambda: [2, 8])  # poisson depth: [lo, hi]
     grad_last_k: int | None = None  # truncated backprop through the last k steps
     best_step_tol: float = 0.0      # best: losses within this of the minimum tie (fewest steps win)
     soft_best_tau: float = 1.0      # soft_best: temperature of the soft minimum over steps
@@ -149,7 +153,7 @@ class TrainConfig:
         if self.steps < 1:
             raise ValueError(f"train.steps={self.steps} must be at least 1")
         _choice("train.loss", self.loss, ("softmax", "stablemax"))
-        _choice("train.depth", self.depth, ("fixed", "random", "best", "soft_best"))
+        _choice("train.depth", self.depth, ("fixed", "random", "poisson", "best", "soft_best"))
         _choice("train.precision", self.precision, ("fp32", "bf16"))
         if self.soft_best_tau <= 0:
             raise ValueError(f"train.soft_best_tau={self.soft_best_tau} must be positive")
@@ -157,9 +161,15 @@ class TrainConfig:
             raise ValueError("train.depth=random needs train.depth_choices, e.g. [1, 2, 4]")
         if any(k < 1 for k in self.depth_choices):
             raise ValueError(f"train.depth_choices={self.depth_choices} must all be >= 1")
-        if self.loss_on_end_token and self.depth not in ("fixed", "random"):
-            raise ValueError(f"train.loss_on_end_token=true works with train.depth fixed or random, "
-                             f"not {self.depth!r}")
+        self.depth_clip = list(self.depth_clip)
+        if len(self.depth_clip) != 2 or not 1 <= self.depth_clip[0] <= self.depth_clip[1]:
+            raise ValueError(f"train.depth_clip={self.depth_clip} must be [lo, hi] with "
+                             "1 <= lo <= hi, e.g. [2, 8]")
+        if self.depth_poisson_mean <= 0:
+            raise ValueError(f"train.depth_poisson_mean={self.depth_poisson_mean} must be positive")
+        if self.loss_on_end_token and self.depth not in ("fixed", "random", "poisson"):
+            raise ValueError(f"train.loss_on_end_token=true works with train.depth fixed, random or "
+                             f"poisson, not {self.depth!r}")
         if self.init_optimizer and not self.init_from:
             raise ValueError("train.init_optimizer=true needs train.init_from=RUN_DIR, the run whose "
                              "optimizer state to continue")

@@ -328,7 +328,9 @@ class LoopedTransformer(HookedRootModule):
         return model
 
     def _init_weights(self):
-        """The one place weights are initialised: GPT-2 style, output projections scaled."""
+        """The one place weights are initialised: GPT-2 style, output projections scaled (or zero,
+        model.zero_init_out). Zeroing comes after the draw, so the other weights are those of the
+        same seed without it: the option changes the output projections and nothing else."""
         std = self.config.init_std
         n_virtual = self.config.n_prelude + sum(self.config.bank) * self.config.n_steps + self.config.n_coda
         for name, p in self.named_parameters():
@@ -336,10 +338,15 @@ class LoopedTransformer(HookedRootModule):
                 nn.init.ones_(p)
             elif p.dim() == 1 or name.endswith(".b_in"):  # biases
                 nn.init.zeros_(p)
-            elif name.endswith(("W_O.weight", "W_out.weight", "mlp.W_out")):
+            elif name.endswith(self.OUTPUT_PROJECTIONS):
                 nn.init.normal_(p, std=std / math.sqrt(2 * max(n_virtual, 1)))
+                if self.config.zero_init_out:
+                    nn.init.zeros_(p)
             else:
                 nn.init.normal_(p, std=std)
+
+    # attention W_O, dense MLP W_out, MoE experts' W_out: what writes into the residual stream
+    OUTPUT_PROJECTIONS = ("W_O.weight", "W_out.weight", "mlp.W_out")
 
     # --- schedule and virtual layers -------------------------------------------------------
     @property

@@ -31,7 +31,7 @@ import torch
 
 from datagen import load_or_build
 from grokloop.accelerate import accelerate_training
-from grokloop.adaptive.depth import depth_loss
+from grokloop.adaptive.depth import depth_loss, depth_sequence
 from grokloop.checkpoint import (checkpoint_path, ckpt_dir, last_good_checkpoint,
                                  list_checkpoints, newest_readable, optimizer_from_tensors,
                                  optimizer_to_tensors, save_checkpoint)
@@ -225,13 +225,9 @@ def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dic
         log_resume(out_dir, start, changes, tc.deterministic, dataset_hash, restarted)
         (out_dir / "summary.json").unlink(missing_ok=True)   # no longer finished: it continues
 
-    # Random depth: the whole sequence is drawn once from the seed, so a step's depth is a
-    # function of its index (exact on resume) and costs no host sync in the loop.
-    depths = []
-    if tc.depth == "random":
-        picks = torch.randint(len(tc.depth_choices), (tc.steps,),
-                              generator=torch.Generator().manual_seed(cfg.seed + 1))
-        depths = [tc.depth_choices[i] for i in picks.tolist()]
+    # Random and poisson depth: the whole sequence is drawn once from the seed, so a step's depth
+    # is a function of its index (exact on resume) and costs no host sync in the loop.
+    depths = depth_sequence(tc, cfg.seed)
     schedules = []   # mixed cores: every step's schedule drawn once from the seed, likewise
     if tc.mix_cores:
         cores = torch.Generator().manual_seed(cfg.seed + 2)

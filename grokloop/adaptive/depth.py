@@ -1,8 +1,10 @@
 """Depth objectives: how a training batch decides how many thinking steps to learn from.
 
 - fixed:     the loss after `n_steps` steps.
-- random:    the loss after a step count drawn per batch (the caller draws it), optionally with
-             truncated backpropagation (Huginn-style).
+- random:    the loss after a step count drawn per batch, uniform over `depth_choices`,
+             optionally with truncated backpropagation (Huginn-style).
+- poisson:   the same, the step count drawn from Poisson(`depth_poisson_mean`) clipped to
+             `depth_clip` (Loop, Think & Generalize: Poisson(4) in [2, 8]).
 - best:      read out after every step 1..T, and learn from each example's best step: the lowest
              loss, ties (within `tol`) going to the fewest steps. Only the chosen readout enters
              the loss, so gradient flows only along the chosen step's path.
@@ -10,7 +12,9 @@
              near the best keep learning and the choice cannot collapse onto one step (Ouro
              reports that a reward for the lowest-loss exit step does exactly that).
 
-`depth_loss` returns the scalar loss and, per step, the fraction of the batch that learned from
+The per-batch step counts of random and poisson are one sequence drawn from the seed before
+training (`depth_sequence`), so a step's depth is a function of its index: exact on resume, and
+no host sync in the loop. `depth_loss` returns the scalar loss and, per step, the fraction of the batch that learned from
 it (for the chosen-step distribution over training). grokloop/train.py calls it every step;
 choose the objective with `python -m grokloop.train experiment=khop_fixed train.depth=best`.
 """
@@ -20,7 +24,23 @@ import torch
 
 from grokloop.losses import cross_entropy
 
-OBJECTIVES = ("fixed", "random", "best", "soft_best")
+OBJECTIVES = ("fixed", "random", "poisson", "best", "soft_best")
+
+
+def depth_sequence(tc, seed: int) -> list[int]:
+    """The step count of every training step (TrainConfig `tc`), [] when the depth is fixed per
+    model (fixed, best, soft_best). Drawn once from the seed, so a step's depth is a function of
+    its index."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    if tc.depth == "random":
+        picks = torch.randint(len(tc.depth_choices), (tc.steps,), generator=gen)
+        return [tc.depth_choices[i] for i in picks.tolist()]
+    if tc.depth == "poisson":
+        lo, hi = tc.depth_clip
+        draws = torch.poisson(torch.full((tc.steps,), float(tc.depth_poisson_mean),
+                                         dtype=torch.float64), generator=gen)
+        return draws.clamp(lo, hi).long().tolist()
+    return []
 
 
 def choose_best_step(losses: torch.Tensor, tol: float = 0.0) -> torch.Tensor:
@@ -36,7 +56,7 @@ def depth_loss(model, tokens, positions, targets, objective: str, n_steps: int,
                loss: str = "softmax", float64: bool = False, tol: float = 0.0,
                tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(scalar loss, share of the batch learning from each step [n_steps]) for one batch."""
-    if objective in ("fixed", "random"):
+    if objective in ("fixed", "random", "poisson"):
         logits = model.readout_steps(tokens, n_steps, positions=positions, schedule=schedule,
                                      grad_last_k=grad_last_k, every_step=False, answer_only=True)[-1]
         share = torch.zeros(n_steps, device=tokens.device)
