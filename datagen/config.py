@@ -108,13 +108,13 @@ class PermutationChainsConfig:
     (the stages of a hop curriculum) agree on every held-out chain.
     """
     task: str = "khop_perm"
-    n_entities: int = 200
+    n_entities: int = 200     # Loop, Think & Generalize's 200 entities and 10 relations
     n_relations: int = 10
-    hops: list[int] = field(default_factory=lambda: [2, 3, 4])
-    test_hops: list[int] = field(default_factory=lambda: [5, 6])
-    train_per_hop: int = 12000
-    eval_size: int = 1000
-    valid_size: int = 1000
+    hops: list[int] = field(default_factory=lambda: [2])
+    test_hops: list[int] = field(default_factory=list)
+    train_per_hop: int = 10000
+    eval_size: int = 3000
+    valid_size: int = 0
     seed: int = 0
 
     @property
