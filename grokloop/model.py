@@ -327,6 +327,9 @@ class LoopedTransformer(HookedRootModule):
             model.cfg.device = str(device)
         return model
 
+    # attention W_O, dense MLP W_out, MoE experts' W_out: what writes into the residual stream
+    OUTPUT_PROJECTIONS = ("W_O.weight", "W_out.weight", "mlp.W_out")
+
     def _init_weights(self):
         """The one place weights are initialised: GPT-2 style, output projections scaled (or zero,
         model.zero_init_out). Zeroing comes after the draw, so the other weights are those of the
@@ -344,9 +347,6 @@ class LoopedTransformer(HookedRootModule):
                     nn.init.zeros_(p)
             else:
                 nn.init.normal_(p, std=std)
-
-    # attention W_O, dense MLP W_out, MoE experts' W_out: what writes into the residual stream
-    OUTPUT_PROJECTIONS = ("W_O.weight", "W_out.weight", "mlp.W_out")
 
     # --- schedule and virtual layers -------------------------------------------------------
     @property

@@ -14,9 +14,10 @@
 
 The per-batch step counts of random and poisson are one sequence drawn from the seed before
 training (`depth_sequence`), so a step's depth is a function of its index: exact on resume, and
-no host sync in the loop. `depth_loss` returns the scalar loss and, per step, the fraction of the batch that learned from
-it (for the chosen-step distribution over training). grokloop/train.py calls it every step;
-choose the objective with `python -m grokloop.train experiment=khop_fixed train.depth=best`.
+no host sync in the loop. `depth_loss` returns the scalar loss and, per step, the fraction of the
+batch that learned from it (for the chosen-step distribution over training). grokloop/train.py
+calls it every step; choose the objective with
+`python -m grokloop.train experiment=khop_fixed train.depth=best`.
 """
 from __future__ import annotations
 
