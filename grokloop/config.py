@@ -49,6 +49,11 @@ class ModelConfig:
                                # top-1 token (argmax) or of its softmax mixture (soft), per position
     zero_init_out: bool = False  # attention W_O and MLP output weights start at zero, so every
                                  # layer starts as the identity on the residual stream
+    memory: str = "none"       # facts: a fact memory the thinking block reads at the end of every
+                               # step (grokloop/memory.py); its bank is the training graph's, or
+                               # another attached at test time (python -m grokloop.bank)
+    memory_top_k: int = 4      # slots read per position: softmax over the top-k key scores
+    memory_d_key: int = 64     # key width, half from the head entity, half from the relation
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -71,6 +76,17 @@ class ModelConfig:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"model.{key}={getattr(self, key)} must be at least 1, or null "
                                  "for the default width")
+        _choice("model.memory", self.memory, ("none", "facts"))
+        if self.memory_top_k < 1:
+            raise ValueError(f"model.memory_top_k={self.memory_top_k} must be at least 1 (slots "
+                             "read per position)")
+        if self.memory_d_key < 2 or self.memory_d_key % 2:
+            raise ValueError(f"model.memory_d_key={self.memory_d_key} must be even and >= 2 (half "
+                             "the key comes from the head entity, half from the relation), e.g. 64")
+        if self.memory != "none" and min(self.bank) < 1:
+            raise ValueError(f"model.memory={self.memory} is read by the last layer of the thinking "
+                             f"block, and model.n_core / core_sizes={self.bank} has none; set "
+                             "model.n_core >= 1 or model.memory=none")
         if self.moe_experts < 0 or (self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts):
             raise ValueError(f"model.moe_top_k={self.moe_top_k} must be between 1 and "
                              f"model.moe_experts={self.moe_experts} (0 experts: a dense MLP)")

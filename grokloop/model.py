@@ -16,6 +16,10 @@ token the state decodes to, and input injection mixes e back in (none, add: stat
 Linear([state, e])). Step 1 does not inject when the initial state is e itself, so
 `n_steps = 1` is the plain stack (docs/references.md: recurrent depth, Geiping et al. 2025).
 
+With model.memory=facts the last layer of each core also reads a fact memory after its MLP
+(grokloop/memory.py), so every recurrence step ends with a lookup; the read is part of that
+block, so every path that runs the block reads it. With model.memory=none nothing changes.
+
 Hooks live apart from the weights, one `VirtualBlock` per virtual layer, named the TransformerLens
 way, and no hook point fires twice in a forward (table in README.md, "Hook points"):
     hook_embed, hook_pos_embed                  the embedding                [batch, pos, d_model]
@@ -27,6 +31,8 @@ way, and no hook point fires twice in a forward (table in README.md, "Hook point
     blocks.{v}.attn.hook_q/k/v/z/attn_scores/pattern, hook_attn_out, hook_resid_mid,
     blocks.{v}.mlp.hook_post (or hook_router / hook_experts), hook_mlp_out, hook_resid_post
     ln_final.hook_scale / hook_normalized
+    steps.{s}.memory.hook_query/scores/slots/weights/read   the fact memory's read at the end of
+                                                step s (model.memory=facts only; grokloop/memory.py)
 So `ActivationCache.accumulated_resid()` is exactly the logit lens's S[0..V].
 """
 from __future__ import annotations
@@ -44,6 +50,7 @@ from transformer_lens.hook_points import HookPoint
 
 from grokloop.config import ModelConfig
 from grokloop.hooks import apply_hook, watched
+from grokloop.memory import FactMemory, MemoryHooks
 from grokloop.moe import MoEMLP, balance_loss
 
 
@@ -145,10 +152,12 @@ class VirtualBlock(nn.Module):
 
 
 class StepHooks(nn.Module):
-    def __init__(self):
+    def __init__(self, memory: bool = False):
         super().__init__()
         self.hook_state = HookPoint()     # [batch, pos, d_model] entering the step
         self.hook_injected = HookPoint()  # [batch, pos, d_model] after input injection
+        if memory:   # only models with a memory have these hook points
+            self.memory = MemoryHooks()   # steps.{s}.memory.hook_query/scores/slots/weights/read
 
 
 # --- the layers ----------------------------------------------------------------------------------
@@ -249,8 +258,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln1(x)), then + mlp(ln2(x)). `hp` is the VirtualBlock
-    whose hook points this application fires (None: no hooks, fused kernels)."""
+    """Pre-LN transformer block: x + attn(ln1(x)), then + mlp(ln2(x)), then, in the last layer
+    of a core of a model with a fact memory, + the memory's read. `hp` is the VirtualBlock
+    whose hook points this application fires (None: no hooks, fused kernels); `memory_hooks`
+    the step's memory hook points (None: none fire)."""
 
     def __init__(self, cfg: ModelConfig, moe: bool = False):
         super().__init__()
@@ -259,24 +270,29 @@ class Block(nn.Module):
         self.mlp = (MoEMLP(cfg.d_model, cfg.moe_experts, cfg.moe_d_expert, cfg.moe_top_k, cfg.act_fn)
                     if moe else MLP(cfg))
         self.drop = nn.Dropout(cfg.dropout)
+        self.__dict__["memory"] = None   # the model's FactMemory, read after the MLP; not a submodule
 
-    def forward(self, x, hp=None, query_pos=None, from_pos: int = 0):
+    def _read(self, x, memory_hooks=None):
+        memory = self.__dict__["memory"]
+        return x if memory is None else x + memory(x, memory_hooks)
+
+    def forward(self, x, hp=None, query_pos=None, from_pos: int = 0, memory_hooks=None):
         if from_pos:
             # Positions before from_pos are known (causal tracing patches a later position): only
             # the residual at from_pos.. is computed, [batch, pos - from_pos, d_model].
             x1 = x[:, from_pos:] + self.drop(self.attn(self.ln1(x), None, from_pos=from_pos))
-            return x1 + self.drop(self.mlp(self.ln2(x1), None))
+            return self._read(x1 + self.drop(self.mlp(self.ln2(x1), None)))
         if query_pos is not None:
             # Only the residual at query_pos is needed downstream (the loss reads one position and
             # attention is causal), so the last layer computes its query and MLP there alone.
             rows = torch.arange(len(x), device=x.device)
             x1 = x[rows, query_pos][:, None] + self.drop(self.attn(self.ln1(x), None, query_pos))
-            return (x1 + self.drop(self.mlp(self.ln2(x1), None)))[:, 0]   # [batch, d_model]
+            return self._read(x1 + self.drop(self.mlp(self.ln2(x1), None)))[:, 0]  # [batch, d_model]
         ln1, ln2 = (None, None) if hp is None else (hp.ln1, hp.ln2)
         attn_out = apply_hook(hp, "hook_attn_out", self.drop(self.attn(self.ln1(x, ln1), hp)))
         x = apply_hook(hp, "hook_resid_mid", x + attn_out)
         x = x + apply_hook(hp, "hook_mlp_out", self.drop(self.mlp(self.ln2(x, ln2), hp)))
-        return apply_hook(hp, "hook_resid_post", x)
+        return apply_hook(hp, "hook_resid_post", self._read(x, memory_hooks))
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -306,6 +322,13 @@ class LoopedTransformer(HookedRootModule):
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList()   # VirtualBlocks, grown on demand
         self.steps = nn.ModuleList()    # StepHooks: steps.{s}.hook_state / hook_injected
+        # The fact memory, registered last so its parameters are drawn after every other: a
+        # model with a memory has the same other weights as the same seed's model without.
+        self.memory = None
+        if cfg.memory == "facts":
+            self.memory = FactMemory(cfg, make_norm(cfg), self)
+            for core in self.cores:   # the last layer of each core reads it
+                core[-1].__dict__["memory"] = self.memory
         self._init_weights()
         # A TransformerLens-style cfg view for ActivationCache and transformer_lens.patching.
         self.cfg = SimpleNamespace(
@@ -318,17 +341,24 @@ class LoopedTransformer(HookedRootModule):
         self.set_schedule([0] * cfg.n_steps)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, step: int | None = None, device=None) -> "LoopedTransformer":
-        """The model of a training run (step None: its last good checkpoint), in eval mode."""
+    def from_run(cls, run_dir: str | Path, step: int | None = None, device=None,
+                 bank: str | Path | None = None) -> "LoopedTransformer":
+        """The model of a training run (step None: its last good checkpoint), in eval mode. A
+        memory model reads the bank its checkpoint holds (the training graph's), or the bank
+        directory `bank` (checked against the run's vocabulary first; grokloop/bank.py)."""
         from grokloop.checkpoint import load_model
-        model = load_model(run_dir, step)[0]
+        model, ds, _ = load_model(run_dir, step)
+        if bank is not None:
+            from grokloop.bank import attach_bank
+            attach_bank(model, bank, ds.vocab)
         if device is not None:
             model.to(device)
             model.cfg.device = str(device)
         return model
 
-    # attention W_O, dense MLP W_out, MoE experts' W_out: what writes into the residual stream
-    OUTPUT_PROJECTIONS = ("W_O.weight", "W_out.weight", "mlp.W_out")
+    # attention W_O, dense MLP W_out, MoE experts' W_out, the memory's value map: what writes
+    # into the residual stream
+    OUTPUT_PROJECTIONS = ("W_O.weight", "W_out.weight", "mlp.W_out", "memory.W_V.weight")
 
     def _init_weights(self):
         """The one place weights are initialised: GPT-2 style, output projections scaled (or zero,
@@ -380,7 +410,7 @@ class LoopedTransformer(HookedRootModule):
         while len(self.blocks) < len(layers):
             self.blocks.append(VirtualBlock()); grew = True
         while len(self.steps) < len(schedule):
-            self.steps.append(StepHooks()); grew = True
+            self.steps.append(StepHooks(memory=self.memory is not None)); grew = True
         if grew:
             self.setup()  # register the new hook points with HookedRootModule
         for layer in layers:
@@ -491,7 +521,10 @@ class LoopedTransformer(HookedRootModule):
             if keep_states:
                 states.append(x)
             x, e = self.before_layer(layer, x, e, hooked)
-            x = layer.block(x, hp, query_pos if last else None)
+            if self.memory is not None and hooked and not last and layer.step is not None:
+                x = layer.block(x, hp, None, memory_hooks=self.steps[layer.step].memory)
+            else:
+                x = layer.block(x, hp, query_pos if last else None)
         return (x, e, states) if keep_states else (x, e)
 
     def unembed(self, x, hooked: bool = False):
