@@ -50,6 +50,7 @@ COMMANDS = {
     "baselines": Command("grokloop.baselines", "grokloop.baselines.__main__:BaselinesCommand", verb="lookup"),
     "adaptive_summary": Command("grokloop.adaptive_summary", "reports.adaptive:SummaryCommand",
                                 rest="runs"),
+    "bank": Command("grokloop.bank", "grokloop.bank:BankCommand", rest="action"),
 }
 # Hydra's own flags that take the next word as their value (not a positional argument).
 _FLAG_VALUES = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg",

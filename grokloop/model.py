@@ -322,11 +322,13 @@ class LoopedTransformer(HookedRootModule):
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList()   # VirtualBlocks, grown on demand
         self.steps = nn.ModuleList()    # StepHooks: steps.{s}.hook_state / hook_injected
-        # The fact memory, registered last so its parameters are drawn after every other: a
-        # model with a memory has the same other weights as the same seed's model without.
+        # The fact memory, registered last so its parameters are drawn after every other (and
+        # built without touching the RNG, which nn.Linear's own init would advance): a model
+        # with a memory has the same other weights as the same seed's model without.
         self.memory = None
         if cfg.memory == "facts":
-            self.memory = FactMemory(cfg, make_norm(cfg), self)
+            with torch.random.fork_rng(devices=[]):
+                self.memory = FactMemory(cfg, make_norm(cfg), self)
             for core in self.cores:   # the last layer of each core reads it
                 core[-1].__dict__["memory"] = self.memory
         self._init_weights()

@@ -38,6 +38,7 @@ from grokloop.checkpoint import (checkpoint_path, ckpt_dir, last_good_checkpoint
 from grokloop.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
 from grokloop.evaluate import answer_prefix, evaluate
 from grokloop.losses import answer_and_end_loss, with_answer
+from grokloop.memory import FactBank
 from grokloop.model import LoopedTransformer
 from grokloop.optim import grokfast_ema, lr_at, make_optimizer, perpendicular_grad
 from grokloop.provenance import atomic_write_text, code_version
@@ -85,6 +86,8 @@ def prepare(cfg: RunConfig):
     if cfg.model.d_vocab < len(ds.vocab) or cfg.model.n_ctx < ds.n_ctx:
         raise ValueError(f"model.d_vocab/n_ctx ({cfg.model.d_vocab}/{cfg.model.n_ctx}) are smaller "
                          f"than the dataset's ({len(ds.vocab)}/{ds.n_ctx}); set them to 0 (auto)")
+    if cfg.model.memory == "facts":
+        FactBank.from_dataset(ds)   # raises, naming the fix, when the task has no atomic facts
     if cfg.train.init_from and not list_checkpoints(cfg.train.init_from):
         raise FileNotFoundError(f"train.init_from={cfg.train.init_from} holds no checkpoint to start "
                                 "from; give a run directory with checkpoints/")
@@ -197,6 +200,8 @@ def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dic
         warnings.warn(f"{e}; falling back to the previous checkpoint")
     if got is None and tc.init_from:   # a fresh start from another run's model (a curriculum stage)
         init_from(model, opt if tc.init_optimizer else None, tc.init_from)
+    if model.memory is not None:   # the memory reads the training graph (not init_from's bank)
+        model.memory.attach(FactBank.from_dataset(ds))
 
     # --- the run directory: config.json once, at the start; a resume is an event -------------
     dataset_hash = ds.content_hash() if callable(ds.content_hash) else ds.content_hash
