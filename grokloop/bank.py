@@ -1,6 +1,6 @@
 """Knowledge banks: the facts a memory model reads, as files that plug into a frozen model.
 
-    python -m grokloop.bank build run_dir=RUN out=banks/g1                 # the run's training graph
+    python -m grokloop.bank build run_dir=RUN out=banks/g1                 # the run's graph
     python -m grokloop.bank build data=composition_cpu data.seed=1 out=banks/g2   # graph G2's facts
     python -m grokloop.bank build run_dir=RUN facts=FILE out=banks/mine    # a list of facts
     python -m grokloop.bank build run_dir=RUN edit='e_3 r_5 e_9' out=banks/edit  # one fact edited
@@ -162,7 +162,7 @@ class BankCommand:
     checkpoint holds) on `data` (None: the run's dataset)."""
     action: list[str] = field(default_factory=list)   # [build] or [eval]
     run_dir: str | None = None      # a memory run (eval: required; build: its graph, vocabulary)
-    data: Any = None                # build: its training atomic facts; eval: the data to evaluate on
+    data: Any = None                # build: its training atomic facts; eval: the data to evaluate
     out: str | None = None          # build: the bank directory (required); eval: the summary
                                     # directory (None: RUN/bank_eval/BANK_NAME, own: no bank given)
     data_cache: str | None = None
@@ -173,12 +173,14 @@ class BankCommand:
     bank: str | None = None         # a bank directory to read instead of the checkpoint's own
     step: int | None = None         # checkpoint step; None: the last good one
     n_steps: int | None = None      # recurrence steps; None: the model's
+    top_k: int | None = None        # slots read per position; None: the model's memory_top_k
     splits: list[str] = field(default_factory=list)   # []: every evaluation split
     name: str | None = None         # the rows' model name; None: EXPERIMENT (.swap with a bank)
     batch_size: int = 4096
 
 
-ACTIONS = {"build": ("facts", "edit"), "eval": ("bank", "step", "n_steps", "splits", "name")}
+ACTIONS = {"build": ("facts", "edit"),
+           "eval": ("bank", "step", "n_steps", "top_k", "splits", "name")}
 
 
 def run_action(d: dict):
@@ -219,9 +221,12 @@ def build(d: dict) -> Path:
         raise ValueError("give run_dir=RUN (its training graph and vocabulary) or data=PRESET "
                          "(e.g. data=composition_cpu data.seed=1 for another graph)")
     run_cfg, run_ds = _run_dataset(d["run_dir"]) if d["run_dir"] else (None, None)
-    data_ds = load_or_build(data_config_from_dict(d["data"]), d["data_cache"]) if d["data"] else None
+    data_ds = None
+    if d["data"]:
+        data_ds = load_or_build(data_config_from_dict(d["data"]), d["data_cache"])
     vocab = (run_ds or data_ds).vocab
-    if run_ds is not None and data_ds is not None and vocab_sha256(data_ds.vocab) != vocab_sha256(vocab):
+    if run_ds is not None and data_ds is not None and \
+            vocab_sha256(data_ds.vocab) != vocab_sha256(vocab):
         raise ValueError(f"data has another vocabulary ({len(data_ds.vocab)} tokens) than run_dir="
                          f"{d['run_dir']} ({len(vocab)}); give a preset with the run's entities "
                          "and relations")
@@ -237,8 +242,9 @@ def build(d: dict) -> Path:
         edit = parse_facts([fact], vocab, f"edit={fact!r}")
         bank = bank.edited(int(edit.head[0]), int(edit.relation[0]), int(edit.tail[0]))
     source |= {"run_dir": d["run_dir"], "edits": list(d["edit"])}
-    built_for = None if run_cfg is None else {"run_dir": str(d["run_dir"]), "model": run_cfg["model"],
-                                              "experiment": run_cfg.get("experiment")}
+    built_for = None if run_cfg is None else {
+        "run_dir": str(d["run_dir"]), "model": run_cfg["model"],
+        "experiment": run_cfg.get("experiment")}
     out = save_bank(bank, d["out"], vocab, source, built_for)
     print(f"bank of {len(bank):,} facts written to {out.resolve()}")
     return out
@@ -285,6 +291,8 @@ def evaluate_bank(d: dict) -> dict:
                              "run's entities and relations")
     splits = d["splits"] or ds.eval_splits
     missing = [s for s in splits if s not in ds.eval_splits]
+    if d["top_k"] is not None and d["top_k"] < 1:
+        raise ValueError(f"top_k={d['top_k']} must be at least 1 (slots read per position)")
     if missing:
         raise ValueError(f"splits names {missing[0]!r}, which this dataset does not have; it has "
                          f"{ds.eval_splits}")
@@ -295,6 +303,8 @@ def evaluate_bank(d: dict) -> dict:
         attach_bank(model, d["bank"], run_ds.vocab)
     if d["n_steps"]:
         model.set_n_steps(d["n_steps"])
+    if d["top_k"]:
+        model.memory.top_k = d["top_k"]
     bank = model.memory.bank
 
     t = time.perf_counter()
@@ -312,10 +322,12 @@ def evaluate_bank(d: dict) -> dict:
         rows.append(acc_row(metrics[f"acc/{s}"], metrics[f"n/{s}"], **common, split=s, **one_hop))
         for key in sorted(k for k in metrics if k.startswith(f"acc/{s}/hops_")):
             k = int(key.rsplit("_", 1)[1])
-            rows.append(acc_row(metrics[key], metrics[f"n/{s}/hops_{k}"], **common, split=s, hops=k))
+            rows.append(acc_row(metrics[key], metrics[f"n/{s}/hops_{k}"], **common, split=s,
+                                hops=k))
         atomic = idx[s][(data["hops"][idx[s]] == 1) & (data["answer_pos"][idx[s]] == 1)]
         if len(atomic):
-            for t_, r in enumerate(retrieval(model, bank, data["inputs"][atomic, :2], d["batch_size"])):
+            found = retrieval(model, bank, data["inputs"][atomic, :2], d["batch_size"])
+            for t_, r in enumerate(found):
                 rows.append(acc_row(r, len(atomic), **common, split=s, metric="retrieval",
                                     read_step=t_ + 1))
     seconds = time.perf_counter() - t
@@ -326,7 +338,8 @@ def evaluate_bank(d: dict) -> dict:
                "bank": {"path": d["bank"], "n_facts": len(bank),
                         "facts_sha256": facts_sha256(bank),
                         "source": manifest["source"] if manifest else "checkpoint"},
-               "dataset_hash": ds.content_hash(), "n_steps": model.n_steps, "rows": rows}
+               "dataset_hash": ds.content_hash(), "n_steps": model.n_steps,
+               "top_k": model.memory.top_k, "rows": rows}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "summary.md", markdown(summary))
     for r in rows:
@@ -341,10 +354,11 @@ def evaluate_bank(d: dict) -> dict:
 def markdown(summary: dict) -> str:
     lines = [f"# {summary['study']}", "", "```bash", *summary["commands"], "```", "",
              f"Bank: {summary['bank']['path'] or 'the checkpoint own (training graph)'}, "
-             f"{summary['bank']['n_facts']:,} facts; {summary['n_steps']} steps; "
+             f"{summary['bank']['n_facts']:,} facts; {summary['n_steps']} steps, top-"
+             f"{summary['top_k']} slots; "
              f"{summary['seconds']:.1f} s on {summary['machine'].get('cpu')}, code "
              f"{summary['code_version']}.", "",
-             "| model | split | hops | metric | acc | 95% CI | n |", "|---|---|---|---|---|---|---|"]
+             "| model | split | hops | metric | acc | 95% CI | n |", "|" + "---|" * 7]
     for r in summary["rows"]:
         metric = f"retrieval@{r['read_step']}" if "metric" in r else "answer"
         lines.append(f"| {r['model']} | {r['split']} | {r.get('hops', '')} | {metric} | "

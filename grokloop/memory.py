@@ -6,16 +6,21 @@ Why this shape: the issue's central experiment swaps the whole fact store under 
 learned it: a bank is a list of atomic facts (head, relation) -> tail as token ids, and the
 model's own learned maps make each slot from the model's token embedding E:
 
-    key_i   = [K_h E[head_i] ; K_r E[relation_i]]      d_key, half per part   (W_K_head, W_K_rel)
-    value_i = V E[tail_i]                              d_model                (W_V)
-    query   = W_Q LN(x)                                d_key, at every position of the state x
+    key_i   = [K_h n(E[head_i]) ; K_r n(E[relation_i])]   d_key, half per part (W_K_head, W_K_rel)
+    value_i = V n(E[tail_i])                              d_model              (W_V)
+    query   = W_Q LN(x)                                   d_key, at every position of the state x
     read    = sum over the top-k slots of softmax(q . key / sqrt(d_key)) * value
+
+n is a parameter-free LayerNorm of each embedding row: like attention's keys, which come from a
+normalised stream, the slots then have unit-scale inputs at any embedding norm (raw embeddings,
+about 0.2 long at init, made every score ~0 and the bilinear gradient of the read vanish).
 
 Any bank over the same vocabulary then plugs into a trained model unchanged, and editing one
 fact edits one slot. The key is separable (a head part plus a relation part, the product-key
 structure), which also means no slot is ever materialised: the score of fact i is
 S_h[head_i] + S_r[relation_i] from two per-token tables [.., d_vocab], and since V is linear the
-read is V(sum w_i E[tail_i]). So the cost per position is O(d_vocab * d_key + n_facts), and
+read is V(sum w_i n(E[tail_i])) (with more slots than tokens, the weights are summed per tail
+token first). So the cost per position is O(d_vocab * (d_key + d_model) + n_facts), and
 the search is exact top-k in torch, in chunks of facts whose top-k are merged (faiss is not
 installed here; for a bank of millions, Lample's product-key search over the two halves is the
 next step).
@@ -38,6 +43,16 @@ n_facts)):
     hook_weights  [batch, pos, k]        softmax over the top-k scores
     hook_read     [batch, pos, d_model]  the vector added to the stream
 
+The read is not an attention or MLP output, so `decompose_resid` does not list it (the lens,
+tracing and patching do see it through the hooks above).
+
+Learning to address: with the answer loss alone a slot's score gets gradient only through its
+softmax weight, about 1 / n_facts while scores are uniform, and on composition_cpu (2,000
+facts) the memory stayed unread for 600 steps while the MLPs memorised the facts (read zeroed:
+accuracy unchanged). `address_loss` (cross-entropy of the first step's scores at the relation
+position of atomic training queries, target the queried fact's slot) fixes that: with it the
+swapped bank of another graph answered G2's two-hop queries (see grokloop/bank.py).
+
 The bank lives in buffers (`bank_head`, `bank_relation`, `bank_tail`, int64 [n_facts]), so a
 checkpoint carries the bank its model trained with and every loader gets a working model;
 `attach` replaces it (any size). Bank files and their checks are grokloop/bank.py.
@@ -50,6 +65,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
 from grokloop.hooks import apply_hook
@@ -105,6 +121,18 @@ class FactBank:
         new_tail = self.tail.clone()
         new_tail[i] = tail
         return FactBank(self.head, self.relation, new_tail)
+
+    def slots_of(self, head: torch.Tensor, relation: torch.Tensor) -> torch.Tensor:
+        """The slot of each fact (head[i], relation[i]), -1 where the bank has none (vectorised;
+        a pair held twice gives its first slot)."""
+        head, relation = head.cpu(), relation.cpu()
+        if not len(self):
+            return torch.full_like(head, -1)
+        base = int(max(self.relation.max(), relation.max())) + 1
+        key, want = self.head * base + self.relation, head * base + relation
+        order = torch.argsort(key, stable=True)
+        found = order[torch.searchsorted(key[order], want).clamp(max=len(self) - 1)]
+        return torch.where(key[found] == want, found, -1)
 
     def ids(self) -> torch.Tensor:
         """[n_facts, 3] (head, relation, tail)."""
@@ -165,6 +193,11 @@ class FactMemory(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- the read -------------------------------------------------------------------------------
+    def embeddings(self) -> torch.Tensor:
+        """n(E): the model's token embeddings, each row normalised (no parameters)."""
+        E = self._model.W_E
+        return F.layer_norm(E, E.shape[-1:])
+
     def search(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k facts for queries q [..., d_key]: (scores, slots) [..., k], best first.
         Scores come from the two per-token subkey tables, in chunks of facts whose top-k are
@@ -173,7 +206,7 @@ class FactMemory(nn.Module):
         if n == 0:
             raise RuntimeError("model.memory=facts has no bank attached: train it on a fact task, "
                                "load it from a checkpoint, or attach one (python -m grokloop.bank)")
-        E = self._model.W_E
+        E = self.embeddings()
         half = self.d_key // 2
         scale = 1 / math.sqrt(self.d_key)
         s_head = (q[..., :half] * scale) @ self.W_K_head(E).T     # [..., d_vocab]
@@ -191,6 +224,14 @@ class FactMemory(nn.Module):
             best, slots = top, idx
         return best, slots
 
+    def all_scores(self, q: torch.Tensor) -> torch.Tensor:
+        """Scores of every fact for queries q [..., d_key]: [..., n_facts] (what `search` ranks)."""
+        E = self.embeddings()
+        half = self.d_key // 2
+        scale = 1 / math.sqrt(self.d_key)
+        return ((q[..., :half] * scale) @ self.W_K_head(E).T)[..., self.bank_head] + \
+            ((q[..., half:] * scale) @ self.W_K_rel(E).T)[..., self.bank_relation]
+
     def forward(self, x: torch.Tensor, hooks: nn.Module | None = None) -> torch.Tensor:
         """The read vector [..., d_model] for states x [..., d_model] (any leading shape)."""
         q = apply_hook(hooks, "hook_query", self.W_Q(self.ln(x)))
@@ -198,6 +239,33 @@ class FactMemory(nn.Module):
         scores = apply_hook(hooks, "hook_scores", scores)
         slots = apply_hook(hooks, "hook_slots", slots)
         weights = apply_hook(hooks, "hook_weights", scores.softmax(-1))
-        E = self._model.W_E
-        mixed = (weights.unsqueeze(-1) * E[self.bank_tail[slots]]).sum(-2)   # [..., d_model]
+        E = self.embeddings()
+        tails = self.bank_tail[slots]                                          # [..., k]
+        if tails.shape[-1] <= len(E):   # gather k embeddings per position: k * d_model
+            mixed = (weights.unsqueeze(-1) * E[tails]).sum(-2)                 # [..., d_model]
+        else:   # many slots: sum the weights per tail token first, d_vocab * d_model
+            per_token = weights.new_zeros(*weights.shape[:-1], len(E))
+            mixed = per_token.scatter_add(-1, tails, weights) @ E
         return apply_hook(hooks, "hook_read", self.W_V(mixed))
+
+
+def address_loss(model, tokens: torch.Tensor) -> torch.Tensor:
+    """The addressing loss of atomic queries `h r` (tokens [n, 2]): cross-entropy, over every
+    slot of the bank, of the first step's memory scores at the relation's position, the target
+    being the slot of fact (h, r). Queries whose fact the bank lacks are skipped.
+
+    Why: the answer loss alone reaches a slot's score only through the softmax weight of that
+    slot, about 1 / n_facts while the scores are uniform, so a 2,000-fact bank stays unread for
+    hundreds of steps and the model memorises the facts in its MLPs instead (seen at 300-600
+    steps of composition_cpu). Atomic facts are training data anyway, so telling the memory
+    which slot answers `h r` adds no information the model is not trained on; the two-hop
+    composition is still learned from the answer loss alone."""
+    target = model.memory.bank.slots_of(tokens[:, 0], tokens[:, 1])
+    keep = target >= 0
+    if not keep.any():
+        return tokens.new_zeros((), dtype=model.W_E.dtype)
+    q = {}
+    model.run_with_hooks(tokens[keep], fwd_hooks=[
+        ("steps.0.memory.hook_query", lambda a, hook: q.__setitem__(0, a))])
+    scores = model.memory.all_scores(q[0][:, 1])                        # [n, n_facts]
+    return F.cross_entropy(scores.float(), target[keep])

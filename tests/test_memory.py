@@ -52,8 +52,8 @@ def test_read_is_the_softmax_over_the_top_k_and_matches_a_hand_computed_case():
     bank = FactBank([2, 3, 4, 5, 2], [12, 13, 14, 15, 16], [6, 7, 8, 9, 10])
     mem.attach(bank)
     x = torch.tensor([[0.5, -1.0, 2.0, 0.3], [1.0, 1.0, -1.0, 0.0]])
-    E = m.W_E.detach()
-    for row in range(2):   # by hand: key_i = [E[h_i][:2], E[r_i][2:]], score = q . key / sqrt(4)
+    E = torch.nn.functional.layer_norm(m.W_E.detach(), (4,))   # slots see normalised embeddings
+    for row in range(2):   # by hand: key_i = [n(E[h_i])[:2], n(E[r_i])[2:]], score = q . key / sqrt(4)
         scores = [float(x[row] @ torch.cat([E[h][:2], E[r][2:]])) / math.sqrt(4)
                   for h, r in zip(bank.head.tolist(), bank.relation.tolist())]
         top = sorted(range(5), key=lambda i: -scores[i])[:2]
@@ -83,12 +83,41 @@ def test_chunked_search_equals_one_chunk():
     assert whole[1].shape == (7, 3, 5) and (whole[0][..., :-1] >= whole[0][..., 1:]).all()
 
 
+def test_more_slots_than_tokens_sums_the_weights_per_tail_token_first():
+    m = memory_model(random_bank(60), memory_top_k=40)      # 40 slots > 23 tokens
+    x = torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        scores, slots = m.memory.search(m.memory.W_Q(m.memory.ln(x)))
+        E = m.memory.embeddings()
+        mixed = (scores.softmax(-1)[..., None] * E[m.memory.bank_tail[slots]]).sum(-2)
+        assert torch.allclose(m.memory(x), m.memory.W_V(mixed), atol=1e-6)
+
+
 def test_a_bank_smaller_than_top_k_reads_every_fact_and_no_bank_is_an_error():
     m = memory_model(random_bank(2), memory_top_k=4)
     assert m.memory.search(torch.randn(3, 8))[1].shape == (3, 2)
     m.memory.attach(FactBank([], [], []))
     with pytest.raises(RuntimeError, match="no bank attached"):
         m(TOKENS)
+
+
+def test_slots_of_finds_each_fact_and_the_address_loss_teaches_the_memory_its_slots():
+    from grokloop.memory import address_loss
+    bank = random_bank(40)
+    assert torch.equal(bank.slots_of(bank.head, bank.relation), torch.arange(40))
+    missing = next(p for p in range(110) if p not in (bank.head - 2) * 11 + bank.relation - 12)
+    assert bank.slots_of(torch.tensor([2 + missing // 11]), torch.tensor([12 + missing % 11])).item() == -1
+    m = memory_model(bank, n_core=1, n_steps=1, memory_top_k=1)
+    tokens = bank.ids()[:, :2]
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    first = address_loss(m, tokens).item()
+    for _ in range(60):
+        opt.zero_grad()
+        address_loss(m, tokens).backward()
+        opt.step()
+    assert address_loss(m, tokens).item() < first / 4
+    _, cache = m.run_with_cache(tokens)
+    assert (cache["steps.0.memory.hook_slots"][:, 1, 0] == torch.arange(40)).float().mean() > 0.9
 
 
 # --- hooks ------------------------------------------------------------------------------------------
@@ -232,6 +261,18 @@ def test_memory_none_computes_what_it_computed_before(kw, n_hooks, total, first)
         "memory.W_K_head.weight", "memory.W_K_rel.weight", "memory.W_V.weight"}
 
 
+def test_a_memory_on_a_task_without_atomic_facts_is_refused_before_any_run_dir():
+    from grokloop import cli
+    from grokloop.config import run_config_from_dict
+    from grokloop.train import prepare
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(cli.compose("train", ["data.p=11", "model.memory=facts"]), resolve=True)
+    d.pop("out_dir"), d.pop("resume")
+    with pytest.raises(ValueError, match="no atomic facts"):
+        prepare(run_config_from_dict(d))
+
+
 # --- training, checkpoints and the command ------------------------------------------------------
 TINY_DATA = ["data.n_entities=12", "data.n_relations=4", "data.out_degree=4", "data.phi=2.0",
              "data.ood_fraction=0.25", "data.eval_size=40"]
@@ -256,6 +297,9 @@ def test_trained_memory_model_carries_its_bank_and_evaluates_a_swapped_one(tmp_p
                f"out={tmp_path / 'g2'}"])
     bank_main(["eval", f"run_dir={run}", f"bank={tmp_path / 'g2'}", "data=composition_cpu",
                *TINY_DATA, "data.seed=1", cache, f"out={tmp_path / 'ev'}"])
+    swapped = LoopedTransformer.from_run(run, bank=tmp_path / "g2")   # bank= at load time
+    assert torch.equal(swapped.memory.bank.ids(), load_bank(tmp_path / "g2", ds.vocab)[0].ids())
+    assert all(torch.equal(p, q) for p, q in zip(swapped.parameters(), loaded.parameters()))
     rows = json.loads((tmp_path / "ev" / "summary.json").read_text())["rows"]
     assert {r["model"] for r in rows} == {"composition_cpu_loop2_memory.swap"}
     assert {"test_inferred_id", "test_OI", "atomic_id"} <= {r["split"] for r in rows}
