@@ -50,8 +50,9 @@ Learning to address: with the answer loss alone a slot's score gets gradient onl
 softmax weight, about 1 / n_facts while scores are uniform, and on composition_cpu (2,000
 facts) the memory stayed unread for 600 steps while the MLPs memorised the facts (read zeroed:
 accuracy unchanged). `address_loss` (cross-entropy of the first step's scores at the relation
-position of atomic training queries, target the queried fact's slot) fixes that: with it the
-swapped bank of another graph answered G2's two-hop queries (see grokloop/bank.py).
+position of atomic training queries, target the queried fact's slot) fixes that: in a 250-step
+trial with it (weight 1) the model addressed every atomic fact, and reading graph G2's bank
+unchanged it answered G2's held-out two-hop queries at 0.999 (ID) and 0.998 (OOD).
 
 The bank lives in buffers (`bank_head`, `bank_relation`, `bank_tail`, int64 [n_facts]), so a
 checkpoint carries the bank its model trained with and every loader gets a working model;
