@@ -166,7 +166,8 @@ class FactMemory(nn.Module):
         for name in BANK_BUFFERS:
             self.register_buffer(name, torch.zeros(0, dtype=torch.int64))
         self.__dict__["_model"] = model
-        self.chunk = 1 << 16   # facts scored at once; their top-k are merged (exact)
+        self.chunk = 1 << 16   # at most this many facts scored at once (top-k merged: exact),
+        self.chunk_scores = 1 << 24   # and at most this many scores (64 MB) per chunk
 
     # --- the bank ---------------------------------------------------------------------------
     @property
@@ -213,9 +214,11 @@ class FactMemory(nn.Module):
         s_head = (q[..., :half] * scale) @ self.W_K_head(E).T     # [..., d_vocab]
         s_rel = (q[..., half:] * scale) @ self.W_K_rel(E).T       # [..., d_vocab]
         k = min(self.top_k, n)
+        rows = max(1, s_head[..., 0].numel())
+        chunk = max(k, min(self.chunk, self.chunk_scores // rows))
         best = slots = None
-        for lo in range(0, n, self.chunk):
-            h, r = self.bank_head[lo:lo + self.chunk], self.bank_relation[lo:lo + self.chunk]
+        for lo in range(0, n, chunk):
+            h, r = self.bank_head[lo:lo + chunk], self.bank_relation[lo:lo + chunk]
             s = s_head[..., h] + s_rel[..., r]                           # [..., chunk]
             top, idx = s.topk(min(k, s.shape[-1]), dim=-1)
             idx = idx + lo
