@@ -164,6 +164,8 @@ class TrainConfig:
     precision: str = "fp32"         # fp32 | bf16: autocast of the training forward where supported
     init_from: str | None = None    # a run directory: start from its newest good checkpoint's weights
     init_optimizer: bool = False    # with init_from: also its optimizer moments (else a fresh optimizer)
+    memory_address_loss: float = 0.0  # weight of the fact memory's addressing loss on atomic facts
+                                      # (grokloop/memory.py address_loss); 0: the answer loss alone
 
     def __post_init__(self):
         if self.steps < 1:
@@ -186,6 +188,8 @@ class TrainConfig:
         if self.loss_on_end_token and self.depth not in ("fixed", "random", "poisson"):
             raise ValueError(f"train.loss_on_end_token=true works with train.depth fixed, random or "
                              f"poisson, not {self.depth!r}")
+        if self.memory_address_loss < 0:
+            raise ValueError(f"train.memory_address_loss={self.memory_address_loss} must be >= 0")
         if self.init_optimizer and not self.init_from:
             raise ValueError("train.init_optimizer=true needs train.init_from=RUN_DIR, the run whose "
                              "optimizer state to continue")

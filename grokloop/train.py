@@ -38,7 +38,7 @@ from grokloop.checkpoint import (checkpoint_path, ckpt_dir, last_good_checkpoint
 from grokloop.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
 from grokloop.evaluate import answer_prefix, evaluate
 from grokloop.losses import answer_and_end_loss, with_answer
-from grokloop.memory import FactBank
+from grokloop.memory import FactBank, address_loss
 from grokloop.model import LoopedTransformer
 from grokloop.optim import grokfast_ema, lr_at, make_optimizer, perpendicular_grad
 from grokloop.provenance import atomic_write_text, code_version
@@ -88,6 +88,9 @@ def prepare(cfg: RunConfig):
                          f"than the dataset's ({len(ds.vocab)}/{ds.n_ctx}); set them to 0 (auto)")
     if cfg.model.memory == "facts":
         FactBank.from_dataset(ds)   # raises, naming the fix, when the task has no atomic facts
+    elif cfg.train.memory_address_loss:
+        raise ValueError(f"train.memory_address_loss={cfg.train.memory_address_loss} trains a fact "
+                         "memory's addressing; this model has none (set model.memory=facts)")
     if cfg.train.init_from and not list_checkpoints(cfg.train.init_from):
         raise FileNotFoundError(f"train.init_from={cfg.train.init_from} holds no checkpoint to start "
                                 "from; give a run directory with checkpoints/")
@@ -274,6 +277,10 @@ def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dic
             chosen += share   # stays on the device; read at evaluation
         if moe and tc.moe_balance:
             loss = loss + tc.moe_balance * model.moe_balance_loss()
+        if tc.memory_address_loss:   # the batch's atomic queries `h r` point at their own slot
+            atomic = idx[data["hops"][idx] == 1]
+            if len(atomic):
+                loss = loss + tc.memory_address_loss * address_loss(model, data["inputs"][atomic, :2])
         # Checking the loss and gradients needs a host sync: every step on the CPU (free), else
         # where we evaluate or save, which is enough to never write a non-finite checkpoint.
         check = device.type == "cpu" or step + 1 in eval_steps or step + 1 in ckpt_steps

@@ -316,3 +316,24 @@ def test_trained_memory_model_carries_its_bank_and_evaluates_a_swapped_one(tmp_p
         bank_main(["eval", f"out={tmp_path / 'ev3'}"])          # run_dir is required
     with pytest.raises(SystemExit):
         bank_main(["build", f"run_dir={run}", f"bank={tmp_path / 'g2'}", f"out={tmp_path / 'x'}"])
+
+
+def test_training_with_the_address_loss_teaches_retrieval_and_needs_a_memory(tmp_path):
+    from grokloop import cli
+    from grokloop.config import run_config_from_dict
+    from grokloop.train import prepare, train
+    from omegaconf import OmegaConf
+
+    def cfg(*over):
+        d = OmegaConf.to_container(cli.compose("train", [
+            "experiment=composition_cpu_loop2_memory_address", "debug=tiny", *TINY_DATA,
+            f"data_cache={tmp_path / 'cache'}", "train.stop_at_grok=null", *over]), resolve=True)
+        d.pop("out_dir"), d.pop("resume")
+        return run_config_from_dict(d)
+
+    with pytest.raises(ValueError, match="has none \\(set model.memory=facts\\)"):
+        prepare(cfg("model.memory=none"))
+    # The same seed with and without the addressing loss: only the loss differs, so the runs do.
+    runs = {w: train(cfg(f"train.memory_address_loss={w}", "train.steps=30"), tmp_path / f"w{w}")
+            for w in (0.0, 1.0)}
+    assert runs[0.0]["final"]["loss/train"] != runs[1.0]["final"]["loss/train"]
