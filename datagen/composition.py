@@ -35,6 +35,38 @@ from datagen.vocab import Vocab
 ENUMERATE_LIMIT = 4_000_000
 
 
+def lay_out_chains(vocab: Vocab, pieces, deepest: int):
+    """The examples of chain queries `head r_1 .. r_k` (answer read at r_k's position), right-padded
+    to `deepest` relations, with their roles. `pieces` lists (split name, k, heads [n],
+    relations [n, k], entities [n, k]: the entity each hop reaches, the last being the answer),
+    entity and relation ids counted from 0. Returns (inputs, hops, roles, role_pos, index), index
+    mapping each split name to the example indices of its pieces. Shared by composition and
+    permutation chains, so both lay out and label their examples alike."""
+    N = sum(len(heads) for _, _, heads, _, _ in pieces)
+    e0, r0 = vocab.ranges["entities"][0], vocab.ranges["relations"][0]
+    inputs = np.full((N, 1 + deepest), vocab.pad_id, dtype=np.int64)
+    hops = np.zeros(N, dtype=np.int64)
+    roles = {"head": np.full(N, -1), "answer": np.full(N, -1)}
+    roles |= {f"relation_{i}": np.full(N, -1) for i in range(1, deepest + 1)}
+    roles |= {f"bridge_{i}": np.full(N, -1) for i in range(1, deepest)}
+    role_pos = {name: np.full(N, -1) for name in roles}
+    index, start = {}, 0
+    for name, k, heads, relations, entities in pieces:
+        s = slice(start, start + len(heads))
+        index.setdefault(name, []).append(np.arange(s.start, s.stop))
+        inputs[s, 0] = e0 + heads
+        roles["head"][s], role_pos["head"][s] = inputs[s, 0], 0
+        for j in range(k):
+            inputs[s, 1 + j] = r0 + relations[:, j]
+            roles[f"relation_{j + 1}"][s], role_pos[f"relation_{j + 1}"][s] = inputs[s, 1 + j], 1 + j
+            if j < k - 1:  # the bridge reached after hop j+1, probed at that relation's position
+                roles[f"bridge_{j + 1}"][s], role_pos[f"bridge_{j + 1}"][s] = e0 + entities[:, j], 1 + j
+        roles["answer"][s] = e0 + entities[:, -1]
+        hops[s] = k
+        start = s.stop
+    return inputs, hops, roles, role_pos, index
+
+
 def composition_vocab(n_entities: int, n_relations: int) -> Vocab:
     # Token spellings follow the GrokkedTransformer repository so files convert losslessly.
     return Vocab.build([("specials", ["<pad>", "</a>"]),
@@ -214,32 +246,10 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
 
     # Examples: all atomic facts first (as 1-hop paths), then each inferred block.
     all_facts = np.arange(len(graph.tail))[:, None]
-    pieces = [("atomic", 1, all_facts)] + blocks
+    pieces = [(name, k, graph.head[paths[:, 0]], graph.relation[paths], graph.tail[paths])
+              for name, k, paths in [("atomic", 1, all_facts)] + blocks]
     max_hops = max([1] + list(cfg.hops) + list(cfg.test_hops))
-    n_ctx = 1 + max_hops
-    N = sum(len(p) for _, _, p in pieces)
-    e0, r0 = vocab.ranges["entities"][0], vocab.ranges["relations"][0]
-    inputs = np.full((N, n_ctx), vocab.pad_id, dtype=np.int64)
-    hops = np.zeros(N, dtype=np.int64)
-    roles = {"head": np.full(N, -1), "answer": np.full(N, -1)}
-    roles |= {f"relation_{i}": np.full(N, -1) for i in range(1, max_hops + 1)}
-    roles |= {f"bridge_{i}": np.full(N, -1) for i in range(1, max_hops)}
-    role_pos = {name: np.full(N, -1) for name in roles}
-    index, start = {}, 0
-    for name, k, paths in pieces:
-        s = slice(start, start + len(paths))
-        index.setdefault(name, []).append(np.arange(s.start, s.stop))
-        inputs[s, 0] = e0 + graph.head[paths[:, 0]]
-        roles["head"][s], role_pos["head"][s] = inputs[s, 0], 0
-        for j in range(k):
-            inputs[s, 1 + j] = r0 + graph.relation[paths[:, j]]
-            roles[f"relation_{j + 1}"][s], role_pos[f"relation_{j + 1}"][s] = inputs[s, 1 + j], 1 + j
-            if j < k - 1:  # the bridge reached after hop j+1, probed at that relation's position
-                roles[f"bridge_{j + 1}"][s] = e0 + graph.tail[paths[:, j]]
-                role_pos[f"bridge_{j + 1}"][s] = 1 + j
-        roles["answer"][s] = e0 + graph.tail[paths[:, -1]]
-        hops[s] = k
-        start = s.stop
+    inputs, hops, roles, role_pos, index = lay_out_chains(vocab, pieces, max_hops)
     answers = roles["answer"].copy()
     answer_pos = hops.copy()          # the last relation sits at position k
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagen.composition import composition_vocab
+from datagen.composition import composition_vocab, lay_out_chains
 from datagen.config import PermutationChainsConfig, config_dict
 from datagen.dataset import Dataset, sample_eval
 
@@ -101,32 +101,11 @@ def make_permutation_chains(cfg: PermutationChainsConfig, rng: np.random.Generat
                                   "train": cfg.train_per_hop if k in train_hops else 0}
 
     # Examples: every atomic fact (code h * R + r), then each block of chains.
-    pieces = [("atomic", 1, np.arange(E * R, dtype=np.int64))] + blocks
-    n_ctx = 1 + deepest
-    N = sum(len(codes) for _, _, codes in pieces)
-    e0, r0 = vocab.ranges["entities"][0], vocab.ranges["relations"][0]
-    inputs = np.full((N, n_ctx), vocab.pad_id, dtype=np.int64)
-    hops = np.zeros(N, dtype=np.int64)
-    roles = {"head": np.full(N, -1), "answer": np.full(N, -1)}
-    roles |= {f"relation_{i}": np.full(N, -1) for i in range(1, deepest + 1)}
-    roles |= {f"bridge_{i}": np.full(N, -1) for i in range(1, deepest)}
-    role_pos = {name: np.full(N, -1) for name in roles}
-    index, start = {}, 0
-    for name, k, codes in pieces:
-        s = slice(start, start + len(codes))
-        index.setdefault(name, []).append(np.arange(s.start, s.stop))
+    pieces = []
+    for name, k, codes in [("atomic", 1, np.arange(E * R, dtype=np.int64))] + blocks:
         heads, rels = decode(codes, k, R)
-        path = follow(perms, heads, rels)                              # [n, k + 1]
-        inputs[s, 0] = e0 + heads
-        roles["head"][s], role_pos["head"][s] = inputs[s, 0], 0
-        for j in range(k):
-            inputs[s, 1 + j] = r0 + rels[:, j]
-            roles[f"relation_{j + 1}"][s], role_pos[f"relation_{j + 1}"][s] = inputs[s, 1 + j], 1 + j
-            if j < k - 1:  # the bridge reached after hop j+1, probed at that relation's position
-                roles[f"bridge_{j + 1}"][s], role_pos[f"bridge_{j + 1}"][s] = e0 + path[:, j + 1], 1 + j
-        roles["answer"][s] = e0 + path[:, -1]
-        hops[s] = k
-        start = s.stop
+        pieces.append((name, k, heads, rels, follow(perms, heads, rels)[:, 1:]))
+    inputs, hops, roles, role_pos, index = lay_out_chains(vocab, pieces, deepest)
     answers = roles["answer"].copy()
     answer_pos = hops.copy()          # the last relation sits at position k
 
