@@ -160,6 +160,8 @@ class StudyCommand:
     commands: list[str] = field(default_factory=list)  # the commands that made the runs
     steps: list[int] = field(default_factory=list)     # rows also at these training steps
     lens: list[str] = field(default_factory=list)      # roles whose logit-lens top-1 become rows
+    include: list[str] = field(default_factory=list)   # other summary.json files whose rows to add
+                                                       # (e.g. python -m grokloop.bank eval's)
 
 
 def run_study(d: dict) -> None:
@@ -167,7 +169,13 @@ def run_study(d: dict) -> None:
         raise SystemExit("give the runs or sweep trees: python -m reports.study DIR [DIR ...] name=NAME")
     out = Path(d["out"] or Path("runs/studies") / d["name"])
     runs = [load_run(p) for p in find_runs(d["runs"])]
-    summary = write_study(out, d["name"], runs, d["commands"], steps=d["steps"], lens=d["lens"])
+    extra = []
+    for path in map(Path, d["include"]):
+        if not path.is_file():
+            raise SystemExit(f"include={path}: no such summary.json")
+        extra += json.loads(path.read_text())["rows"]
+    summary = write_study(out, d["name"], runs, d["commands"], steps=d["steps"], lens=d["lens"],
+                          extra_rows=extra)
     print(f"wrote {out}/summary.json, summary.md and compare.html: {len(runs)} runs, "
           f"{len(summary['rows'])} rows")
 

@@ -86,3 +86,22 @@ def test_lens_rows_carry_role_layer_and_interval(tmp_path):
     assert (rows[0]["lo"], rows[0]["hi"]) == pytest.approx(wilson(160, 200))
     rows = study_rows([run], lens=["bridge_1"])
     assert sum("role" in r for r in rows) == 1
+
+
+def test_study_includes_rows_of_other_summaries_and_refuses_a_missing_one(tmp_path):
+    from reports.study import main
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"experiment": "x", "seed": 0, "model": {}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 5, "acc/test": 0.5, "n/test": 10}) + "\n")
+    other = {"rows": [{"model": "x.swap", "split": "test", "acc": 0.25, "lo": 0.1, "hi": 0.5,
+                       "n": 8, "seed": 0, "step": 5}]}
+    (tmp_path / "bank.json").write_text(json.dumps(other))
+    main([str(tmp_path / "runs"), "name=s", f"out={tmp_path / 'out'}",
+          f"include=[{tmp_path / 'bank.json'}]"])
+    rows = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]
+    assert other["rows"][0] in rows and any(r["model"] == "x" for r in rows)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "runs"), "name=s", f"out={tmp_path / 'out2'}",
+              f"include=[{tmp_path / 'nope.json'}]"])
+    assert not (tmp_path / "out2").exists()
