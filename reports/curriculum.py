@@ -303,7 +303,13 @@ def run_study(d: dict) -> None:
     if not d["runs"]:
         raise SystemExit("give the curriculum directories: python -m reports.curriculum DIR [DIR ...]")
     out = Path(d["out"] or Path("runs/studies") / d["name"])
-    summary = write_study(out, d["name"], find_curricula(d["runs"]), d["commands"])
+    paths = find_curricula(d["runs"])
+    running = [p for p in paths if not (p / "summary.json").is_file()]
+    for p in running:   # still training, or killed: resume it to include it
+        print(f"skipped {p}: not finished (no summary.json)")
+    if len(running) == len(paths):
+        raise SystemExit(f"no finished curricula under {', '.join(d['runs'])}")
+    summary = write_study(out, d["name"], [p for p in paths if p not in running], d["commands"])
     print(f"wrote {out}/summary.json, summary.md and report.html: {len(summary['rows'])} rows")
 
 
