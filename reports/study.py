@@ -75,20 +75,23 @@ def lens_rows(run: Run, model: str, roles: list[str]) -> list[dict]:
             for r in probe.rows if r.get("kind") == "at_role" and r.get("role") in roles]
 
 
-def pooled(rows: list[dict]) -> list[dict]:
-    """Per (model, split, hops): the seeds' facts pooled into one accuracy and interval."""
+def pooled(rows: list[dict], by_step: bool = True) -> list[dict]:
+    """Per (model, split, hops, metric) and step: the seeds' facts pooled into one accuracy and
+    interval. by_step=False pools across steps: rows that each evaluate a final model (bank
+    evaluations of runs that stopped at grok, at different steps)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:   # runs of one study share their evaluation schedule, so steps line up
-        if "role" in r:
+        if "role" in r or r.get("seed") == "pooled":
             continue     # lens rows stay per run
-        groups.setdefault((r["model"], r["split"], r.get("hops"), r["step"]), []).append(r)
+        key = (r["model"], r["split"], r.get("hops"), r.get("metric"), r["step"] if by_step else 0)
+        groups.setdefault(key, []).append(r)
     out = []
-    for (model, split, hops, _), rs in groups.items():
+    for (model, split, hops, metric, _), rs in groups.items():
         if len(rs) < 2:
             continue
         k, n = sum(r["acc"] * r["n"] for r in rs), sum(r["n"] for r in rs)
         lo, hi = wilson(round(k), n)
-        extra = {} if hops is None else {"hops": hops}
+        extra = ({} if hops is None else {"hops": hops}) | ({} if metric is None else {"metric": metric})
         out.append({"model": model, "split": split, **extra, "acc": k / n, "lo": lo, "hi": hi,
                     "n": n, "seed": "pooled", "seeds": len(rs), "step": max(r["step"] for r in rs)})
     return out
@@ -174,6 +177,7 @@ def run_study(d: dict) -> None:
         if not path.is_file():
             raise SystemExit(f"include={path}: no such summary.json")
         extra += json.loads(path.read_text())["rows"]
+    extra += pooled(extra, by_step=False)   # each included row evaluates a final model
     summary = write_study(out, d["name"], runs, d["commands"], steps=d["steps"], lens=d["lens"],
                           extra_rows=extra)
     print(f"wrote {out}/summary.json, summary.md and compare.html: {len(runs)} runs, "
