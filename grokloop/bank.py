@@ -4,7 +4,10 @@
     python -m grokloop.bank build data=composition_cpu data.seed=1 out=banks/g2   # graph G2's facts
     python -m grokloop.bank build run_dir=RUN facts=FILE out=banks/mine    # a list of facts
     python -m grokloop.bank build run_dir=RUN edit='e_3 r_5 e_9' out=banks/edit  # one fact edited
+    python -m grokloop.bank build data=composition_cpu needed_by=test_inferred_id out=banks/slim
     python -m grokloop.bank eval run_dir=RUN bank=banks/g2 data=composition_cpu data.seed=1
+    python -m grokloop.bank edit_eval run_dir=RUN n_edits=200              # edits in the bank
+    python -m grokloop.bank edit_eval run_dir=ANY_RUN method=finetune n_edits=200  # the baseline
 
 A bank is a directory:
   bank.safetensors  head, relation, tail: int64 [n_facts], token ids in slot order
@@ -26,7 +29,28 @@ A bank that does not fit is refused before any work, naming what differs and the
 `eval` writes the results schema (reports/study): rows model, split, (hops), acc, Wilson lo/hi,
 n, seed, step, bank; a swapped bank's rows are named `EXPERIMENT.swap`. It also measures
 retrieval: how often the memory's top-1 slot at an atomic query's answer position is the queried
-fact (head, relation), at each step.
+fact (head, relation), at each step (metric retrieval@STEP), and every row names the bank's size
+(bank_facts, bank_bytes: the bytes of its bank.safetensors).
+
+A slim bank (`build needed_by=SPLIT,...`) keeps only the facts on the query paths of those splits
+of the data (else the run's): hop 1 is (head, relation_1), hop i (bridge_{i-1}, relation_i), read
+from the dataset's roles, in the whole bank's slot order; a fact the queries need but the bank
+lacks is an error.
+
+Edit propagation (`edit_eval`): for each hop position P (1, 2), n_edits distinct facts (h, r)
+that are hop P of some two-hop query of `splits` (default: every held-out two-hop split) get a
+new tail t', drawn (edit_seed) among the other entities for which every query through the fact at
+hop P gets a new answer in the edited graph. Each edit is applied alone and undone before the
+next, so nothing is batched and nothing needs to be shown exact: method=bank plugs in the bank
+with that one fact edited (FactBank.edited; weights frozen), method=finetune trains every weight
+finetune_steps Adam steps on the atomic query `h r` -> t' alone (the baseline; a bank-less run
+works). Measured: success (`h r` answers t'), propagation (each query through the fact at hop P
+answers its answer in the edited graph: for P=1 the new bridge's fact, for P=2 t'), locality
+(n_locality unrelated queries, the fact on no hop of their path, give the answer the unedited
+model gave), and before (the through-queries' old answers before the edit). Rows are named
+NAME.hopP.METRIC (NAME: EXPERIMENT.METHOD_edit), split by the edited fact's class (atomic_id,
+atomic_ood) or the query path's (two_hop_XY: ID or OOD fact at hops 1 and 2, read from the
+dataset's splits; two_hop: all), with Wilson intervals over the queries.
 """
 from __future__ import annotations
 
@@ -38,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -152,6 +177,53 @@ def parse_facts(lines: list[str], vocab, where: str) -> FactBank:
     return FactBank(t[:, 0], t[:, 1], t[:, 2])
 
 
+def bank_bytes(bank: FactBank) -> int:
+    """The size in bytes of bank.safetensors for `bank` (what `save_bank` writes; 24 a fact plus
+    the header), also for a bank held only in a checkpoint."""
+    from safetensors.torch import save
+    return len(save({"head": bank.head.contiguous(), "relation": bank.relation.contiguous(),
+                     "tail": bank.tail.contiguous()}))
+
+
+# --- slim banks: only the facts a query set needs ------------------------------------------------
+def path_facts(ds, idx) -> torch.Tensor:
+    """The atomic facts (head, relation) [m, 2], distinct and sorted, on the paths of queries
+    `idx` of dataset `ds`: hop 1 is (head, relation_1), hop i > 1 is (bridge_{i-1}, relation_i),
+    read from the dataset's roles (so an atomic query needs its own fact)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    pairs, i = [], 1
+    while f"relation_{i}" in ds.roles:
+        head = ds.roles["head" if i == 1 else f"bridge_{i - 1}"][idx]
+        rel = ds.roles[f"relation_{i}"][idx]
+        keep = (head >= 0) & (rel >= 0)
+        pairs.append(np.stack([head[keep], rel[keep]], 1))
+        i += 1
+    if not pairs:
+        raise ValueError(f"the {ds.task!r} dataset has no head/relation roles: a slim bank needs "
+                         "a fact task such as data=composition_cpu")
+    return torch.as_tensor(np.unique(np.concatenate(pairs), axis=0), dtype=torch.int64)
+
+
+def slim_bank(bank: FactBank, ds, splits: list[str], vocab) -> FactBank:
+    """The facts of `bank` on the query paths of `ds`'s `splits` (slot order kept); ValueError if
+    a split is unknown or the bank lacks a fact the queries need."""
+    bad = [s for s in splits if s not in ds.eval_splits]
+    if bad:
+        raise ValueError(f"needed_by names {bad[0]!r}, which the dataset does not have; it has "
+                         f"{ds.eval_splits}")
+    idx = np.concatenate([np.asarray(ds.splits[s]) for s in splits])
+    needed = path_facts(ds, idx)
+    slots = bank.slots_of(needed[:, 0], needed[:, 1])
+    if (slots < 0).any():
+        h, r = needed[int(torch.nonzero(slots < 0)[0, 0])].tolist()
+        raise ValueError(f"the bank lacks {int((slots < 0).sum())} of the {len(needed)} facts "
+                         f"that {','.join(splits)} need, e.g. ({vocab.token(h)}, "
+                         f"{vocab.token(r)}); build it from the graph those queries come from")
+    keep = torch.zeros(len(bank), dtype=torch.bool)
+    keep[slots] = True
+    return FactBank(bank.head[keep], bank.relation[keep], bank.tail[keep])
+
+
 # --- commands -----------------------------------------------------------------------------------
 @dataclass
 class BankCommand:
@@ -177,31 +249,46 @@ class BankCommand:
     splits: list[str] = field(default_factory=list)   # []: every evaluation split
     name: str | None = None         # the rows' model name; None: EXPERIMENT (.swap with a bank)
     batch_size: int = 4096
+    # build: a slim bank
+    needed_by: list[str] = field(default_factory=list)  # keep only the facts on these splits'
+                                                        # query paths (of data, else the run's)
+    # edit_eval (also: bank, step, n_steps, top_k, name; splits = the two-hop query pool)
+    method: str = "bank"            # bank: edit the fact in the bank; finetune: train the weights
+    n_edits: int = 200              # facts edited (one at a time) per hop position
+    positions: list[int] = field(default_factory=lambda: [1, 2])  # hop positions edited
+    n_locality: int = 20            # unrelated two-hop queries checked per edit
+    edit_seed: int = 0              # which facts are edited and their new tails
+    finetune_steps: int = 10        # method=finetune: Adam steps on the edited atomic query
+    finetune_lr: float = 1e-4       # method=finetune: Adam's learning rate
 
 
-ACTIONS = {"build": ("facts", "edit"),
-           "eval": ("bank", "step", "n_steps", "top_k", "splits", "name")}
+EVAL_KEYS = ("bank", "step", "n_steps", "top_k", "splits", "name")
+ACTIONS = {"build": ("facts", "edit", "needed_by"),
+           "eval": EVAL_KEYS,
+           "edit_eval": EVAL_KEYS + ("method", "n_edits", "positions", "n_locality", "edit_seed",
+                                     "finetune_steps", "finetune_lr")}
 
 
 def run_action(d: dict):
-    """Dispatch on `action`, refusing the other action's options."""
+    """Dispatch on `action`, refusing the other actions' options."""
     if len(d["action"]) != 1 or d["action"][0] not in ACTIONS:
         raise ValueError(f"{' '.join(d['action']) or 'no action'}: say `python -m grokloop.bank "
-                         "build ...` or `python -m grokloop.bank eval ...`")
+                         "build ...`, `... eval ...` or `... edit_eval ...`")
     action = d["action"][0]
     defaults = BankCommand()
-    for other, keys in ACTIONS.items():
-        for key in keys if other != action else ():
-            if d[key] != getattr(defaults, key):
-                raise ValueError(f"{key}= is an option of `{other}`, not of `{action}`")
+    for key in sorted({k for keys in ACTIONS.values() for k in keys} - set(ACTIONS[action])):
+        if d[key] != getattr(defaults, key):
+            owners = " and ".join(f"`{a}`" for a, keys in ACTIONS.items() if key in keys)
+            raise ValueError(f"{key}= is an option of {owners}, not of `{action}`")
     if action == "build":
         if not d["out"]:
             raise ValueError("out is required: pass out=DIR, the bank directory to write")
         return build(d)
     if not d["run_dir"]:
         raise ValueError("run_dir is required: pass run_dir=RUN, a run trained with "
-                         "model.memory=facts")
-    return evaluate_bank(d)
+                         "model.memory=facts" + (" (or any run, with method=finetune)"
+                                                 if action == "edit_eval" else ""))
+    return evaluate_bank(d) if action == "eval" else edit_eval(d)
 
 
 def _run_dataset(run_dir: str | Path):
@@ -238,6 +325,12 @@ def build(d: dict) -> Path:
         bank = FactBank.from_dataset(ds)
         source = {"kind": "data" if data_ds is not None else "run", "task": ds.task,
                   "data": ds.config, "dataset_hash": ds.content_hash()}
+    if d["needed_by"]:
+        ds = data_ds or run_ds
+        full = len(bank)
+        bank = slim_bank(bank, ds, d["needed_by"], vocab)
+        source |= {"needed_by": list(d["needed_by"]), "needed_by_dataset_hash": ds.content_hash(),
+                   "n_facts_before": full}
     for fact in d["edit"]:
         edit = parse_facts([fact], vocab, f"edit={fact!r}")
         bank = bank.edited(int(edit.head[0]), int(edit.relation[0]), int(edit.tail[0]))
@@ -266,18 +359,21 @@ def retrieval(model, bank: FactBank, tokens: torch.Tensor, batch_size: int) -> l
     return (hits.float() / len(tokens)).tolist()
 
 
-@torch.no_grad()
-def evaluate_bank(d: dict) -> dict:
+def _load(d: dict, need_memory: bool = True):
+    """(run config, run dataset, dataset, bank manifest or None, model, step) of an eval or
+    edit_eval command, every check done before the model is loaded: the run, the bank against
+    its vocabulary, the data, the splits named."""
     from datagen import data_config_from_dict, load_or_build
     from grokloop.checkpoint import last_good_checkpoint, load_model
-    from grokloop.evaluate import evaluate
-    from grokloop.stats import acc_row
 
-    # Every check before any work: the run, the bank against its vocabulary, the data.
     run_cfg, run_ds = _run_dataset(d["run_dir"])
-    if run_cfg["model"].get("memory", "none") == "none":
-        raise ValueError(f"run_dir={d['run_dir']} has no memory (model.memory=none); bank eval "
-                         "needs a run trained with model.memory=facts")
+    has_memory = run_cfg["model"].get("memory", "none") != "none"
+    if (need_memory or d["bank"]) and not has_memory:
+        raise ValueError(f"run_dir={d['run_dir']} has no memory (model.memory=none); "
+                         f"{'bank=' if d['bank'] else 'bank ' + d['action'][0]} needs a run "
+                         "trained with model.memory=facts" +
+                         (" (edit it by fine-tuning with method=finetune)"
+                          if d["action"][0] == "edit_eval" else ""))
     manifest = None
     if d["bank"]:
         manifest = read_manifest(d["bank"])
@@ -289,10 +385,11 @@ def evaluate_bank(d: dict) -> dict:
             raise ValueError(f"data has another vocabulary ({len(ds.vocab)} tokens) than run_dir="
                              f"{d['run_dir']} ({len(run_ds.vocab)}); evaluate on data with the "
                              "run's entities and relations")
-    splits = d["splits"] or ds.eval_splits
-    missing = [s for s in splits if s not in ds.eval_splits]
+    missing = [s for s in d["splits"] if s not in ds.eval_splits]
     if d["top_k"] is not None and d["top_k"] < 1:
         raise ValueError(f"top_k={d['top_k']} must be at least 1 (slots read per position)")
+    if d["top_k"] is not None and not has_memory:
+        raise ValueError(f"top_k={d['top_k']}: run_dir={d['run_dir']} has no memory to read")
     if missing:
         raise ValueError(f"splits names {missing[0]!r}, which this dataset does not have; it has "
                          f"{ds.eval_splits}")
@@ -305,6 +402,16 @@ def evaluate_bank(d: dict) -> dict:
         model.set_n_steps(d["n_steps"])
     if d["top_k"]:
         model.memory.top_k = d["top_k"]
+    return run_cfg, run_ds, ds, manifest, model, step
+
+
+@torch.no_grad()
+def evaluate_bank(d: dict) -> dict:
+    from grokloop.evaluate import evaluate
+    from grokloop.stats import acc_row
+
+    run_cfg, run_ds, ds, manifest, model, step = _load(d)
+    splits = d["splits"] or ds.eval_splits
     bank = model.memory.bank
 
     t = time.perf_counter()
@@ -314,7 +421,8 @@ def evaluate_bank(d: dict) -> dict:
     experiment = run_cfg.get("experiment", "model")
     name = d["name"] or (f"{experiment}.swap" if d["bank"] else experiment)
     bank_name = Path(d["bank"]).name if d["bank"] else "own"
-    common = {"model": name, "seed": run_cfg.get("seed"), "step": step, "bank": bank_name}
+    common = {"model": name, "seed": run_cfg.get("seed"), "step": step, "bank": bank_name,
+              "bank_facts": len(bank), "bank_bytes": bank_bytes(bank)}
     rows = []
     for s in splits:
         hops = data["hops"][idx[s]].unique().tolist()
@@ -328,14 +436,14 @@ def evaluate_bank(d: dict) -> dict:
         if len(atomic):
             found = retrieval(model, bank, data["inputs"][atomic, :2], d["batch_size"])
             for t_, r in enumerate(found):
-                rows.append(acc_row(r, len(atomic), **common, split=s, metric="retrieval",
-                                    read_step=t_ + 1))
+                rows.append(acc_row(r, len(atomic), **common, split=s,
+                                    metric=f"retrieval@{t_ + 1}", read_step=t_ + 1))
     seconds = time.perf_counter() - t
     out = Path(d["out"] or Path(d["run_dir"]) / "bank_eval" / bank_name)
     summary = {"study": f"bank_eval/{name}", "run_dir": str(d["run_dir"]), "machine": machine(),
                "code_version": code_version(), "seconds": seconds,
                "commands": ["python -m grokloop.bank " + " ".join(sys.argv[1:])],
-               "bank": {"path": d["bank"], "n_facts": len(bank),
+               "bank": {"path": d["bank"], "n_facts": len(bank), "bytes": bank_bytes(bank),
                         "facts_sha256": facts_sha256(bank),
                         "source": manifest["source"] if manifest else "checkpoint"},
                "dataset_hash": ds.content_hash(), "n_steps": model.n_steps,
@@ -351,16 +459,346 @@ def evaluate_bank(d: dict) -> dict:
     return summary
 
 
+# --- edit propagation ----------------------------------------------------------------------------
+# Which atomic facts are in- and out-of-distribution, read from the splits of a composition
+# dataset: the class of each hop of a two-hop split's paths (datagen/composition.py).
+PATH_CLASSES = {"train": "II", "train_inferred": "II", "valid": "II", "test_inferred_id": "II",
+                "test_inferred_ood": "OO", "test_OI": "OI", "test_IO": "IO"}
+ATOMIC_CLASSES = {"atomic_id": "I", "atomic_ood": "O"}
+
+
+def fact_classes(ds, d_vocab: int) -> torch.Tensor:
+    """[d_vocab, d_vocab] int8: 1 where fact (head, relation) is ID, 2 where it is OOD, 0 where
+    the dataset's splits do not say (atomic_id/atomic_ood, and each hop of the two-hop splits:
+    test_OI's first hop is OOD, its second ID, and so on)."""
+    cls = torch.zeros(d_vocab, d_vocab, dtype=torch.int8)
+    for split, c in ATOMIC_CLASSES.items():
+        if split in ds.splits:
+            idx = np.asarray(ds.splits[split])
+            cls[torch.as_tensor(ds.inputs[idx, 0]), torch.as_tensor(ds.inputs[idx, 1])] = \
+                1 if c == "I" else 2
+    for split, cc in PATH_CLASSES.items():
+        if split not in ds.splits:
+            continue
+        idx = np.asarray(ds.splits[split])
+        idx = idx[ds.hops[idx] == 2]
+        for hop, c in enumerate(cc):
+            head = ds.roles["head" if hop == 0 else "bridge_1"][idx]
+            rel = ds.roles[f"relation_{hop + 1}"][idx]
+            cls[torch.as_tensor(head), torch.as_tensor(rel)] = 1 if c == "I" else 2
+    return cls
+
+
+def fact_table(bank: FactBank, d_vocab: int) -> torch.Tensor:
+    """[d_vocab, d_vocab] int64: the tail of fact (head, relation), -1 where there is none."""
+    table = torch.full((d_vocab, d_vocab), -1, dtype=torch.int64)
+    table[bank.head, bank.relation] = bank.tail
+    return table
+
+
+def compose(table: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Answers of two-hop queries (h, r1, r2) [n, 3] in graph `table`; -1 where a hop is missing."""
+    bridge = table[queries[:, 0], queries[:, 1]]
+    return torch.where(bridge >= 0, table[bridge.clamp(min=0), queries[:, 2]], -1)
+
+
+@dataclass
+class Edit:
+    """One edited fact (head, relation): old -> new tail; `through` indexes the queries that
+    pass through it at the edited hop position, `new_answers` their answers in the edited graph
+    (only queries whose answer the edit changes), `unchanged` how many through-queries it leaves
+    with their answer, `locality` indexes unrelated queries (through it at no position)."""
+    position: int
+    head: int
+    relation: int
+    old: int
+    new: int
+    through: torch.Tensor
+    new_answers: torch.Tensor
+    unchanged: int
+    locality: torch.Tensor
+
+
+def plan_edits(table: torch.Tensor, queries: torch.Tensor, position: int, n_edits: int,
+               n_locality: int, entities: torch.Tensor, rng: np.random.Generator) -> list[Edit]:
+    """Up to `n_edits` distinct facts that are hop `position` (1 or 2) of some of `queries`
+    (two-hop (h, r1, r2) [n, 3] in graph `table`), each with a new tail drawn uniformly from the
+    `entities` other than the old tail whose edited graph changes the answer of every query
+    through the fact at that hop (any other entity if none does: the queries it leaves unchanged
+    are counted, not scored), and `n_locality` queries the fact is on no path of."""
+    bridge = table[queries[:, 0], queries[:, 1]]
+    keys = queries[:, :2] if position == 1 else torch.stack([bridge, queries[:, 2]], 1)
+    on_any = [queries[:, :2], torch.stack([bridge, queries[:, 2]], 1)]
+    distinct = torch.unique(keys, dim=0)
+    pick = rng.choice(len(distinct), size=min(n_edits, len(distinct)), replace=False)
+    edits = []
+    for h, r in distinct[torch.as_tensor(pick)].tolist():
+        old = int(table[h, r])
+        through = torch.nonzero((keys[:, 0] == h) & (keys[:, 1] == r)).flatten()
+        old_answers = compose(table, queries[through])
+        others = entities[entities != old]
+        if not len(others):
+            raise ValueError(f"no entity other than the old tail {old} to edit fact ({h}, {r}) to")
+        if position == 1:   # the new bridge must give every through-query a new, defined answer
+            after = table[others][:, queries[through, 2]]                   # [entities, through]
+            good = others[((after >= 0) & (after != old_answers)).all(1)]
+            others = good if len(good) else others
+        new = int(others[int(rng.integers(len(others)))])
+        edited = table.clone()
+        edited[h, r] = new
+        new_answers = compose(edited, queries[through])
+        changed = (new_answers >= 0) & (new_answers != old_answers)
+        unrelated = torch.nonzero(~((on_any[0][:, 0] == h) & (on_any[0][:, 1] == r)) &
+                                  ~((on_any[1][:, 0] == h) & (on_any[1][:, 1] == r))).flatten()
+        local = unrelated[torch.as_tensor(
+            rng.choice(len(unrelated), size=min(n_locality, len(unrelated)), replace=False),
+            dtype=torch.int64)]
+        edits.append(Edit(position, h, r, old, new, through[changed], new_answers[changed],
+                          int((~changed).sum()), local))
+    return edits
+
+
+@torch.no_grad()
+def predict(model, tokens: torch.Tensor, position: int, batch_size: int = 4096) -> torch.Tensor:
+    """The model's answers (argmax after its last step) at `position` of each row of `tokens`."""
+    if not len(tokens):
+        return torch.zeros(0, dtype=torch.int64)
+    device = next(model.parameters()).device
+    out = []
+    for chunk in tokens.split(batch_size):
+        pos = torch.full((len(chunk),), position, device=device)
+        out.append(model.readout_steps(chunk.to(device), model.n_steps, positions=pos)[-1]
+                   .argmax(-1).cpu())
+    return torch.cat(out)
+
+
+def bank_editor(model, bank: FactBank):
+    """method=bank: `apply(edit)` plugs in `bank` with the one fact edited; `restore()` the bank."""
+    def apply(e: Edit):
+        model.memory.attach(bank.edited(e.head, e.relation, e.new))
+
+    return apply, lambda: model.memory.attach(bank)
+
+
+def finetune_editor(model, steps: int, lr: float):
+    """method=finetune: `apply(edit)` trains every weight for `steps` Adam steps (learning rate
+    `lr`) on the edited atomic query `h r` -> new tail alone (cross-entropy of the answer after
+    the last step); `restore()` puts back the weights (and bank) it started from."""
+    import torch.nn.functional as F
+
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    device = next(model.parameters()).device
+
+    def apply(e: Edit):
+        tokens = torch.tensor([[e.head, e.relation]], device=device)
+        target, pos = torch.tensor([e.new], device=device), torch.tensor([1], device=device)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        model.train()
+        with torch.enable_grad():
+            for _ in range(steps):
+                logits = model.readout_steps(tokens, model.n_steps, positions=pos)[-1]
+                loss = F.cross_entropy(logits.float(), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        model.eval()
+
+    def restore():
+        model.load_state_dict(start)
+        model.eval()
+
+    return apply, restore
+
+
+def measure_edits(model, edits: list[Edit], queries: torch.Tensor, table: torch.Tensor,
+                  classes: torch.Tensor, apply, restore, batch_size: int = 4096) -> dict:
+    """Edit by edit (exact: each is applied alone to the unedited model, then undone): whether
+    the edited atomic query answers the new tail (success), each through-query its answer in the
+    edited graph (propagation), each unrelated query the answer it gave before any edit
+    (locality); and, before any edit, whether the through-queries got their old answers (before).
+    Returns {(metric, split): [correct, n]}, split by the class of the fact (atomic_id/ood) or of
+    the query's path (two_hop_II/OI/IO/OO: ID or OOD fact at each hop, in the graph the answer
+    follows; `two_hop` all of them)."""
+    restore()
+    model.eval()
+    before = predict(model, queries, 2, batch_size)
+    old_answers = compose(table, queries)
+    letter = {0: "?", 1: "I", 2: "O"}
+    counts: dict[tuple[str, str], list[int]] = {}
+
+    def count(metric: str, splits: list[str], ok: torch.Tensor):
+        for s in splits:
+            c = counts.setdefault((metric, s), [0, 0])
+            c[0] += int(ok.sum())
+            c[1] += len(ok)
+
+    def path_split(q: torch.Tensor, tab: torch.Tensor) -> list[str]:
+        bridge = tab[q[:, 0], q[:, 1]]
+        first, second = classes[q[:, 0], q[:, 1]], classes[bridge.clamp(min=0), q[:, 2]]
+        return [f"two_hop_{letter[int(a)]}{letter[int(b)]}" for a, b in zip(first, second)]
+
+    def count_by_path(metric: str, q: torch.Tensor, tab: torch.Tensor, ok: torch.Tensor):
+        count(metric, ["two_hop"], ok)
+        labels = path_split(q, tab)
+        for lab in sorted(set(labels)):
+            count(metric, [lab], ok[torch.tensor([x == lab for x in labels])])
+
+    for e in edits:
+        fact = {1: "atomic_id", 2: "atomic_ood"}.get(int(classes[e.head, e.relation]), "atomic_?")
+        q = queries[e.through]
+        count_by_path("before", q, table, before[e.through] == old_answers[e.through])
+        apply(e)
+        got = predict(model, torch.tensor([[e.head, e.relation]]), 1, batch_size)
+        count("success", ["atomic", fact], got == e.new)
+        edited = table.clone()
+        edited[e.head, e.relation] = e.new
+        count_by_path("propagation", q, edited, predict(model, q, 2, batch_size) == e.new_answers)
+        local = queries[e.locality]
+        count_by_path("locality", local, table,
+                      predict(model, local, 2, batch_size) == before[e.locality])
+        restore()
+    return counts
+
+
+METRICS = {"success": "the edited atomic query answers the new tail",
+           "propagation": "a two-hop query through the edited fact answers its new answer",
+           "locality": "an unrelated two-hop query keeps the answer it gave before the edit",
+           "before": "before the edit, the through-queries answer their old answers"}
+
+
+def edit_eval(d: dict) -> dict:
+    """`python -m grokloop.bank edit_eval`: single-fact edits and how far they carry through
+    two-hop answers, for a frozen memory model whose bank is edited (method=bank) or for any
+    model fine-tuned on the edited fact (method=finetune, the baseline). Rows NAME.hopP.METRIC."""
+    from grokloop.stats import acc_row
+
+    method = d["method"]
+    if method not in ("bank", "finetune"):
+        raise ValueError(f"method={method!r}: choose bank (edit the fact in the bank, model "
+                         "frozen) or finetune (train the weights on the edited fact)")
+    if d["n_edits"] < 1 or d["n_locality"] < 0:
+        raise ValueError(f"n_edits={d['n_edits']} must be at least 1 and n_locality="
+                         f"{d['n_locality']} at least 0")
+    if not d["positions"] or not set(d["positions"]) <= {1, 2}:
+        raise ValueError(f"positions={d['positions']}: the hop positions to edit, 1 (the first "
+                         "hop of two-hop queries), 2 (the second) or both: positions=1,2")
+    if method == "finetune" and (d["finetune_steps"] < 1 or d["finetune_lr"] <= 0):
+        raise ValueError(f"finetune_steps={d['finetune_steps']} must be at least 1 and "
+                         f"finetune_lr={d['finetune_lr']} positive")
+    if method == "bank" and (d["finetune_steps"] != BankCommand.finetune_steps or
+                             d["finetune_lr"] != BankCommand.finetune_lr):
+        raise ValueError("finetune_steps= and finetune_lr= are options of method=finetune")
+    run_cfg, run_ds, ds, manifest, model, step = _load(d, need_memory=method == "bank")
+    if ds.task != "composition":
+        raise ValueError(f"edit_eval needs two-hop fact queries (a composition dataset), not "
+                         f"{ds.task!r}")
+    two_hop = [s for s in ds.eval_splits if (ds.hops[ds.splits[s]] == 2).all()]
+    splits = d["splits"] or [s for s in two_hop if s != "train_inferred"]
+    bad = [s for s in splits if s not in two_hop]
+    if bad:
+        raise ValueError(f"splits names {bad[0]!r}, which holds no two-hop queries; the query "
+                         f"pool comes from {two_hop}")
+    d_vocab = len(ds.vocab)
+    graph = FactBank.from_dataset(ds)
+    table = fact_table(graph, d_vocab)
+    if method == "bank":
+        bank = model.memory.bank
+        if not torch.equal(fact_table(bank, d_vocab), table):
+            raise ValueError("the bank the model reads holds other facts than the graph of the "
+                             "data asked about; pass bank= built from that graph (python -m "
+                             "grokloop.bank build data=...)")
+    idx = np.concatenate([np.asarray(ds.splits[s]) for s in splits])
+    queries = torch.unique(torch.as_tensor(ds.inputs[idx, :3], dtype=torch.int64), dim=0)
+    if not torch.equal(compose(table, torch.as_tensor(ds.inputs[idx, :3], dtype=torch.int64)),
+                       torch.as_tensor(ds.answers[idx], dtype=torch.int64)):
+        raise ValueError("the two-hop queries' answers are not those of the dataset's graph of "
+                         "atomic facts; edit_eval needs the dataset the queries came from")
+    classes = fact_classes(ds, d_vocab)
+    entities = torch.tensor(list(ds.vocab.range("entities")))
+
+    t0 = time.perf_counter()
+    if method == "bank":
+        apply, restore = bank_editor(model, model.memory.bank)
+    else:
+        apply, restore = finetune_editor(model, d["finetune_steps"], d["finetune_lr"])
+    experiment = run_cfg.get("experiment", "model")
+    name = d["name"] or f"{experiment}.{method}_edit"
+    common = {"seed": run_cfg.get("seed"), "step": step, "method": method}
+    rows, plans = [], []
+    for position in d["positions"]:
+        rng = np.random.default_rng([d["edit_seed"], position])
+        edits = plan_edits(table, queries, position, d["n_edits"], d["n_locality"], entities, rng)
+        counts = measure_edits(model, edits, queries, table, classes, apply, restore,
+                               d["batch_size"])
+        for metric in METRICS:
+            for (m, split), (k, n) in sorted(counts.items()):
+                if m == metric and n:
+                    rows.append(acc_row(k / n, n, model=f"{name}.hop{position}.{metric}",
+                                        split=split, hops=1 if metric == "success" else 2,
+                                        metric=f"edit_{metric}", edit_hop=position, **common))
+        tok = ds.vocab.token
+        plans.append({"position": position, "n_edits": len(edits),
+                      "n_through": sum(len(e.through) for e in edits),
+                      "n_unchanged": sum(e.unchanged for e in edits),
+                      "edits": [f"{tok(e.head)} {tok(e.relation)}: {tok(e.old)} -> {tok(e.new)}"
+                                for e in edits]})
+    seconds = time.perf_counter() - t0
+    out = Path(d["out"] or Path(d["run_dir"]) / "bank_edit" / method)
+    summary = {"study": f"bank_edit/{name}", "run_dir": str(d["run_dir"]), "machine": machine(),
+               "code_version": code_version(), "seconds": seconds,
+               "commands": ["python -m grokloop.bank " + " ".join(sys.argv[1:])],
+               "method": method, "metrics": METRICS, "query_splits": splits,
+               "n_queries": len(queries), "edit_seed": d["edit_seed"],
+               "n_locality": d["n_locality"], "n_steps": model.n_steps,
+               "finetune": {"steps": d["finetune_steps"], "lr": d["finetune_lr"],
+                            "optimizer": "Adam"} if method == "finetune" else None,
+               "bank": None if getattr(model, "memory", None) is None else
+               {"path": d["bank"], "n_facts": len(model.memory.bank),
+                "source": manifest["source"] if manifest else "checkpoint"},
+               "dataset_hash": ds.content_hash(), "plans": plans, "rows": rows}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.md", edit_markdown(summary))
+    for r in rows:
+        print(f"{r['model']:<44} {r['split']:<12} acc {r['acc']:.3f} [{r['lo']:.3f}, "
+              f"{r['hi']:.3f}] n {r['n']}")
+    print(f"written to {out.resolve()}/summary.json and summary.md ({seconds:.1f} s)")
+    return summary
+
+
+def edit_markdown(summary: dict) -> str:
+    plans = "; ".join(f"hop {p['position']}: {p['n_edits']} edits, {p['n_through']} "
+                      f"through-queries ({p['n_unchanged']} left unchanged by their edit, not "
+                      "scored)" for p in summary["plans"])
+    how = ("the fact replaced in the bank, every weight frozen" if summary["method"] == "bank"
+           else f"every weight fine-tuned {summary['finetune']['steps']} Adam steps at lr "
+           f"{summary['finetune']['lr']} on the edited atomic query alone")
+    lines = [f"# {summary['study']}", "", "```bash", *summary["commands"], "```", "",
+             f"Each edit applied alone ({how}), then undone. Query pool: the two-hop queries of "
+             f"{', '.join(summary['query_splits'])} ({summary['n_queries']:,}); {plans}; "
+             f"{summary['n_locality']} unrelated queries per edit; edit_seed "
+             f"{summary['edit_seed']}; {summary['seconds']:.1f} s on "
+             f"{summary['machine'].get('cpu')}, code {summary['code_version']}.", "",
+             *[f"- {m}: {text}" for m, text in summary["metrics"].items()], "",
+             "Splits: atomic_id/ood, the edited fact's class; two_hop_XY, the query's path (X, Y: "
+             "ID or OOD fact at hops 1 and 2, in the graph its answer follows).", "",
+             "| model | split | acc | 95% CI | n |", "|" + "---|" * 5]
+    for r in summary["rows"]:
+        lines.append(f"| {r['model']} | {r['split']} | {r['acc']:.3f} | "
+                     f"[{r['lo']:.3f}, {r['hi']:.3f}] | {r['n']:,} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(summary: dict) -> str:
     lines = [f"# {summary['study']}", "", "```bash", *summary["commands"], "```", "",
              f"Bank: {summary['bank']['path'] or 'the checkpoint own (training graph)'}, "
-             f"{summary['bank']['n_facts']:,} facts; {summary['n_steps']} steps, top-"
+             f"{summary['bank']['n_facts']:,} facts ({summary['bank']['bytes']:,} bytes); "
+             f"{summary['n_steps']} steps, top-"
              f"{summary['top_k']} slots; "
              f"{summary['seconds']:.1f} s on {summary['machine'].get('cpu')}, code "
              f"{summary['code_version']}.", "",
              "| model | split | hops | metric | acc | 95% CI | n |", "|" + "---|" * 7]
     for r in summary["rows"]:
-        metric = f"retrieval@{r['read_step']}" if "metric" in r else "answer"
+        metric = r.get("metric", "answer")
         lines.append(f"| {r['model']} | {r['split']} | {r.get('hops', '')} | {metric} | "
                      f"{r['acc']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] | {r['n']:,} |")
     return "\n".join(lines) + "\n"

@@ -303,7 +303,7 @@ def test_trained_memory_model_carries_its_bank_and_evaluates_a_swapped_one(tmp_p
     rows = json.loads((tmp_path / "ev" / "summary.json").read_text())["rows"]
     assert {r["model"] for r in rows} == {"composition_cpu_loop2_memory.swap"}
     assert {"test_inferred_id", "test_OI", "atomic_id"} <= {r["split"] for r in rows}
-    assert any(r.get("metric") == "retrieval" for r in rows)
+    assert any(r.get("metric", "").startswith("retrieval@") for r in rows)
     # a bank over another vocabulary is refused before any work
     bank_main(["build", "data=composition_cpu", "data.n_entities=13", "data.n_relations=4",
                "data.out_degree=4", "data.phi=2.0", "data.eval_size=40", cache,
@@ -337,3 +337,199 @@ def test_training_with_the_address_loss_teaches_retrieval_and_needs_a_memory(tmp
     runs = {w: train(cfg(f"train.memory_address_loss={w}", "train.steps=30"), tmp_path / f"w{w}")
             for w in (0.0, 1.0)}
     assert runs[0.0]["final"]["loss/train"] != runs[1.0]["final"]["loss/train"]
+
+
+# --- edit propagation and slim banks --------------------------------------------------------------
+# A hand-made complete graph over entities A..D (tokens 2..5) and relations r, s (12, 13).
+A, B, C, D, R, S = 2, 3, 4, 5, 12, 13
+HAND = {(A, R): B, (A, S): C, (B, R): C, (B, S): D, (C, R): D, (C, S): A, (D, R): A, (D, S): B}
+HAND_BANK = FactBank(*map(torch.tensor, zip(*[(h, r, t) for (h, r), t in HAND.items()])))
+HAND_QUERIES = torch.tensor([[h, r1, r2] for h in (A, B, C, D) for r1 in (R, S) for r2 in (R, S)])
+
+
+def test_edit_plans_on_a_hand_made_graph_know_the_right_answers():
+    import numpy as np
+    from grokloop.bank import compose, fact_table, plan_edits
+
+    table = fact_table(HAND_BANK, 23)
+    assert compose(table, torch.tensor([[A, R, S], [D, S, R]])).tolist() == [D, C]
+    # hop 1: (A r) -> C instead of B; A r r = C r = D, A r s = C s = A
+    (e,) = plan_edits(table, torch.tensor([[A, R, R], [A, R, S]]), 1, 5, 0,
+                      torch.tensor([B, C]), np.random.default_rng(0))
+    assert (e.head, e.relation, e.old, e.new) == (A, R, B, C)
+    assert e.through.tolist() == [0, 1] and e.new_answers.tolist() == [D, A] and e.unchanged == 0
+    # a self-loop: (A r) -> A makes A r r = (A r) r = A, read from the EDITED graph (not B)
+    (e,) = plan_edits(table, torch.tensor([[A, R, R], [A, R, S]]), 1, 5, 0,
+                      torch.tensor([A]), np.random.default_rng(0))
+    assert e.new == A and e.new_answers.tolist() == [A, C]
+    # hop 2: the queries whose bridge is A and second relation r (C s r, D r r) now answer t'
+    queries = HAND_QUERIES
+    keys2 = [(HAND[h, r1], r2) for h, r1, r2 in queries.tolist()]
+    pick = [i for i, k in enumerate(keys2) if k == (A, R)]
+    edits = plan_edits(table, queries[pick], 2, 5, 0, torch.tensor([D]), np.random.default_rng(0))
+    assert [(x.head, x.relation, x.new) for x in edits] == [(A, R, D)]
+    assert sorted(map(tuple, queries[pick].tolist())) == [(C, S, R), (D, R, R)]
+    assert edits[0].new_answers.tolist() == [D, D]
+    # locality: unrelated queries are those with (A, r) on neither hop, drawn without repeats
+    edits = plan_edits(table, queries, 1, 8, 100, torch.tensor([C, D]), np.random.default_rng(0))
+    e = next(x for x in edits if (x.head, x.relation) == (A, R))
+    assert len(e.through) == 2 and len(e.locality) == 16 - 4
+    on_path = {(h, r1) for h, r1, _ in queries[e.locality].tolist()} | \
+        {(HAND[h, r1], r2) for h, r1, r2 in queries[e.locality].tolist()}
+    assert (A, R) not in on_path and len(set(e.locality.tolist())) == 12
+    assert len(edits) == 8   # every distinct first-hop fact of the pool, once
+    with pytest.raises(ValueError, match="no entity other than"):
+        plan_edits(table, queries, 1, 8, 0, torch.tensor([B]), np.random.default_rng(0))
+
+
+class SymbolicReasoner(torch.nn.Module):
+    """A stand-in for a perfect memory model: it answers atomic and two-hop queries by looking
+    them up in the bank it reads, so a bank edit must carry through every answer."""
+
+    def __init__(self, bank):
+        super().__init__()
+        self.dummy, self.n_steps = torch.nn.Parameter(torch.zeros(1)), 1
+        self.__dict__["memory"] = self            # model.memory.attach / .bank, not a submodule
+        self.attach(bank)
+
+    def attach(self, bank):
+        from grokloop.bank import fact_table
+        self.bank, self.table = bank, fact_table(bank, 23)
+
+    def readout_steps(self, tokens, n_steps=None, positions=None):
+        ans = self.table[tokens[:, 0], tokens[:, 1]]
+        two = positions == 2
+        if two.any():
+            ans[two] = self.table[ans[two], tokens[two, 2]]
+        return torch.nn.functional.one_hot(ans, 23).float()[None]
+
+
+def test_a_reasoner_that_reads_its_bank_propagates_every_edit_and_a_no_op_edit_none():
+    import numpy as np
+    from grokloop.bank import bank_editor, fact_table, measure_edits, plan_edits
+
+    table = fact_table(HAND_BANK, 23)
+    classes = torch.ones(23, 23, dtype=torch.int8)
+    classes[C] = 2                                  # facts with head C are OOD
+    ents = torch.tensor([A, B, C, D])
+    for position in (1, 2):
+        edits = plan_edits(table, HAND_QUERIES, position, 8, 6, ents, np.random.default_rng(1))
+        m = SymbolicReasoner(HAND_BANK)
+        got = measure_edits(m, edits, HAND_QUERIES, table, classes, *bank_editor(m, HAND_BANK))
+        for metric in ("success", "propagation", "locality", "before"):
+            k, n = got[metric, "atomic" if metric == "success" else "two_hop"]
+            assert k == n > 0, (position, metric, k, n)
+        assert got["success", "atomic_ood"][1] == sum(e.head == C for e in edits)
+        assert {s for _, s in got} >= {"two_hop_II", "two_hop_OI", "two_hop_IO"}
+        assert torch.equal(m.bank.ids(), HAND_BANK.ids())             # each edit undone
+        none = measure_edits(m, edits, HAND_QUERIES, table, classes, lambda e: None, lambda: None)
+        assert none["success", "atomic"][0] == none["propagation", "two_hop"][0] == 0
+        assert none["locality", "two_hop"][0] == none["locality", "two_hop"][1]
+
+
+def test_finetune_edits_train_the_edited_fact_and_are_undone():
+    from grokloop.bank import Edit, finetune_editor
+
+    m = memory_model(HAND_BANK, n_steps=2)
+    start = {k: v.clone() for k, v in m.state_dict().items()}
+    apply, restore = finetune_editor(m, steps=30, lr=1e-2)
+    e = Edit(1, A, R, B, D, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+             0, torch.zeros(0, dtype=torch.long))
+    apply(e)
+    logits = m.readout_steps(torch.tensor([[A, R]]), 2, positions=torch.tensor([1]))[-1]
+    assert int(logits.argmax()) == D and not m.training
+    assert not torch.equal(m.W_E, start["W_E"])
+    restore()
+    assert all(torch.equal(v, start[k]) for k, v in m.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def tiny_memory_run(tmp_path_factory):
+    """A tiny composition run with a fact memory (a few seconds), and its data cache."""
+    from grokloop import cli
+    from grokloop.config import run_config_from_dict
+    from grokloop.train import train
+    from omegaconf import OmegaConf
+
+    tmp = tmp_path_factory.mktemp("edit")
+    cache = f"data_cache={tmp / 'cache'}"
+    d = OmegaConf.to_container(cli.compose("train", [
+        "experiment=composition_cpu_loop2_memory", "debug=tiny", *TINY_DATA, cache]), resolve=True)
+    d.pop("out_dir"), d.pop("resume")
+    train(run_config_from_dict(d), tmp / "run")
+    return tmp, cache
+
+
+def test_edit_eval_writes_rows_for_both_methods_and_refuses_bad_options(tiny_memory_run):
+    tmp, cache = tiny_memory_run
+    run = tmp / "run"
+    for method, extra in (("bank", []), ("finetune", ["finetune_steps=2"])):
+        bank_main(["edit_eval", f"run_dir={run}", f"method={method}", "n_edits=3",
+                   "n_locality=4", *extra, cache, f"out={tmp / method}"])
+        summary = json.loads((tmp / method / "summary.json").read_text())
+        rows = summary["rows"]
+        models = {r["model"] for r in rows}
+        assert {f"composition_cpu_loop2_memory.{method}_edit.hop{p}.{m}" for p in (1, 2)
+                for m in ("success", "propagation", "locality", "before")} == models
+        assert all(r["lo"] - 1e-9 <= r["acc"] <= r["hi"] + 1e-9 and r["n"] > 0 for r in rows)
+        assert [p["n_edits"] for p in summary["plans"]] == [3, 3]
+        assert (tmp / method / "summary.md").read_text().startswith("# bank_edit/")
+    bad = [(["method=foo"], "method='foo'"), (["positions=3"], "positions=[3]"),
+           (["n_edits=0"], "n_edits=0"), (["finetune_lr=0.1"], "options of method=finetune"),
+           (["splits=atomic_id"], "holds no two-hop queries"),
+           (["needed_by=test_OI"], "is an option of `build`"),
+           (["method=finetune", "finetune_steps=0"], "finetune_steps=0")]
+    for args, needle in bad:
+        with pytest.raises(SystemExit) as e:
+            bank_main(["edit_eval", f"run_dir={run}", *args, cache, f"out={tmp / 'bad'}"])
+        assert e.value.code == 2 and needle in str(e.value), (args, str(e.value))
+    assert not (tmp / "bad").exists()
+    # a run without a memory: method=bank is refused, naming method=finetune
+    plain = tmp / "plain"
+    plain.mkdir()
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["memory"] = "none"
+    (plain / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit) as e:
+        bank_main(["edit_eval", f"run_dir={plain}", cache])
+    assert "method=finetune" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        bank_main(["eval", f"run_dir={run}", "n_edits=3", cache])
+    assert "is an option of `edit_eval`, not of `eval`" in str(e.value)
+
+
+def test_a_slim_bank_keeps_exactly_the_facts_its_queries_need(tiny_memory_run):
+    import numpy as np
+    from datagen import data_config_from_dict, load_or_build
+
+    tmp, cache = tiny_memory_run
+    run = tmp / "run"
+    bank_main(["build", f"run_dir={run}", "needed_by=test_inferred_id,test_OI", cache,
+               f"out={tmp / 'slim'}"])
+    cfg = json.loads((run / "config.json").read_text())
+    ds = load_or_build(data_config_from_dict(cfg["data"]), cache.split("=", 1)[1])
+    idx = np.concatenate([ds.splits["test_inferred_id"], ds.splits["test_OI"]])
+    roles = ds.roles
+    want = {(int(h), int(r)) for h, r in zip(roles["head"][idx], roles["relation_1"][idx])} | \
+        {(int(h), int(r)) for h, r in zip(roles["bridge_1"][idx], roles["relation_2"][idx])}
+    full = FactBank.from_dataset(ds)
+    slim, manifest = load_bank(tmp / "slim", ds.vocab)
+    assert {(h, r) for h, r, _ in slim.ids().tolist()} == want and len(slim) == len(want)
+    keep = [i for i, (h, r, _) in enumerate(full.ids().tolist()) if (h, r) in want]
+    assert torch.equal(slim.ids(), full.ids()[keep])          # the whole bank's facts, in order
+    assert manifest["source"]["needed_by"] == ["test_inferred_id", "test_OI"]
+    assert manifest["source"]["n_facts_before"] == len(full) > len(slim)
+    bank_main(["eval", f"run_dir={run}", f"bank={tmp / 'slim'}", "splits=test_inferred_id",
+               cache, f"out={tmp / 'slim_ev'}"])
+    rows = json.loads((tmp / "slim_ev" / "summary.json").read_text())["rows"]
+    assert {r["bank_facts"] for r in rows} == {len(slim)}
+    assert {r["bank_bytes"] for r in rows} == {(tmp / "slim" / "bank.safetensors").stat().st_size}
+    with pytest.raises(SystemExit) as e:
+        bank_main(["build", f"run_dir={run}", "needed_by=test_XY", cache, f"out={tmp / 'x'}"])
+    assert "needed_by names 'test_XY'" in str(e.value)
+    few = tmp / "few.txt"
+    few.write_text("\n".join(manifest["facts"][:3]))
+    with pytest.raises(SystemExit) as e:
+        bank_main(["build", f"run_dir={run}", f"facts={few}", "needed_by=test_inferred_id",
+                   cache, f"out={tmp / 'x'}"])
+    assert "the bank lacks" in str(e.value) and not (tmp / "x").exists()
