@@ -47,7 +47,9 @@ finetune_steps Adam steps on the atomic query `h r` -> t' alone (the baseline; a
 works). Measured: success (`h r` answers t'), propagation (each query through the fact at hop P
 answers its answer in the edited graph: for P=1 the new bridge's fact, for P=2 t'), locality
 (n_locality unrelated queries, the fact on no hop of their path, give the answer the unedited
-model gave), and before (the through-queries' old answers before the edit). Rows are named
+model gave), spill (how often such a query answers t' instead, lower is better: a fine-tuned
+model that says t' to everything gets propagation at hop 2 for free) and before (the
+through-queries' old answers before the edit). Rows are named
 NAME.hopP.METRIC (NAME: EXPERIMENT.METHOD_edit), split by the edited fact's class (atomic_id,
 atomic_ood) or the query path's (two_hop_XY: ID or OOD fact at hops 1 and 2, read from the
 dataset's splits; two_hop: all), with Wilson intervals over the queries.
@@ -615,7 +617,8 @@ def measure_edits(model, edits: list[Edit], queries: torch.Tensor, table: torch.
     """Edit by edit (exact: each is applied alone to the unedited model, then undone): whether
     the edited atomic query answers the new tail (success), each through-query its answer in the
     edited graph (propagation), each unrelated query the answer it gave before any edit
-    (locality); and, before any edit, whether the through-queries got their old answers (before).
+    (locality) and how often it answers the new tail instead (spill, among those that did not
+    before); and, before any edit, whether the through-queries got their old answers (before).
     Returns {(metric, split): [correct, n]}, split by the class of the fact (atomic_id/ood) or of
     the query's path (two_hop_II/OI/IO/OO: ID or OOD fact at each hop, in the graph the answer
     follows; `two_hop` all of them)."""
@@ -654,8 +657,10 @@ def measure_edits(model, edits: list[Edit], queries: torch.Tensor, table: torch.
         edited[e.head, e.relation] = e.new
         count_by_path("propagation", q, edited, predict(model, q, 2, batch_size) == e.new_answers)
         local = queries[e.locality]
-        count_by_path("locality", local, table,
-                      predict(model, local, 2, batch_size) == before[e.locality])
+        after = predict(model, local, 2, batch_size)
+        count_by_path("locality", local, table, after == before[e.locality])
+        other = before[e.locality] != e.new
+        count_by_path("spill", local[other], table, after[other] == e.new)
         restore()
     return counts
 
@@ -663,7 +668,9 @@ def measure_edits(model, edits: list[Edit], queries: torch.Tensor, table: torch.
 METRICS = {"success": "the edited atomic query answers the new tail",
            "propagation": "a two-hop query through the edited fact answers its new answer",
            "locality": "an unrelated two-hop query keeps the answer it gave before the edit",
-           "before": "before the edit, the through-queries answer their old answers"}
+           "before": "before the edit, the through-queries answer their old answers",
+           "spill": "an unrelated two-hop query now answers the edited fact's new tail (of those "
+                    "that did not before; lower is better)"}
 
 
 def edit_eval(d: dict) -> dict:

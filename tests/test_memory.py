@@ -425,6 +425,7 @@ def test_a_reasoner_that_reads_its_bank_propagates_every_edit_and_a_no_op_edit_n
         none = measure_edits(m, edits, HAND_QUERIES, table, classes, lambda e: None, lambda: None)
         assert none["success", "atomic"][0] == none["propagation", "two_hop"][0] == 0
         assert none["locality", "two_hop"][0] == none["locality", "two_hop"][1]
+        assert got["spill", "two_hop"][0] == none["spill", "two_hop"][0] == 0
 
 
 def test_finetune_edits_train_the_edited_fact_and_are_undone():
@@ -470,7 +471,7 @@ def test_edit_eval_writes_rows_for_both_methods_and_refuses_bad_options(tiny_mem
         rows = summary["rows"]
         models = {r["model"] for r in rows}
         assert {f"composition_cpu_loop2_memory.{method}_edit.hop{p}.{m}" for p in (1, 2)
-                for m in ("success", "propagation", "locality", "before")} == models
+                for m in ("success", "propagation", "locality", "before", "spill")} == models
         assert all(r["lo"] - 1e-9 <= r["acc"] <= r["hi"] + 1e-9 and r["n"] > 0 for r in rows)
         assert [p["n_edits"] for p in summary["plans"]] == [3, 3]
         assert (tmp / method / "summary.md").read_text().startswith("# bank_edit/")
