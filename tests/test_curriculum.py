@@ -144,6 +144,7 @@ def test_init_from_loads_the_previous_stage_exactly(tmp_path):
     assert summary["per_stage"][0]["steps"] == 10
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_mid_curriculum_is_exact(tmp_path):
     over = TINY + ["curriculum.stage_budget=120", "curriculum.gate=1.0", "model.dropout=0.1",
                    f"data_cache={tmp_path / 'cache'}"]
