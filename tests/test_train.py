@@ -40,9 +40,6 @@ def test_every_experiment_composes_and_validates(experiment):
     ("model.n_heads=7", "not divisible by model.n_heads"),
     ("model.n_steps=0", "n_steps"),
     ("train.eval_splits=[test_inferred_ood]", "does not produce"),
-    ("train.init_from=/nonexistent/run", "holds no checkpoint to start from"),
-    ("train.init_optimizer=true", "needs train.init_from"),
-    ("train.stop_at_grok='test,nope'", "names 'nope'"),
 ])
 def test_config_errors_name_the_key_and_create_no_run_dir(tmp_path, override, needle):
     out = tmp_path / "run"
@@ -51,6 +48,17 @@ def test_config_errors_name_the_key_and_create_no_run_dir(tmp_path, override, ne
                        env=os.environ | {"HYDRA_FULL_ERROR": "1"})
     assert r.returncode != 0 and needle in r.stderr, r.stderr[-800:]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.init_from=/nonexistent/run", "holds no checkpoint to start from"),
+    ("train.init_optimizer=true", "needs train.init_from"),
+    ("train.stop_at_grok='test,nope'", "names 'nope'"),
+])
+def test_start_and_stop_options_are_checked_before_any_work(override, needle):
+    from grokloop.train import prepare   # in-process: the subprocess test above covers the CLI
+    with pytest.raises((ValueError, FileNotFoundError), match=needle):
+        prepare(run_config_from_dict(compose_dict(TINY + [override])[2]))
 
 
 def test_unknown_key_fails_with_its_name(tmp_path):
