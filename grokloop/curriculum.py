@@ -172,12 +172,10 @@ def command_from_dict(d: dict) -> tuple[CurriculumCommand, Path, bool]:
     d = dict(d)
     out_dir, resume = Path(d.pop("out_dir")), d.pop("resume")
     cc = dict(d.pop("curriculum"))
-    cc["stages"] = {k: StageConfig(data=dict(v["data"]), steps=v.get("steps"), gate=v.get("gate"))
-                    for k, v in cc["stages"].items()}
-    for v in cc["stages"].values():   # each stage's preset is checked as its task's config
-        data_config_from_dict(v.data)
-    curriculum = CurriculumConfig(**cc)
+    curriculum = CurriculumConfig(**cc)   # stage dicts become StageConfigs there
     curriculum.check_stages()
+    for st in curriculum.stages.values():   # each stage's preset is checked as its task's config
+        data_config_from_dict(st.data)
     cmd = CurriculumCommand(curriculum=curriculum, model=ModelConfig(**d.pop("model")),
                             optim=OptimConfig(**d.pop("optim")), train=TrainConfig(**d.pop("train")),
                             **d)
