@@ -2,11 +2,8 @@
 plan of every mode, gating and chaining of stages, exact resume mid-curriculum after SIGKILL, the
 transfer metrics against a hand-computed matrix, and config errors."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,8 +12,9 @@ from omegaconf import OmegaConf
 
 from datagen import build_dataset, data_config_from_dict
 from grokloop import cli
-from grokloop.checkpoint import last_good_checkpoint, list_checkpoints
+from grokloop.checkpoint import last_good_checkpoint
 from grokloop.curriculum import command_from_dict, plan, run_curriculum, transfer_metrics
+from conftest import sigkill_when_checkpointed
 
 # A model small enough that a stage on a 121-cell table takes well under a second.
 TINY = ["curriculum=tiny", "model.d_model=16", "model.n_heads=2", "model.d_mlp=32",
@@ -151,14 +149,8 @@ def test_resume_after_sigkill_mid_curriculum_is_exact(tmp_path):
     cmd = [sys.executable, "-m", "grokloop.curriculum", *over]
     subprocess.run(cmd + [f"out_dir={tmp_path / 'full'}"], check=True, capture_output=True, cwd=tmp_path)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + [f"out_dir={killed}"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = killed / "stages" / "01_sub"   # killed inside the second stage
-    deadline = time.time() + 120
-    while time.time() < deadline and not [s for s in list_checkpoints(second) if s >= 40]:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_when_checkpointed(cmd + [f"out_dir={killed}"], tmp_path, second, 40)
     assert not (second / "summary.json").exists(), "the stage finished before it could be killed"
     subprocess.run(cmd + [f"out_dir={killed}", "resume=true"], check=True, capture_output=True, cwd=tmp_path)
 

@@ -1,10 +1,8 @@
 """Training: config composition and errors, exact resume after SIGKILL, checkpoint fallback."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from grokloop import cli
 from grokloop.checkpoint import last_good_checkpoint, list_checkpoints, load_model
 from grokloop.config import run_config_from_dict
 from grokloop.train import train
+from conftest import sigkill_when_checkpointed
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
@@ -92,13 +91,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     cmd = [sys.executable, "-m", "grokloop.train", *overrides]
     subprocess.run(cmd + [f"out_dir={tmp_path / 'full'}"], check=True, capture_output=True, cwd=tmp_path)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + [f"out_dir={killed}"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not [s for s in list_checkpoints(killed) if s >= 100]:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_when_checkpointed(cmd + [f"out_dir={killed}"], tmp_path, killed, 100)
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
     subprocess.run(cmd + [f"out_dir={killed}", "resume=true"], check=True, capture_output=True, cwd=tmp_path)
     assert rows(killed) == rows(tmp_path / "full")
