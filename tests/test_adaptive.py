@@ -220,14 +220,14 @@ def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
     assert "Plotly" in (tmp_path / "sum" / "figures.html").read_text()[:4_000_000]
 
 
-@pytest.mark.parametrize("published", ["adaptive", "adaptive_two_hop"])
+@pytest.mark.parametrize("published", ["adaptive_2026-11-23", "adaptive_two_hop_2026-11-23"])
 def test_adaptive_report_renders_the_published_summaries(published):
     import json
     from pathlib import Path
 
     from reports.adaptive import figures_html, markdown
 
-    d = Path(__file__).resolve().parent.parent / "docs" / "results" / published
+    d = Path(__file__).resolve().parent.parent / "docs" / "archive" / published
     summary = json.loads((d / "summary.json").read_text())
     assert markdown(summary) == (d / "summary.md").read_text()   # unchanged by the move
     page = figures_html(summary)
