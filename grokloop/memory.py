@@ -20,10 +20,12 @@ fact edits one slot. The key is separable (a head part plus a relation part, the
 structure), which also means no slot is ever materialised: the score of fact i is
 S_h[head_i] + S_r[relation_i] from two per-token tables [.., d_vocab], and since V is linear the
 read is V(sum w_i n(E[tail_i])) (with more slots than tokens, the weights are summed per tail
-token first). So the cost per position is O(d_vocab * (d_key + d_model) + n_facts), and
-the search is exact top-k in torch, in chunks of facts whose top-k are merged (faiss is not
-installed here; for a bank of millions, Lample's product-key search over the two halves is the
-next step).
+token first). The search is exact top-k in two ways with the same answer: small banks score
+every fact (O(n_facts) per query, in chunks whose top-k are merged); banks of 32K facts or more
+use Lample's product-key search over the two halves (the a best heads crossed with the b best
+relations, each row certified exact by a bound on every pair outside the grid, else retried
+larger: `product_top_k`), O((n_heads + n_relations) d_key) per query. bench/bench_bank_search.py
+times both on a 1M-fact bank.
 
 Where it reads: inside the last layer of the thinking block (each core of a bank), after the
 MLP and before `hook_resid_post`, so every step ends with a lookup. The core's layers first
@@ -140,6 +142,101 @@ class FactBank:
         return torch.stack([self.head, self.relation, self.tail], dim=1)
 
 
+@dataclass(frozen=True)
+class BankIndex:
+    """The product-key structure of a bank: its distinct head tokens and relation tokens, each
+    fact's position in both, and (when the bank holds each pair once and the grid is affordable)
+    the slot of every (head, relation) pair, -1 where the bank has none."""
+    heads: torch.Tensor       # [n_heads] token ids
+    relations: torch.Tensor   # [n_relations] token ids
+    head_pos: torch.Tensor    # [n_facts] index into heads
+    rel_pos: torch.Tensor     # [n_facts] index into relations
+    table: torch.Tensor | None   # int32 [n_heads, n_relations] slots, or None
+
+    MAX_TABLE = 1 << 25   # 128 MB of int32: a grid larger than this falls back to scoring every fact
+
+    @staticmethod
+    def build(head: torch.Tensor, relation: torch.Tensor) -> "BankIndex":
+        heads, head_pos = torch.unique(head, return_inverse=True)
+        relations, rel_pos = torch.unique(relation, return_inverse=True)
+        table = None
+        if len(heads) * len(relations) <= BankIndex.MAX_TABLE:
+            flat = head_pos * len(relations) + rel_pos
+            if len(torch.unique(flat)) == len(flat):   # a pair held twice needs every score
+                table = torch.full((len(heads) * len(relations),), -1, dtype=torch.int32,
+                                   device=head.device)
+                table[flat] = torch.arange(len(flat), dtype=torch.int32, device=head.device)
+                table = table.view(len(heads), len(relations))
+        return BankIndex(heads, relations, head_pos, rel_pos, table)
+
+
+def exhaustive_top_k(s_head, s_rel, ix: BankIndex, k: int, chunk: int, chunk_scores: int):
+    """Top-k facts by scoring every fact (s_head [rows, n_heads], s_rel [rows, n_relations]), in
+    chunks of facts whose top-k are merged (exact), so memory is O(rows * chunk) and autograd
+    keeps only indices."""
+    n = len(ix.head_pos)
+    chunk = max(k, min(chunk, chunk_scores // max(1, len(s_head))))
+    best = slots = None
+    for lo in range(0, n, chunk):
+        s = s_head[:, ix.head_pos[lo:lo + chunk]] + s_rel[:, ix.rel_pos[lo:lo + chunk]]
+        top, idx = s.topk(min(k, s.shape[-1]), dim=-1)
+        idx = idx + lo
+        if best is not None:
+            top, pick = torch.cat([best, top], -1).topk(k, dim=-1)
+            idx = torch.cat([slots, idx], -1).gather(-1, pick)
+        best, slots = top, idx
+    return best, slots
+
+
+GROW = 2   # each retry doubles both sides of the grid
+
+
+def first_grid(ix: BankIndex, k: int) -> tuple[int, int]:
+    """The first grid's sides: about (2k)^2 pairs of the bank, so 2k / sqrt(density) a side."""
+    side = math.ceil(2 * k / math.sqrt(len(ix.head_pos) / (len(ix.heads) * len(ix.relations))))
+    return min(len(ix.heads), side), min(len(ix.relations), side)
+
+
+def product_top_k(s_head, s_rel, ix: BankIndex, k: int, max_grid: int = 1 << 16,
+                  max_cells: int = 1 << 22):
+    """Exact top-k facts by product keys (Lample et al. 2019): a fact's score is a head part plus
+    a relation part, so the best facts lie among the a best heads crossed with the b best
+    relations. The a x b grid is looked up in the pair table (absent pairs score -inf), and a row
+    is certified exact when its k-th best grid score is at least the best score any pair outside
+    the grid can have, max(head_(a+1) + rel_1, head_1 + rel_(b+1)). Rows that fail retry with a
+    grid GROW x larger per side (a sparse bank needs a larger grid to hold k facts); rows whose next
+    grid would pass `max_grid` cells score every fact. Grids are built `max_cells` cells at a
+    time. Cost per query: O((n_heads + n_relations) d_key + a b) instead of O(n_facts)."""
+    rows, n_h, n_r = len(s_head), s_head.shape[-1], s_rel.shape[-1]
+    todo = torch.arange(rows, device=s_head.device)
+    a, b = first_grid(ix, k)
+    done_rows, done_best, done_slots = [], [], []
+    while len(todo):
+        if a * b > max_grid:   # the remaining rows: score every fact
+            best, slots = exhaustive_top_k(s_head[todo], s_rel[todo], ix, k, 1 << 16, 1 << 24)
+            done_rows.append(todo), done_best.append(best), done_slots.append(slots)
+            break
+        failed = []
+        for part in todo.split(max(1, max_cells // (a * b))):
+            th, ih = s_head[part].topk(min(a + 1, n_h), dim=-1)
+            tr, ir = s_rel[part].topk(min(b + 1, n_r), dim=-1)
+            slot = ix.table[ih[:, :a, None], ir[:, None, :b]].flatten(1)           # [m, a b]
+            grid = (th[:, :a, None] + tr[:, None, :b]).flatten(1).masked_fill(slot < 0, -math.inf)
+            best, pick = grid.topk(k, dim=-1)
+            slots = slot.gather(1, pick).long()
+            outside = torch.full_like(best[:, 0], -math.inf)
+            if a < n_h:
+                outside = torch.maximum(outside, th[:, a] + tr[:, 0])
+            if b < n_r:
+                outside = torch.maximum(outside, th[:, 0] + tr[:, b])
+            ok = (best[:, -1] >= outside) & (slots[:, -1] >= 0)
+            done_rows.append(part[ok]), done_best.append(best[ok]), done_slots.append(slots[ok])
+            failed.append(part[~ok])
+        todo, a, b = torch.cat(failed), min(n_h, GROW * a), min(n_r, GROW * b)
+    order = torch.cat(done_rows).argsort()
+    return torch.cat(done_best)[order], torch.cat(done_slots)[order]
+
+
 class MemoryHooks(nn.Module):
     """Hook points of one step's memory read (steps.{s}.memory.*)."""
 
@@ -168,6 +265,10 @@ class FactMemory(nn.Module):
         self.__dict__["_model"] = model
         self.chunk = 1 << 16   # at most this many facts scored at once (top-k merged: exact),
         self.chunk_scores = 1 << 24   # and at most this many scores (64 MB) per chunk
+        # Below this many facts scoring every fact is as fast as the product-key search and
+        # simpler (measured: bench/bench_bank_search.py).
+        self.product_min_facts = 1 << 15
+        self._index = None   # (stamp of the bank buffers, BankIndex)
 
     # --- the bank ---------------------------------------------------------------------------
     @property
@@ -185,6 +286,7 @@ class FactMemory(nn.Module):
         device = self.W_Q.weight.device
         for name, t in zip(BANK_BUFFERS, (bank.head, bank.relation, bank.tail)):
             setattr(self, name, t.to(device))
+        self._index = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint's bank has its own size: take it as it is (a bank is data, not a shape).
@@ -192,6 +294,7 @@ class FactMemory(nn.Module):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name],
                                                      device=self.W_Q.weight.device))
+        self._index = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- the read -------------------------------------------------------------------------------
@@ -200,41 +303,46 @@ class FactMemory(nn.Module):
         E = self._model.W_E
         return F.layer_norm(E, E.shape[-1:])
 
+    def index(self) -> BankIndex:
+        """The bank's BankIndex, rebuilt only when the bank changes (attach, load, in-place edit)."""
+        stamp = tuple((t.data_ptr(), t._version, len(t)) for t in (self.bank_head, self.bank_relation))
+        if self._index is None or self._index[0] != stamp:
+            self._index = (stamp, BankIndex.build(self.bank_head, self.bank_relation))
+        return self._index[1]
+
+    def subkey_scores(self, q: torch.Tensor, ix: BankIndex) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two halves of every score for queries q [..., d_key]: against each head token of
+        the bank [..., n_heads] and each relation token [..., n_relations]; fact i scores
+        s_head[head_pos[i]] + s_rel[rel_pos[i]]."""
+        E = self.embeddings()
+        half, scale = self.d_key // 2, 1 / math.sqrt(self.d_key)
+        s_head = (q[..., :half] * scale) @ self.W_K_head(E[ix.heads]).T
+        s_rel = (q[..., half:] * scale) @ self.W_K_rel(E[ix.relations]).T
+        return s_head, s_rel
+
     def search(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k facts for queries q [..., d_key]: (scores, slots) [..., k], best first.
-        Scores come from the two per-token subkey tables, in chunks of facts whose top-k are
-        merged, so memory is O(rows * (d_vocab + chunk)) and autograd keeps only indices."""
+        Banks of at least `product_min_facts` facts (distinct pairs) use the product-key search;
+        smaller ones, or banks holding a pair twice, score every fact."""
         n = len(self.bank_head)
         if n == 0:
             raise RuntimeError("model.memory=facts has no bank attached: train it on a fact task, "
                                "load it from a checkpoint, or attach one (python -m grokloop.bank)")
-        E = self.embeddings()
-        half = self.d_key // 2
-        scale = 1 / math.sqrt(self.d_key)
-        s_head = (q[..., :half] * scale) @ self.W_K_head(E).T     # [..., d_vocab]
-        s_rel = (q[..., half:] * scale) @ self.W_K_rel(E).T       # [..., d_vocab]
-        k = min(self.top_k, n)
-        rows = max(1, s_head[..., 0].numel())
-        chunk = max(k, min(self.chunk, self.chunk_scores // rows))
-        best = slots = None
-        for lo in range(0, n, chunk):
-            h, r = self.bank_head[lo:lo + chunk], self.bank_relation[lo:lo + chunk]
-            s = s_head[..., h] + s_rel[..., r]                           # [..., chunk]
-            top, idx = s.topk(min(k, s.shape[-1]), dim=-1)
-            idx = idx + lo
-            if best is not None:
-                top, pick = torch.cat([best, top], -1).topk(k, dim=-1)
-                idx = torch.cat([slots, idx], -1).gather(-1, pick)
-            best, slots = top, idx
-        return best, slots
+        ix, k = self.index(), min(self.top_k, n)
+        s_head, s_rel = self.subkey_scores(q, ix)
+        lead = q.shape[:-1]
+        s_head, s_rel = s_head.reshape(-1, s_head.shape[-1]), s_rel.reshape(-1, s_rel.shape[-1])
+        if ix.table is not None and n >= self.product_min_facts:
+            best, slots = product_top_k(s_head, s_rel, ix, k)
+        else:
+            best, slots = exhaustive_top_k(s_head, s_rel, ix, k, self.chunk, self.chunk_scores)
+        return best.reshape(*lead, k), slots.reshape(*lead, k)
 
     def all_scores(self, q: torch.Tensor) -> torch.Tensor:
         """Scores of every fact for queries q [..., d_key]: [..., n_facts] (what `search` ranks)."""
-        E = self.embeddings()
-        half = self.d_key // 2
-        scale = 1 / math.sqrt(self.d_key)
-        return ((q[..., :half] * scale) @ self.W_K_head(E).T)[..., self.bank_head] + \
-            ((q[..., half:] * scale) @ self.W_K_rel(E).T)[..., self.bank_relation]
+        ix = self.index()
+        s_head, s_rel = self.subkey_scores(q, ix)
+        return s_head[..., ix.head_pos] + s_rel[..., ix.rel_pos]
 
     def forward(self, x: torch.Tensor, hooks: nn.Module | None = None) -> torch.Tensor:
         """The read vector [..., d_model] for states x [..., d_model] (any leading shape)."""

@@ -73,3 +73,10 @@ def test_seeds_benchmark_smoke(tmp_path):
     assert r["seconds_per_round"]["vmap"] > 0 and r["seconds_per_round"]["sequential"] > 0
     assert r["first_step_max_abs_diff"]["loss"] < 1e-4
     assert r["first_step_max_abs_diff"]["weights"] < 1e-4
+
+
+def test_bank_search_benchmark_smoke(tmp_path):
+    res = smoke("bench_bank_search.py", tmp_path)["results"]
+    assert [r["shape"] for r in res] == ["balanced", "sparse"]
+    assert all(r["same_slots"] and r["product_ms"] > 0 and 0 <= r["certified_first_grid"] <= 1
+               for r in res)

@@ -83,6 +83,39 @@ def test_chunked_search_equals_one_chunk():
     assert whole[1].shape == (7, 3, 5) and (whole[0][..., :-1] >= whole[0][..., 1:]).all()
 
 
+@pytest.mark.parametrize("n_facts", [110, 40, 7])   # every pair, a sparse bank, fewer than 2k
+def test_product_key_search_finds_exactly_what_scoring_every_fact_finds(n_facts):
+    from grokloop.memory import exhaustive_top_k, product_top_k
+    m = memory_model(random_bank(n_facts, seed=n_facts), memory_top_k=3)
+    ix = m.memory.index()
+    assert ix.table is not None and (ix.table >= 0).sum() == n_facts
+    g = torch.Generator().manual_seed(1)
+    # sharp queries certify at the first grid; flat ones (scale 0.1) need the retries
+    q = torch.cat([30 * torch.randn(50, 8, generator=g), 0.1 * torch.randn(50, 8, generator=g)])
+    s_head, s_rel = m.memory.subkey_scores(q, ix)
+    want = exhaustive_top_k(s_head, s_rel, ix, 3, chunk=1 << 16, chunk_scores=1 << 24)
+    for max_grid in (1 << 16, 36):   # 36: rows that fail the first grid score every fact
+        got = product_top_k(s_head, s_rel, ix, 3, max_grid=max_grid)
+        assert torch.equal(got[1], want[1]) and torch.allclose(got[0], want[0])
+    m.memory.product_min_facts = 0   # the module's search takes the product path and agrees
+    assert torch.equal(m.memory.search(q.view(10, 10, 8))[1], want[1].view(10, 10, 3))
+
+
+def test_product_key_search_is_differentiable_and_a_bank_with_a_repeated_pair_scores_every_fact():
+    bank = random_bank(40)
+    m = memory_model(bank, memory_top_k=3)
+    m.memory.product_min_facts = 0
+    x = torch.randn(2, 5, 32, requires_grad=True)
+    m.memory(x).sum().backward()
+    assert x.grad.abs().sum() > 0 and m.memory.W_K_head.weight.grad.abs().sum() > 0
+    twice = FactBank(torch.cat([bank.head, bank.head[:1]]), torch.cat([bank.relation, bank.relation[:1]]),
+                     torch.cat([bank.tail, bank.tail[:1]]))
+    m.memory.attach(twice)
+    assert m.memory.index().table is None   # one table cell cannot hold two slots
+    q = torch.randn(4, 8)
+    assert torch.equal(m.memory.search(q)[1], m.memory.all_scores(q).topk(3, dim=-1).indices)
+
+
 def test_more_slots_than_tokens_sums_the_weights_per_tail_token_first():
     m = memory_model(random_bank(60), memory_top_k=40)      # 40 slots > 23 tokens
     x = torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(4))
