@@ -149,11 +149,27 @@ def section_datagen(r: dict) -> str:
                    f"{r['seconds_best']:.2f}", f"{r['peak_rss_mb_max']:.0f}"]]))
 
 
+def section_bank_search(r: dict) -> str:
+    rows = [[x["shape"], f"{x['facts']:,}", f"{x['heads']:,} x {x['relations']:,}",
+             f"{x['product_ms']:.1f}", f"{x['exhaustive_ms_extrapolated']:,.0f}",
+             f"**{x['speedup_product_vs_exhaustive']:,.0f}x**", f"{x['certified_first_grid']:.3f}",
+             "yes" if x["same_slots"] else "**no**", "met" if x["meets_target"] else "not met"]
+            for x in r["results"]]
+    return ("### Knowledge-bank retrieval (`python bench/bench_bank_search.py`)\n\n"
+            f"Machine: {where(r['machine'] | {'torch_threads': r['torch_threads']})}. "
+            f"A batch of {r['queries']:,} queries, exact top-{r['top_k']} of 1M-fact banks (d_key "
+            f"{r['d_key']}): product keys against scoring every fact (timed on "
+            f"{r['results'][0]['exhaustive_queries_timed']} queries and extrapolated; same slots checked "
+            f"there). Target < {r['target_ms']:.0f} ms. Median of {r['repeats']} repeats.\n\n"
+            + md(["bank", "facts", "heads x relations", "product keys ms", "every fact ms", "ratio",
+                  "rows certified by the first grid", "same slots", "target"], rows))
+
+
 def main():
     parts = []
     for name, fn in (("train_throughput", section_train), ("looped_cost", section_looped),
                      ("tracing", section_tracing), ("time_to_grok", section_grok), ("datagen", section_datagen),
-                     ("seeds", section_seeds)):
+                     ("seeds", section_seeds), ("bank_search", section_bank_search)):
         parts += [fn(r) for r in load(name)]
     readme = BENCH / "README.md"
     head = readme.read_text().split(MARK)[0] if readme.exists() else "# Benchmarks\n\n"

@@ -216,10 +216,11 @@ def product_top_k(s_head, s_rel, ix: BankIndex, k: int, max_grid: int = 1 << 16,
             best, slots = exhaustive_top_k(s_head[todo], s_rel[todo], ix, k, 1 << 16, 1 << 24)
             done_rows.append(todo), done_best.append(best), done_slots.append(slots)
             break
-        failed = []
+        failed, every = [], len(todo) == rows   # the first round: slices, not gathered copies
         for part in todo.split(max(1, max_cells // (a * b))):
-            th, ih = s_head[part].topk(min(a + 1, n_h), dim=-1)
-            tr, ir = s_rel[part].topk(min(b + 1, n_r), dim=-1)
+            pick_rows = slice(int(part[0]), int(part[-1]) + 1) if every else part
+            th, ih = s_head[pick_rows].topk(min(a + 1, n_h), dim=-1)
+            tr, ir = s_rel[pick_rows].topk(min(b + 1, n_r), dim=-1)
             slot = ix.table[ih[:, :a, None], ir[:, None, :b]].flatten(1)           # [m, a b]
             grid = (th[:, :a, None] + tr[:, None, :b]).flatten(1).masked_fill(slot < 0, -math.inf)
             best, pick = grid.topk(k, dim=-1)
