@@ -75,6 +75,11 @@ def lens_rows(run: Run, model: str, roles: list[str]) -> list[dict]:
             for r in probe.rows if r.get("kind") == "at_role" and r.get("role") in roles]
 
 
+# Fields that tell rows of one model and split apart (a baseline's noise scale `sigma` included):
+# seeds are pooled only within one value of each.
+POOL_APART = ("hops", "metric", "sigma")
+
+
 def pooled(rows: list[dict], by_step: bool = True) -> list[dict]:
     """Per (model, split, hops, metric) and step: the seeds' facts pooled into one accuracy and
     interval. by_step=False pools across steps: rows that each evaluate a final model (bank
@@ -83,17 +88,19 @@ def pooled(rows: list[dict], by_step: bool = True) -> list[dict]:
     for r in rows:   # runs of one study share their evaluation schedule, so steps line up
         if "role" in r or r.get("seed") == "pooled":
             continue     # lens rows stay per run
-        key = (r["model"], r["split"], r.get("hops"), r.get("metric"), r["step"] if by_step else 0)
+        key = (r["model"], r["split"], *(r.get(f) for f in POOL_APART), r.get("step") if by_step else 0)
         groups.setdefault(key, []).append(r)
     out = []
-    for (model, split, hops, metric, _), rs in groups.items():
+    for (model, split, *apart, _), rs in groups.items():
         if len(rs) < 2:
             continue
         k, n = sum(r["acc"] * r["n"] for r in rs), sum(r["n"] for r in rs)
         lo, hi = wilson(round(k), n)
-        extra = ({} if hops is None else {"hops": hops}) | ({} if metric is None else {"metric": metric})
+        extra = {f: v for f, v in zip(POOL_APART, apart) if v is not None}
+        steps = [r["step"] for r in rs if r.get("step") is not None]
         out.append({"model": model, "split": split, **extra, "acc": k / n, "lo": lo, "hi": hi,
-                    "n": n, "seed": "pooled", "seeds": len(rs), "step": max(r["step"] for r in rs)})
+                    "n": n, "seed": "pooled", "seeds": len(rs)}
+                   | ({"step": max(steps)} if steps else {}))
     return out
 
 

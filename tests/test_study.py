@@ -31,6 +31,15 @@ def test_rows_carry_intervals_hops_seeds_and_pooled_seeds(tmp_path):
                                                        "rows": rows})
 
 
+def test_included_rows_pool_seeds_within_one_noise_scale_and_need_no_step():
+    from reports.study import pooled
+    rows = [{"model": "lookup_cosine", "split": "test", "sigma": sigma, "seed": seed,
+             "acc": acc, "n": 100} for sigma, acc in ((0.0, 1.0), (4.0, 0.5)) for seed in (0, 1)]
+    pools = {r["sigma"]: r for r in pooled(rows, by_step=False)}
+    assert set(pools) == {0.0, 4.0} and pools[0.0]["acc"] == 1.0 and pools[4.0]["acc"] == 0.5
+    assert pools[4.0]["n"] == 200 and pools[4.0]["seeds"] == 2 and "step" not in pools[4.0]
+
+
 def test_write_study_writes_the_schema(tmp_path):
     runs = [fake_run(tmp_path, "a", 0, 1, 0.9)]
     write_study(tmp_path / "out", "demo", runs, ["python -m grokloop.train"])
