@@ -158,6 +158,28 @@ def attach_bank(model, path: str | Path, vocab) -> dict:
     return manifest
 
 
+def bank_option(path: str | Path, vocab, memory: str, key: str = "bank",
+                model=None) -> tuple[FactBank, dict]:
+    """The bank that the option `key=path` names (train.bank, or bank= of probes and halting),
+    for a run with model.memory=`memory` over `vocab`: (bank, manifest), after the run is checked
+    to have a memory and every check of `load_bank` (a bank directory, built for this
+    vocabulary, its tensors the ones recorded); attached to `model` too, if one is given. Each
+    refusal is one line that names the option and the fix; nothing is attached then."""
+    if memory == "none":
+        raise ValueError(f"{key}={path}: this run has no memory to read a bank (model.memory="
+                         "none); only a model.memory=facts model reads one: set model.memory="
+                         f"facts, or leave out {key}=")
+    try:
+        bank, manifest = load_bank(path, vocab)
+    except (ValueError, FileNotFoundError) as e:
+        if key == "bank":
+            raise
+        raise type(e)(str(e).replace(f"bank={path}", f"{key}={path}", 1)) from None
+    if model is not None:
+        model.memory.attach(bank)
+    return bank, manifest
+
+
 def parse_facts(lines: list[str], vocab, where: str) -> FactBank:
     """Facts written as token names (`<e_3>` or `e_3`), one `head relation tail` a line
     (# comments, blank lines skipped), to a bank over `vocab`."""

@@ -166,6 +166,12 @@ class TrainConfig:
     init_optimizer: bool = False    # with init_from: also its optimizer moments (else a fresh optimizer)
     memory_address_loss: float = 0.0  # weight of the fact memory's addressing loss on atomic facts
                                       # (grokloop/memory.py address_loss); 0: the answer loss alone
+    bank: str | None = None         # a bank directory (python -m grokloop.bank build) that the fact
+                                    # memory reads while training, instead of the training graph's
+                                    # atomic facts; checked against the run before any work
+    bank_sha256: str | None = None  # sha256 of train.bank's facts: None is filled in when the run
+                                    # starts, so config.json records it and a resume with other
+                                    # facts is refused; set, the bank must hold exactly these facts
 
     def __post_init__(self):
         if self.steps < 1:
@@ -195,6 +201,9 @@ class TrainConfig:
                              "optimizer state to continue")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"train.batch_size={self.batch_size} must be >= 1 or null")
+        if self.bank_sha256 and not self.bank:
+            raise ValueError(f"train.bank_sha256={self.bank_sha256} names the facts of train.bank, "
+                             "which is not set; pass train.bank=DIR (a bank directory) too")
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
     python -m grokloop.train experiment=composition_small [key=value ...] [resume=true]
 
-`train(cfg, out_dir)` is the pure entry; `main` is the thin Hydra wrapper. A run directory holds
+`train(cfg, out_dir)` is the pure entry; `main` is the thin Hydra wrapper. A fact-memory model
+(model.memory=facts) reads the training graph's atomic facts, or with train.bank=DIR that bank
+directory (python -m grokloop.bank build), checked against the run before any work; config.json
+records its path and facts' sha256 (train.bank_sha256). A run directory holds
 config.json (written once, when the run starts, with the code version and the dataset's content
 hash), metrics.jsonl (one row per evaluation), summary.json, checkpoints/, resume_log.jsonl (one
 event per resume) and, while a process trains there, .lock (grokloop/runlock.py).
@@ -32,6 +35,7 @@ import torch
 from datagen import load_or_build
 from grokloop.accelerate import accelerate_training
 from grokloop.adaptive.depth import depth_loss, depth_sequence
+from grokloop.bank import bank_option, facts_sha256
 from grokloop.checkpoint import (checkpoint_path, ckpt_dir, last_good_checkpoint,
                                  list_checkpoints, newest_readable, optimizer_from_tensors,
                                  optimizer_to_tensors, save_checkpoint)
@@ -86,8 +90,15 @@ def prepare(cfg: RunConfig):
     if cfg.model.d_vocab < len(ds.vocab) or cfg.model.n_ctx < ds.n_ctx:
         raise ValueError(f"model.d_vocab/n_ctx ({cfg.model.d_vocab}/{cfg.model.n_ctx}) are smaller "
                          f"than the dataset's ({len(ds.vocab)}/{ds.n_ctx}); set them to 0 (auto)")
-    if cfg.model.memory == "facts":
-        FactBank.from_dataset(ds)   # raises, naming the fix, when the task has no atomic facts
+    if cfg.model.memory == "facts" or cfg.train.bank:
+        bank = training_bank(cfg, ds)   # raises, naming the fix: no atomic facts; train.bank
+        if cfg.train.bank:              # with no memory, not a bank, or another vocabulary
+            sha = facts_sha256(bank)
+            if cfg.train.bank_sha256 not in (None, sha):
+                raise ValueError(f"train.bank={cfg.train.bank} holds facts with sha256 {sha}, not "
+                                 f"train.bank_sha256={cfg.train.bank_sha256}; pass the bank those "
+                                 "facts came from, or leave out train.bank_sha256")
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, bank_sha256=sha))
     elif cfg.train.memory_address_loss:
         raise ValueError(f"train.memory_address_loss={cfg.train.memory_address_loss} trains a fact "
                          "memory's addressing; this model has none (set model.memory=facts)")
@@ -95,6 +106,15 @@ def prepare(cfg: RunConfig):
         raise FileNotFoundError(f"train.init_from={cfg.train.init_from} holds no checkpoint to start "
                                 "from; give a run directory with checkpoints/")
     return ds, wanted, cfg
+
+
+def training_bank(cfg: RunConfig, ds) -> FactBank:
+    """The bank a memory model trains with: train.bank's, checked against the run (bank_option:
+    the model has a memory, the directory is a bank over the dataset's vocabulary), else the
+    training graph's atomic facts."""
+    if not cfg.train.bank:
+        return FactBank.from_dataset(ds)   # raises, naming the fix, if the task has no atomic facts
+    return bank_option(cfg.train.bank, ds.vocab, cfg.model.memory, key="train.bank")[0]
 
 
 def grok_splits(tc: TrainConfig) -> list[str]:
@@ -203,8 +223,15 @@ def _train(cfg, ds, eval_names, out_dir: Path, resume: bool, device, config: dic
         warnings.warn(f"{e}; falling back to the previous checkpoint")
     if got is None and tc.init_from:   # a fresh start from another run's model (a curriculum stage)
         init_from(model, opt if tc.init_optimizer else None, tc.init_from)
-    if model.memory is not None:   # the memory reads the training graph (not init_from's bank)
-        model.memory.attach(FactBank.from_dataset(ds))
+    if model.memory is not None:   # train.bank, else the training graph (not init_from's bank)
+        bank = training_bank(cfg, ds)
+        if tc.bank and facts_sha256(bank) != tc.bank_sha256:
+            raise ValueError(f"train.bank={tc.bank} changed while the run started (its facts' "
+                             f"sha256 is no longer {tc.bank_sha256}); nothing was trained, run "
+                             "again")
+        model.memory.attach(bank)
+        if tc.bank:
+            print(f"the memory reads train.bank={tc.bank} ({len(bank):,} facts)", flush=True)
 
     # --- the run directory: config.json once, at the start; a resume is an event -------------
     dataset_hash = ds.content_hash() if callable(ds.content_hash) else ds.content_hash
