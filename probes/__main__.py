@@ -3,13 +3,16 @@
     python -m probes run_dir=RUN [probe=all|logit_lens,causal_tracing,attention,fourier,surgery]
         [checkpoints=last|all|STEP,STEP,...] [split=NAME[,NAME]] [n=300] [corrupt=all|ROLE]
         [corruption=exists|free]
-        [repeats=1,2,3] [patching_examples=40] [n_attention=8] [seed=0]
+        [repeats=1,2,3] [patching_examples=40] [n_attention=8] [seed=0] [bank=DIR]
 
 The options are typed by ProbesCommand (conf/probes.yaml; `python -m probes --help`).
 
 Writes RUN/probes/{probe}/step_XXXXXXXX.npz (arrays), RUN/probes/{probe}.jsonl (a tidy table, one
 row per cell and checkpoint; re-running a checkpoint replaces its rows) and RUN/probes/{probe}.json
-(the options, the run's config, the code version, the checkpoints done).
+(the options, the run's config, the code version, the checkpoints done). With bank=DIR (a
+model.memory=facts run) every checkpoint's model reads that bank directory instead of the one it
+trained with (checked first: grokloop/bank.py bank_option), and the results go to
+RUN/probes/bank_NAME/ (NAME: the bank directory's name), so the run's own probes stay as they are.
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ class ProbesCommand:
     patching_examples: int = 40     # causal tracing: examples in the per-head patching maps
     n_attention: int = 8            # attention: examples whose patterns are kept
     seed: int = 0
+    bank: str | None = None         # a bank directory every checkpoint's model reads (memory runs);
+                                    # results in RUN/probes/bank_NAME/
 
 
 def choose_probes(name: str, ds) -> list[str]:
@@ -88,8 +93,8 @@ def default_splits(ds) -> list[str]:
 class Store:
     """Results of one probe: npz per checkpoint, a tidy JSONL table, a JSON record."""
 
-    def __init__(self, run_dir: Path, probe: str, meta: dict):
-        self.dir = run_dir / "probes"
+    def __init__(self, run_dir: Path, probe: str, meta: dict, sub: str | None = None):
+        self.dir = run_dir / "probes" / (sub or "")
         self.probe, self.meta = probe, meta
         (self.dir / probe).mkdir(parents=True, exist_ok=True)
 
@@ -210,12 +215,18 @@ def main(argv: list[str] | None = None) -> None:
 def run_probes(d: dict) -> None:
     """The composed ProbesCommand as a dict; the probes take its options as strings (lists
     comma-joined), the form RUN/probes/{probe}.json records."""
-    opts = {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in d.items()}
+    from grokloop.bank import bank_option, facts_sha256
+
+    opts = {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in d.items()
+            if k != "bank"}
     run_dir = Path(opts["run_dir"])
     if not run_dir.is_dir():
         raise SystemExit(f"run_dir={run_dir}: no such directory")
     steps = choose_checkpoints(opts["checkpoints"], run_dir)
     model, ds, run_cfg = load_model(run_dir, steps[0])
+    bank = None
+    if d.get("bank"):   # checked before any probe runs or anything is written
+        bank, manifest = bank_option(d["bank"], ds.vocab, model.config.memory, model=model)
     probes = choose_probes(opts["probe"], ds)
     splits = opts["split"].split(",") if opts["split"] else default_splits(ds)
     batches = {s: probe_batch(ds, s, int(opts["n"]), seed=int(opts["seed"])) for s in splits}
@@ -226,10 +237,17 @@ def run_probes(d: dict) -> None:
                                  f"{ds.task!r}; choose from {input_roles(b)}")
     meta = {"run_dir": str(run_dir), "options": opts, "splits": splits,
             "code_version": code_version(), "run_config": run_cfg}
-    stores = {p: Store(run_dir, p, meta | {"probe": p}) for p in probes}
+    sub = None
+    if bank is not None:
+        sub = f"bank_{Path(d['bank']).resolve().name}"
+        meta["bank"] = {"path": str(d["bank"]), "n_facts": len(bank),
+                        "facts_sha256": facts_sha256(bank), "source": manifest["source"]}
+    stores = {p: Store(run_dir, p, meta | {"probe": p}, sub) for p in probes}
     for k, step in enumerate(steps):
         if step != steps[0]:
             model.load_state_dict(read_checkpoint(run_dir, step)[0])
+            if bank is not None:   # the checkpoint brought its own bank back
+                model.memory.attach(bank)
         for p in probes:
             print(f"checkpoint {step} ({k + 1}/{len(steps)}): {p} on {', '.join(splits)}", flush=True)
             if p == "logit_lens":
@@ -243,7 +261,8 @@ def run_probes(d: dict) -> None:
             else:
                 arrays, rows = run_surgery(model, batches, opts)
             stores[p].save(step, arrays, rows)
-    print(f"wrote {run_dir / 'probes'}/{{{','.join(probes)}}}.jsonl, .json and npz arrays")
+    print(f"wrote {run_dir / 'probes' / (sub or '')}/{{{','.join(probes)}}}.jsonl, .json and npz "
+          "arrays")
 
 
 if __name__ == "__main__":

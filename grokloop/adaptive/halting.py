@@ -8,7 +8,9 @@ HaltingCommand.) `run_halting` trains the selector (grokloop/adaptive/selector.p
 last checkpoint, runs `evaluate_halting` on every evaluation split, and writes
 selector.safetensors, selector.json, results.json and results.md; `load_selector` reads the
 selector back. The rules and their scores are grokloop/adaptive/rules.py; the report across
-runs is reports/adaptive.py.
+runs is reports/adaptive.py. With bank=DIR (a model.memory=facts run) the frozen model reads that
+bank directory instead of the one it trained with (checked first: grokloop/bank.py bank_option),
+and everything is written to RUN/halting/bank_NAME/ (NAME: the bank directory's name) instead.
 """
 from __future__ import annotations
 
@@ -63,8 +65,10 @@ def halting_dir(run_dir) -> Path:
     return Path(run_dir) / "halting"
 
 
-def save_selector(run_dir, selector: Selector, cfg: HaltingConfig, curve: list[dict]) -> None:
-    d = halting_dir(run_dir)
+def save_selector(run_dir, selector: Selector, cfg: HaltingConfig, curve: list[dict],
+                  d: Path | None = None) -> None:
+    """Into RUN/halting/ (or the directory `d`)."""
+    d = d or halting_dir(run_dir)
     weights = {k: v.detach().cpu().contiguous() for k, v in selector.state_dict().items()}
     atomic_write(d / "selector.safetensors", lambda tmp: save_file(weights, str(tmp)))
     meta = {"config": dataclasses.asdict(cfg), "d_model": selector.d_model,
@@ -110,6 +114,8 @@ def markdown_table(results: dict, max_steps: int) -> str:
 class HaltingCommand(HaltingConfig):
     """Schema of conf/halting.yaml: every HaltingConfig option, and the run to evaluate."""
     run_dir: str = "???"   # required
+    bank: str | None = None   # a bank directory the frozen model reads (model.memory=facts runs);
+                              # results in RUN/halting/bank_NAME/
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,23 +126,31 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_halting(d: dict) -> None:
     """The composed HaltingCommand as a dict: train the selector, evaluate, write RUN/halting/."""
+    from grokloop.bank import bank_option, facts_sha256
     from grokloop.checkpoint import list_checkpoints, load_model
 
-    run_dir = d.pop("run_dir")
+    run_dir, bank_dir = d.pop("run_dir"), d.pop("bank", None)
     cfg = HaltingConfig(**d)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, ds, run_cfg = load_model(run_dir)
+    out_dir, bank = halting_dir(run_dir), None
+    if bank_dir:   # checked before the selector trains or anything is written
+        bank, manifest = bank_option(bank_dir, ds.vocab, model.config.memory, model=model)
+        out_dir = out_dir / f"bank_{Path(bank_dir).resolve().name}"
     selector, curve = train_selector(model, ds, cfg)
-    save_selector(run_dir, selector, cfg, curve)
+    save_selector(run_dir, selector, cfg, curve, out_dir)
     results = evaluate_halting(model, ds, selector, cfg, ds.eval_splits)
     out = {"run_dir": str(run_dir), "experiment": run_cfg["experiment"],
            "checkpoint_step": list_checkpoints(run_dir)[-1], "config": dataclasses.asdict(cfg),
            "code_version": code_version(), "selector_curve": curve, "splits": results}
-    atomic_write_text(halting_dir(run_dir) / "results.json", json.dumps(out, indent=1))
+    if bank is not None:
+        out["bank"] = {"path": str(bank_dir), "n_facts": len(bank),
+                       "facts_sha256": facts_sha256(bank), "source": manifest["source"]}
+    atomic_write_text(out_dir / "results.json", json.dumps(out, indent=1))
     table = markdown_table(results, cfg.max_steps)
-    atomic_write_text(halting_dir(run_dir) / "results.md", table)
+    atomic_write_text(out_dir / "results.md", table)
     print(table)
-    print(f"wrote {halting_dir(run_dir)}/results.json and results.md")
+    print(f"wrote {out_dir}/results.json and results.md")
 
 
 if __name__ == "__main__":
