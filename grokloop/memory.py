@@ -21,7 +21,7 @@ structure), which also means no slot is ever materialised: the score of fact i i
 S_h[head_i] + S_r[relation_i] from two per-token tables [.., d_vocab], and since V is linear the
 read is V(sum w_i n(E[tail_i])) (with more slots than tokens, the weights are summed per tail
 token first). The search is exact top-k in two ways with the same answer: small banks score
-every fact (O(n_facts) per query, in chunks whose top-k are merged); banks of 32K facts or more
+every fact (O(n_facts) per query, in chunks whose top-k are merged); banks of 256 facts or more
 use Lample's product-key search over the two halves (the a best heads crossed with the b best
 relations, each row certified exact by a bound on every pair outside the grid, else retried
 larger: `product_top_k`), O((n_heads + n_relations) d_key) per query. bench/bench_bank_search.py
@@ -266,9 +266,10 @@ class FactMemory(nn.Module):
         self.__dict__["_model"] = model
         self.chunk = 1 << 16   # at most this many facts scored at once (top-k merged: exact),
         self.chunk_scores = 1 << 24   # and at most this many scores (64 MB) per chunk
-        # Below this many facts scoring every fact is as fast as the product-key search and
-        # simpler (measured: bench/bench_bank_search.py).
-        self.product_min_facts = 1 << 15
+        # Banks of this many facts or more use the product-key search: at 2,000 facts (200 x 10,
+        # every pair) it takes a forward and backward of 512 x 7 queries in 74 ms against 256 ms
+        # for scoring every fact (one thread); a few dozen facts are scored directly.
+        self.product_min_facts = 256
         self._index = None   # (stamp of the bank buffers, BankIndex)
 
     # --- the bank ---------------------------------------------------------------------------
@@ -324,7 +325,8 @@ class FactMemory(nn.Module):
     def search(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k facts for queries q [..., d_key]: (scores, slots) [..., k], best first.
         Banks of at least `product_min_facts` facts (distinct pairs) use the product-key search;
-        smaller ones, or banks holding a pair twice, score every fact."""
+        smaller ones, or banks holding a pair twice, score every fact. Both are exact: they
+        differ only in which of two equal scores comes first."""
         n = len(self.bank_head)
         if n == 0:
             raise RuntimeError("model.memory=facts has no bank attached: train it on a fact task, "
