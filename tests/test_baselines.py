@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from datagen import build_dataset
-from datagen.config import ComparisonConfig, CompositionConfig, ModularConfig
+from datagen.config import ComparisonConfig, CompositionConfig, ModularConfig, PermutationChainsConfig
 from grokloop.baselines.evaluate import NOISED, LookupBaselines, evaluate
 from grokloop.baselines.keys import (canonical_keys, context_embedding, digit_weights,
                                      scattershot_embedding, scattershot_levels, scattershot_sizes)
@@ -70,6 +70,13 @@ def test_noise_is_seeded_and_shared_by_the_two_context_metrics(khop):
     assert (a == LookupBaselines(khop, d=16, seed=3).answers("lookup_cosine", idx, 2.0, "x")).all()
     g1, g2 = (lb.noise_generator(m, "x", 2.0) for m in ("lookup_cosine", "lookup_digit"))
     assert torch.equal(torch.randn(5, generator=g1), torch.randn(5, generator=g2))
+
+
+def test_symbolic_lookup_chains_permutation_relations_to_any_depth():
+    ds = build_dataset(PermutationChainsConfig(n_entities=20, n_relations=3, hops=[2], test_hops=[3, 5],
+                                               train_per_hop=100, eval_size=20, valid_size=10))
+    idx = ds.splits["test_inferred_id"]
+    assert set(ds.hops[idx]) == {2, 3, 5} and (symbolic_answers(ds, idx) == ds.answers[idx]).all()
 
 
 def test_symbolic_lookup_answers_every_inferred_fact_whose_atomic_facts_trained(khop):

@@ -96,8 +96,9 @@ def _table(ds: Dataset, idx: np.ndarray) -> np.ndarray:
     return table[ids[len(train):]]
 
 
-SOLVERS = {"composition": _composition, "comparison": _comparison, "modular": _table,
-           "group": _table}
+# Permutation chains (khop_perm) share composition's roles and chain the same atomic facts.
+SOLVERS = {"composition": _composition, "khop_perm": _composition, "comparison": _comparison,
+           "modular": _table, "group": _table}
 
 
 def symbolic_answers(ds: Dataset, idx: np.ndarray) -> np.ndarray:
