@@ -162,7 +162,12 @@ def section_bank_search(r: dict) -> str:
             f"{r['results'][0]['exhaustive_queries_timed']} queries and extrapolated; same slots checked "
             f"there). Target < {r['target_ms']:.0f} ms. Median of {r['repeats']} repeats.\n\n"
             + md(["bank", "facts", "heads x relations", "product keys ms", "every fact ms", "ratio",
-                  "rows certified by the first grid", "same slots", "target"], rows))
+                  "rows certified by the first grid", "same slots", "target"], rows)
+            + ("" if "training" not in r else
+               f"\n\nTraining read, forward + backward of {r['training']['states'][0]} x "
+               f"{r['training']['states'][1]} states on a {r['training']['facts']:,}-fact bank (200 x 10): "
+               f"product keys {r['training']['product_ms']:.0f} ms, every fact "
+               f"{r['training']['exhaustive_ms']:.0f} ms ({r['training']['speedup_product_vs_exhaustive']:.1f}x)."))
 
 
 def main():
