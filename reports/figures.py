@@ -259,3 +259,19 @@ def surgery_maps(surg: ProbeResult, split: str) -> go.Figure:
                         f"Layer-loop surgery at step {step:,} on {split}: accuracy when virtual layers "
                         f"start..end run again (unmodified: {base:.3f})" if base is not None else "",
                         zmin=0, zmax=1, x_labels=list(layers), y_title="last layer of the range")
+
+
+def interval_bars(rows: list[dict], title: str) -> go.Figure:
+    """Accuracy with its Wilson 95% interval for result-schema rows: one bar per (model, split)
+    grouped by split, a bar per model (e.g. a study's included rows: baselines, bank evaluations)."""
+    fig = go.Figure()
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for i, model in enumerate(models):
+        rs = [r for r in rows if r["model"] == model]
+        fig.add_bar(name=model, x=[r["split"] for r in rs], y=[r["acc"] for r in rs],
+                    marker_color=split_color(model, i),
+                    error_y=dict(type="data", symmetric=False, array=[r["hi"] - r["acc"] for r in rs],
+                                 arrayminus=[r["acc"] - r["lo"] for r in rs]),
+                    hovertext=[f"n = {r['n']:,}" for r in rs])
+    fig.update_layout(barmode="group", yaxis=dict(title="accuracy", range=[0, 1.05]))
+    return style(fig, title)

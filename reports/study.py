@@ -134,16 +134,16 @@ def study_rows(runs: list[Run], model_names: dict[str, str] | None = None,
 
 def markdown(summary: dict) -> str:
     rows = [r for r in summary["rows"] if "role" not in r]   # lens rows: in summary.json
-    has_hops = any("hops" in r for r in rows)
-    head = ["model", "split"] + (["hops"] if has_hops else []) + ["seed", "step", "acc", "95% CI", "n"]
+    apart = [f for f in POOL_APART if f != "metric" and any(f in r for r in rows)]
+    head = ["model", "split"] + apart + ["seed", "step", "acc", "95% CI", "n"]
     lines = [f"# {summary['study']}", "", "Commands:", "", "```bash", *summary["commands"], "```", "",
              f"Machine: {summary['machine'].get('cpu')} ({summary['machine'].get('cores')} cores), "
              f"torch {summary['machine'].get('torch')}, {summary['machine'].get('date')}.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], r["split"]] + ([str(r.get("hops", ""))] if has_hops else []) + [
-            str(r["seed"]), f"{r['step']:,}", f"{r['acc']:.3f}", f"[{r['lo']:.3f}, {r['hi']:.3f}]",
-            f"{r['n']:,}"]
+        step = f"{r['step']:,}" if isinstance(r.get("step"), int) else str(r.get("step", "-"))
+        cells = [r["model"], r["split"]] + [str(r.get(f, "")) for f in apart] + [
+            str(r["seed"]), step, f"{r['acc']:.3f}", f"[{r['lo']:.3f}, {r['hi']:.3f}]", f"{r['n']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -157,8 +157,27 @@ def write_study(out: str | Path, study: str, runs: list[Run], commands: list[str
                "rows": study_rows(runs, model_names, steps, lens) + list(extra_rows or [])}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "summary.md", markdown(summary))
-    atomic_write_text(out / "compare.html", compare_report(runs))
+    report = compare_report(runs) if runs else included_report(study, summary["rows"])
+    atomic_write_text(out / "compare.html", report)
     return summary
+
+
+def included_report(study: str, rows: list[dict]) -> str:
+    """The HTML of a study made only of included rows (no training runs to compare): per extra
+    field value (a baseline's sigma), every model's accuracy by split with its interval, seeds
+    pooled where there are several."""
+    from reports.figures import interval_bars
+    from reports.html import Section, page
+
+    pooled_rows = [r for r in rows if r.get("seed") == "pooled" and "hops" not in r]
+    shown = pooled_rows or [r for r in rows if "hops" not in r]
+    section = Section("Accuracy by split")
+    section.text("Wilson 95% intervals; seeds pooled where a row has several. Per-seed and per-hop "
+                 "rows are in summary.json and summary.md.")
+    for sigma in dict.fromkeys(r.get("sigma") for r in shown):
+        title = study if sigma is None else f"{study}, sigma = {sigma:g}"
+        section.add(interval_bars([r for r in shown if r.get("sigma") == sigma], title))
+    return page(f"grokloop study: {study}", f"{len(rows)} rows", [section])
 
 
 @dataclass
@@ -175,10 +194,11 @@ class StudyCommand:
 
 
 def run_study(d: dict) -> None:
-    if not d["runs"]:
-        raise SystemExit("give the runs or sweep trees: python -m reports.study DIR [DIR ...] name=NAME")
+    if not d["runs"] and not d["include"]:
+        raise SystemExit("give the runs or sweep trees, or include=[summary.json,...]: "
+                         "python -m reports.study DIR [DIR ...] name=NAME")
     out = Path(d["out"] or Path("runs/studies") / d["name"])
-    runs = [load_run(p) for p in find_runs(d["runs"])]
+    runs = [load_run(p) for p in find_runs(d["runs"])] if d["runs"] else []
     extra = []
     for path in map(Path, d["include"]):
         if not path.is_file():

@@ -40,6 +40,21 @@ def test_included_rows_pool_seeds_within_one_noise_scale_and_need_no_step():
     assert pools[4.0]["n"] == 200 and pools[4.0]["seeds"] == 2 and "step" not in pools[4.0]
 
 
+def test_a_study_of_included_rows_only_pools_them_and_draws_their_intervals(tmp_path):
+    from reports.study import main
+    rows = [{"model": m, "split": "test", "sigma": 0.0, "seed": seed, "acc": 0.5, "lo": 0.4,
+             "hi": 0.6, "n": 100} for m in ("lookup_cosine", "symbolic") for seed in (0, 1)]
+    for seed in (0, 1):
+        (tmp_path / f"s{seed}.json").write_text(json.dumps(
+            {"study": "b", "rows": [r for r in rows if r["seed"] == seed]}))
+    main([f"name=baselines", f"out={tmp_path / 'out'}",
+          f"include=[{tmp_path / 's0.json'},{tmp_path / 's1.json'}]"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert sum(r["seed"] == "pooled" for r in summary["rows"]) == 2
+    html = (tmp_path / "out" / "compare.html").read_text()
+    assert 'data-figures="1"' in html and "lookup_cosine" in html
+
+
 def test_write_study_writes_the_schema(tmp_path):
     runs = [fake_run(tmp_path, "a", 0, 1, 0.9)]
     write_study(tmp_path / "out", "demo", runs, ["python -m grokloop.train"])
