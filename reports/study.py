@@ -75,9 +75,9 @@ def lens_rows(run: Run, model: str, roles: list[str]) -> list[dict]:
             for r in probe.rows if r.get("kind") == "at_role" and r.get("role") in roles]
 
 
-# Fields that tell rows of one model and split apart (a baseline's noise scale `sigma` included):
-# seeds are pooled only within one value of each.
-POOL_APART = ("hops", "metric", "sigma")
+# Fields that tell rows of one model and split apart (a halting rule, a baseline's noise scale
+# `sigma` and data preset `data` included): seeds are pooled only within one value of each.
+POOL_APART = ("hops", "metric", "sigma", "rule", "data")
 
 
 def pooled(rows: list[dict], by_step: bool = True) -> list[dict]:
@@ -203,7 +203,11 @@ def run_study(d: dict) -> None:
     for path in map(Path, d["include"]):
         if not path.is_file():
             raise SystemExit(f"include={path}: no such summary.json")
-        extra += json.loads(path.read_text())["rows"]
+        included = json.loads(path.read_text())
+        # a baseline's summary names its data preset once: each row carries it, so the same
+        # method on two tasks (same split names) never pools
+        tag = {"data": included["data"]} if isinstance(included.get("data"), str) else {}
+        extra += [tag | r for r in included["rows"]]
     extra += pooled(extra, by_step=False)   # each included row evaluates a final model
     summary = write_study(out, d["name"], runs, d["commands"], steps=d["steps"], lens=d["lens"],
                           extra_rows=extra)

@@ -44,13 +44,16 @@ def test_a_study_of_included_rows_only_pools_them_and_draws_their_intervals(tmp_
     from reports.study import main
     rows = [{"model": m, "split": "test", "sigma": 0.0, "seed": seed, "acc": 0.5, "lo": 0.4,
              "hi": 0.6, "n": 100} for m in ("lookup_cosine", "symbolic") for seed in (0, 1)]
-    for seed in (0, 1):
-        (tmp_path / f"s{seed}.json").write_text(json.dumps(
-            {"study": "b", "rows": [r for r in rows if r["seed"] == seed]}))
-    main([f"name=baselines", f"out={tmp_path / 'out'}",
-          f"include=[{tmp_path / 's0.json'},{tmp_path / 's1.json'}]"])
+    for data in ("taskA", "taskB"):   # the same methods and split names on two data presets
+        for seed in (0, 1):
+            (tmp_path / f"{data}{seed}.json").write_text(json.dumps(
+                {"study": "b", "data": data, "rows": [r for r in rows if r["seed"] == seed]}))
+    files = ",".join(str(tmp_path / f"{d}{s}.json") for d in ("taskA", "taskB") for s in (0, 1))
+    main([f"name=baselines", f"out={tmp_path / 'out'}", f"include=[{files}]"])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert sum(r["seed"] == "pooled" for r in summary["rows"]) == 2
+    pools = [r for r in summary["rows"] if r["seed"] == "pooled"]
+    assert len(pools) == 4 and all(r["n"] == 200 for r in pools)   # per data preset, never across
+    assert {r["data"] for r in pools} == {"taskA", "taskB"}
     html = (tmp_path / "out" / "compare.html").read_text()
     assert 'data-figures="1"' in html and "lookup_cosine" in html
 

@@ -84,8 +84,9 @@ def lookup(d: dict) -> dict:
     data_cfg = data_config_from_dict(d["data"])
     ds = load_or_build(data_cfg, d["data_cache"])
     t = time.perf_counter()
-    rows = evaluate(ds, d["methods"], d["sigma"], d["d"], d["seed"], d["digit_base"],
-                    query_chunk=d["query_chunk"], bank_chunk=d["bank_chunk"])
+    rows = [{"data": d["name"]} | r for r in
+            evaluate(ds, d["methods"], d["sigma"], d["d"], d["seed"], d["digit_base"],
+                     query_chunk=d["query_chunk"], bank_chunk=d["bank_chunk"])]
     seconds = time.perf_counter() - t
     out = Path(d["out"] or Path("runs/baselines") / d["name"])
     summary = {"study": f"baselines/{d['name']}", "data": d["name"],
