@@ -1,19 +1,40 @@
 """The adaptive-thinking report across runs: accuracy per hop count and steps used, for every
-model and halting rule, plus accuracy-versus-compute and coverage-versus-accuracy figures.
+model and halting rule, abstention (the selector against a confidence threshold at equal
+coverage), plus accuracy-versus-compute and coverage-versus-selective-accuracy figures.
 
-    python -m grokloop.adaptive_summary runs/adaptive/khop_* [out=DIR]
+    python -m grokloop.adaptive_summary runs/adaptive/khop_* [out=DIR] [names=[A,B,...]]
+        [commands=["python -m grokloop.train ...", ...]]
 
 (also `python -m reports.adaptive ...`; options: conf/adaptive_summary.yaml, typed by
 SummaryCommand.) Each run directory must hold `halting/results.json` (`python -m grokloop.halting
 run_dir=RUN`). Writes summary.json, summary.md and figures.html (a reports/html.py page, opens
 offline) into `out`, by default runs/adaptive_summary (untracked; pass out=docs/results/adaptive
-to publish). Hop 1 is read from the atomic_id split, hops 2.. from test_inferred_id, and 2-hop
-OOD from test_inferred_ood.
+to publish).
+
+summary.json is in the results schema (reports/study.py): {"study": "adaptive", "machine",
+"commands", "rows"}, one row per (model, split, hop count, rule, seed) with `acc`, its Wilson 95%
+interval `lo`/`hi` over `n` facts and `mean_steps`; rows for all hop counts of a split together
+omit `hops`, and every hop count of a split has its own row too (a split of one hop count as
+well), its n counted from the examples. `model` is the run's experiment name (or names=[...], one per run), `seed` the
+run's seed, and models with several seeds also get `seed: "pooled"` rows (reports.study.pooled).
+The selector's rows carry `coverage` and `selective_acc` (accuracy over the answered; `acc`
+counts an abstention as not right), and each of its rows has a `confidence_threshold` row
+beside it: answering only where the top probability at the `exit` rule's step reaches
+`min_confidence`, the threshold whose coverage is closest to the selector's without exceeding
+it. Both carry `coverage_at_90`: the largest coverage at selective accuracy >= 0.9 (the
+selector has one operating point: its coverage if it reaches 0.9). Beside the rows: `runs`
+(what was evaluated) and `abstention` (per run, split and group of facts, including the
+trained and deeper-than-trained hop counts together, the comparison and the threshold's
+coverage curve). In the tables, hop 1 is read from the atomic_id split, hops 2.. from
+test_inferred_id, and 2-hop OOD from test_inferred_ood. Summaries written before the results
+schema (docs/archive/adaptive_*) still render.
 """
 from __future__ import annotations
 
 import html
 import json
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +47,17 @@ from grokloop.stats import acc_row
 from reports.figures import style
 from reports.html import Section, page, table
 from reports.load import load_run
+from reports.study import POOL_APART, pooled
 
 DEFAULT_OUT = "runs/adaptive_summary"   # under runs/ (gitignored): nothing tracked is overwritten
 HOPS_NOTE = ("Accuracy (mean steps used) per hop count; hop 1 = atomic facts (ID), hops 2-3 are "
              "trained, 4+ never seen in training.")
+ROWS_NOTE = ("Accuracy (mean steps used) per hop count: hop 1 = atomic facts (atomic_id), hops 2+ "
+             "= held-out inferred facts (test_inferred_id), 2-hop OOD = test_inferred_ood. "
+             "Inferred hop counts in training: {trained}. Seeds pooled where a model has several; "
+             "every number's Wilson 95% interval and n are in summary.json (rows).")
+THRESHOLD_RULE = "confidence_threshold"   # the threshold at the selector's coverage
+TABLE_FACTS = ("all", "trained_hops", "deeper_than_trained")   # abstention groups in the tables
 
 
 def load_halting(run_dir: str | Path) -> dict:
@@ -42,66 +70,212 @@ def load_halting(run_dir: str | Path) -> dict:
     run = load_run(run_dir, probes=False)
     last = run.metrics[-1]   # also for a run stopped early: its last evaluation
     chosen = {k.rsplit("/", 1)[1]: v for k, v in last.items() if k.startswith("depth/chosen_step/")}
-    return {"name": run.name, "halting": res, "config": run.config,
+    return {"name": res.get("experiment") or run.name, "seed": run.config.get("seed"),
+            "trained_hops": (run.config.get("data") or {}).get("hops"),
+            "halting": res, "config": run.config,
             "train_steps": last["step"], "wall_time_s": last["wall_time_s"],
             "chosen_step_last_interval": chosen,
             "checkpoint": res.get("checkpoint_step")}
 
 
-def per_hop(run: dict, rule: str) -> dict:
-    """{hop: (acc, mean steps)} with hop 1 from atomic_id, 'ood2' from test_inferred_ood."""
-    splits = run["halting"]["splits"]
-    out = {}
-    if rule in splits.get("atomic_id", {}).get("rules", {}):
-        row = splits["atomic_id"]["rules"][rule]
-        out["1"] = (row["acc"], row["mean_steps"])
-    for key, row in splits.get("test_inferred_id", {}).get("rules", {}).get(rule, {}).items():
-        if key.startswith("hops_"):
-            out[key[5:]] = (row["acc"], row["mean_steps"])
-    ood = splits.get("test_inferred_ood", {}).get("rules", {}).get(rule, {}).get("hops_2")
-    if ood:
-        out["ood2"] = (ood["acc"], ood["mean_steps"])
+# --- rows in the results schema ----------------------------------------------------------------
+def rule_fields(r: dict) -> dict:
+    """A rule summary's extra row fields: mean steps, and coverage and selective accuracy where
+    the rule can abstain."""
+    out = {"mean_steps": r["mean_steps"]}
+    if "selective_acc" in r:
+        out |= {"coverage": r["coverage"], "selective_acc": r["selective_acc"]}
+    return out
+
+
+def group_hops(name: str) -> dict | None:
+    """Row fields of an abstention group: {} for all facts, {hops: K} for one hop count, None for
+    groups that are not rows (trained_hops, deeper_than_trained: summary.json `abstention`)."""
+    if name == "all":
+        return {}
+    return {"hops": int(name[5:])} if name.startswith("hops_") else None
+
+
+def run_rows(run: dict) -> list[dict]:
+    """The rows of one run: every rule (and the selector) per split, overall and per hop count,
+    and the confidence threshold at the selector's coverage."""
+    res, rows, missing_n = run["halting"], [], False
+    ids = {"model": run["name"]}
+    tail = {"seed": run.get("seed"), "step": res.get("checkpoint_step")}
+    for split, sres in res["splits"].items():
+        at = {}   # (hops, rule) -> row, to add the abstention fields
+        for rule, r in sres["rules"].items():
+            at[None, rule] = acc_row(r["acc"], r.get("n", sres["n"]), **ids, split=split,
+                                     rule=rule, **tail, **rule_fields(r))
+            for key, h in r.items():
+                if not key.startswith("hops_"):
+                    continue
+                if "n" not in h:          # results.json from before per-hop counts
+                    missing_n = True
+                    continue
+                at[int(key[5:]), rule] = acc_row(h["acc"], h["n"], **ids, split=split,
+                                                 hops=int(key[5:]), rule=rule, **tail,
+                                                 **rule_fields(h))
+        ab = sres.get("abstention") or {"groups": {}}
+        key_90 = f"coverage_at_{ab.get('target_selective_acc', 0.9) * 100:g}"
+        for name, g in ab["groups"].items():
+            fields = group_hops(name)
+            if fields is None or "threshold" not in g:
+                continue
+            hops = fields.get("hops")
+            if (hops, "selector") in at:
+                at[hops, "selector"][key_90] = g["selector"]["coverage_at_target"]
+            t, steps = g["threshold"], at.get((hops, ab["exit"]), {}).get("mean_steps")
+            at[hops, THRESHOLD_RULE] = acc_row(
+                t["coverage"] * (t["selective_acc"] or 0.0), g["n"], **ids, split=split, **fields,
+                rule=THRESHOLD_RULE, **tail, mean_steps=steps, exit=ab["exit"],
+                min_confidence=t["min_confidence"], coverage=t["coverage"],
+                selective_acc=t["selective_acc"], **{key_90: g["threshold_coverage_at_target"]})
+        rows += at.values()
+    if missing_n:
+        print(f"{res.get('run_dir')}: halting/results.json has no per-hop counts (written before "
+              "they were recorded): its per-hop rows are left out; rerun python -m grokloop.halting",
+              file=sys.stderr)
+    return rows
+
+
+def pool_key(r: dict) -> tuple:
+    return (r["model"], r["split"], *(r.get(f) for f in POOL_APART))
+
+
+def pooled_rows(rows: list[dict]) -> list[dict]:
+    """reports.study.pooled over seeds (each run evaluates one final checkpoint), with the mean
+    steps, coverage and selective accuracy of the pooled facts."""
+    members: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("seed") != "pooled":
+            members.setdefault(pool_key(r), []).append(r)
+    out = []
+    for p in pooled(rows, by_step=False):
+        rs, n = members[pool_key(p)], p["n"]
+        if all(r.get("mean_steps") is not None for r in rs):
+            p["mean_steps"] = sum(r["mean_steps"] * r["n"] for r in rs) / n
+        if all("coverage" in r for r in rs):
+            answered = sum(r["coverage"] * r["n"] for r in rs)
+            p["coverage"] = answered / n
+            p["selective_acc"] = (sum(r["coverage"] * r["n"] * (r["selective_acc"] or 0.0)
+                                      for r in rs) / answered if answered else None)
+        out.append(p)
+    return out
+
+
+def abstention_entries(run: dict) -> list[dict]:
+    """The run's abstention comparisons, one per split and group of facts, with the curves."""
+    out = []
+    for split, sres in run["halting"]["splits"].items():
+        ab = sres.get("abstention")
+        for name, g in (ab or {}).get("groups", {}).items():
+            out.append({"model": run["name"], "seed": run.get("seed"), "split": split,
+                        "facts": name, "exit": ab["exit"],
+                        "target_selective_acc": ab["target_selective_acc"], **g})
     return out
 
 
 def build(runs: list[dict]) -> dict:
-    table = []
+    seen = {}
     for run in runs:
-        T = run["halting"]["config"]["max_steps"]
-        for rule in (r.replace("{T}", str(T)) for r in MAIN_RULES):
-            if rule in run["halting"]["splits"]["test_inferred_id"]["rules"]:
-                table.append({"model": run["name"], "rule": rule, "hops": per_hop(run, rule)})
-    curves = {}
-    for run in runs:
-        rules = run["halting"]["splits"]["test_inferred_id"]["rules"]
-        curves[run["name"]] = {name: {"mean_steps": r["mean_steps"], "acc": r["acc"],
-                                      "coverage": r["coverage"]} for name, r in rules.items()}
-    # the results schema (DEVELOPERS.md): one row per (model, split, rule) with its interval
-    rows = [acc_row(r["acc"], res["n"], model=run["name"], split=split, rule=rule,
-                    mean_steps=r["mean_steps"])
-            for run in runs for split, res in run["halting"]["splits"].items()
-            for rule, r in res["rules"].items()]
+        key = (run["name"], run.get("seed"))
+        if key in seen:
+            raise SystemExit(f"{run['halting'].get('run_dir')} and {seen[key]} are both model "
+                             f"{key[0]!r} with seed {key[1]}: name them apart with names=[...]")
+        seen[key] = run["halting"].get("run_dir")
+    rows = [r for run in runs for r in run_rows(run)]
     return {"study": "adaptive", "machine": machine(),
-            "commands": [f"python -m grokloop.halting run_dir={run['halting']['run_dir']}" for run in runs],
-            "rows": rows, "table": table, "curves": curves,
-            "runs": [{k: run[k] for k in ("name", "train_steps", "wall_time_s", "checkpoint",
-                                          "chosen_step_last_interval")} for run in runs]}
+            "commands": [f"python -m grokloop.halting run_dir={run['halting']['run_dir']}"
+                         for run in runs],
+            "rows": rows + pooled_rows(rows),
+            "abstention": [e for run in runs for e in abstention_entries(run)],
+            "runs": [{k: run.get(k) for k in ("name", "seed", "trained_hops", "train_steps",
+                                              "wall_time_s", "checkpoint", "chosen_step_last_interval")}
+                     | {"train_split": run["halting"].get("config", {}).get("train_split"),
+                        "run_dir": run["halting"].get("run_dir")} for run in runs]}
 
 
-# --- the two tables, as (headers, rows) for the markdown and the page ------------------------
+# --- what the tables and figures show, from the rows --------------------------------------------
+def shown_rows(rows: list[dict]) -> list[dict]:
+    """Per model: its pooled rows if it has several seeds, else its one seed's rows."""
+    multi = {r["model"] for r in rows if r.get("seed") == "pooled"}
+    return [r for r in rows if (r.get("seed") == "pooled") == (r["model"] in multi)]
+
+
+def hop_cells(summary: dict) -> list[dict]:
+    """[{model, rule, hops: {hop: (acc, mean steps)}}] for the main rules (the archived
+    summaries' `table`), from the rows."""
+    index = {(r["model"], r["split"], r.get("hops"), r["rule"]): r for r in shown_rows(summary["rows"])}
+    out = []
+    for model in dict.fromkeys(r["model"] for r in summary["rows"]):
+        fixed = [re.fullmatch(r"fixed_(\d+)", rule) for m, _, _, rule in index if m == model]
+        T = max([int(f[1]) for f in fixed if f] or [0])
+        for rule in (r.replace("{T}", str(T)) for r in MAIN_RULES):
+            if (model, "test_inferred_id", None, rule) not in index:
+                continue
+            cell = lambda r: (r["acc"], r["mean_steps"])
+            hops = {}
+            if (r := index.get((model, "atomic_id", None, rule))) is not None:
+                hops["1"] = cell(r)
+            for (m, split, k, rl), r in sorted(index.items(), key=lambda kv: kv[0][2] or 0):
+                if (m, split, rl) == (model, "test_inferred_id", rule) and k is not None:
+                    hops[str(k)] = cell(r)
+            if (r := index.get((model, "test_inferred_ood", 2, rule))) is not None:
+                hops["ood2"] = cell(r)
+            out.append({"model": model, "rule": rule, "hops": hops})
+    return out
+
+
+def compute_points(summary: dict) -> dict:
+    """{model: {rule: {mean_steps, acc, coverage}}} on test_inferred_id, all hops (the archived
+    summaries' `curves`)."""
+    out = {}
+    for r in shown_rows(summary["rows"]):
+        if r["split"] == "test_inferred_id" and "hops" not in r and r["rule"] != THRESHOLD_RULE:
+            out.setdefault(r["model"], {})[r["rule"]] = {
+                "mean_steps": r["mean_steps"], "acc": r["acc"], "coverage": r.get("coverage", 1.0)}
+    return out
+
+
+# --- the tables, as (headers, rows) for the markdown and the page ------------------------------
 def hops_table(summary: dict) -> tuple[list[str], list[list[str]]]:
-    hops = sorted({h for row in summary["table"] for h in row["hops"] if h != "ood2"}, key=int)
+    cells = summary["table"] if "rows" not in summary else hop_cells(summary)
+    hops = sorted({h for row in cells for h in row["hops"] if h != "ood2"}, key=int)
     headers = ["model", "rule"] + [f"{h} hop" + ("s" if h != "1" else "") for h in hops] + ["2-hop OOD"]
     rows = [[row["model"], row["rule"]] +
             [f"{row['hops'][h][0]:.2f} ({row['hops'][h][1]:.1f})" if h in row["hops"] else "-"
-             for h in hops + ["ood2"]] for row in summary["table"]]
+             for h in hops + ["ood2"]] for row in cells]
+    return headers, rows
+
+
+def fmt(x, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def abstention_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The selector against the confidence threshold at equal coverage, per run, split and
+    group of facts (all, trained hop counts, deeper than trained; per hop count: the rows)."""
+    entries = [e for e in summary.get("abstention", []) if e["facts"] in TABLE_FACTS and "selector" in e]
+    target = f"{entries[0]['target_selective_acc']:.0%}" if entries else "90%"
+    headers = ["model", "seed", "split", "facts", "n", "selector coverage", "selector sel. acc",
+               "threshold", "threshold coverage", "threshold sel. acc",
+               f"coverage at {target} sel. acc: selector", "threshold"]
+    rows = [[e["model"], str(e["seed"]), e["split"], e["facts"], f"{e['n']:,}",
+             fmt(e["selector"]["coverage"]), fmt(e["selector"]["selective_acc"]),
+             fmt(e["threshold"]["min_confidence"], ".4g"), fmt(e["threshold"]["coverage"]),
+             fmt(e["threshold"]["selective_acc"]), fmt(e["selector"]["coverage_at_target"]),
+             fmt(e["threshold_coverage_at_target"])] for e in entries]
     return headers, rows
 
 
 def runs_table(summary: dict) -> tuple[list[str], list[list[str]]]:
-    headers = ["model", "training steps (last evaluation)", "checkpoint evaluated", "wall time (s)",
-               "share of batches learning from step t (last interval)"]
-    rows = [[run["name"], run["train_steps"], run["checkpoint"], f"{run['wall_time_s']:.0f}",
+    new = "rows" in summary
+    headers = (["model"] + (["seed", "selector trained on"] if new else []) +
+               ["training steps (last evaluation)", "checkpoint evaluated", "wall time (s)",
+                "share of batches learning from step t (last interval)"])
+    rows = [[run["name"]] + ([str(run.get("seed")), str(run.get("train_split"))] if new else []) +
+            [run["train_steps"], run["checkpoint"], f"{run['wall_time_s']:.0f}",
              ", ".join(f"{t}: {v:.2f}" for t, v in run["chosen_step_last_interval"].items()) or "-"]
             for run in summary["runs"]]
     return headers, rows
@@ -112,17 +286,46 @@ def markdown_lines(headers: list[str], rows: list[list]) -> list[str]:
             ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
+def rows_note(summary: dict) -> str:
+    trained = {run["name"]: run.get("trained_hops") for run in summary["runs"]}
+    known = {name: hops for name, hops in trained.items() if hops}
+    if len({str(h) for h in known.values()}) == 1 and len(known) == len(trained):
+        text = ", ".join(map(str, next(iter(known.values()))))
+    else:
+        text = "; ".join(f"{name}: {', '.join(map(str, h)) if h else 'not recorded'}"
+                         for name, h in trained.items())
+    return ROWS_NOTE.format(trained=text or "not recorded")
+
+
 def markdown(summary: dict) -> str:
-    return "\n".join([HOPS_NOTE, "", *markdown_lines(*hops_table(summary)), "",
-                      *markdown_lines(*runs_table(summary))]) + "\n"
+    if "rows" not in summary:       # an archived summary (docs/archive/adaptive_*)
+        return "\n".join([HOPS_NOTE, "", *markdown_lines(*hops_table(summary)), "",
+                          *markdown_lines(*runs_table(summary))]) + "\n"
+    m = summary["machine"]
+    head = [f"# {summary['study']}", "", "Commands:", "", "```bash", *summary["commands"], "```", "",
+            f"Machine: {m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}, "
+            f"{m.get('date')}.", ""]
+    ab = abstention_table(summary)
+    exits = sorted({e["exit"] for e in summary.get("abstention", [])})
+    return "\n".join(head + [rows_note(summary), "", *markdown_lines(*hops_table(summary)),
+                             "", f"Abstention: the selector against a confidence threshold on the "
+                             f"top probability at the {', '.join(exits) or '-'} exit, at equal "
+                             "coverage (the threshold's coverage is the closest to the selector's "
+                             "without exceeding it); per hop count in summary.json.", "",
+                             *markdown_lines(*ab), "", *markdown_lines(*runs_table(summary))]) + "\n"
 
 
 # --- figures.html ------------------------------------------------------------------------------
+HUGINN_MARKERS = {"huginn_kl<5e-4": "triangle-up", "huginn_entropy<1e-3": "square",
+                  "huginn_argmax_5": "x"}
+
+
 def compute_figure(summary: dict) -> go.Figure:
     """Accuracy against mean steps per rule family, and the selector's coverage and accuracy."""
+    points = summary["curves"] if "rows" not in summary else compute_points(summary)
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
         "Accuracy vs compute (test_inferred_id, all hops)", "Coverage vs accuracy (abstention)"))
-    for i, (name, rules) in enumerate(summary["curves"].items()):
+    for i, (name, rules) in enumerate(points.items()):
         colour = f"hsl({(i * 67) % 360},60%,45%)"
         for family, prefix in (("fixed T", "fixed_"), ("KL exit", "kl<"), ("confidence exit", "conf>=")):
             pts = sorted((r["mean_steps"], r["acc"]) for k, r in rules.items() if k.startswith(prefix))
@@ -130,7 +333,8 @@ def compute_figure(summary: dict) -> go.Figure:
                                      name=f"{name}: {family}", line=dict(color=colour,
                                      dash={"fixed T": "solid", "KL exit": "dot"}.get(family, "dash")),
                                      legendgroup=name), row=1, col=1)
-        for special, symbol in (("oracle", "star"), ("selector", "diamond")):
+        markers = {"oracle": "star", "selector": "diamond"} | HUGINN_MARKERS
+        for special, symbol in markers.items():
             if special in rules:
                 r = rules[special]
                 fig.add_trace(go.Scatter(x=[r["mean_steps"]], y=[r["acc"]], mode="markers",
@@ -149,12 +353,71 @@ def compute_figure(summary: dict) -> go.Figure:
     return fig.update_layout(margin=dict(t=100))   # room for the subplot titles under the title
 
 
+COVERAGE_PANELS = [("in-distribution (trained hop counts)", "test_inferred_id", ("trained_hops", "all")),
+                   ("deeper than trained", "test_inferred_id", ("deeper_than_trained",)),
+                   ("OOD", "test_inferred_ood", ("all",))]
+
+
+def coverage_panels(entries: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(title, abstention entries) for in-distribution, deeper-than-trained and OOD facts where
+    the runs have them, else every split's facts together."""
+    panels = []
+    for title, split, facts in COVERAGE_PANELS:
+        for f in facts:
+            chosen = [e for e in entries if e["split"] == split and e["facts"] == f]
+            if chosen:
+                panels.append((title, chosen))
+                break
+    return panels or [(split, [e for e in entries if e["split"] == split and e["facts"] == "all"])
+                      for split in dict.fromkeys(e["split"] for e in entries)]
+
+
+def coverage_figure(summary: dict) -> go.Figure | None:
+    """Coverage against selective accuracy: the confidence threshold's curve (lines) and the
+    selector's operating point (diamonds), per model and seed."""
+    panels = coverage_panels(summary.get("abstention", []))
+    if not panels:
+        return None
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for t, _ in panels])
+    models = list(dict.fromkeys(r["model"] for r in summary["rows"]))
+    legend = set()
+    for col, (_, entries) in enumerate(panels, start=1):
+        for e in entries:
+            colour = f"hsl({(models.index(e['model']) * 67) % 360},60%,45%)"
+            label = f"{e['model']} (seed {e['seed']})"
+            pts = [p for p in e["curve"] if p["selective_acc"] is not None]
+            fig.add_trace(go.Scatter(x=[p["coverage"] for p in pts], y=[p["selective_acc"] for p in pts],
+                                     mode="lines", line=dict(color=colour), name=f"{label}: threshold",
+                                     legendgroup=label, showlegend=label not in legend,
+                                     hovertext=[f"top p >= {p['min_confidence']:g}" for p in pts]),
+                          row=1, col=col)
+            if "selector" in e and e["selector"]["selective_acc"] is not None:
+                fig.add_trace(go.Scatter(x=[e["selector"]["coverage"]], y=[e["selector"]["selective_acc"]],
+                                         mode="markers", marker=dict(symbol="diamond", size=12, color=colour),
+                                         name=f"{label}: selector", legendgroup=label,
+                                         showlegend=label not in legend), row=1, col=col)
+            legend.add(label)
+        fig.add_hline(y=entries[0]["target_selective_acc"], line=dict(color="#999", dash="dot"),
+                      row=1, col=col)
+        fig.update_xaxes(title_text="coverage (share answered)", range=[0, 1.02], row=1, col=col)
+        fig.update_yaxes(range=[0, 1.02], row=1, col=col)
+    fig.update_yaxes(title_text="selective accuracy (on answered)", row=1, col=1)
+    style(fig, "Abstention: confidence threshold (lines) and the selector (diamonds)", height=480)
+    return fig.update_layout(margin=dict(t=100))
+
+
 def figures_html(summary: dict) -> str:
-    names = ", ".join(run["name"] for run in summary["runs"])
-    return page("Adaptive thinking", html.escape(f"{len(summary['runs'])} run(s): {names}"), [
-        Section("Accuracy against compute").add(compute_figure(summary)),
-        Section("Accuracy per hop count").text(HOPS_NOTE).add(table(*hops_table(summary))),
-        Section("Runs").add(table(*runs_table(summary)))])
+    names = ", ".join(dict.fromkeys(run["name"] for run in summary["runs"]))
+    sections = [Section("Accuracy against compute").add(compute_figure(summary))]
+    if "rows" in summary:
+        sections.append(Section("Abstention").add(coverage_figure(summary))
+                        .text("The selector's abstain action against a confidence threshold at "
+                              "equal coverage, and each one's largest coverage at 90% selective "
+                              "accuracy.").add(table(*abstention_table(summary))))
+    note = rows_note(summary) if "rows" in summary else HOPS_NOTE
+    sections += [Section("Accuracy per hop count").text(html.escape(note)).add(table(*hops_table(summary))),
+                 Section("Runs").add(table(*runs_table(summary)))]
+    return page("Adaptive thinking", html.escape(f"{len(summary['runs'])} run(s): {names}"), sections)
 
 
 # --- the command line: python -m grokloop.adaptive_summary RUN [RUN ...] [out=DIR] -----------
@@ -163,6 +426,11 @@ class SummaryCommand:
     """Schema of conf/adaptive_summary.yaml; the positional RUN words are runs=[...]."""
     runs: list[str] = field(default_factory=list)   # run directories holding halting/results.json
     out: str = DEFAULT_OUT
+    names: list[str] = field(default_factory=list)     # the model name of each run (default: its
+                                                       # experiment name); runs of one model differ
+                                                       # only in seed
+    commands: list[str] = field(default_factory=list)  # the commands that made the study (default:
+                                                       # the halting command of each run)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,7 +443,16 @@ def summarize(d: dict) -> None:
     if not d["runs"]:
         raise ValueError("runs: give at least one run directory: "
                          "python -m grokloop.adaptive_summary RUN [RUN ...] [out=DIR]")
-    summary = build([load_halting(r) for r in d["runs"]])
+    names = list(d.get("names") or [])
+    if names and len(names) != len(d["runs"]):
+        raise ValueError(f"names: {len(names)} names for {len(d['runs'])} runs; give one per run "
+                         "(in the order of the runs) or none")
+    runs = [load_halting(r) for r in d["runs"]]
+    for run, name in zip(runs, names):
+        run["name"] = name
+    summary = build(runs)
+    if d.get("commands"):
+        summary["commands"] = list(d["commands"])
     out = Path(d["out"])
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "summary.md", markdown(summary))

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from grokloop.adaptive.depth import choose_best_step, depth_loss
-from grokloop.adaptive.halting import evaluate_halting
-from grokloop.adaptive.rules import first_true, rule_exits
+from grokloop.adaptive.halting import abstention, evaluate_halting
+from grokloop.adaptive.rules import (coverage_at_accuracy, coverage_curve, first_true, rule_exits,
+                                     selective_curve, threshold_at_coverage, trajectory)
 from grokloop.adaptive.selector import (ABSTAIN, STOP, HaltingConfig, Selector, reinforce_loss,
                                         rollout, train_selector)
 from grokloop.losses import cross_entropy
@@ -13,6 +14,26 @@ from grokloop.losses import cross_entropy
 TOKENS = torch.randint(0, 23, (8, 5), generator=torch.Generator().manual_seed(1))
 POS = torch.full((8,), 4)
 TARGETS = torch.randint(0, 23, (8,), generator=torch.Generator().manual_seed(2))
+
+
+def tiny_composition():
+    """A composition dataset with held-out valid facts (2 hops trained, 3 hops test-only)."""
+    from datagen import build_dataset
+    from datagen.config import CompositionConfig
+
+    return build_dataset(CompositionConfig(n_entities=30, n_relations=5, out_degree=5, phi=2.0,
+                                           hops=[2], test_hops=[3], eval_size=40,
+                                           valid_fraction=0.1, test_id_fraction=0.1))
+
+
+def hand_traj(correct, top, kl=None, entropy=None, argmax=None) -> dict:
+    """A trajectory dict [T, batch] from hand-made columns (unused columns filled in)."""
+    correct = torch.as_tensor(correct, dtype=torch.bool)
+    full = lambda x, fill: torch.full(correct.shape, fill) if x is None else torch.as_tensor(x, dtype=torch.float)
+    return {"correct": correct, "top": full(top, 0.5), "kl": full(kl, 1.0),
+            "entropy": full(entropy, 1.0),
+            "argmax": (torch.arange(correct.numel()).view(correct.shape) if argmax is None
+                       else torch.as_tensor(argmax)), "cost": torch.ones(correct.shape)}
 
 
 def test_best_step_picks_lowest_loss_and_fewest_steps_on_ties():
@@ -110,20 +131,17 @@ def test_policy_gradient_raises_the_probability_of_the_rewarded_action():
 
 
 def test_selector_training_leaves_the_frozen_model_unchanged(make_model, tmp_path):
-    from datagen import build_dataset
-    from datagen.config import ModularConfig
-
-    ds = build_dataset(ModularConfig(p=7, train_fraction=0.5))
+    ds = tiny_composition()
     m = make_model(d_vocab=len(ds.vocab), n_ctx=ds.n_ctx, n_core=1, n_steps=2, injection="add")
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    cfg = HaltingConfig(max_steps=3, iterations=5, batch_size=16)
+    cfg = HaltingConfig(max_steps=3, iterations=5, batch_size=16)   # trains on valid
     selector, curve = train_selector(m, ds, cfg)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     assert len(curve) >= 1 and all(p.grad is not None for p in selector.parameters())
-    res = evaluate_halting(m, ds, selector, cfg, ["test"])
-    rules = res["test"]["rules"]
+    res = evaluate_halting(m, ds, selector, cfg, ["test_inferred_id"])["test_inferred_id"]
+    rules = res["rules"]
     # By hand: correctness of the readout after each of 1..3 steps, per example.
-    idx = torch.as_tensor(ds.splits["test"])
+    idx = torch.as_tensor(ds.splits["test_inferred_id"])
     with torch.no_grad():
         logits = m.readout_steps(torch.as_tensor(ds.inputs)[idx], 3,
                                  positions=torch.as_tensor(ds.answer_pos)[idx])   # [3, n, vocab]
@@ -134,6 +152,139 @@ def test_selector_training_leaves_the_frozen_model_unchanged(make_model, tmp_pat
     first = torch.where(correct.any(0), correct.float().argmax(0), torch.tensor(2)) + 1
     assert rules["oracle"]["mean_steps"] == pytest.approx(first.float().mean().item())
     assert 1 <= rules["selector"]["mean_steps"] <= 3
+    # Per-hop counts come from the examples; the Huginn rules and the abstention are there.
+    hops = torch.as_tensor(ds.hops)[idx]
+    for rule in ("fixed_1", "huginn_kl<5e-4", "huginn_entropy<1e-3", "huginn_argmax_5", "selector"):
+        assert {k: rules[rule][f"hops_{k}"]["n"] for k in (2, 3)} == \
+            {k: int((hops == k).sum()) for k in (2, 3)}
+    groups = res["abstention"]["groups"]
+    assert res["abstention"]["exit"] == res["coverage_curve_exit"] == "huginn_kl<5e-4"
+    assert set(groups) == {"all", "hops_2", "hops_3", "trained_hops", "deeper_than_trained"}
+    assert groups["deeper_than_trained"]["n"] == groups["hops_3"]["n"]
+    assert groups["all"]["selector"]["coverage"] == pytest.approx(rules["selector"]["coverage"])
+
+
+def test_selector_refuses_a_training_split_and_trains_on_valid_by_default(make_model, monkeypatch):
+    from datagen import build_dataset
+    from datagen.config import ModularConfig
+    from grokloop.adaptive import halting
+
+    ds = tiny_composition()
+    m = make_model(d_vocab=len(ds.vocab), n_ctx=ds.n_ctx, n_core=1, n_steps=2, injection="add")
+    assert HaltingConfig().train_split == "valid"
+    for split in ("train", "train_inferred"):     # training facts, all or a sample of them
+        with pytest.raises(ValueError, match=f"train_split='{split}' shares .* use train_split=valid"):
+            train_selector(m, ds, HaltingConfig(train_split=split, iterations=1))
+    with pytest.raises(ValueError, match="'nope' is not a split.*use train_split=valid"):
+        train_selector(m, ds, HaltingConfig(train_split="nope", iterations=1))
+    modular = build_dataset(ModularConfig(p=7, train_fraction=0.5))    # no valid split
+    with pytest.raises(ValueError, match="'valid' is not a split.*valid_fraction"):
+        train_selector(m, modular, HaltingConfig(iterations=1))
+    # The command refuses before any work: nothing trains, nothing is written.
+    import grokloop.checkpoint
+    monkeypatch.setattr(grokloop.checkpoint, "load_model", lambda run_dir: (m, ds, {}))
+    monkeypatch.setattr(halting, "train_selector", lambda *a: pytest.fail("trained"))
+    with pytest.raises(ValueError, match="shares"):
+        halting.run_halting({"run_dir": "nowhere", "train_split": "train"})
+    # The default trains on valid: the batches come from the valid split only.
+    from grokloop.adaptive import selector as S
+
+    seen, real_rollout = [], S.rollout
+
+    def rollout_spy(model, selector, tokens, *args, **kw):
+        seen.append(tokens)
+        return real_rollout(model, selector, tokens, *args, **kw)
+
+    monkeypatch.setattr(S, "rollout", rollout_spy)
+    train_selector(m, ds, HaltingConfig(iterations=2, batch_size=8, max_steps=2))
+    rows = lambda split, width: {tuple(r) for r in ds.inputs[ds.splits[split], :width].tolist()}
+    width = seen[0].shape[1]
+    assert all(tuple(r) in rows("valid", width) for t in seen for r in t.tolist())
+    assert not rows("valid", width) & rows("train", width)
+
+
+def test_huginn_rules_exit_where_hand_made_trajectories_say():
+    inf = float("inf")
+    # 8 steps, 4 examples. KL: below 5e-4 first at step 3 / never (5e-4 itself is not below) /
+    # at step 2 / never.
+    kl = [[inf, inf, inf, inf], [1e-2, 5e-4, 4e-4, 1.0], [4e-4, 5e-4, 1.0, 1.0]] + [[1.0] * 4] * 5
+    # Entropy: |change| < 1e-3 first at step 3 / at step 2 / never / at step 8.
+    entropy = [[2.0, 1.0, 1.0, 3.0], [1.5, 1.0005, 2.0, 2.0], [1.4995, 3.0, 3.0, 1.0],
+               [0.0, 1.0, 1.0, 2.0], [1.0, 1.5, 2.0, 1.0], [0.0, 1.0, 1.0, 2.0],
+               [1.0, 2.0, 2.0, 1.0], [1.0, 2.0, 1.0, 1.0005]]
+    # Argmax: constant from step 1 (exits at step 6, Huginn's counter reaching 5) / constant from
+    # step 2 (step 7) / changes at step 6 (never: step 8) / constant from step 3 (step 8).
+    argmax = [[3, 1, 1, 1], [3, 2, 1, 2], [3, 2, 1, 4], [3, 2, 1, 4], [3, 2, 1, 4],
+              [3, 2, 2, 4], [3, 2, 2, 4], [3, 2, 2, 4]]
+    traj = hand_traj(torch.zeros(8, 4), None, kl, entropy, argmax)
+    exits = rule_exits(traj, 2)
+    assert exits["huginn_kl<5e-4"].tolist() == [2, 7, 1, 7]          # step indices (step - 1)
+    assert exits["huginn_entropy<1e-3"].tolist() == [2, 1, 7, 7]
+    assert exits["huginn_argmax_5"].tolist() == [5, 6, 7, 7]
+    # None of them reads the answer.
+    flipped = rule_exits(traj | {"correct": torch.ones(8, 4, dtype=torch.bool)}, 2)
+    assert all(torch.equal(exits[r], flipped[r]) for r in
+               ("huginn_kl<5e-4", "huginn_entropy<1e-3", "huginn_argmax_5"))
+
+
+def test_trajectory_records_entropy_and_argmax(make_model):
+    m = make_model(n_core=1, n_steps=2, injection="add")
+    traj = trajectory(m, TOKENS, POS, TARGETS, 3)
+    with torch.no_grad():
+        logp = m.readout_steps(TOKENS, 3, positions=POS).float().log_softmax(-1)   # [3, batch, vocab]
+    assert torch.allclose(traj["entropy"], -(logp.exp() * logp).sum(-1), atol=1e-5)
+    assert torch.equal(traj["argmax"], logp.argmax(-1))
+    assert torch.equal(traj["correct"], traj["argmax"] == TARGETS)
+
+
+def test_coverage_curve_and_coverage_at_accuracy_on_a_hand_made_case():
+    top = torch.tensor([0.95, 0.9, 0.8, 0.6, 0.6, 0.3])
+    right = torch.tensor([1, 1, 0, 1, 0, 0], dtype=torch.bool)
+    traj = hand_traj(torch.stack([~right, right]), torch.stack([1 - top, top]))
+    exit_step = torch.ones(6, dtype=torch.long)                        # read at step 2
+    curve = coverage_curve(traj, exit_step, thresholds=[0.0, 0.5, 0.85, 0.99])
+    assert [r["min_confidence"] for r in curve] == [0.99, 0.85, 0.5, 0.0]
+    assert [r["coverage"] for r in curve] == pytest.approx([0, 2 / 6, 5 / 6, 1])
+    assert [r["selective_acc"] for r in curve] == pytest.approx([None, 1, 3 / 5, 3 / 6])
+    assert len(coverage_curve(traj, exit_step)) > 20                    # the default, finer grid
+    exact = selective_curve(top, right)                                 # every distinct confidence
+    assert [r["coverage"] for r in exact] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 5 / 6, 1])
+    assert coverage_at_accuracy(exact) == pytest.approx(2 / 6)         # 90%: the two most confident
+    assert coverage_at_accuracy(exact, 0.6) == pytest.approx(5 / 6)
+    assert coverage_at_accuracy(exact, 1.01) is None
+    # The threshold closest to a coverage without exceeding it (the tied 0.6s move together).
+    assert threshold_at_coverage(exact, 4 / 6)["min_confidence"] == pytest.approx(0.8)
+    assert threshold_at_coverage(exact, 1.0)["coverage"] == 1.0
+    assert threshold_at_coverage(exact, 0.1) == {"min_confidence": None, "coverage": 0.0,
+                                                 "selective_acc": None}
+    assert coverage_at_accuracy([{"coverage": 0.4, "selective_acc": 0.95}]) == 0.4   # one point
+    assert coverage_at_accuracy([{"coverage": 0.4, "selective_acc": 0.85}]) is None
+
+
+def test_abstention_compares_selector_and_threshold_at_equal_coverage():
+    # 8 examples read at step 1: hops 2 (trained) and 3 (deeper).
+    top = torch.tensor([0.99, 0.9, 0.7, 0.5, 0.95, 0.8, 0.6, 0.4])
+    right = torch.tensor([1, 1, 0, 0, 1, 0, 1, 0], dtype=torch.bool)
+    hops = torch.tensor([2, 2, 2, 2, 3, 3, 3, 3])
+    traj = hand_traj(right[None], top[None])
+    out = {"abstained": torch.tensor([0, 0, 1, 1, 0, 1, 0, 1], dtype=torch.bool),
+           "correct": torch.tensor([1, 1, 0, 0, 1, 0, 1, 0], dtype=torch.bool)}
+    ab = abstention(traj, torch.zeros(8, dtype=torch.long), hops, out, trained_hops=[2])
+    g = ab["groups"]
+    assert set(g) == {"all", "hops_2", "hops_3", "trained_hops", "deeper_than_trained"}
+    assert g["all"]["selector"] == {"coverage": 0.5, "selective_acc": 1.0, "coverage_at_target": 0.5}
+    # The threshold at the selector's coverage (4 of 8): top >= 0.8 answers 0.99, 0.95, 0.9, 0.8.
+    assert g["all"]["threshold"] == pytest.approx({"min_confidence": 0.8, "coverage": 0.5,
+                                                   "selective_acc": 0.75})
+    assert g["all"]["threshold_coverage_at_target"] == pytest.approx(3 / 8)
+    # Deeper facts: the selector answers 0.95 (right) and 0.6 (right); the threshold at 2 of 4
+    # answers 0.95 and 0.8 (one wrong), and never reaches 90% beyond the single most confident.
+    deep = g["deeper_than_trained"]
+    assert deep["n"] == 4 and deep["selector"]["coverage_at_target"] == 0.5
+    assert deep["threshold"]["selective_acc"] == pytest.approx(0.5)
+    assert deep["threshold_coverage_at_target"] == pytest.approx(0.25)
+    assert g["hops_3"] == deep and g["trained_hops"] == g["hops_2"]
+    assert "selector" not in abstention(traj, torch.zeros(8, dtype=torch.long), hops)["groups"]["all"]
 
 
 def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
@@ -145,8 +296,7 @@ def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
     assert out["steps"].tolist() == [4] * 8 and not out["abstained"].any()
     hits = torch.tensor([[0, 0, 1], [1, 0, 1], [1, 0, 0]], dtype=torch.bool)  # [T, batch]
     assert first_true(hits).tolist() == [1, 2, 0]
-    traj = {"correct": hits, "top": torch.rand(3, 3), "kl": torch.rand(3, 3), "cost": torch.ones(3, 3)}
-    assert rule_exits(traj, 2)["oracle"].tolist() == [1, 2, 0]
+    assert rule_exits(hand_traj(hits, torch.rand(3, 3)), 2)["oracle"].tolist() == [1, 2, 0]
     # Action STOP answers at once with the step-1 readout; ABSTAIN answers nothing.
     with torch.no_grad():
         first = m.readout_steps(TOKENS, 1, positions=POS)[-1].argmax(-1) == TARGETS
@@ -203,6 +353,7 @@ def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
 
     run = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "grokloop.train", "experiment=khop_best", "train.steps=4",
+                    "data.valid_fraction=0.05",    # held-out facts for the selector (train_split=valid)
                     "train.progress=false", f"out_dir={run}", f"data_cache={tmp_path / 'cache'}"],
                    check=True, capture_output=True, cwd=tmp_path)
     r = subprocess.run([sys.executable, "-m", "grokloop.halting", f"run_dir={run}", "iterations=3",
@@ -210,14 +361,101 @@ def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((run / "halting" / "results.json").read_text())
     rules = res["splits"]["test_inferred_id"]["rules"]
-    assert {"fixed_7", "kl<0.01", "conf>=0.9", "max_confidence", "oracle", "selector"} <= set(rules)
+    assert {"fixed_7", "kl<0.01", "conf>=0.9", "max_confidence", "oracle", "selector",
+            "huginn_kl<5e-4", "huginn_entropy<1e-3", "huginn_argmax_5"} <= set(rules)
     assert set(rules["oracle"]) >= {f"hops_{k}" for k in range(2, 9)}
+    assert "valid" not in res["splits"] and res["config"]["train_split"] == "valid"
+    assert "deeper_than_trained" in res["splits"]["test_inferred_id"]["abstention"]["groups"]
     selector, cfg = load_selector(run)
     assert cfg.max_steps == 7 and selector.n_cores == 1
     summary_main([str(run), f"out={tmp_path / 'sum'}"])
     md = (tmp_path / "sum" / "summary.md").read_text()
     assert "| khop_best | oracle |" in md and "8 hops" in md
+    rows = json.loads((tmp_path / "sum" / "summary.json").read_text())["rows"]
+    assert {r.get("hops") for r in rows if r["split"] == "test_inferred_id"} >= set(range(2, 9))
     assert "Plotly" in (tmp_path / "sum" / "figures.html").read_text()[:4_000_000]
+
+
+def halting_runs(make_model, names_seeds) -> tuple[list[dict], object]:
+    """Run dicts as reports.adaptive.load_halting returns them, from evaluate_halting on a tiny
+    model with an untrained selector per seed (no files)."""
+    ds = tiny_composition()
+    m = make_model(d_vocab=len(ds.vocab), n_ctx=ds.n_ctx, n_core=1, n_steps=2, injection="add")
+    cfg = HaltingConfig(max_steps=3)
+    runs = []
+    for name, seed in names_seeds:
+        torch.manual_seed(seed)
+        selector = Selector(m.config.d_model, 1)
+        with torch.no_grad():
+            selector.net[-1].bias[ABSTAIN] += 0.3   # some abstentions
+        splits = evaluate_halting(m, ds, selector, cfg,
+                                  ["atomic_id", "test_inferred_id", "test_inferred_ood"])
+        runs.append({"name": name, "seed": seed, "trained_hops": [2], "train_steps": 10,
+                     "wall_time_s": 1.0,
+                     "checkpoint": 10, "chosen_step_last_interval": {},
+                     "halting": {"run_dir": f"runs/{name}_{seed}", "checkpoint_step": 10,
+                                 "config": {"max_steps": 3, "train_split": "valid"},
+                                 "splits": splits}})
+    return runs, ds
+
+
+def test_summary_rows_carry_hops_rule_intervals_and_pooled_seeds(make_model, tmp_path, monkeypatch):
+    import json
+
+    from grokloop.stats import wilson
+    from reports import adaptive as A
+
+    runs, ds = halting_runs(make_model, [("m", 0), ("m", 1), ("k", 0)])
+    summary = A.build(runs)
+    assert {"study", "machine", "commands", "rows"} <= set(summary) and summary["study"] == "adaptive"
+    rows = summary["rows"]
+    for r in rows:
+        assert {"model", "split", "rule", "seed", "acc", "lo", "hi", "n"} <= set(r), r
+        assert r["lo"] <= r["acc"] <= r["hi"] and isinstance(r.get("hops", 0), int)
+        assert (r["lo"], r["hi"]) == pytest.approx(wilson(round(r["acc"] * r["n"]), r["n"]))
+    # One row per (run, split, hops, rule); per-hop n is the count of that hop in the split.
+    per_run = [r for r in rows if r["seed"] != "pooled"]
+    keys = [(r["model"], r["seed"], r["split"], r.get("hops"), r["rule"]) for r in per_run]
+    assert len(keys) == len(set(keys))
+    hops = torch.as_tensor(ds.hops)[torch.as_tensor(ds.splits["test_inferred_id"])]
+    for k in (2, 3):
+        got = {r["n"] for r in per_run if r["split"] == "test_inferred_id" and r.get("hops") == k}
+        assert got == {int((hops == k).sum())}
+    rules = {r["rule"] for r in per_run}
+    assert {"huginn_kl<5e-4", "huginn_entropy<1e-3", "huginn_argmax_5", "selector",
+            A.THRESHOLD_RULE, "oracle", "fixed_3"} <= rules
+    # The selector and the threshold at its coverage sit side by side, per split and hop count.
+    for sel in (r for r in per_run if r["rule"] == "selector"):
+        thr = next(r for r in per_run if r["rule"] == A.THRESHOLD_RULE and
+                   all(r.get(f) == sel.get(f) for f in ("model", "seed", "split", "hops")))
+        assert thr["coverage"] <= sel["coverage"] + 1e-12 and thr["exit"] == "huginn_kl<5e-4"
+        assert "coverage_at_90" in sel and "coverage_at_90" in thr
+        assert sel["acc"] == pytest.approx(sel["coverage"] * (sel["selective_acc"] or 0))
+    # Seeds pooled for m (two seeds), not for k (one).
+    pooled = [r for r in rows if r["seed"] == "pooled"]
+    assert pooled and {r["model"] for r in pooled} == {"m"} and all(r["seeds"] == 2 for r in pooled)
+    p = next(r for r in pooled if r["split"] == "test_inferred_id" and r.get("hops") == 3
+             and r["rule"] == "selector")
+    seeds = [r for r in per_run if r["model"] == "m" and r["split"] == "test_inferred_id"
+             and r.get("hops") == 3 and r["rule"] == "selector"]
+    assert p["n"] == sum(r["n"] for r in seeds)
+    assert p["acc"] == pytest.approx(sum(r["acc"] * r["n"] for r in seeds) / p["n"])
+    assert p["mean_steps"] == pytest.approx(sum(r["mean_steps"] for r in seeds) / 2)
+    # The tables and figures render from the rows.
+    md = A.markdown(summary)
+    assert "| m | huginn_kl<5e-4 |" in md and "| k | oracle |" in md and "3 hops" in md
+    assert "deeper_than_trained" in md and "python -m grokloop.halting run_dir=runs/m_0" in md
+    assert "Inferred hop counts in training: 2." in md
+    page = A.figures_html(summary)
+    assert 'data-figures="2"' in page and "deeper than trained" in page
+    # The command line: a name per run, the study's commands; one model and seed twice is refused.
+    monkeypatch.setattr(A, "load_halting", lambda d: dict(runs[int(d)]))
+    A.main(["0", "1", "2", f"out={tmp_path}", "names=[a,a,b]", "commands=[python -m x]"])
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["commands"] == ["python -m x"]
+    assert {r["model"] for r in written["rows"]} == {"a", "b"}
+    with pytest.raises(SystemExit, match="names="):
+        A.main(["0", "0", f"out={tmp_path}"])
 
 
 @pytest.mark.parametrize("published", ["adaptive_2026-11-23", "adaptive_two_hop_2026-11-23"])

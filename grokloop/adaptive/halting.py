@@ -5,9 +5,10 @@ hop count, and what a run directory keeps of it (RUN/halting/).
 
 (also `python -m grokloop.adaptive.halting ...`; options: conf/halting.yaml, typed by
 HaltingCommand.) `run_halting` trains the selector (grokloop/adaptive/selector.py) on the run's
-last checkpoint, runs `evaluate_halting` on every evaluation split, and writes
-selector.safetensors, selector.json, results.json and results.md; `load_selector` reads the
-selector back. The rules and their scores are grokloop/adaptive/rules.py; the report across
+last checkpoint on its `train_split` (default valid: held-out facts; a split that overlaps
+training is refused before any work), runs `evaluate_halting` on every other evaluation split,
+and writes selector.safetensors, selector.json, results.json and results.md; `load_selector`
+reads the selector back. The rules and their scores are grokloop/adaptive/rules.py; the report across
 runs is reports/adaptive.py. With bank=DIR (a model.memory=facts run) the frozen model reads that
 bank directory instead of the one it trained with (checked first: grokloop/bank.py bank_option),
 and everything is written to RUN/halting/bank_NAME/ (NAME: the bank directory's name) instead.
@@ -23,9 +24,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from grokloop.adaptive import MAIN_RULES
-from grokloop.adaptive.rules import coverage_curve, rule_exits, summarize_exits, trajectory
-from grokloop.adaptive.selector import (HaltingConfig, Selector, dataset_tensors, rollout,
-                                        summarize_selector, train_selector)
+from grokloop.adaptive.rules import (ABSTAIN_EXIT, COVERAGE_THRESHOLDS, TARGET_SELECTIVE_ACC,
+                                     at_exit, coverage_at_accuracy, coverage_curve, rule_exits,
+                                     selective_curve, selective_point, summarize_exits,
+                                     threshold_at_coverage, trajectory)
+from grokloop.adaptive.selector import (HaltingConfig, Selector, check_train_split,
+                                        dataset_tensors, rollout, summarize_selector,
+                                        train_selector)
 from grokloop.evaluate import answer_prefix
 from grokloop.provenance import atomic_write, atomic_write_text, code_version
 
@@ -33,8 +38,11 @@ from grokloop.provenance import atomic_write, atomic_write_text, code_version
 @torch.no_grad()
 def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str], device="cpu",
                      batch_size: int = 4096) -> dict:
-    """Every rule and the selector on every split: {split: {rule: row}} plus curves."""
+    """Every rule and the selector on every split: {split: {"rules": {rule: row}, "n",
+    "coverage_curve" (at ABSTAIN_EXIT), "abstention"}} (`abstention`)."""
     data = dataset_tensors(ds, device)
+    trained = (ds.config or {}).get("hops")      # inferred hop counts trained on (composition tasks)
+    trained_hops = [int(k) for k in trained] if isinstance(trained, (list, tuple)) else []
     results = {}
     for i, split in enumerate(splits):
         print(f"exit rules and selector on {split} ({i + 1}/{len(splits)}, "
@@ -52,12 +60,51 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
         exits = rule_exits(traj, model.config.n_steps)
         rules = {name: summarize_exits(traj, ex, hops, cost_all_steps=name == "max_confidence")
                  for name, ex in exits.items()}
+        out = None
         if selector is not None:
             out = {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
             rules["selector"] = summarize_selector(out, hops)
-        results[split] = {"rules": rules, "n": len(idx),
-                          "coverage_curve": coverage_curve(traj, exits["trained_depth"])}
+        results[split] = {"rules": rules, "n": len(idx), "coverage_curve_exit": ABSTAIN_EXIT,
+                          "coverage_curve": coverage_curve(traj, exits[ABSTAIN_EXIT]),
+                          "abstention": abstention(traj, exits[ABSTAIN_EXIT], hops, out,
+                                                   trained_hops)}
     return results
+
+
+def fact_groups(hops: torch.Tensor, trained_hops: list[int] = ()) -> dict[str, torch.Tensor]:
+    """Masks of the facts abstention is scored on: all, each hop count, and, where a split mixes
+    them, the trained hop counts and those deeper than any trained."""
+    groups = {"all": torch.ones_like(hops, dtype=torch.bool)}
+    groups |= {f"hops_{k}": hops == k for k in hops.unique().tolist()}
+    if trained_hops:
+        trained, deeper = torch.isin(hops, torch.tensor(trained_hops)), hops > max(trained_hops)
+        if trained.any() and not trained.all():
+            groups["trained_hops"] = trained
+        if deeper.any() and not deeper.all():
+            groups["deeper_than_trained"] = deeper
+    return groups
+
+
+def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
+               target: float = TARGET_SELECTIVE_ACC) -> dict:
+    """Abstaining by a confidence threshold on the top probability at `exit_step` against the
+    selector's abstain action, per group of facts (`fact_groups`): the threshold's coverage
+    curve and its largest coverage at selective accuracy >= target; with the selector's
+    episodes `out`, its one operating point (coverage, selective accuracy, and its coverage if
+    that accuracy reaches the target) and the threshold whose coverage is closest to the
+    selector's without exceeding it (the comparison at equal coverage)."""
+    top, right = at_exit(traj, exit_step)
+    groups = {}
+    for name, m in fact_groups(hops, trained_hops).items():
+        exact = selective_curve(top[m], right[m])
+        g = {"n": int(m.sum()), "threshold_coverage_at_target": coverage_at_accuracy(exact, target),
+             "curve": selective_curve(top[m], right[m], COVERAGE_THRESHOLDS)}
+        if out is not None:
+            point = selective_point(out["correct"][m], ~out["abstained"][m])
+            g["selector"] = point | {"coverage_at_target": coverage_at_accuracy([point], target)}
+            g["threshold"] = threshold_at_coverage(exact, point["coverage"])
+        groups[name] = g
+    return {"exit": ABSTAIN_EXIT, "target_selective_acc": target, "groups": groups}
 
 
 # --- RUN/halting/: the selector and the results ---------------------------------------------
@@ -106,7 +153,31 @@ def markdown_table(results: dict, max_steps: int) -> str:
             lines.append(f"| {name} | {row['acc']:.3f} | {row['coverage']:.2f} | "
                          f"{row['mean_steps']:.2f} | " + " | ".join(cells) + " |")
         lines.append("")
+        if "abstention" in res:
+            lines += abstention_table(res["abstention"]) + [""]
     return "\n".join(lines)
+
+
+def fmt(x, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def abstention_table(ab: dict) -> list[str]:
+    """Markdown lines: per group of facts, the selector against the confidence threshold at
+    equal coverage, and each one's largest coverage at the target selective accuracy."""
+    t = f"{ab['target_selective_acc']:.0%}"
+    lines = [f"Abstention (confidence threshold on the top probability at the {ab['exit']} exit):", "",
+             "| facts | n | selector coverage | selector sel. acc | threshold | threshold coverage "
+             f"| threshold sel. acc | coverage at {t} sel. acc: selector | threshold |",
+             "|---" * 9 + "|"]
+    for name, g in ab["groups"].items():
+        sel, thr = g.get("selector", {}), g.get("threshold", {})
+        lines.append(f"| {name} | {g['n']:,} | {fmt(sel.get('coverage'))} | "
+                     f"{fmt(sel.get('selective_acc'))} | {fmt(thr.get('min_confidence'), '.4g')} | "
+                     f"{fmt(thr.get('coverage'))} | {fmt(thr.get('selective_acc'))} | "
+                     f"{fmt(sel.get('coverage_at_target'))} | "
+                     f"{fmt(g['threshold_coverage_at_target'])} |")
+    return lines
 
 
 # --- the command line: python -m grokloop.halting run_dir=RUN [key=value ...] -----------------
@@ -133,13 +204,16 @@ def run_halting(d: dict) -> None:
     cfg = HaltingConfig(**d)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, ds, run_cfg = load_model(run_dir)
+    check_train_split(ds, cfg.train_split)   # held-out facts only, before any work
     out_dir, bank = halting_dir(run_dir), None
     if bank_dir:   # checked before the selector trains or anything is written
         bank, manifest = bank_option(bank_dir, ds.vocab, model.config.memory, model=model)
         out_dir = out_dir / f"bank_{Path(bank_dir).resolve().name}"
     selector, curve = train_selector(model, ds, cfg)
     save_selector(run_dir, selector, cfg, curve, out_dir)
-    results = evaluate_halting(model, ds, selector, cfg, ds.eval_splits)
+    # the selector's own training split is not scored: every split reported is held out from it
+    results = evaluate_halting(model, ds, selector, cfg,
+                               [s for s in ds.eval_splits if s != cfg.train_split])
     out = {"run_dir": str(run_dir), "experiment": run_cfg["experiment"],
            "checkpoint_step": list_checkpoints(run_dir)[-1], "config": dataclasses.asdict(cfg),
            "code_version": code_version(), "selector_curve": curve, "splits": results}

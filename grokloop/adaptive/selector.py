@@ -6,7 +6,9 @@ probability, KL to the previous step's readout, step / max_steps). `train_select
 with REINFORCE and a batch-mean baseline; reward = 1 if the answer is right, 0 if wrong,
 `abstain_reward` for abstaining, minus `step_cost` per step (scaled by the block's layer count
 when the bank's blocks differ in size, so the cost is per FLOP). The model never changes.
-Trained and evaluated by `python -m grokloop.halting run_dir=RUN` (grokloop/adaptive/halting.py).
+It learns on `train_split`, by default `valid` (held-out facts); `check_train_split` refuses a
+split that shares examples with the model's training split. Trained and evaluated by
+`python -m grokloop.halting run_dir=RUN` (grokloop/adaptive/halting.py).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from grokloop.adaptive.rules import core_layers, per_hop
+from grokloop.adaptive.rules import core_layers, per_hop, readout_stats, selective_point
 from grokloop.evaluate import answer_prefix
 
 STOP, ABSTAIN = 0, 1          # then 2 + c: continue with core c
@@ -33,7 +35,7 @@ class HaltingConfig:
     batch_size: int = 512
     lr: float = 3e-3
     entropy_bonus: float = 0.01
-    train_split: str = "train"
+    train_split: str = "valid"    # held-out facts; never a split that overlaps training
     seed: int = 0
 
     def __post_init__(self):
@@ -48,11 +50,10 @@ class HaltingConfig:
 
 def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: int) -> torch.Tensor:
     """[batch, d_model + 4]: the normalised state and the readout's statistics."""
-    p = log_probs.exp()
-    entropy = -(p * log_probs).sum(-1)
-    kl = (torch.zeros_like(entropy) if prev_log_probs is None
-          else (p * (log_probs - prev_log_probs)).sum(-1))
-    stats = torch.stack([entropy, p.max(-1).values, kl.clamp_min(0).log1p(),
+    s = readout_stats(log_probs, prev_log_probs)
+    entropy = s["entropy"]
+    kl = torch.zeros_like(entropy) if s["kl"] is None else s["kl"]
+    stats = torch.stack([entropy, s["top"], kl.clamp_min(0).log1p(),
                          torch.full_like(entropy, step / max_steps)], dim=-1)
     return torch.cat([F.layer_norm(state_at_answer, state_at_answer.shape[-1:]), stats], dim=-1)
 
@@ -133,11 +134,26 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
             "cost": cost, "correct": correct, "abstained": abstained}
 
 
+def check_train_split(ds, split: str) -> None:
+    """Refuse a selector training split that is missing or shares examples with the dataset's
+    training split: the selector must learn to halt on facts the model never trained on."""
+    import numpy as np
+
+    if split not in ds.splits:
+        fix = ("train the model on data with held-out valid facts (data.valid_fraction > 0, or "
+               "data.valid_size > 0 for khop_perm)" if split == "valid" else "use train_split=valid")
+        raise ValueError(f"train_split={split!r} is not a split of this dataset (its splits: "
+                         f"{', '.join(sorted(ds.splits))}); {fix}")
+    shared = np.intersect1d(ds.splits[split], ds.splits["train"]).size
+    if shared:
+        raise ValueError(f"train_split={split!r} shares {shared:,} of its {len(ds.splits[split]):,} "
+                         "examples with the training split; train the selector on held-out "
+                         "facts: use train_split=valid")
+
+
 def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selector, list[dict]]:
     """REINFORCE on the frozen model over `cfg.train_split`; returns the selector and its curve."""
-    if cfg.train_split not in ds.splits:
-        raise ValueError(f"train_split={cfg.train_split!r} is not a split of this dataset; "
-                         f"its splits are {sorted(ds.splits)}")
+    check_train_split(ds, cfg.train_split)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -168,11 +184,13 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
 
 
 def summarize_selector(out: dict[str, torch.Tensor], hops) -> dict:
-    """Accuracy, coverage and compute of the selector's greedy episodes: overall and per hop."""
+    """Accuracy, coverage, selective accuracy and compute of the selector's greedy episodes:
+    overall and per hop count (each with its n). An abstention counts as not right in `acc`."""
     answered = ~out["abstained"]
-    return {"acc": out["correct"].float().mean().item(),
-            "coverage": answered.float().mean().item(),
-            "selective_acc": (out["correct"][answered].float().mean().item() if answered.any()
-                              else None),
+    hop_rows = per_hop(hops, acc=out["correct"], mean_steps=out["steps"])
+    for key, row in hop_rows.items():
+        row |= selective_point(out["correct"][hops == int(key[5:])], answered[hops == int(key[5:])])
+    return {"acc": out["correct"].float().mean().item(), "n": len(answered),
+            **selective_point(out["correct"], answered),
             "mean_steps": out["steps"].mean().item(), "mean_cost": out["cost"].mean().item(),
-            **per_hop(hops, acc=out["correct"], mean_steps=out["steps"], coverage=answered)}
+            **hop_rows}
