@@ -35,6 +35,7 @@ class HaltingConfig:
     batch_size: int = 512
     lr: float = 3e-3
     entropy_bonus: float = 0.01
+    halt_bias: float = -3.0       # initial logit of stop and abstain: continue is the prior
     train_split: str = "valid"    # held-out facts; never a split that overlaps training
     seed: int = 0
 
@@ -61,11 +62,18 @@ def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: i
 class Selector(nn.Module):
     """The halting policy: features -> logits over [stop, abstain, continue with core 0..C-1]."""
 
-    def __init__(self, d_model: int, n_cores: int, hidden: int = 64):
+    def __init__(self, d_model: int, n_cores: int, hidden: int = 64, halt_bias: float = 0.0):
         super().__init__()
         self.d_model, self.n_cores, self.hidden = d_model, n_cores, hidden
         self.net = nn.Sequential(nn.Linear(d_model + N_STATS, hidden), nn.ReLU(),
                                  nn.Linear(hidden, 2 + n_cores))
+        # A prior against collapse (PonderNet's geometric prior, Huginn-style halting bias):
+        # a policy that stops or abstains at random from step 1 meets mostly unanswered
+        # problems there (a k-hop chain needs k steps), learns that abstaining pays best, and
+        # never sees a later step. With stop and abstain starting at e^-3 of continue, early
+        # episodes run long and the policy learns where answers appear.
+        with torch.no_grad():
+            self.net[-1].bias[:2] += halt_bias
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.net(feats)
@@ -158,7 +166,7 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
     for p in model.parameters():
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
-    selector = Selector(model.config.d_model, len(model.cores), cfg.hidden).to(device)
+    selector = Selector(model.config.d_model, len(model.cores), cfg.hidden, cfg.halt_bias).to(device)
     opt = torch.optim.Adam(selector.parameters(), lr=cfg.lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     data = dataset_tensors(ds, device)
