@@ -294,6 +294,11 @@ def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
         selector.net[-1].bias.copy_(torch.tensor([0.0, -50.0, 50.0]))
     out = rollout(m, selector, TOKENS, POS, TARGETS, HaltingConfig(max_steps=4), greedy=True)
     assert out["steps"].tolist() == [4] * 8 and not out["abstained"].any()
+    # an episode's answers are the trajectory's at the same step (the episode once wrote its
+    # states into the input embedding that injection re-adds, and answered otherwise)
+    traj_answers = trajectory(m, TOKENS, POS, TARGETS, 4)["argmax"][-1]
+    assert rollout(m, selector, TOKENS, POS, traj_answers, HaltingConfig(max_steps=4),
+                   greedy=True)["correct"].all()
     hits = torch.tensor([[0, 0, 1], [1, 0, 1], [1, 0, 0]], dtype=torch.bool)  # [T, batch]
     assert first_true(hits).tolist() == [1, 2, 0]
     assert rule_exits(hand_traj(hits, torch.rand(3, 3)), 2)["oracle"].tolist() == [1, 2, 0]

@@ -35,7 +35,8 @@ class HaltingConfig:
     batch_size: int = 512
     lr: float = 3e-3
     entropy_bonus: float = 0.01
-    halt_bias: float = -3.0       # initial logit of stop and abstain: continue is the prior
+    halt_bias: float = -3.0       # initial logit of stop: continue is the prior
+    abstain_bias: float = -6.0    # initial logit of abstain: rarer still (see Selector)
     train_split: str = "valid"    # held-out facts; never a split that overlaps training
     seed: int = 0
 
@@ -62,18 +63,22 @@ def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: i
 class Selector(nn.Module):
     """The halting policy: features -> logits over [stop, abstain, continue with core 0..C-1]."""
 
-    def __init__(self, d_model: int, n_cores: int, hidden: int = 64, halt_bias: float = 0.0):
+    def __init__(self, d_model: int, n_cores: int, hidden: int = 64, halt_bias: float = 0.0,
+                 abstain_bias: float = 0.0):
         super().__init__()
         self.d_model, self.n_cores, self.hidden = d_model, n_cores, hidden
         self.net = nn.Sequential(nn.Linear(d_model + N_STATS, hidden), nn.ReLU(),
                                  nn.Linear(hidden, 2 + n_cores))
-        # A prior against collapse (PonderNet's geometric prior, Huginn-style halting bias):
-        # a policy that stops or abstains at random from step 1 meets mostly unanswered
-        # problems there (a k-hop chain needs k steps), learns that abstaining pays best, and
-        # never sees a later step. With stop and abstain starting at e^-3 of continue, early
-        # episodes run long and the policy learns where answers appear.
+        # A prior against collapse (PonderNet's geometric prior, a halting bias): a policy
+        # that stops or abstains at random from step 1 meets mostly unanswered problems there
+        # (a k-hop chain needs k steps), so its batch-mean reward is low, abstaining's fixed
+        # reward beats it, and it learns to abstain at step 1 and never sees a later step
+        # (measured on khop_perm_memory). Stop starts at e^-3 of continue and abstain far
+        # lower, so early episodes run long, stopping is learned first, and abstaining pays
+        # only where answering keeps failing.
         with torch.no_grad():
-            self.net[-1].bias[:2] += halt_bias
+            self.net[-1].bias[STOP] += halt_bias
+            self.net[-1].bias[ABSTAIN] += abstain_bias
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.net(feats)
@@ -100,6 +105,10 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
     layers = torch.tensor(core_layers(model), dtype=torch.float, device=tokens.device)
     with torch.no_grad():
         e, state = model.enter_loop(tokens)
+        # The episode writes each step's rows into `state` in place, and with no prelude the
+        # initial state is the input embedding e itself: a copy keeps e, which input injection
+        # adds at every step, unchanged (without it answers fell from 0.99 to 0.14).
+        state = state.clone()
     next_core = torch.full((B,), model.schedule[0], device=tokens.device)
     active = torch.ones(B, dtype=torch.bool, device=tokens.device)
     prev = torch.zeros(B, model.config.d_vocab, device=tokens.device)
@@ -166,7 +175,8 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
     for p in model.parameters():
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
-    selector = Selector(model.config.d_model, len(model.cores), cfg.hidden, cfg.halt_bias).to(device)
+    selector = Selector(model.config.d_model, len(model.cores), cfg.hidden, cfg.halt_bias,
+                        cfg.abstain_bias).to(device)
     opt = torch.optim.Adam(selector.parameters(), lr=cfg.lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     data = dataset_tensors(ds, device)
