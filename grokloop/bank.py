@@ -180,6 +180,15 @@ def bank_option(path: str | Path, vocab, memory: str, key: str = "bank",
     return bank, manifest
 
 
+def bank_results(path: str | Path, bank: FactBank, manifest: dict) -> tuple[str, dict]:
+    """Where a command that read bank `path` instead of the run's own writes its results (the
+    subfolder bank_NAME, NAME the bank directory's name, so the run's own results stay), and the
+    record of the bank those results carry."""
+    return (f"bank_{Path(path).resolve().name}",
+            {"path": str(path), "n_facts": len(bank), "facts_sha256": facts_sha256(bank),
+             "source": manifest["source"]})
+
+
 def parse_facts(lines: list[str], vocab, where: str) -> FactBank:
     """Facts written as token names (`<e_3>` or `e_3`), one `head relation tail` a line
     (# comments, blank lines skipped), to a bank over `vocab`."""

@@ -267,8 +267,9 @@ class FactMemory(nn.Module):
         self.chunk = 1 << 16   # at most this many facts scored at once (top-k merged: exact),
         self.chunk_scores = 1 << 24   # and at most this many scores (64 MB) per chunk
         # Banks of this many facts or more use the product-key search: at 2,000 facts (200 x 10,
-        # every pair) it takes a forward and backward of 512 x 7 queries in 74 ms against 256 ms
-        # for scoring every fact (one thread); a few dozen facts are scored directly.
+        # every pair) a forward and backward of 512 x 7 queries takes 35 ms against 176 ms for
+        # scoring every fact (bench/bench_bank_search.py, 2 threads); a few dozen facts are
+        # scored directly.
         self.product_min_facts = 256
         self._index = None   # (stamp of the bank buffers, BankIndex)
 

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
 def run_probes(d: dict) -> None:
     """The composed ProbesCommand as a dict; the probes take its options as strings (lists
     comma-joined), the form RUN/probes/{probe}.json records."""
-    from grokloop.bank import bank_option, facts_sha256
+    from grokloop.bank import bank_option, bank_results
 
     opts = {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in d.items()
             if k != "bank"}
@@ -239,9 +239,7 @@ def run_probes(d: dict) -> None:
             "code_version": code_version(), "run_config": run_cfg}
     sub = None
     if bank is not None:
-        sub = f"bank_{Path(d['bank']).resolve().name}"
-        meta["bank"] = {"path": str(d["bank"]), "n_facts": len(bank),
-                        "facts_sha256": facts_sha256(bank), "source": manifest["source"]}
+        sub, meta["bank"] = bank_results(d["bank"], bank, manifest)
     stores = {p: Store(run_dir, p, meta | {"probe": p}, sub) for p in probes}
     for k, step in enumerate(steps):
         if step != steps[0]:

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_halting(d: dict) -> None:
     """The composed HaltingCommand as a dict: train the selector, evaluate, write RUN/halting/."""
-    from grokloop.bank import bank_option, facts_sha256
+    from grokloop.bank import bank_option, bank_results
     from grokloop.checkpoint import list_checkpoints, load_model
 
     run_dir, bank_dir = d.pop("run_dir"), d.pop("bank", None)
@@ -205,10 +205,11 @@ def run_halting(d: dict) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, ds, run_cfg = load_model(run_dir)
     check_train_split(ds, cfg.train_split)   # held-out facts only, before any work
-    out_dir, bank = halting_dir(run_dir), None
+    out_dir, bank_record = halting_dir(run_dir), None
     if bank_dir:   # checked before the selector trains or anything is written
         bank, manifest = bank_option(bank_dir, ds.vocab, model.config.memory, model=model)
-        out_dir = out_dir / f"bank_{Path(bank_dir).resolve().name}"
+        sub, bank_record = bank_results(bank_dir, bank, manifest)
+        out_dir = out_dir / sub
     selector, curve = train_selector(model, ds, cfg)
     save_selector(run_dir, selector, cfg, curve, out_dir)
     # the selector's own training split is not scored: every split reported is held out from it
@@ -217,9 +218,8 @@ def run_halting(d: dict) -> None:
     out = {"run_dir": str(run_dir), "experiment": run_cfg["experiment"],
            "checkpoint_step": list_checkpoints(run_dir)[-1], "config": dataclasses.asdict(cfg),
            "code_version": code_version(), "selector_curve": curve, "splits": results}
-    if bank is not None:
-        out["bank"] = {"path": str(bank_dir), "n_facts": len(bank),
-                       "facts_sha256": facts_sha256(bank), "source": manifest["source"]}
+    if bank_record is not None:
+        out["bank"] = bank_record
     atomic_write_text(out_dir / "results.json", json.dumps(out, indent=1))
     table = markdown_table(results, cfg.max_steps)
     atomic_write_text(out_dir / "results.md", table)

@@ -137,7 +137,7 @@ def at_exit(traj, exit_step) -> tuple[torch.Tensor, torch.Tensor]:
 def summarize_exits(traj, exit_step, hops, cost_all_steps: bool = False) -> dict:
     """Accuracy and compute of one rule: overall and per hop count (each with its n)."""
     cols = torch.arange(exit_step.shape[0])
-    right = traj["correct"][exit_step, cols].float()
+    right = at_exit(traj, exit_step)[1].float()
     # A rule that must see every step before choosing (max_confidence) pays for all of them.
     steps = torch.full_like(right, len(traj["correct"])) if cost_all_steps else (exit_step + 1).float()
     cost = traj["cost"][-1] if cost_all_steps else traj["cost"][exit_step, cols]
