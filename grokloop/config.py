@@ -38,6 +38,9 @@ class ModelConfig:
     injection: str = "none"
     init_state: str = "prelude"
     positional: str = "learned"  # learned | rotary | none (no position signal but the causal mask)
+    alibi: bool = False       # add ALiBi's recency bias, -slope_h * distance, to attention scores
+                              # (with any positional): scores at distances never trained stay
+                              # monotone in distance, so longer inputs read as shorter ones did
     tied_embeddings: bool = False
     dropout: float = 0.0
     init_std: float = 0.02

@@ -205,6 +205,16 @@ def rotary(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half:]], dim=-1)
 
 
+def causal_alibi(n_heads: int, n_pos: int, device=None) -> torch.Tensor:
+    """[head, query, key] additive attention bias: -inf above the diagonal (causal) and ALiBi's
+    -m_h * (query - key) below it, slopes m_h = 2^(-8 h / n_heads), h = 1..n_heads (Press et al.,
+    "Train short, test long", arXiv 2108.12409)."""
+    slopes = 2.0 ** (-8.0 * torch.arange(1, n_heads + 1, device=device) / n_heads)
+    pos = torch.arange(n_pos, device=device)
+    distance = (pos[:, None] - pos[None]).float()
+    return (-slopes[:, None, None] * distance).masked_fill(distance < 0, float("-inf"))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -220,8 +230,12 @@ class Attention(nn.Module):
         q, k, v = self.W_QKV(x).view(B, P, 3, H, D).unbind(2)  # each [batch, pos, head, d_head]
         if self.cfg.positional == "rotary":
             q, k = rotary(q), rotary(k)
+        # The causal mask as an additive bias [head, query, key] when ALiBi adds to it; else the
+        # boolean masks below, which let the fused kernel skip the masked half.
+        bias = causal_alibi(H, P, x.device).to(q.dtype) if self.cfg.alibi else None
         if from_pos:  # queries from_pos.. only, attending to every key up to themselves
             keep = torch.arange(P, device=x.device)[None] <= torch.arange(from_pos, P, device=x.device)[:, None]
+            keep = keep if bias is None else bias[:, from_pos:]
             z = F.scaled_dot_product_attention(q[:, from_pos:].transpose(1, 2), k.transpose(1, 2),
                                                v.transpose(1, 2), attn_mask=keep, dropout_p=p_drop)
             return self.W_O(z.transpose(1, 2).reshape(B, P - from_pos, H * D))
@@ -229,17 +243,23 @@ class Attention(nn.Module):
             rows = torch.arange(B, device=x.device)
             q = q[rows, query_pos][:, None]                          # [batch, 1, head, d_head]
             keep = torch.arange(P, device=x.device)[None] <= query_pos[:, None]  # causal [batch, pos]
+            keep = keep[:, None, None, :] if bias is None else bias[:, query_pos].transpose(0, 1)[:, :, None]
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=keep[:, None, None, :], dropout_p=p_drop)
+                                               attn_mask=keep, dropout_p=p_drop)
             return self.W_O(z.transpose(1, 2).reshape(B, 1, H * D))
         q, k, v = apply_hook(hp, "attn.hook_q", q), apply_hook(hp, "attn.hook_k", k), apply_hook(hp, "attn.hook_v", v)
         if hp is None:  # fast path: the fused kernel when nobody looks at the pattern
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               is_causal=True, dropout_p=p_drop).transpose(1, 2)
+                                               attn_mask=bias, is_causal=bias is None,
+                                               dropout_p=p_drop).transpose(1, 2)
         else:
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
-            mask = torch.ones(P, P, dtype=torch.bool, device=x.device).triu(1)
-            scores = apply_hook(hp, "attn.hook_attn_scores", scores.masked_fill(mask, float("-inf")))
+            if bias is None:
+                mask = torch.ones(P, P, dtype=torch.bool, device=x.device).triu(1)
+                scores = scores.masked_fill(mask, float("-inf"))
+            else:
+                scores = scores + bias
+            scores = apply_hook(hp, "attn.hook_attn_scores", scores)
             pattern = apply_hook(hp, "attn.hook_pattern", self.drop(scores.softmax(-1)))
             z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
         z = apply_hook(hp, "attn.hook_z", z)                          # [batch, pos, head, d_head]

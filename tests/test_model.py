@@ -163,10 +163,10 @@ def test_readout_last_step_equals_forward_and_answer_only_path(make_model):
         assert torch.allclose(steps[t], m(TOKENS, n_steps=t + 1)[torch.arange(6), pos], atol=1e-5)
 
 
-@pytest.mark.parametrize("positional", ["learned", "rotary"])
-def test_tokens_after_the_answer_do_not_change_it(make_model, positional):
+@pytest.mark.parametrize("positional,alibi", [("learned", False), ("rotary", False), ("none", True)])
+def test_tokens_after_the_answer_do_not_change_it(make_model, positional, alibi):
     # Training and evaluation cut k-hop batches to the answer prefix; this is why that is exact.
-    m = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=3, positional=positional)
+    m = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=3, positional=positional, alibi=alibi)
     pos = torch.tensor([2, 1, 2, 0, 1, 2])
     full = m.readout_steps(TOKENS, positions=pos)
     cut = m.readout_steps(TOKENS[:, :3], positions=pos)
@@ -174,6 +174,25 @@ def test_tokens_after_the_answer_do_not_change_it(make_model, positional):
     changed = TOKENS.clone()
     changed[:, 3:] = 0
     assert torch.allclose(m.readout_steps(changed, positions=pos), full, atol=1e-5)
+
+
+def test_alibi_bias_and_every_attention_path_agree(make_model):
+    from grokloop.model import causal_alibi
+    bias = causal_alibi(4, 3)
+    assert bias[0, 2, 0] == -2 * 2 ** -2 and bias[3, 1, 0] == -(2 ** -8) and bias[1, 2, 2] == 0
+    assert torch.isinf(bias[:, 0, 1:]).all()
+    m = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=2, positional="rotary", alibi=True)
+    plain = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=2, positional="rotary")
+    plain.load_state_dict(m.state_dict())
+    assert not torch.allclose(m(TOKENS), plain(TOKENS), atol=1e-4)   # the bias is applied
+    logits, _ = m.run_with_cache(TOKENS)                              # hooked path == fused path
+    assert torch.allclose(logits, m(TOKENS), atol=1e-5)
+    pos = torch.tensor([4, 3, 2, 4, 1, 0])                            # one-query path
+    fast = m.readout_steps(TOKENS, positions=pos, every_step=False, answer_only=True)[-1]
+    assert torch.allclose(fast, m(TOKENS)[torch.arange(6), pos], atol=1e-5)
+    x = torch.randn(6, 5, m.cfg.d_model)                              # causal tracing's path
+    block = m.cores[0][0]
+    assert torch.allclose(block(x, from_pos=2), block(x)[:, 2:], atol=1e-5)
 
 
 def test_truncated_backprop_stops_gradient_to_early_steps(make_model):
