@@ -40,13 +40,26 @@ def group_runs(runs: list[Run]) -> tuple[list[str], dict[str, list[Run]]]:
 
 
 def short_labels(differ: list[str], groups: dict[str, list[Run]]) -> dict[str, str]:
-    """Group labels as short as still tell them apart: the experiment name if it alone differs
-    between groups, else the differing keys."""
-    if "experiment" in differ:
-        names = {label: rs[0].config.get("experiment") for label, rs in groups.items()}
-        if len(set(names.values())) == len(groups):
-            return names
-    return {label: label for label in groups}
+    """Group labels as short as still tell them apart: the experiment name, then, chosen greedily,
+    the fewest differing keys that separate the groups (a full config diff, data presets' nested
+    keys and all, would be hundreds of characters per row)."""
+    flat = {label: flatten(rs[0].config) for label, rs in groups.items()}
+    chosen = ["experiment"] if "experiment" in differ else []
+    parts = lambda label: tuple(str(flat[label].get(k)) for k in chosen)
+    while len({parts(label) for label in groups}) < len(groups):
+        rest = [k for k in differ if k not in chosen]
+        if not rest:
+            break
+        # the key that leaves the fewest groups sharing a label; ties go to the least nested key
+        # (model.memory before data.parts.h2.hops), then the first in order
+        chosen.append(max(rest, key=lambda k: (len({parts(label) + (str(flat[label].get(k)),)
+                                                     for label in groups}),
+                                                -k.count("."), -rest.index(k))))
+    if not chosen:
+        return {label: label for label in groups}
+    return {label: ", ".join(([str(flat[label].get("experiment"))] if "experiment" in chosen else [])
+                             + [f"{k}={flat[label].get(k)}" for k in chosen if k != "experiment"])
+            for label in groups}
 
 
 def mean_spread(runs: list[Run], key: str):

@@ -132,3 +132,19 @@ def test_study_includes_rows_of_other_summaries_and_refuses_a_missing_one(tmp_pa
         main([str(tmp_path / "runs"), "name=s", f"out={tmp_path / 'out2'}",
               f"include=[{tmp_path / 'nope.json'}]"])
     assert not (tmp_path / "out2").exists()
+
+
+def test_model_labels_are_the_fewest_keys_that_tell_groups_apart(tmp_path):
+    def run(name, experiment, memory, wd):
+        config = {"experiment": experiment, "seed": 0, "model": {"memory": memory},
+                  "optim": {"weight_decay": wd}, "data": {"parts": {"h2": {"hops": [2] if wd > 0.05 else None}}}}
+        return Run(tmp_path / name, config, [{"step": 1, "acc/test": 1.0, "n/test": 10}], None)
+    runs = [run("a", "loop", "facts", 0.01), run("b", "mem", "facts", 0.01),
+            run("c", "loop", "none", 0.01), run("d", "loop", "none", 0.1)]
+    names = {r["model"] for r in study_rows(runs)}
+    # experiment first; then memory splits a from c and d; weight decay splits c from d. The
+    # nested data key splits c from d as well, and loses the tie to the shallower key.
+    assert names == {"loop, model.memory=facts, optim.weight_decay=0.01",
+                     "mem, model.memory=facts, optim.weight_decay=0.01",
+                     "loop, model.memory=none, optim.weight_decay=0.01",
+                     "loop, model.memory=none, optim.weight_decay=0.1"}
