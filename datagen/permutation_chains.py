@@ -10,7 +10,7 @@ train_inferred, valid, test_inferred_id; there is no OOD split, every atomic fac
 A chain is an integer code, h * R^k + r1 * R^(k-1) + ... + rk, so its j-hop prefix is
 code // R^(k-j). Per hop count k >= 2 a generator seeded by (the dataset's seed, k) first draws
 the `eval_size + valid_size` held-out chains H_k (the first eval_size test, the rest valid), for
-EVERY k up to the deepest one, trained or not: the held-out chains of a length depend only on the
+EVERY k up to the deepest one, trained or not (so valid, like test, has the deeper lengths): the held-out chains of a length depend only on the
 seed, the sizes and the length, never on `hops`, so the stages of a hop curriculum (presets with
 hops [2], [3], [4]) agree on them and none is trained in another stage. Then the training chains
 of a trained length k are drawn from the k-hop chains that are not in H_k and do not extend a
@@ -92,12 +92,13 @@ def make_permutation_chains(cfg: PermutationChainsConfig, rng: np.random.Generat
     for k in range(2, deepest + 1):         # every length: the held-out chains, trained or not
         held[k] = streams[k].choice(E * R ** k, size=cfg.n_held, replace=False).astype(np.int64)
     for k in all_hops:
-        blocks.append(("test_inferred_id", k, held[k][:cfg.eval_size]))
+        # valid holds every length too: a halting selector tuned on it meets chains deeper than
+        # the network was trained on, and can learn when to say "I don't know" to them
+        blocks += [("test_inferred_id", k, held[k][:cfg.eval_size]), ("valid", k, held[k][cfg.eval_size:])]
         if k in train_hops:
             train = _train_chains(k, cfg.train_per_hop, R, E * R ** k, held, streams[k])
-            blocks += [("valid", k, held[k][cfg.eval_size:]), ("train_inferred", k, train)]
-        stats["paths"][str(k)] = {"total": E * R ** k, "test": cfg.eval_size,
-                                  "valid": cfg.valid_size if k in train_hops else 0,
+            blocks.append(("train_inferred", k, train))
+        stats["paths"][str(k)] = {"total": E * R ** k, "test": cfg.eval_size, "valid": cfg.valid_size,
                                   "train": cfg.train_per_hop if k in train_hops else 0}
 
     # Examples: every atomic fact (code h * R + r), then each block of chains.

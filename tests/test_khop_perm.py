@@ -75,7 +75,7 @@ def test_splits_are_disjoint_and_no_held_out_query_is_a_prefix_of_a_training_cha
     assert held_out_prefix_leaks(ds) == []
     assert set(ds.splits["atomic_id"]) | set(ds.splits["train_inferred"]) <= set(ds.splits["train"])
     counts = lambda s: np.bincount(ds.hops[ds.splits[s]], minlength=5).tolist()  # noqa: E731
-    assert counts("train") == [0, 120, 300, 300, 0] and counts("valid") == [0, 0, 40, 40, 0]
+    assert counts("train") == [0, 120, 300, 300, 0] and counts("valid") == [0, 0, 40, 40, 40]
     assert counts("test_inferred_id") == [0, 0, 60, 60, 60] and counts("train_inferred") == [0, 0, 60, 60, 0]
     # a held-out 3-hop query may begin with a training 2-hop chain: that composition is tested
     assert sum(q[:3] in train for q in keys(ds, "test_inferred_id", 3)) > 0
@@ -105,7 +105,7 @@ def test_same_seed_same_bytes_other_seed_other_relations():
 def test_cpu_preset_sizes():
     ds = preset("khop_perm_cpu")
     counts = {s: len(v) for s, v in ds.splits.items()}
-    assert counts == {"train": 38_000, "atomic_id": 1000, "train_inferred": 3000, "valid": 3000,
+    assert counts == {"train": 38_000, "atomic_id": 1000, "train_inferred": 3000, "valid": 5000,
                       "test_inferred_id": 5000}
     assert np.bincount(ds.hops[ds.splits["test_inferred_id"]]).tolist() == [0, 0] + [1000] * 5
     assert ds.n_ctx == 7 and len(ds.vocab) == 212 and ds.stats["phi"] == 18.0
