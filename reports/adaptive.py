@@ -82,7 +82,7 @@ def load_halting(run_dir: str | Path) -> dict:
 def rule_fields(r: dict) -> dict:
     """A rule summary's extra row fields: mean steps, and coverage and selective accuracy where
     the rule can abstain."""
-    out = {"mean_steps": r["mean_steps"]}
+    out = {"mean_steps": r["mean_steps"]} | ({"mean_layers": r["mean_layers"]} if "mean_layers" in r else {})
     if "selective_acc" in r:
         out |= {"coverage": r["coverage"], "selective_acc": r["selective_acc"]}
     return out
@@ -132,10 +132,26 @@ def run_rows(run: dict) -> list[dict]:
                 min_confidence=t["min_confidence"], coverage=t["coverage"],
                 selective_acc=t["selective_acc"], **{key_90: g["threshold_coverage_at_target"]})
         rows += at.values()
+        rows += block_rows(sres.get("blocks", {}), ids | {"split": split}, tail)
     if missing_n:
         print(f"{res.get('run_dir')}: halting/results.json has no per-hop counts (written before "
               "they were recorded): its per-hop rows are left out; rerun python -m grokloop.halting",
               file=sys.stderr)
+    return rows
+
+
+def block_rows(blocks: dict, ids: dict, tail: dict) -> list[dict]:
+    """A bank model's schedules (grokloop/adaptive/blocks.py) as rows with `schedule` and
+    `mean_layers`, overall and per hop count; the random schedules by their mean only."""
+    rows = []
+    for schedule, b in blocks.items():
+        if schedule.startswith("random_"):
+            continue
+        for rule, r in b["rules"].items():
+            for hops, h in [(None, r)] + [(int(k[5:]), h) for k, h in r.items() if k.startswith("hops_")]:
+                rows.append(acc_row(h["acc"], h["n"], **ids, **({} if hops is None else {"hops": hops}),
+                                    rule=rule, schedule=schedule, **tail,
+                                    mean_steps=h["mean_steps"], mean_layers=h["mean_layers"]))
     return rows
 
 
@@ -153,8 +169,9 @@ def pooled_rows(rows: list[dict]) -> list[dict]:
     out = []
     for p in pooled(rows, by_step=False):
         rs, n = members[pool_key(p)], p["n"]
-        if all(r.get("mean_steps") is not None for r in rs):
-            p["mean_steps"] = sum(r["mean_steps"] * r["n"] for r in rs) / n
+        for key in ("mean_steps", "mean_layers"):
+            if all(r.get(key) is not None for r in rs):
+                p[key] = sum(r[key] * r["n"] for r in rs) / n
         if all("coverage" in r for r in rs):
             answered = sum(r["coverage"] * r["n"] for r in rs)
             p["coverage"] = answered / n
@@ -206,7 +223,8 @@ def shown_rows(rows: list[dict]) -> list[dict]:
 def hop_cells(summary: dict) -> list[dict]:
     """[{model, rule, hops: {hop: (acc, mean steps)}}] for the main rules (the archived
     summaries' `table`), from the rows."""
-    index = {(r["model"], r["split"], r.get("hops"), r["rule"]): r for r in shown_rows(summary["rows"])}
+    index = {(r["model"], r["split"], r.get("hops"), r["rule"]): r for r in shown_rows(summary["rows"])
+             if "schedule" not in r}
     out = []
     for model in dict.fromkeys(r["model"] for r in summary["rows"]):
         fixed = [re.fullmatch(r"fixed_(\d+)", rule) for m, _, _, rule in index if m == model]
@@ -232,7 +250,8 @@ def compute_points(summary: dict) -> dict:
     summaries' `curves`)."""
     out = {}
     for r in shown_rows(summary["rows"]):
-        if r["split"] == "test_inferred_id" and "hops" not in r and r["rule"] != THRESHOLD_RULE:
+        if (r["split"] == "test_inferred_id" and "hops" not in r and r["rule"] != THRESHOLD_RULE
+                and "schedule" not in r):
             out.setdefault(r["model"], {})[r["rule"]] = {
                 "mean_steps": r["mean_steps"], "acc": r["acc"], "coverage": r.get("coverage", 1.0)}
     return out
@@ -267,6 +286,27 @@ def abstention_table(summary: dict) -> tuple[list[str], list[list[str]]]:
              fmt(e["threshold"]["selective_acc"]), fmt(e["selector"]["coverage_at_target"]),
              fmt(e["threshold_coverage_at_target"])] for e in entries]
     return headers, rows
+
+
+BLOCK_RULES = ("huginn_kl<5e-4", "conf>=0.9", "oracle")   # the block table's exits per schedule
+
+
+def blocks_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Bank models on test_inferred_id: accuracy (mean layers applied) per hop count for each
+    schedule at each exit of BLOCK_RULES, and the selector's own choices; None without a bank."""
+    rows = [r for r in shown_rows(summary.get("rows", [])) if r["split"] == "test_inferred_id"
+            and r.get("mean_layers") is not None
+            and (r.get("schedule") and r["rule"] in BLOCK_RULES or r["rule"] == "selector")]
+    if not rows:
+        return None
+    hops = sorted({r["hops"] for r in rows if "hops" in r})
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        cells.setdefault((r["model"], r.get("schedule") or "selector's choice", r["rule"]), {})[
+            r.get("hops")] = f"{r['acc']:.2f} ({r['mean_layers']:.1f})"
+    headers = ["model", "schedule", "exit", "all hops"] + [f"{h} hops" for h in hops]
+    return headers, [[*key, c.get(None, "-"), *(c.get(h, "-") for h in hops)]
+                     for key, c in cells.items()]
 
 
 def runs_table(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -312,7 +352,53 @@ def markdown(summary: dict) -> str:
                              f"top probability at the {', '.join(exits) or '-'} exit, at equal "
                              "coverage (the threshold's coverage is the closest to the selector's "
                              "without exceeding it); per hop count in summary.json.", "",
-                             *markdown_lines(*ab), "", *markdown_lines(*runs_table(summary))]) + "\n"
+                             *markdown_lines(*ab), "", *blocks_lines(summary),
+                             *markdown_lines(*runs_table(summary))]) + "\n"
+
+
+BLOCKS_NOTE = ("Block sizes (models with a bank of thinking blocks, model.core_sizes). Each schedule (core_C: "
+               "core C at every step; cycle: the cores in turn; random: the mean of 8 random "
+               "schedules) at an exit that does not see the answer, the oracle, and the selector "
+               "choosing the next block itself; accuracy (mean layer applications per fact).")
+
+
+def blocks_lines(summary: dict) -> list[str]:
+    table_ = blocks_table(summary)
+    return [] if table_ is None else [BLOCKS_NOTE, "", *markdown_lines(*table_), ""]
+
+
+def blocks_figure(summary: dict) -> go.Figure | None:
+    """Accuracy against layer applications on test_inferred_id (all hops): each schedule's
+    fixed-depth curve, its exits as markers, and the selector's point, per bank model."""
+    rows = [r for r in shown_rows(summary.get("rows", [])) if r["split"] == "test_inferred_id"
+            and "hops" not in r and r.get("mean_layers") is not None]
+    if not any(r.get("schedule") for r in rows):
+        return None
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    for i, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        colour = f"hsl({(i * 67) % 360},60%,45%)"
+        mine = [r for r in rows if r["model"] == model]
+        for j, schedule in enumerate(dict.fromkeys(r["schedule"] for r in mine if r.get("schedule"))):
+            curve = sorted((r["mean_layers"], r["acc"]) for r in mine if r.get("schedule") == schedule
+                           and r["rule"].startswith("fixed_"))
+            fig.add_trace(go.Scatter(x=[c[0] for c in curve], y=[c[1] for c in curve], mode="lines+markers",
+                                     line=dict(color=colour, dash=dashes[j % len(dashes)]),
+                                     name=f"{model}: {schedule}, fixed depth"))
+            for r in mine:
+                if r.get("schedule") == schedule and r["rule"] in BLOCK_RULES:
+                    fig.add_trace(go.Scatter(x=[r["mean_layers"]], y=[r["acc"]], mode="markers",
+                                             marker=dict(symbol=HUGINN_MARKERS.get(r["rule"], "circle"),
+                                                         size=10, color=colour),
+                                             name=f"{model}: {schedule}, {r['rule']}"))
+        for r in mine:
+            if r["rule"] == "selector":
+                fig.add_trace(go.Scatter(x=[r["mean_layers"]], y=[r["acc"]], mode="markers",
+                                         marker=dict(symbol="diamond", size=14, color=colour),
+                                         name=f"{model}: selector's choice of block"))
+    fig.update_xaxes(title_text="mean layer applications per fact (thinking block)")
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02])
+    return style(fig, "Block sizes: accuracy against compute (test_inferred_id, all hops)", height=520)
 
 
 # --- figures.html ------------------------------------------------------------------------------
@@ -414,6 +500,9 @@ def figures_html(summary: dict) -> str:
                         .text("The selector's abstain action against a confidence threshold at "
                               "equal coverage, and each one's largest coverage at 90% selective "
                               "accuracy.").add(table(*abstention_table(summary))))
+    if (blocks := blocks_figure(summary)) is not None:
+        sections.append(Section("Block sizes").add(blocks).text(html.escape(BLOCKS_NOTE))
+                        .add(table(*blocks_table(summary))))
     note = rows_note(summary) if "rows" in summary else HOPS_NOTE
     sections += [Section("Accuracy per hop count").text(html.escape(note)).add(table(*hops_table(summary))),
                  Section("Runs").add(table(*runs_table(summary)))]

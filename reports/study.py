@@ -77,7 +77,7 @@ def lens_rows(run: Run, model: str, roles: list[str]) -> list[dict]:
 
 # Fields that tell rows of one model and split apart (a halting rule, a baseline's noise scale
 # `sigma` and data preset `data` included): seeds are pooled only within one value of each.
-POOL_APART = ("hops", "metric", "sigma", "rule", "data")
+POOL_APART = ("hops", "metric", "sigma", "rule", "data", "schedule")
 
 
 def pooled(rows: list[dict], by_step: bool = True) -> list[dict]:

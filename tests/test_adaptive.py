@@ -316,6 +316,44 @@ def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
         assert out["correct"].tolist() == (first.tolist() if action == STOP else [False] * 8)
 
 
+def test_block_study_scores_each_schedule_by_the_layers_it_applies(make_model):
+    from grokloop.adaptive.blocks import block_study, schedules
+    m = make_model(core_sizes=[1, 2], n_steps=2, injection="add")
+    m.set_schedule([0, 1])
+    hops = torch.tensor([2, 2, 3, 3, 2, 3, 2, 3])
+    study = block_study(m, TOKENS, POS, TARGETS, hops, max_steps=3, n_random=2, seed=0)
+    assert m.schedule == [0, 1]                                       # restored
+    assert set(study) == {"core_0", "core_1", "cycle", "random_0", "random_1", "random"}
+    assert study["random_0"]["schedule"] == schedules(2, 2, 3, 0)["random_0"]
+    # fixed depth t with one core throughout: the model's own readout, t * (layers of the core)
+    with torch.no_grad():
+        right = m.readout_steps(TOKENS, schedule=[1, 1, 1], positions=POS)[1].argmax(-1) == TARGETS
+    row = study["core_1"]["rules"]["fixed_2"]
+    assert row["acc"] == pytest.approx(right.float().mean().item()) and row["mean_layers"] == 4
+    assert row["hops_3"]["mean_layers"] == 4 and study["cycle"]["rules"]["fixed_3"]["mean_layers"] == 4
+    assert study["core_0"]["rules"]["max_confidence"]["mean_layers"] == 3   # pays for every step
+    for rule in ("fixed_1", "oracle", "huginn_kl<5e-4"):
+        mean = study["random"]["rules"][rule]
+        parts = [study[f"random_{i}"]["rules"][rule] for i in range(2)]
+        assert mean["acc"] == pytest.approx(sum(p["acc"] for p in parts) / 2)
+        assert mean["mean_layers"] == pytest.approx(sum(p["mean_layers"] for p in parts) / 2)
+    oracle = study["core_0"]["rules"]["oracle"]
+    assert oracle["mean_layers"] == oracle["mean_steps"]              # one layer per step
+
+
+def test_halting_on_a_bank_adds_the_block_study_and_the_selector_layers(make_model):
+    ds = tiny_composition()
+    m = make_model(d_vocab=len(ds.vocab), n_ctx=ds.n_ctx, core_sizes=[1, 2], n_steps=2,
+                   injection="add")
+    cfg = HaltingConfig(max_steps=3, iterations=3, batch_size=16)
+    selector, _ = train_selector(m, ds, cfg)
+    res = evaluate_halting(m, ds, selector, cfg, ["test_inferred_id"])["test_inferred_id"]
+    assert {"core_0", "core_1", "cycle", "random"} <= set(res["blocks"])
+    sel = res["rules"]["selector"]
+    assert 1 <= sel["mean_layers"] <= 2 * 3 and sel["mean_layers"] == sel["mean_cost"]  # core 0: 1 layer
+    assert sel["hops_2"]["mean_layers"] >= 1
+
+
 @pytest.mark.parametrize("extra", [
     ["train.depth=best", "train.best_step_tol=0.01"],
     ["train.depth=soft_best", "model.moe_experts=4", "model.moe_top_k=2"],
@@ -381,16 +419,17 @@ def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
     assert "Plotly" in (tmp_path / "sum" / "figures.html").read_text()[:4_000_000]
 
 
-def halting_runs(make_model, names_seeds) -> tuple[list[dict], object]:
+def halting_runs(make_model, names_seeds, core_sizes=(1,)) -> tuple[list[dict], object]:
     """Run dicts as reports.adaptive.load_halting returns them, from evaluate_halting on a tiny
     model with an untrained selector per seed (no files)."""
     ds = tiny_composition()
-    m = make_model(d_vocab=len(ds.vocab), n_ctx=ds.n_ctx, n_core=1, n_steps=2, injection="add")
+    m = make_model(d_vocab=len(ds.vocab), n_ctx=ds.n_ctx, core_sizes=list(core_sizes), n_steps=2,
+                   injection="add")
     cfg = HaltingConfig(max_steps=3)
     runs = []
     for name, seed in names_seeds:
         torch.manual_seed(seed)
-        selector = Selector(m.config.d_model, 1)
+        selector = Selector(m.config.d_model, len(core_sizes))
         with torch.no_grad():
             selector.net[-1].bias[ABSTAIN] += 0.3   # some abstentions
         splits = evaluate_halting(m, ds, selector, cfg,
@@ -461,6 +500,27 @@ def test_summary_rows_carry_hops_rule_intervals_and_pooled_seeds(make_model, tmp
     assert {r["model"] for r in written["rows"]} == {"a", "b"}
     with pytest.raises(SystemExit, match="names="):
         A.main(["0", "0", f"out={tmp_path}"])
+
+
+def test_summary_of_a_bank_has_schedule_rows_a_blocks_table_and_figure(make_model):
+    from reports import adaptive as A
+
+    runs, _ = halting_runs(make_model, [("b", 0), ("b", 1)], core_sizes=(1, 2))
+    summary = A.build(runs)
+    blocks = [r for r in summary["rows"] if r.get("schedule")]
+    assert {r["schedule"] for r in blocks} == {"core_0", "core_1", "cycle", "random"}
+    assert {r["split"] for r in blocks} == {"test_inferred_id", "test_inferred_ood"}
+    keys = [(r["seed"], r["split"], r.get("hops"), r["rule"], r["schedule"]) for r in blocks]
+    assert len(keys) == len(set(keys))                 # pooled apart by schedule, too
+    one = next(r for r in blocks if r["seed"] == "pooled" and r["schedule"] == "core_1"
+               and r["rule"] == "fixed_2" and "hops" not in r and r["split"] == "test_inferred_id")
+    assert one["mean_layers"] == 4 and one["seeds"] == 2
+    # the hop table still reads the default schedule's rows only
+    assert all("schedule" not in r for r in A.shown_rows(summary["rows"])
+               if r["rule"] == "fixed_2" and r["split"] == "atomic_id")
+    md = A.markdown(summary)
+    assert "| b | core_1 | huginn_kl<5e-4 |" in md and "| b | selector's choice | selector |" in md
+    assert 'data-figures="3"' in A.figures_html(summary)
 
 
 @pytest.mark.parametrize("published", ["adaptive_2026-11-23", "adaptive_two_hop_2026-11-23"])

@@ -7,6 +7,8 @@
               confident, oracle), and abstention by a confidence threshold.
 - `selector`: the learned halting policy (stop, abstain, or continue with core c), its
               REINFORCE training and its episodes on the frozen model.
+- `blocks`:   with a bank of block sizes, every schedule (one core throughout, the cores in
+              turn, random) against its compute in layer applications, at each depth and exit.
 - `halting`:  both evaluated per split and hop count, saved to RUN/halting/; the command line
 
       python -m grokloop.halting run_dir=RUN [max_steps=12] [step_cost=0.01] [key=value ...]

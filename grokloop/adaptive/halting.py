@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from grokloop.adaptive import MAIN_RULES
+from grokloop.adaptive.blocks import block_study
 from grokloop.adaptive.rules import (ABSTAIN_EXIT, COVERAGE_THRESHOLDS, TARGET_SELECTIVE_ACC,
-                                     at_exit, coverage_at_accuracy, coverage_curve, rule_exits,
+                                     at_exit, core_layers, coverage_at_accuracy, coverage_curve, rule_exits,
                                      selective_curve, selective_point, summarize_exits,
                                      threshold_at_coverage, trajectory)
 from grokloop.adaptive.selector import (HaltingConfig, Selector, check_train_split,
@@ -39,7 +40,9 @@ from grokloop.provenance import atomic_write, atomic_write_text, code_version
 def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str], device="cpu",
                      batch_size: int = 4096) -> dict:
     """Every rule and the selector on every split: {split: {"rules": {rule: row}, "n",
-    "coverage_curve" (at ABSTAIN_EXIT), "abstention"}} (`abstention`)."""
+    "coverage_curve" (at ABSTAIN_EXIT), "abstention"}} (`abstention`); for a model with a bank
+    of several cores also "blocks", every schedule against its compute
+    (grokloop/adaptive/blocks.py), and the selector's `mean_layers`."""
     data = dataset_tensors(ds, device)
     trained = (ds.config or {}).get("hops")      # inferred hop counts trained on (composition tasks)
     trained_hops = [int(k) for k in trained] if isinstance(trained, (list, tuple)) else []
@@ -68,6 +71,16 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
                           "coverage_curve": coverage_curve(traj, exits[ABSTAIN_EXIT]),
                           "abstention": abstention(traj, exits[ABSTAIN_EXIT], hops, out,
                                                    trained_hops)}
+        if len(model.cores) > 1 and split.startswith("test"):   # a bank: schedules against compute
+            results[split]["blocks"] = block_study(model, tokens[idx], data["answer_pos"][idx],
+                                                   data["answers"][idx], hops, cfg.max_steps,
+                                                   batch_size=batch_size)
+            if out is not None:
+                unit = core_layers(model)[model.schedule[0]]   # the selector's cost unit
+                rules["selector"]["mean_layers"] = rules["selector"]["mean_cost"] * unit
+                for key in [k for k in rules["selector"] if k.startswith("hops_")]:
+                    rules["selector"][key]["mean_layers"] = (
+                        out["cost"][hops == int(key[5:])].mean().item() * unit)
     return results
 
 
