@@ -60,13 +60,17 @@ THRESHOLD_RULE = "confidence_threshold"   # the threshold at the selector's cove
 TABLE_FACTS = ("all", "trained_hops", "deeper_than_trained")   # abstention groups in the tables
 
 
-def load_halting(run_dir: str | Path) -> dict:
-    """A run's halting results with what the summary needs of its training (last evaluation)."""
-    path = Path(run_dir) / "halting" / "results.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; run `python -m grokloop.halting "
-                                f"run_dir={run_dir}` first")
-    res = json.loads(path.read_text())
+def load_halting(path: str | Path) -> dict:
+    """A run's halting results with what the summary needs of its training (last evaluation).
+    `path`: a run directory (its halting/results.json) or a folder of halting results itself
+    (RUN/halting/TAG, RUN/halting/bank_NAME), which names its run."""
+    path = Path(path)
+    results = path / "results.json" if (path / "results.json").exists() else path / "halting" / "results.json"
+    if not results.exists():
+        raise FileNotFoundError(f"{results} is missing; run `python -m grokloop.halting "
+                                f"run_dir={path}` first")
+    res = json.loads(results.read_text())
+    run_dir = path if results.parent.name == "halting" and results.parent.parent == path else res["run_dir"]
     run = load_run(run_dir, probes=False)
     last = run.metrics[-1]   # also for a run stopped early: its last evaluation
     chosen = {k.rsplit("/", 1)[1]: v for k, v in last.items() if k.startswith("depth/chosen_step/")}

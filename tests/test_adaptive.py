@@ -385,7 +385,7 @@ def test_mix_cores_needs_a_bank():
         prepare(run_config_from_dict(d))
 
 
-@pytest.mark.slow  # ~18 s; fast: test_selector_training_leaves_the_frozen_model_unchanged
+@pytest.mark.slow  # ~30 s; fast: test_selector_training_leaves_the_frozen_model_unchanged
 def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
     import json
     import subprocess
@@ -417,6 +417,21 @@ def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
     rows = json.loads((tmp_path / "sum" / "summary.json").read_text())["rows"]
     assert {r.get("hops") for r in rows if r["split"] == "test_inferred_id"} >= set(range(2, 9))
     assert "Plotly" in (tmp_path / "sum" / "figures.html").read_text()[:4_000_000]
+    # a second selector of the same run, side by side (tag=), and the summary reads its folder
+    r = subprocess.run([sys.executable, "-m", "grokloop.halting", f"run_dir={run}", "iterations=3",
+                        "max_steps=7", "abstain_reward=0.8", "tag=abstain_0.8"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    tagged = json.loads((run / "halting" / "abstain_0.8" / "results.json").read_text())
+    assert tagged["config"]["abstain_reward"] == 0.8 and res == json.loads(
+        (run / "halting" / "results.json").read_text())          # the first one untouched
+    summary_main([str(run), str(run / "halting" / "abstain_0.8"), f"out={tmp_path / 'sum2'}",
+                  "names=[plain,abstaining]"])
+    rows = json.loads((tmp_path / "sum2" / "summary.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {"plain", "abstaining"}
+    bad = subprocess.run([sys.executable, "-m", "grokloop.halting", f"run_dir={run}", "tag=../x"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode != 0 and "plain folder name" in bad.stderr
 
 
 def halting_runs(make_model, names_seeds, core_sizes=(1,)) -> tuple[list[dict], object]:

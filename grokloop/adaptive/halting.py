@@ -11,7 +11,8 @@ and writes selector.safetensors, selector.json, results.json and results.md; `lo
 reads the selector back. The rules and their scores are grokloop/adaptive/rules.py; the report across
 runs is reports/adaptive.py. With bank=DIR (a model.memory=facts run) the frozen model reads that
 bank directory instead of the one it trained with (checked first: grokloop/bank.py bank_option),
-and everything is written to RUN/halting/bank_NAME/ (NAME: the bank directory's name) instead.
+and everything is written to RUN/halting/bank_NAME/ (NAME: the bank directory's name) instead;
+with tag=TAG into the subfolder TAG/ of either (several selectors of one run, side by side).
 """
 from __future__ import annotations
 
@@ -200,6 +201,8 @@ class HaltingCommand(HaltingConfig):
     run_dir: str = "???"   # required
     bank: str | None = None   # a bank directory the frozen model reads (model.memory=facts runs);
                               # results in RUN/halting/bank_NAME/
+    tag: str | None = None    # results in RUN/halting/TAG/ (under bank_NAME/ with a bank): several
+                              # selectors of one run side by side, e.g. tag=abstain_0.8
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,7 +216,10 @@ def run_halting(d: dict) -> None:
     from grokloop.bank import bank_option, bank_results
     from grokloop.checkpoint import list_checkpoints, load_model
 
-    run_dir, bank_dir = d.pop("run_dir"), d.pop("bank", None)
+    run_dir, bank_dir, tag = d.pop("run_dir"), d.pop("bank", None), d.pop("tag", None)
+    if tag is not None and (not tag or Path(tag).name != tag or tag.startswith(".")):
+        raise ValueError(f"tag={tag!r} must be a plain folder name (RUN/halting/TAG/), "
+                         "e.g. tag=abstain_0.8")
     cfg = HaltingConfig(**d)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, ds, run_cfg = load_model(run_dir)
@@ -223,6 +229,8 @@ def run_halting(d: dict) -> None:
         bank, manifest = bank_option(bank_dir, ds.vocab, model.config.memory, model=model)
         sub, bank_record = bank_results(bank_dir, bank, manifest)
         out_dir = out_dir / sub
+    if tag:
+        out_dir = out_dir / tag
     selector, curve = train_selector(model, ds, cfg)
     save_selector(run_dir, selector, cfg, curve, out_dir)
     # the selector's own training split is not scored: every split reported is held out from it
