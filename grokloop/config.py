@@ -41,6 +41,10 @@ class ModelConfig:
     alibi: bool = False       # add ALiBi's recency bias, -slope_h * distance, to attention scores
                               # (with any positional): scores at distances never trained stay
                               # monotone in distance, so longer inputs read as shorter ones did
+    attention_window: int = 0  # > 0: a query attends to the keys less than this many positions
+                               # back (itself included); 0: every earlier key. With rotary
+                               # positions every query past the window sees the same relative
+                               # offsets, so positions never trained compute as trained ones do
     tied_embeddings: bool = False
     dropout: float = 0.0
     init_std: float = 0.02
@@ -72,6 +76,9 @@ class ModelConfig:
         _choice("model.injection", self.injection, ("none", "add", "concat"))
         _choice("model.init_state", self.init_state, ("prelude", "zeros", "random"))
         _choice("model.positional", self.positional, ("learned", "rotary", "none"))
+        if self.attention_window < 0:
+            raise ValueError(f"model.attention_window={self.attention_window} must be >= 0 (0: "
+                             "every earlier position)")
         for key in ("d_vocab", "n_ctx"):
             if getattr(self, key) < 0:
                 raise ValueError(f"model.{key}={getattr(self, key)} must be >= 0 (0: from the dataset)")

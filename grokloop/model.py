@@ -205,14 +205,17 @@ def rotary(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half:]], dim=-1)
 
 
-def causal_alibi(n_heads: int, n_pos: int, device=None) -> torch.Tensor:
-    """[head, query, key] additive attention bias: -inf above the diagonal (causal) and ALiBi's
-    -m_h * (query - key) below it, slopes m_h = 2^(-8 h / n_heads), h = 1..n_heads (Press et al.,
-    "Train short, test long", arXiv 2108.12409)."""
-    slopes = 2.0 ** (-8.0 * torch.arange(1, n_heads + 1, device=device) / n_heads)
+def attention_bias(n_heads: int, n_pos: int, alibi: bool, window: int, device=None) -> torch.Tensor:
+    """[head, query, key] additive attention bias: -inf above the diagonal (causal) and, with
+    `window` > 0, at keys `window` or more positions back; with `alibi`, ALiBi's -m_h * (query -
+    key) elsewhere, slopes m_h = 2^(-8 h / n_heads), h = 1..n_heads (Press et al., "Train short,
+    test long", arXiv 2108.12409)."""
     pos = torch.arange(n_pos, device=device)
     distance = (pos[:, None] - pos[None]).float()
-    return (-slopes[:, None, None] * distance).masked_fill(distance < 0, float("-inf"))
+    slopes = 2.0 ** (-8.0 * torch.arange(1, n_heads + 1, device=device) / n_heads)
+    bias = -slopes[:, None, None] * distance if alibi else torch.zeros(n_heads, n_pos, n_pos, device=device)
+    masked = (distance < 0) | ((distance >= window) if window else False)
+    return bias.masked_fill(masked, float("-inf"))
 
 
 class Attention(nn.Module):
@@ -230,9 +233,10 @@ class Attention(nn.Module):
         q, k, v = self.W_QKV(x).view(B, P, 3, H, D).unbind(2)  # each [batch, pos, head, d_head]
         if self.cfg.positional == "rotary":
             q, k = rotary(q), rotary(k)
-        # The causal mask as an additive bias [head, query, key] when ALiBi adds to it; else the
-        # boolean masks below, which let the fused kernel skip the masked half.
-        bias = causal_alibi(H, P, x.device).to(q.dtype) if self.cfg.alibi else None
+        # The causal mask as an additive bias [head, query, key] when ALiBi or a window change it;
+        # else the boolean masks below, which let the fused kernel skip the masked half.
+        bias = (attention_bias(H, P, self.cfg.alibi, self.cfg.attention_window, x.device).to(q.dtype)
+                if self.cfg.alibi or self.cfg.attention_window else None)
         if from_pos:  # queries from_pos.. only, attending to every key up to themselves
             keep = torch.arange(P, device=x.device)[None] <= torch.arange(from_pos, P, device=x.device)[:, None]
             keep = keep if bias is None else bias[:, from_pos:]

@@ -163,10 +163,11 @@ def test_readout_last_step_equals_forward_and_answer_only_path(make_model):
         assert torch.allclose(steps[t], m(TOKENS, n_steps=t + 1)[torch.arange(6), pos], atol=1e-5)
 
 
-@pytest.mark.parametrize("positional,alibi", [("learned", False), ("rotary", False), ("none", True)])
-def test_tokens_after_the_answer_do_not_change_it(make_model, positional, alibi):
+@pytest.mark.parametrize("positional,kw", [("learned", {}), ("rotary", {}), ("none", dict(alibi=True)),
+                                           ("rotary", dict(attention_window=2))])
+def test_tokens_after_the_answer_do_not_change_it(make_model, positional, kw):
     # Training and evaluation cut k-hop batches to the answer prefix; this is why that is exact.
-    m = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=3, positional=positional, alibi=alibi)
+    m = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=3, positional=positional, **kw)
     pos = torch.tensor([2, 1, 2, 0, 1, 2])
     full = m.readout_steps(TOKENS, positions=pos)
     cut = m.readout_steps(TOKENS[:, :3], positions=pos)
@@ -176,15 +177,24 @@ def test_tokens_after_the_answer_do_not_change_it(make_model, positional, alibi)
     assert torch.allclose(m.readout_steps(changed, positions=pos), full, atol=1e-5)
 
 
-def test_alibi_bias_and_every_attention_path_agree(make_model):
-    from grokloop.model import causal_alibi
-    bias = causal_alibi(4, 3)
+@pytest.mark.parametrize("kw", [dict(alibi=True), dict(attention_window=2),
+                                dict(alibi=True, attention_window=3)])
+def test_alibi_window_bias_and_every_attention_path_agree(make_model, kw):
+    from grokloop.model import attention_bias
+    bias = attention_bias(4, 4, alibi=True, window=0)
     assert bias[0, 2, 0] == -2 * 2 ** -2 and bias[3, 1, 0] == -(2 ** -8) and bias[1, 2, 2] == 0
     assert torch.isinf(bias[:, 0, 1:]).all()
-    m = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=2, positional="rotary", alibi=True)
+    window = attention_bias(4, 4, alibi=False, window=2)
+    assert torch.isinf(window[:, 3, :2]).all() and (window[:, 3, 2:] == 0).all()
+    m = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=2, positional="rotary", **kw)
     plain = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=2, positional="rotary")
     plain.load_state_dict(m.state_dict())
     assert not torch.allclose(m(TOKENS), plain(TOKENS), atol=1e-4)   # the bias is applied
+    if "alibi" not in kw:   # a window as long as the input changes nothing
+        wide = make_model(n_prelude=1, n_core=1, n_coda=1, n_steps=2, positional="rotary",
+                          attention_window=TOKENS.shape[1])
+        wide.load_state_dict(m.state_dict())
+        assert torch.allclose(wide(TOKENS), plain(TOKENS), atol=1e-5)
     logits, _ = m.run_with_cache(TOKENS)                              # hooked path == fused path
     assert torch.allclose(logits, m(TOKENS), atol=1e-5)
     pos = torch.tensor([4, 3, 2, 4, 1, 0])                            # one-query path
