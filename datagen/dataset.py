@@ -29,7 +29,8 @@ __all__ = ["Dataset", "GENERATOR_VERSION", "code_version", "sample_eval"]
 #   2: k-hop held-out queries are never prefixes of training facts; modular/group `train_sample`.
 #   3: composition and comparison `valid` (held-out ID inferred facts); composition `test_OI` /
 #      `test_IO` (OOD by hop); comparison splits by unordered pair.
-GENERATOR_VERSION = 3
+#   4: khop_perm `valid` holds the test-only hop counts too.
+GENERATOR_VERSION = 4
 
 
 @dataclass
