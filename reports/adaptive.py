@@ -356,8 +356,8 @@ def markdown(summary: dict) -> str:
                              f"top probability at the {', '.join(exits) or '-'} exit, at equal "
                              "coverage (the threshold's coverage is the closest to the selector's "
                              "without exceeding it); per hop count in summary.json.", "",
-                             *markdown_lines(*ab), "", *blocks_lines(summary),
-                             *markdown_lines(*runs_table(summary))]) + "\n"
+                             *markdown_lines(*ab), "", *markdown_lines(*runs_table(summary)),
+                             *blocks_lines(summary)]) + "\n"
 
 
 BLOCKS_NOTE = ("Block sizes (models with a bank of thinking blocks, model.core_sizes). Each schedule (core_C: "
@@ -368,7 +368,8 @@ BLOCKS_NOTE = ("Block sizes (models with a bank of thinking blocks, model.core_s
 
 def blocks_lines(summary: dict) -> list[str]:
     table_ = blocks_table(summary)
-    return [] if table_ is None else [BLOCKS_NOTE, "", *markdown_lines(*table_), ""]
+    # a section of its own, so the README can copy it (reports/readme.py section=Block_sizes)
+    return [] if table_ is None else ["", "## Block sizes", "", BLOCKS_NOTE, "", *markdown_lines(*table_)]
 
 
 def blocks_figure(summary: dict) -> go.Figure | None:
