@@ -27,9 +27,21 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def option_defaults() -> dict:
+    """The model, optim and train options at their defaults, flattened: a run written before an
+    option existed ran with its default (options are added so that the default keeps the old
+    behaviour), so a missing key compares as that default, not as a difference."""
+    import dataclasses
+
+    from grokloop.config import ModelConfig, OptimConfig, TrainConfig
+    return flatten({name: dataclasses.asdict(cls()) for name, cls in
+                    (("model", ModelConfig), ("optim", OptimConfig), ("train", TrainConfig))})
+
+
 def group_runs(runs: list[Run]) -> tuple[list[str], dict[str, list[Run]]]:
     """The config keys that differ between runs (seed aside), and the runs per combination."""
-    flat = [flatten(r.config) for r in runs]
+    defaults = option_defaults()
+    flat = [defaults | flatten(r.config) for r in runs]
     keys = sorted({k for f in flat for k in f})
     differ = [k for k in keys if k not in IGNORED and len({f.get(k) for f in flat}) > 1]
     groups: dict[str, list[Run]] = {}
@@ -43,7 +55,8 @@ def short_labels(differ: list[str], groups: dict[str, list[Run]]) -> dict[str, s
     """Group labels as short as still tell them apart: the experiment name, then, chosen greedily,
     the fewest differing keys that separate the groups (a full config diff, data presets' nested
     keys and all, would be hundreds of characters per row)."""
-    flat = {label: flatten(rs[0].config) for label, rs in groups.items()}
+    defaults = option_defaults()
+    flat = {label: defaults | flatten(rs[0].config) for label, rs in groups.items()}
     chosen = ["experiment"] if "experiment" in differ else []
     parts = lambda label: tuple(str(flat[label].get(k)) for k in chosen)
     while len({parts(label) for label in groups}) < len(groups):

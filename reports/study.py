@@ -191,6 +191,9 @@ class StudyCommand:
     lens: list[str] = field(default_factory=list)      # roles whose logit-lens top-1 become rows
     include: list[str] = field(default_factory=list)   # other summary.json files whose rows to add
                                                        # (e.g. python -m grokloop.bank eval's)
+    names: list[str] = field(default_factory=list)     # a model name per entry of runs (every run
+                                                       # under it); default: the fewest config
+                                                       # keys that tell the models apart
 
 
 def run_study(d: dict) -> None:
@@ -198,7 +201,16 @@ def run_study(d: dict) -> None:
         raise SystemExit("give the runs or sweep trees, or include=[summary.json,...]: "
                          "python -m reports.study DIR [DIR ...] name=NAME")
     out = Path(d["out"] or Path("runs/studies") / d["name"])
-    runs = [load_run(p) for p in find_runs(d["runs"])] if d["runs"] else []
+    names = list(d.get("names") or [])
+    if names and len(names) != len(d["runs"]):
+        raise SystemExit(f"names: {len(names)} names for {len(d['runs'])} runs entries; give one "
+                         "per entry (every run under an entry takes its name) or none")
+    runs, model_names = [], {}
+    for i, entry in enumerate(d["runs"]):
+        for path in find_runs([entry]):
+            runs.append(load_run(path))
+            if names:
+                model_names[str(runs[-1].path)] = names[i]
     extra = []
     for path in map(Path, d["include"]):
         if not path.is_file():
@@ -209,8 +221,8 @@ def run_study(d: dict) -> None:
         tag = {"data": included["data"]} if isinstance(included.get("data"), str) else {}
         extra += [tag | r for r in included["rows"]]
     extra += pooled(extra, by_step=False)   # each included row evaluates a final model
-    summary = write_study(out, d["name"], runs, d["commands"], steps=d["steps"], lens=d["lens"],
-                          extra_rows=extra)
+    summary = write_study(out, d["name"], runs, d["commands"], model_names=model_names or None,
+                          steps=d["steps"], lens=d["lens"], extra_rows=extra)
     print(f"wrote {out}/summary.json, summary.md and compare.html: {len(runs)} runs, "
           f"{len(summary['rows'])} rows")
 

@@ -148,3 +148,20 @@ def test_model_labels_are_the_fewest_keys_that_tell_groups_apart(tmp_path):
                      "mem, model.memory=facts, optim.weight_decay=0.01",
                      "loop, model.memory=none, optim.weight_decay=0.01",
                      "loop, model.memory=none, optim.weight_decay=0.1"}
+
+
+def test_study_names_a_model_per_runs_entry_and_refuses_a_count_mismatch(tmp_path):
+    from reports.study import run_study
+    for name, seed in (("a", 0), ("a", 1), ("b", 0)):
+        run = tmp_path / name / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"experiment": "x", "seed": seed}))
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 5, "acc/test": 0.5, "n/test": 10}) + "\n")
+    d = dict(runs=[str(tmp_path / "a"), str(tmp_path / "b")], name="s", out=str(tmp_path / "out"),
+             commands=[], steps=[], lens=[], include=[], names=["first", "second"])
+    run_study(d)
+    rows = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {"first", "second"}
+    assert [r["seeds"] for r in rows if r["seed"] == "pooled" and r["model"] == "first"] == [2]
+    with pytest.raises(SystemExit, match="names: 1 names for 2"):
+        run_study(d | {"names": ["one"]})
