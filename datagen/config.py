@@ -103,9 +103,9 @@ class PermutationChainsConfig:
     atomic facts, always in), `train_per_hop` chains each. `test_hops`: lengths that appear only
     in test_inferred_id (depth extrapolation). Per length, `eval_size` held-out chains are tested
     (test_inferred_id) and `valid_size` more are held out for model selection and halting
-    (valid), at every length, trained or test-only. The held-out chains of a length depend only on (seed, n_entities,
-    n_relations, eval_size, valid_size), never on `hops`, so presets that differ only in `hops`
-    (the stages of a hop curriculum) agree on every held-out chain.
+    (valid), at every length, trained or test-only. The held-out chains of a length depend only
+    on (seed, n_entities, n_relations, eval_size, valid_size), never on `hops`, so presets that
+    differ only in `hops` (the stages of a hop curriculum) agree on every held-out chain.
     """
     task: str = "khop_perm"
     n_entities: int = 200     # Loop, Think & Generalize's 200 entities and 10 relations

@@ -10,9 +10,10 @@ train_inferred, valid, test_inferred_id; there is no OOD split, every atomic fac
 A chain is an integer code, h * R^k + r1 * R^(k-1) + ... + rk, so its j-hop prefix is
 code // R^(k-j). Per hop count k >= 2 a generator seeded by (the dataset's seed, k) first draws
 the `eval_size + valid_size` held-out chains H_k (the first eval_size test, the rest valid), for
-EVERY k up to the deepest one, trained or not (so valid, like test, has the deeper lengths): the held-out chains of a length depend only on the
-seed, the sizes and the length, never on `hops`, so the stages of a hop curriculum (presets with
-hops [2], [3], [4]) agree on them and none is trained in another stage. Then the training chains
+EVERY k up to the deepest one, trained or not (so valid, like test, has the deeper lengths):
+the held-out chains of a length depend only on the seed, the sizes and the length, never on
+`hops`, so the stages of a hop curriculum (presets with hops [2], [3], [4]) agree on them and
+none is trained in another stage. Then the training chains
 of a trained length k are drawn from the k-hop chains that are not in H_k and do not extend a
 held-out shorter chain (no j-hop prefix in H_j, 2 <= j < k): the model is causal, so a training
 chain trains the state at the end of each of its prefixes, and a held-out query must not be one
@@ -94,7 +95,8 @@ def make_permutation_chains(cfg: PermutationChainsConfig, rng: np.random.Generat
     for k in all_hops:
         # valid holds every length too: a halting selector tuned on it meets chains deeper than
         # the network was trained on, and can learn when to say "I don't know" to them
-        blocks += [("test_inferred_id", k, held[k][:cfg.eval_size]), ("valid", k, held[k][cfg.eval_size:])]
+        blocks += [("test_inferred_id", k, held[k][:cfg.eval_size]),
+                   ("valid", k, held[k][cfg.eval_size:])]
         if k in train_hops:
             train = _train_chains(k, cfg.train_per_hop, R, E * R ** k, held, streams[k])
             blocks.append(("train_inferred", k, train))

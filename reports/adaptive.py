@@ -360,9 +360,9 @@ def markdown(summary: dict) -> str:
                              *blocks_lines(summary)]) + "\n"
 
 
-BLOCKS_NOTE = ("Block sizes (models with a bank of thinking blocks, model.core_sizes). Each schedule (core_C: "
-               "core C at every step; cycle: the cores in turn; random: the mean of 8 random "
-               "schedules) at an exit that does not see the answer, the oracle, and the selector "
+BLOCKS_NOTE = ("Block sizes (models with a bank of thinking blocks, model.core_sizes). Each "
+               "schedule (core_C: core C at every step; cycle: the cores in turn; random: the "
+               "mean of 8 random schedules) at an exit that does not see the answer, the oracle, and the selector "
                "choosing the next block itself; accuracy (mean layer applications per fact).")
 
 

@@ -27,9 +27,9 @@ from safetensors.torch import load_file, save_file
 from grokloop.adaptive import MAIN_RULES
 from grokloop.adaptive.blocks import block_study
 from grokloop.adaptive.rules import (ABSTAIN_EXIT, COVERAGE_THRESHOLDS, TARGET_SELECTIVE_ACC,
-                                     at_exit, core_layers, coverage_at_accuracy, coverage_curve, rule_exits,
-                                     selective_curve, selective_point, summarize_exits,
-                                     threshold_at_coverage, trajectory)
+                                     at_exit, core_layers, coverage_at_accuracy, coverage_curve,
+                                     rule_exits, selective_curve, selective_point,
+                                     summarize_exits, threshold_at_coverage, trajectory)
 from grokloop.adaptive.selector import (HaltingConfig, Selector, check_train_split,
                                         dataset_tensors, rollout, summarize_selector,
                                         train_selector)
