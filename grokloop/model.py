@@ -37,6 +37,7 @@ So `ActivationCache.accumulated_resid()` is exactly the logit lens's S[0..V].
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,11 +206,12 @@ def rotary(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half:]], dim=-1)
 
 
+@functools.lru_cache(maxsize=64)   # every attention call of every step asks for the same few
 def attention_bias(n_heads: int, n_pos: int, alibi: bool, window: int, device=None) -> torch.Tensor:
     """[head, query, key] additive attention bias: -inf above the diagonal (causal) and, with
     `window` > 0, at keys `window` or more positions back; with `alibi`, ALiBi's -m_h * (query -
     key) elsewhere, slopes m_h = 2^(-8 h / n_heads), h = 1..n_heads (Press et al., "Train short,
-    test long", arXiv 2108.12409)."""
+    test long", arXiv 2108.12409). Cached and shared: callers must not modify it in place."""
     pos = torch.arange(n_pos, device=device)
     distance = (pos[:, None] - pos[None]).float()
     slopes = 2.0 ** (-8.0 * torch.arange(1, n_heads + 1, device=device) / n_heads)

@@ -70,7 +70,7 @@ def load_halting(path: str | Path) -> dict:
         raise FileNotFoundError(f"{results} is missing; run `python -m grokloop.halting "
                                 f"run_dir={path}` first")
     res = json.loads(results.read_text())
-    run_dir = path if results.parent.name == "halting" and results.parent.parent == path else res["run_dir"]
+    run_dir = path if results == path / "halting" / "results.json" else res["run_dir"]
     run = load_run(run_dir, probes=False)
     last = run.metrics[-1]   # also for a run stopped early: its last evaluation
     chosen = {k.rsplit("/", 1)[1]: v for k, v in last.items() if k.startswith("depth/chosen_step/")}
