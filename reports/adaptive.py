@@ -21,8 +21,9 @@ The selector's rows carry `coverage` and `selective_acc` (accuracy over the answ
 counts an abstention as not right), and each of its rows has a `confidence_threshold` row
 beside it: answering only where the top probability at the `exit` rule's step reaches
 `min_confidence`, the threshold whose coverage is closest to the selector's without exceeding
-it. Both carry `coverage_at_90`: the largest coverage at selective accuracy >= 0.9 (the
-selector has one operating point: its coverage if it reaches 0.9). Beside the rows: `runs`
+it. Both carry `coverage_at_90`: the largest coverage at selective accuracy >= 0.9 on its
+curve (the selector's: its greedy episodes over ABSTAIN_OFFSETS added to its abstain logit;
+results from before that curve give its one operating point). Beside the rows: `runs`
 (what was evaluated) and `abstention` (per run, split and group of facts, including the
 trained and deeper-than-trained hop counts together, the comparison and the threshold's
 coverage curve). In the tables, hop 1 is read from the atomic_id split, hops 2.. from
@@ -464,8 +465,9 @@ def coverage_panels(entries: list[dict]) -> list[tuple[str, list[dict]]]:
 
 
 def coverage_figure(summary: dict) -> go.Figure | None:
-    """Coverage against selective accuracy: the confidence threshold's curve (lines) and the
-    selector's operating point (diamonds), per model and seed."""
+    """Coverage against selective accuracy: the confidence threshold's curve (lines), the
+    selector's operating point (diamonds) and its curve over abstain offsets (dashed), per model
+    and seed."""
     panels = coverage_panels(summary.get("abstention", []))
     if not panels:
         return None
@@ -482,6 +484,15 @@ def coverage_figure(summary: dict) -> go.Figure | None:
                                      legendgroup=label, showlegend=label not in legend,
                                      hovertext=[f"top p >= {p['min_confidence']:g}" for p in pts]),
                           row=1, col=col)
+            curve = [p for p in e.get("selector_curve", []) if p["selective_acc"] is not None]
+            if curve:
+                fig.add_trace(go.Scatter(x=[p["coverage"] for p in curve],
+                                         y=[p["selective_acc"] for p in curve], mode="lines+markers",
+                                         line=dict(color=colour, dash="dash"), marker=dict(size=5),
+                                         name=f"{label}: selector curve", legendgroup=label,
+                                         showlegend=label not in legend,
+                                         hovertext=[f"abstain offset {p['abstain_offset']:+g}"
+                                                    for p in curve]), row=1, col=col)
             if "selector" in e and e["selector"]["selective_acc"] is not None:
                 fig.add_trace(go.Scatter(x=[e["selector"]["coverage"]], y=[e["selector"]["selective_acc"]],
                                          mode="markers", marker=dict(symbol="diamond", size=12, color=colour),
@@ -493,7 +504,8 @@ def coverage_figure(summary: dict) -> go.Figure | None:
         fig.update_xaxes(title_text="coverage (share answered)", range=[0, 1.02], row=1, col=col)
         fig.update_yaxes(range=[0, 1.02], row=1, col=col)
     fig.update_yaxes(title_text="selective accuracy (on answered)", row=1, col=1)
-    style(fig, "Abstention: confidence threshold (lines) and the selector (diamonds)", height=480)
+    style(fig, "Abstention: confidence threshold (lines), the selector (diamonds; dashed: its "
+              "abstain offsets)", height=480)
     return fig.update_layout(margin=dict(t=100))
 
 

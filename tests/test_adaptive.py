@@ -285,6 +285,23 @@ def test_abstention_compares_selector_and_threshold_at_equal_coverage():
     assert deep["threshold_coverage_at_target"] == pytest.approx(0.25)
     assert g["hops_3"] == deep and g["trained_hops"] == g["hops_2"]
     assert "selector" not in abstention(traj, torch.zeros(8, dtype=torch.long), hops)["groups"]["all"]
+    # With its curve (episodes at several abstain offsets) the selector's coverage at the target
+    # is the curve's largest, as the threshold's is: here the offset -1 episodes also answer the
+    # deeper 0.8 fact wrongly (5 of 8 answered, 4 right: 0.8) and offset -2 answers everything;
+    # neither reaches 90%, so offset 0's 0.5 stands; with a target of 0.75, offset -1's 5/8.
+    looser = {"abstained": torch.tensor([0, 0, 1, 1, 0, 0, 0, 1], dtype=torch.bool),
+              "correct": torch.tensor([1, 1, 0, 0, 1, 0, 1, 0], dtype=torch.bool)}
+    every = {"abstained": torch.zeros(8, dtype=torch.bool), "correct": right}
+    offsets = {-2.0: every, -1.0: looser, 0.0: out}
+    g = abstention(traj, torch.zeros(8, dtype=torch.long), hops, out, trained_hops=[2],
+                   offsets=offsets)["groups"]
+    assert [p["abstain_offset"] for p in g["all"]["selector_curve"]] == [-2.0, -1.0, 0.0]
+    assert [p["coverage"] for p in g["all"]["selector_curve"]] == [1.0, 5 / 8, 0.5]
+    assert g["all"]["selector"]["coverage"] == 0.5                     # the operating point: offset 0
+    assert g["all"]["selector"]["coverage_at_target"] == 0.5
+    g75 = abstention(traj, torch.zeros(8, dtype=torch.long), hops, out, trained_hops=[2],
+                     target=0.75, offsets=offsets)["groups"]
+    assert g75["all"]["selector"]["coverage_at_target"] == pytest.approx(5 / 8)
 
 
 def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
@@ -314,6 +331,17 @@ def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
         assert out["steps"].tolist() == [1] * 8
         assert out["abstained"].tolist() == [action == ABSTAIN] * 8
         assert out["correct"].tolist() == (first.tolist() if action == STOP else [False] * 8)
+    # The abstain offset (the selector's coverage curve) moves only the abstain logit: from a
+    # policy that stops at once, +100 makes it abstain everywhere, -100 changes nothing.
+    bias = torch.tensor([50.0, -50.0, -50.0])
+    with torch.no_grad():
+        selector.net[-1].bias.copy_(bias)
+    cfg = HaltingConfig(max_steps=4)
+    base = rollout(m, selector, TOKENS, POS, TARGETS, cfg, greedy=True)
+    up = rollout(m, selector, TOKENS, POS, TARGETS, cfg, greedy=True, abstain_offset=200.0)
+    down = rollout(m, selector, TOKENS, POS, TARGETS, cfg, greedy=True, abstain_offset=-100.0)
+    assert up["abstained"].all() and not base["abstained"].any()
+    assert all(torch.equal(base[k], down[k]) for k in ("steps", "correct", "abstained"))
 
 
 def test_block_study_scores_each_schedule_by_the_layers_it_applies(make_model):
@@ -409,8 +437,18 @@ def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
     assert set(rules["oracle"]) >= {f"hops_{k}" for k in range(2, 9)}
     assert "valid" not in res["splits"] and res["config"]["train_split"] == "valid"
     assert "deeper_than_trained" in res["splits"]["test_inferred_id"]["abstention"]["groups"]
-    selector, cfg = load_selector(run)
+    selector, cfg, _ = load_selector(run)
     assert cfg.max_steps == 7 and selector.n_cores == 1
+    # reuse=true evaluates the saved selector again, untouched; other options are refused
+    weights = (run / "halting" / "selector.safetensors").read_bytes()
+    r = subprocess.run([sys.executable, "-m", "grokloop.halting", f"run_dir={run}", "iterations=3",
+                        "max_steps=7", "reuse=true"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (run / "halting" / "selector.safetensors").read_bytes() == weights
+    assert json.loads((run / "halting" / "results.json").read_text())["splits"] == res["splits"]
+    r = subprocess.run([sys.executable, "-m", "grokloop.halting", f"run_dir={run}", "iterations=3",
+                        "max_steps=6", "reuse=true"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and "max_steps: saved 7, given 6" in r.stderr
     summary_main([str(run), f"out={tmp_path / 'sum'}"])
     md = (tmp_path / "sum" / "summary.md").read_text()
     assert "| khop_best | oracle |" in md and "8 hops" in md

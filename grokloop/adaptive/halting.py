@@ -13,6 +13,9 @@ runs is reports/adaptive.py. With bank=DIR (a model.memory=facts run) the frozen
 bank directory instead of the one it trained with (checked first: grokloop/bank.py bank_option),
 and everything is written to RUN/halting/bank_NAME/ (NAME: the bank directory's name) instead;
 with tag=TAG into the subfolder TAG/ of either (several selectors of one run, side by side).
+With reuse=true the selector already there is evaluated again instead of trained (its options
+must match). Abstention is compared as two curves: the confidence threshold's, and the
+selector's greedy episodes with ABSTAIN_OFFSETS added to its abstain logit.
 """
 from __future__ import annotations
 
@@ -30,9 +33,9 @@ from grokloop.adaptive.rules import (ABSTAIN_EXIT, COVERAGE_THRESHOLDS, TARGET_S
                                      at_exit, core_layers, coverage_at_accuracy, coverage_curve,
                                      rule_exits, selective_curve, selective_point,
                                      summarize_exits, threshold_at_coverage, trajectory)
-from grokloop.adaptive.selector import (HaltingConfig, Selector, check_train_split,
-                                        dataset_tensors, rollout, summarize_selector,
-                                        train_selector)
+from grokloop.adaptive.selector import (ABSTAIN_OFFSETS, HaltingConfig, Selector,
+                                        check_train_split, dataset_tensors, rollout,
+                                        summarize_selector, train_selector)
 from grokloop.evaluate import answer_prefix
 from grokloop.provenance import atomic_write, atomic_write_text, code_version
 
@@ -52,26 +55,26 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
         print(f"exit rules and selector on {split} ({i + 1}/{len(splits)}, "
               f"{len(ds.splits[split]):,} examples, up to {cfg.max_steps} steps)", flush=True)
         idx = torch.as_tensor(ds.splits[split], device=device)
-        trajs, outs = [], []
+        trajs, outs = [], {b: [] for b in (ABSTAIN_OFFSETS if selector is not None else ())}
         tokens = answer_prefix(data["inputs"], data["answer_pos"], idx)
         for chunk in idx.split(batch_size):
             args = (tokens[chunk], data["answer_pos"][chunk], data["answers"][chunk])
             trajs.append(trajectory(model, *args, cfg.max_steps))
-            if selector is not None:
-                outs.append(rollout(model, selector, *args, cfg, greedy=True))
+            for b in outs:
+                outs[b].append(rollout(model, selector, *args, cfg, greedy=True, abstain_offset=b))
         traj = {k: torch.cat([t[k] for t in trajs], dim=1).cpu() for k in trajs[0]}
         hops = data["hops"][idx].cpu()
         exits = rule_exits(traj, model.config.n_steps)
         rules = {name: summarize_exits(traj, ex, hops, cost_all_steps=name == "max_confidence")
                  for name, ex in exits.items()}
-        out = None
-        if selector is not None:
-            out = {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
+        outs = {b: {k: torch.cat([o[k] for o in os]).cpu() for k in os[0]} for b, os in outs.items()}
+        out = outs.get(0.0)
+        if out is not None:
             rules["selector"] = summarize_selector(out, hops)
         results[split] = {"rules": rules, "n": len(idx), "coverage_curve_exit": ABSTAIN_EXIT,
                           "coverage_curve": coverage_curve(traj, exits[ABSTAIN_EXIT]),
                           "abstention": abstention(traj, exits[ABSTAIN_EXIT], hops, out,
-                                                   trained_hops)}
+                                                   trained_hops, offsets=outs)}
         if len(model.cores) > 1 and split.startswith("test"):   # a bank: schedules against compute
             results[split]["blocks"] = block_study(model, tokens[idx], data["answer_pos"][idx],
                                                    data["answers"][idx], hops, cfg.max_steps,
@@ -100,13 +103,15 @@ def fact_groups(hops: torch.Tensor, trained_hops: list[int] = ()) -> dict[str, t
 
 
 def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
-               target: float = TARGET_SELECTIVE_ACC) -> dict:
+               target: float = TARGET_SELECTIVE_ACC, offsets: dict | None = None) -> dict:
     """Abstaining by a confidence threshold on the top probability at `exit_step` against the
     selector's abstain action, per group of facts (`fact_groups`): the threshold's coverage
     curve and its largest coverage at selective accuracy >= target; with the selector's
-    episodes `out`, its one operating point (coverage, selective accuracy, and its coverage if
-    that accuracy reaches the target) and the threshold whose coverage is closest to the
-    selector's without exceeding it (the comparison at equal coverage)."""
+    episodes `out`, its operating point (coverage, selective accuracy) and the threshold whose
+    coverage is closest to the selector's without exceeding it (the comparison at equal
+    coverage). With `offsets` ({abstain offset: episodes}, ABSTAIN_OFFSETS) the selector has a
+    curve too ("selector_curve"), and its coverage at the target is its curve's largest, as the
+    threshold's is; without, that of its one point."""
     top, right = at_exit(traj, exit_step)
     groups = {}
     for name, m in fact_groups(hops, trained_hops).items():
@@ -115,7 +120,12 @@ def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
              "curve": selective_curve(top[m], right[m], COVERAGE_THRESHOLDS)}
         if out is not None:
             point = selective_point(out["correct"][m], ~out["abstained"][m])
-            g["selector"] = point | {"coverage_at_target": coverage_at_accuracy([point], target)}
+            curve = [point]
+            if offsets:
+                curve = [selective_point(o["correct"][m], ~o["abstained"][m]) | {"abstain_offset": b}
+                         for b, o in sorted(offsets.items())]
+                g["selector_curve"] = curve
+            g["selector"] = point | {"coverage_at_target": coverage_at_accuracy(curve, target)}
             g["threshold"] = threshold_at_coverage(exact, point["coverage"])
         groups[name] = g
     return {"exit": ABSTAIN_EXIT, "target_selective_acc": target, "groups": groups}
@@ -137,15 +147,16 @@ def save_selector(run_dir, selector: Selector, cfg: HaltingConfig, curve: list[d
     atomic_write_text(d / "selector.json", json.dumps(meta, indent=1))
 
 
-def load_selector(run_dir) -> tuple[Selector, HaltingConfig]:
-    d = halting_dir(run_dir)
+def load_selector(run_dir, d: Path | None = None) -> tuple[Selector, HaltingConfig, list[dict]]:
+    """From RUN/halting/ (or the directory `d`): the selector, its config, its training curve."""
+    d = d or halting_dir(run_dir)
     if not (d / "selector.json").exists():
         raise FileNotFoundError(f"{d} holds no selector; train one with "
                                 f"`python -m grokloop.halting run_dir={run_dir}`")
     meta = json.loads((d / "selector.json").read_text())
     selector = Selector(meta["d_model"], meta["n_cores"], meta["hidden"])
     selector.load_state_dict(load_file(str(d / "selector.safetensors")))
-    return selector.eval(), HaltingConfig(**meta["config"])
+    return selector.eval(), HaltingConfig(**meta["config"]), meta.get("curve", [])
 
 
 def markdown_table(results: dict, max_steps: int) -> str:
@@ -203,6 +214,8 @@ class HaltingCommand(HaltingConfig):
                               # results in RUN/halting/bank_NAME/
     tag: str | None = None    # results in RUN/halting/TAG/ (under bank_NAME/ with a bank): several
                               # selectors of one run side by side, e.g. tag=abstain_0.8
+    reuse: bool = False       # evaluate the selector already saved there again instead of training
+                              # one (its options must match these), e.g. after the evaluation grew
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,6 +230,7 @@ def run_halting(d: dict) -> None:
     from grokloop.checkpoint import list_checkpoints, load_model
 
     run_dir, bank_dir, tag = d.pop("run_dir"), d.pop("bank", None), d.pop("tag", None)
+    reuse = d.pop("reuse", False)
     if tag is not None and (not tag or Path(tag).name != tag or tag.startswith(".")):
         raise ValueError(f"tag={tag!r} must be a plain folder name (RUN/halting/TAG/), "
                          "e.g. tag=abstain_0.8")
@@ -231,8 +245,17 @@ def run_halting(d: dict) -> None:
         out_dir = out_dir / sub
     if tag:
         out_dir = out_dir / tag
-    selector, curve = train_selector(model, ds, cfg)
-    save_selector(run_dir, selector, cfg, curve, out_dir)
+    if reuse:
+        selector, saved, curve = load_selector(run_dir, out_dir)
+        differ = [f"{k}: saved {v!r}, given {getattr(cfg, k)!r}"
+                  for k, v in dataclasses.asdict(saved).items() if getattr(cfg, k) != v]
+        if differ:
+            raise ValueError(f"reuse=true: the selector in {out_dir} was trained with other "
+                             f"options ({'; '.join(differ)}); pass the saved values or train a "
+                             "new one with tag=NAME")
+    else:
+        selector, curve = train_selector(model, ds, cfg)
+        save_selector(run_dir, selector, cfg, curve, out_dir)
     # the selector's own training split is not scored: every split reported is held out from it
     results = evaluate_halting(model, ds, selector, cfg,
                                [s for s in ds.eval_splits if s != cfg.train_split])

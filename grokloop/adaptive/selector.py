@@ -23,6 +23,10 @@ from grokloop.evaluate import answer_prefix
 
 STOP, ABSTAIN = 0, 1          # then 2 + c: continue with core c
 N_STATS = 4  # entropy, top probability, KL to the previous readout, step / max_steps
+# The selector's coverage curve: greedy episodes with these added to its abstain logit. Like the
+# confidence threshold's c, the offset trades coverage for selective accuracy (0: as trained;
+# large: abstain at once; very negative: never abstain), so both are compared as curves.
+ABSTAIN_OFFSETS = (-16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
 
 
 @dataclass
@@ -96,11 +100,13 @@ def dataset_tensors(ds, device) -> dict[str, torch.Tensor]:
 
 
 def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, greedy: bool,
-            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+            generator: torch.Generator | None = None,
+            abstain_offset: float = 0.0) -> dict[str, torch.Tensor]:
     """Run the selector's episodes for a batch; the model runs under no_grad.
 
     Step 1 runs the model's first scheduled core; after each step the selector acts. At
-    `max_steps` only stop and abstain are allowed."""
+    `max_steps` only stop and abstain are allowed. `abstain_offset` is added to the abstain
+    logit (ABSTAIN_OFFSETS: the selector's coverage curve)."""
     B, T = len(tokens), cfg.max_steps
     layers = torch.tensor(core_layers(model), dtype=torch.float, device=tokens.device)
     with torch.no_grad():
@@ -130,8 +136,10 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
             at_answer = state[idx, positions[idx]]
         feats = features(at_answer, logp, prev[idx] if t > 1 else None, t, T)
         logits = selector(feats)
-        if t == T:
+        if t == T or abstain_offset:
             logits = logits.clone()
+            logits[:, ABSTAIN] += abstain_offset
+        if t == T:
             logits[:, 2:] = float("-inf")
         dist = torch.distributions.Categorical(logits=logits)
         action = (logits.argmax(-1) if greedy else
