@@ -5,6 +5,7 @@
     python -m grokloop.bank build run_dir=RUN facts=FILE out=banks/mine    # a list of facts
     python -m grokloop.bank build run_dir=RUN edit='e_3 r_5 e_9' out=banks/edit  # one fact edited
     python -m grokloop.bank build data=composition_cpu needed_by=test_inferred_id out=banks/slim
+    python -m grokloop.bank build run_dir=RUN keep_fraction=0.5 out=banks/half   # facts missing
     python -m grokloop.bank eval run_dir=RUN bank=banks/g2 data=composition_cpu data.seed=1
     python -m grokloop.bank edit_eval run_dir=RUN n_edits=200              # edits in the bank
     python -m grokloop.bank edit_eval run_dir=ANY_RUN method=finetune n_edits=200  # the baseline
@@ -257,6 +258,14 @@ def slim_bank(bank: FactBank, ds, splits: list[str], vocab) -> FactBank:
     return FactBank(bank.head[keep], bank.relation[keep], bank.tail[keep])
 
 
+def random_share(bank: FactBank, fraction: float, seed: int) -> FactBank:
+    """round(fraction * n) of the bank's facts drawn at random by `seed`, slot order kept: a bank
+    that lacks some of the knowledge its queries need."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(bank), generator=g)[:round(fraction * len(bank))].sort().values
+    return FactBank(bank.head[keep], bank.relation[keep], bank.tail[keep])
+
+
 # --- commands -----------------------------------------------------------------------------------
 @dataclass
 class BankCommand:
@@ -285,6 +294,9 @@ class BankCommand:
     # build: a slim bank
     needed_by: list[str] = field(default_factory=list)  # keep only the facts on these splits'
                                                         # query paths (of data, else the run's)
+    # build: a bank with knowledge missing (what a model should answer "I don't know" to)
+    keep_fraction: float = 1.0      # keep this share of the facts, drawn at random (keep_seed)
+    keep_seed: int = 0
     # edit_eval (also: bank, step, n_steps, top_k, name; splits = the two-hop query pool)
     method: str = "bank"            # bank: edit the fact in the bank; finetune: train the weights
     n_edits: int = 200              # facts edited (one at a time) per hop position
@@ -296,7 +308,7 @@ class BankCommand:
 
 
 EVAL_KEYS = ("bank", "step", "n_steps", "top_k", "splits", "name")
-ACTIONS = {"build": ("facts", "edit", "needed_by"),
+ACTIONS = {"build": ("facts", "edit", "needed_by", "keep_fraction", "keep_seed"),
            "eval": EVAL_KEYS,
            "edit_eval": EVAL_KEYS + ("method", "n_edits", "positions", "n_locality", "edit_seed",
                                      "finetune_steps", "finetune_lr")}
@@ -316,6 +328,9 @@ def run_action(d: dict):
     if action == "build":
         if not d["out"]:
             raise ValueError("out is required: pass out=DIR, the bank directory to write")
+        if not 0 < d["keep_fraction"] <= 1:
+            raise ValueError(f"keep_fraction={d['keep_fraction']} must be in (0, 1]: the share of "
+                             "the facts kept")
         return build(d)
     if not d["run_dir"]:
         raise ValueError("run_dir is required: pass run_dir=RUN, a run trained with "
@@ -364,6 +379,9 @@ def build(d: dict) -> Path:
         bank = slim_bank(bank, ds, d["needed_by"], vocab)
         source |= {"needed_by": list(d["needed_by"]), "needed_by_dataset_hash": ds.content_hash(),
                    "n_facts_before": full}
+    if d["keep_fraction"] != 1.0:
+        bank = random_share(bank, d["keep_fraction"], d["keep_seed"])
+        source |= {"keep_fraction": d["keep_fraction"], "keep_seed": d["keep_seed"]}
     for fact in d["edit"]:
         edit = parse_facts([fact], vocab, f"edit={fact!r}")
         bank = bank.edited(int(edit.head[0]), int(edit.relation[0]), int(edit.tail[0]))

@@ -567,3 +567,28 @@ def test_a_slim_bank_keeps_exactly_the_facts_its_queries_need(tiny_memory_run):
         bank_main(["build", f"run_dir={run}", f"facts={few}", "needed_by=test_inferred_id",
                    cache, f"out={tmp / 'x'}"])
     assert "the bank lacks" in str(e.value) and not (tmp / "x").exists()
+
+
+def test_a_bank_with_knowledge_missing_keeps_a_seeded_random_share(tiny_memory_run):
+    from datagen import data_config_from_dict, load_or_build
+
+    tmp, cache = tiny_memory_run
+    run = tmp / "run"
+    cfg = json.loads((run / "config.json").read_text())
+    ds = load_or_build(data_config_from_dict(cfg["data"]), cache.split("=", 1)[1])
+    full = FactBank.from_dataset(ds).ids().tolist()
+    for seed, name in ((0, "half0"), (0, "again0"), (1, "half1")):
+        bank_main(["build", f"run_dir={run}", "keep_fraction=0.5", f"keep_seed={seed}", cache,
+                   f"out={tmp / name}"])
+    half0, manifest = load_bank(tmp / "half0", ds.vocab)
+    half1, _ = load_bank(tmp / "half1", ds.vocab)
+    assert torch.equal(load_bank(tmp / "again0", ds.vocab)[0].ids(), half0.ids())   # seeded
+    kept = half0.ids().tolist()
+    assert len(kept) == round(len(full) / 2)
+    assert kept == [f for f in full if f in kept]              # a subset, in the whole bank's order
+    assert kept != half1.ids().tolist()                        # another seed, another share
+    assert manifest["source"]["keep_fraction"] == 0.5 and manifest["source"]["keep_seed"] == 0
+    for bad in ("keep_fraction=0", "keep_fraction=1.5"):
+        with pytest.raises(SystemExit) as e:
+            bank_main(["build", f"run_dir={run}", bad, cache, f"out={tmp / 'x'}"])
+        assert "must be in (0, 1]" in str(e.value) and not (tmp / "x").exists()
