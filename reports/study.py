@@ -110,26 +110,87 @@ def at_step(run: Run, step: int) -> dict | None:
     return rows[-1] if rows else None
 
 
+def run_labels(runs: list[Run], model_names: dict[str, str] | None = None) -> dict[str, str]:
+    """Run path -> model name: `model_names` where given, else its group label (the settings
+    that differ between runs, seeds aside; the experiment when only seeds differ)."""
+    differ, groups = group_runs(runs)
+    labels = short_labels(differ, groups)
+    if len(groups) == 1:      # nothing differs but the seed: name the model by its experiment
+        labels = {label: runs[0].name for label in groups}
+    return {str(run.path): (model_names or {}).get(str(run.path), labels[label])
+            for label, members in groups.items() for run in members}
+
+
 def study_rows(runs: list[Run], model_names: dict[str, str] | None = None,
                steps: list[int] = (), lens: list[str] = ()) -> list[dict]:
     """Rows for every run at its last evaluation and at each of `steps` (its last evaluation at
     or before that step), the model named by its group label (the settings that differ between
     runs, seeds aside) unless `model_names` maps a run directory to a name."""
-    differ, groups = group_runs(runs)
-    labels = short_labels(differ, groups)
-    if len(groups) == 1:      # nothing differs but the seed: name the model by its experiment
-        labels = {label: runs[0].name for label in groups}
+    names = run_labels(runs, model_names)          # in group order, as the rows are
+    by_path = {str(run.path): run for run in runs}
     rows = []
-    for label, members in groups.items():
-        for run in members:
-            name = (model_names or {}).get(str(run.path), labels[label])
-            rows += run_rows(run, name)
-            for step in steps:
-                if (row := at_step(run, step)) is not None and row is not run.metrics[-1]:
-                    rows += run_rows(run, name, row)
-            if lens and "logit_lens" in run.probes:
-                rows += lens_rows(run, name, list(lens))
+    for path, name in names.items():
+        run = by_path[path]
+        rows += run_rows(run, name)
+        for step in steps:
+            if (row := at_step(run, step)) is not None and row is not run.metrics[-1]:
+                rows += run_rows(run, name, row)
+        if lens and "logit_lens" in run.probes:
+            rows += lens_rows(run, name, list(lens))
     return rows + pooled(rows)
+
+
+STAGE_THRESHOLD = 0.95
+STAGE_SPLITS = {"fit": "train_inferred", "id": "test_inferred_id"}   # and every other OOD split
+
+
+def first_step_at(run: Run, split: str, threshold: float = STAGE_THRESHOLD) -> int | None:
+    """The first evaluated step at which `split`'s accuracy reaches `threshold` (evaluations
+    are log-spaced, so this is the stage's step to that resolution); None if it never does."""
+    return next((r["step"] for r in run.metrics if r.get(f"acc/{split}", -1.0) >= threshold), None)
+
+
+def stage_entries(runs: list[Run], labels: dict[str, str]) -> list[dict]:
+    """When each stage arrives, per run with inferred facts: fitting the training facts
+    (train_inferred), in-distribution generalisation (test_inferred_id) and each OOD split,
+    as the first evaluated step at >= STAGE_THRESHOLD, and its ratio to the fitting step (the
+    issue's "ID within 5x the steps to fit"). `labels`: run path -> model name."""
+    out = []
+    for run in runs:
+        splits = run.splits()
+        if STAGE_SPLITS["fit"] not in splits or STAGE_SPLITS["id"] not in splits:
+            continue
+        fit = first_step_at(run, STAGE_SPLITS["fit"])
+        later = [STAGE_SPLITS["id"]] + [s for s in splits if s.startswith("test_") and
+                                        s != STAGE_SPLITS["id"]]
+        steps = {s: first_step_at(run, s) for s in later}
+        out.append({"model": labels[str(run.path)], "seed": run.config.get("seed"),
+                    "threshold": STAGE_THRESHOLD, "last_step": run.metrics[-1]["step"],
+                    "fit_step": fit, "steps": steps,
+                    "ratio": {s: (v / fit if v is not None and fit else None)
+                              for s, v in steps.items()}})
+    return out
+
+
+def stages_lines(stages: list[dict]) -> list[str]:
+    """A `## Stages` section: each run's stage steps and their ratio to fitting."""
+    if not stages:
+        return []
+    splits = list(dict.fromkeys(s for e in stages for s in e["steps"]))
+    t = stages[0]["threshold"]
+    lines = ["", "## Stages", "",
+             f"The first evaluated step at which each split reaches {t:g} (evaluations are "
+             "log-spaced, so a stage's step is known to that resolution), and in brackets its "
+             f"ratio to the step that fits the training facts; `-`: not by the run's last step.",
+             "", "| model | seed | last step | fit (train_inferred) | " + " | ".join(splits) + " |",
+             "|" + "---|" * (4 + len(splits))]
+    for e in stages:
+        cells = [f"{e['steps'][s]:,} ({e['ratio'][s]:.1f}x)" if e["steps"].get(s) else "-"
+                 for s in splits]
+        fit = f"{e['fit_step']:,}" if e["fit_step"] else "-"
+        lines.append(f"| {e['model']} | {e['seed']} | {e['last_step']:,} | {fit} | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(summary: dict) -> str:
@@ -145,6 +206,7 @@ def markdown(summary: dict) -> str:
         cells = [r["model"], r["split"]] + [str(r.get(f, "")) for f in apart] + [
             str(r["seed"]), step, f"{r['acc']:.3f}", f"[{r['lo']:.3f}, {r['hi']:.3f}]", f"{r['n']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += stages_lines(summary.get("stages", []))
     return "\n".join(lines) + "\n"
 
 
@@ -155,6 +217,8 @@ def write_study(out: str | Path, study: str, runs: list[Run], commands: list[str
     out = Path(out)
     summary = {"study": study, "machine": machine(), "commands": list(commands),
                "rows": study_rows(runs, model_names, steps, lens) + list(extra_rows or [])}
+    if stages := stage_entries(runs, run_labels(runs, model_names)):
+        summary["stages"] = stages
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "summary.md", markdown(summary))
     report = compare_report(runs) if runs else included_report(study, summary["rows"])

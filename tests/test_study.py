@@ -165,3 +165,24 @@ def test_study_names_a_model_per_runs_entry_and_refuses_a_count_mismatch(tmp_pat
     assert [r["seeds"] for r in rows if r["seed"] == "pooled" and r["model"] == "first"] == [2]
     with pytest.raises(SystemExit, match="names: 1 names for 2"):
         run_study(d | {"names": ["one"]})
+
+
+def test_stages_give_each_split_its_first_step_at_the_threshold_and_its_ratio_to_fitting(tmp_path):
+    def run(name, seed, curve):   # curve: step -> (train_inferred, test_inferred_id, test_OI)
+        metrics = [{"step": st, "acc/train_inferred": a, "acc/test_inferred_id": b, "acc/test_OI": c,
+                    "n/train_inferred": 100, "n/test_inferred_id": 100, "n/test_OI": 100}
+                   for st, (a, b, c) in curve.items()]
+        return Run(tmp_path / name, {"experiment": "x", "seed": seed}, metrics, None)
+
+    runs = [run("a", 0, {100: (0.5, 0.1, 0.0), 200: (0.96, 0.3, 0.0), 800: (1.0, 0.95, 0.2)}),
+            run("b", 1, {100: (0.2, 0.1, 0.0), 400: (0.7, 0.2, 0.1)})]      # never fits
+    summary = write_study(tmp_path / "out", "demo", runs, ["cmd"])
+    a, b = summary["stages"]
+    assert (a["fit_step"], a["steps"], a["ratio"]) == (
+        200, {"test_inferred_id": 800, "test_OI": None}, {"test_inferred_id": 4.0, "test_OI": None})
+    assert b["fit_step"] is None and b["ratio"] == {"test_inferred_id": None, "test_OI": None}
+    assert (a["model"], a["seed"], a["last_step"]) == ("x", 0, 800)
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "## Stages" in md and "| x | 0 | 800 | 200 | 800 (4.0x) | - |" in md
+    # runs without inferred facts (modular tables) have no stages
+    assert "stages" not in write_study(tmp_path / "o2", "d", [fake_run(tmp_path, "m", 0, 1, 0.9)], [])
