@@ -566,10 +566,18 @@ class LoopedTransformer(HookedRootModule):
         x, _ = self.run_layers(self.embed(tokens), self._unroll([0])[:len(self.prelude)])
         return x, x
 
-    def step(self, state, e, s: int, core: int = 0) -> torch.Tensor:
-        """Recurrence step s (0-based) with core `core` of the bank: the next state."""
+    def step(self, state, e, s: int, core: int = 0, hooked: bool = False) -> torch.Tensor:
+        """Recurrence step s (0-based) with core `core` of the bank: the next state. hooked:
+        through step s's hook points (`ensure_step_hooks` first), e.g. to read its memory."""
         layers = [layer for layer in self._unroll([core] * (s + 1)) if layer.step == s]
-        return self.run_layers(state, layers, e)[0]
+        return self.run_layers(state, layers, e, hooked)[0]
+
+    def ensure_step_hooks(self, n_steps: int) -> None:
+        """Make the hook points of steps 0..n_steps-1 exist (they grow with the longest schedule
+        run so far), so hooks can be attached before a step-by-step rollout; sized for the
+        bank's largest core, so any core may run at any of those steps."""
+        largest = max(range(len(self.cores)), key=lambda c: len(self.cores[c]))
+        self._resolve(None, [largest] * n_steps)
 
     def read(self, state, positions) -> torch.Tensor:
         """The answer if the model stopped at `state`: logits [batch, d_vocab] at `positions`."""

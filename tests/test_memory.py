@@ -592,3 +592,31 @@ def test_a_bank_with_knowledge_missing_keeps_a_seeded_random_share(tiny_memory_r
         with pytest.raises(SystemExit) as e:
             bank_main(["build", f"run_dir={run}", bad, cache, f"out={tmp / 'x'}"])
         assert "must be in (0, 1]" in str(e.value) and not (tmp / "x").exists()
+
+
+def test_the_selector_reads_the_memory_margin_of_each_step_it_runs():
+    from grokloop.adaptive.selector import HaltingConfig, Selector, retrieval_margin, rollout
+
+    assert torch.equal(retrieval_margin(torch.tensor([[[3.0, 1.0, 0.5]], [[2.0, 2.0, 1.0]]])),
+                       torch.tensor([[2.0], [0.0]]))
+    assert torch.equal(retrieval_margin(torch.tensor([[[3.0]]])), torch.tensor([[3.0]]))
+    m = memory_model()
+    seen = []
+
+    class Spy(Selector):   # records the memory features it is given
+        def forward(self, feats):
+            seen.append(feats[:, -self.n_memory:].clone())
+            return super().forward(feats)
+
+    sel = Spy(32, 1, n_memory=2 * 5)
+    with torch.no_grad():                       # continue while allowed: every step is read
+        sel.net[-1].bias.copy_(torch.tensor([-50.0, -50.0, 50.0]))
+    pos, targets = torch.full((4,), 4), torch.zeros(4, dtype=torch.long)
+    out = rollout(m, sel, TOKENS, pos, targets, HaltingConfig(max_steps=3), greedy=True)
+    assert out["steps"].tolist() == [3] * 4 and len(seen) == 3
+    # by hand: each step's top-k scores through the model's own hooks, in a whole forward pass
+    _, cache = m.run_with_cache(TOKENS, n_steps=3, names_filter=lambda n: n.endswith("hook_scores"))
+    margins = [retrieval_margin(cache[f"steps.{s}.memory.hook_scores"]) for s in range(3)]
+    for s in range(3):
+        least = torch.stack(margins[:s + 1]).min(0).values
+        assert torch.allclose(seen[s], torch.cat([margins[s], least], dim=-1), atol=1e-5)

@@ -143,7 +143,8 @@ def save_selector(run_dir, selector: Selector, cfg: HaltingConfig, curve: list[d
     weights = {k: v.detach().cpu().contiguous() for k, v in selector.state_dict().items()}
     atomic_write(d / "selector.safetensors", lambda tmp: save_file(weights, str(tmp)))
     meta = {"config": dataclasses.asdict(cfg), "d_model": selector.d_model,
-            "n_cores": selector.n_cores, "hidden": selector.hidden, "curve": curve}
+            "n_cores": selector.n_cores, "hidden": selector.hidden,
+            "n_memory": selector.n_memory, "curve": curve}
     atomic_write_text(d / "selector.json", json.dumps(meta, indent=1))
 
 
@@ -154,9 +155,12 @@ def load_selector(run_dir, d: Path | None = None) -> tuple[Selector, HaltingConf
         raise FileNotFoundError(f"{d} holds no selector; train one with "
                                 f"`python -m grokloop.halting run_dir={run_dir}`")
     meta = json.loads((d / "selector.json").read_text())
-    selector = Selector(meta["d_model"], meta["n_cores"], meta["hidden"])
+    n_memory = meta.get("n_memory", 0)
+    selector = Selector(meta["d_model"], meta["n_cores"], meta["hidden"], n_memory=n_memory)
     selector.load_state_dict(load_file(str(d / "selector.safetensors")))
-    return selector.eval(), HaltingConfig(**meta["config"]), meta.get("curve", [])
+    # selectors saved before memory features existed read none
+    cfg = HaltingConfig(**({"memory_features": n_memory > 0} | meta["config"]))
+    return selector.eval(), cfg, meta.get("curve", [])
 
 
 def markdown_table(results: dict, max_steps: int) -> str:

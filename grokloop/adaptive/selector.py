@@ -2,7 +2,9 @@
 stop (answer now), abstain ("I don't know"), or continue with core c of the bank.
 
 It reads the normalised state at the answer position and four readout statistics (entropy, top
-probability, KL to the previous step's readout, step / max_steps). `train_selector` trains it
+probability, KL to the previous step's readout, step / max_steps); in a model with a fact
+memory also the memory's retrieval margin at every position (`retrieval_margin`: does the
+bank hold the fact being looked up?). `train_selector` trains it
 with REINFORCE and a batch-mean baseline; reward = 1 if the answer is right, 0 if wrong,
 `abstain_reward` for abstaining, minus `step_cost` per step (scaled by the block's layer count
 when the bank's blocks differ in size, so the cost is per FLOP). The model never changes.
@@ -43,6 +45,7 @@ class HaltingConfig:
     abstain_bias: float = -6.0    # initial logit of abstain: rarer still (see Selector)
     train_split: str = "valid"    # held-out facts; never a split that overlaps training
     seed: int = 0
+    memory_features: bool = True  # a model with a fact memory: also read its retrieval margins
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -54,24 +57,40 @@ class HaltingConfig:
             raise ValueError(f"step_cost={self.step_cost} must be >= 0")
 
 
-def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: int) -> torch.Tensor:
-    """[batch, d_model + 4]: the normalised state and the readout's statistics."""
+def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: int,
+             memory: torch.Tensor | None = None) -> torch.Tensor:
+    """[batch, d_model + 4 (+ memory's)]: the normalised state, the readout's statistics and,
+    for a model with a fact memory, its retrieval margins (`retrieval_margin`)."""
     s = readout_stats(log_probs, prev_log_probs)
     entropy = s["entropy"]
     kl = torch.zeros_like(entropy) if s["kl"] is None else s["kl"]
     stats = torch.stack([entropy, s["top"], kl.clamp_min(0).log1p(),
                          torch.full_like(entropy, step / max_steps)], dim=-1)
-    return torch.cat([F.layer_norm(state_at_answer, state_at_answer.shape[-1:]), stats], dim=-1)
+    parts = [F.layer_norm(state_at_answer, state_at_answer.shape[-1:]), stats]
+    return torch.cat(parts + ([] if memory is None else [memory]), dim=-1)
+
+
+def retrieval_margin(scores: torch.Tensor) -> torch.Tensor:
+    """A memory read's [batch, pos, k] top-k scores -> [batch, pos]: how far the best slot
+    stands above the next (the best score itself when k = 1). A query whose fact is in the bank
+    matches its slot exactly; one whose fact is missing matches several slots in part, so a
+    small margin says "I do not know this fact", which the answer's confidence does not (a
+    missing fact is answered with the nearest slot's tail, confidently)."""
+    top = scores.topk(min(2, scores.shape[-1]), dim=-1).values
+    return top[..., 0] - top[..., 1] if top.shape[-1] > 1 else top[..., 0]
 
 
 class Selector(nn.Module):
-    """The halting policy: features -> logits over [stop, abstain, continue with core 0..C-1]."""
+    """The halting policy: features -> logits over [stop, abstain, continue with core 0..C-1].
+    `n_memory` > 0 (a model with a fact memory, HaltingConfig.memory_features): it also reads
+    the memory's retrieval margin at each of the n_memory / 2 input positions, this step's and
+    the smallest over the steps so far."""
 
     def __init__(self, d_model: int, n_cores: int, hidden: int = 64, halt_bias: float = 0.0,
-                 abstain_bias: float = 0.0):
+                 abstain_bias: float = 0.0, n_memory: int = 0):
         super().__init__()
-        self.d_model, self.n_cores, self.hidden = d_model, n_cores, hidden
-        self.net = nn.Sequential(nn.Linear(d_model + N_STATS, hidden), nn.ReLU(),
+        self.d_model, self.n_cores, self.hidden, self.n_memory = d_model, n_cores, hidden, n_memory
+        self.net = nn.Sequential(nn.Linear(d_model + N_STATS + n_memory, hidden), nn.ReLU(),
                                  nn.Linear(hidden, 2 + n_cores))
         # A prior against collapse (PonderNet's geometric prior, a halting bias): a policy
         # that stops or abstains at random from step 1 meets mostly unanswered problems there
@@ -115,6 +134,11 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
         # initial state is the input embedding e itself: a copy keeps e, which input injection
         # adds at every step, unchanged (without it answers fell from 0.99 to 0.14).
         state = state.clone()
+    read_memory = selector.n_memory > 0
+    if read_memory:
+        model.ensure_step_hooks(T)
+        margin = torch.zeros(B, tokens.shape[1], device=tokens.device)
+        least = torch.full_like(margin, float("inf"))
     next_core = torch.full((B,), model.schedule[0], device=tokens.device)
     active = torch.ones(B, dtype=torch.bool, device=tokens.device)
     prev = torch.zeros(B, model.config.d_vocab, device=tokens.device)
@@ -130,11 +154,21 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
         with torch.no_grad():
             for c in range(len(model.cores)):
                 rows = idx[next_core[idx] == c]
-                if len(rows):
+                if not len(rows):
+                    continue
+                if read_memory:
+                    got = {}
+                    with model.hooks(fwd_hooks=[(f"steps.{t - 1}.memory.hook_scores",
+                                                 lambda x, hook: got.update(scores=x))]):
+                        state[rows] = model.step(state[rows], e[rows], t - 1, c, hooked=True)
+                    margin[rows] = retrieval_margin(got["scores"]).float()
+                    least[rows] = torch.minimum(least[rows], margin[rows])
+                else:
                     state[rows] = model.step(state[rows], e[rows], t - 1, c)
             logp = model.read(state[idx], positions[idx]).float().log_softmax(-1)
             at_answer = state[idx, positions[idx]]
-        feats = features(at_answer, logp, prev[idx] if t > 1 else None, t, T)
+        memory = torch.cat([margin[idx], least[idx]], dim=-1) if read_memory else None
+        feats = features(at_answer, logp, prev[idx] if t > 1 else None, t, T, memory)
         logits = selector(feats)
         if t == T or abstain_offset:
             logits = logits.clone()
@@ -183,8 +217,9 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
     for p in model.parameters():
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
+    n_memory = 2 * model.config.n_ctx if cfg.memory_features and model.memory is not None else 0
     selector = Selector(model.config.d_model, len(model.cores), cfg.hidden, cfg.halt_bias,
-                        cfg.abstain_bias).to(device)
+                        cfg.abstain_bias, n_memory).to(device)
     opt = torch.optim.Adam(selector.parameters(), lr=cfg.lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     data = dataset_tensors(ds, device)
