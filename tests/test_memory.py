@@ -620,3 +620,8 @@ def test_the_selector_reads_the_memory_margin_of_each_step_it_runs():
     for s in range(3):
         least = torch.stack(margins[:s + 1]).min(0).values
         assert torch.allclose(seen[s], torch.cat([margins[s], least], dim=-1), atol=1e-5)
+    # a shorter prefix (an atomic fact's tokens in a longer task) fills its own positions only
+    seen.clear()
+    rollout(m, sel, TOKENS[:, :3], torch.full((4,), 2), targets, HaltingConfig(max_steps=2),
+            greedy=True)
+    assert len(seen) == 2 and (seen[0][:, 3:5] == 0).all() and (seen[0][:, :3] != 0).any()

@@ -137,7 +137,9 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
     read_memory = selector.n_memory > 0
     if read_memory:
         model.ensure_step_hooks(T)
-        margin = torch.zeros(B, tokens.shape[1], device=tokens.device)
+        # one margin per input position of the model; a shorter prefix (an atomic fact's
+        # two tokens in a three-token task) leaves the rest at 0
+        margin = torch.zeros(B, selector.n_memory // 2, device=tokens.device)
         least = torch.full_like(margin, float("inf"))
     next_core = torch.full((B,), model.schedule[0], device=tokens.device)
     active = torch.ones(B, dtype=torch.bool, device=tokens.device)
@@ -161,7 +163,8 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
                     with model.hooks(fwd_hooks=[(f"steps.{t - 1}.memory.hook_scores",
                                                  lambda x, hook: got.update(scores=x))]):
                         state[rows] = model.step(state[rows], e[rows], t - 1, c, hooked=True)
-                    margin[rows] = retrieval_margin(got["scores"]).float()
+                    width = got["scores"].shape[1]
+                    margin[rows, :width] = retrieval_margin(got["scores"]).float()
                     least[rows] = torch.minimum(least[rows], margin[rows])
                 else:
                     state[rows] = model.step(state[rows], e[rows], t - 1, c)
