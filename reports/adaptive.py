@@ -342,6 +342,35 @@ def rows_note(summary: dict) -> str:
     return ROWS_NOTE.format(trained=text or "not recorded")
 
 
+def coverage_at_target_lines(summary: dict) -> list[str]:
+    """A `## Abstention at the target` section: per model, test split and group of facts, the
+    largest coverage at the target selective accuracy of the selector's curve and of the
+    confidence threshold's, one value per seed (`-`: the curve never reaches the target)."""
+    entries = [e for e in summary.get("abstention", []) if "selector" in e
+               and e["split"].startswith("test") and e["facts"] in TABLE_FACTS]
+    if not entries:
+        return []
+    target = f"{entries[0]['target_selective_acc']:.0%}"
+    cells: dict[tuple, dict] = {}
+    for e in entries:
+        c = cells.setdefault((e["model"], e["split"], e["facts"]), {"n": 0, "sel": [], "thr": [],
+                                                                    "curve": True})
+        c["n"] += e["n"]
+        c["sel"].append(fmt(e["selector"]["coverage_at_target"], ".2f"))
+        c["thr"].append(fmt(e["threshold_coverage_at_target"], ".2f"))
+        c["curve"] &= "selector_curve" in e
+    rows = [[m, split, facts, f"{c['n']:,}", " / ".join(c["sel"]) + ("" if c["curve"] else " (point)"),
+             " / ".join(c["thr"])] for (m, split, facts), c in cells.items()]
+    return ["", f"## Abstention at {target}", "",
+            f"The largest share of facts answered at selective accuracy >= {target}: the "
+            "selector's curve (its greedy episodes with ABSTAIN_OFFSETS added to its abstain "
+            "logit; `(point)`: results from before that curve, its one operating point) against "
+            "the confidence threshold's, one value per seed; `-`: never reaches it. n pools the "
+            "seeds.", "",
+            *markdown_lines(["model", "split", "facts", "n", f"coverage at {target}: selector",
+                             "threshold"], rows)]
+
+
 def markdown(summary: dict) -> str:
     if "rows" not in summary:       # an archived summary (docs/archive/adaptive_*)
         return "\n".join([HOPS_NOTE, "", *markdown_lines(*hops_table(summary)), "",
@@ -358,7 +387,7 @@ def markdown(summary: dict) -> str:
                              "coverage (the threshold's coverage is the closest to the selector's "
                              "without exceeding it); per hop count in summary.json.", "",
                              *markdown_lines(*ab), "", *markdown_lines(*runs_table(summary)),
-                             *blocks_lines(summary)]) + "\n"
+                             *coverage_at_target_lines(summary), *blocks_lines(summary)]) + "\n"
 
 
 BLOCKS_NOTE = ("Block sizes (models with a bank of thinking blocks, model.core_sizes). Each "

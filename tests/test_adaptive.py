@@ -543,6 +543,12 @@ def test_summary_rows_carry_hops_rule_intervals_and_pooled_seeds(make_model, tmp
     assert "| m | huginn_kl<5e-4 |" in md and "| k | oracle |" in md and "3 hops" in md
     assert "deeper_than_trained" in md and "python -m grokloop.halting run_dir=runs/m_0" in md
     assert "Inferred hop counts in training: 2." in md
+    # Abstention at 90%: per model, test split and group, a value per seed from each curve.
+    section = md[md.index("## Abstention at 90%"):]
+    entry = next(e for e in summary["abstention"] if e["model"] == "m" and e["seed"] == 0
+                 and e["split"] == "test_inferred_id" and e["facts"] == "deeper_than_trained")
+    assert "selector_curve" in entry and "| m | test_inferred_id | deeper_than_trained |" in section
+    assert "| m | atomic_id |" not in section and "| k | test_inferred_ood | all |" in section
     page = A.figures_html(summary)
     assert 'data-figures="2"' in page and "deeper than trained" in page
     # The command line: a name per run, the study's commands; one model and seed twice is refused.
