@@ -74,8 +74,8 @@ def retrieval_margin(scores: torch.Tensor) -> torch.Tensor:
     """A memory read's [batch, pos, k] top-k scores -> [batch, pos]: how far the best slot
     stands above the next (the best score itself when k = 1). A query whose fact is in the bank
     matches its slot exactly; one whose fact is missing matches several slots in part, so a
-    small margin says "I do not know this fact", which the answer's confidence does not (a
-    missing fact is answered with the nearest slot's tail, confidently)."""
+    small margin says "I do not know this fact", which the answer's confidence often does not
+    (a missing fact is answered with the nearest slot's tail; README, Adaptive thinking)."""
     top = scores.topk(min(2, scores.shape[-1]), dim=-1).values
     return top[..., 0] - top[..., 1] if top.shape[-1] > 1 else top[..., 0]
 
