@@ -75,6 +75,7 @@ def test_seeds_benchmark_smoke(tmp_path):
     assert r["first_step_max_abs_diff"]["weights"] < 1e-4
 
 
+@pytest.mark.slow  # ~6 s; the search itself is tested fast in test_memory.py
 def test_bank_search_benchmark_smoke(tmp_path):
     res = smoke("bench_bank_search.py", tmp_path)["results"]
     assert [r["shape"] for r in res] == ["balanced", "sparse"]

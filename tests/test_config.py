@@ -100,6 +100,7 @@ def test_cli_config_error_is_one_line_exit_2_and_writes_nothing(tmp_path):
     assert "Traceback" not in r.stderr and not out.exists()
 
 
+@pytest.mark.slow  # ~25 s (every entry point's --help); fast: the alias help tests in test_adaptive.py
 def test_help_works_on_every_entry_point(capsys):
     # In-process (main(argv) is what `python -m` runs; the subprocess test above covers that).
     for name, command in cli.COMMANDS.items():
