@@ -12,6 +12,10 @@ from these files (`python -m reports.readme`), never typed by hand.
     python -m reports.study DIR [DIR ...] name=STUDY out=docs/results/STUDY [commands=[...]]
         [steps=[2000,4000]]      # rows at those training steps too, not only the last
         [lens=[bridge_1,answer]] # the probed runs' logit-lens top-1 per role, split and layer
+
+Runs with inferred facts also get `stages` (summary.json) and a `## Stages` section
+(summary.md): the first evaluated step at which each of train_inferred, test_inferred_id and
+every OOD split reaches 0.95, and its ratio to the step that fits the training facts.
 """
 from __future__ import annotations
 
@@ -153,8 +157,8 @@ def first_step_at(run: Run, split: str, threshold: float = STAGE_THRESHOLD) -> i
 def stage_entries(runs: list[Run], labels: dict[str, str]) -> list[dict]:
     """When each stage arrives, per run with inferred facts: fitting the training facts
     (train_inferred), in-distribution generalisation (test_inferred_id) and each OOD split,
-    as the first evaluated step at >= STAGE_THRESHOLD, and its ratio to the fitting step (the
-    issue's "ID within 5x the steps to fit"). `labels`: run path -> model name."""
+    as the first evaluated step at >= STAGE_THRESHOLD, and its ratio to the fitting step (how
+    long generalisation takes against memorisation). `labels`: run path -> model name."""
     out = []
     for run in runs:
         splits = run.splits()
