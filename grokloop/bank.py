@@ -255,7 +255,7 @@ def slim_bank(bank: FactBank, ds, splits: list[str], vocab) -> FactBank:
                          f"{vocab.token(r)}); build it from the graph those queries come from")
     keep = torch.zeros(len(bank), dtype=torch.bool)
     keep[slots] = True
-    return FactBank(bank.head[keep], bank.relation[keep], bank.tail[keep])
+    return bank.subset(keep)
 
 
 def random_share(bank: FactBank, fraction: float, seed: int) -> FactBank:
@@ -263,7 +263,7 @@ def random_share(bank: FactBank, fraction: float, seed: int) -> FactBank:
     that lacks some of the knowledge its queries need."""
     g = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(bank), generator=g)[:round(fraction * len(bank))].sort().values
-    return FactBank(bank.head[keep], bank.relation[keep], bank.tail[keep])
+    return bank.subset(keep)
 
 
 # --- commands -----------------------------------------------------------------------------------

@@ -113,6 +113,10 @@ class FactBank:
             raise KeyError(f"the bank holds no fact with head {head} and relation {relation}")
         return int(hit[0])
 
+    def subset(self, keep: torch.Tensor) -> "FactBank":
+        """The facts selected by `keep` (a boolean mask, or indices in slot order)."""
+        return FactBank(self.head[keep], self.relation[keep], self.tail[keep])
+
     def edited(self, head: int, relation: int, tail: int) -> "FactBank":
         """A new bank with fact (head, relation)'s tail replaced (appended if it is new)."""
         try:

@@ -14,6 +14,7 @@ split that shares examples with the model's training split. Trained and evaluate
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -134,9 +135,14 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
         # initial state is the input embedding e itself: a copy keeps e, which input injection
         # adds at every step, unchanged (without it answers fell from 0.99 to 0.14).
         state = state.clone()
-    read_memory = selector.n_memory > 0
+    read_memory, got = selector.n_memory > 0, {}
+    reads = contextlib.nullcontext()
     if read_memory:
         model.ensure_step_hooks(T)
+        # one hook on every step's memory scores for the whole episode: each step's call
+        # leaves its scores in `got`
+        reads = model.hooks(fwd_hooks=[(lambda name: name.endswith("memory.hook_scores"),
+                                        lambda x, hook: got.update(scores=x))])
         # one margin per input position of the model; a shorter prefix (an atomic fact's
         # two tokens in a three-token task) leaves the rest at 0
         margin = torch.zeros(B, selector.n_memory // 2, device=tokens.device)
@@ -149,48 +155,45 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
     steps, cost = torch.zeros(B, device=tokens.device), torch.zeros(B, device=tokens.device)
     correct = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     abstained = torch.zeros(B, dtype=torch.bool, device=tokens.device)
-    for t in range(1, T + 1):
-        idx = active.nonzero().squeeze(1)
-        if not len(idx):
-            break
-        with torch.no_grad():
-            for c in range(len(model.cores)):
-                rows = idx[next_core[idx] == c]
-                if not len(rows):
-                    continue
-                if read_memory:
-                    got = {}
-                    with model.hooks(fwd_hooks=[(f"steps.{t - 1}.memory.hook_scores",
-                                                 lambda x, hook: got.update(scores=x))]):
-                        state[rows] = model.step(state[rows], e[rows], t - 1, c, hooked=True)
-                    width = got["scores"].shape[1]
-                    margin[rows, :width] = retrieval_margin(got["scores"]).float()
-                    least[rows] = torch.minimum(least[rows], margin[rows])
-                else:
-                    state[rows] = model.step(state[rows], e[rows], t - 1, c)
-            logp = model.read(state[idx], positions[idx]).float().log_softmax(-1)
-            at_answer = state[idx, positions[idx]]
-        memory = torch.cat([margin[idx], least[idx]], dim=-1) if read_memory else None
-        feats = features(at_answer, logp, prev[idx] if t > 1 else None, t, T, memory)
-        logits = selector(feats)
-        if t == T or abstain_offset:
-            logits = logits.clone()
-            logits[:, ABSTAIN] += abstain_offset
-        if t == T:
-            logits[:, 2:] = float("-inf")
-        dist = torch.distributions.Categorical(logits=logits)
-        action = (logits.argmax(-1) if greedy else
-                  torch.multinomial(dist.probs, 1, generator=generator).squeeze(1))
-        log_prob = log_prob.index_add(0, idx, dist.log_prob(action))
-        entropy = entropy.index_add(0, idx, dist.entropy())
-        steps[idx] = t
-        cost[idx] += layers[next_core[idx]] / layers[model.schedule[0]]
-        done = action < 2
-        correct[idx[action == STOP]] = logp[action == STOP].argmax(-1) == answers[idx[action == STOP]]
-        abstained[idx[action == ABSTAIN]] = True
-        next_core[idx[~done]] = action[~done] - 2
-        prev[idx] = logp
-        active[idx[done]] = False
+    with reads:
+        for t in range(1, T + 1):
+            idx = active.nonzero().squeeze(1)
+            if not len(idx):
+                break
+            with torch.no_grad():
+                for c in range(len(model.cores)):
+                    rows = idx[next_core[idx] == c]
+                    if not len(rows):
+                        continue
+                    state[rows] = model.step(state[rows], e[rows], t - 1, c, hooked=read_memory)
+                    if read_memory:
+                        width = got["scores"].shape[1]
+                        margin[rows, :width] = retrieval_margin(got["scores"]).float()
+                        least[rows] = torch.minimum(least[rows], margin[rows])
+                logp = model.read(state[idx], positions[idx]).float().log_softmax(-1)
+                at_answer = state[idx, positions[idx]]
+            memory = torch.cat([margin[idx], least[idx]], dim=-1) if read_memory else None
+            feats = features(at_answer, logp, prev[idx] if t > 1 else None, t, T, memory)
+            logits = selector(feats)
+            if t == T or abstain_offset:
+                logits = logits.clone()
+                logits[:, ABSTAIN] += abstain_offset
+            if t == T:
+                logits[:, 2:] = float("-inf")
+            dist = torch.distributions.Categorical(logits=logits)
+            action = (logits.argmax(-1) if greedy else
+                      torch.multinomial(dist.probs, 1, generator=generator).squeeze(1))
+            log_prob = log_prob.index_add(0, idx, dist.log_prob(action))
+            entropy = entropy.index_add(0, idx, dist.entropy())
+            steps[idx] = t
+            cost[idx] += layers[next_core[idx]] / layers[model.schedule[0]]
+            done = action < 2
+            stop = action == STOP
+            correct[idx[stop]] = logp[stop].argmax(-1) == answers[idx[stop]]
+            abstained[idx[action == ABSTAIN]] = True
+            next_core[idx[~done]] = action[~done] - 2
+            prev[idx] = logp
+            active[idx[done]] = False
     reward = torch.where(abstained, cfg.abstain_reward, correct.float()) - cfg.step_cost * cost
     return {"log_prob": log_prob, "entropy": entropy, "reward": reward, "steps": steps,
             "cost": cost, "correct": correct, "abstained": abstained}
