@@ -188,9 +188,14 @@ def stages_lines(stages: list[dict]) -> list[str]:
              f"ratio to the step that fits the training facts; `-`: not by the run's last step.",
              "", "| model | seed | last step | fit (train_inferred) | " + " | ".join(splits) + " |",
              "|" + "---|" * (4 + len(splits))]
+    def cell(e: dict, split: str) -> str:
+        step, ratio = e["steps"].get(split), e["ratio"].get(split)
+        if step is None:
+            return "-"
+        return f"{step:,}" + ("" if ratio is None else f" ({ratio:.1f}x)")   # no ratio: never fit
+
     for e in stages:
-        cells = [f"{e['steps'][s]:,} ({e['ratio'][s]:.1f}x)" if e["steps"].get(s) else "-"
-                 for s in splits]
+        cells = [cell(e, s) for s in splits]
         fit = f"{e['fit_step']:,}" if e["fit_step"] else "-"
         lines.append(f"| {e['model']} | {e['seed']} | {e['last_step']:,} | {fit} | "
                      + " | ".join(cells) + " |")
