@@ -342,6 +342,16 @@ def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
     down = rollout(m, selector, TOKENS, POS, TARGETS, cfg, greedy=True, abstain_offset=-100.0)
     assert up["abstained"].all() and not base["abstained"].any()
     assert all(torch.equal(base[k], down[k]) for k in ("steps", "correct", "abstained"))
+    # abstain_at=max_steps: a policy that abstains at once can abstain only at the last step
+    # (the steps between it continues, its next most likely action), never before.
+    with torch.no_grad():
+        selector.net[-1].bias.copy_(torch.tensor([-50.0, 50.0, 0.0]))
+    assert rollout(m, selector, TOKENS, POS, TARGETS, cfg, greedy=True)["steps"].tolist() == [1] * 8
+    late = rollout(m, selector, TOKENS, POS, TARGETS, HaltingConfig(max_steps=4,
+                   abstain_at="max_steps"), greedy=True)
+    assert late["steps"].tolist() == [4] * 8 and late["abstained"].all()
+    with pytest.raises(ValueError, match="abstain_at='never'"):
+        HaltingConfig(abstain_at="never")
 
 
 def test_block_study_scores_each_schedule_by_the_layers_it_applies(make_model):

@@ -29,7 +29,16 @@ N_STATS = 4  # entropy, top probability, KL to the previous readout, step / max_
 # The selector's coverage curve: greedy episodes with these added to its abstain logit. Like the
 # confidence threshold's c, the offset trades coverage for selective accuracy (0: as trained;
 # large: abstain at once; very negative: never abstain), so both are compared as curves.
-ABSTAIN_OFFSETS = (-16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
+# The threshold's curve is exact (every threshold), so the grid is finest where the selector's
+# coverage moves fastest, near its trained operating point (0).
+ABSTAIN_OFFSETS = (-16.0, -8.0, -4.0, -3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0,
+                   4.0, 6.0, 8.0, 16.0)
+# When the selector may abstain: "any" step, or only at "max_steps", after thinking as long as
+# it may. With "any", a chain deeper than any trained looks unsolved at early steps, where the
+# answer has not yet arrived, and the selector learned to abstain there (khop_perm_memory_rope:
+# 5-hop chains answered 0.49 at 5.0 steps, where running on reaches 0.93); with "max_steps" an
+# unsolved problem runs to the end and the abstain decision reads the final state.
+ABSTAIN_AT = ("any", "max_steps")
 
 
 @dataclass
@@ -47,6 +56,7 @@ class HaltingConfig:
     train_split: str = "valid"    # held-out facts; never a split that overlaps training
     seed: int = 0
     memory_features: bool = True  # a model with a fact memory: also read its retrieval margins
+    abstain_at: str = "any"       # ABSTAIN_AT: abstain at any step, or only at max_steps
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -56,6 +66,8 @@ class HaltingConfig:
                              "of a wrong answer (0) and of a right one (1)")
         if self.step_cost < 0:
             raise ValueError(f"step_cost={self.step_cost} must be >= 0")
+        if self.abstain_at not in ABSTAIN_AT:
+            raise ValueError(f"abstain_at={self.abstain_at!r} is not one of {ABSTAIN_AT}")
 
 
 def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: int,
@@ -125,8 +137,9 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
     """Run the selector's episodes for a batch; the model runs under no_grad.
 
     Step 1 runs the model's first scheduled core; after each step the selector acts. At
-    `max_steps` only stop and abstain are allowed. `abstain_offset` is added to the abstain
-    logit (ABSTAIN_OFFSETS: the selector's coverage curve)."""
+    `max_steps` only stop and abstain are allowed; before it abstain only where
+    `cfg.abstain_at` is "any". `abstain_offset` is added to the abstain logit
+    (ABSTAIN_OFFSETS: the selector's coverage curve)."""
     B, T = len(tokens), cfg.max_steps
     layers = torch.tensor(core_layers(model), dtype=torch.float, device=tokens.device)
     with torch.no_grad():
@@ -175,11 +188,13 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
             memory = torch.cat([margin[idx], least[idx]], dim=-1) if read_memory else None
             feats = features(at_answer, logp, prev[idx] if t > 1 else None, t, T, memory)
             logits = selector(feats)
-            if t == T or abstain_offset:
+            if t == T or abstain_offset or cfg.abstain_at != "any":
                 logits = logits.clone()
                 logits[:, ABSTAIN] += abstain_offset
             if t == T:
                 logits[:, 2:] = float("-inf")
+            elif cfg.abstain_at == "max_steps":
+                logits[:, ABSTAIN] = float("-inf")
             dist = torch.distributions.Categorical(logits=logits)
             action = (logits.argmax(-1) if greedy else
                       torch.multinomial(dist.probs, 1, generator=generator).squeeze(1))
