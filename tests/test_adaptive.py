@@ -354,6 +354,38 @@ def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
         HaltingConfig(abstain_at="never")
 
 
+def test_exact_selector_curve_is_the_rollouts_at_each_abstain_offset(make_model):
+    # A selector that abstains only at max_steps: its coverage curve, read from one set of
+    # episodes (`abstention(abstains_at_end=True)`), is point for point what a greedy rollout with each
+    # abstain offset gives.
+    from grokloop.adaptive.rules import selective_point
+    m = make_model(n_core=1, n_steps=2, injection="add")
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 23, (64, 5), generator=gen)
+    pos = torch.full((64,), 4)
+    answers = trajectory(m, tokens, pos, torch.zeros(64, dtype=torch.long), 4)["argmax"][-1]
+    answers[::3] = torch.randint(0, 23, (len(answers[::3]),), generator=gen)   # some wrong
+    torch.manual_seed(4)
+    selector = Selector(32, 1)
+    with torch.no_grad():
+        selector.net[-1].weight.mul_(20)       # spread the actions: some stop early, some run on
+    cfg = HaltingConfig(max_steps=4, abstain_at="max_steps")
+    out = rollout(m, selector, tokens, pos, answers, cfg, greedy=True)
+    assert 0 < (out["steps"] == 4).sum() < 64
+    traj = trajectory(m, tokens, pos, answers, 4)
+    g = abstention(traj, torch.zeros(64, dtype=torch.long), torch.full((64,), 2), out,
+                   abstains_at_end=True)["groups"]["all"]
+    coverages = set()
+    for p in g["selector_curve"]:
+        o = rollout(m, selector, tokens, pos, answers, cfg, greedy=True,
+                    abstain_offset=p["abstain_offset"])
+        point = selective_point(o["correct"], ~o["abstained"])
+        assert p["coverage"] == pytest.approx(point["coverage"])
+        assert p["selective_acc"] == pytest.approx(point["selective_acc"])
+        coverages.add(p["coverage"])
+    assert len(coverages) > 2
+
+
 def test_block_study_scores_each_schedule_by_the_layers_it_applies(make_model):
     from grokloop.adaptive.blocks import block_study, schedules
     m = make_model(core_sizes=[1, 2], n_steps=2, injection="add")

@@ -55,7 +55,10 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
         print(f"exit rules and selector on {split} ({i + 1}/{len(splits)}, "
               f"{len(ds.splits[split]):,} examples, up to {cfg.max_steps} steps)", flush=True)
         idx = torch.as_tensor(ds.splits[split], device=device)
-        trajs, outs = [], {b: [] for b in (ABSTAIN_OFFSETS if selector is not None else ())}
+        # the selector's coverage curve: a rollout per abstain offset, or, where it abstains only
+        # at max_steps, exactly from one (`abstention`)
+        offsets = ABSTAIN_OFFSETS if cfg.abstain_at == "any" else (0.0,)
+        trajs, outs = [], {b: [] for b in (offsets if selector is not None else ())}
         tokens = answer_prefix(data["inputs"], data["answer_pos"], idx)
         for chunk in idx.split(batch_size):
             args = (tokens[chunk], data["answer_pos"][chunk], data["answers"][chunk])
@@ -74,7 +77,8 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
         results[split] = {"rules": rules, "n": len(idx), "coverage_curve_exit": ABSTAIN_EXIT,
                           "coverage_curve": coverage_curve(traj, exits[ABSTAIN_EXIT]),
                           "abstention": abstention(traj, exits[ABSTAIN_EXIT], hops, out,
-                                                   trained_hops, offsets=outs)}
+                                                   trained_hops, offsets=outs,
+                                                   abstains_at_end=cfg.abstain_at == "max_steps")}
         if len(model.cores) > 1 and split.startswith("test"):   # a bank: schedules against compute
             results[split]["blocks"] = block_study(model, tokens[idx], data["answer_pos"][idx],
                                                    data["answers"][idx], hops, cfg.max_steps,
@@ -103,7 +107,8 @@ def fact_groups(hops: torch.Tensor, trained_hops: list[int] = ()) -> dict[str, t
 
 
 def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
-               target: float = TARGET_SELECTIVE_ACC, offsets: dict | None = None) -> dict:
+               target: float = TARGET_SELECTIVE_ACC, offsets: dict | None = None,
+               abstains_at_end: bool = False) -> dict:
     """Abstaining by a confidence threshold on the top probability at `exit_step` against the
     selector's abstain action, per group of facts (`fact_groups`): the threshold's coverage
     curve and its largest coverage at selective accuracy >= target; with the selector's
@@ -111,7 +116,12 @@ def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
     coverage is closest to the selector's without exceeding it (the comparison at equal
     coverage). With `offsets` ({abstain offset: episodes}, ABSTAIN_OFFSETS) the selector has a
     curve too ("selector_curve"), and its coverage at the target is its curve's largest, as the
-    threshold's is; without, that of its one point."""
+    threshold's is; without, that of its one point. `abstains_at_end` (a selector that abstains
+    only at max_steps, where the offset changes nothing before): its curve comes from the one episode
+    set `out`, exactly as the threshold's does: with offset b an episode that reached the end
+    abstains where its abstain margin m > -b, so the curve thresholds -m, and the episodes that
+    stopped before (m = -inf) always answer; "selector_curve" keeps its points at
+    ABSTAIN_OFFSETS."""
     top, right = at_exit(traj, exit_step)
     groups = {}
     for name, m in fact_groups(hops, trained_hops).items():
@@ -121,7 +131,14 @@ def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
         if out is not None:
             point = selective_point(out["correct"][m], ~out["abstained"][m])
             curve = [point]
-            if offsets:
+            if abstains_at_end:
+                score, right_end = -out["abstain_margin"][m], out["right_at_end"][m]
+                g["selector_curve"] = [
+                    {"coverage": r["coverage"], "selective_acc": r["selective_acc"],
+                     "abstain_offset": r["min_confidence"]}
+                    for r in selective_curve(score, right_end, ABSTAIN_OFFSETS)][::-1]
+                curve = selective_curve(score, right_end)
+            elif offsets:
                 curve = [selective_point(o["correct"][m], ~o["abstained"][m]) | {"abstain_offset": b}
                          for b, o in sorted(offsets.items())]
                 g["selector_curve"] = curve

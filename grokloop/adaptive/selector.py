@@ -168,6 +168,10 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
     steps, cost = torch.zeros(B, device=tokens.device), torch.zeros(B, device=tokens.device)
     correct = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     abstained = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+    # at the episode's last step: would its answer be right (abstained or not), and how far the
+    # abstain logit stands above the best other action (-inf where abstaining was not allowed)
+    right_at_end = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+    abstain_margin = torch.zeros(B, device=tokens.device)
     with reads:
         for t in range(1, T + 1):
             idx = active.nonzero().squeeze(1)
@@ -204,14 +208,19 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
             cost[idx] += layers[next_core[idx]] / layers[model.schedule[0]]
             done = action < 2
             stop = action == STOP
-            correct[idx[stop]] = logp[stop].argmax(-1) == answers[idx[stop]]
+            right = logp.argmax(-1) == answers[idx]
+            correct[idx[stop]] = right[stop]
+            right_at_end[idx[done]] = right[done]
+            others = torch.cat([logits[:, :ABSTAIN], logits[:, ABSTAIN + 1:]], dim=-1)
+            abstain_margin[idx[done]] = (logits[:, ABSTAIN] - others.max(-1).values)[done].detach()
             abstained[idx[action == ABSTAIN]] = True
             next_core[idx[~done]] = action[~done] - 2
             prev[idx] = logp
             active[idx[done]] = False
     reward = torch.where(abstained, cfg.abstain_reward, correct.float()) - cfg.step_cost * cost
     return {"log_prob": log_prob, "entropy": entropy, "reward": reward, "steps": steps,
-            "cost": cost, "correct": correct, "abstained": abstained}
+            "cost": cost, "correct": correct, "abstained": abstained,
+            "right_at_end": right_at_end, "abstain_margin": abstain_margin}
 
 
 def check_train_split(ds, split: str) -> None:
