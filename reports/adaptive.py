@@ -22,8 +22,9 @@ counts an abstention as not right), and each of its rows has a `confidence_thres
 beside it: answering only where the top probability at the `exit` rule's step reaches
 `min_confidence`, the threshold whose coverage is closest to the selector's without exceeding
 it. Both carry `coverage_at_90`: the largest coverage at selective accuracy >= 0.9 on its
-curve (the selector's: its greedy episodes over ABSTAIN_OFFSETS added to its abstain logit;
-results from before that curve give its one operating point). Beside the rows: `runs`
+curve (the selector's: its greedy episodes over ABSTAIN_OFFSETS added to its abstain logit,
+or, for a selector that abstains only at max_steps, the exact curve of every offset; results
+from before that curve give its one operating point). Beside the rows: `runs`
 (what was evaluated) and `abstention` (per run, split and group of facts, including the
 trained and deeper-than-trained hop counts together, the comparison and the threshold's
 coverage curve). In the tables, hop 1 is read from the atomic_id split, hops 2.. from
@@ -364,7 +365,8 @@ def coverage_at_target_lines(summary: dict) -> list[str]:
     return ["", f"## Abstention at {target}", "",
             f"The largest share of facts answered at selective accuracy >= {target}: the "
             "selector's curve (its greedy episodes with ABSTAIN_OFFSETS added to its abstain "
-            "logit; `(point)`: results from before that curve, its one operating point) against "
+            "logit, exact over every offset for a selector that abstains only at max_steps; "
+            "`(point)`: results from before that curve, its one operating point) against "
             "the confidence threshold's, one value per seed; `-`: never reaches it. n pools the "
             "seeds.", "",
             *markdown_lines(["model", "split", "facts", "n", f"coverage at {target}: selector",
