@@ -173,7 +173,8 @@ def load_selector(run_dir, d: Path | None = None) -> tuple[Selector, HaltingConf
                                 f"`python -m grokloop.halting run_dir={run_dir}`")
     meta = json.loads((d / "selector.json").read_text())
     n_memory = meta.get("n_memory", 0)
-    selector = Selector(meta["d_model"], meta["n_cores"], meta["hidden"], n_memory=n_memory)
+    selector = Selector(meta["d_model"], meta["n_cores"], meta["hidden"], n_memory=n_memory,
+                        read_state=meta["config"].get("read_state", True))
     selector.load_state_dict(load_file(str(d / "selector.safetensors")))
     # selectors saved before memory features existed read none
     cfg = HaltingConfig(**({"memory_features": n_memory > 0} | meta["config"]))

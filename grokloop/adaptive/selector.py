@@ -57,6 +57,9 @@ class HaltingConfig:
     seed: int = 0
     memory_features: bool = True  # a model with a fact memory: also read its retrieval margins
     abstain_at: str = "any"       # ABSTAIN_AT: abstain at any step, or only at max_steps
+    read_state: bool = True       # read the normalised answer-position state (false: only the
+                                  # readout statistics and memory margins, far fewer inputs to
+                                  # fit to the few thousand held-out facts it trains on)
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -72,14 +75,16 @@ class HaltingConfig:
 
 def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: int,
              memory: torch.Tensor | None = None) -> torch.Tensor:
-    """[batch, d_model + 4 (+ memory's)]: the normalised state, the readout's statistics and,
-    for a model with a fact memory, its retrieval margins (`retrieval_margin`)."""
+    """[batch, d_model + 4 (+ memory's)]: the normalised state (none where state_at_answer is
+    None), the readout's statistics and, for a model with a fact memory, its retrieval margins
+    (`retrieval_margin`)."""
     s = readout_stats(log_probs, prev_log_probs)
     entropy = s["entropy"]
     kl = torch.zeros_like(entropy) if s["kl"] is None else s["kl"]
     stats = torch.stack([entropy, s["top"], kl.clamp_min(0).log1p(),
                          torch.full_like(entropy, step / max_steps)], dim=-1)
-    parts = [F.layer_norm(state_at_answer, state_at_answer.shape[-1:]), stats]
+    parts = ([] if state_at_answer is None else
+             [F.layer_norm(state_at_answer, state_at_answer.shape[-1:])]) + [stats]
     return torch.cat(parts + ([] if memory is None else [memory]), dim=-1)
 
 
@@ -97,13 +102,15 @@ class Selector(nn.Module):
     """The halting policy: features -> logits over [stop, abstain, continue with core 0..C-1].
     `n_memory` > 0 (a model with a fact memory, HaltingConfig.memory_features): it also reads
     the memory's retrieval margin at each of the n_memory / 2 input positions, this step's and
-    the smallest over the steps so far."""
+    the smallest over the steps so far. `read_state=False`: it does not read the state."""
 
     def __init__(self, d_model: int, n_cores: int, hidden: int = 64, halt_bias: float = 0.0,
-                 abstain_bias: float = 0.0, n_memory: int = 0):
+                 abstain_bias: float = 0.0, n_memory: int = 0, read_state: bool = True):
         super().__init__()
         self.d_model, self.n_cores, self.hidden, self.n_memory = d_model, n_cores, hidden, n_memory
-        self.net = nn.Sequential(nn.Linear(d_model + N_STATS + n_memory, hidden), nn.ReLU(),
+        self.read_state = read_state
+        self.net = nn.Sequential(nn.Linear(d_model * read_state + N_STATS + n_memory, hidden),
+                                 nn.ReLU(),
                                  nn.Linear(hidden, 2 + n_cores))
         # A prior against collapse (PonderNet's geometric prior, a halting bias): a policy
         # that stops or abstains at random from step 1 meets mostly unanswered problems there
@@ -190,7 +197,8 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
                 logp = model.read(state[idx], positions[idx]).float().log_softmax(-1)
                 at_answer = state[idx, positions[idx]]
             memory = torch.cat([margin[idx], least[idx]], dim=-1) if read_memory else None
-            feats = features(at_answer, logp, prev[idx] if t > 1 else None, t, T, memory)
+            feats = features(at_answer if selector.read_state else None, logp,
+                             prev[idx] if t > 1 else None, t, T, memory)
             logits = selector(feats)
             if t == T or abstain_offset or cfg.abstain_at != "any":
                 logits = logits.clone()
@@ -249,7 +257,7 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
     torch.manual_seed(cfg.seed)
     n_memory = 2 * model.config.n_ctx if cfg.memory_features and model.memory is not None else 0
     selector = Selector(model.config.d_model, len(model.cores), cfg.hidden, cfg.halt_bias,
-                        cfg.abstain_bias, n_memory).to(device)
+                        cfg.abstain_bias, n_memory, cfg.read_state).to(device)
     opt = torch.optim.Adam(selector.parameters(), lr=cfg.lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     data = dataset_tensors(ds, device)
