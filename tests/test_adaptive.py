@@ -352,6 +352,12 @@ def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
     assert late["steps"].tolist() == [4] * 8 and late["abstained"].all()
     with pytest.raises(ValueError, match="abstain_at='never'"):
         HaltingConfig(abstain_at="never")
+    # read_state=False: the policy reads the 4 readout statistics only, and acts on them
+    blind = Selector(32, 1, read_state=False)
+    assert blind.net[0].in_features == 4
+    with torch.no_grad():
+        blind.net[-1].bias.copy_(torch.tensor([0.0, -50.0, 50.0]))
+    assert rollout(m, blind, TOKENS, POS, TARGETS, cfg, greedy=True)["steps"].tolist() == [4] * 8
 
 
 def test_exact_selector_curve_is_the_rollouts_at_each_abstain_offset(make_model):
