@@ -360,6 +360,26 @@ def test_rollout_stops_at_max_steps_and_exit_rules_pick_first_hits(make_model):
     assert rollout(m, blind, TOKENS, POS, TARGETS, cfg, greedy=True)["steps"].tolist() == [4] * 8
 
 
+def test_expected_last_choice_learns_the_final_answer_or_abstain_exactly(make_model):
+    # A policy that runs to max_steps: with expected_last_choice the last choice (answer or
+    # abstain) is not sampled into REINFORCE but carries its expected reward, so its gradient
+    # raises abstaining where the answer is wrong and lowers it where it is right, every time.
+    m = make_model(n_core=1, n_steps=2, injection="add")
+    final = trajectory(m, TOKENS, POS, TARGETS, 3)["argmax"][-1]
+    cfg = HaltingConfig(max_steps=3, abstain_reward=0.5, expected_last_choice=True)
+    for answers, sign, value in ((final, -1, 0.75), ((final + 1) % 23, 1, 0.25)):  # right; wrong
+        selector = Selector(32, 1, read_state=False)
+        with torch.no_grad():
+            selector.net[-1].weight.zero_()
+            selector.net[-1].bias.copy_(torch.tensor([0.0, 0.0, 30.0]))   # continue until the end
+        out = rollout(m, selector, TOKENS, POS, answers, cfg, greedy=False)
+        assert out["at_end"].all() and out["log_prob"].abs().max() < 1e-6  # nothing sampled counts
+        assert out["last_value"].detach() == pytest.approx(torch.full((8,), value))
+        (-out["last_value"].mean()).backward()
+        grad = selector.net[-1].bias.grad
+        assert sign * grad[ABSTAIN] < 0 and grad[ABSTAIN] == pytest.approx(-grad[STOP])
+
+
 def test_exact_selector_curve_is_the_rollouts_at_each_abstain_offset(make_model):
     # A selector that abstains only at max_steps: its coverage curve, read from one set of
     # episodes (`abstention(abstains_at_end=True)`), is point for point what a greedy rollout with each

@@ -7,7 +7,9 @@ memory also the memory's retrieval margin at every position (`retrieval_margin`:
 bank hold the fact being looked up?). `train_selector` trains it
 with REINFORCE and a batch-mean baseline; reward = 1 if the answer is right, 0 if wrong,
 `abstain_reward` for abstaining, minus `step_cost` per step (scaled by the block's layer count
-when the bank's blocks differ in size, so the cost is per FLOP). The model never changes.
+when the bank's blocks differ in size, so the cost is per FLOP). With expected_last_choice the
+choice at max_steps (answer or abstain, both rewards known) learns from its expected reward
+instead of a sample. The model never changes.
 It learns on `train_split`, by default `valid` (held-out facts); `check_train_split` refuses a
 split that shares examples with the model's training split. Trained and evaluated by
 `python -m grokloop.halting run_dir=RUN` (grokloop/adaptive/halting.py).
@@ -60,6 +62,7 @@ class HaltingConfig:
     read_state: bool = True       # read the normalised answer-position state (false: only the
                                   # readout statistics and memory margins, far fewer inputs to
                                   # fit to the few thousand held-out facts it trains on)
+    expected_last_choice: bool = False  # learn the choice at max_steps from its expected reward
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -172,6 +175,12 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
     prev = torch.zeros(B, model.config.d_vocab, device=tokens.device)
     log_prob = torch.zeros(B, device=tokens.device)
     entropy = torch.zeros(B, device=tokens.device)
+    # cfg.expected_last_choice: at max_steps only stop (reward: right or not) and abstain
+    # (abstain_reward) remain, and both rewards are known, so that choice learns from its
+    # expected reward, exactly, instead of from the one action sampled; REINFORCE then needs
+    # only the earlier choices (`train_selector`)
+    expect_last = cfg.expected_last_choice and not greedy
+    last_value = torch.zeros(B, device=tokens.device)
     steps, cost = torch.zeros(B, device=tokens.device), torch.zeros(B, device=tokens.device)
     correct = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     abstained = torch.zeros(B, dtype=torch.bool, device=tokens.device)
@@ -210,7 +219,13 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
             dist = torch.distributions.Categorical(logits=logits)
             action = (logits.argmax(-1) if greedy else
                       torch.multinomial(dist.probs, 1, generator=generator).squeeze(1))
-            log_prob = log_prob.index_add(0, idx, dist.log_prob(action))
+            if t == T and expect_last:
+                p_abstain = dist.probs[:, ABSTAIN]
+                right_now = (logp.argmax(-1) == answers[idx]).float()
+                last_value = last_value.index_add(
+                    0, idx, p_abstain * cfg.abstain_reward + (1 - p_abstain) * right_now)
+            else:
+                log_prob = log_prob.index_add(0, idx, dist.log_prob(action))
             entropy = entropy.index_add(0, idx, dist.entropy())
             steps[idx] = t
             cost[idx] += layers[next_core[idx]] / layers[model.schedule[0]]
@@ -228,7 +243,8 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
     reward = torch.where(abstained, cfg.abstain_reward, correct.float()) - cfg.step_cost * cost
     return {"log_prob": log_prob, "entropy": entropy, "reward": reward, "steps": steps,
             "cost": cost, "correct": correct, "abstained": abstained,
-            "right_at_end": right_at_end, "abstain_margin": abstain_margin}
+            "right_at_end": right_at_end, "abstain_margin": abstain_margin,
+            "last_value": last_value, "at_end": steps == T}
 
 
 def check_train_split(ds, split: str) -> None:
@@ -271,7 +287,12 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
                                    device=device)]
         out = rollout(model, selector, tokens[batch], data["answer_pos"][batch],
                       data["answers"][batch], cfg, greedy=False, generator=gen)
-        loss = reinforce_loss(out["log_prob"], out["reward"], out["entropy"], cfg.entropy_bonus)
+        reward = out["reward"]
+        if cfg.expected_last_choice:   # the episodes that reached max_steps: their expected reward
+            reward = torch.where(out["at_end"], out["last_value"].detach()
+                                 - cfg.step_cost * out["cost"], reward)
+        loss = (reinforce_loss(out["log_prob"], reward, out["entropy"], cfg.entropy_bonus)
+                - out["last_value"].mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
