@@ -354,23 +354,29 @@ def coverage_at_target_lines(summary: dict) -> list[str]:
     target = f"{entries[0]['target_selective_acc']:.0%}"
     cells: dict[tuple, dict] = {}
     for e in entries:
-        c = cells.setdefault((e["model"], e["split"], e["facts"]), {"n": 0, "sel": [], "thr": [],
-                                                                    "curve": True})
+        c = cells.setdefault((e["model"], e["split"], e["facts"]),
+                             {"n": 0, "sel": [], "thr": [], "sel_auc": [], "thr_auc": [],
+                              "curve": True})
         c["n"] += e["n"]
         c["sel"].append(fmt(e["selector"]["coverage_at_target"], ".2f"))
         c["thr"].append(fmt(e["threshold_coverage_at_target"], ".2f"))
+        c["sel_auc"].append(fmt(e["selector"].get("auroc"), ".3f"))
+        c["thr_auc"].append(fmt(e.get("threshold_auroc"), ".3f"))
         c["curve"] &= "selector_curve" in e
     rows = [[m, split, facts, f"{c['n']:,}", " / ".join(c["sel"]) + ("" if c["curve"] else " (point)"),
-             " / ".join(c["thr"])] for (m, split, facts), c in cells.items()]
+             " / ".join(c["thr"]), " / ".join(c["sel_auc"]), " / ".join(c["thr_auc"])]
+            for (m, split, facts), c in cells.items()]
     return ["", f"## Abstention at {target}", "",
             f"The largest share of facts answered at selective accuracy >= {target}: the "
             "selector's curve (its greedy episodes with ABSTAIN_OFFSETS added to its abstain "
             "logit, exact over every offset for a selector that abstains only at max_steps; "
             "`(point)`: results from before that curve, its one operating point) against "
             "the confidence threshold's, one value per seed; `-`: never reaches it. n pools the "
-            "seeds.", "",
+            "seeds. AUROC: how well each one's score ranks right answers above wrong ones (0.5: "
+            "chance), the threshold's top probability and, for a selector that abstains only at "
+            "max_steps, its abstain margin (`-` for one that may abstain at any step).", "",
             *markdown_lines(["model", "split", "facts", "n", f"coverage at {target}: selector",
-                             "threshold"], rows)]
+                             "threshold", "AUROC: selector", "threshold"], rows)]
 
 
 def markdown(summary: dict) -> str:

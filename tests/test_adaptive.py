@@ -5,7 +5,7 @@ import torch
 
 from grokloop.adaptive.depth import choose_best_step, depth_loss
 from grokloop.adaptive.halting import abstention, evaluate_halting
-from grokloop.adaptive.rules import (coverage_at_accuracy, coverage_curve, first_true, rule_exits,
+from grokloop.adaptive.rules import (auroc, coverage_at_accuracy, coverage_curve, first_true, rule_exits,
                                      selective_curve, threshold_at_coverage, trajectory)
 from grokloop.adaptive.selector import (ABSTAIN, STOP, HaltingConfig, Selector, reinforce_loss,
                                         rollout, train_selector)
@@ -410,6 +410,15 @@ def test_exact_selector_curve_is_the_rollouts_at_each_abstain_offset(make_model)
         assert p["selective_acc"] == pytest.approx(point["selective_acc"])
         coverages.add(p["coverage"])
     assert len(coverages) > 2
+    assert g["selector"]["auroc"] == auroc(-out["abstain_margin"], out["right_at_end"])
+
+
+def test_auroc_ranks_right_above_wrong_with_ties_counting_half():
+    right = torch.tensor([1, 0, 1, 0], dtype=torch.bool)
+    assert auroc(torch.tensor([0.9, 0.8, 0.7, 0.6]), right) == 0.75      # 3 of 4 pairs in order
+    assert auroc(torch.tensor([0.6, 0.7, 0.8, 0.9]), right) == 0.25
+    assert auroc(torch.tensor([1.0, 1.0, float("inf"), 0.5]), right) == 0.875  # a tie: half
+    assert auroc(torch.tensor([0.3, 0.2]), torch.tensor([True, True])) is None
 
 
 def test_block_study_scores_each_schedule_by_the_layers_it_applies(make_model):

@@ -30,8 +30,8 @@ from safetensors.torch import load_file, save_file
 from grokloop.adaptive import MAIN_RULES
 from grokloop.adaptive.blocks import block_study
 from grokloop.adaptive.rules import (ABSTAIN_EXIT, COVERAGE_THRESHOLDS, TARGET_SELECTIVE_ACC,
-                                     at_exit, core_layers, coverage_at_accuracy, coverage_curve,
-                                     rule_exits, selective_curve, selective_point,
+                                     at_exit, auroc, core_layers, coverage_at_accuracy,
+                                     coverage_curve, rule_exits, selective_curve, selective_point,
                                      summarize_exits, threshold_at_coverage, trajectory)
 from grokloop.adaptive.selector import (ABSTAIN_OFFSETS, HaltingConfig, Selector,
                                         check_train_split, dataset_tensors, rollout,
@@ -121,12 +121,14 @@ def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
     set `out`, exactly as the threshold's does: with offset b an episode that reached the end
     abstains where its abstain margin m > -b, so the curve thresholds -m, and the episodes that
     stopped before (m = -inf) always answer; "selector_curve" keeps its points at
-    ABSTAIN_OFFSETS."""
+    ABSTAIN_OFFSETS. Beside coverage, how well each score ranks right answers above wrong ones
+    (`auroc`): the threshold's top probability, and, with `abstains_at_end`, the selector's -m."""
     top, right = at_exit(traj, exit_step)
     groups = {}
     for name, m in fact_groups(hops, trained_hops).items():
         exact = selective_curve(top[m], right[m])
         g = {"n": int(m.sum()), "threshold_coverage_at_target": coverage_at_accuracy(exact, target),
+             "threshold_auroc": auroc(top[m], right[m]),
              "curve": selective_curve(top[m], right[m], COVERAGE_THRESHOLDS)}
         if out is not None:
             point = selective_point(out["correct"][m], ~out["abstained"][m])
@@ -138,6 +140,7 @@ def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
                      "abstain_offset": r["min_confidence"]}
                     for r in selective_curve(score, right_end, ABSTAIN_OFFSETS)][::-1]
                 curve = selective_curve(score, right_end)
+                point["auroc"] = auroc(score, right_end)
             elif offsets:
                 curve = [selective_point(o["correct"][m], ~o["abstained"][m]) | {"abstain_offset": b}
                          for b, o in sorted(offsets.items())]

@@ -178,6 +178,18 @@ def coverage_curve(traj, exit_step, thresholds=COVERAGE_THRESHOLDS) -> list[dict
     return selective_curve(*at_exit(traj, exit_step), thresholds)
 
 
+def auroc(score: torch.Tensor, right: torch.Tensor) -> float | None:
+    """How well a score ranks right answers above wrong ones: the chance that a random right
+    answer scores above a random wrong one, ties counting half (Mann-Whitney); 0.5 is no better
+    than chance, and it is the same whatever the coverage. None without both right and wrong."""
+    pos, neg = score[right.bool()].double(), score[~right.bool()].double().sort().values
+    if not len(pos) or not len(neg):
+        return None
+    below = torch.searchsorted(neg, pos, right=False).double()
+    tied = torch.searchsorted(neg, pos, right=True).double() - below
+    return ((below + tied / 2).sum() / (len(pos) * len(neg))).item()
+
+
 def coverage_at_accuracy(curve: list[dict], target: float = TARGET_SELECTIVE_ACC) -> float | None:
     """The largest coverage of a curve (or of one operating point, [point]) whose selective
     accuracy is at least `target`; None if no point reaches it."""
