@@ -5,8 +5,8 @@ import torch
 
 from grokloop.adaptive.depth import choose_best_step, depth_loss
 from grokloop.adaptive.halting import abstention, evaluate_halting
-from grokloop.adaptive.rules import (auroc, coverage_at_accuracy, coverage_curve, first_true, rule_exits,
-                                     selective_curve, threshold_at_coverage, trajectory)
+from grokloop.adaptive.rules import (auroc, coverage_at_accuracy, coverage_curve, first_true,
+                                     rule_exits, selective_curve, threshold_at_coverage, trajectory)
 from grokloop.adaptive.selector import (ABSTAIN, STOP, HaltingConfig, Selector, reinforce_loss,
                                         rollout, train_selector)
 from grokloop.losses import cross_entropy
@@ -382,8 +382,8 @@ def test_expected_last_choice_learns_the_final_answer_or_abstain_exactly(make_mo
 
 def test_exact_selector_curve_is_the_rollouts_at_each_abstain_offset(make_model):
     # A selector that abstains only at max_steps: its coverage curve, read from one set of
-    # episodes (`abstention(abstains_at_end=True)`), is point for point what a greedy rollout with each
-    # abstain offset gives.
+    # episodes (`abstention(abstains_at_end=True)`), is point for point what a greedy rollout
+    # with each abstain offset gives.
     from grokloop.adaptive.rules import selective_point
     m = make_model(n_core=1, n_steps=2, injection="add")
     gen = torch.Generator().manual_seed(3)

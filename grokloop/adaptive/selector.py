@@ -219,11 +219,11 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
             dist = torch.distributions.Categorical(logits=logits)
             action = (logits.argmax(-1) if greedy else
                       torch.multinomial(dist.probs, 1, generator=generator).squeeze(1))
+            right = logp.argmax(-1) == answers[idx]     # the answer now, whatever the action
             if t == T and expect_last:
                 p_abstain = dist.probs[:, ABSTAIN]
-                right_now = (logp.argmax(-1) == answers[idx]).float()
                 last_value = last_value.index_add(
-                    0, idx, p_abstain * cfg.abstain_reward + (1 - p_abstain) * right_now)
+                    0, idx, p_abstain * cfg.abstain_reward + (1 - p_abstain) * right.float())
             else:
                 log_prob = log_prob.index_add(0, idx, dist.log_prob(action))
             entropy = entropy.index_add(0, idx, dist.entropy())
@@ -231,7 +231,6 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
             cost[idx] += layers[next_core[idx]] / layers[model.schedule[0]]
             done = action < 2
             stop = action == STOP
-            right = logp.argmax(-1) == answers[idx]
             correct[idx[stop]] = right[stop]
             right_at_end[idx[done]] = right[done]
             others = torch.cat([logits[:, :ABSTAIN], logits[:, ABSTAIN + 1:]], dim=-1)
