@@ -1,9 +1,9 @@
 """Run probes on a training run, one checkpoint at a time.
 
-    python -m probes run_dir=RUN [probe=all|logit_lens,causal_tracing,attention,fourier,surgery]
-        [checkpoints=last|all|STEP,STEP,...] [split=NAME[,NAME]] [n=300] [corrupt=all|ROLE]
-        [corruption=exists|free]
-        [repeats=1,2,3] [patching_examples=40] [n_attention=8] [seed=0] [bank=DIR]
+    python -m probes run_dir=RUN [probe=all|logit_lens,causal_tracing,attention,fourier,surgery,
+        signals] [checkpoints=last|all|STEP,STEP,...] [split=NAME[,NAME]] [n=300]
+        [corrupt=all|ROLE] [corruption=exists|free]
+        [repeats=1,2,3] [patching_examples=40] [n_attention=8] [steps=0] [seed=0] [bank=DIR]
 
 The options are typed by ProbesCommand (conf/probes.yaml; `python -m probes --help`).
 
@@ -25,10 +25,10 @@ import torch
 
 from grokloop.checkpoint import list_checkpoints, load_model, read_checkpoint
 from grokloop.provenance import atomic_write, atomic_write_text, code_version
-from probes import attention, causal_tracing, fourier, logit_lens, surgery
+from probes import attention, causal_tracing, fourier, logit_lens, signals, surgery
 from probes.examples import corrupt, input_roles, probe_batch
 
-PROBES = ("logit_lens", "causal_tracing", "attention", "fourier", "surgery")
+PROBES = ("logit_lens", "causal_tracing", "attention", "fourier", "surgery", "signals")
 
 
 @dataclass
@@ -44,6 +44,7 @@ class ProbesCommand:
     repeats: list[int] = field(default_factory=lambda: [1, 2, 3])     # surgery: extra repeats
     patching_examples: int = 40     # causal tracing: examples in the per-head patching maps
     n_attention: int = 8            # attention: examples whose patterns are kept
+    steps: int = 0                  # signals: recurrence steps to run (0: the trained number)
     seed: int = 0
     bank: str | None = None         # a bank directory every checkpoint's model reads (memory runs);
                                     # results in RUN/probes/bank_NAME/
@@ -206,6 +207,22 @@ def run_surgery(model, batches, opts):
     return arrays, rows
 
 
+def run_signals(model, batches, opts):
+    n_steps = int(opts["steps"]) or model.config.n_steps
+    arrays, rows = {}, []
+    for split, b in batches.items():
+        res = signals.abstention_signals(model, b.tokens, b.answer_pos, b.answers, b.hops, n_steps)
+        groups = {"all": res} | {str(k): g for k, g in res.get("hops", {}).items()}
+        for hops, g in groups.items():
+            arrays[f"{split}/{hops}/auroc"], arrays[f"{split}/{hops}/acc"] = g["auroc"], g["acc"]
+            rows += [{"split": split, "hops": hops, "step": t + 1, "signal": name, "n": g["n"],
+                      "acc": float(g["acc"][t]),
+                      "auroc": None if np.isnan(g["auroc"][i, t]) else float(g["auroc"][i, t])}
+                     for i, name in enumerate(g["signals"]) for t in range(n_steps)]
+        arrays["signals"] = np.array(res["signals"])
+    return arrays, rows
+
+
 def main(argv: list[str] | None = None) -> None:
     from grokloop import cli
 
@@ -256,6 +273,8 @@ def run_probes(d: dict) -> None:
                 arrays, rows = run_attention(model, batches, opts)
             elif p == "fourier":
                 arrays, rows = run_fourier(model, ds)
+            elif p == "signals":
+                arrays, rows = run_signals(model, batches, opts)
             else:
                 arrays, rows = run_surgery(model, batches, opts)
             stores[p].save(step, arrays, rows)

@@ -625,3 +625,10 @@ def test_the_selector_reads_the_memory_margin_of_each_step_it_runs():
     rollout(m, sel, TOKENS[:, :3], torch.full((4,), 2), targets, HaltingConfig(max_steps=2),
             greedy=True)
     assert len(seen) == 2 and (seen[0][:, 3:5] == 0).all() and (seen[0][:, :3] != 0).any()
+    # the trajectory of the exit rules and the signals probe reads the same margins, and
+    # reading them changes nothing else
+    from grokloop.adaptive.rules import trajectory
+    plain = trajectory(m, TOKENS, pos, targets, 3)
+    read = trajectory(m, TOKENS, pos, targets, 3, margins=True)
+    assert torch.allclose(read.pop("margin"), torch.stack(margins), atol=1e-5)
+    assert all(torch.equal(plain[k], read[k]) for k in plain)

@@ -146,6 +146,30 @@ def test_fourier_measures_find_a_planted_frequency(make_model):
     assert gini(np.ones(6)) == 0 and gini(np.eye(6)[0]) > 0.8
 
 
+def test_abstention_signals_score_each_step_and_hop_count(make_model):
+    from grokloop.adaptive.rules import auroc, trajectory
+    from probes.signals import abstention_signals
+    m = make_model(n_core=1, n_steps=2, injection="add")
+    gen = torch.Generator().manual_seed(0)
+    tokens, pos = torch.randint(0, 23, (48, 5), generator=gen), torch.full((48,), 4)
+    traj = trajectory(m, tokens, pos, torch.zeros(48, dtype=torch.long), 3)
+    answers = traj["argmax"][-1].clone()            # right at step 3, except every third
+    answers[::3] = (answers[::3] + 1) % 23
+    hops = torch.tensor([2, 3] * 24)
+    res = abstention_signals(m, tokens, pos, answers, hops, 3)
+    assert res["signals"] == ["top_probability", "neg_entropy"] and res["auroc"].shape == (2, 3)
+    traj = trajectory(m, tokens, pos, answers, 3)
+    for t in range(3):
+        assert res["auroc"][0, t] == pytest.approx(auroc(traj["top"][t], traj["correct"][t]))
+        assert res["acc"][t] == pytest.approx(traj["correct"][t].double().mean().item())
+    assert sorted(res["hops"]) == [2, 3] and res["hops"][3]["n"] == 24
+    three = hops == 3
+    assert res["hops"][3]["auroc"][1, 2] == pytest.approx(
+        auroc(-traj["entropy"][2, three], traj["correct"][2, three]))
+    every = abstention_signals(m, tokens, pos, traj["argmax"][-1], hops, 3)
+    assert np.isnan(every["auroc"][:, 2]).all()      # all right at step 3: nothing to rank
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("probe_run")
@@ -164,7 +188,7 @@ def test_probes_cli_writes_every_probe_for_every_checkpoint(trained_run):
     record = json.loads((out / "causal_tracing.json").read_text())
     steps = record["checkpoints"]
     assert len(steps) >= 2 and record["code_version"] and record["run_config"]["experiment"]
-    for probe in ("logit_lens", "causal_tracing", "attention", "surgery"):
+    for probe in ("logit_lens", "causal_tracing", "attention", "surgery", "signals"):
         rows = [json.loads(line) for line in (out / f"{probe}.jsonl").read_text().splitlines()]
         assert {r["checkpoint"] for r in rows} == set(steps)
         assert len(list((out / probe).glob("step_*.npz"))) == len(steps)

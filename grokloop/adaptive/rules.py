@@ -25,6 +25,7 @@ or an entropy of 100, which never passes); without an exit a rule answers at ste
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -63,26 +64,55 @@ def readout_stats(log_probs: torch.Tensor, prev_log_probs: torch.Tensor | None) 
 
 
 @torch.no_grad()
-def trajectory(model, tokens, positions, answers, max_steps: int) -> dict[str, torch.Tensor]:
+def retrieval_margin(scores: torch.Tensor) -> torch.Tensor:
+    """A memory read's [batch, pos, k] top-k scores -> [batch, pos]: how far the best slot
+    stands above the next (the best score itself when k = 1). A query whose fact is in the bank
+    matches its slot exactly; one whose fact is missing matches several slots in part, so a
+    small margin says "I do not know this fact", which the answer's confidence often does not
+    (a missing fact is answered with the nearest slot's tail; README, Adaptive thinking)."""
+    top = scores.topk(min(2, scores.shape[-1]), dim=-1).values
+    return top[..., 0] - top[..., 1] if top.shape[-1] > 1 else top[..., 0]
+
+
+@contextlib.contextmanager
+def memory_reads(model, n_steps: int):
+    """Within it, each step run with hooked=True leaves its memory's top-k scores [batch, pos,
+    k] in the yielded dict's "scores": one hook for a whole episode of up to n_steps steps."""
+    got = {}
+    model.ensure_step_hooks(n_steps)
+    with model.hooks(fwd_hooks=[(lambda name: name.endswith("memory.hook_scores"),
+                                 lambda x, hook: got.update(scores=x))]):
+        yield got
+
+
+def trajectory(model, tokens, positions, answers, max_steps: int,
+               margins: bool = False) -> dict[str, torch.Tensor]:
     """Per step t = 1..T of the model's schedule (cycled): correct, argmax, top probability,
-    entropy, KL to t-1 (inf at t = 1) and layers run so far. Each tensor is [T, batch]."""
+    entropy, KL to t-1 (inf at t = 1) and layers run so far. Each tensor is [T, batch].
+    `margins` (a model with a fact memory): also "margin" [T, batch, pos], the memory's
+    `retrieval_margin` at every input position."""
     e, state = model.enter_loop(tokens)
     layers = core_layers(model)
-    cols = {k: [] for k in ("correct", "argmax", "top", "entropy", "kl", "cost")}
+    cols = {k: [] for k in ("correct", "argmax", "top", "entropy", "kl", "cost")
+            + (("margin",) if margins else ())}
     prev, total = None, 0
-    for t in range(max_steps):
-        core = model.schedule[t % len(model.schedule)]
-        state = model.step(state, e, t, core)
-        total += layers[core]
-        logp = model.read(state, positions).float().log_softmax(-1)
-        stats = readout_stats(logp, prev)
-        cols["argmax"].append(logp.argmax(-1))
-        cols["correct"].append(cols["argmax"][-1] == answers)
-        cols["top"].append(stats["top"])
-        cols["entropy"].append(stats["entropy"])
-        cols["kl"].append(torch.full_like(stats["top"], math.inf) if prev is None else stats["kl"])
-        cols["cost"].append(torch.full_like(stats["top"], total / layers[model.schedule[0]]))
-        prev = logp
+    with memory_reads(model, max_steps) if margins else contextlib.nullcontext({}) as got:
+        for t in range(max_steps):
+            core = model.schedule[t % len(model.schedule)]
+            state = model.step(state, e, t, core, hooked=margins)
+            total += layers[core]
+            logp = model.read(state, positions).float().log_softmax(-1)
+            stats = readout_stats(logp, prev)
+            cols["argmax"].append(logp.argmax(-1))
+            cols["correct"].append(cols["argmax"][-1] == answers)
+            cols["top"].append(stats["top"])
+            cols["entropy"].append(stats["entropy"])
+            cols["kl"].append(torch.full_like(stats["top"], math.inf) if prev is None
+                              else stats["kl"])
+            cols["cost"].append(torch.full_like(stats["top"], total / layers[model.schedule[0]]))
+            if margins:
+                cols["margin"].append(retrieval_margin(got["scores"]).float())
+            prev = logp
     return {k: torch.stack(v) for k, v in cols.items()}
 
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from grokloop.adaptive.rules import core_layers, per_hop, readout_stats, selective_point
+from grokloop.adaptive.rules import (core_layers, memory_reads, per_hop, readout_stats,
+                                     retrieval_margin, selective_point)
 from grokloop.evaluate import answer_prefix
 
 STOP, ABSTAIN = 0, 1          # then 2 + c: continue with core c
@@ -91,16 +92,6 @@ def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: i
     return torch.cat(parts + ([] if memory is None else [memory]), dim=-1)
 
 
-def retrieval_margin(scores: torch.Tensor) -> torch.Tensor:
-    """A memory read's [batch, pos, k] top-k scores -> [batch, pos]: how far the best slot
-    stands above the next (the best score itself when k = 1). A query whose fact is in the bank
-    matches its slot exactly; one whose fact is missing matches several slots in part, so a
-    small margin says "I do not know this fact", which the answer's confidence often does not
-    (a missing fact is answered with the nearest slot's tail; README, Adaptive thinking)."""
-    top = scores.topk(min(2, scores.shape[-1]), dim=-1).values
-    return top[..., 0] - top[..., 1] if top.shape[-1] > 1 else top[..., 0]
-
-
 class Selector(nn.Module):
     """The halting policy: features -> logits over [stop, abstain, continue with core 0..C-1].
     `n_memory` > 0 (a model with a fact memory, HaltingConfig.memory_features): it also reads
@@ -158,14 +149,10 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
         # initial state is the input embedding e itself: a copy keeps e, which input injection
         # adds at every step, unchanged (without it answers fell from 0.99 to 0.14).
         state = state.clone()
-    read_memory, got = selector.n_memory > 0, {}
-    reads = contextlib.nullcontext()
+    read_memory = selector.n_memory > 0
+    # each hooked step leaves its memory's scores in `got`
+    reads = memory_reads(model, T) if read_memory else contextlib.nullcontext({})
     if read_memory:
-        model.ensure_step_hooks(T)
-        # one hook on every step's memory scores for the whole episode: each step's call
-        # leaves its scores in `got`
-        reads = model.hooks(fwd_hooks=[(lambda name: name.endswith("memory.hook_scores"),
-                                        lambda x, hook: got.update(scores=x))])
         # one margin per input position of the model; a shorter prefix (an atomic fact's
         # two tokens in a three-token task) leaves the rest at 0
         margin = torch.zeros(B, selector.n_memory // 2, device=tokens.device)
@@ -188,7 +175,7 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
     # abstain logit stands above the best other action (-inf where abstaining was not allowed)
     right_at_end = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     abstain_margin = torch.zeros(B, device=tokens.device)
-    with reads:
+    with reads as got:
         for t in range(1, T + 1):
             idx = active.nonzero().squeeze(1)
             if not len(idx):
