@@ -118,9 +118,9 @@ def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
     curve too ("selector_curve"), and its coverage at the target is its curve's largest, as the
     threshold's is; without, that of its one point. `abstains_at_end` (a selector that abstains
     only at max_steps, where the offset changes nothing before): its curve comes from the one
-    episode set `out`, exactly as the threshold's does: with offset b an episode that reached the end
-    abstains where its abstain margin m > -b, so the curve thresholds -m, and the episodes that
-    stopped before (m = -inf) always answer; "selector_curve" keeps its points at
+    episode set `out`, exactly as the threshold's does: with offset b an episode that reached
+    the end abstains where its abstain margin m > -b, so the curve thresholds -m, and the
+    episodes that stopped before (m = -inf) always answer; "selector_curve" keeps its points at
     ABSTAIN_OFFSETS. Beside coverage, how well each score ranks right answers above wrong ones
     (`auroc`): the threshold's top probability, and, with `abstains_at_end`, the selector's -m."""
     top, right = at_exit(traj, exit_step)

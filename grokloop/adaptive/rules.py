@@ -63,7 +63,6 @@ def readout_stats(log_probs: torch.Tensor, prev_log_probs: torch.Tensor | None) 
             "kl": None if prev_log_probs is None else (p * (log_probs - prev_log_probs)).sum(-1)}
 
 
-@torch.no_grad()
 def retrieval_margin(scores: torch.Tensor) -> torch.Tensor:
     """A memory read's [batch, pos, k] top-k scores -> [batch, pos]: how far the best slot
     stands above the next (the best score itself when k = 1). A query whose fact is in the bank
@@ -85,6 +84,7 @@ def memory_reads(model, n_steps: int):
         yield got
 
 
+@torch.no_grad()
 def trajectory(model, tokens, positions, answers, max_steps: int,
                margins: bool = False) -> dict[str, torch.Tensor]:
     """Per step t = 1..T of the model's schedule (cycled): correct, argmax, top probability,
