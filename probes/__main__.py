@@ -239,6 +239,9 @@ def run_probes(d: dict) -> None:
     run_dir = Path(opts["run_dir"])
     if not run_dir.is_dir():
         raise SystemExit(f"run_dir={run_dir}: no such directory")
+    if int(opts["steps"]) < 0:
+        raise SystemExit(f"steps={opts['steps']}: give the recurrence steps to run, or 0 for the "
+                         "model's trained number")
     steps = choose_checkpoints(opts["checkpoints"], run_dir)
     model, ds, run_cfg = load_model(run_dir, steps[0])
     bank = None

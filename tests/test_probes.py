@@ -206,6 +206,7 @@ def test_probes_cli_writes_every_probe_for_every_checkpoint(trained_run):
     (["corrupt=bridge_1"], "not an input role"),
     (["checkpoints=999999"], "has no checkpoint"),
     (["probe=lens"], "unknown"),
+    (["probe=signals", "steps=-1"], "steps=-1: give the recurrence steps"),
     (["colour=red"], "unknown option")])
 def test_probes_cli_errors_name_the_problem(trained_run, args, needle):
     argv = args if args[0].startswith("run_dir") else [f"run_dir={trained_run}"] + args
