@@ -17,7 +17,7 @@ RUN/probes/bank_NAME/ (NAME: the bank directory's name), so the run's own probes
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -230,9 +230,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_probes(d: dict) -> None:
-    """The composed ProbesCommand as a dict; the probes take its options as strings (lists
-    comma-joined), the form RUN/probes/{probe}.json records."""
+    """The composed ProbesCommand as a dict (options it lacks take their defaults); the probes
+    take its options as strings (lists comma-joined), the form RUN/probes/{probe}.json records."""
     from grokloop.bank import bank_option, bank_results
+
+    d = asdict(ProbesCommand()) | d
 
     opts = {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in d.items()
             if k != "bank"}
