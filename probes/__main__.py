@@ -3,7 +3,8 @@
     python -m probes run_dir=RUN [probe=all|logit_lens,causal_tracing,attention,fourier,surgery,
         signals] [checkpoints=last|all|STEP,STEP,...] [split=NAME[,NAME]] [n=300]
         [corrupt=all|ROLE] [corruption=exists|free]
-        [repeats=1,2,3] [patching_examples=40] [n_attention=8] [steps=0] [seed=0] [bank=DIR]
+        [repeats=1,2,3] [patching_examples=40] [n_attention=8] [steps=0] [fit_split=NAME]
+        [seed=0] [bank=DIR]
 
 The options are typed by ProbesCommand (conf/probes.yaml; `python -m probes --help`).
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grokloop.adaptive.halting import trained_hop_counts
 from grokloop.checkpoint import list_checkpoints, load_model, read_checkpoint
 from grokloop.provenance import atomic_write, atomic_write_text, code_version
 from probes import attention, causal_tracing, fourier, logit_lens, signals, surgery
@@ -45,6 +47,8 @@ class ProbesCommand:
     patching_examples: int = 40     # causal tracing: examples in the per-head patching maps
     n_attention: int = 8            # attention: examples whose patterns are kept
     steps: int = 0                  # signals: recurrence steps to run (0: the trained number)
+    fit_split: str = ""             # signals: fit the signals' combination on n examples of this
+                                    # split (not one it is scored on), score it on every split
     seed: int = 0
     bank: str | None = None         # a bank directory every checkpoint's model reads (memory runs);
                                     # results in RUN/probes/bank_NAME/
@@ -207,19 +211,36 @@ def run_surgery(model, batches, opts):
     return arrays, rows
 
 
-def run_signals(model, batches, opts):
+def run_signals(model, batches, opts, ds, fit_batch=None):
+    """Rows per split, hop group, step and signal: AUROC and coverage at 90% selective
+    accuracy; with `fit_batch` (fit_split) also the signals' combination at the last step."""
     n_steps = int(opts["steps"]) or model.config.n_steps
+    combination = None
+    if fit_batch is not None:
+        try:
+            combination = signals.fit_combination(model, fit_batch.tokens, fit_batch.answer_pos,
+                                                   fit_batch.answers, n_steps)
+        except ValueError as e:   # its answers all right or all wrong: nothing to fit
+            raise SystemExit(f"fit_split={fit_batch.split}: {e}") from None
+    number = lambda v: None if np.isnan(v) else float(v)
     arrays, rows = {}, []
     for split, b in batches.items():
-        res = signals.abstention_signals(model, b.tokens, b.answer_pos, b.answers, b.hops, n_steps)
-        groups = {"all": res} | {str(k): g for k, g in res.get("hops", {}).items()}
+        groups = signals.abstention_signals(model, b.tokens, b.answer_pos, b.answers, b.hops,
+                                            n_steps, combination, trained_hop_counts(ds))
         for hops, g in groups.items():
-            arrays[f"{split}/{hops}/auroc"], arrays[f"{split}/{hops}/acc"] = g["auroc"], g["acc"]
-            rows += [{"split": split, "hops": hops, "step": t + 1, "signal": name, "n": g["n"],
-                      "acc": float(g["acc"][t]),
-                      "auroc": None if np.isnan(g["auroc"][i, t]) else float(g["auroc"][i, t])}
+            for key in ("auroc", "acc", "coverage"):
+                arrays[f"{split}/{hops}/{key}"] = g[key]
+            at = {"split": split, "hops": hops, "n": g["n"]}
+            rows += [at | {"step": t + 1, "signal": name, "acc": float(g["acc"][t]),
+                           "auroc": number(g["auroc"][i, t]),
+                           "coverage_at_0.9": number(g["coverage"][i, t])}
                      for i, name in enumerate(g["signals"]) for t in range(n_steps)]
-        arrays["signals"] = np.array(res["signals"])
+            if "combined" in g:
+                c = g["combined"]
+                rows.append(at | {"step": n_steps, "signal": f"combined_fit_{fit_batch.split}",
+                                  "acc": float(g["acc"][-1]), "auroc": number(c["auroc"]),
+                                  "coverage_at_0.9": number(c["coverage"])})
+        arrays["signals"] = np.array(g["signals"])
     return arrays, rows
 
 
@@ -257,6 +278,19 @@ def run_probes(d: dict) -> None:
             if opts["corrupt"] not in input_roles(b):
                 raise SystemExit(f"corrupt={opts['corrupt']!r} is not an input role of task "
                                  f"{ds.task!r}; choose from {input_roles(b)}")
+    fit_batch = None
+    if opts["fit_split"]:
+        if "signals" not in probes:
+            raise SystemExit(f"fit_split={opts['fit_split']} is read by the signals probe only; "
+                             "add probe=signals or leave fit_split out")
+        if opts["fit_split"] in splits:
+            raise SystemExit(f"fit_split={opts['fit_split']} is also a split scored (split="
+                             f"{','.join(splits)}): a combination scored on the facts it was fitted "
+                             "to looks better than it is; fit it on another split, e.g. valid")
+        try:
+            fit_batch = probe_batch(ds, opts["fit_split"], int(opts["n"]), seed=int(opts["seed"]))
+        except ValueError as e:
+            raise SystemExit(f"fit_{e}") from None
     meta = {"run_dir": str(run_dir), "options": opts, "splits": splits,
             "code_version": code_version(), "run_config": run_cfg}
     sub = None
@@ -279,7 +313,7 @@ def run_probes(d: dict) -> None:
             elif p == "fourier":
                 arrays, rows = run_fourier(model, ds)
             elif p == "signals":
-                arrays, rows = run_signals(model, batches, opts)
+                arrays, rows = run_signals(model, batches, opts, ds, fit_batch)
             else:
                 arrays, rows = run_surgery(model, batches, opts)
             stores[p].save(step, arrays, rows)

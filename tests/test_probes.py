@@ -147,7 +147,7 @@ def test_fourier_measures_find_a_planted_frequency(make_model):
 
 
 def test_abstention_signals_score_each_step_and_hop_count(make_model):
-    from grokloop.adaptive.rules import auroc, trajectory
+    from grokloop.adaptive.rules import auroc, coverage_at_accuracy, selective_curve, trajectory
     from probes.signals import abstention_signals
     m = make_model(n_core=1, n_steps=2, injection="add")
     gen = torch.Generator().manual_seed(0)
@@ -156,18 +156,48 @@ def test_abstention_signals_score_each_step_and_hop_count(make_model):
     answers = traj["argmax"][-1].clone()            # right at step 3, except every third
     answers[::3] = (answers[::3] + 1) % 23
     hops = torch.tensor([2, 3] * 24)
-    res = abstention_signals(m, tokens, pos, answers, hops, 3)
+    groups = abstention_signals(m, tokens, pos, answers, hops, 3, trained_hops=[2])
+    assert sorted(groups) == ["all", "deeper_than_trained", "hops_2", "hops_3", "trained_hops"]
+    res = groups["all"]
     assert res["signals"] == ["top_probability", "neg_entropy"] and res["auroc"].shape == (2, 3)
     traj = trajectory(m, tokens, pos, answers, 3)
     for t in range(3):
         assert res["auroc"][0, t] == pytest.approx(auroc(traj["top"][t], traj["correct"][t]))
         assert res["acc"][t] == pytest.approx(traj["correct"][t].double().mean().item())
-    assert sorted(res["hops"]) == [2, 3] and res["hops"][3]["n"] == 24
+        cover = coverage_at_accuracy(selective_curve(traj["top"][t], traj["correct"][t]), 0.9)
+        assert res["coverage"][0, t] == pytest.approx(np.nan if cover is None else cover,
+                                                      nan_ok=True)
+    assert groups["hops_3"]["n"] == 24 and groups["deeper_than_trained"]["n"] == 24
     three = hops == 3
-    assert res["hops"][3]["auroc"][1, 2] == pytest.approx(
+    assert groups["hops_3"]["auroc"][1, 2] == pytest.approx(
         auroc(-traj["entropy"][2, three], traj["correct"][2, three]))
-    every = abstention_signals(m, tokens, pos, traj["argmax"][-1], hops, 3)
+    every = abstention_signals(m, tokens, pos, traj["argmax"][-1], hops, 3)["all"]
     assert np.isnan(every["auroc"][:, 2]).all()      # all right at step 3: nothing to rank
+    assert (every["coverage"][:, 2] == 1).all()      # and every answer kept
+
+
+def test_the_combination_of_signals_learns_from_one_split_what_ranks_another():
+    # Right answers are those whose step-2 answer agrees with the last and whose last top
+    # probability is high; no one signal says both. Fitted on one sample, the combination
+    # ranks a fresh sample almost perfectly, above the top probability alone.
+    from grokloop.adaptive.rules import auroc
+    from probes.signals import Combination, episode_features
+
+    def sample(seed, n=2000, T=3):
+        g = torch.Generator().manual_seed(seed)
+        top = torch.rand(T, n, generator=g)
+        argmax = torch.randint(0, 2, (T, n), generator=g)
+        traj = {"top": top, "entropy": torch.rand(T, n, generator=g), "argmax": argmax}
+        right = (argmax[1] == argmax[-1]) & (top[-1] > 0.3)
+        return traj, right
+    fit, right = sample(0)
+    assert episode_features(fit).shape == (2000, 3 * 3)
+    combination = Combination(episode_features(fit), right)
+    test, right = sample(1)
+    combined = auroc(combination(episode_features(test)), right)
+    assert combined > 0.95 and combined > auroc(test["top"][-1], right) + 0.1
+    with pytest.raises(ValueError, match="all right or all wrong"):
+        Combination(episode_features(fit), torch.ones(2000, dtype=torch.bool))
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +230,20 @@ def test_probes_cli_writes_every_probe_for_every_checkpoint(trained_run):
     assert len((out / "surgery.jsonl").read_text().splitlines()) == n_rows  # replaced, not appended
 
 
+def test_signals_probe_scores_a_combination_fitted_on_another_split(trained_run):
+    probes_main([f"run_dir={trained_run}", "probe=signals", "split=test_inferred_ood",
+                 "fit_split=train_inferred", "n=200"])
+    rows = [json.loads(line) for line in
+            (trained_run / "probes" / "signals.jsonl").read_text().splitlines()]
+    combined = [r for r in rows if r["signal"] == "combined_fit_train_inferred"]
+    n_steps = max(r["step"] for r in rows)
+    assert combined and all(r["step"] == n_steps and r["split"] == "test_inferred_ood"
+                            for r in combined)
+    assert all("coverage_at_0.9" in r for r in rows)
+    record = json.loads((trained_run / "probes" / "signals.json").read_text())
+    assert record["options"]["fit_split"] == "train_inferred"
+
+
 @pytest.mark.parametrize("args, needle", [
     (["run_dir=/nonexistent/run"], "no such directory"),
     (["probe=fourier"], "modular addition only"),
@@ -207,6 +251,10 @@ def test_probes_cli_writes_every_probe_for_every_checkpoint(trained_run):
     (["checkpoints=999999"], "has no checkpoint"),
     (["probe=lens"], "unknown"),
     (["probe=signals", "steps=-1"], "steps=-1: give the recurrence steps"),
+    (["probe=signals", "split=test_inferred_ood", "fit_split=test_inferred_ood"],
+     "also a split scored"),
+    (["probe=signals", "fit_split=nosuch"], "fit_split='nosuch'"),
+    (["probe=surgery", "fit_split=train_inferred"], "signals probe only"),
     (["colour=red"], "unknown option")])
 def test_probes_cli_errors_name_the_problem(trained_run, args, needle):
     argv = args if args[0].startswith("run_dir") else [f"run_dir={trained_run}"] + args

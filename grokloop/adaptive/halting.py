@@ -48,8 +48,7 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
     of several cores also "blocks", every schedule against its compute
     (grokloop/adaptive/blocks.py), and the selector's `mean_layers`."""
     data = dataset_tensors(ds, device)
-    trained = (ds.config or {}).get("hops")      # inferred hop counts trained on (composition tasks)
-    trained_hops = [int(k) for k in trained] if isinstance(trained, (list, tuple)) else []
+    trained_hops = trained_hop_counts(ds)
     results = {}
     for i, split in enumerate(splits):
         print(f"exit rules and selector on {split} ({i + 1}/{len(splits)}, "
@@ -90,6 +89,12 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
                     rules["selector"][key]["mean_layers"] = (
                         out["cost"][hops == int(key[5:])].mean().item() * unit)
     return results
+
+
+def trained_hop_counts(ds) -> list[int]:
+    """The inferred hop counts a k-hop dataset trains on ([] for other tasks)."""
+    trained = (ds.config or {}).get("hops")
+    return [int(k) for k in trained] if isinstance(trained, (list, tuple)) else []
 
 
 def fact_groups(hops: torch.Tensor, trained_hops: list[int] = ()) -> dict[str, torch.Tensor]:
