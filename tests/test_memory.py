@@ -632,3 +632,37 @@ def test_the_selector_reads_the_memory_margin_of_each_step_it_runs():
     read = trajectory(m, TOKENS, pos, targets, 3, margins=True)
     assert torch.allclose(read.pop("margin"), torch.stack(margins), atol=1e-5)
     assert all(torch.equal(plain[k], read[k]) for k in plain)
+
+
+def test_a_selector_reading_its_history_sees_every_step_run_so_far_and_nothing_after():
+    from grokloop.adaptive.rules import trajectory
+    from grokloop.adaptive.selector import HaltingConfig, Selector, history_width, rollout
+
+    m = memory_model()
+    T, n_pos = 3, 5
+    seen = []
+
+    class Spy(Selector):   # records the history features it is given
+        def forward(self, feats):
+            seen.append(feats[:, -self.n_history:].clone())
+            return super().forward(feats)
+
+    sel = Spy(32, 1, n_memory=2 * n_pos, read_state=False, n_history=history_width(T, n_pos))
+    assert sel.net[0].in_features == 4 + 2 * n_pos + T * (3 + n_pos)
+    with torch.no_grad():                       # continue while allowed: every step is read
+        sel.net[-1].bias.copy_(torch.tensor([-50.0, -50.0, 50.0]))
+    pos, targets = torch.full((4,), 4), torch.zeros(4, dtype=torch.long)
+    rollout(m, sel, TOKENS, pos, targets, HaltingConfig(max_steps=T, read_history=True),
+            greedy=True)
+    traj = trajectory(m, TOKENS, pos, targets, T, margins=True)
+    assert len(seen) == T
+    for t in range(T):
+        h = seen[t].view(4, T, 3 + n_pos)
+        for s in range(t + 1):   # steps run: top, -entropy, margins, agrees with step t's answer
+            assert torch.allclose(h[:, s, 0], traj["top"][s], atol=1e-5)
+            assert torch.allclose(h[:, s, 1], -traj["entropy"][s], atol=1e-5)
+            assert torch.allclose(h[:, s, 2:2 + n_pos], traj["margin"][s], atol=1e-5)
+            assert torch.equal(h[:, s, -1], (traj["argmax"][s] == traj["argmax"][t]).float())
+        assert (h[:, t + 1:] == 0).all()        # steps not yet run: nothing
+    with pytest.raises(ValueError, match="run it with the max_steps it was trained with"):
+        rollout(m, sel, TOKENS, pos, targets, HaltingConfig(max_steps=T + 1), greedy=True)

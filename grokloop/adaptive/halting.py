@@ -169,7 +169,7 @@ def save_selector(run_dir, selector: Selector, cfg: HaltingConfig, curve: list[d
     atomic_write(d / "selector.safetensors", lambda tmp: save_file(weights, str(tmp)))
     meta = {"config": dataclasses.asdict(cfg), "d_model": selector.d_model,
             "n_cores": selector.n_cores, "hidden": selector.hidden,
-            "n_memory": selector.n_memory, "curve": curve}
+            "n_memory": selector.n_memory, "n_history": selector.n_history, "curve": curve}
     atomic_write_text(d / "selector.json", json.dumps(meta, indent=1))
 
 
@@ -182,7 +182,8 @@ def load_selector(run_dir, d: Path | None = None) -> tuple[Selector, HaltingConf
     meta = json.loads((d / "selector.json").read_text())
     n_memory = meta.get("n_memory", 0)
     selector = Selector(meta["d_model"], meta["n_cores"], meta["hidden"], n_memory=n_memory,
-                        read_state=meta["config"].get("read_state", True))
+                        read_state=meta["config"].get("read_state", True),
+                        n_history=meta.get("n_history", 0))
     selector.load_state_dict(load_file(str(d / "selector.safetensors")))
     # selectors saved before memory features existed read none
     cfg = HaltingConfig(**({"memory_features": n_memory > 0} | meta["config"]))

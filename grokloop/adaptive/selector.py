@@ -64,6 +64,7 @@ class HaltingConfig:
                                   # readout statistics and memory margins, far fewer inputs to
                                   # fit to the few thousand held-out facts it trains on)
     expected_last_choice: bool = False  # learn the choice at max_steps from its expected reward
+    read_history: bool = False    # also read every earlier step's signals (`history_width`)
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -77,11 +78,22 @@ class HaltingConfig:
             raise ValueError(f"abstain_at={self.abstain_at!r} is not one of {ABSTAIN_AT}")
 
 
+def history_width(max_steps: int, n_positions: int) -> int:
+    """Inputs of HaltingConfig.read_history: for each of max_steps steps its top probability,
+    negated entropy, the memory's margin at each of n_positions input positions (0 without a
+    memory), and whether that step's answer is the current one (all 0 for steps not yet run).
+    The same signals as the abstention-signals probe's combination (probes/signals.py), which
+    measured that together they rank right answers on deeper chains above wrong ones better
+    than the top probability alone."""
+    return max_steps * (3 + n_positions)
+
+
 def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: int,
-             memory: torch.Tensor | None = None) -> torch.Tensor:
-    """[batch, d_model + 4 (+ memory's)]: the normalised state (none where state_at_answer is
-    None), the readout's statistics and, for a model with a fact memory, its retrieval margins
-    (`retrieval_margin`)."""
+             memory: torch.Tensor | None = None,
+             history: torch.Tensor | None = None) -> torch.Tensor:
+    """[batch, d_model + 4 (+ memory's) (+ history's)]: the normalised state (none where
+    state_at_answer is None), the readout's statistics, for a model with a fact memory its
+    retrieval margins (`retrieval_margin`), and the episode so far (`history_width`)."""
     s = readout_stats(log_probs, prev_log_probs)
     entropy = s["entropy"]
     kl = torch.zeros_like(entropy) if s["kl"] is None else s["kl"]
@@ -89,21 +101,25 @@ def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: i
                          torch.full_like(entropy, step / max_steps)], dim=-1)
     parts = ([] if state_at_answer is None else
              [F.layer_norm(state_at_answer, state_at_answer.shape[-1:])]) + [stats]
-    return torch.cat(parts + ([] if memory is None else [memory]), dim=-1)
+    return torch.cat(parts + [x for x in (memory, history) if x is not None], dim=-1)
 
 
 class Selector(nn.Module):
     """The halting policy: features -> logits over [stop, abstain, continue with core 0..C-1].
     `n_memory` > 0 (a model with a fact memory, HaltingConfig.memory_features): it also reads
     the memory's retrieval margin at each of the n_memory / 2 input positions, this step's and
-    the smallest over the steps so far. `read_state=False`: it does not read the state."""
+    the smallest over the steps so far. `read_state=False`: it does not read the state.
+    `n_history` > 0 (HaltingConfig.read_history): it reads the episode so far
+    (`history_width`)."""
 
     def __init__(self, d_model: int, n_cores: int, hidden: int = 64, halt_bias: float = 0.0,
-                 abstain_bias: float = 0.0, n_memory: int = 0, read_state: bool = True):
+                 abstain_bias: float = 0.0, n_memory: int = 0, read_state: bool = True,
+                 n_history: int = 0):
         super().__init__()
         self.d_model, self.n_cores, self.hidden, self.n_memory = d_model, n_cores, hidden, n_memory
-        self.read_state = read_state
-        self.net = nn.Sequential(nn.Linear(d_model * read_state + N_STATS + n_memory, hidden),
+        self.read_state, self.n_history = read_state, n_history
+        self.net = nn.Sequential(nn.Linear(d_model * read_state + N_STATS + n_memory + n_history,
+                                           hidden),
                                  nn.ReLU(),
                                  nn.Linear(hidden, 2 + n_cores))
         # A prior against collapse (PonderNet's geometric prior, a halting bias): a policy
@@ -157,6 +173,12 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
         # two tokens in a three-token task) leaves the rest at 0
         margin = torch.zeros(B, selector.n_memory // 2, device=tokens.device)
         least = torch.full_like(margin, float("inf"))
+    if selector.n_history and selector.n_history != history_width(T, selector.n_memory // 2):
+        raise ValueError(f"this selector reads the history of {selector.n_history} inputs, not "
+                         f"that of max_steps={T}; run it with the max_steps it was trained with")
+    if selector.n_history:   # each step's signals, and the answer it gave (-1: not yet run)
+        signals = torch.zeros(B, T, selector.n_history // T - 1, device=tokens.device)
+        said = torch.full((B, T), -1, dtype=torch.long, device=tokens.device)
     next_core = torch.full((B,), model.schedule[0], device=tokens.device)
     active = torch.ones(B, dtype=torch.bool, device=tokens.device)
     prev = torch.zeros(B, model.config.d_vocab, device=tokens.device)
@@ -193,8 +215,17 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
                 logp = model.read(state[idx], positions[idx]).float().log_softmax(-1)
                 at_answer = state[idx, positions[idx]]
             memory = torch.cat([margin[idx], least[idx]], dim=-1) if read_memory else None
+            history = None
+            if selector.n_history:
+                now = readout_stats(logp, None)
+                signals[idx, t - 1, 0], signals[idx, t - 1, 1] = now["top"], -now["entropy"]
+                if read_memory:
+                    signals[idx, t - 1, 2:] = margin[idx]
+                said[idx, t - 1] = logp.argmax(-1)
+                agrees = (said[idx] == logp.argmax(-1, keepdim=True)).float().unsqueeze(-1)
+                history = torch.cat([signals[idx], agrees], dim=-1).flatten(1)
             feats = features(at_answer if selector.read_state else None, logp,
-                             prev[idx] if t > 1 else None, t, T, memory)
+                             prev[idx] if t > 1 else None, t, T, memory, history)
             logits = selector(feats)
             if t == T or abstain_offset or cfg.abstain_at != "any":
                 logits = logits.clone()
@@ -258,8 +289,9 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     n_memory = 2 * model.config.n_ctx if cfg.memory_features and model.memory is not None else 0
+    n_history = history_width(cfg.max_steps, n_memory // 2) if cfg.read_history else 0
     selector = Selector(model.config.d_model, len(model.cores), cfg.hidden, cfg.halt_bias,
-                        cfg.abstain_bias, n_memory, cfg.read_state).to(device)
+                        cfg.abstain_bias, n_memory, cfg.read_state, n_history).to(device)
     opt = torch.optim.Adam(selector.parameters(), lr=cfg.lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     data = dataset_tensors(ds, device)
