@@ -93,17 +93,35 @@ def share(x: dict, key: str, loop: str) -> str:
     return f"{v:.0%}" if v is not None and "compiled" not in key else "-"
 
 
+def section_attention(r: dict) -> str:
+    rows = [[x["n_pos"], x["batch"], x["precision"], f"{x['ms']['fused']:.1f}",
+             f"{x['ms']['explicit']:.1f}", f"**{x['explicit_speedup']:.2f}x**", x["rule_chooses"],
+             f"{x['max_abs_diff']:.0e}"] for x in r["results"]]
+    return ("### Attention on the CPU, fused kernel vs explicit (`python bench/bench_attention.py`)\n\n"
+            f"Machine: {where(r['machine'])}. The model's attention module (d_model {r['d_model']}, "
+            f"{r['n_heads']} heads, {r['tokens_per_batch']:,} tokens per batch), forward and backward, "
+            f"each path forced; medians of {r['repeats']} interleaved repeats. `rule chooses`: what "
+            "`grokloop.model.fused_attention_pays` picks.\n\n"
+            + md(["positions", "batch", "precision", "fused ms", "explicit ms", "explicit speed-up",
+                  "rule chooses", "max abs diff"], rows))
+
+
 def section_seeds(r: dict) -> str:
     rows = [[x["n_seeds"], x.get("device", "cpu"), x["examples_per_batch"],
              f"{x['seconds_per_round']['sequential']:.3f}", f"{x['seconds_per_round']['vmap']:.3f}",
              f"**{x['speedup_vmap_vs_sequential']:.2f}x**",
              f"{x['seeds_per_hour']['sequential']:.0f} / {x['seeds_per_hour']['vmap']:.0f}",
-             f"{x['first_step_max_abs_diff']['weights']:.1e}"] for x in r["results"]]
+             f"{x['first_step_max_abs_diff']['weights']:.1e}",
+             f"{1e3 * x['fixed_seconds_per_step']:.1f} ms; {x['ceiling_speedup_any_batching']:.2f}x"
+             if "fixed_seconds_per_step" in x else "-"] for x in r["results"]]
     return ("### Seeds in one process (`python bench/bench_seeds.py`)\n\n" f"Machine: {where(r['machine'])}. "
             "`experiment=default` (full batch), one training step of every seed: in turn (= one process per "
-            "seed) against vmapped over stacked weights. Seeds/hour at the task's ~360 steps to grok.\n\n"
+            "seed) against vmapped over stacked weights. Seeds/hour at the task's ~360 steps to grok. "
+            "Ceiling: one model's step on 8 examples is the fixed cost per step that batching could "
+            "share; S seeds batched perfectly cannot beat S*t / (S*(t - fixed) + fixed).\n\n"
             + md(["seeds", "device", "examples/batch", "in turn s/step", "vmap s/step", "vmap vs in turn",
-                  "seeds/hour (in turn / vmap)", "first-step max weight diff"], rows))
+                  "seeds/hour (in turn / vmap)", "first-step max weight diff",
+                  "fixed cost per step; ceiling"], rows))
 
 
 def matmuls(x: dict) -> str:
@@ -174,7 +192,8 @@ def main():
     parts = []
     for name, fn in (("train_throughput", section_train), ("looped_cost", section_looped),
                      ("tracing", section_tracing), ("time_to_grok", section_grok), ("datagen", section_datagen),
-                     ("seeds", section_seeds), ("bank_search", section_bank_search)):
+                     ("seeds", section_seeds), ("bank_search", section_bank_search),
+                     ("attention", section_attention)):
         parts += [fn(r) for r in load(name)]
     readme = BENCH / "README.md"
     head = readme.read_text().split(MARK)[0] if readme.exists() else "# Benchmarks\n\n"

@@ -220,6 +220,16 @@ def attention_bias(n_heads: int, n_pos: int, alibi: bool, window: int, device=No
     return bias.masked_fill(masked, float("-inf"))
 
 
+def fused_attention_pays(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether scaled_dot_product_attention's fused kernel beats the explicit softmax(QK^T)V in
+    a training step (forward and backward). It does on a GPU, and on the CPU in fp32 (equal at 4-8
+    positions, faster beyond). On the CPU in bf16 its flash kernel was 1.1-5.8x slower than the
+    explicit path at every length from 4 to 256 positions (`python bench/bench_attention.py`,
+    bench/README.md); in a bf16 training step of the small composition shape it had taken half
+    the time."""
+    return device.type != "cpu" or dtype != torch.bfloat16
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -228,10 +238,24 @@ class Attention(nn.Module):
         self.W_O = nn.Linear(cfg.d_model, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
 
+    def attend(self, q, k, v, mask=None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d_head) + mask) v over [batch, head, pos, d_head], with dropout
+        on the pattern in training; `mask` as scaled_dot_product_attention takes it (bool: True
+        attends; float: added; None: causal). The fused kernel where it is the faster one
+        (`fused_attention_pays`), else the same computation written out."""
+        p_drop = self.cfg.dropout if self.training else 0.0
+        if fused_attention_pays(q.device, q.dtype):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                  dropout_p=p_drop)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if mask is None:   # causal, as is_causal above
+            mask = attention_bias(q.shape[1], scores.shape[-1], False, 0, q.device).to(scores.dtype)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        return self.drop(scores.softmax(-1)) @ v
+
     def forward(self, x, hp, query_pos=None, from_pos: int = 0):
         B, P, _ = x.shape
         H, D = self.cfg.n_heads, self.cfg.d_head
-        p_drop = self.cfg.dropout if self.training else 0.0
         q, k, v = self.W_QKV(x).view(B, P, 3, H, D).unbind(2)  # each [batch, pos, head, d_head]
         if self.cfg.positional == "rotary":
             q, k = rotary(q), rotary(k)
@@ -242,29 +266,22 @@ class Attention(nn.Module):
         if from_pos:  # queries from_pos.. only, attending to every key up to themselves
             keep = torch.arange(P, device=x.device)[None] <= torch.arange(from_pos, P, device=x.device)[:, None]
             keep = keep if bias is None else bias[:, from_pos:]
-            z = F.scaled_dot_product_attention(q[:, from_pos:].transpose(1, 2), k.transpose(1, 2),
-                                               v.transpose(1, 2), attn_mask=keep, dropout_p=p_drop)
+            z = self.attend(q[:, from_pos:].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), keep)
             return self.W_O(z.transpose(1, 2).reshape(B, P - from_pos, H * D))
         if query_pos is not None:  # only one query per example: [batch, 1, d_model] out
             rows = torch.arange(B, device=x.device)
             q = q[rows, query_pos][:, None]                          # [batch, 1, head, d_head]
             keep = torch.arange(P, device=x.device)[None] <= query_pos[:, None]  # causal [batch, pos]
             keep = keep[:, None, None, :] if bias is None else bias[:, query_pos].transpose(0, 1)[:, :, None]
-            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=keep, dropout_p=p_drop)
+            z = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), keep)
             return self.W_O(z.transpose(1, 2).reshape(B, 1, H * D))
         q, k, v = apply_hook(hp, "attn.hook_q", q), apply_hook(hp, "attn.hook_k", k), apply_hook(hp, "attn.hook_v", v)
-        if hp is None:  # fast path: the fused kernel when nobody looks at the pattern
-            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=bias, is_causal=bias is None,
-                                               dropout_p=p_drop).transpose(1, 2)
+        if hp is None:  # nobody looks at the pattern
+            z = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias).transpose(1, 2)
         else:
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
-            if bias is None:
-                mask = torch.ones(P, P, dtype=torch.bool, device=x.device).triu(1)
-                scores = scores.masked_fill(mask, float("-inf"))
-            else:
-                scores = scores + bias
+            causal = attention_bias(H, P, False, 0, x.device) if bias is None else bias
+            scores = scores + causal.to(scores.dtype)
             scores = apply_hook(hp, "attn.hook_attn_scores", scores)
             pattern = apply_hook(hp, "attn.hook_pattern", self.drop(scores.softmax(-1)))
             z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)

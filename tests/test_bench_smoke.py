@@ -81,3 +81,11 @@ def test_bank_search_benchmark_smoke(tmp_path):
     assert [r["shape"] for r in res] == ["balanced", "sparse"]
     assert all(r["same_slots"] and r["product_ms"] > 0 and 0 <= r["certified_first_grid"] <= 1
                for r in res)
+
+
+def test_attention_benchmark_smoke(tmp_path):
+    res = smoke("bench_attention.py", tmp_path)["results"]
+    assert {r["n_pos"] for r in res} == {4, 64}
+    for r in res:
+        assert r["ms"]["fused"] > 0 and r["ms"]["explicit"] > 0 and r["max_abs_diff"] < 0.05
+        assert r["rule_chooses"] == ("explicit" if r["precision"] == "bf16" else "fused")

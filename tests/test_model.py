@@ -288,3 +288,30 @@ def test_from_run_loads_a_trained_run_at_any_checkpoint(tmp_path):
     assert not torch.allclose(last(tokens), first(tokens))
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         LoopedTransformer.from_run(tmp_path)
+
+
+@pytest.mark.parametrize("extra", [{}, {"alibi": True}, {"attention_window": 2},
+                                   {"positional": "rotary"}])
+def test_explicit_attention_computes_what_the_fused_kernel_does(monkeypatch, extra):
+    # The CPU in bf16 takes the explicit path (fused_attention_pays): every way the model calls
+    # attention (all positions, one query per example, queries from a position on) must give
+    # the fused kernel's result, forward and backward, whatever the mask.
+    import grokloop.model as model_module
+    from grokloop.model import Attention, ModelConfig, fused_attention_pays
+    assert fused_attention_pays(torch.device("cpu"), torch.float32)
+    assert not fused_attention_pays(torch.device("cpu"), torch.bfloat16)
+    assert fused_attention_pays(torch.device("cuda"), torch.bfloat16)
+    torch.manual_seed(0)
+    attn = Attention(ModelConfig(d_vocab=23, n_ctx=5, d_model=32, n_heads=4, d_mlp=64,
+                                 **extra).resolved()).train()
+    x = torch.randn(6, 5, 32, requires_grad=True)
+    query_pos = torch.tensor([4, 2, 3, 4, 1, 4])
+    outs = {}
+    for fused in (True, False):
+        monkeypatch.setattr(model_module, "fused_attention_pays", lambda *a, f=fused: f)
+        got = [attn(x, None), attn(x, None, query_pos=query_pos), attn(x, None, from_pos=2)]
+        x.grad = None
+        sum(g.square().mean() for g in got).backward()
+        outs[fused] = [g.detach() for g in got] + [x.grad.clone()]
+    for a, b in zip(outs[True], outs[False]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
