@@ -168,17 +168,30 @@ def main():
         times["sequential"].append(per_round(sequential(cfg, batch, models)[0], steps))
         times["vmap"].append(per_round(batched(cfg, batch, models)[0], steps))
     med = {k: statistics.median(v) for k, v in times.items()}
+    # What batching could save at best: a step of one model costs work that grows with the batch
+    # plus a fixed cost (Python, dispatch, optimizer over every tensor) that does not, measured as
+    # one model's step on 8 examples. Batching S seeds perfectly pays that fixed cost once
+    # instead of S times and does the rest at the same speed (batched matmuls measured no
+    # faster than a full batch's own), so it cannot beat S*t / (S*(t - t0) + t0).
+    tiny = tuple(x[:8] for x in batch)
+    fixed = statistics.median(per_round(sequential(cfg, tiny, models[:1])[0], steps)
+                              for _ in range(repeats))
+    one = med["sequential"] / args.seeds
+    ceiling = args.seeds * one / (args.seeds * max(one - fixed, 0.0) + fixed)
     seeds_per_hour = {k: 3600 / (STEPS_TO_GROK * v) * args.seeds for k, v in med.items()}
     result = {"experiment": "default", "device": args.device, "overrides": overrides, "n_seeds": args.seeds,
               "examples_per_batch": len(batch[0]), "steps_timed": steps,
               "seconds_per_round": med, "all_seconds_per_round": times,
               "speedup_vmap_vs_sequential": med["sequential"] / med["vmap"],
               "steps_to_grok_assumed": STEPS_TO_GROK, "seeds_per_hour": seeds_per_hour,
-              "first_step_max_abs_diff": {"loss": loss_diff, "weights": w_diff}}
+              "first_step_max_abs_diff": {"loss": loss_diff, "weights": w_diff},
+              "fixed_seconds_per_step": fixed, "ceiling_speedup_any_batching": ceiling}
     print(table(["loop", f"s per step of {args.seeds} seeds", "seeds/hour to grok"],
                 [[k, f"{med[k]:.4f}", f"{seeds_per_hour[k]:.0f}"] for k in med]))
     print(f"vmap / sequential: {result['speedup_vmap_vs_sequential']:.2f}x; first step max |diff|: "
           f"loss {loss_diff:.2e}, weights {w_diff:.2e}")
+    print(f"fixed cost of one model's step (8 examples): {1e3 * fixed:.2f} ms of {1e3 * one:.2f} ms; "
+          f"no batching of {args.seeds} seeds can beat {ceiling:.2f}x")
     path = write("seeds", {"machine": machine(), "results": [result]}, args.out)
     print(f"wrote {path}")
 
