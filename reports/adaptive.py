@@ -131,6 +131,9 @@ def run_rows(run: dict) -> list[dict]:
             hops = fields.get("hops")
             if (hops, "selector") in at:
                 at[hops, "selector"][key_90] = g["selector"]["coverage_at_target"]
+                if "coverage_gain_interval" in g["selector"]:   # selector minus threshold
+                    at[hops, "selector"][f"{key_90}_gain_interval"] = \
+                        g["selector"]["coverage_gain_interval"]
             t, steps = g["threshold"], at.get((hops, ab["exit"]), {}).get("mean_steps")
             at[hops, THRESHOLD_RULE] = acc_row(
                 t["coverage"] * (t["selective_acc"] or 0.0), g["n"], **ids, split=split, **fields,
@@ -356,15 +359,17 @@ def coverage_at_target_lines(summary: dict) -> list[str]:
     for e in entries:
         c = cells.setdefault((e["model"], e["split"], e["facts"]),
                              {"n": 0, "sel": [], "thr": [], "sel_auc": [], "thr_auc": [],
-                              "curve": True})
+                              "gain": [], "curve": True})
         c["n"] += e["n"]
         c["sel"].append(fmt(e["selector"]["coverage_at_target"], ".2f"))
         c["thr"].append(fmt(e["threshold_coverage_at_target"], ".2f"))
         c["sel_auc"].append(fmt(e["selector"].get("auroc"), ".3f"))
         c["thr_auc"].append(fmt(e.get("threshold_auroc"), ".3f"))
+        c["gain"].append(gain_cell(e))
         c["curve"] &= "selector_curve" in e
     rows = [[m, split, facts, f"{c['n']:,}", " / ".join(c["sel"]) + ("" if c["curve"] else " (point)"),
-             " / ".join(c["thr"]), " / ".join(c["sel_auc"]), " / ".join(c["thr_auc"])]
+             " / ".join(c["thr"]), " / ".join(c["gain"]), " / ".join(c["sel_auc"]),
+             " / ".join(c["thr_auc"])]
             for (m, split, facts), c in cells.items()]
     return ["", f"## Abstention at {target}", "",
             f"The largest share of facts answered at selective accuracy >= {target}: the "
@@ -374,9 +379,21 @@ def coverage_at_target_lines(summary: dict) -> list[str]:
             "the confidence threshold's, one value per seed; `-`: never reaches it. n pools the "
             "seeds. AUROC: how well each one's score ranks right answers above wrong ones (0.5: "
             "chance), the threshold's top probability and, for a selector that abstains only at "
-            "max_steps, its abstain margin (`-` for one that may abstain at any step).", "",
+            "max_steps, its abstain margin (`-` for one that may abstain at any step). Gain: "
+            "the selector's coverage at the target minus the threshold's, with its 95% bootstrap "
+            "interval over the facts (resampled in pairs), for a selector that abstains only at "
+            "max_steps.", "",
             *markdown_lines(["model", "split", "facts", "n", f"coverage at {target}: selector",
-                             "threshold", "AUROC: selector", "threshold"], rows)]
+                             "threshold", "gain [95% CI]", "AUROC: selector", "threshold"], rows)]
+
+
+def gain_cell(e: dict) -> str:
+    """The selector's coverage at the target minus the threshold's [its bootstrap interval]."""
+    ci = e["selector"].get("coverage_gain_interval")
+    if ci is None:
+        return "-"
+    gain = (e["selector"]["coverage_at_target"] or 0.0) - (e["threshold_coverage_at_target"] or 0.0)
+    return f"{gain:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 def markdown(summary: dict) -> str:

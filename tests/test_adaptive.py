@@ -421,6 +421,29 @@ def test_auroc_ranks_right_above_wrong_with_ties_counting_half():
     assert auroc(torch.tensor([0.3, 0.2]), torch.tensor([True, True])) is None
 
 
+def test_largest_coverage_is_the_exact_curves_and_the_gain_interval_is_paired():
+    from grokloop.adaptive.rules import (coverage_at_accuracy, coverage_gain_interval,
+                                         largest_coverage, selective_curve)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):   # ties, all right, none reaching the target: as the exact curve says
+        n = int(torch.randint(1, 40, (1,), generator=g))
+        score = torch.randint(0, 6, (n,), generator=g).float()
+        right = torch.rand(n, generator=g) < 0.8
+        for target in (0.5, 0.9):
+            exact = coverage_at_accuracy(selective_curve(score, right), target) or 0.0
+            assert largest_coverage(score, right, target).item() == pytest.approx(exact)
+    batch = torch.rand(3, 50, generator=g)
+    rights = torch.rand(3, 50, generator=g) < 0.7
+    assert torch.equal(largest_coverage(batch, rights),
+                       torch.stack([largest_coverage(b, r) for b, r in zip(batch, rights)]))
+    # a score that knows which answers are right keeps far more than one that does not
+    right = torch.rand(2000, generator=g) < 0.6
+    knows, blind = right.float() + 0.1 * torch.rand(2000, generator=g), torch.rand(2000, generator=g)
+    lo, hi = coverage_gain_interval(knows, right, blind, right)
+    assert 0.4 < lo <= hi < 0.7
+    assert coverage_gain_interval(blind, right, blind, right) == (0.0, 0.0)
+
+
 def test_block_study_scores_each_schedule_by_the_layers_it_applies(make_model):
     from grokloop.adaptive.blocks import block_study, schedules
     m = make_model(core_sizes=[1, 2], n_steps=2, injection="add")
@@ -626,6 +649,12 @@ def test_summary_rows_carry_hops_rule_intervals_and_pooled_seeds(make_model, tmp
                  and e["split"] == "test_inferred_id" and e["facts"] == "deeper_than_trained")
     assert "selector_curve" in entry and "| m | test_inferred_id | deeper_than_trained |" in section
     assert "| m | atomic_id |" not in section and "| k | test_inferred_ood | all |" in section
+    # the gain column: selector minus threshold with its interval, where one was measured
+    assert A.gain_cell(entry) == "-"
+    entry = entry | {"selector": entry["selector"] | {"coverage_at_target": 0.6,
+                                                     "coverage_gain_interval": [0.01, 0.09]},
+                     "threshold_coverage_at_target": 0.55}
+    assert A.gain_cell(entry) == "+0.050 [+0.010, +0.090]"
     page = A.figures_html(summary)
     assert 'data-figures="2"' in page and "deeper than trained" in page
     # The command line: a name per run, the study's commands; one model and seed twice is refused.

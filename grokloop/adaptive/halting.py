@@ -31,7 +31,8 @@ from grokloop.adaptive import MAIN_RULES
 from grokloop.adaptive.blocks import block_study
 from grokloop.adaptive.rules import (ABSTAIN_EXIT, COVERAGE_THRESHOLDS, TARGET_SELECTIVE_ACC,
                                      at_exit, auroc, core_layers, coverage_at_accuracy,
-                                     coverage_curve, rule_exits, selective_curve, selective_point,
+                                     coverage_curve, coverage_gain_interval, rule_exits,
+                                     selective_curve, selective_point,
                                      summarize_exits, threshold_at_coverage, trajectory)
 from grokloop.adaptive.selector import (ABSTAIN_OFFSETS, HaltingConfig, Selector,
                                         check_train_split, dataset_tensors, rollout,
@@ -127,7 +128,9 @@ def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
     the end abstains where its abstain margin m > -b, so the curve thresholds -m, and the
     episodes that stopped before (m = -inf) always answer; "selector_curve" keeps its points at
     ABSTAIN_OFFSETS. Beside coverage, how well each score ranks right answers above wrong ones
-    (`auroc`): the threshold's top probability, and, with `abstains_at_end`, the selector's -m."""
+    (`auroc`): the threshold's top probability, and, with `abstains_at_end`, the selector's -m,
+    and the bootstrap interval of the selector's coverage at the target minus the threshold's
+    (`coverage_gain_interval`, the facts resampled in pairs)."""
     top, right = at_exit(traj, exit_step)
     groups = {}
     for name, m in fact_groups(hops, trained_hops).items():
@@ -146,6 +149,8 @@ def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
                     for r in selective_curve(score, right_end, ABSTAIN_OFFSETS)][::-1]
                 curve = selective_curve(score, right_end)
                 point["auroc"] = auroc(score, right_end)
+                point["coverage_gain_interval"] = coverage_gain_interval(
+                    score.cpu(), right_end.cpu(), top[m].cpu(), right[m].cpu(), target)
             elif offsets:
                 curve = [selective_point(o["correct"][m], ~o["abstained"][m]) | {"abstain_offset": b}
                          for b, o in sorted(offsets.items())]

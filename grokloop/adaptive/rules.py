@@ -228,6 +228,35 @@ def coverage_at_accuracy(curve: list[dict], target: float = TARGET_SELECTIVE_ACC
     return max(ok) if ok else None
 
 
+def largest_coverage(score: torch.Tensor, right: torch.Tensor,
+                     target: float = TARGET_SELECTIVE_ACC) -> torch.Tensor:
+    """`coverage_at_accuracy` of the exact curve `selective_curve(score, right)`, for a batch of
+    them at once ([..., n] -> [...]) and 0 where no threshold reaches the target: answer the k
+    highest scores, for each k a threshold can cut at (between distinct scores, or all)."""
+    n = score.shape[-1]
+    order = score.argsort(-1, descending=True)
+    ranked = score.gather(-1, order)
+    hits = right.gather(-1, order).double().cumsum(-1)
+    k = torch.arange(1, n + 1, dtype=torch.double, device=score.device)
+    cut = torch.ones_like(ranked, dtype=torch.bool)
+    cut[..., :-1] = ranked[..., :-1] > ranked[..., 1:]
+    ok = cut & (hits / k >= target - 1e-12)
+    return torch.where(ok, k / n, torch.zeros_like(k)).amax(-1)
+
+
+def coverage_gain_interval(score_a, right_a, score_b, right_b, target: float = TARGET_SELECTIVE_ACC,
+                           n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of largest_coverage(a) - largest_coverage(b) over the
+    same facts (resampled in pairs, as each fact has both scores): whether one abstention rule
+    keeps more facts at the target than another beyond the luck of which facts were drawn."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(score_a), (n_boot, len(score_a)), generator=g)
+    gain = (largest_coverage(score_a[idx], right_a[idx], target)
+            - largest_coverage(score_b[idx], right_b[idx], target))
+    lo, hi = torch.quantile(gain, torch.tensor([0.025, 0.975], dtype=gain.dtype)).tolist()
+    return lo, hi
+
+
 def threshold_at_coverage(curve: list[dict], coverage: float) -> dict:
     """The curve's point whose coverage is closest to `coverage` without exceeding it (the
     highest threshold answers nothing when every point covers more)."""
