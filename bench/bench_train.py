@@ -7,6 +7,8 @@ data and batch size, one process, interleaved repeats.
                 config: nothing downloaded), a standard PyTorch loop over a DataLoader, loss on
                 the answer token of the full logits (what the paper's code does)
   plain_loop    our model in that same DataLoader loop
+  hf_gpt2_bf16  where grokloop runs in bf16 on the CPU: HF GPT-2's loop under bf16 autocast too,
+                so a bf16 speed-up can be told from what bf16 gives any model
 
 grokloop runs in every mode this machine has (one `speedup_vs_hf_gpt2_<mode>` key each):
 eager, compiled (train.compile=true), bf16 (train.precision=bf16, where the processor has bf16
@@ -106,7 +108,7 @@ def grokloop_step_loop(cfg, ds, bf16: bool = False):
     return run
 
 
-def dataloader_loop(model, forward, ds, batch: int, lr: float, wd: float):
+def dataloader_loop(model, forward, ds, batch: int, lr: float, wd: float, bf16: bool = False):
     train = torch.as_tensor(ds.splits["train"])
     tensors = TensorDataset(torch.as_tensor(ds.inputs)[train], torch.as_tensor(ds.answer_pos)[train],
                             torch.as_tensor(ds.answers)[train])
@@ -118,7 +120,8 @@ def dataloader_loop(model, forward, ds, batch: int, lr: float, wd: float):
         done = 0
         while True:
             for x, ap, y in loader:
-                logits = forward(x)
+                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    logits = forward(x)
                 loss = F.cross_entropy(logits[torch.arange(len(x)), ap], y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -195,14 +198,15 @@ def bench_shape(name: str, steps: int, repeats: int, profile: bool = False,
     cfg.model = cfg.model.resolved(len(ds.vocab), ds.n_ctx)
     batch = cfg.train.batch_size
     modes = available_modes(list(modes))
-    times = {f"grokloop_{m}": [] for m in modes} | {"hf_gpt2": [], "plain_loop": []}
+    bf16 = any("bf16" in m for m in modes) and not torch.cuda.is_available()
+    times = {f"grokloop_{m}": [] for m in modes} | {k: [] for k in competitors(cfg, ds, bf16)}
     cpu = {k: [] for k in times}
     for _ in range(repeats):   # interleaved: every loop once per repeat
         for m in modes:
             c = time.process_time()
             times[f"grokloop_{m}"].append(train_seconds_per_step(overrides + MODES[m], steps))
             cpu[f"grokloop_{m}"].append((time.process_time() - c) / (4 * steps))  # 4N steps ran
-        for k, run in competitors(cfg, ds).items():
+        for k, run in competitors(cfg, ds, bf16).items():
             c = time.process_time()
             times[k].append(seconds_per_step(run, steps))
             cpu[k].append((time.process_time() - c) / (steps + 2))
@@ -217,7 +221,7 @@ def bench_shape(name: str, steps: int, repeats: int, profile: bool = False,
              "plain_loop": step_flops(competitor_loops["plain_loop"])}
     util = {}
     for k, t in med.items():
-        loop = "grokloop" if k.startswith("grokloop") else k
+        loop = "grokloop" if k.startswith("grokloop") else k.removesuffix("_bf16")
         util[k] = flops[loop] / t / 1e9 / peak["bf16" if "bf16" in k else "fp32"]
     extra = {}
     if profile:
@@ -241,20 +245,28 @@ def bench_shape(name: str, steps: int, repeats: int, profile: bool = False,
             "speedup_vs_hf_gpt2": med["hf_gpt2"] / med["grokloop"],
             "speedup_vs_plain_loop": med["plain_loop"] / med["grokloop"],
             **{f"speedup_vs_hf_gpt2_{m}": med["hf_gpt2"] / med[f"grokloop_{m}"] for m in modes},
+            **({"speedup_bf16_vs_hf_gpt2_bf16": med["hf_gpt2_bf16"] / med["grokloop_bf16"]}
+               if "hf_gpt2_bf16" in med and "grokloop_bf16" in med else {}),
             "matmul_peak_gflops": peak, "flops_per_step": flops,
             "flops_counted_by": "torch.utils.flop_counter.FlopCounterMode, forward + backward",
             "matmul_peak_fraction": util} | extra
 
 
-def competitors(cfg, ds) -> dict:
-    """The two DataLoader loops, freshly built: HF GPT-2 and our model."""
+def competitors(cfg, ds, bf16: bool = False) -> dict:
+    """The DataLoader loops, freshly built: HF GPT-2 and our model, and with `bf16` HF GPT-2
+    under bf16 autocast too (so a bf16 speed-up is not bf16's alone)."""
     batch, lr, wd = cfg.train.batch_size, cfg.optim.lr, cfg.optim.weight_decay
     torch.manual_seed(0)
     model, fwd = hf_gpt2(cfg.model)
     hf = dataloader_loop(model, fwd, ds, batch, lr, wd)
     torch.manual_seed(0)
     ours = LoopedTransformer(cfg.model)
-    return {"hf_gpt2": hf, "plain_loop": dataloader_loop(ours, ours, ds, batch, lr, wd)}
+    loops = {"hf_gpt2": hf, "plain_loop": dataloader_loop(ours, ours, ds, batch, lr, wd)}
+    if bf16:
+        torch.manual_seed(0)
+        model, fwd = hf_gpt2(cfg.model)
+        loops["hf_gpt2_bf16"] = dataloader_loop(model, fwd, ds, batch, lr, wd, bf16=True)
+    return loops
 
 
 def main():

@@ -67,7 +67,7 @@ def section_train_modes(r: dict) -> str:
         for k, t in x["seconds_per_step"].items():
             if k == "grokloop":
                 continue
-            loop = "grokloop" if k.startswith("grokloop") else k
+            loop = "grokloop" if k.startswith("grokloop") else k.removesuffix("_bf16")
             cpu = x.get("cpu_seconds_per_step", {}).get(k)
             rows.append([k, f"{x['steps_per_s'][k]:.1f} ({x['examples_per_s'][k]:,.0f})",
                          f"**{x['seconds_per_step']['hf_gpt2'] / t:.2f}x**",
@@ -87,9 +87,10 @@ def section_train_modes(r: dict) -> str:
 
 
 def share(x: dict, key: str, loop: str) -> str:
-    """The profiled matmul share of a row: its own mode's where profiled (grokloop_bf16), else its loop's."""
+    """The profiled matmul share of a row: its own mode's where profiled (grokloop_bf16), else its
+    loop's for an fp32 row."""
     got = x.get("matmul_share", {})
-    v = got.get(key, got.get(loop)) if key != "grokloop_compiled_bf16" else None
+    v = got.get(key, None if key.endswith("_bf16") else got.get(loop))
     return f"{v:.0%}" if v is not None and "compiled" not in key else "-"
 
 

@@ -29,6 +29,8 @@ def test_train_throughput_benchmark_smoke(tmp_path):
     (r,) = smoke("bench_train.py", tmp_path)["results"]
     assert {"grokloop", "grokloop_eager", "hf_gpt2", "plain_loop"} <= set(r["steps_per_s"])
     assert all(f"speedup_vs_hf_gpt2_{m}" in r for m in r["modes"])
+    if "grokloop_bf16" in r["steps_per_s"]:   # a bf16 CPU: HF in bf16 too, side by side
+        assert r["speedup_bf16_vs_hf_gpt2_bf16"] > 0 and "hf_gpt2_bf16" in r["steps_per_s"]
     assert all(v > 0 for v in r["matmul_peak_fraction"].values())
     assert all(v > 0 for v in r["steps_per_s"].values())
     assert {"grokloop", "hf_gpt2", "plain_loop"} <= set(r["matmul_share"])
