@@ -222,11 +222,11 @@ def attention_bias(n_heads: int, n_pos: int, alibi: bool, window: int, device=No
 
 def fused_attention_pays(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether scaled_dot_product_attention's fused kernel beats the explicit softmax(QK^T)V in
-    a training step (forward and backward). It does on a GPU, and on the CPU in fp32 (equal at 4-8
-    positions, faster beyond). On the CPU in bf16 its flash kernel was 1.1-5.8x slower than the
-    explicit path at every length from 4 to 256 positions (`python bench/bench_attention.py`,
-    bench/README.md); in a bf16 training step of the small composition shape it had taken half
-    the time."""
+    a training step (forward and backward). It does on a GPU, and on the CPU in fp32 (within 7%
+    up to 16 positions, faster beyond). On the CPU in bf16 its flash kernel was 1.6-6.4x slower
+    than the explicit path at every length from 4 to 256 positions (`python
+    bench/bench_attention.py`, bench/README.md); in a bf16 training step of the small
+    composition shape it had taken half the time."""
     return device.type != "cpu" or dtype != torch.bfloat16
 
 
