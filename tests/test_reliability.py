@@ -320,3 +320,9 @@ def test_a_sweep_says_job_k_of_n_and_leaves_no_empty_job_dirs(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["s0", "s1"]
     # Hydra records the sweep (multirun.yaml) and makes no numbered job directories
     assert [p.name for p in (tmp_path / "sw").iterdir()] == ["multirun.yaml"]
+    # Several seeds in one process, one run directory each, each what its own run gives (on
+    # this CPU batching seeds cannot pay: bench/bench_seeds.py), metrics for metrics
+    main(["debug=tiny", "seed=1", "train.steps=3", f"out_dir={tmp_path}/alone"])
+    rows = lambda d: [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"}
+                      for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert rows(tmp_path / "runs" / "s1") == rows(tmp_path / "alone") != rows(tmp_path / "runs" / "s0")
