@@ -88,13 +88,13 @@ def history_width(max_steps: int, n_positions: int) -> int:
     return max_steps * (3 + n_positions)
 
 
-def features(state_at_answer, log_probs, prev_log_probs, step: int, max_steps: int,
+def features(state_at_answer, s: dict, step: int, max_steps: int,
              memory: torch.Tensor | None = None,
              history: torch.Tensor | None = None) -> torch.Tensor:
     """[batch, d_model + 4 (+ memory's) (+ history's)]: the normalised state (none where
-    state_at_answer is None), the readout's statistics, for a model with a fact memory its
-    retrieval margins (`retrieval_margin`), and the episode so far (`history_width`)."""
-    s = readout_stats(log_probs, prev_log_probs)
+    state_at_answer is None), the readout's statistics `s` (`readout_stats`), for a model with
+    a fact memory its retrieval margins (`retrieval_margin`), and the episode so far
+    (`history_width`)."""
     entropy = s["entropy"]
     kl = torch.zeros_like(entropy) if s["kl"] is None else s["kl"]
     stats = torch.stack([entropy, s["top"], kl.clamp_min(0).log1p(),
@@ -215,17 +215,17 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
                 logp = model.read(state[idx], positions[idx]).float().log_softmax(-1)
                 at_answer = state[idx, positions[idx]]
             memory = torch.cat([margin[idx], least[idx]], dim=-1) if read_memory else None
+            stats = readout_stats(logp, prev[idx] if t > 1 else None)
             history = None
             if selector.n_history:
-                now = readout_stats(logp, None)
-                signals[idx, t - 1, 0], signals[idx, t - 1, 1] = now["top"], -now["entropy"]
+                signals[idx, t - 1, 0], signals[idx, t - 1, 1] = stats["top"], -stats["entropy"]
                 if read_memory:
                     signals[idx, t - 1, 2:] = margin[idx]
                 said[idx, t - 1] = logp.argmax(-1)
                 agrees = (said[idx] == logp.argmax(-1, keepdim=True)).float().unsqueeze(-1)
                 history = torch.cat([signals[idx], agrees], dim=-1).flatten(1)
-            feats = features(at_answer if selector.read_state else None, logp,
-                             prev[idx] if t > 1 else None, t, T, memory, history)
+            feats = features(at_answer if selector.read_state else None, stats, t, T, memory,
+                             history)
             logits = selector(feats)
             if t == T or abstain_offset or cfg.abstain_at != "any":
                 logits = logits.clone()
