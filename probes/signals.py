@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from grokloop.adaptive.halting import fact_groups
-from grokloop.adaptive.rules import (TARGET_SELECTIVE_ACC, auroc, coverage_at_accuracy,
-                                     selective_curve, trajectory)
+from grokloop.adaptive.rules import TARGET_SELECTIVE_ACC, auroc, largest_coverage, trajectory
 
 
 def signal_values(traj: dict) -> dict[str, torch.Tensor]:
@@ -98,7 +97,7 @@ def abstention_signals(model, tokens, positions, answers, hops, n_steps: int,
     def score(mask: torch.Tensor) -> dict:
         right = traj["correct"][:, mask]
         rank = lambda s, t: nan(auroc(s, right[t]))
-        keep = lambda s, t: nan(coverage_at_accuracy(selective_curve(s, right[t]), target))
+        keep = lambda s, t: largest_coverage(s, right[t], target).item() or np.nan  # 0: none
         out = {"signals": list(signals), "n": int(mask.sum()),
                "acc": right.double().mean(1).numpy(),
                "auroc": np.array([[rank(s[t, mask], t) for t in range(n_steps)]
