@@ -11,6 +11,7 @@ medians; the two paths' outputs are checked to agree. The rule's choice is in ea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -28,18 +29,26 @@ from grokloop.model import Attention, ModelConfig, fused_attention_pays  # noqa:
 TOKENS = 2048
 
 
-def timed(attn: Attention, x: torch.Tensor, fused: bool, bf16: bool, iters: int) -> float:
-    """Seconds per forward + backward of `attn` on x, the path forced."""
+@contextlib.contextmanager
+def forced_path(fused: bool):
+    """Within it the model's attention takes the fused kernel (or the explicit path) whatever
+    `fused_attention_pays` would choose."""
     model_module.fused_attention_pays = lambda *a: fused
     try:
+        yield
+    finally:
+        model_module.fused_attention_pays = fused_attention_pays
+
+
+def timed(attn: Attention, x: torch.Tensor, fused: bool, bf16: bool, iters: int) -> float:
+    """Seconds per forward + backward of `attn` on x, the path forced."""
+    with forced_path(fused):
         t = time.perf_counter()
         for _ in range(iters):
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 out = attn(x, None)
             out.float().square().mean().backward()
         return (time.perf_counter() - t) / iters
-    finally:
-        model_module.fused_attention_pays = fused_attention_pays
 
 
 def main():
@@ -64,12 +73,10 @@ def main():
         x = torch.randn(max(1, TOKENS // n_pos), n_pos, d_model, requires_grad=True)
         for precision in precisions:
             bf16 = precision == "bf16"
-            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                outs = {}
-                for fused in (True, False):
-                    model_module.fused_attention_pays = lambda *a, f=fused: f
+            outs = {}
+            for fused in (True, False):
+                with forced_path(fused), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                     outs[fused] = attn(x, None).float().detach()
-                model_module.fused_attention_pays = fused_attention_pays
             times = {"fused": [], "explicit": []}
             for fused in (True, False):   # warm-up
                 timed(attn, x, fused, bf16, 2)
