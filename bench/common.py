@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from grokloop import cli
 from grokloop.config import run_config_from_dict
-from grokloop.provenance import machine  # noqa: F401  (re-exported for the bench scripts)
+from datagen.provenance import machine  # noqa: F401  (re-exported for the bench scripts)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from datagen.vocab import Vocab
-from grokloop.provenance import atomic_write, atomic_write_text, code_version
+from datagen.provenance import atomic_write, atomic_write_text, code_version
 
 __all__ = ["Dataset", "GENERATOR_VERSION", "code_version", "sample_eval"]
 

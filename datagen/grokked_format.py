@@ -44,7 +44,7 @@ import numpy as np
 from datagen.composition import composition_vocab
 from datagen.dataset import Dataset
 from datagen.vocab import Vocab
-from grokloop.provenance import atomic_write_text
+from datagen.provenance import atomic_write_text
 
 # our split name -> the authors' "type"
 TEST_TYPES = {"atomic_id": "id_atomic", "atomic_ood": "ood_atomic",

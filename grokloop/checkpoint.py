@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from grokloop.provenance import atomic_write as _atomic
-from grokloop.provenance import atomic_write_text
-from grokloop.provenance import sha256_file as _sha
+from datagen.provenance import atomic_write as _atomic
+from datagen.provenance import atomic_write_text
+from datagen.provenance import sha256_file as _sha
 
 
 def ckpt_dir(run_dir) -> Path:

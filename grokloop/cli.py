@@ -24,7 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def conf_dir() -> Path:
+    """The Hydra tree: grokloop/conf in an installed package (pyproject.toml maps conf/ there),
+    else conf/ beside the package in a checkout (an editable install or `python -m` from it)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no Hydra config tree at {here / 'conf'} or {here.parent / 'conf'}; "
+                            "reinstall grokloop (pip install .)")
+
+
+CONF = str(conf_dir())
 
 
 @dataclass(frozen=True)
@@ -33,23 +46,27 @@ class Command:
     schema: str                # "module:Class", imported only when the command runs
     rest: str | None = None    # positional words on the command line become this list option
     verb: str | None = None    # ... after this first word (python -m reports compare DIR ...)
+    main: str | None = None    # "module:function" run by `grokloop NAME`; None: MODULE.__main__:main
 
 
-# By primary config name, conf/NAME.yaml. `module` is the documented command: grokloop.halting and
-# grokloop.adaptive_summary are aliases of grokloop.adaptive.halting and reports.adaptive.
+# By primary config name, conf/NAME.yaml; `grokloop NAME` (dashes for underscores) runs the same
+# command as `python -m MODULE`. grokloop.halting is an alias of grokloop.adaptive.halting.
 COMMANDS = {
     "train": Command("grokloop.train", "grokloop.config:TrainCommand"),
     "datagen": Command("datagen", "datagen.__main__:DatagenCommand"),
     "probes": Command("probes", "probes.__main__:ProbesCommand"),
-    "halting": Command("grokloop.halting", "grokloop.adaptive.halting:HaltingCommand"),
+    "halting": Command("grokloop.halting", "grokloop.adaptive.halting:HaltingCommand",
+                       main="grokloop.adaptive.halting:main"),
     "reports": Command("reports", "reports.__main__:ReportsCommand", rest="compare", verb="compare"),
-    "study": Command("reports.study", "reports.study:StudyCommand", rest="runs"),
+    "study": Command("reports.study", "reports.study:StudyCommand", rest="runs",
+                     main="reports.study:main"),
     "curriculum": Command("grokloop.curriculum", "grokloop.curriculum:CurriculumCommand"),
     "curriculum_study": Command("reports.curriculum", "reports.curriculum:CurriculumStudyCommand",
-                                rest="runs"),
-    "baselines": Command("grokloop.baselines", "grokloop.baselines.__main__:BaselinesCommand", verb="lookup"),
-    "adaptive_summary": Command("grokloop.adaptive_summary", "reports.adaptive:SummaryCommand",
-                                rest="runs"),
+                                rest="runs", main="reports.curriculum:main"),
+    "baselines": Command("grokloop.baselines", "grokloop.baselines.__main__:BaselinesCommand",
+                         verb="lookup"),
+    "adaptive_summary": Command("reports.adaptive", "reports.adaptive:SummaryCommand",
+                                rest="runs", main="reports.adaptive:main"),
     "bank": Command("grokloop.bank", "grokloop.bank:BankCommand", rest="action"),
 }
 # Hydra's own flags that take the next word as their value (not a positional argument).

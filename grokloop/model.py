@@ -341,7 +341,16 @@ class Block(nn.Module):
 # --- the model -----------------------------------------------------------------------------------
 class LoopedTransformer(HookedRootModule):
     def __init__(self, cfg: ModelConfig):
+        """Build the model of `cfg`. Sizes derived from others (d_mlp, moe_d_expert) are filled
+        in here; the two a dataset gives (d_vocab, n_ctx: 0 in an unresolved config) must be
+        set, e.g. `cfg.resolved(len(ds.vocab), ds.n_ctx)` or `load_run(RUN).model`."""
         super().__init__()
+        missing = [k for k in ("d_vocab", "n_ctx") if getattr(cfg, k) < 1]
+        if missing:
+            raise ValueError(f"ModelConfig.{' and '.join(missing)} = 0 means 'from the dataset', "
+                             "and this model has none: pass ModelConfig(d_vocab=..., n_ctx=...) or "
+                             "cfg.resolved(len(dataset.vocab), dataset.n_ctx)")
+        cfg = cfg.resolved()
         self.config = cfg
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model)) if cfg.positional == "learned" else None

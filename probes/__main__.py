@@ -26,7 +26,7 @@ import torch
 
 from grokloop.adaptive.halting import trained_hop_counts
 from grokloop.checkpoint import list_checkpoints, load_model, read_checkpoint
-from grokloop.provenance import atomic_write, atomic_write_text, code_version
+from datagen.provenance import atomic_write, atomic_write_text, code_version
 from probes import attention, causal_tracing, fourier, logit_lens, signals, surgery
 from probes.examples import corrupt, input_roles, probe_batch
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from grokloop.checkpoint import load_model
+
 
 def fourier_basis(p: int) -> torch.Tensor:
     """Orthonormal basis [p, p] over Z_p: constant, then cos k, sin k for k = 1..(p-1)/2."""
@@ -95,3 +97,17 @@ def fourier_measures(model, ds, n_key: int = 5) -> dict:
     return {"freq_norm": freq_norm.numpy(), "gini": gini(freq_norm.numpy()), "key_freqs": key,
             "restricted_loss": ce(kept, every), "excluded_loss": ce(excluded, train),
             "train_loss": ce(logits, train), "test_loss": ce(logits, test)}
+
+
+def stage_spectra(run_dir) -> dict:
+    """How structured the embedding of the integer tokens is in a run's last checkpoint (a
+    curriculum stage's): the Gini coefficient of its Z_127 Fourier spectrum (the modular stages'
+    basis; Nanda et al. 2023) and of its Walsh spectrum over Z_2^7 (the XOR group's basis), with
+    the top 5 frequencies of each."""
+    model, _, _ = load_model(run_dir)
+    out = {}
+    for basis, spec in (("fourier127", embedding_spectrum(model.W_E, 127)),
+                        ("walsh128", walsh_spectrum(model.W_E, 7))):
+        out[basis] = {"gini": gini(spec.numpy()),
+                      "top": (torch.argsort(spec, descending=True)[:5] + 1).tolist()}
+    return out

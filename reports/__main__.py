@@ -14,7 +14,7 @@ from pathlib import Path
 from reports import write_run_report
 from reports.compare import compare_report
 from reports.html import write
-from reports.load import find_runs, load_run
+from reports.load import find_runs, read_run
 
 
 @dataclass
@@ -36,7 +36,7 @@ def report(d: dict) -> None:
         raise SystemExit("give one of run_dir=RUN (a run's page) or compare DIR [DIR ...] (a "
                          "comparison); `python -m reports --help` shows both")
     if d["compare"]:
-        runs = [load_run(p) for p in find_runs(d["compare"])]
+        runs = [read_run(p) for p in find_runs(d["compare"])]
         write(Path(d["out"] or Path(d["compare"][0]) / "compare.html"), compare_report(runs))
     else:
         write_run_report(d["run_dir"], d["out"])

@@ -2,7 +2,7 @@
 model and halting rule, abstention (the selector against a confidence threshold at equal
 coverage), plus accuracy-versus-compute and coverage-versus-selective-accuracy figures.
 
-    python -m grokloop.adaptive_summary runs/adaptive/khop_* [out=DIR] [names=[A,B,...]]
+    python -m reports.adaptive runs/adaptive/khop_* [out=DIR] [names=[A,B,...]]
         [commands=["python -m grokloop.train ...", ...]]
 
 (also `python -m reports.adaptive ...`; options: conf/adaptive_summary.yaml, typed by
@@ -44,11 +44,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from grokloop.adaptive import MAIN_RULES
-from grokloop.provenance import atomic_write_text, machine
+from datagen.provenance import atomic_write_text, machine
 from grokloop.stats import acc_row
 from reports.figures import style
 from reports.html import Section, page, table
-from reports.load import load_run
+from reports.load import read_run
 from reports.study import POOL_APART, pooled
 
 DEFAULT_OUT = "runs/adaptive_summary"   # under runs/ (gitignored): nothing tracked is overwritten
@@ -73,7 +73,7 @@ def load_halting(path: str | Path) -> dict:
                                 f"run_dir={path}` first")
     res = json.loads(results.read_text())
     run_dir = path if results == path / "halting" / "results.json" else res["run_dir"]
-    run = load_run(run_dir, probes=False)
+    run = read_run(run_dir, probes=False)
     last = run.metrics[-1]   # also for a run stopped early: its last evaluation
     chosen = {k.rsplit("/", 1)[1]: v for k, v in last.items() if k.startswith("depth/chosen_step/")}
     return {"name": res.get("experiment") or run.name, "seed": run.config.get("seed"),
@@ -580,7 +580,7 @@ def figures_html(summary: dict) -> str:
     return page("Adaptive thinking", html.escape(f"{len(summary['runs'])} run(s): {names}"), sections)
 
 
-# --- the command line: python -m grokloop.adaptive_summary RUN [RUN ...] [out=DIR] -----------
+# --- the command line: python -m reports.adaptive RUN [RUN ...] [out=DIR] -----------
 @dataclass
 class SummaryCommand:
     """Schema of conf/adaptive_summary.yaml; the positional RUN words are runs=[...]."""
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
 def summarize(d: dict) -> None:
     if not d["runs"]:
         raise ValueError("runs: give at least one run directory: "
-                         "python -m grokloop.adaptive_summary RUN [RUN ...] [out=DIR]")
+                         "python -m reports.adaptive RUN [RUN ...] [out=DIR]")
     names = list(d.get("names") or [])
     if names and len(names) != len(d["runs"]):
         raise ValueError(f"names: {len(names)} names for {len(d['runs'])} runs; give one per run "

@@ -11,7 +11,7 @@ from plotly.colors import qualitative
 
 from reports import figures as F
 from reports.html import Section, page, table
-from reports.load import Run
+from reports.load import RunFiles
 
 IGNORED = {"seed", "code_version", "data_cache"}
 
@@ -38,20 +38,20 @@ def option_defaults() -> dict:
                     (("model", ModelConfig), ("optim", OptimConfig), ("train", TrainConfig))})
 
 
-def group_runs(runs: list[Run]) -> tuple[list[str], dict[str, list[Run]]]:
+def group_runs(runs: list[RunFiles]) -> tuple[list[str], dict[str, list[RunFiles]]]:
     """The config keys that differ between runs (seed aside), and the runs per combination."""
     defaults = option_defaults()
     flat = [defaults | flatten(r.config) for r in runs]
     keys = sorted({k for f in flat for k in f})
     differ = [k for k in keys if k not in IGNORED and len({f.get(k) for f in flat}) > 1]
-    groups: dict[str, list[Run]] = {}
+    groups: dict[str, list[RunFiles]] = {}
     for r, f in zip(runs, flat):
         label = ", ".join(f"{k}={f.get(k)}" for k in differ) or "all runs"
         groups.setdefault(label, []).append(r)
     return differ, groups
 
 
-def short_labels(differ: list[str], groups: dict[str, list[Run]]) -> dict[str, str]:
+def short_labels(differ: list[str], groups: dict[str, list[RunFiles]]) -> dict[str, str]:
     """Group labels as short as still tell them apart: the experiment name, then, chosen greedily,
     the fewest differing keys that separate the groups (a full config diff, data presets' nested
     keys and all, would be hundreds of characters per row)."""
@@ -75,7 +75,7 @@ def short_labels(differ: list[str], groups: dict[str, list[Run]]) -> dict[str, s
             for label in groups}
 
 
-def mean_spread(runs: list[Run], key: str):
+def mean_spread(runs: list[RunFiles], key: str):
     """Steps common to every run of the group, and the mean, min and max of `key` there."""
     curves = [dict(zip(*r.curve(key))) for r in runs]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
@@ -85,7 +85,7 @@ def mean_spread(runs: list[Run], key: str):
     return steps, ys.mean(0), ys.min(0), ys.max(0)
 
 
-def overlaid(groups: dict[str, list[Run]], labels: dict[str, str], split: str) -> go.Figure:
+def overlaid(groups: dict[str, list[RunFiles]], labels: dict[str, str], split: str) -> go.Figure:
     fig = go.Figure()
     for i, (label, runs) in enumerate(groups.items()):
         color = qualitative.D3[i % len(qualitative.D3)]
@@ -111,7 +111,7 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def summary_table(groups: dict[str, list[Run]], labels: dict[str, str], splits: list[str]) -> str:
+def summary_table(groups: dict[str, list[RunFiles]], labels: dict[str, str], splits: list[str]) -> str:
     rows = []
     for label, runs in groups.items():
         finals = {s: [r.metrics[-1][f"acc/{s}"] for r in runs if r.metrics and f"acc/{s}" in r.metrics[-1]]
@@ -129,7 +129,7 @@ def summary_table(groups: dict[str, list[Run]], labels: dict[str, str], splits: 
                   f"steps to 0.99 on {splits[-1]} (median, grokked/runs)", "wall time s"], rows)
 
 
-def compare_report(runs: list[Run]) -> str:
+def compare_report(runs: list[RunFiles]) -> str:
     differ, groups = group_runs(runs)
     labels = short_labels(differ, groups)
     splits = list(dict.fromkeys(s for r in runs for s in r.splits()))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
-from grokloop.provenance import atomic_write_text, machine
+from datagen.provenance import atomic_write_text, machine
 from grokloop.stats import acc_row, mean_interval
 from reports.figures import split_color, style
 from reports.html import Section, page, table, write
@@ -108,8 +108,8 @@ def stage_table(s: dict) -> str:
     rows = [[st["stage"], ", ".join(st["trains"]), st["budget"], st["steps"],
              "gate" if st["passed"] else "budget",
              ", ".join(f"{k} {v}" for k, v in st["steps_to_gate"].items()), st["n_train"],
-             f"{st['spectra']['fourier127']['gini']:.3f} {st['spectra']['fourier127']['top'][:3]}",
-             f"{st['spectra']['walsh128']['gini']:.3f} {st['spectra']['walsh128']['top'][:3]}"]
+             *(f"{st['spectra'][b]['gini']:.3f} {st['spectra'][b]['top'][:3]}" if "spectra" in st
+               else "-" for b in ("fourier127", "walsh128"))]
             for st in s["per_stage"]]
     return table(["stage", "trains", "budget", "steps", "ended by", "steps to gate",
                   "examples/step", "Fourier Z_127 gini, top", "Walsh Z_2^7 gini, top"], rows)
@@ -172,10 +172,12 @@ def aggregate(curricula: list[dict]) -> dict:
     out = {"matrix": {}, "ACC": {}, "BWT": {}, "FWT": {}, "forgetting": {}, "steps_to_gate": {},
            "speedup": {}, "spectra": {}}
     for name, ss in groups.items():
-        out["spectra"][name] = {st["stage"]: {
-            basis: {"gini": mean_interval([s["per_stage"][k]["spectra"][basis]["gini"] for s in ss]),
-                    "top_first_seed": st["spectra"][basis]["top"]}
-            for basis in ("fourier127", "walsh128")} for k, st in enumerate(ss[0]["per_stage"])}
+        if all("spectra" in st for s in ss for st in s["per_stage"]):  # measured by the command
+            out["spectra"][name] = {st["stage"]: {
+                basis: {"gini": mean_interval([s["per_stage"][k]["spectra"][basis]["gini"]
+                                               for s in ss]),
+                        "top_first_seed": st["spectra"][basis]["top"]}
+                for basis in ("fourier127", "walsh128")} for k, st in enumerate(ss[0]["per_stage"])}
         if ss[0]["mode"] != "joint":
             out["matrix"][name] = {"rows": [st["stage"] for st in ss[0]["per_stage"]],
                                    "cols": ss[0]["stages"],

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
-from reports.load import ProbeResult, Run
+from reports.load import ProbeResult, RunFiles
 
 SPLIT_COLORS = {"train": "#1f77b4", "atomic_id": "#1f77b4", "atomic_ood": "#aec7e8",
                 "train_inferred": "#2ca02c", "test": "#d62728", "test_inferred_id": "#ff7f0e",
@@ -31,7 +31,7 @@ def steps_sequence(n: int) -> list[str]:
 
 # --- training ------------------------------------------------------------------------------------
 
-def accuracy_curves(run: Run, threshold: float = 0.99) -> go.Figure:
+def accuracy_curves(run: RunFiles, threshold: float = 0.99) -> go.Figure:
     """Accuracy per split over training (log step axis), each split's grokking step marked."""
     fig = go.Figure()
     grok = (run.summary or {}).get(f"steps_to_{threshold}", {})
@@ -49,7 +49,7 @@ def accuracy_curves(run: Run, threshold: float = 0.99) -> go.Figure:
     return style(fig, "Accuracy per split (dotted: first step at or above the grokking threshold)")
 
 
-def loss_and_weight_norm(run: Run) -> go.Figure:
+def loss_and_weight_norm(run: RunFiles) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Cross-entropy loss (nats)", "Weight norm (L2, all parameters)"))
     x, y = run.curve("loss/train")
     fig.add_trace(go.Scatter(x=x, y=y, name="train batch", line=dict(color="#444", width=2)), 1, 1)
@@ -64,7 +64,7 @@ def loss_and_weight_norm(run: Run) -> go.Figure:
     return style(fig, "Loss and weight norm")
 
 
-def readout_curves(run: Run, split: str) -> go.Figure:
+def readout_curves(run: RunFiles, split: str) -> go.Figure:
     """Accuracy if the model stopped after step t, over training: one line per t."""
     ts = sorted({int(k.rsplit("/", 1)[1]) for r in run.metrics for k in r
                  if k.startswith(f"acc_step/{split}/")})
@@ -78,7 +78,7 @@ def readout_curves(run: Run, split: str) -> go.Figure:
     return style(fig, f"Per-step readout on {split}: the answer if thinking stopped after step t")
 
 
-def hops_curves(run: Run, split: str) -> go.Figure:
+def hops_curves(run: RunFiles, split: str) -> go.Figure:
     hops = sorted({int(k.rsplit("_", 1)[1]) for r in run.metrics for k in r
                    if k.startswith(f"acc/{split}/hops_")})
     colors = steps_sequence(len(hops))
@@ -91,7 +91,7 @@ def hops_curves(run: Run, split: str) -> go.Figure:
     return style(fig, f"Accuracy per hop count on {split}")
 
 
-def chosen_steps(run: Run) -> go.Figure:
+def chosen_steps(run: RunFiles) -> go.Figure:
     """Best-step training: the share of each batch that learned from step t, over training."""
     ts = sorted({int(k.rsplit("/", 1)[1]) for r in run.metrics for k in r if k.startswith("depth/chosen_step/")})
     fig = go.Figure()

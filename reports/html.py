@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from grokloop.provenance import atomic_write_text
+from datagen.provenance import atomic_write_text
 
 CSS = """
 body { font-family: Helvetica, Arial, sans-serif; max-width: 1280px; margin: 2em auto; padding: 0 1em;

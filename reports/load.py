@@ -1,4 +1,5 @@
-"""Reading what a run directory holds: its config, metrics, summary and probe results."""
+"""Reading what a run directory holds, as files: its config, metrics, summary and probe results
+(`read_run`; the model and dataset of a run are grokloop.load_run)."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ class ProbeResult:
 
 
 @dataclass
-class Run:
+class RunFiles:
     path: Path
     config: dict
     metrics: list[dict]
@@ -60,7 +61,7 @@ def load_probe(probe_dir: Path, name: str) -> ProbeResult | None:
     return ProbeResult(json.loads(record.read_text()), arrays, rows)
 
 
-def load_run(path: str | Path, probes: bool = True) -> Run:
+def read_run(path: str | Path, probes: bool = True) -> RunFiles:
     """The run at `path`; with probes=False its probe results are not read (they can be large)."""
     path = Path(path)
     if not path.is_dir():
@@ -70,7 +71,7 @@ def load_run(path: str | Path, probes: bool = True) -> Run:
                          "train one with python -m grokloop.train")
     metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
-    run = Run(path, json.loads((path / "config.json").read_text()), metrics, summary)
+    run = RunFiles(path, json.loads((path / "config.json").read_text()), metrics, summary)
     for record in sorted((path / "probes").glob("*.json")) if probes else ():
         if (got := load_probe(path / "probes", record.stem)) is not None and got.arrays:
             run.probes[record.stem] = got

@@ -25,7 +25,7 @@ import re
 import sys
 from pathlib import Path
 
-from grokloop.provenance import atomic_write_text
+from datagen.provenance import atomic_write_text
 
 MARKER = re.compile(r"(<!-- results (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 

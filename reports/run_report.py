@@ -7,21 +7,21 @@ import json
 
 from reports import figures as F
 from reports.html import Section, code, page, table
-from reports.load import Run
+from reports.load import RunFiles
 
 PROBE_TITLES = {"logit_lens": "Logit lens", "causal_tracing": "Causal tracing",
                 "attention": "Attention patterns", "fourier": "Fourier progress measures",
                 "surgery": "Layer-loop surgery"}
 
 
-def held_out_split(run: Run) -> str | None:
+def held_out_split(run: RunFiles) -> str | None:
     """The split whose curve tells the story: inferred ID test, else the test split."""
     splits = run.splits()
     return next((s for s in ("test_inferred_id", "test", "test_inferred_ood") if s in splits),
                 splits[-1] if splits else None)
 
 
-def overview(run: Run) -> Section:
+def overview(run: RunFiles) -> Section:
     sec = Section("Run")
     s, cfg = run.summary, run.config
     m = cfg.get("model", {})
@@ -45,7 +45,7 @@ def overview(run: Run) -> Section:
     return sec
 
 
-def training(run: Run) -> Section:
+def training(run: RunFiles) -> Section:
     sec = Section("Training")
     if not run.metrics:
         return sec.text("No evaluations recorded yet.")
@@ -60,7 +60,7 @@ def training(run: Run) -> Section:
     return sec
 
 
-def probe_sections(run: Run) -> list[Section]:
+def probe_sections(run: RunFiles) -> list[Section]:
     out = []
     if lens := run.probes.get("logit_lens"):
         sec = Section(PROBE_TITLES["logit_lens"])
@@ -98,7 +98,7 @@ def probe_sections(run: Run) -> list[Section]:
     return out
 
 
-def missing_probes(run: Run) -> Section | None:
+def missing_probes(run: RunFiles) -> Section | None:
     modular = run.config.get("data", {}).get("task") == "modular" and run.config["data"].get("op") == "add"
     missing = [p for p in PROBE_TITLES if p not in run.probes and (p != "fourier" or modular)]
     if not missing:
@@ -112,7 +112,7 @@ def missing_probes(run: Run) -> Section | None:
     return sec
 
 
-def run_report(run: Run) -> str:
+def run_report(run: RunFiles) -> str:
     sections = [overview(run), training(run), *probe_sections(run)]
     if (miss := missing_probes(run)) is not None:
         sections.append(miss)

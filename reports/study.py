@@ -23,13 +23,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grokloop.provenance import atomic_write_text, machine
+from datagen.provenance import atomic_write_text, machine
 from grokloop.stats import acc_row, wilson
 from reports.compare import compare_report, group_runs, short_labels
-from reports.load import Run, find_runs, load_run
+from reports.load import RunFiles, find_runs, read_run
 
 
-def split_sizes(run: Run) -> dict[str, int]:
+def split_sizes(run: RunFiles) -> dict[str, int]:
     """`n/SPLIT` and `n/SPLIT/hops_K` counts rebuilt from the run's dataset, for runs made before
     evaluation recorded them."""
     from datagen import data_config_from_dict, load_or_build
@@ -44,7 +44,7 @@ def split_sizes(run: Run) -> dict[str, int]:
     return out
 
 
-def run_rows(run: Run, model: str, row: dict | None = None) -> list[dict]:
+def run_rows(run: RunFiles, model: str, row: dict | None = None) -> list[dict]:
     """Rows of one run at one evaluation row of its metrics (default: the last)."""
     row = row or (run.metrics[-1] if run.metrics else {})
     if row and not any(k.startswith("n/") for k in row):
@@ -66,7 +66,7 @@ def run_rows(run: Run, model: str, row: dict | None = None) -> list[dict]:
     return out
 
 
-def lens_rows(run: Run, model: str, roles: list[str]) -> list[dict]:
+def lens_rows(run: RunFiles, model: str, roles: list[str]) -> list[dict]:
     """The logit lens of a run (`python -m probes ... probe=logit_lens`) as results rows: top-1 of
     each role's token at its own position, per split and virtual layer, at each probed checkpoint
     (the `acc` of a lens row is that top-1 rate, with its interval)."""
@@ -108,13 +108,13 @@ def pooled(rows: list[dict], by_step: bool = True) -> list[dict]:
     return out
 
 
-def at_step(run: Run, step: int) -> dict | None:
+def at_step(run: RunFiles, step: int) -> dict | None:
     """The run's last evaluation at or before `step`."""
     rows = [r for r in run.metrics if r["step"] <= step]
     return rows[-1] if rows else None
 
 
-def run_labels(runs: list[Run], model_names: dict[str, str] | None = None) -> dict[str, str]:
+def run_labels(runs: list[RunFiles], model_names: dict[str, str] | None = None) -> dict[str, str]:
     """Run path -> model name: `model_names` where given, else its group label (the settings
     that differ between runs, seeds aside; the experiment when only seeds differ)."""
     differ, groups = group_runs(runs)
@@ -125,7 +125,7 @@ def run_labels(runs: list[Run], model_names: dict[str, str] | None = None) -> di
             for label, members in groups.items() for run in members}
 
 
-def study_rows(runs: list[Run], model_names: dict[str, str] | None = None,
+def study_rows(runs: list[RunFiles], model_names: dict[str, str] | None = None,
                steps: list[int] = (), lens: list[str] = ()) -> list[dict]:
     """Rows for every run at its last evaluation and at each of `steps` (its last evaluation at
     or before that step), the model named by its group label (the settings that differ between
@@ -148,13 +148,13 @@ STAGE_THRESHOLD = 0.95
 STAGE_SPLITS = {"fit": "train_inferred", "id": "test_inferred_id"}   # and every other OOD split
 
 
-def first_step_at(run: Run, split: str, threshold: float = STAGE_THRESHOLD) -> int | None:
+def first_step_at(run: RunFiles, split: str, threshold: float = STAGE_THRESHOLD) -> int | None:
     """The first evaluated step at which `split`'s accuracy reaches `threshold` (evaluations
     are log-spaced, so this is the stage's step to that resolution); None if it never does."""
     return next((r["step"] for r in run.metrics if r.get(f"acc/{split}", -1.0) >= threshold), None)
 
 
-def stage_entries(runs: list[Run], labels: dict[str, str]) -> list[dict]:
+def stage_entries(runs: list[RunFiles], labels: dict[str, str]) -> list[dict]:
     """When each stage arrives, per run with inferred facts: fitting the training facts
     (train_inferred), in-distribution generalisation (test_inferred_id) and each OOD split,
     as the first evaluated step at >= STAGE_THRESHOLD, and its ratio to the fitting step (how
@@ -219,7 +219,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_study(out: str | Path, study: str, runs: list[Run], commands: list[str],
+def write_study(out: str | Path, study: str, runs: list[RunFiles], commands: list[str],
                 model_names: dict[str, str] | None = None, extra_rows: list[dict] | None = None,
                 steps: list[int] = (), lens: list[str] = ()) -> dict:
     """Write summary.json, summary.md and compare.html for `runs` into `out`; returns the summary."""
@@ -281,7 +281,7 @@ def run_study(d: dict) -> None:
     runs, model_names = [], {}
     for i, entry in enumerate(d["runs"]):
         for path in find_runs([entry]):
-            runs.append(load_run(path))
+            runs.append(read_run(path))
             if names:
                 model_names[str(runs[-1].path)] = names[i]
     extra = []

@@ -520,7 +520,7 @@ def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
     import sys
 
     from grokloop.adaptive.halting import load_selector
-    from grokloop.adaptive_summary import main as summary_main
+    from reports.adaptive import main as summary_main
 
     run = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "grokloop.train", "experiment=khop_best", "train.steps=4",
@@ -704,7 +704,6 @@ def test_adaptive_report_renders_the_published_summaries(published):
 
 @pytest.mark.parametrize("alias, module, command", [
     ("grokloop.halting", "grokloop.adaptive.halting", "python -m grokloop.halting run_dir=RUN"),
-    ("grokloop.adaptive_summary", "reports.adaptive", "python -m grokloop.adaptive_summary RUN"),
 ])
 def test_old_entry_points_are_aliases_with_the_same_help(alias, module, command, capsys):
     import importlib

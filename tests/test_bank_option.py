@@ -11,12 +11,12 @@ from safetensors.torch import load_file
 
 from grokloop import cli
 from grokloop.bank import facts_sha256, load_bank
-from grokloop.bank import main as bank_main
+from grokloop.bank.__main__ import main as bank_main
 from grokloop.checkpoint import load_model
 from grokloop.config import run_config_from_dict
 from grokloop.halting import main as halting_main
 from grokloop.memory import FactBank
-from grokloop.train import main as train_main
+from grokloop.train.__main__ import main as train_main
 from grokloop.train import resume_changes, train
 from probes.__main__ import main as probes_main
 from tests.test_memory import TINY_DATA

@@ -14,6 +14,7 @@ from datagen import build_dataset, data_config_from_dict
 from grokloop import cli
 from grokloop.checkpoint import last_good_checkpoint
 from grokloop.curriculum import command_from_dict, plan, run_curriculum, transfer_metrics
+from probes.fourier import stage_spectra
 from conftest import sigkill_when_checkpointed
 
 # A model small enough that a stage on a 121-cell table takes well under a second.
@@ -114,7 +115,7 @@ def test_gated_stages_chain_and_the_summary_holds_the_matrix(tmp_path):
     # 0.0, passed at its first evaluation; mul gets the default gate and budget.
     cmd, out, _ = command(tmp_path, "curriculum.stage_budget=20", "curriculum.stages.add.gate=1.0",
                           "curriculum.stages.sub.gate=0.0")
-    summary = run_curriculum(cmd, out)
+    summary = run_curriculum(cmd, out, spectra=stage_spectra)
     add, sub, mul = summary["per_stage"]
     assert (add["passed"], add["steps"]) == (False, 20)
     assert sub["passed"] and sub["steps"] == 5 == sub["steps_to_gate"]["sub"]
@@ -192,7 +193,7 @@ def test_transfer_metrics_match_a_hand_computed_matrix():
     ("curriculum.gate=abc", "curriculum.gate=abc"),
 ])
 def test_config_errors_are_one_line_and_write_nothing(tmp_path, capsys, override, needle):
-    from grokloop.curriculum import main
+    from grokloop.curriculum.__main__ import main
 
     out = tmp_path / "cur"
     with pytest.raises(SystemExit) as e:

@@ -15,7 +15,7 @@ from datagen.arithmetic import TRAIN_SAMPLE_SIZE, modular_table
 from datagen.dataset import GENERATOR_VERSION, code_version
 from datagen.grokked_format import read_grokked, write_grokked
 from grokloop import cli
-from grokloop.provenance import code_version as provenance_code_version
+from datagen.provenance import code_version as provenance_code_version
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

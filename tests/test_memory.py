@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from datagen.composition import composition_vocab
-from grokloop.bank import attach_bank, load_bank, main as bank_main, save_bank, vocab_sha256
+from grokloop.bank import attach_bank, load_bank, save_bank, vocab_sha256
+from grokloop.bank.__main__ import main as bank_main
 from grokloop.config import ModelConfig
 from grokloop.memory import FactBank
 from grokloop.model import LoopedTransformer

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import grokloop.train as train_mod
+import grokloop.train.step as train_mod
 from datagen import load_or_build
 from grokloop.checkpoint import list_checkpoints
 from grokloop.config import run_config_from_dict
@@ -268,7 +268,7 @@ def test_progress_names_the_run_first_and_shows_no_eta_when_stopping_at_grok(tmp
 # --- 8. adaptive summary writes under runs/ ------------------------------------------------------
 
 def test_adaptive_summary_writes_under_runs_by_default(tmp_path, monkeypatch):
-    from grokloop.adaptive_summary import main
+    from reports.adaptive import main
     from reports import adaptive as A
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(A, "load_halting", lambda d: {})
@@ -312,7 +312,7 @@ def test_determinism_benchmark_smoke(tmp_path):
 
 
 def test_a_sweep_says_job_k_of_n_and_leaves_no_empty_job_dirs(tmp_path, capsys):
-    from grokloop.train import main
+    from grokloop.train.__main__ import main
     main(["--multirun", "debug=tiny", "seed=0,1", "train.steps=3", f"hydra.sweep.dir={tmp_path}/sw",
           f"out_dir={tmp_path}/runs/s${{seed}}"])
     out = capsys.readouterr().out

@@ -5,15 +5,15 @@ from pathlib import Path
 import pytest
 
 from grokloop.stats import wilson
-from reports.load import Run
+from reports.load import RunFiles
 from reports.study import markdown, study_rows, write_study
 
 
-def fake_run(tmp: Path, name: str, seed: int, depth: int, acc: float) -> Run:
+def fake_run(tmp: Path, name: str, seed: int, depth: int, acc: float) -> RunFiles:
     config = {"experiment": "x", "seed": seed, "model": {"n_steps": depth}}
     last = {"step": 100, "acc/test": acc, "n/test": 200, "acc/test/hops_2": acc, "n/test/hops_2": 100,
             "acc/test/hops_3": acc / 2, "n/test/hops_3": 100, "acc/old": 0.5}
-    return Run(tmp / name, config, [{"step": 10, "acc/test": 0.0, "n/test": 200}, last], None)
+    return RunFiles(tmp / name, config, [{"step": 10, "acc/test": 0.0, "n/test": 200}, last], None)
 
 
 def test_rows_carry_intervals_hops_seeds_and_pooled_seeds(tmp_path):
@@ -138,7 +138,7 @@ def test_model_labels_are_the_fewest_keys_that_tell_groups_apart(tmp_path):
     def run(name, experiment, memory, wd):
         config = {"experiment": experiment, "seed": 0, "model": {"memory": memory},
                   "optim": {"weight_decay": wd}, "data": {"parts": {"h2": {"hops": [2] if wd > 0.05 else None}}}}
-        return Run(tmp_path / name, config, [{"step": 1, "acc/test": 1.0, "n/test": 10}], None)
+        return RunFiles(tmp_path / name, config, [{"step": 1, "acc/test": 1.0, "n/test": 10}], None)
     runs = [run("a", "loop", "facts", 0.01), run("b", "mem", "facts", 0.01),
             run("c", "loop", "none", 0.01), run("d", "loop", "none", 0.1)]
     names = {r["model"] for r in study_rows(runs)}
@@ -172,7 +172,7 @@ def test_stages_give_each_split_its_first_step_at_the_threshold_and_its_ratio_to
         metrics = [{"step": st, "acc/train_inferred": a, "acc/test_inferred_id": b, "acc/test_OI": c,
                     "n/train_inferred": 100, "n/test_inferred_id": 100, "n/test_OI": 100}
                    for st, (a, b, c) in curve.items()]
-        return Run(tmp_path / name, {"experiment": "x", "seed": seed}, metrics, None)
+        return RunFiles(tmp_path / name, {"experiment": "x", "seed": seed}, metrics, None)
 
     runs = [run("a", 0, {100: (0.5, 0.1, 0.0), 200: (0.96, 0.3, 0.0), 800: (1.0, 0.95, 0.2)}),
             run("b", 1, {100: (0.2, 0.1, 0.0), 400: (0.7, 0.2, 0.1)})]      # never fits

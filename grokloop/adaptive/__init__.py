@@ -13,7 +13,7 @@
 
       python -m grokloop.halting run_dir=RUN [max_steps=12] [step_cost=0.01] [key=value ...]
 
-The report across runs is `reports/adaptive.py` (`python -m grokloop.adaptive_summary RUN...`).
+The report across runs is `reports/adaptive.py` (`python -m reports.adaptive RUN...`).
 This package imports nothing heavy, so `reports` can read MAIN_RULES without torch.
 """
 

@@ -38,7 +38,7 @@ from grokloop.adaptive.selector import (ABSTAIN_OFFSETS, HaltingConfig, Selector
                                         check_train_split, dataset_tensors, rollout,
                                         summarize_selector, train_selector)
 from grokloop.evaluate import answer_prefix
-from grokloop.provenance import atomic_write, atomic_write_text, code_version
+from datagen.provenance import atomic_write, atomic_write_text, code_version
 
 
 @torch.no_grad()

@@ -19,11 +19,3 @@ Methods (the `model` of a row): `lookup_cosine`, `lookup_digit`, `scattershot` (
 controls: each stores every training example and answers a query with the answer of its nearest
 stored key) and `symbolic` (the reasoning upper bound).
 """
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m grokloop.baselines` (grokloop/baselines/__main__.py), callable as
-    grokloop.baselines.main like every other entry point."""
-    from grokloop.baselines.__main__ import main as run
-
-    run(argv)

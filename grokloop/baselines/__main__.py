@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from grokloop.baselines.evaluate import METHODS, evaluate
-from grokloop.provenance import atomic_write_text, code_version, machine
+from datagen.provenance import atomic_write_text, code_version, machine
 
 
 @dataclass

@@ -2,12 +2,13 @@
 one atomic-write helper (write to a temporary file beside the target, then rename), so a killed
 process never leaves a half-written file under the final name.
 
-Imports nothing from the rest of the project, so `datagen`, `grokloop`, `probes` and `reports`
-can all use it.
+It lives at the bottom layer (datagen) and imports nothing from the rest of the project, so
+`datagen`, `grokloop`, `probes` and `reports` can all use it.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -17,13 +18,20 @@ from typing import Callable
 
 
 def code_version() -> str:
-    """The git commit of the checkout (with -dirty), or 'unknown' outside a git tree."""
+    """The git commit of the checkout this code runs from (with -dirty); for an installed package
+    (no checkout around it) `grokloop==VERSION`; 'unknown' if neither can be read."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / ".git").exists():   # a directory, or a file in a git worktree
+        try:
+            out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root,
+                                 capture_output=True, text=True, timeout=5)
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
     try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
+        return f"grokloop=={importlib.metadata.version('grokloop')}"
+    except importlib.metadata.PackageNotFoundError:
         return "unknown"
 
 

@@ -1,0 +1,98 @@
+"""The curriculum's schemas (conf/curriculum.yaml and conf/curriculum/): the stages, the mode
+and order, gates and budgets, replay; checked when composed."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datagen import data_config_from_dict
+from grokloop.config import ModelConfig, OptimConfig, TrainConfig
+
+MODES = ("sequential", "scratch", "joint")
+
+
+@dataclass
+class StageConfig:
+    data: Any = None            # the stage's data preset, composed from conf/data/ by the defaults
+    steps: int | None = None    # None: the curriculum's stage_budget
+    gate: float | None = None   # None: the curriculum's gate
+
+
+@dataclass
+class CurriculumConfig:
+    name: str = "???"
+    stages: dict[str, StageConfig] = field(default_factory=dict)   # in curriculum order
+    mode: str = "sequential"    # sequential | scratch | joint (module docstring)
+    order: str = "forward"      # forward | reversed
+    gate: float = 0.95          # advance once the stage's held-out accuracy reaches this
+    stage_budget: int = 2000    # steps a stage may take to reach its gate
+    stage_steps: int | None = None   # cap on every stage's budget, for quick runs
+    replay: float = 0.0         # fraction of each stage's training split drawn from earlier stages
+    reset_optimizer: bool = True     # false: stage k continues stage k-1's Adam moments
+    eval_size: int = 2000       # held-out cells evaluated per stage
+    held_out: str = "test"      # each stage's split that is held out (test_inferred_id for k-hop)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"curriculum.mode={self.mode!r} is not one of {list(MODES)}")
+        if self.order not in ("forward", "reversed"):
+            raise ValueError(f"curriculum.order={self.order!r} is not forward or reversed")
+        if not 0 < self.gate <= 1:
+            raise ValueError(f"curriculum.gate={self.gate} must be in (0, 1]")
+        for key in ("stage_budget", "stage_steps"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"curriculum.{key}={getattr(self, key)} must be at least 1")
+        if self.replay and self.mode != "sequential":
+            raise ValueError(f"curriculum.replay={self.replay} applies to mode=sequential only "
+                             f"(mode={self.mode}); set curriculum.replay=0")
+        self.stages = {k: v if isinstance(v, StageConfig) else StageConfig(**v)
+                       for k, v in self.stages.items()}
+
+    def check_stages(self) -> None:
+        """The stage list, checked when a curriculum is run (the schema's default has none)."""
+        if not self.stages:
+            raise ValueError("curriculum.stages is empty; name at least one stage")
+        for name, st in self.stages.items():
+            if not st.data:
+                raise ValueError(f"curriculum.stages.{name}.data is empty; compose a preset with "
+                                 f"`- /data@stages.{name}.data: PRESET` in the defaults list")
+
+    def ordered(self) -> list[str]:
+        names = list(self.stages)
+        return names[::-1] if self.order == "reversed" else names
+
+    def budget(self, name: str) -> int:
+        steps = self.stages[name].steps or self.stage_budget
+        return min(steps, self.stage_steps) if self.stage_steps else steps
+
+    def gate_of(self, name: str) -> float:
+        g = self.stages[name].gate
+        return self.gate if g is None else g
+
+
+@dataclass
+class CurriculumCommand:
+    """Schema of conf/curriculum.yaml."""
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    data_cache: str | None = None
+    out_dir: str = "???"
+    resume: bool = False
+
+
+def command_from_dict(d: dict) -> tuple[CurriculumCommand, Path, bool]:
+    d = dict(d)
+    out_dir, resume = Path(d.pop("out_dir")), d.pop("resume")
+    cc = dict(d.pop("curriculum"))
+    curriculum = CurriculumConfig(**cc)   # stage dicts become StageConfigs there
+    curriculum.check_stages()
+    for st in curriculum.stages.values():   # each stage's preset is checked as its task's config
+        data_config_from_dict(st.data)
+    cmd = CurriculumCommand(curriculum=curriculum, model=ModelConfig(**d.pop("model")),
+                            optim=OptimConfig(**d.pop("optim")), train=TrainConfig(**d.pop("train")),
+                            **d)
+    return cmd, out_dir, resume

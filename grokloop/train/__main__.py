@@ -1,0 +1,37 @@
+"""`python -m grokloop.train experiment=NAME [key=value ...] [resume=true]`: the training command.
+
+Composes conf/train.yaml with the command line (grokloop/cli.py), trains (grokloop.train.train),
+prints where the run got to, and writes its report (reports/), which is why this command, and not
+the training library below it, imports the report writer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from grokloop import cli
+from grokloop.config import run_config_from_dict
+from grokloop.train import train
+from reports import write_run_report
+
+
+def main(argv: list[str] | None = None) -> None:
+    def _main(d: dict) -> None:   # the composed, type-checked conf/train.yaml as a dict
+        out_dir, resume = d.pop("out_dir"), d.pop("resume")
+        cfg = run_config_from_dict(d)      # every config error surfaces here, before any file
+        summary = train(cfg, out_dir, resume=resume)
+        final = {k: round(v, 4) for k, v in summary["final"].items() if k.startswith("acc/")
+                 and k.count("/") == 1}
+        print(f"final {final}")
+        print(f"steps to {cfg.train.grok_threshold}: {summary[f'steps_to_{cfg.train.grok_threshold}']}")
+        if cfg.train.report:
+            write_run_report(out_dir)
+        print(f"run directory: {Path(out_dir).resolve()}")
+
+    cli.run("train", _main, argv)
+
+
+if __name__ == "__main__":
+    # Run the imported module, not __main__: a sweep launcher (joblib, submitit) then pickles the
+    # training functions by reference instead of by value.
+    from grokloop.train.__main__ import main as imported_main
+    imported_main()

@@ -1,0 +1,76 @@
+"""Everything a run checks before it writes a file: the dataset, the evaluated splits, the
+stopping splits, the end-token loss, the model's sizes resolved from the data, and a fact
+memory's bank (train.bank, checked against the run)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from datagen import load_or_build
+from grokloop.bank import bank_option, facts_sha256
+from grokloop.checkpoint import list_checkpoints
+from grokloop.config import RunConfig, TrainConfig
+from grokloop.memory import FactBank
+
+
+def resolve_device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def prepare(cfg: RunConfig):
+    """Dataset, evaluated splits and the config with the model's sizes resolved (a new config;
+    `cfg` is not changed), after every check, all before any run directory exists."""
+    ds = load_or_build(cfg.data, cfg.data_cache)
+    wanted = cfg.train.eval_splits or ds.eval_splits
+    missing = [s for s in wanted if s not in ds.eval_splits]
+    if missing:
+        raise ValueError(f"train.eval_splits names {missing[0]!r}, which task {ds.task!r} does not "
+                         f"produce; its splits are {ds.eval_splits}")
+    for split in grok_splits(cfg.train):
+        if split not in wanted:
+            raise ValueError(f"train.stop_at_grok names {split!r}, which is not an evaluated "
+                             f"split; choose from {wanted} (several: a,b)")
+    if cfg.train.loss_on_end_token and "</a>" not in ds.vocab.tokens:
+        raise ValueError(f"train.loss_on_end_token=true needs a </a> token, which {ds.task!r} data "
+                         "in our layout lacks; export it (python -m datagen data=... out_dir=DIR "
+                         "format=grokked) and train on data=grokked data.path=DIR")
+    # The end-token loss reads the answer one position past the query: one more position.
+    cfg = dataclasses.replace(cfg, model=cfg.model.resolved(
+        len(ds.vocab), ds.n_ctx + int(cfg.train.loss_on_end_token)))
+    if cfg.train.mix_cores and len(cfg.model.bank) < 2:
+        raise ValueError("train.mix_cores=true needs a bank of several cores, e.g. "
+                         "model.core_sizes=[1,2]")
+    if cfg.model.d_vocab < len(ds.vocab) or cfg.model.n_ctx < ds.n_ctx:
+        raise ValueError(f"model.d_vocab/n_ctx ({cfg.model.d_vocab}/{cfg.model.n_ctx}) are smaller "
+                         f"than the dataset's ({len(ds.vocab)}/{ds.n_ctx}); set them to 0 (auto)")
+    if cfg.model.memory == "facts" or cfg.train.bank:
+        bank = training_bank(cfg, ds)   # raises, naming the fix: no atomic facts; train.bank
+        if cfg.train.bank:              # with no memory, not a bank, or another vocabulary
+            sha = facts_sha256(bank)
+            if cfg.train.bank_sha256 not in (None, sha):
+                raise ValueError(f"train.bank={cfg.train.bank} holds facts with sha256 {sha}, not "
+                                 f"train.bank_sha256={cfg.train.bank_sha256}; pass the bank those "
+                                 "facts came from, or leave out train.bank_sha256")
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, bank_sha256=sha))
+    elif cfg.train.memory_address_loss:
+        raise ValueError(f"train.memory_address_loss={cfg.train.memory_address_loss} trains a fact "
+                         "memory's addressing; this model has none (set model.memory=facts)")
+    if cfg.train.init_from and not list_checkpoints(cfg.train.init_from):
+        raise FileNotFoundError(f"train.init_from={cfg.train.init_from} holds no checkpoint to start "
+                                "from; give a run directory with checkpoints/")
+    return ds, wanted, cfg
+
+
+def training_bank(cfg: RunConfig, ds) -> FactBank:
+    """The bank a memory model trains with: train.bank's, checked against the run (bank_option:
+    the model has a memory, the directory is a bank over the dataset's vocabulary), else the
+    training graph's atomic facts."""
+    if not cfg.train.bank:
+        return FactBank.from_dataset(ds)   # raises, naming the fix, if the task has no atomic facts
+    return bank_option(cfg.train.bank, ds.vocab, cfg.model.memory, key="train.bank")[0]
+
+
+def grok_splits(tc: TrainConfig) -> list[str]:
+    """The splits train.stop_at_grok names ("test", or "test_a,test_b": stop when all pass)."""
+    return [s.strip() for s in tc.stop_at_grok.split(",")] if tc.stop_at_grok else []
