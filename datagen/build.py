@@ -13,6 +13,7 @@ import numpy as np
 
 from datagen.arithmetic import make_group, make_modular
 from datagen.comparison import make_comparison
+from datagen.complex_reasoning import make_complex_reasoning
 from datagen.composition import make_composition
 from datagen.config import DataConfig, config_dict
 from datagen.dataset import GENERATOR_VERSION, Dataset
@@ -35,6 +36,7 @@ def read_folder(cfg, rng=None) -> Dataset:
 
 
 BUILDERS = {"composition": make_composition, "comparison": make_comparison,
+            "complex_reasoning": make_complex_reasoning,
             "khop_perm": make_permutation_chains,
             "modular": make_modular, "group": make_group, "table": make_table,
             "grokked": read_folder, "mixture": make_mixture}

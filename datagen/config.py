@@ -89,6 +89,57 @@ class ComparisonConfig:
                              f"{self.test_id_fraction + self.valid_fraction} leaves no training pairs")
 
 
+@dataclass
+class ComplexReasoningConfig:
+    """Complex reasoning: comparison with hidden values (Wang et al. 2024, "Grokked Transformers
+    are Implicit Reasoners", arXiv 2405.15071, section 5; REFERENCES.md section 9). Generator:
+    datagen/complex_reasoning.py.
+
+    Per attribute an `ood_fraction` of entities is OOD: their values are never given. Training
+    holds the ID entities' values and a `train_fraction` of the ID x ID pairs (after the
+    `test_id_fraction` and `valid_fraction` are held out) and of the ID x OOD pairs, both orders
+    of each pair. `eval_size` caps every evaluation split; test_hard (OOD x OOD pairs that the
+    training facts decide and the training comparisons alone do not) is balanced over the three
+    labels within it."""
+    task: str = "complex_reasoning"
+    n_entities: int = 1000
+    n_attributes: int = 20
+    n_values: int = 20
+    ood_fraction: float = 0.1
+    test_id_fraction: float = 0.1
+    # Not in the authors' notebook (their valid.json is the OOD set): held-out ID x ID pairs for
+    # model selection. 3% of the rest trains, so the training set barely changes.
+    valid_fraction: float = 0.05
+    train_fraction: float = 0.03
+    eval_size: int = 3000
+    seed: int = 0
+
+    @property
+    def n_ood(self) -> int:
+        """OOD entities per attribute."""
+        return round(self.ood_fraction * self.n_entities)
+
+    def __post_init__(self):
+        for name in ("n_entities", "n_attributes", "eval_size"):
+            _positive(name, getattr(self, name))
+        if self.n_values < 2:
+            raise ValueError(f"data.n_values={self.n_values} must be at least 2 (a comparison "
+                             "needs two values)")
+        for name in ("ood_fraction", "test_id_fraction", "valid_fraction"):
+            _fraction(name, getattr(self, name))
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"data.train_fraction={self.train_fraction} must be in (0, 1]: the "
+                             "share of ID x ID and of ID x OOD pairs that trains")
+        if self.test_id_fraction + self.valid_fraction >= 1:
+            raise ValueError(f"data.test_id_fraction + data.valid_fraction = "
+                             f"{self.test_id_fraction + self.valid_fraction} leaves no ID x ID "
+                             "pairs to train on")
+        if self.n_ood < 2 or self.n_entities - self.n_ood < 2:
+            raise ValueError(f"data.ood_fraction={self.ood_fraction} makes {self.n_ood} of "
+                             f"{self.n_entities} entities OOD per attribute; at least 2 must be "
+                             "OOD and 2 ID (raise or lower ood_fraction, or raise n_entities)")
+
+
 # Chain codes are int64 (datagen/permutation_chains.py): n_entities * n_relations**k must fit.
 MAX_CHAIN_CODE = 2 ** 62
 
@@ -285,10 +336,12 @@ class MixtureConfig:
 
 
 DATA_CONFIGS = {"composition": CompositionConfig, "comparison": ComparisonConfig,
+                "complex_reasoning": ComplexReasoningConfig,
                 "khop_perm": PermutationChainsConfig,
                 "modular": ModularConfig, "group": GroupConfig, "table": TableConfig,
                 "grokked": GrokkedConfig, "mixture": MixtureConfig}
-DataConfig = (CompositionConfig | ComparisonConfig | PermutationChainsConfig | ModularConfig
+DataConfig = (CompositionConfig | ComparisonConfig | ComplexReasoningConfig
+              | PermutationChainsConfig | ModularConfig
               | GroupConfig | TableConfig | GrokkedConfig | MixtureConfig)
 
 

@@ -15,6 +15,10 @@ every record of a file must carry the same keys):
   test.json   records with "type": id_atomic, ood_atomic, train_inferred, test_inferred_iid,
               test_inferred_ood, and in newer composition files test_OI / test_IO (two-hop, first
               hop OOD and second ID / the reverse)
+  complex reasoning (complex_reasoning.ipynb; datagen/complex_reasoning.py) types its training
+              comparisons train_inferred_topleft (ID x ID) and train_inferred_cross (ID x OOD),
+              in train.json and in test.json's samples of them, and adds test_hard; train.json
+              holds no ood_atomic (those values are never trained), test.json all of them
   vocab.json  a JSON list of the tokens `--add_tokens` adds to the GPT-2 tokenizer:
               composition  <e_i>..., <r_i>..., <mask>, <sep>, <a>, </a>, <q>, </q>
               comparison   <e_i>..., <attr_j>..., <k> (values 0..), those six, then per
@@ -29,7 +33,11 @@ Dataset in the file's own tokens (a comparison folder keeps the authors' <e><att
 per-attribute labels). Roles the files do not state are recovered from the atomic facts:
 composition bridges by chaining (h, r) -> t, comparison values by (entity, attribute) -> value.
 Unknown test types become splits of their own (with a warning). Writing converts our comparison
-layout (<a_j><e_i> -> <v_k>, shared <lt>/<eq>/<gt>) to theirs and writes vocab.json.
+layout (<a_j><e_i> -> <v_k>, shared <lt>/<eq>/<gt>) to theirs and writes vocab.json. A folder
+with any complex-reasoning type reads as task complex_reasoning; both of its training types
+become our split train_inferred. Their complex-reasoning notebook also wraps atomic queries as
+`<q><e><attr><mask></q>`, comparisons in `...</q>` and answers in `<a>...</a>`; we write and
+read the comparison records above (the same facts), not that wrapping.
 """
 from __future__ import annotations
 
@@ -51,6 +59,10 @@ TEST_TYPES = {"atomic_id": "id_atomic", "atomic_ood": "ood_atomic",
               "train_inferred": "train_inferred", "test_inferred_id": "test_inferred_iid",
               "test_inferred_ood": "test_inferred_ood", "test_OI": "test_OI", "test_IO": "test_IO",
               "valid": "valid"}
+# complex reasoning's own types (test.json) -> our split
+COMPLEX_TYPES = {"train_inferred_topleft": "train_inferred",
+                 "train_inferred_cross": "train_inferred", "test_hard": "test_hard"}
+COMPARISON_TASKS = ("comparison", "complex_reasoning")     # the attribute-comparison layout
 SPECIALS = ["<mask>", "<sep>", "<a>", "</a>", "<q>", "</q>"]   # the authors' vocab.json specials
 FILES = ("train", "valid", "test")
 _TOKEN = re.compile(r"<[^<>]+>")
@@ -62,7 +74,7 @@ _OUR_LABELS = ["<lt>", "<eq>", "<gt>"]     # datagen.comparison.LABELS
 
 def _ours_comparison(ds: Dataset) -> bool:
     """True for our comparison layout (<a_j><e_i>, shared labels), False for the authors'."""
-    return ds.task == "comparison" and "<lt>" in ds.vocab.tokens
+    return ds.task in COMPARISON_TASKS and "<lt>" in ds.vocab.tokens
 
 
 def authors_tokens(ds: Dataset, i: int) -> tuple[list[str], str]:
@@ -83,12 +95,12 @@ def authors_vocab(ds: Dataset) -> list[str]:
     ents = [f"<e_{i}>" for i in range(n["entities"])]
     if ds.task == "composition":
         return ents + [f"<r_{i}>" for i in range(n["relations"])] + SPECIALS
-    if ds.task == "comparison":
+    if ds.task in COMPARISON_TASKS:
         A = n["attributes"]
         return (ents + [f"<attr_{j}>" for j in range(A)] + [f"<{k}>" for k in range(n["values"])]
                 + SPECIALS + [f"<attr_{j}_{c}>" for j in range(A) for c in range(3)])
-    raise ValueError(f"the GrokkedTransformer format holds composition and comparison data, "
-                     f"not {ds.task!r}")
+    raise ValueError(f"the GrokkedTransformer format holds composition, comparison and "
+                     f"complex_reasoning data, not {ds.task!r}")
 
 
 def _record(ds: Dataset, i: int, kind: str | None = None) -> dict:
@@ -119,16 +131,35 @@ def _train_types(ds: Dataset) -> dict[int, str]:
     return out
 
 
+def _complex_train_types(ds: Dataset) -> dict[int, str]:
+    """Complex reasoning: every training atomic fact is id_atomic; a training comparison is
+    train_inferred_topleft when both its (entity, attribute) have a training atomic fact (both
+    ID), else train_inferred_cross."""
+    train, r = ds.splits["train"], ds.roles
+    atomic = ds.answer_pos[train] == 1
+    known = {(int(e), int(a)) for e, a in zip(r["entity_1"][train[atomic]],
+                                              r["attribute"][train[atomic]])}
+    out = {int(i): "id_atomic" for i in train[atomic]}
+    for i in train[~atomic].tolist():
+        a = int(r["attribute"][i])
+        both = (int(r["entity_1"][i]), a) in known and (int(r["entity_2"][i]), a) in known
+        out[i] = "train_inferred_topleft" if both else "train_inferred_cross"
+    return out
+
+
 def write_grokked(ds: Dataset, out_dir: str | Path) -> Path:
     """train.json, valid.json, test.json and vocab.json of `ds`, each written atomically."""
     vocab = authors_vocab(ds)                      # refuses tasks the format does not hold
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kinds = _train_types(ds) if ds.task == "comparison" else {}
+    complex_ = ds.task == "complex_reasoning"
+    kinds = _complex_train_types(ds) if complex_ else \
+        _train_types(ds) if ds.task == "comparison" else {}
     train = [_record(ds, i, kinds.get(i)) for i in ds.splits["train"].tolist()]
-    valid_type = "test_inferred_ood" if ds.task == "comparison" else None   # as theirs
+    valid_type = "test_inferred_ood" if ds.task in COMPARISON_TASKS else None   # as theirs
     valid = [_record(ds, i, valid_type) for i in ds.splits.get("test_inferred_ood", [])]
-    test = [_record(ds, i, TEST_TYPES.get(s, s)) for s in ds.eval_splits for i in ds.splits[s]]
+    test = [_record(ds, i, kinds[i] if complex_ and s == "train_inferred" else
+                    TEST_TYPES.get(s, s)) for s in ds.eval_splits for i in ds.splits[s].tolist()]
     for name, obj in (("train", train), ("valid", valid), ("test", test), ("vocab", vocab)):
         atomic_write_text(out / f"{name}.json", json.dumps(obj))
     return out
@@ -205,7 +236,7 @@ def read_grokked(path: str | Path) -> Dataset:
     parsed: dict[tuple, str] = {}
     splits: dict[str, list[tuple]] = {}
     unknown_types = set()
-    by_type = {v: k for k, v in TEST_TYPES.items()}
+    by_type = {v: k for k, v in TEST_TYPES.items()} | COMPLEX_TYPES
     for name, records in files.items():
         for r in records:
             query, answer = _parse(r, f"{path / name}.json")
@@ -240,7 +271,8 @@ def read_grokked(path: str | Path) -> Dataset:
     if any(t.startswith("<r_") for t in tokens):
         task = "composition"
     elif any(t.startswith("<attr_") for t in tokens):
-        task = "comparison"
+        types = {r.get("type") for records in files.values() for r in records}
+        task = "complex_reasoning" if types & set(COMPLEX_TYPES) else "comparison"
     else:
         raise ValueError(f"{path}: cannot tell the task: no <r_*> (composition) or <attr_*> "
                          f"(comparison) tokens among {sorted(tokens)[:8]}...")
@@ -250,8 +282,8 @@ def read_grokked(path: str | Path) -> Dataset:
             raise ValueError(f"{vocab_file} lacks {len(absent)} tokens the records use, e.g. "
                              f"{absent[:5]}; the authors' tokenizer would split them")
     n = _sizes(vocab_list if vocab_list is not None else tokens)
-    build = _composition if task == "composition" else _comparison
-    ds = build(n, parsed, splits)
+    ds = _composition(n, parsed, splits) if task == "composition" else \
+        _comparison(n, parsed, splits, task)
     ds.config.update({"source": str(path.resolve()), "files": _file_hashes(path),
                       "missing_files": missing})
     return ds
@@ -323,7 +355,7 @@ def comparison_vocab(n) -> Vocab:
                         ("labels", [f"<attr_{j}_{c}>" for j in range(A) for c in range(3)])])
 
 
-def _comparison(n, parsed, splits) -> Dataset:
+def _comparison(n, parsed, splits, task: str = "comparison") -> Dataset:
     vocab = comparison_vocab(n)
     keys, inputs, answers = _arrays(vocab, parsed, 5)
     N = len(keys)
@@ -345,5 +377,5 @@ def _comparison(n, parsed, splits) -> Dataset:
                 "answer": np.full(N, -1)}
     _warn_unknown("value_1/value_2", int((~atomic & ((v1 < 0) | (v2 < 0))).sum()),
                   int((~atomic).sum()))
-    return _finish("comparison", vocab, keys, inputs, answer_pos, answers, np.ones(N), roles,
+    return _finish(task, vocab, keys, inputs, answer_pos, answers, np.ones(N), roles,
                    role_pos, splits, n)

@@ -2,6 +2,7 @@
 training set buys, and what exact symbolic reasoning over it buys.
 
     python -m grokloop.baselines lookup data=composition_small [sigma=0,2,4] [d=256] [seed=0]
+    python -m grokloop.baselines lookup data=complex_reasoning_cpu methods=[retrieval,chance]
 
 Modules, one concept each:
   keys.py      canonical random token keys; the context embedding of a query (concatenated
@@ -11,11 +12,14 @@ Modules, one concept each:
                training example's (query key -> answer)
   symbolic.py  the exact symbolic lookup over the training facts: k-step chains of atomic facts
                (composition), value look-up and compare (comparison), the training table
-               (modular, group)
+               (modular, group), interval reasoning over the training facts (complex reasoning)
+  retrieval.py the one-step retrieval control of complex reasoning: the training facts about the
+               query's entities, no chaining (Wang et al. 2024, arXiv 2405.15071, section 5)
   evaluate.py  accuracy per (method, split[, hops], sigma) as rows of the results schema
   __main__.py  the command (schema BaselinesCommand, conf/baselines.yaml)
 
 Methods (the `model` of a row): `lookup_cosine`, `lookup_digit`, `scattershot` (memorisation
 controls: each stores every training example and answers a query with the answer of its nearest
-stored key) and `symbolic` (the reasoning upper bound).
+stored key), `symbolic` (the reasoning upper bound), and complex reasoning's controls
+`retrieval` and `chance` (a seeded uniform guess), which complex_reasoning runs by default.
 """

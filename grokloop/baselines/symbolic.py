@@ -11,6 +11,14 @@
                (a, e1, e2) looks up both values and compares them; the label token of each
                (attribute, sign(v1 - v2)) is read off the training comparisons (per attribute,
                so the authors' per-attribute labels work; value tokens are in value order).
+  complex_    interval reasoning over the training facts (Wang et al. 2024, arXiv 2405.15071,
+  reasoning    section 5; datagen/complex_reasoning.py): every (attribute, entity) starts at the
+               values 0..V-1, a training atomic fact pins it, and the training comparisons tighten
+               the bounds (x < y: hi_x <= hi_y - 1 and lo_y >= lo_x + 1; "=": both ways) until
+               nothing changes. A comparison is answered when the intervals decide it (disjoint,
+               or one and the same single value), an atomic query when its interval is a single
+               value. Exact on that task, whose training constraints on an unknown value are all
+               unary, so 1.0 on test_hard by construction.
   modular,     the training table itself: a query is answered only if its cell (the whole
   group        input) is a training cell, so held-out cells are never answered: the symbolic
                bound of a table task is exact on training cells and says nothing about the rest.
@@ -87,6 +95,62 @@ def _comparison(ds: Dataset, idx: np.ndarray) -> np.ndarray:
     return out
 
 
+def label_sign(ds: Dataset, tokens: np.ndarray) -> np.ndarray:
+    """sign(v1 - v2) that comparison label tokens state. Both comparison layouts order their
+    label range as (<, =, >), shared (ours: <lt>, <eq>, <gt>) or per attribute (the authors'
+    <attr_j_0..2>, attribute-major), so the sign is the offset modulo 3, minus 1."""
+    return (np.asarray(tokens, np.int64) - ds.vocab.ranges["labels"][0]) % 3 - 1
+
+
+def label_token(ds: Dataset, attributes: np.ndarray, sign: np.ndarray) -> np.ndarray:
+    """The label token stating sign(v1 - v2) = sign for each attribute token (see label_sign)."""
+    (l0, l1), a0 = ds.vocab.ranges["labels"], ds.vocab.ranges["attributes"][0]
+    per_attribute = 3 * (np.asarray(attributes, np.int64) - a0) if l1 - l0 > 3 else 0
+    return l0 + per_attribute + np.asarray(sign, np.int64) + 1
+
+
+def value_bounds(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """lo, hi [attribute, entity] (offsets into their vocabulary ranges): the values the
+    training facts allow, by bound propagation to a fixed point (see the module docstring)."""
+    r, train = ds.roles, ds.splits["train"]
+    (a0, a1), (e0, e1), (v0, v1) = (ds.vocab.ranges[k] for k in ("attributes", "entities",
+                                                                 "values"))
+    top = v1 - v0 - 1
+    lo = np.zeros((a1 - a0, e1 - e0), np.int64)
+    hi = np.full_like(lo, top)
+    atomic = train[r["entity_2"][train] < 0]
+    lo[r["attribute"][atomic] - a0, r["entity_1"][atomic] - e0] = ds.answers[atomic] - v0
+    hi[r["attribute"][atomic] - a0, r["entity_1"][atomic] - e0] = ds.answers[atomic] - v0
+    cmp = train[r["entity_2"][train] >= 0]
+    a, x, y = r["attribute"][cmp] - a0, r["entity_1"][cmp] - e0, r["entity_2"][cmp] - e0
+    s = label_sign(ds, ds.answers[cmp])
+    a, x, y, s = np.concatenate([a, a]), np.concatenate([x, y]), np.concatenate([y, x]), \
+        np.concatenate([s, -s])                           # each fact read from both ends
+    while True:                        # bounds only tighten, within 0..top: this ends
+        before = lo.copy(), hi.copy()
+        np.minimum.at(hi, (a, x), np.where(s <= 0, hi[a, y] + np.minimum(s, 0), top))
+        np.maximum.at(lo, (a, x), np.where(s >= 0, lo[a, y] + np.maximum(s, 0), 0))
+        np.clip(lo, 0, top, out=lo)    # (facts that contradict each other stop at the ends)
+        np.clip(hi, 0, top, out=hi)
+        if np.array_equal(before[0], lo) and np.array_equal(before[1], hi):
+            return lo, hi
+
+
+def _complex_reasoning(ds: Dataset, idx: np.ndarray) -> np.ndarray:
+    r = ds.roles
+    lo, hi = value_bounds(ds)
+    a0, e0, v0 = (ds.vocab.ranges[k][0] for k in ("attributes", "entities", "values"))
+    a, x = r["attribute"][idx] - a0, r["entity_1"][idx] - e0
+    out = np.where(lo[a, x] == hi[a, x], v0 + lo[a, x], -1)            # atomic queries
+    cmp = r["entity_2"][idx] >= 0
+    a, x, y = a[cmp], x[cmp], r["entity_2"][idx][cmp] - e0
+    l1, h1, l2, h2 = lo[a, x], hi[a, x], lo[a, y], hi[a, y]
+    eq = (l1 == h1) & (l2 == h2) & (l1 == l2)
+    sign = np.select([h1 < l2, eq, l1 > h2], [-1, 0, 1], 2)
+    out[cmp] = np.where(sign < 2, label_token(ds, r["attribute"][idx][cmp], sign), -1)
+    return out
+
+
 def _table(ds: Dataset, idx: np.ndarray) -> np.ndarray:
     train = ds.splits["train"]
     rows = np.concatenate([ds.inputs[train], ds.inputs[idx]])
@@ -98,6 +162,7 @@ def _table(ds: Dataset, idx: np.ndarray) -> np.ndarray:
 
 # Permutation chains (khop_perm) share composition's roles and chain the same atomic facts.
 SOLVERS = {"composition": _composition, "khop_perm": _composition, "comparison": _comparison,
+           "complex_reasoning": _complex_reasoning,
            "modular": _table, "group": _table}
 
 
