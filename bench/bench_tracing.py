@@ -66,15 +66,15 @@ def bench_model(name, model, ds, n: int, repeats: int) -> dict:
             t = time.perf_counter()
             flip = trace_loop(model, clean, bad, ap)
             times["loop"].append(time.perf_counter() - t)
-            if not (torch.as_tensor(res["flip"]) == flip).all():
+            if not (torch.as_tensor(res.flip) == flip).all():
                 raise AssertionError(f"{name}, {role}: batched and per-cell flips differ")
         med = {k: statistics.median(v) for k, v in times.items()}
         per_role[role] = {"examples": len(clean), "seconds": med, "all_seconds": times,
                           "speedup": med["loop"] / med["batched"],
-                          "mean_strength": float(res["strength"].mean())}
+                          "mean_strength": float(res.strength.mean())}
         for k in totals:
             totals[k].append(med[k])
-    cells = res["flip"].shape[0] * res["flip"].shape[1]
+    cells = res.flip.shape[0] * res.flip.shape[1]
     seconds = {k: sum(v) for k, v in totals.items()}
     return {"model": name, "examples": len(batch), "cells": cells, "roles": per_role,
             "seconds": seconds, "speedup": seconds["loop"] / seconds["batched"], "same_flips": True}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datagen import build_dataset, data_config_from_dict
+from datagen import build_dataset
 from datagen.grokked_format import write_grokked
 
 FORMATS = ("npz", "grokked")
@@ -24,10 +24,12 @@ class DatagenCommand:
     format: str = "npz"          # npz | grokked (the authors' JSON files)
 
 
-def generate(d: dict) -> None:
-    if d["format"] not in FORMATS:
-        raise ValueError(f"format={d['format']!r} is unknown; use one of {', '.join(FORMATS)}")
-    data_cfg = data_config_from_dict(d["data"])
+def generate(cmd: DatagenCommand) -> None:
+    if cmd.format not in FORMATS:
+        raise ValueError(f"format={cmd.format!r} is unknown; use one of {', '.join(FORMATS)}")
+    if cmd.data is None:
+        raise ValueError("data is required: pass data=PRESET (conf/data/), e.g. data=composition")
+    data_cfg = cmd.data
     ds = build_dataset(data_cfg)
     m = ds.manifest()
     print(f"task {m['task']}  examples {m['n_examples']}  n_ctx {m['n_ctx']}  d_vocab {m['d_vocab']}")
@@ -36,9 +38,9 @@ def generate(d: dict) -> None:
     if "achieved_phi" in ds.stats:
         print(f"achieved phi {ds.stats['achieved_phi']:.4f} (requested {data_cfg.phi})")
     print(f"content hash {m['content_hash']}")
-    if d["out_dir"]:
-        out = Path(d["out_dir"])
-        write_grokked(ds, out) if d["format"] == "grokked" else ds.save(out)
+    if cmd.out_dir:
+        out = Path(cmd.out_dir)
+        write_grokked(ds, out) if cmd.format == "grokked" else ds.save(out)
         print(f"written to {out.resolve()}")
 
 

@@ -6,8 +6,9 @@ OmegaConf rejects a wrongly typed or unknown key while composing, before the com
 `--help` shows every option with its default. `run` is the one wrapper around `hydra.main`:
 
     def main(argv=None):
-        cli.run("probes", run_probes, argv)   # run_probes(dict) does the work
+        cli.run("probes", run_probes, argv)   # run_probes(ProbesCommand) does the work
 
+`task` receives the typed config (an instance of the schema class, built by OmegaConf.to_object).
 A config error (bad type, unknown key, invalid value, missing required key, a path that is not a
 run) prints one line `error: ...` to stderr and exits with status 2, before anything is written;
 HYDRA_FULL_ERROR=1 shows the traceback instead. Tests compose the same configs with `compose`.
@@ -119,9 +120,12 @@ def compose(name: str, overrides: list[str] = ()):
 
 
 def overrides(name: str, argv: list[str]) -> list[str]:
-    """Command `name`'s documented shorthands as Hydra overrides: positional words become the
-    list option `rest` (after the word `verb`, if it has one), and `key=a,b` on a list option is
-    the list [a,b] (Hydra would read it as a sweep; these commands do not sweep)."""
+    """Command `name`'s command line as Hydra overrides. Everything is Hydra's own grammar (a list
+    is `key=[a,b]`; `key=a,b` is a sweep, which only --multirun runs), plus two shorthands that
+    Hydra would refuse, so they cannot change what a valid command means: a list option given
+    one plain value is a list of one (`probe=logit_lens`), and positional words become the list
+    option `rest` (after the word `verb`, if the command has one): `python -m reports compare
+    DIR DIR` is `compare=[DIR,DIR]`."""
     cls, rest, verb = schema(name), COMMANDS[name].rest, COMMANDS[name].verb
     hints = typing.get_type_hints(cls)
     lists = {f.name for f in dataclasses.fields(cls) if typing.get_origin(hints[f.name]) is list}
@@ -129,7 +133,8 @@ def overrides(name: str, argv: list[str]) -> list[str]:
     for a in argv:
         if after_flag or a.startswith(("-", "~")) or "=" in a:
             key, _, value = a.partition("=")
-            if key.lstrip("+") in lists and value[:1] != "[" and not after_flag:
+            if key.lstrip("+") in lists and value and value[0] not in "[\'\"" \
+                    and "," not in value and not after_flag:
                 a = f"{key}=[{value}]"
             out.append(a)
             after_flag = a in _FLAG_VALUES
@@ -220,10 +225,12 @@ def announce_sweep_job(argv: list[str]) -> None:
           flush=True)
 
 
-def run(name: str, task: Callable[[dict], None], argv: list[str] | None = None) -> None:
-    """Compose conf/NAME.yaml with the command line and hand `task` the resolved dict. Config
-    errors, and the ValueError, FileNotFoundError, FileExistsError or SystemExit(message) that
-    `task` raises for a value it cannot use, end as one line `error: ...` and exit status 2."""
+def run(name: str, task: Callable[[typing.Any], None], argv: list[str] | None = None) -> None:
+    """Compose conf/NAME.yaml with the command line and hand `task` the command's typed config:
+    an instance of its schema class (COMMANDS[name].schema), built by OmegaConf.to_object, so
+    every __post_init__ check has run. Config errors, and the ValueError, FileNotFoundError,
+    FileExistsError or SystemExit(message) that `task` raises for a value it cannot use, end as
+    one line `error: ...` and exit status 2."""
     import hydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -250,7 +257,7 @@ def run(name: str, task: Callable[[dict], None], argv: list[str] | None = None) 
         announce_sweep_job(argv)
         # Caught here, inside the job, or Hydra adds a line of its own before re-raising.
         try:
-            task(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+            task(OmegaConf.to_object(cfg))
         except (*config_errors, *usage_errors, SystemExit) as e:
             report(e)
 

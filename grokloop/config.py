@@ -245,6 +245,14 @@ class TrainCommand:
     out_dir: str = "???"   # OmegaConf's mark for a required value
     resume: bool = False
 
+    def run_config(self) -> RunConfig:
+        """The run this command trains (where it is written, and whether it resumes, aside)."""
+        if self.data is None:
+            raise ValueError("data is required: pass data=PRESET or experiment=NAME")
+        return RunConfig(data=as_data_config(self.data), model=self.model, optim=self.optim,
+                         train=self.train, experiment=self.experiment, seed=self.seed,
+                         data_cache=self.data_cache)
+
 
 def _build(cls, d: dict, prefix: str):
     known = {f.name for f in dataclasses.fields(cls)}
@@ -252,6 +260,12 @@ def _build(cls, d: dict, prefix: str):
     if unknown:
         raise ValueError(f"{prefix}.{unknown[0]}: unknown key; known keys: {sorted(known)}")
     return cls(**d)
+
+
+def as_data_config(data) -> DataConfig:
+    """A data preset as its task's config: a typed command's `data` is already one (OmegaConf's
+    to_object builds it); a dict (a saved config.json's) is built and checked here."""
+    return data_config_from_dict(data) if isinstance(data, dict) else data
 
 
 def run_config_from_dict(d: dict) -> RunConfig:

@@ -1,6 +1,5 @@
 """Log-spaced schedules: evaluate and checkpoint densely early and sparsely late, because
 grokking happens on a log time axis."""
-import numpy as np
 
 
 def log_schedule(total: int, min_gap: int, max_gap: int, n_per_decade: int = 20) -> list[int]:

@@ -16,8 +16,35 @@ through hook points, kept as the reference the benchmark and tests compare again
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+from jaxtyping import Bool, Float, Int
 from transformer_lens import patching
+
+
+@dataclass
+class TraceResult:
+    """Causal tracing of one batch over the states S[0..V] (V + 1 = `state`) and positions.
+    flip: the clean run's top-1 answer changes when S[i, pos] comes from the corrupted run;
+    strength: its mean over examples (the paper's causal strength); logit_diff: the patched run's
+    mean logit(clean answer) - logit(corrupted answer); full_effect: the share of examples whose
+    answer the corruption itself flips; clean_acc: the clean run's accuracy."""
+    flip: Bool[np.ndarray, "state pos batch"]
+    strength: Float[np.ndarray, "state pos"]
+    logit_diff: Float[np.ndarray, "state pos"]
+    full_effect: float
+    clean_acc: float
+
+
+@dataclass
+class PatchingMaps:
+    """transformer_lens.patching heatmaps (denoising, normalised logit difference) over the
+    hooked virtual blocks `model.layer_table()`."""
+    resid_pre: Float[np.ndarray, "layer pos"]
+    attn_out: Float[np.ndarray, "layer pos"]
+    head_out: Float[np.ndarray, "layer head"]
 
 
 def _answer_logits(model, final_state, answer_pos):
@@ -101,14 +128,12 @@ def known_or_predicted(model, corrupted, answer_pos, corrupted_answers):
 
 
 @torch.no_grad()
-def causal_trace(model, clean, corrupted, answer_pos, clean_answers, corrupted_answers) -> dict:
-    """Flip rate and logit difference for every (layer, pos) cell.
-
-    flip [V + 1, pos, n]: the clean run's top-1 answer changes when S[i, pos] comes from the
-    corrupted run; strength [V + 1, pos] its mean (the paper's causal strength);
-    logit_diff [V + 1, pos]: mean logit(clean answer) - logit(corrupted answer) of the patched
-    run (an unknown corrupted answer, -1, is the corrupted run's top-1: `known_or_predicted`);
-    full_effect: the fraction of examples whose prediction the corruption itself flips."""
+def causal_trace(model, clean: Int[torch.Tensor, "batch pos"],
+                 corrupted: Int[torch.Tensor, "batch pos"], answer_pos: Int[torch.Tensor, " batch"],
+                 clean_answers: Int[torch.Tensor, " batch"],
+                 corrupted_answers: Int[torch.Tensor, " batch"]) -> TraceResult:
+    """Flip rate and logit difference for every (state, position) cell (TraceResult); an unknown
+    corrupted answer (-1) is the corrupted run's top-1 (`known_or_predicted`)."""
     corrupted_answers = known_or_predicted(model, corrupted, answer_pos, corrupted_answers)
     logits = patched_logits(model, clean, corrupted, answer_pos)
     clean_final = _answer_logits(model, model.residual_states(clean)[0][-1], answer_pos)
@@ -117,10 +142,9 @@ def causal_trace(model, clean, corrupted, answer_pos, clean_answers, corrupted_a
     flip = logits.argmax(-1) != clean_pred
     diff = (logits.gather(-1, clean_answers.expand(*logits.shape[:2], -1)[..., None])
             - logits.gather(-1, corrupted_answers.expand(*logits.shape[:2], -1)[..., None]))[..., 0]
-    return {"flip": flip.numpy(), "strength": flip.double().mean(-1).numpy(),
-            "logit_diff": diff.double().mean(-1).numpy(),
-            "full_effect": float((corr_final.argmax(-1) != clean_pred).double().mean()),
-            "clean_acc": float((clean_pred == clean_answers).double().mean())}
+    return TraceResult(flip.numpy(), flip.double().mean(-1).numpy(), diff.double().mean(-1).numpy(),
+                       float((corr_final.argmax(-1) != clean_pred).double().mean()),
+                       float((clean_pred == clean_answers).double().mean()))
 
 
 def state_hook_name(i: int, n_layers: int) -> str:
@@ -161,7 +185,8 @@ def logit_diff_metric(answer_pos, clean_answers, corrupted_answers, clean_ld: fl
 
 
 @torch.no_grad()
-def patching_maps(model, clean, corrupted, answer_pos, clean_answers, corrupted_answers) -> dict:
+def patching_maps(model, clean, corrupted, answer_pos, clean_answers,
+                  corrupted_answers) -> PatchingMaps:
     """transformer_lens.patching heatmaps (denoising: the corrupted run with one clean activation
     patched in) with the normalised logit-difference metric: resid_pre and attn_out
     [layer, pos], head outputs over all positions [layer, head]. Layers are the hooked
@@ -175,6 +200,7 @@ def patching_maps(model, clean, corrupted, answer_pos, clean_answers, corrupted_
 
     metric = logit_diff_metric(answer_pos, clean_answers, corrupted_answers, ld(clean), ld(corrupted))
     _, cache = model.run_with_cache(clean)
-    return {"resid_pre": patching.get_act_patch_resid_pre(model, corrupted, cache, metric).numpy(),
-            "attn_out": patching.get_act_patch_attn_out(model, corrupted, cache, metric).numpy(),
-            "head_out": patching.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric).numpy()}
+    return PatchingMaps(
+        patching.get_act_patch_resid_pre(model, corrupted, cache, metric).numpy(),
+        patching.get_act_patch_attn_out(model, corrupted, cache, metric).numpy(),
+        patching.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric).numpy())

@@ -13,10 +13,12 @@ Token id == number for the modular task, so row a of W_E is the embedding of a.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 
 from grokloop.checkpoint import load_model
 
@@ -69,8 +71,23 @@ def walsh_spectrum(W_E: torch.Tensor, bits: int) -> torch.Tensor:
     return (basis @ W_E[:n].double()).norm(dim=1)[1:]
 
 
+@dataclass
+class FourierMeasures:
+    """Nanda et al.'s progress measures at one checkpoint: the embedding's norm per frequency
+    k = 1..(p-1)/2 and its Gini coefficient, the key frequencies (largest norms), the restricted
+    loss (key directions only, whole table), the excluded loss (key directions removed, training
+    cells) and the ordinary training and test losses."""
+    freq_norm: Float[np.ndarray, " freq"]
+    gini: float
+    key_freqs: list[int]
+    restricted_loss: float
+    excluded_loss: float
+    train_loss: float
+    test_loss: float
+
+
 @torch.no_grad()
-def fourier_measures(model, ds, n_key: int = 5) -> dict:
+def fourier_measures(model, ds, n_key: int = 5) -> FourierMeasures:
     p = check_applies(ds)
     freq_norm = embedding_spectrum(model.W_E, p)
     key = (torch.argsort(freq_norm, descending=True)[:n_key] + 1).tolist()
@@ -94,9 +111,8 @@ def fourier_measures(model, ds, n_key: int = 5) -> dict:
     ce = lambda lg, idx: float(F.cross_entropy(lg[idx], answers[idx]))
     every = torch.arange(p * p)
     test = torch.as_tensor(ds.splits["test"])
-    return {"freq_norm": freq_norm.numpy(), "gini": gini(freq_norm.numpy()), "key_freqs": key,
-            "restricted_loss": ce(kept, every), "excluded_loss": ce(excluded, train),
-            "train_loss": ce(logits, train), "test_loss": ce(logits, test)}
+    return FourierMeasures(freq_norm.numpy(), gini(freq_norm.numpy()), key, ce(kept, every),
+                           ce(excluded, train), ce(logits, train), ce(logits, test))
 
 
 def stage_spectra(run_dir) -> dict:

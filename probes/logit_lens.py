@@ -10,9 +10,35 @@ numbers: e.g. the bridge entity's MRR at the r1 position per layer.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+from jaxtyping import Float
 
 from probes.examples import ProbeBatch
+
+
+@dataclass
+class LensResult:
+    """The logit lens of one batch, roles in `roles` order, states S[0..V] labelled `layers`.
+    rank/mrr/top1: means over the examples that have the role; at_role_*: at each example's own
+    role position (the paper's numbers); n: examples per role."""
+    roles: list[str]
+    layers: list[str]
+    rank: Float[np.ndarray, "role layer pos"]
+    mrr: Float[np.ndarray, "role layer pos"]
+    top1: Float[np.ndarray, "role layer pos"]
+    at_role_mrr: Float[np.ndarray, "role layer"]
+    at_role_top1: Float[np.ndarray, "role layer"]
+    n: Float[np.ndarray, " role"]
+
+
+@dataclass
+class ReadoutResult:
+    """What the model answers if it stops after step t = 1..T: accuracy and the answer's MRR."""
+    acc: Float[np.ndarray, " step"]
+    answer_mrr: Float[np.ndarray, " step"]
 
 
 def target_roles(batch: ProbeBatch) -> list[str]:
@@ -20,11 +46,10 @@ def target_roles(batch: ProbeBatch) -> list[str]:
 
 
 @torch.no_grad()
-def logit_lens(model, batch: ProbeBatch, roles: list[str] | None = None, chunk: int = 256) -> dict:
-    """Arrays, roles in the order of `roles`:
-    rank/mrr/top1 [role, layer, pos] means over the examples that have the role;
-    at_role_mrr/at_role_top1 [role, layer] at each example's own role position;
-    n [role] examples per role; layers: labels of S[0..V]."""
+def logit_lens(model, batch: ProbeBatch, roles: list[str] | None = None,
+               chunk: int = 256) -> LensResult:
+    """The rank of each role's token under the lens at every (state, position), `roles` (default:
+    every role the batch has) in order."""
     roles = roles or target_roles(batch)
     missing = [r for r in roles if r not in batch.roles]
     if missing:
@@ -56,18 +81,17 @@ def logit_lens(model, batch: ProbeBatch, roles: list[str] | None = None, chunk: 
             at["top1"][j] += (own == 0).double().sum(1)
             count[j] += has.sum()
     denom = count.clamp(min=1)
-    out = {k: (v / denom[:, None, None]).numpy() for k, v in sums.items()}
-    out |= {f"at_role_{k}": (v / denom[:, None]).numpy() for k, v in at.items()}
-    out["n"] = count.numpy()
-    out["roles"] = roles
-    out["layers"] = ["embed"] + [v.label for v in model.layer_table()]
-    return out
+    mean = {k: (v / denom[:, None, None]).numpy() for k, v in sums.items()}
+    return LensResult(roles, ["embed"] + [v.label for v in model.layer_table()], **mean,
+                      at_role_mrr=(at["mrr"] / denom[:, None]).numpy(),
+                      at_role_top1=(at["top1"] / denom[:, None]).numpy(), n=count.numpy())
 
 
 @torch.no_grad()
-def step_readout(model, batch: ProbeBatch, n_steps: int | None = None, chunk: int = 1024) -> dict:
-    """What the model would answer if it stopped after step t: accuracy and answer MRR
-    [steps] for t = 1..n_steps (default: the trained number of steps)."""
+def step_readout(model, batch: ProbeBatch, n_steps: int | None = None,
+                 chunk: int = 1024) -> ReadoutResult:
+    """What the model would answer if it stopped after step t, for t = 1..n_steps (default: the
+    trained number of steps)."""
     correct, rr = [], []
     for lo in range(0, len(batch), chunk):
         rows = slice(lo, lo + chunk)
@@ -76,5 +100,5 @@ def step_readout(model, batch: ProbeBatch, n_steps: int | None = None, chunk: in
         rank = (logits > target).sum(-1)                            # [steps, n]
         correct.append(rank == 0)
         rr.append(1 / (rank.double() + 1))
-    return {"acc": torch.cat(correct, 1).double().mean(1).numpy(),
-            "answer_mrr": torch.cat(rr, 1).mean(1).numpy()}
+    return ReadoutResult(torch.cat(correct, 1).double().mean(1).numpy(),
+                         torch.cat(rr, 1).mean(1).numpy())

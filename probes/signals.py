@@ -18,12 +18,30 @@ threshold, without the selector's reinforcement learning in the way.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 
 from grokloop.adaptive.halting import fact_groups
 from grokloop.adaptive.rules import TARGET_SELECTIVE_ACC, auroc, largest_coverage, trajectory
+
+
+@dataclass
+class SignalScores:
+    """How well each signal (`signals`, in order) tells right answers from wrong at each step t:
+    acc[t] the step's accuracy, auroc[i, t] (nan where step t's answers are all right or all
+    wrong), coverage[i, t] a threshold's largest coverage at the target selective accuracy (nan
+    where none reaches it); combined: {"auroc", "coverage"} of the fitted Combination at the last
+    step, when one was given; n: the facts scored."""
+    signals: list[str]
+    n: int
+    acc: Float[np.ndarray, " step"]
+    auroc: Float[np.ndarray, "signal step"]
+    coverage: Float[np.ndarray, "signal step"]
+    combined: dict | None = None
 
 
 def signal_values(traj: dict) -> dict[str, torch.Tensor]:
@@ -81,32 +99,25 @@ def fit_combination(model, tokens, positions, answers, n_steps: int) -> Combinat
 @torch.no_grad()
 def abstention_signals(model, tokens, positions, answers, hops, n_steps: int,
                        combination: Combination | None = None, trained_hops: list[int] = (),
-                       target: float = TARGET_SELECTIVE_ACC) -> dict:
-    """{group: {"signals": names, "acc": [T], "auroc": [signals, T] (nan where step t's
-    answers are all right or all wrong), "coverage": [signals, T] (a threshold's largest
-    coverage at selective accuracy >= target; nan where none reaches it), "n": examples}} per
-    group of facts (halting's `fact_groups`: all, each hop count and, given the hop counts
-    trained on, those deeper than any trained), with `combination` also "combined": {"auroc",
-    "coverage"} of its score at the last step."""
+                       target: float = TARGET_SELECTIVE_ACC) -> dict[str, SignalScores]:
+    """SignalScores per group of facts (halting's `fact_groups`: all, each hop count and, given
+    the hop counts trained on, those deeper than any trained), with `combination` also scored
+    at the last step."""
     traj = trajectory(model, tokens, positions, answers, n_steps,
                       margins=model.memory is not None)
     signals = signal_values(traj)
     combined = None if combination is None else combination(episode_features(traj))
     nan = lambda v: np.nan if v is None else v
 
-    def score(mask: torch.Tensor) -> dict:
+    def score(mask: torch.Tensor) -> SignalScores:
         right = traj["correct"][:, mask]
         rank = lambda s, t: nan(auroc(s, right[t]))
         keep = lambda s, t: largest_coverage(s, right[t], target).item() or np.nan  # 0: none
-        out = {"signals": list(signals), "n": int(mask.sum()),
-               "acc": right.double().mean(1).numpy(),
-               "auroc": np.array([[rank(s[t, mask], t) for t in range(n_steps)]
-                                  for s in signals.values()]),
-               "coverage": np.array([[keep(s[t, mask], t) for t in range(n_steps)]
-                                     for s in signals.values()])}
-        if combined is not None:
-            out["combined"] = {"auroc": rank(combined[mask], -1),
-                               "coverage": keep(combined[mask], -1)}
-        return out
+        return SignalScores(
+            list(signals), int(mask.sum()), right.double().mean(1).numpy(),
+            np.array([[rank(s[t, mask], t) for t in range(n_steps)] for s in signals.values()]),
+            np.array([[keep(s[t, mask], t) for t in range(n_steps)] for s in signals.values()]),
+            None if combined is None else {"auroc": rank(combined[mask], -1),
+                                           "coverage": keep(combined[mask], -1)})
 
     return {name: score(mask) for name, mask in fact_groups(hops, trained_hops).items()}

@@ -8,9 +8,22 @@ output e is set once.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from jaxtyping import Float
+
+
+@dataclass
+class SurgeryResult:
+    """acc[split][r, start, end]: accuracy with layers start..end (inclusive) run repeats[r] more
+    times (NaN where end < start); base[split]: the unmodified model's on the same examples;
+    layers: the virtual layers' labels."""
+    repeats: list[int]
+    layers: list[str]
+    acc: dict[str, Float[np.ndarray, "repeat start end"]]
+    base: dict[str, float]
 
 
 def repeat_range(layers: list, start: int, end: int, extra: int) -> list:
@@ -32,12 +45,12 @@ def accuracy(model, layers, tokens, answer_pos, answers, chunk: int = 4096) -> f
 
 
 @torch.no_grad()
-def layer_loop_surgery(model, batches: dict, repeats=(1, 2, 3)) -> dict:
-    """acc[split] [len(repeats), V, V] (start, end; NaN where end < start) and base[split], the
-    unmodified model's accuracy on the same examples."""
+def layer_loop_surgery(model, batches: dict, repeats=(1, 2, 3)) -> SurgeryResult:
+    """The accuracy of every contiguous range of virtual layers run `extra` more times, per
+    split of `batches` (ProbeBatches by split name)."""
     layers = model.unrolled()
     V = len(layers)
-    out = {"repeats": list(repeats), "layers": [v.label for v in model.layer_table()], "acc": {}, "base": {}}
+    out = SurgeryResult(list(repeats), [v.label for v in model.layer_table()], {}, {})
     for split, b in batches.items():
         grid = np.full((len(repeats), V, V), np.nan)
         for r, extra in enumerate(repeats):
@@ -45,6 +58,6 @@ def layer_loop_surgery(model, batches: dict, repeats=(1, 2, 3)) -> dict:
                 for end in range(start, V):
                     grid[r, start, end] = accuracy(model, repeat_range(layers, start, end, extra),
                                                    b.tokens, b.answer_pos, b.answers)
-        out["acc"][split] = grid
-        out["base"][split] = accuracy(model, layers, b.tokens, b.answer_pos, b.answers)
+        out.acc[split] = grid
+        out.base[split] = accuracy(model, layers, b.tokens, b.answer_pos, b.answers)
     return out

@@ -31,15 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     cli.run("reports", report, argv)
 
 
-def report(d: dict) -> None:
-    if bool(d["run_dir"]) == bool(d["compare"]):
+def report(cmd: ReportsCommand) -> None:
+    if bool(cmd.run_dir) == bool(cmd.compare):
         raise SystemExit("give one of run_dir=RUN (a run's page) or compare DIR [DIR ...] (a "
                          "comparison); `python -m reports --help` shows both")
-    if d["compare"]:
-        runs = [read_run(p) for p in find_runs(d["compare"])]
-        write(Path(d["out"] or Path(d["compare"][0]) / "compare.html"), compare_report(runs))
+    if cmd.compare:
+        runs = [read_run(p) for p in find_runs(cmd.compare)]
+        write(Path(cmd.out or Path(cmd.compare[0]) / "compare.html"), compare_report(runs))
     else:
-        write_run_report(d["run_dir"], d["out"])
+        write_run_report(cmd.run_dir, cmd.out)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,15 @@ trained and deeper-than-trained hop counts together, the comparison and the thre
 coverage curve). In the tables, hop 1 is read from the atomic_id split, hops 2.. from
 test_inferred_id, and 2-hop OOD from test_inferred_ood. Summaries written before the results
 schema (docs/archive/adaptive_*) still render.
+
+On disk (write_summary) the rows' floats are cut to the digits that print the same in every
+table, one row a line, and the abstention entries' curves (`curve`, `selector_curve`) sit
+beside summary.json in summary_curves.json.gz; load_summary reads both back into the summary
+the tables and figures are made from.
 """
 from __future__ import annotations
 
+import gzip
 import html
 import json
 import re
@@ -44,10 +50,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from grokloop.adaptive import MAIN_RULES
-from datagen.provenance import atomic_write_text, machine
+from datagen.provenance import atomic_write, atomic_write_text, machine
 from grokloop.stats import acc_row
 from reports.figures import style
-from reports.html import Section, page, table
+from reports.html import Section, page, table, write
 from reports.load import read_run
 from reports.study import POOL_APART, pooled
 
@@ -580,6 +586,71 @@ def figures_html(summary: dict) -> str:
     return page("Adaptive thinking", html.escape(f"{len(summary['runs'])} run(s): {names}"), sections)
 
 
+# --- summary.json and its curves on disk ------------------------------------------------------
+CURVES_FILE = "summary_curves.json.gz"   # beside summary.json
+CURVES = ("curve", "selector_curve")     # the curves of an abstention entry
+ENTRY_IDS = ("model", "seed", "split", "facts")
+PRINTED = (".1f", ".2f", ".3f", ".4g")   # every format a table prints a row's number in
+
+
+def shorten(x):
+    """A row's value with floats cut to the fewest significant digits (6, 8, 10) that print as
+    the full float does in every PRINTED format: 17-digit Wilson bounds on 19k rows took megabytes
+    and no table shows them, and a table never changes for it."""
+    if isinstance(x, list):
+        return [shorten(v) for v in x]
+    if not isinstance(x, float):
+        return x
+    for digits in (6, 8, 10):
+        y = float(f"{x:.{digits}g}")
+        if all(format(y, f) == format(x, f) for f in PRINTED):
+            return y
+    return x
+
+
+def dumps(summary: dict) -> str:
+    """summary.json's text: a line per row and per abstention entry (a line per field made the
+    rows most of the file), everything else indented as json.dumps(indent=1) does."""
+    def value(v) -> str:
+        if isinstance(v, list) and v and all(isinstance(e, dict) for e in v):
+            return "[\n" + ",\n".join("  " + json.dumps(e) for e in v) + "\n ]"
+        return json.dumps(v, indent=1).replace("\n", "\n ")
+    return "{\n" + ",\n".join(f" {json.dumps(k)}: {value(v)}" for k, v in summary.items()) + "\n}\n"
+
+
+def write_summary(out: Path, summary: dict) -> dict:
+    """summary.json (rows shortened, abstention entries without their curves) and the curves in
+    CURVES_FILE (gzipped JSON: they are the bulk of the entries and no table reads them, only
+    the coverage figure); returns the summary as load_summary reads it back."""
+    summary = summary | {"rows": [{k: shorten(v) for k, v in r.items()} for r in summary["rows"]]}
+    entries = summary.get("abstention", [])
+    curves = [{k: e[k] for k in ENTRY_IDS + CURVES if k in e} for e in entries]
+    on_disk = summary | ({"abstention": [{k: v for k, v in e.items() if k not in CURVES}
+                                         for e in entries]} if entries else {})
+    atomic_write_text(out / "summary.json", dumps(on_disk))
+    if entries:   # mtime=0: the same curves give the same bytes
+        data = gzip.compress(json.dumps(curves, separators=(",", ":")).encode(), mtime=0)
+        atomic_write(out / CURVES_FILE, lambda tmp: tmp.write_bytes(data))
+    else:
+        (out / CURVES_FILE).unlink(missing_ok=True)   # a stale one would not match
+    return summary
+
+
+def load_summary(path: str | Path) -> dict:
+    """A summary.json (or its folder) with its abstention curves put back from CURVES_FILE."""
+    path = Path(path)
+    path = path / "summary.json" if path.is_dir() else path
+    summary = json.loads(path.read_text())
+    if (sidecar := path.parent / CURVES_FILE).is_file() and "abstention" in summary:
+        curves = json.loads(gzip.decompress(sidecar.read_bytes()))
+        if [[c.get(k) for k in ENTRY_IDS] for c in curves] != \
+                [[e.get(k) for k in ENTRY_IDS] for e in summary["abstention"]]:
+            raise ValueError(f"{sidecar} does not match {path}'s abstention entries")
+        summary["abstention"] = [e | {k: c[k] for k in CURVES if k in c}
+                                 for e, c in zip(summary["abstention"], curves)]
+    return summary
+
+
 # --- the command line: python -m reports.adaptive RUN [RUN ...] [out=DIR] -----------
 @dataclass
 class SummaryCommand:
@@ -599,24 +670,24 @@ def main(argv: list[str] | None = None) -> None:
     cli.run("adaptive_summary", summarize, argv)
 
 
-def summarize(d: dict) -> None:
-    if not d["runs"]:
+def summarize(cmd: SummaryCommand) -> None:
+    if not cmd.runs:
         raise ValueError("runs: give at least one run directory: "
                          "python -m reports.adaptive RUN [RUN ...] [out=DIR]")
-    names = list(d.get("names") or [])
-    if names and len(names) != len(d["runs"]):
-        raise ValueError(f"names: {len(names)} names for {len(d['runs'])} runs; give one per run "
+    names = list(cmd.names or [])
+    if names and len(names) != len(cmd.runs):
+        raise ValueError(f"names: {len(names)} names for {len(cmd.runs)} runs; give one per run "
                          "(in the order of the runs) or none")
-    runs = [load_halting(r) for r in d["runs"]]
+    runs = [load_halting(r) for r in cmd.runs]
     for run, name in zip(runs, names):
         run["name"] = name
     summary = build(runs)
-    if d.get("commands"):
-        summary["commands"] = list(d["commands"])
-    out = Path(d["out"])
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    if cmd.commands:
+        summary["commands"] = list(cmd.commands)
+    out = Path(cmd.out)
+    summary = write_summary(out, summary)   # the tables and figures of what load_summary reads
     atomic_write_text(out / "summary.md", markdown(summary))
-    atomic_write_text(out / "figures.html", figures_html(summary))
+    write(out / "figures.html", figures_html(summary))   # docs/results: the shared plotly.js
     print(markdown(summary))
     print(f"wrote {out}/summary.json, summary.md, figures.html")
 

@@ -301,17 +301,17 @@ def write_study(out: str | Path, name: str, paths: list[Path], commands: list[st
     return summary
 
 
-def run_study(d: dict) -> None:
-    if not d["runs"]:
+def run_study(cmd: CurriculumStudyCommand) -> None:
+    if not cmd.runs:
         raise SystemExit("give the curriculum directories: python -m reports.curriculum DIR [DIR ...]")
-    out = Path(d["out"] or Path("runs/studies") / d["name"])
-    paths = find_curricula(d["runs"])
+    out = Path(cmd.out or Path("runs/studies") / cmd.name)
+    paths = find_curricula(cmd.runs)
     running = [p for p in paths if not (p / "summary.json").is_file()]
     for p in running:   # still training, or killed: resume it to include it
         print(f"skipped {p}: not finished (no summary.json)")
     if len(running) == len(paths):
-        raise SystemExit(f"no finished curricula under {', '.join(d['runs'])}")
-    summary = write_study(out, d["name"], [p for p in paths if p not in running], d["commands"])
+        raise SystemExit(f"no finished curricula under {', '.join(cmd.runs)}")
+    summary = write_study(out, cmd.name, [p for p in paths if p not in running], cmd.commands)
     print(f"wrote {out}/summary.json, summary.md and report.html: {len(summary['rows'])} rows")
 
 

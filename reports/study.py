@@ -1,5 +1,6 @@
 """A study's committed results: `docs/results/<study>/summary.json`, `summary.md` and
-`compare.html`, made from run directories, in the one results schema every study uses:
+`compare.html` (which loads the shared docs/results/plotly.min.js: reports/html.py `write`),
+made from run directories, in the one results schema every study uses:
 
     {"study": NAME, "machine": {...}, "commands": [...],
      "rows": [{"model", "split", "acc", "lo", "hi", "n", "seed", "step", ("hops")}, ...]}
@@ -26,6 +27,7 @@ from pathlib import Path
 from datagen.provenance import atomic_write_text, machine
 from grokloop.stats import acc_row, wilson
 from reports.compare import compare_report, group_runs, short_labels
+from reports.html import write
 from reports.load import RunFiles, find_runs, read_run
 
 
@@ -231,7 +233,7 @@ def write_study(out: str | Path, study: str, runs: list[RunFiles], commands: lis
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "summary.md", markdown(summary))
     report = compare_report(runs) if runs else included_report(study, summary["rows"])
-    atomic_write_text(out / "compare.html", report)
+    write(out / "compare.html", report)   # under docs/results: loads the shared plotly.js
     return summary
 
 
@@ -269,23 +271,23 @@ class StudyCommand:
                                                        # keys that tell the models apart
 
 
-def run_study(d: dict) -> None:
-    if not d["runs"] and not d["include"]:
+def run_study(cmd: StudyCommand) -> None:
+    if not cmd.runs and not cmd.include:
         raise SystemExit("give the runs or sweep trees, or include=[summary.json,...]: "
                          "python -m reports.study DIR [DIR ...] name=NAME")
-    out = Path(d["out"] or Path("runs/studies") / d["name"])
-    names = list(d.get("names") or [])
-    if names and len(names) != len(d["runs"]):
-        raise SystemExit(f"names: {len(names)} names for {len(d['runs'])} runs entries; give one "
+    out = Path(cmd.out or Path("runs/studies") / cmd.name)
+    names = list(cmd.names or [])
+    if names and len(names) != len(cmd.runs):
+        raise SystemExit(f"names: {len(names)} names for {len(cmd.runs)} runs entries; give one "
                          "per entry (every run under an entry takes its name) or none")
     runs, model_names = [], {}
-    for i, entry in enumerate(d["runs"]):
+    for i, entry in enumerate(cmd.runs):
         for path in find_runs([entry]):
             runs.append(read_run(path))
             if names:
                 model_names[str(runs[-1].path)] = names[i]
     extra = []
-    for path in map(Path, d["include"]):
+    for path in map(Path, cmd.include):
         if not path.is_file():
             raise SystemExit(f"include={path}: no such summary.json")
         included = json.loads(path.read_text())
@@ -294,8 +296,8 @@ def run_study(d: dict) -> None:
         tag = {"data": included["data"]} if isinstance(included.get("data"), str) else {}
         extra += [tag | r for r in included["rows"]]
     extra += pooled(extra, by_step=False)   # each included row evaluates a final model
-    summary = write_study(out, d["name"], runs, d["commands"], model_names=model_names or None,
-                          steps=d["steps"], lens=d["lens"], extra_rows=extra)
+    summary = write_study(out, cmd.name, runs, cmd.commands, model_names=model_names or None,
+                          steps=cmd.steps, lens=cmd.lens, extra_rows=extra)
     print(f"wrote {out}/summary.json, summary.md and compare.html: {len(runs)} runs, "
           f"{len(summary['rows'])} rows")
 

@@ -1,5 +1,7 @@
 """Adaptive thinking: best-step choice, gradient through the chosen path only, MoE routing, the
 halting selector's policy gradient, and a frozen model under selector training."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -185,7 +187,7 @@ def test_selector_refuses_a_training_split_and_trains_on_valid_by_default(make_m
     monkeypatch.setattr(grokloop.checkpoint, "load_model", lambda run_dir: (m, ds, {}))
     monkeypatch.setattr(halting, "train_selector", lambda *a: pytest.fail("trained"))
     with pytest.raises(ValueError, match="shares"):
-        halting.run_halting({"run_dir": "nowhere", "train_split": "train"})
+        halting.run_halting(halting.HaltingCommand(run_dir="nowhere", train_split="train"))
     # The default trains on valid: the batches come from the valid split only.
     from grokloop.adaptive import selector as S
 
@@ -700,6 +702,53 @@ def test_adaptive_report_renders_the_published_summaries(published):
     assert markdown(summary) == (d / "summary.md").read_text()   # unchanged by the move
     page = figures_html(summary)
     assert 'data-figures="1"' in page and "2-hop OOD" in page and "Plotly" in page
+
+
+# --- the committed summary on disk: rows shortened, curves in summary_curves.json.gz ------------
+PUBLISHED = Path(__file__).resolve().parent.parent / "docs" / "results" / "adaptive"
+
+
+def test_shortened_floats_print_the_same_in_every_format():
+    from reports import adaptive as A
+
+    for x in (0.00049999999999, 0.9994999999, 0.12345678901234, 1 / 3, 2.5e-7, 17.04999999):
+        y = A.shorten(x)
+        assert all(format(y, f) == format(x, f) for f in A.PRINTED), x
+    assert A.shorten(1 / 3) == 0.333333 and A.shorten([0.5, 1, "a"]) == [0.5, 1, "a"]
+
+
+@pytest.fixture(scope="module")
+def published():
+    from reports import adaptive as A
+
+    return A.load_summary(PUBLISHED)
+
+
+def test_the_published_summary_reads_back_whole_and_writes_the_same_bytes(published, tmp_path):
+    from reports import adaptive as A
+
+    assert A.markdown(published) == (PUBLISHED / "summary.md").read_text()
+    entries = published["abstention"]
+    assert entries and all("curve" in e for e in entries)
+    assert any("selector_curve" in e for e in entries)
+    assert A.write_summary(tmp_path, published) == published   # committed: already shortened
+    for name in ("summary.json", A.CURVES_FILE):    # the writer's own output: a fixed point
+        assert (tmp_path / name).read_bytes() == (PUBLISHED / name).read_bytes(), name
+
+
+def test_a_curves_file_of_other_entries_is_refused(published, tmp_path):
+    import json
+
+    from reports import adaptive as A
+
+    small = published | {"rows": published["rows"][:3], "abstention": published["abstention"][:2]}
+    A.write_summary(tmp_path, small)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert all("curve" not in e for e in summary["abstention"])
+    (tmp_path / "summary.json").write_text(json.dumps(summary | {"abstention": [
+        summary["abstention"][1], summary["abstention"][0]]}))
+    with pytest.raises(ValueError, match="does not match"):
+        A.load_summary(tmp_path)
 
 
 @pytest.mark.parametrize("alias, module, command", [

@@ -170,7 +170,7 @@ def test_cli_writes_the_results_schema(tmp_path):
 
     out = tmp_path / "b"
     main(["lookup", "data=composition_small", "data.n_entities=40", "data.n_relations=6",
-          "data.out_degree=4", "data.phi=2.0", "data.eval_size=100", "sigma=0,3", "d=32",
+          "data.out_degree=4", "data.phi=2.0", "data.eval_size=100", "sigma=[0,3]", "d=32",
           f"out={out}", "data_cache=null"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"] == "composition_small" and summary["machine"]["cpu"]

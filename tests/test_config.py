@@ -118,8 +118,11 @@ def test_help_works_on_every_entry_point(capsys):
     ("reports", ["compare", "runs/a", "runs/b", "out=x.html"],
      ["out=x.html", "compare=['runs/a','runs/b']"]),
     ("adaptive_summary", ["runs/k_1", "out=d"], ["out=d", "runs=['runs/k_1']"]),
-    ("probes", ["run_dir=R", "probe=logit_lens,causal_tracing", "repeats=1,2", "split=[a]"],
-     ["run_dir=R", "probe=[logit_lens,causal_tracing]", "repeats=[1,2]", "split=[a]"]),
+    ("probes", ["run_dir=R", "probe=logit_lens", "repeats=[1,2]", "split=[a]"],
+     ["run_dir=R", "probe=[logit_lens]", "repeats=[1,2]", "split=[a]"]),
+    # Hydra's grammar: a,b is a sweep, left for Hydra to refuse outside --multirun
+    ("probes", ["run_dir=R", "probe=logit_lens,causal_tracing"],
+     ["run_dir=R", "probe=logit_lens,causal_tracing"]),
     ("train", ["--multirun", "seed=0,1", "-cn", "train"], ["--multirun", "seed=0,1", "-cn", "train"]),
 ])
 def test_documented_shorthands_become_overrides(name, argv, expected):

@@ -4,6 +4,7 @@ transfer metrics against a hand-computed matrix, and config errors."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from datagen import build_dataset, data_config_from_dict
 from grokloop import cli
 from grokloop.checkpoint import last_good_checkpoint
-from grokloop.curriculum import command_from_dict, plan, run_curriculum, transfer_metrics
+from grokloop.curriculum import checked, plan, run_curriculum, transfer_metrics
 from probes.fourier import stage_spectra
 from conftest import sigkill_when_checkpointed
 
@@ -24,9 +25,9 @@ TINY = ["curriculum=tiny", "model.d_model=16", "model.n_heads=2", "model.d_mlp=3
 
 
 def command(tmp_path, *overrides):
-    d = OmegaConf.to_container(cli.compose("curriculum", TINY + [
-        f"out_dir={tmp_path / 'cur'}", f"data_cache={tmp_path / 'cache'}", *overrides]), resolve=True)
-    return command_from_dict(d)
+    cmd = OmegaConf.to_object(cli.compose("curriculum", TINY + [
+        f"out_dir={tmp_path / 'cur'}", f"data_cache={tmp_path / 'cache'}", *overrides]))
+    return checked(cmd), Path(cmd.out_dir), cmd.resume
 
 
 def table(op, modulus=127):

@@ -301,7 +301,7 @@ def compose(overrides):
 
 def test_train_and_probe_on_an_imported_folder(tmp_path):
     from grokloop.train import train
-    from probes.__main__ import run_probes
+    from probes.__main__ import ProbesCommand, run_probes
 
     authors_composition(tmp_path / "c")
     cfg = compose(["data=grokked", f"data.path={tmp_path / 'c'}", "debug=tiny", "train.steps=30",
@@ -311,11 +311,10 @@ def test_train_and_probe_on_an_imported_folder(tmp_path):
     assert config["data"] == {"task": "grokked", "path": str((tmp_path / "c").resolve())}
     assert config["dataset_hash"] == read_grokked(tmp_path / "c").content_hash()
     assert summary["steps"] == 30 and "acc/test_OI" in summary["final"]
-    base = {"run_dir": str(tmp_path / "run"), "probe": ["logit_lens", "causal_tracing"],
-            "checkpoints": ["last"], "split": [], "n": 40, "corrupt": "all", "repeats": [1],
-            "patching_examples": 4, "n_attention": 2, "seed": 0}
     for mode in ("exists", "free"):
-        run_probes(base | {"corruption": mode})
+        run_probes(ProbesCommand(run_dir=str(tmp_path / "run"), probe=["logit_lens", "causal_tracing"],
+                                 n=40, repeats=[1], patching_examples=4, n_attention=2,
+                                 corruption=mode))
         rows = [json.loads(line) for line in
                 (tmp_path / "run" / "probes" / "causal_tracing.jsonl").read_text().splitlines()]
         summ = [r for r in rows if r["kind"] == "summary"]

@@ -15,7 +15,7 @@ from grokloop import cli
 from grokloop.adaptive.depth import depth_sequence
 from grokloop.checkpoint import list_checkpoints
 from grokloop.config import ModelConfig, TrainConfig, run_config_from_dict
-from grokloop.curriculum import command_from_dict, plan
+from grokloop.curriculum import checked, plan
 from grokloop.model import LoopedTransformer
 from grokloop.train import train
 from tests.test_datagen import fact_key, held_out_prefix_leaks, preset
@@ -221,10 +221,9 @@ def test_experiment_is_the_recipe_on_the_preset():
 
 
 def test_hops_curriculum_composes_gates_each_hop_and_trains_no_held_out_chain(tmp_path):
-    d = OmegaConf.to_container(cli.compose("curriculum", [
-        "curriculum=hops", f"out_dir={tmp_path / 'cur'}", f"data_cache={tmp_path / 'cache'}"]),
-        resolve=True)
-    cmd, out, _ = command_from_dict(d)
+    cmd = checked(OmegaConf.to_object(cli.compose("curriculum", [
+        "curriculum=hops", f"out_dir={tmp_path / 'cur'}", f"data_cache={tmp_path / 'cache'}"])))
+    out = tmp_path / "cur"
     stages = plan(cmd, out)
     assert [s.name for s in stages] == ["h2", "h3", "h4"]
     assert [s.cfg.train.stop_at_grok for s in stages] == ["test_h2", "test_h3", "test_h4"]

@@ -539,7 +539,7 @@ def test_a_slim_bank_keeps_exactly_the_facts_its_queries_need(tiny_memory_run):
 
     tmp, cache = tiny_memory_run
     run = tmp / "run"
-    bank_main(["build", f"run_dir={run}", "needed_by=test_inferred_id,test_OI", cache,
+    bank_main(["build", f"run_dir={run}", "needed_by=[test_inferred_id,test_OI]", cache,
                f"out={tmp / 'slim'}"])
     cfg = json.loads((run / "config.json").read_text())
     ds = load_or_build(data_config_from_dict(cfg["data"]), cache.split("=", 1)[1])

@@ -46,10 +46,10 @@ def test_logit_lens_at_the_last_layer_is_the_models_answer(make_model):
     logits = m(clean)[torch.arange(N), ap]
     answers = logits.argsort(-1, descending=True)[:, 2]          # the model's 3rd choice
     lens = logit_lens(m, batch_of(clean, answers=answers))
-    assert lens["layers"][-1] == "coda.L0" and len(lens["layers"]) == 6
-    assert np.allclose(lens["rank"][0, -1, P - 1], 2) and np.allclose(lens["at_role_mrr"][0, -1], 1 / 3)
+    assert lens.layers[-1] == "coda.L0" and len(lens.layers) == 6
+    assert np.allclose(lens.rank[0, -1, P - 1], 2) and np.allclose(lens.at_role_mrr[0, -1], 1 / 3)
     readout = step_readout(m, batch_of(clean, answers=logits.argmax(-1)))
-    assert readout["acc"][-1] == 1.0 and readout["acc"].shape == (3,)
+    assert readout.acc[-1] == 1.0 and readout.acc.shape == (3,)
 
 
 def test_logit_lens_finds_a_hand_placed_token_at_its_layer(make_model):
@@ -66,7 +66,7 @@ def test_logit_lens_finds_a_hand_placed_token_at_its_layer(make_model):
     tokens[tokens == 7] = 8
     lens = logit_lens(m, batch_of(tokens, roles={"seven": torch.full((N,), 7),
                                                  "input_at_0": tokens[:, 0]}))
-    seven, own = lens["top1"][0], lens["top1"][1]
+    seven, own = lens.top1[0], lens.top1[1]
     assert (seven[:3] == 0).all() and (seven[3:] == 1).all()
     assert (own[:3, 0] == 1).all() and (own[3:, 0] == 0).all()
 
@@ -82,8 +82,8 @@ def test_patching_clean_into_clean_is_zero_and_corrupted_into_corrupted_is_full(
     full = ct.patched_logits(m, bad, bad, ap).argmax(-1)
     assert (full == bad_pred).all() and (full != clean_pred).any()
     res = ct.causal_trace(m, clean, bad, ap, clean_pred, bad_pred)
-    assert res["strength"][:, 0].max() == 0                            # before the corrupted token
-    assert res["strength"][-1, -1] == pytest.approx(res["full_effect"])  # the last cell is everything
+    assert res.strength[:, 0].max() == 0                            # before the corrupted token
+    assert res.strength[-1, -1] == pytest.approx(res.full_effect)  # the last cell is everything
 
 
 @pytest.mark.parametrize("kw", [dict(n_core=3, n_steps=1),
@@ -94,8 +94,8 @@ def test_batched_tracing_equals_the_one_cell_per_pass_loop(make_model, kw):
     clean, bad, ap = clean_and_corrupted(at=2)
     rows = torch.arange(N)
     res = ct.causal_trace(m, clean, bad, ap, m(clean)[rows, ap].argmax(-1), m(bad)[rows, ap].argmax(-1))
-    assert (torch.as_tensor(res["flip"]) == ct.trace_loop(m, clean, bad, ap)).all()
-    assert res["strength"].max() > 0
+    assert (torch.as_tensor(res.flip) == ct.trace_loop(m, clean, bad, ap)).all()
+    assert res.strength.max() > 0
 
 
 def test_causal_tracing_agrees_with_transformer_lens_patching(make_model):
@@ -109,11 +109,11 @@ def test_causal_tracing_agrees_with_transformer_lens_patching(make_model):
     ld = lambda logits: (logits[rows, ap, clean_ans] - logits[rows, ap, bad_ans]).mean()
     tl_strength = patching.get_act_patch_resid_pre(m, clean, bad_cache, flips)
     tl_ld = patching.get_act_patch_resid_pre(m, clean, bad_cache, ld)
-    assert np.allclose(res["strength"][:3], tl_strength.numpy())
-    assert np.allclose(res["logit_diff"][:3], tl_ld.numpy(), atol=1e-5)
+    assert np.allclose(res.strength[:3], tl_strength.numpy())
+    assert np.allclose(res.logit_diff[:3], tl_ld.numpy(), atol=1e-5)
     maps = ct.patching_maps(m, clean, bad, ap, clean_ans, bad_ans)
-    assert maps["resid_pre"].shape == (3, P) and maps["head_out"].shape == (3, 4)
-    assert maps["resid_pre"][0, 1] == pytest.approx(1.0, abs=1e-4)  # the corrupted token, restored
+    assert maps.resid_pre.shape == (3, P) and maps.head_out.shape == (3, 4)
+    assert maps.resid_pre[0, 1] == pytest.approx(1.0, abs=1e-4)  # the corrupted token, restored
 
 
 def test_surgery_repeating_the_last_step_equals_one_more_step(make_model):
@@ -124,8 +124,8 @@ def test_surgery_repeating_the_last_step_equals_one_more_step(make_model):
     assert accuracy(m, repeat_range(layers, 2, 2, 1), tokens, ap, four) == 1.0
     assert accuracy(m, layers, tokens, ap, four) < 1.0
     res = layer_loop_surgery(m, {"x": batch_of(tokens, answers=four, answer_pos=ap)}, repeats=(1, 2))
-    assert res["acc"]["x"].shape == (2, 3, 3) and res["acc"]["x"][0, 2, 2] == 1.0
-    assert np.isnan(res["acc"]["x"][0, 2, 0])
+    assert res.acc["x"].shape == (2, 3, 3) and res.acc["x"][0, 2, 2] == 1.0
+    assert np.isnan(res.acc["x"][0, 2, 0])
 
 
 def test_fourier_measures_find_a_planted_frequency(make_model):
@@ -141,8 +141,8 @@ def test_fourier_measures_find_a_planted_frequency(make_model):
         m.W_E[:p, 0] = torch.cos(2 * math.pi * 4 * a / p).float()
         m.W_E[:p, 1] = torch.sin(2 * math.pi * 4 * a / p).float()
     res = fourier_measures(m, ds)
-    assert res["key_freqs"][0] == 4 and res["gini"] > 0.8
-    assert all(np.isfinite([res["restricted_loss"], res["excluded_loss"], res["test_loss"]]))
+    assert res.key_freqs[0] == 4 and res.gini > 0.8
+    assert all(np.isfinite([res.restricted_loss, res.excluded_loss, res.test_loss]))
     assert gini(np.ones(6)) == 0 and gini(np.eye(6)[0]) > 0.8
 
 
@@ -159,21 +159,21 @@ def test_abstention_signals_score_each_step_and_hop_count(make_model):
     groups = abstention_signals(m, tokens, pos, answers, hops, 3, trained_hops=[2])
     assert sorted(groups) == ["all", "deeper_than_trained", "hops_2", "hops_3", "trained_hops"]
     res = groups["all"]
-    assert res["signals"] == ["top_probability", "neg_entropy"] and res["auroc"].shape == (2, 3)
+    assert res.signals == ["top_probability", "neg_entropy"] and res.auroc.shape == (2, 3)
     traj = trajectory(m, tokens, pos, answers, 3)
     for t in range(3):
-        assert res["auroc"][0, t] == pytest.approx(auroc(traj["top"][t], traj["correct"][t]))
-        assert res["acc"][t] == pytest.approx(traj["correct"][t].double().mean().item())
+        assert res.auroc[0, t] == pytest.approx(auroc(traj["top"][t], traj["correct"][t]))
+        assert res.acc[t] == pytest.approx(traj["correct"][t].double().mean().item())
         cover = coverage_at_accuracy(selective_curve(traj["top"][t], traj["correct"][t]), 0.9)
-        assert res["coverage"][0, t] == pytest.approx(np.nan if cover is None else cover,
+        assert res.coverage[0, t] == pytest.approx(np.nan if cover is None else cover,
                                                       nan_ok=True)
-    assert groups["hops_3"]["n"] == 24 and groups["deeper_than_trained"]["n"] == 24
+    assert groups["hops_3"].n == 24 and groups["deeper_than_trained"].n == 24
     three = hops == 3
-    assert groups["hops_3"]["auroc"][1, 2] == pytest.approx(
+    assert groups["hops_3"].auroc[1, 2] == pytest.approx(
         auroc(-traj["entropy"][2, three], traj["correct"][2, three]))
     every = abstention_signals(m, tokens, pos, traj["argmax"][-1], hops, 3)["all"]
-    assert np.isnan(every["auroc"][:, 2]).all()      # all right at step 3: nothing to rank
-    assert (every["coverage"][:, 2] == 1).all()      # and every answer kept
+    assert np.isnan(every.auroc[:, 2]).all()      # all right at step 3: nothing to rank
+    assert (every.coverage[:, 2] == 1).all()      # and every answer kept
 
 
 def test_the_combination_of_signals_learns_from_one_split_what_ranks_another():

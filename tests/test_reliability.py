@@ -272,7 +272,7 @@ def test_adaptive_summary_writes_under_runs_by_default(tmp_path, monkeypatch):
     from reports import adaptive as A
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(A, "load_halting", lambda d: {})
-    monkeypatch.setattr(A, "build", lambda runs: {"table": []})
+    monkeypatch.setattr(A, "build", lambda runs: {"rows": []})
     monkeypatch.setattr(A, "markdown", lambda s: "md")
     monkeypatch.setattr(A, "figures_html", lambda s: "html")
     main(["some_run"])

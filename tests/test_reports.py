@@ -42,7 +42,7 @@ def runs(tmp_path_factory):
                  "n_attention=4"])
     modular = tiny_run(tmp / "modular", ["experiment=modular_add_nanda", "data.p=23",
                                          "data.train_fraction=0.5", "train.steps=30"])
-    probes_main([f"run_dir={modular}", "checkpoints=all", "probe=fourier,logit_lens", "n=30"])
+    probes_main([f"run_dir={modular}", "checkpoints=all", "probe=[fourier,logit_lens]", "n=30"])
     for run in (probed, bare, modular):
         reports_main([f"run_dir={run}"])
     return {"probed": probed, "bare": bare, "modular": modular}

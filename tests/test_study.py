@@ -151,20 +151,22 @@ def test_model_labels_are_the_fewest_keys_that_tell_groups_apart(tmp_path):
 
 
 def test_study_names_a_model_per_runs_entry_and_refuses_a_count_mismatch(tmp_path):
-    from reports.study import run_study
+    from dataclasses import replace
+
+    from reports.study import StudyCommand, run_study
     for name, seed in (("a", 0), ("a", 1), ("b", 0)):
         run = tmp_path / name / f"seed{seed}"
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"experiment": "x", "seed": seed}))
         (run / "metrics.jsonl").write_text(json.dumps({"step": 5, "acc/test": 0.5, "n/test": 10}) + "\n")
-    d = dict(runs=[str(tmp_path / "a"), str(tmp_path / "b")], name="s", out=str(tmp_path / "out"),
-             commands=[], steps=[], lens=[], include=[], names=["first", "second"])
-    run_study(d)
+    cmd = StudyCommand(runs=[str(tmp_path / "a"), str(tmp_path / "b")], name="s",
+                       out=str(tmp_path / "out"), names=["first", "second"])
+    run_study(cmd)
     rows = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]
     assert {r["model"] for r in rows} == {"first", "second"}
     assert [r["seeds"] for r in rows if r["seed"] == "pooled" and r["model"] == "first"] == [2]
     with pytest.raises(SystemExit, match="names: 1 names for 2"):
-        run_study(d | {"names": ["one"]})
+        run_study(replace(cmd, names=["one"]))
 
 
 def test_stages_give_each_split_its_first_step_at_the_threshold_and_its_ratio_to_fitting(tmp_path):

@@ -260,17 +260,16 @@ def main(argv: list[str] | None = None) -> None:
     cli.run("halting", run_halting, argv)
 
 
-def run_halting(d: dict) -> None:
-    """The composed HaltingCommand as a dict: train the selector, evaluate, write RUN/halting/."""
+def run_halting(cmd: HaltingCommand) -> None:
+    """Train the selector (or reuse the saved one), evaluate it, write RUN/halting/."""
     from grokloop.bank import bank_option, bank_results
     from grokloop.checkpoint import list_checkpoints, load_model
 
-    run_dir, bank_dir, tag = d.pop("run_dir"), d.pop("bank", None), d.pop("tag", None)
-    reuse = d.pop("reuse", False)
+    run_dir, bank_dir, tag, reuse = cmd.run_dir, cmd.bank, cmd.tag, cmd.reuse
     if tag is not None and (not tag or Path(tag).name != tag or tag.startswith(".")):
         raise ValueError(f"tag={tag!r} must be a plain folder name (RUN/halting/TAG/), "
                          "e.g. tag=abstain_0.8")
-    cfg = HaltingConfig(**d)
+    cfg = HaltingConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(HaltingConfig)})
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, ds, run_cfg = load_model(run_dir)
     check_train_split(ds, cfg.train_split)   # held-out facts only, before any work

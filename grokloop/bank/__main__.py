@@ -15,42 +15,42 @@ from grokloop.bank.options import ACTIONS, BankCommand
 from reports.bank import edit_markdown, markdown
 
 
-def run_action(d: dict):
+def run_action(cmd: BankCommand):
     """Dispatch on `action`, refusing the other actions' options."""
-    if len(d["action"]) != 1 or d["action"][0] not in ACTIONS:
-        raise ValueError(f"{' '.join(d['action']) or 'no action'}: say `python -m grokloop.bank "
+    if len(cmd.action) != 1 or cmd.action[0] not in ACTIONS:
+        raise ValueError(f"{' '.join(cmd.action) or 'no action'}: say `python -m grokloop.bank "
                          "build ...`, `... eval ...` or `... edit_eval ...`")
-    action = d["action"][0]
+    action = cmd.action[0]
     defaults = BankCommand()
     for key in sorted({k for keys in ACTIONS.values() for k in keys} - set(ACTIONS[action])):
-        if d[key] != getattr(defaults, key):
+        if getattr(cmd, key) != getattr(defaults, key):
             owners = " and ".join(f"`{a}`" for a, keys in ACTIONS.items() if key in keys)
             raise ValueError(f"{key}= is an option of {owners}, not of `{action}`")
     if action == "build":
-        if not d["out"]:
+        if not cmd.out:
             raise ValueError("out is required: pass out=DIR, the bank directory to write")
-        if not 0 < d["keep_fraction"] <= 1:
-            raise ValueError(f"keep_fraction={d['keep_fraction']} must be in (0, 1]: the share of "
+        if not 0 < cmd.keep_fraction <= 1:
+            raise ValueError(f"keep_fraction={cmd.keep_fraction} must be in (0, 1]: the share of "
                              "the facts kept")
-        return build(d)
-    if not d["run_dir"]:
+        return build(cmd)
+    if not cmd.run_dir:
         raise ValueError("run_dir is required: pass run_dir=RUN, a run trained with "
                          "model.memory=facts" + (" (or any run, with method=finetune)"
                                                  if action == "edit_eval" else ""))
-    summary = evaluate_bank(d) if action == "eval" else edit_eval(d)
-    write_results(d, action, summary)
+    summary = evaluate_bank(cmd) if action == "eval" else edit_eval(cmd)
+    write_results(cmd, action, summary)
     return summary
 
 
-def write_results(d: dict, action: str, summary: dict) -> None:
+def write_results(cmd: BankCommand, action: str, summary: dict) -> None:
     """summary.json and summary.md in `out` (default RUN/bank_eval/BANK or RUN/bank_edit/METHOD),
     and the rows on stdout."""
     if action == "eval":
-        out = Path(d["out"] or Path(d["run_dir"]) / "bank_eval" /
-                   (Path(d["bank"]).name if d["bank"] else "own"))
+        out = Path(cmd.out or Path(cmd.run_dir) / "bank_eval" /
+                   (Path(cmd.bank).name if cmd.bank else "own"))
         page = markdown(summary)
     else:
-        out = Path(d["out"] or Path(d["run_dir"]) / "bank_edit" / d["method"])
+        out = Path(cmd.out or Path(cmd.run_dir) / "bank_edit" / cmd.method)
         page = edit_markdown(summary)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "summary.md", page)

@@ -198,32 +198,32 @@ METRICS = {"success": "the edited atomic query answers the new tail",
                     "that did not before; lower is better)"}
 
 
-def edit_eval(d: dict) -> dict:
+def edit_eval(cmd: BankCommand) -> dict:
     """`python -m grokloop.bank edit_eval`: single-fact edits and how far they carry through
     two-hop answers, for a frozen memory model whose bank is edited (method=bank) or for any
     model fine-tuned on the edited fact (method=finetune, the baseline). Rows NAME.hopP.METRIC."""
-    method = d["method"]
+    method = cmd.method
     if method not in ("bank", "finetune"):
         raise ValueError(f"method={method!r}: choose bank (edit the fact in the bank, model "
                          "frozen) or finetune (train the weights on the edited fact)")
-    if d["n_edits"] < 1 or d["n_locality"] < 0:
-        raise ValueError(f"n_edits={d['n_edits']} must be at least 1 and n_locality="
-                         f"{d['n_locality']} at least 0")
-    if not d["positions"] or not set(d["positions"]) <= {1, 2}:
-        raise ValueError(f"positions={d['positions']}: the hop positions to edit, 1 (the first "
+    if cmd.n_edits < 1 or cmd.n_locality < 0:
+        raise ValueError(f"n_edits={cmd.n_edits} must be at least 1 and n_locality="
+                         f"{cmd.n_locality} at least 0")
+    if not cmd.positions or not set(cmd.positions) <= {1, 2}:
+        raise ValueError(f"positions={cmd.positions}: the hop positions to edit, 1 (the first "
                          "hop of two-hop queries), 2 (the second) or both: positions=1,2")
-    if method == "finetune" and (d["finetune_steps"] < 1 or d["finetune_lr"] <= 0):
-        raise ValueError(f"finetune_steps={d['finetune_steps']} must be at least 1 and "
-                         f"finetune_lr={d['finetune_lr']} positive")
-    if method == "bank" and (d["finetune_steps"] != BankCommand.finetune_steps or
-                             d["finetune_lr"] != BankCommand.finetune_lr):
+    if method == "finetune" and (cmd.finetune_steps < 1 or cmd.finetune_lr <= 0):
+        raise ValueError(f"finetune_steps={cmd.finetune_steps} must be at least 1 and "
+                         f"finetune_lr={cmd.finetune_lr} positive")
+    if method == "bank" and (cmd.finetune_steps != BankCommand.finetune_steps or
+                             cmd.finetune_lr != BankCommand.finetune_lr):
         raise ValueError("finetune_steps= and finetune_lr= are options of method=finetune")
-    run_cfg, run_ds, ds, manifest, model, step = load_for_eval(d, need_memory=method == "bank")
+    run_cfg, run_ds, ds, manifest, model, step = load_for_eval(cmd, need_memory=method == "bank")
     if ds.task != "composition":
         raise ValueError(f"edit_eval needs two-hop fact queries (a composition dataset), not "
                          f"{ds.task!r}")
     two_hop = [s for s in ds.eval_splits if (ds.hops[ds.splits[s]] == 2).all()]
-    splits = d["splits"] or [s for s in two_hop if s != "train_inferred"]
+    splits = cmd.splits or [s for s in two_hop if s != "train_inferred"]
     bad = [s for s in splits if s not in two_hop]
     if bad:
         raise ValueError(f"splits names {bad[0]!r}, which holds no two-hop queries; the query "
@@ -250,16 +250,16 @@ def edit_eval(d: dict) -> dict:
     if method == "bank":
         apply, restore = bank_editor(model, model.memory.bank)
     else:
-        apply, restore = finetune_editor(model, d["finetune_steps"], d["finetune_lr"])
+        apply, restore = finetune_editor(model, cmd.finetune_steps, cmd.finetune_lr)
     experiment = run_cfg.get("experiment", "model")
-    name = d["name"] or f"{experiment}.{method}_edit"
+    name = cmd.name or f"{experiment}.{method}_edit"
     common = {"seed": run_cfg.get("seed"), "step": step, "method": method}
     rows, plans = [], []
-    for position in d["positions"]:
-        rng = np.random.default_rng([d["edit_seed"], position])
-        edits = plan_edits(table, queries, position, d["n_edits"], d["n_locality"], entities, rng)
+    for position in cmd.positions:
+        rng = np.random.default_rng([cmd.edit_seed, position])
+        edits = plan_edits(table, queries, position, cmd.n_edits, cmd.n_locality, entities, rng)
         counts = measure_edits(model, edits, queries, table, classes, apply, restore,
-                               d["batch_size"])
+                               cmd.batch_size)
         for metric in METRICS:
             for (m, split), (k, n) in sorted(counts.items()):
                 if m == metric and n:
@@ -273,16 +273,16 @@ def edit_eval(d: dict) -> dict:
                       "edits": [f"{tok(e.head)} {tok(e.relation)}: {tok(e.old)} -> {tok(e.new)}"
                                 for e in edits]})
     seconds = time.perf_counter() - t0
-    summary = {"study": f"bank_edit/{name}", "run_dir": str(d["run_dir"]), "machine": machine(),
+    summary = {"study": f"bank_edit/{name}", "run_dir": str(cmd.run_dir), "machine": machine(),
                "code_version": code_version(), "seconds": seconds,
                "commands": ["python -m grokloop.bank " + " ".join(sys.argv[1:])],
                "method": method, "metrics": METRICS, "query_splits": splits,
-               "n_queries": len(queries), "edit_seed": d["edit_seed"],
-               "n_locality": d["n_locality"], "n_steps": model.n_steps,
-               "finetune": {"steps": d["finetune_steps"], "lr": d["finetune_lr"],
+               "n_queries": len(queries), "edit_seed": cmd.edit_seed,
+               "n_locality": cmd.n_locality, "n_steps": model.n_steps,
+               "finetune": {"steps": cmd.finetune_steps, "lr": cmd.finetune_lr,
                             "optimizer": "Adam"} if method == "finetune" else None,
                "bank": None if getattr(model, "memory", None) is None else
-               {"path": d["bank"], "n_facts": len(model.memory.bank),
+               {"path": cmd.bank, "n_facts": len(model.memory.bank),
                 "source": manifest["source"] if manifest else "checkpoint"},
                "dataset_hash": ds.content_hash(), "plans": plans, "rows": rows}
     return summary

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
-from datagen import data_config_from_dict, load_or_build
+from datagen import load_or_build
+from grokloop.config import as_data_config
 from datagen.provenance import code_version, machine
 from grokloop.bank.build import run_dataset
+from grokloop.bank.options import BankCommand
 from grokloop.bank.files import (attach_bank, bank_bytes, check_fits, facts_sha256, read_manifest,
                                  vocab_sha256)
 from grokloop.checkpoint import last_good_checkpoint, load_model
@@ -36,64 +38,64 @@ def retrieval(model, bank: FactBank, tokens: torch.Tensor, batch_size: int) -> l
     return (hits.float() / len(tokens)).tolist()
 
 
-def load_for_eval(d: dict, need_memory: bool = True):
+def load_for_eval(cmd: BankCommand, need_memory: bool = True):
     """(run config, run dataset, dataset, bank manifest or None, model, step) of an eval or
     edit_eval command, every check done before the model is loaded: the run, the bank against
     its vocabulary, the data, the splits named."""
-    run_cfg, run_ds = run_dataset(d["run_dir"])
+    run_cfg, run_ds = run_dataset(cmd.run_dir)
     has_memory = run_cfg["model"].get("memory", "none") != "none"
-    if (need_memory or d["bank"]) and not has_memory:
-        raise ValueError(f"run_dir={d['run_dir']} has no memory (model.memory=none); "
-                         f"{'bank=' if d['bank'] else 'bank ' + d['action'][0]} needs a run "
+    if (need_memory or cmd.bank) and not has_memory:
+        raise ValueError(f"run_dir={cmd.run_dir} has no memory (model.memory=none); "
+                         f"{'bank=' if cmd.bank else 'bank ' + cmd.action[0]} needs a run "
                          "trained with model.memory=facts" +
                          (" (edit it by fine-tuning with method=finetune)"
-                          if d["action"][0] == "edit_eval" else ""))
+                          if cmd.action[0] == "edit_eval" else ""))
     manifest = None
-    if d["bank"]:
-        manifest = read_manifest(d["bank"])
-        check_fits(manifest, d["bank"], run_ds.vocab)
+    if cmd.bank:
+        manifest = read_manifest(cmd.bank)
+        check_fits(manifest, cmd.bank, run_ds.vocab)
     ds = run_ds
-    if d["data"]:
-        ds = load_or_build(data_config_from_dict(d["data"]), d["data_cache"])
+    if cmd.data:
+        ds = load_or_build(as_data_config(cmd.data), cmd.data_cache)
         if vocab_sha256(ds.vocab) != vocab_sha256(run_ds.vocab):
             raise ValueError(f"data has another vocabulary ({len(ds.vocab)} tokens) than run_dir="
-                             f"{d['run_dir']} ({len(run_ds.vocab)}); evaluate on data with the "
+                             f"{cmd.run_dir} ({len(run_ds.vocab)}); evaluate on data with the "
                              "run's entities and relations")
-    missing = [s for s in d["splits"] if s not in ds.eval_splits]
-    if d["top_k"] is not None and d["top_k"] < 1:
-        raise ValueError(f"top_k={d['top_k']} must be at least 1 (slots read per position)")
-    if d["top_k"] is not None and not has_memory:
-        raise ValueError(f"top_k={d['top_k']}: run_dir={d['run_dir']} has no memory to read")
+    missing = [s for s in cmd.splits if s not in ds.eval_splits]
+    if cmd.top_k is not None and cmd.top_k < 1:
+        raise ValueError(f"top_k={cmd.top_k} must be at least 1 (slots read per position)")
+    if cmd.top_k is not None and not has_memory:
+        raise ValueError(f"top_k={cmd.top_k}: run_dir={cmd.run_dir} has no memory to read")
     if missing:
         raise ValueError(f"splits names {missing[0]!r}, which this dataset does not have; it has "
                          f"{ds.eval_splits}")
-    got = last_good_checkpoint(d["run_dir"]) if d["step"] is None else None
-    step = got[2]["step"] if got is not None else d["step"]
-    model, _, _ = load_model(d["run_dir"], step)
-    if d["bank"]:
-        attach_bank(model, d["bank"], run_ds.vocab)
-    if d["n_steps"]:
-        model.set_n_steps(d["n_steps"])
-    if d["top_k"]:
-        model.memory.top_k = d["top_k"]
+    got = last_good_checkpoint(cmd.run_dir) if cmd.step is None else None
+    step = got[2]["step"] if got is not None else cmd.step
+    model, _, _ = load_model(cmd.run_dir, step)
+    if cmd.bank:
+        attach_bank(model, cmd.bank, run_ds.vocab)
+    if cmd.n_steps:
+        model.set_n_steps(cmd.n_steps)
+    if cmd.top_k:
+        model.memory.top_k = cmd.top_k
     return run_cfg, run_ds, ds, manifest, model, step
 
 
 @torch.no_grad()
-def evaluate_bank(d: dict) -> dict:
+def evaluate_bank(cmd: BankCommand) -> dict:
     """`python -m grokloop.bank eval`: the run's frozen model reading a bank, on every split, with
     the memory's retrieval per step; the summary in the results schema (the command writes it)."""
-    run_cfg, run_ds, ds, manifest, model, step = load_for_eval(d)
-    splits = d["splits"] or ds.eval_splits
+    run_cfg, run_ds, ds, manifest, model, step = load_for_eval(cmd)
+    splits = cmd.splits or ds.eval_splits
     bank = model.memory.bank
 
     t = time.perf_counter()
     data = {k: torch.as_tensor(getattr(ds, k)) for k in ("inputs", "answer_pos", "answers", "hops")}
     idx = {s: torch.as_tensor(ds.splits[s]) for s in splits}
-    metrics = evaluate(model, data, idx, model.n_steps, d["batch_size"])
+    metrics = evaluate(model, data, idx, model.n_steps, cmd.batch_size)
     experiment = run_cfg.get("experiment", "model")
-    name = d["name"] or (f"{experiment}.swap" if d["bank"] else experiment)
-    bank_name = Path(d["bank"]).name if d["bank"] else "own"
+    name = cmd.name or (f"{experiment}.swap" if cmd.bank else experiment)
+    bank_name = Path(cmd.bank).name if cmd.bank else "own"
     common = {"model": name, "seed": run_cfg.get("seed"), "step": step, "bank": bank_name,
               "bank_facts": len(bank), "bank_bytes": bank_bytes(bank)}
     rows = []
@@ -107,15 +109,15 @@ def evaluate_bank(d: dict) -> dict:
                                 hops=k))
         atomic = idx[s][(data["hops"][idx[s]] == 1) & (data["answer_pos"][idx[s]] == 1)]
         if len(atomic):
-            found = retrieval(model, bank, data["inputs"][atomic, :2], d["batch_size"])
+            found = retrieval(model, bank, data["inputs"][atomic, :2], cmd.batch_size)
             for t_, r in enumerate(found):
                 rows.append(acc_row(r, len(atomic), **common, split=s,
                                     metric=f"retrieval@{t_ + 1}", read_step=t_ + 1))
     seconds = time.perf_counter() - t
-    summary = {"study": f"bank_eval/{name}", "run_dir": str(d["run_dir"]), "machine": machine(),
+    summary = {"study": f"bank_eval/{name}", "run_dir": str(cmd.run_dir), "machine": machine(),
                "code_version": code_version(), "seconds": seconds,
                "commands": ["python -m grokloop.bank " + " ".join(sys.argv[1:])],
-               "bank": {"path": d["bank"], "n_facts": len(bank), "bytes": bank_bytes(bank),
+               "bank": {"path": cmd.bank, "n_facts": len(bank), "bytes": bank_bytes(bank),
                         "facts_sha256": facts_sha256(bank),
                         "source": manifest["source"] if manifest else "checkpoint"},
                "dataset_hash": ds.content_hash(), "n_steps": model.n_steps,

@@ -2,8 +2,9 @@
 exact symbolic lookup (the reasoning upper bound), on every evaluation split.
 
     python -m grokloop.baselines lookup data=composition_small
-    python -m grokloop.baselines lookup data=composition_cpu sigma=0,1,2,4 d=256 seed=0
-    python -m grokloop.baselines lookup data=modular methods=lookup_cosine,symbolic out=/tmp/b
+    python -m grokloop.baselines lookup data=composition_cpu sigma=[0,1,2,4] d=256 seed=0
+    python -m grokloop.baselines lookup data=modular methods=[lookup_cosine,symbolic] out=/tmp/b
+    python -m grokloop.baselines lookup data=complex_reasoning_cpu   # + retrieval and chance
 
 Writes OUT/summary.json (the results schema: rows model, split, (hops), sigma, seed, acc, Wilson
 95% lo/hi, n, chance, (coverage)) and OUT/summary.md; OUT defaults to runs/baselines/NAME, NAME
@@ -14,11 +15,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grokloop.baselines.evaluate import METHODS, evaluate
+from datagen import load_or_build
+from grokloop.baselines.evaluate import default_methods, evaluate
+from grokloop.config import as_data_config
 from datagen.provenance import atomic_write_text, code_version, machine
 
 
@@ -27,7 +30,7 @@ class BaselinesCommand:
     """Schema of conf/baselines.yaml (`python -m grokloop.baselines lookup ...`)."""
     data: Any = None
     name: str | None = None      # names the output; None: the data preset's (data=NAME)
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] | None = None   # None: the task's (evaluate.default_methods)
     sigma: list[float] = field(default_factory=lambda: [0.0])   # query noise, x a key's norm
     d: int = 256                 # key dimension per token
     digit_base: float = 2.0      # digit weights w_i = digit_base ** -i (1: plain Euclidean)
@@ -52,7 +55,9 @@ def markdown(summary: dict) -> str:
              f"{summary['code_version']}.", "",
              "Memorisation controls (lookup_cosine, lookup_digit, scattershot) store every training "
              "example and answer with the nearest stored key's answer; symbolic chains or compares "
-             "the training atomic facts (modular/group: only training cells are answered). "
+             "the training atomic facts (modular/group: only training cells are answered; complex "
+             "reasoning: interval reasoning); retrieval answers from the training facts about the "
+             "query's entities in one step; chance guesses uniformly. "
              "sigma: query noise in units of a key's norm.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -64,36 +69,37 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def preset_name(d: dict) -> str:
+def preset_name(cmd: BaselinesCommand) -> str:
     """`name`, else the data preset chosen on the command line (data=NAME), else the task."""
-    if d.get("name"):
-        return d["name"]
+    if cmd.name:
+        return cmd.name
     try:
         from hydra.core.hydra_config import HydraConfig
         return str(HydraConfig.get().runtime.choices["data"])
     except (ValueError, KeyError):      # not inside a Hydra run (a direct call)
-        return d["data"]["task"]
+        return as_data_config(cmd.data).task
 
 
-def lookup(d: dict) -> dict:
-    from datagen import data_config_from_dict, load_or_build
-
-    d = d | {"name": preset_name(d)}
-    if not d["sigma"]:
+def lookup(cmd: BaselinesCommand) -> dict:
+    if not cmd.sigma:
         raise ValueError("sigma is empty: give at least one noise scale, e.g. sigma=0")
-    data_cfg = data_config_from_dict(d["data"])
-    ds = load_or_build(data_cfg, d["data_cache"])
+    if cmd.data is None:
+        raise ValueError("data is required: pass data=PRESET, e.g. data=composition_cpu")
+    name = preset_name(cmd)
+    ds = load_or_build(as_data_config(cmd.data), cmd.data_cache)
+    methods = default_methods(ds.task) if cmd.methods is None else cmd.methods
     t = time.perf_counter()
-    rows = [{"data": d["name"]} | r for r in
-            evaluate(ds, d["methods"], d["sigma"], d["d"], d["seed"], d["digit_base"],
-                     query_chunk=d["query_chunk"], bank_chunk=d["bank_chunk"])]
+    rows = [{"data": name} | r for r in
+            evaluate(ds, methods, cmd.sigma, cmd.d, cmd.seed, cmd.digit_base,
+                     query_chunk=cmd.query_chunk, bank_chunk=cmd.bank_chunk)]
     seconds = time.perf_counter() - t
-    out = Path(d["out"] or Path("runs/baselines") / d["name"])
-    summary = {"study": f"baselines/{d['name']}", "data": d["name"],
+    out = Path(cmd.out or Path("runs/baselines") / name)
+    config = asdict(cmd) | {"name": name, "methods": methods}
+    summary = {"study": f"baselines/{name}", "data": name,
                "dataset_hash": ds.content_hash(), "machine": machine(),
                "code_version": code_version(), "seconds": seconds,
                "commands": ["python -m grokloop.baselines lookup " + " ".join(sys.argv[1:])],
-               "config": {k: v for k, v in d.items() if k not in ("out", "data_cache")},
+               "config": {k: v for k, v in config.items() if k not in ("out", "data_cache")},
                "rows": rows}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "summary.md", markdown(summary))

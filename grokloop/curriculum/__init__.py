@@ -40,10 +40,10 @@ transfers; the transfer that matters is how much faster a stage groks, the ratio
 the gate from scratch to those in the curriculum (`reports/curriculum.py` computes it across runs).
 """
 from grokloop.curriculum.config import (MODES, CurriculumCommand, CurriculumConfig, StageConfig,
-                                        command_from_dict)
+                                        checked)
 from grokloop.curriculum.metrics import initial_accuracy, summarize, transfer_metrics
 from grokloop.curriculum.run import RESUMABLE, Stage, plan, run_curriculum
 
 __all__ = ["MODES", "RESUMABLE", "CurriculumCommand", "CurriculumConfig", "Stage", "StageConfig",
-           "command_from_dict", "initial_accuracy", "plan", "run_curriculum", "summarize",
+           "checked", "initial_accuracy", "plan", "run_curriculum", "summarize",
            "transfer_metrics"]

@@ -2,16 +2,18 @@
 each stage's embedding spectra (probes/fourier.py) and write its report (reports/curriculum.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from grokloop import cli
-from grokloop.curriculum import command_from_dict, run_curriculum
+from grokloop.curriculum import CurriculumCommand, checked, run_curriculum
 from probes.fourier import stage_spectra
 from reports.curriculum import write_curriculum_report
 
 
 def main(argv: list[str] | None = None) -> None:
-    def _main(d: dict) -> None:
-        cmd, out_dir, resume = command_from_dict(d)
-        summary = run_curriculum(cmd, out_dir, resume=resume, spectra=stage_spectra)
+    def _main(cmd: CurriculumCommand) -> None:
+        out_dir = Path(cmd.out_dir)
+        summary = run_curriculum(checked(cmd), out_dir, resume=cmd.resume, spectra=stage_spectra)
         for st in summary["per_stage"]:
             print(f"  {st['stage']:>10}: {'gate' if st['passed'] else 'budget'} at {st['steps']} "
                   f"of {st['budget']} steps")

@@ -3,11 +3,9 @@ and order, gates and budgets, replay; checked when composed."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from datagen import data_config_from_dict
-from grokloop.config import ModelConfig, OptimConfig, TrainConfig
+from grokloop.config import ModelConfig, OptimConfig, TrainConfig, as_data_config
 
 MODES = ("sequential", "scratch", "joint")
 
@@ -84,15 +82,11 @@ class CurriculumCommand:
     resume: bool = False
 
 
-def command_from_dict(d: dict) -> tuple[CurriculumCommand, Path, bool]:
-    d = dict(d)
-    out_dir, resume = Path(d.pop("out_dir")), d.pop("resume")
-    cc = dict(d.pop("curriculum"))
-    curriculum = CurriculumConfig(**cc)   # stage dicts become StageConfigs there
-    curriculum.check_stages()
-    for st in curriculum.stages.values():   # each stage's preset is checked as its task's config
-        data_config_from_dict(st.data)
-    cmd = CurriculumCommand(curriculum=curriculum, model=ModelConfig(**d.pop("model")),
-                            optim=OptimConfig(**d.pop("optim")), train=TrainConfig(**d.pop("train")),
-                            **d)
-    return cmd, out_dir, resume
+def checked(cmd: CurriculumCommand) -> CurriculumCommand:
+    """The composed command (OmegaConf.to_object of conf/curriculum.yaml), its stages checked:
+    at least one, each with a data preset of a known task (a dict, as tests and saved configs
+    give it, becomes that task's config)."""
+    cmd.curriculum.check_stages()
+    for st in cmd.curriculum.stages.values():
+        st.data = as_data_config(st.data)
+    return cmd

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from datagen.config import MixtureConfig
+from datagen.config import MixtureConfig, config_dict
 from datagen.provenance import atomic_write_text, code_version
 from grokloop.config import RunConfig
 from grokloop.curriculum.config import CurriculumCommand
@@ -33,7 +33,7 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
     """Every stage's run config, before anything runs (so every error comes first)."""
     cc = cmd.curriculum
     names = cc.ordered()
-    parts = {n: dict(cc.stages[n].data) for n in names}   # mixture parts in the order run
+    parts = {n: config_dict(cc.stages[n].data) for n in names}   # mixture parts, in run order
     if cc.mode == "joint":
         steps = round(sum(cc.budget(n) for n in names) / len(names))
         jobs = [("joint", names, steps, ",".join(f"test_{n}" for n in names),
@@ -64,7 +64,10 @@ def run_curriculum(cmd: CurriculumCommand, out_dir: str | Path, resume: bool = F
     measures each stage's final model (the command passes probes.fourier.stage_spectra)."""
     out_dir = Path(out_dir)
     stages = plan(cmd, out_dir)
-    config = json.loads(json.dumps(dataclasses.asdict(cmd)))
+    # curriculum.json records what the curriculum computes, not where it is written or whether
+    # this launch resumes (their schema defaults, as every curriculum.json has held them)
+    launch = {"out_dir": CurriculumCommand.out_dir, "resume": False}
+    config = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cmd, **launch))))
     saved = out_dir / "curriculum.json"
     # --- checks that write nothing ------------------------------------------------------------
     if saved.exists() and not resume:

@@ -9,16 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from grokloop import cli
-from grokloop.config import run_config_from_dict
+from grokloop.config import TrainCommand
 from grokloop.train import train
 from reports import write_run_report
 
 
 def main(argv: list[str] | None = None) -> None:
-    def _main(d: dict) -> None:   # the composed, type-checked conf/train.yaml as a dict
-        out_dir, resume = d.pop("out_dir"), d.pop("resume")
-        cfg = run_config_from_dict(d)      # every config error surfaces here, before any file
-        summary = train(cfg, out_dir, resume=resume)
+    def _main(cmd: TrainCommand) -> None:   # conf/train.yaml composed, typed and checked
+        out_dir = cmd.out_dir
+        cfg = cmd.run_config()
+        summary = train(cfg, out_dir, resume=cmd.resume)
         final = {k: round(v, 4) for k, v in summary["final"].items() if k.startswith("acc/")
                  and k.count("/") == 1}
         print(f"final {final}")
