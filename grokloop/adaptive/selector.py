@@ -148,6 +148,130 @@ def dataset_tensors(ds, device) -> dict[str, torch.Tensor]:
             for k in ("inputs", "answer_pos", "answers", "hops")}
 
 
+@dataclass
+class Episodes:
+    """A batch of episodes in flight: the model's state per example and everything the episode
+    has recorded. `margin`/`least`: the memory's retrieval margin at each input position at this
+    step and the smallest so far (a model with a memory); `signals`/`said`: every step's signals
+    and answer so far (read_history; -1: not yet run); `last_value`: the expected reward of the
+    choice at max_steps (expected_last_choice); `right_at_end`: whether the episode's last
+    answer is right (abstained or not); `abstain_margin`: how far the abstain logit stood above
+    the best other action at the last step (-inf where abstaining was not allowed)."""
+    e: torch.Tensor
+    state: torch.Tensor
+    next_core: torch.Tensor
+    active: torch.Tensor
+    prev: torch.Tensor
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    last_value: torch.Tensor
+    steps: torch.Tensor
+    cost: torch.Tensor
+    correct: torch.Tensor
+    abstained: torch.Tensor
+    right_at_end: torch.Tensor
+    abstain_margin: torch.Tensor
+    margin: torch.Tensor | None = None
+    least: torch.Tensor | None = None
+    signals: torch.Tensor | None = None
+    said: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, model, selector, tokens, T: int) -> "Episodes":
+        B, device = len(tokens), tokens.device
+        with torch.no_grad():
+            e, state = model.enter_loop(tokens)
+            # The episode writes each step's rows into `state` in place, and with no prelude
+            # the initial state is the input embedding e itself: a copy keeps e, which input
+            # injection adds at every step, unchanged (without it answers fell from 0.99 to 0.14).
+            state = state.clone()
+        zeros = lambda dtype=torch.float: torch.zeros(B, dtype=dtype, device=device)
+        ep = cls(e, state, torch.full((B,), model.schedule[0], device=device),
+                 torch.ones(B, dtype=torch.bool, device=device),
+                 torch.zeros(B, model.config.d_vocab, device=device), zeros(), zeros(), zeros(),
+                 zeros(), zeros(), zeros(torch.bool), zeros(torch.bool), zeros(torch.bool), zeros())
+        if selector.n_memory:
+            # one margin per input position of the model; a shorter prefix (an atomic fact's
+            # two tokens in a three-token task) leaves the rest at 0
+            ep.margin = torch.zeros(B, selector.n_memory // 2, device=device)
+            ep.least = torch.full_like(ep.margin, float("inf"))
+        if selector.n_history:
+            if selector.n_history != history_width(T, selector.n_memory // 2):
+                raise ValueError(f"this selector reads the history of {selector.n_history} "
+                                 f"inputs, not that of max_steps={T}; run it with the max_steps "
+                                 "it was trained with")
+            ep.signals = torch.zeros(B, T, selector.n_history // T - 1, device=device)
+            ep.said = torch.full((B, T), -1, dtype=torch.long, device=device)
+        return ep
+
+    @torch.no_grad()
+    def think(self, model, idx, t: int, positions, got: dict | None):
+        """Step t of the active rows `idx`, each with the core it chose; (the readout's log
+        probabilities, the state at the answer position)."""
+        for c in range(len(model.cores)):
+            rows = idx[self.next_core[idx] == c]
+            if not len(rows):
+                continue
+            self.state[rows] = model.step(self.state[rows], self.e[rows], t - 1, c,
+                                          hooked=got is not None)
+            if got is not None:
+                width = got["scores"].shape[1]
+                self.margin[rows, :width] = retrieval_margin(got["scores"]).float()
+                self.least[rows] = torch.minimum(self.least[rows], self.margin[rows])
+        logp = model.read(self.state[idx], positions[idx]).float().log_softmax(-1)
+        return logp, self.state[idx, positions[idx]]
+
+    def observe(self, selector, idx, t: int, T: int, logp, at_answer) -> torch.Tensor:
+        """The selector's features at step t for the rows `idx`, recording the step's signals."""
+        memory = torch.cat([self.margin[idx], self.least[idx]], dim=-1) \
+            if self.margin is not None else None
+        stats = readout_stats(logp, self.prev[idx] if t > 1 else None)
+        history = None
+        if self.signals is not None:
+            self.signals[idx, t - 1, 0], self.signals[idx, t - 1, 1] = stats["top"], -stats["entropy"]
+            if self.margin is not None:
+                self.signals[idx, t - 1, 2:] = self.margin[idx]
+            self.said[idx, t - 1] = logp.argmax(-1)
+            agrees = (self.said[idx] == logp.argmax(-1, keepdim=True)).float().unsqueeze(-1)
+            history = torch.cat([self.signals[idx], agrees], dim=-1).flatten(1)
+        return features(at_answer if selector.read_state else None, stats, t, T, memory, history)
+
+    def record(self, idx, t: int, action, dist, logits, right, cost_of_step, value=None) -> None:
+        """Book step t's action for the rows `idx` (REINFORCE's log probability, unless the
+        last choice learns from its expected `value`) and end the episodes that stopped or
+        abstained; the rest continue with the core they chose."""
+        if value is not None:
+            self.last_value = self.last_value.index_add(0, idx, value)
+        else:
+            self.log_prob = self.log_prob.index_add(0, idx, dist.log_prob(action))
+        self.entropy = self.entropy.index_add(0, idx, dist.entropy())
+        self.steps[idx] = t
+        self.cost[idx] += cost_of_step
+        done = action < 2
+        stop = action == STOP
+        self.correct[idx[stop]] = right[stop]
+        self.right_at_end[idx[done]] = right[done]
+        others = torch.cat([logits[:, :ABSTAIN], logits[:, ABSTAIN + 1:]], dim=-1)
+        self.abstain_margin[idx[done]] = (logits[:, ABSTAIN] - others.max(-1).values)[done].detach()
+        self.abstained[idx[action == ABSTAIN]] = True
+        self.next_core[idx[~done]] = action[~done] - 2
+        self.active[idx[done]] = False
+
+
+def allowed_logits(logits, t: int, T: int, cfg: HaltingConfig, abstain_offset: float):
+    """The selector's logits with what step t may not do masked out: at max_steps only stop and
+    abstain; before it abstain only where cfg.abstain_at is "any"; `abstain_offset` added to
+    the abstain logit (ABSTAIN_OFFSETS: the selector's coverage curve)."""
+    if t == T or abstain_offset or cfg.abstain_at != "any":
+        logits = logits.clone()
+        logits[:, ABSTAIN] += abstain_offset
+    if t == T:
+        logits[:, 2:] = float("-inf")
+    elif cfg.abstain_at == "max_steps":
+        logits[:, ABSTAIN] = float("-inf")
+    return logits
+
+
 def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, greedy: bool,
             generator: torch.Generator | None = None,
             abstain_offset: float = 0.0) -> dict[str, torch.Tensor]:
@@ -157,111 +281,41 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
     `max_steps` only stop and abstain are allowed; before it abstain only where
     `cfg.abstain_at` is "any". `abstain_offset` is added to the abstain logit
     (ABSTAIN_OFFSETS: the selector's coverage curve)."""
-    B, T = len(tokens), cfg.max_steps
+    T = cfg.max_steps
     layers = torch.tensor(core_layers(model), dtype=torch.float, device=tokens.device)
-    with torch.no_grad():
-        e, state = model.enter_loop(tokens)
-        # The episode writes each step's rows into `state` in place, and with no prelude the
-        # initial state is the input embedding e itself: a copy keeps e, which input injection
-        # adds at every step, unchanged (without it answers fell from 0.99 to 0.14).
-        state = state.clone()
+    ep = Episodes.start(model, selector, tokens, T)
     read_memory = selector.n_memory > 0
     # each hooked step leaves its memory's scores in `got`
     reads = memory_reads(model, T) if read_memory else contextlib.nullcontext({})
-    if read_memory:
-        # one margin per input position of the model; a shorter prefix (an atomic fact's
-        # two tokens in a three-token task) leaves the rest at 0
-        margin = torch.zeros(B, selector.n_memory // 2, device=tokens.device)
-        least = torch.full_like(margin, float("inf"))
-    if selector.n_history and selector.n_history != history_width(T, selector.n_memory // 2):
-        raise ValueError(f"this selector reads the history of {selector.n_history} inputs, not "
-                         f"that of max_steps={T}; run it with the max_steps it was trained with")
-    if selector.n_history:   # each step's signals, and the answer it gave (-1: not yet run)
-        signals = torch.zeros(B, T, selector.n_history // T - 1, device=tokens.device)
-        said = torch.full((B, T), -1, dtype=torch.long, device=tokens.device)
-    next_core = torch.full((B,), model.schedule[0], device=tokens.device)
-    active = torch.ones(B, dtype=torch.bool, device=tokens.device)
-    prev = torch.zeros(B, model.config.d_vocab, device=tokens.device)
-    log_prob = torch.zeros(B, device=tokens.device)
-    entropy = torch.zeros(B, device=tokens.device)
     # cfg.expected_last_choice: at max_steps only stop (reward: right or not) and abstain
     # (abstain_reward) remain, and both rewards are known, so that choice learns from its
     # expected reward, exactly, instead of from the one action sampled; REINFORCE then needs
     # only the earlier choices (`train_selector`)
     expect_last = cfg.expected_last_choice and not greedy
-    last_value = torch.zeros(B, device=tokens.device)
-    steps, cost = torch.zeros(B, device=tokens.device), torch.zeros(B, device=tokens.device)
-    correct = torch.zeros(B, dtype=torch.bool, device=tokens.device)
-    abstained = torch.zeros(B, dtype=torch.bool, device=tokens.device)
-    # at the episode's last step: would its answer be right (abstained or not), and how far the
-    # abstain logit stands above the best other action (-inf where abstaining was not allowed)
-    right_at_end = torch.zeros(B, dtype=torch.bool, device=tokens.device)
-    abstain_margin = torch.zeros(B, device=tokens.device)
     with reads as got:
         for t in range(1, T + 1):
-            idx = active.nonzero().squeeze(1)
+            idx = ep.active.nonzero().squeeze(1)
             if not len(idx):
                 break
-            with torch.no_grad():
-                for c in range(len(model.cores)):
-                    rows = idx[next_core[idx] == c]
-                    if not len(rows):
-                        continue
-                    state[rows] = model.step(state[rows], e[rows], t - 1, c, hooked=read_memory)
-                    if read_memory:
-                        width = got["scores"].shape[1]
-                        margin[rows, :width] = retrieval_margin(got["scores"]).float()
-                        least[rows] = torch.minimum(least[rows], margin[rows])
-                logp = model.read(state[idx], positions[idx]).float().log_softmax(-1)
-                at_answer = state[idx, positions[idx]]
-            memory = torch.cat([margin[idx], least[idx]], dim=-1) if read_memory else None
-            stats = readout_stats(logp, prev[idx] if t > 1 else None)
-            history = None
-            if selector.n_history:
-                signals[idx, t - 1, 0], signals[idx, t - 1, 1] = stats["top"], -stats["entropy"]
-                if read_memory:
-                    signals[idx, t - 1, 2:] = margin[idx]
-                said[idx, t - 1] = logp.argmax(-1)
-                agrees = (said[idx] == logp.argmax(-1, keepdim=True)).float().unsqueeze(-1)
-                history = torch.cat([signals[idx], agrees], dim=-1).flatten(1)
-            feats = features(at_answer if selector.read_state else None, stats, t, T, memory,
-                             history)
-            logits = selector(feats)
-            if t == T or abstain_offset or cfg.abstain_at != "any":
-                logits = logits.clone()
-                logits[:, ABSTAIN] += abstain_offset
-            if t == T:
-                logits[:, 2:] = float("-inf")
-            elif cfg.abstain_at == "max_steps":
-                logits[:, ABSTAIN] = float("-inf")
+            logp, at_answer = ep.think(model, idx, t, positions, got if read_memory else None)
+            logits = allowed_logits(selector(ep.observe(selector, idx, t, T, logp, at_answer)),
+                                    t, T, cfg, abstain_offset)
             dist = torch.distributions.Categorical(logits=logits)
             action = (logits.argmax(-1) if greedy else
                       torch.multinomial(dist.probs, 1, generator=generator).squeeze(1))
             right = logp.argmax(-1) == answers[idx]     # the answer now, whatever the action
+            value = None
             if t == T and expect_last:
                 p_abstain = dist.probs[:, ABSTAIN]
-                last_value = last_value.index_add(
-                    0, idx, p_abstain * cfg.abstain_reward + (1 - p_abstain) * right.float())
-            else:
-                log_prob = log_prob.index_add(0, idx, dist.log_prob(action))
-            entropy = entropy.index_add(0, idx, dist.entropy())
-            steps[idx] = t
-            cost[idx] += layers[next_core[idx]] / layers[model.schedule[0]]
-            done = action < 2
-            stop = action == STOP
-            correct[idx[stop]] = right[stop]
-            right_at_end[idx[done]] = right[done]
-            others = torch.cat([logits[:, :ABSTAIN], logits[:, ABSTAIN + 1:]], dim=-1)
-            abstain_margin[idx[done]] = (logits[:, ABSTAIN] - others.max(-1).values)[done].detach()
-            abstained[idx[action == ABSTAIN]] = True
-            next_core[idx[~done]] = action[~done] - 2
-            prev[idx] = logp
-            active[idx[done]] = False
-    reward = torch.where(abstained, cfg.abstain_reward, correct.float()) - cfg.step_cost * cost
-    return {"log_prob": log_prob, "entropy": entropy, "reward": reward, "steps": steps,
-            "cost": cost, "correct": correct, "abstained": abstained,
-            "right_at_end": right_at_end, "abstain_margin": abstain_margin,
-            "last_value": last_value, "at_end": steps == T}
+                value = p_abstain * cfg.abstain_reward + (1 - p_abstain) * right.float()
+            ep.record(idx, t, action, dist, logits, right,
+                      layers[ep.next_core[idx]] / layers[model.schedule[0]], value)
+            ep.prev[idx] = logp
+    reward = torch.where(ep.abstained, cfg.abstain_reward, ep.correct.float()) - cfg.step_cost * ep.cost
+    return {"log_prob": ep.log_prob, "entropy": ep.entropy, "reward": reward, "steps": ep.steps,
+            "cost": ep.cost, "correct": ep.correct, "abstained": ep.abstained,
+            "right_at_end": ep.right_at_end, "abstain_margin": ep.abstain_margin,
+            "last_value": ep.last_value, "at_end": ep.steps == T}
 
 
 def check_train_split(ds, split: str) -> None:
