@@ -2,9 +2,14 @@
 
 In a notebook:
 
-    from grokloop import LoopedTransformer, ModelConfig, RunConfig, load_run, train
-    run = load_run("runs/default/seed0")        # model, dataset and config of a trained run
+    from grokloop import compose_run, load_run
+    from grokloop.train import train             # (grokloop.train is the training package)
+    cfg = compose_run("experiment=default")      # the RunConfig python -m grokloop.train trains
+    train(cfg, "runs/mine")
+    run = load_run("runs/mine")                  # model, dataset and config of a trained run
     logits, cache = run.model.run_with_cache(run.batch("test", n=64)[0])
+
+docs/notebooks/quickstart.ipynb does this, then a logit lens, causal tracing and a plot.
 
 One module (or subpackage) per concept:
 
@@ -35,9 +40,9 @@ _EXPORTS = {
     "TrainConfig": "grokloop.config",
     "RunConfig": "grokloop.config",
     "run_config_from_dict": "grokloop.config",
+    "compose_run": "grokloop.cli",
     "Run": "grokloop.run",
     "load_run": "grokloop.run",
-    "train": "grokloop.train",
     "FactBank": "grokloop.memory",
     "wilson": "grokloop.stats",
 }

@@ -119,6 +119,14 @@ def compose(name: str, overrides: list[str] = ()):
         return hydra_compose(config_name=name, overrides=list(overrides))
 
 
+def compose_run(*overrides: str):
+    """The RunConfig that `python -m grokloop.train OVERRIDES` trains, typed and checked: for
+    notebooks and tests, e.g. compose_run("experiment=default", "train.steps=300")."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(compose("train", list(overrides))).run_config()
+
+
 def overrides(name: str, argv: list[str]) -> list[str]:
     """Command `name`'s command line as Hydra overrides. Everything is Hydra's own grammar (a list
     is `key=[a,b]`; `key=a,b` is a sweep, which only --multirun runs), plus two shorthands that
