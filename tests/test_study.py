@@ -92,12 +92,13 @@ def test_rows_at_requested_steps(tmp_path):
     assert {r["step"] for r in rows} == {10, 100}
 
 
-def test_the_readme_tables_match_the_committed_results():
+@pytest.mark.parametrize("name", ["README.md", "docs/findings.md"])
+def test_the_generated_tables_match_the_committed_results(name):
     from reports.readme import MARKER, update
-    readme = Path(__file__).resolve().parent.parent / "README.md"
-    text = readme.read_text()
-    assert MARKER.search(text), "the README has no generated result tables"
-    assert update(text, readme.parent) == text, "run: python -m reports.readme README.md"
+    doc = Path(__file__).resolve().parent.parent / name
+    text = doc.read_text()
+    assert name == "README.md" or MARKER.search(text), f"{name} has no generated result tables"
+    assert update(text, doc.parent) == text, f"run: python -m reports.readme {name}"
 
 
 def test_lens_rows_carry_role_layer_and_interval(tmp_path):
