@@ -22,7 +22,7 @@ import numpy as np
 from datagen.vocab import Vocab
 from datagen.provenance import atomic_write, atomic_write_text, code_version
 
-__all__ = ["Dataset", "GENERATOR_VERSION", "code_version", "sample_eval"]
+__all__ = ["Dataset", "GENERATOR_VERSION", "code_version", "read_json", "sample_eval"]
 
 # Bump whenever any generator's output for the same config changes: the dataset cache is keyed by
 # (config, GENERATOR_VERSION), so a bump makes every cached dataset stale.
@@ -95,8 +95,9 @@ class Dataset:
     @staticmethod
     def load(path: str | Path) -> "Dataset":
         path = Path(path)
-        manifest = json.loads((path / "manifest.json").read_text())
-        vocab = Vocab.from_dict(json.loads((path / "vocab.json").read_text()))
+        fix = f"delete {path} to build it again, or rewrite it (python -m datagen)"
+        manifest = read_json(path / "manifest.json", fix)
+        vocab = Vocab.from_dict(read_json(path / "vocab.json", fix))
         with np.load(path / "data.npz") as z:
             arrays = {k: z[k] for k in z.files}
 
@@ -107,6 +108,20 @@ class Dataset:
                        answer_pos=arrays["answer_pos"], answers=arrays["answers"],
                        hops=arrays["hops"], roles=group("roles"), role_pos=group("role_pos"),
                        splits=group("splits"), config=manifest["config"], stats=manifest["stats"])
+
+
+def read_json(path: Path, fix: str = "") -> object:
+    """The JSON in `path`; a ValueError naming the file (json's own message names only a line
+    and column) and, if given, the fix."""
+    try:
+        text = Path(path).read_text()
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        what = "is empty" if not text.strip() else \
+            f"is not valid JSON ({e.msg}: line {e.lineno} column {e.colno}; truncated?)"
+        raise ValueError(f"{path} {what}" + (f"; {fix}" if fix else "")) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file" + (f"; {fix}" if fix else "")) from None
 
 
 def sample_eval(indices: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from datagen.composition import composition_vocab
-from datagen.dataset import Dataset
+from datagen.dataset import Dataset, read_json
 from datagen.vocab import Vocab
 from datagen.provenance import atomic_write_text
 
@@ -206,18 +206,24 @@ def read_grokked(path: str | Path) -> Dataset:
     Without train.json the dataset has an empty train split (it can be evaluated and probed, not
     trained on) and the roles that need the atomic facts (composition bridges, comparison values)
     are known only where test.json's sampled id_atomic/ood_atomic records give them; a warning
-    says how many are unknown (-1). Without vocab.json the vocabulary is what the records use."""
+    says how many are unknown (-1). Without test.json a warning says that valid.json's split is
+    the only one evaluated (training needs one of the two). Without vocab.json the vocabulary is
+    what the records use. A file that is not JSON is an error naming it."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such folder (want train.json, valid.json, test.json "
                                 "and vocab.json of the GrokkedTransformer format)")
-    files = {n: json.loads((path / f"{n}.json").read_text()) for n in FILES
-             if (path / f"{n}.json").exists()}
+    fix = "export it again (python -m datagen ... format=grokked) or copy it whole"
+    files = {n: read_json(path / f"{n}.json", fix) for n in FILES if (path / f"{n}.json").exists()}
+    for n, records in files.items():
+        if not isinstance(records, list):
+            raise ValueError(f"{path / n}.json holds a JSON {type(records).__name__}, not the list "
+                             "of records of the GrokkedTransformer format")
     if not any(files.values()):
         raise FileNotFoundError(f"{path} holds none of train.json, valid.json, test.json (or only "
                                 "empty ones): nothing to build a dataset from")
     vocab_file = path / "vocab.json"
-    vocab_list = json.loads(vocab_file.read_text()) if vocab_file.exists() else None
+    vocab_list = read_json(vocab_file, fix) if vocab_file.exists() else None
     if vocab_list is not None and not (isinstance(vocab_list, list) and
                                        all(isinstance(t, str) for t in vocab_list)):
         raise ValueError(f"{vocab_file}: want a JSON list of token strings (what --add_tokens adds)")
@@ -227,6 +233,11 @@ def read_grokked(path: str | Path) -> Dataset:
                       "atomic facts that give composition bridges / comparison values come only "
                       "from test.json's id_atomic/ood_atomic samples (see the count of unknown "
                       "roles below)")
+    if "test.json" in missing:
+        warnings.warn(f"{path} has no test.json: " + (
+            "valid.json's test_inferred_ood is the only split to evaluate (no atomic, "
+            "train_inferred or ID test split)" if "valid" in files else
+            "no split to evaluate (training needs test.json or valid.json)"))
     if vocab_list is None:
         warnings.warn(f"{path} has no vocab.json: the vocabulary is the tokens the records use "
                       "(entities etc. up to the largest index seen); the authors' --add_tokens "

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from datagen.dataset import read_json
 from datagen.provenance import atomic_write, atomic_write_text, code_version, sha256_file
 from grokloop.memory import FactBank
 
@@ -56,9 +57,11 @@ def read_manifest(path: str | Path) -> dict:
     if not (path / "manifest.json").exists():
         raise FileNotFoundError(f"bank={path} is not a bank (no manifest.json); write one with "
                                 "`python -m grokloop.bank build ... out=DIR`")
-    manifest = json.loads((path / "manifest.json").read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"bank={path} has format {manifest.get('format')!r}, this code reads "
+    manifest = read_json(path / "manifest.json",
+                         "rebuild the bank with `python -m grokloop.bank build ... out=DIR`")
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != FORMAT:
+        raise ValueError(f"bank={path} has format {found!r}, this code reads "
                          f"{FORMAT!r}; rebuild it with `python -m grokloop.bank build`")
     return manifest
 
