@@ -11,7 +11,9 @@ OmegaConf rejects a wrongly typed or unknown key while composing, before the com
 `task` receives the typed config (an instance of the schema class, built by OmegaConf.to_object).
 A config error (bad type, unknown key, invalid value, missing required key, a path that is not a
 run) prints one line `error: ...` to stderr and exits with status 2, before anything is written;
-HYDRA_FULL_ERROR=1 shows the traceback instead. Tests compose the same configs with `compose`.
+so does every failure at run time, with the status of grokloop/failure.py (a NaN, a locked or
+damaged run, a full disk, Ctrl-C, SIGTERM). GROKLOOP_DEBUG=1 (or HYDRA_FULL_ERROR=1) shows the
+traceback instead. Tests compose the same configs with `compose`.
 """
 from __future__ import annotations
 
@@ -19,11 +21,17 @@ import dataclasses
 import difflib
 import importlib
 import os
+import signal
 import sys
+import threading
 import typing
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from grokloop.failure import debug_wanted, describe_failure, format_warning, raise_terminated
 
 
 
@@ -77,19 +85,20 @@ _INFO = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
 class UsageError(SystemExit):
-    """Exit status 2 with the message already printed; str() is the message (for tests)."""
+    """Exit with `status` (2: a usage error) with the message already printed; str() is the
+    message (for tests)."""
 
-    def __init__(self, message: str):
-        super().__init__(2)
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(status)
         self.message = message
 
     def __str__(self) -> str:
         return self.message
 
 
-def fail(message: str) -> typing.NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise UsageError(message)
+def fail(message: str, status: int = 2) -> typing.NoReturn:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise UsageError(message, status)
 
 
 def schema(name: str) -> type:
@@ -207,10 +216,11 @@ def _near(key: str, parent) -> str | None:
     return known[near[0]] if near else None
 
 
-def announce_sweep_job(argv: list[str]) -> None:
+def announce_sweep_job(argv: list[str], cfg=None) -> None:
     """In a --multirun sweep, print `sweep job k of N: <what this job sets>` as each job starts
-    (Hydra's own launcher log is off). N is the grid's size: the sweep values on the command
-    line times those of the sweep config for keys the command line does not sweep."""
+    (Hydra's own launcher log is off). N is the grid's size: the sweep config's keys
+    (conf/sweep/NAME.yaml), each overridden by the command line's value for it (a single value
+    is one job, as Hydra's sweeper runs it), times the command line's other sweeps."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
@@ -219,13 +229,13 @@ def announce_sweep_job(argv: list[str]) -> None:
     if hc.mode != RunMode.MULTIRUN:
         return
     parser = OverridesParser.create()
+    swept = [f"{k}={v}" for k, v in (hc.sweeper.get("params") or {}).items()]
+    swept += [a for a in argv if "=" in a and not a.startswith(("hydra.", "hydra/", "-"))]
     sizes = {}
-    for key, value in (hc.sweeper.get("params") or {}).items():   # from conf/sweep/NAME.yaml
-        sizes[key] = len(list(parser.parse_override(f"{key}={value}").sweep_iterator())) \
-            if "," in str(value) else 1
-    for o in parser.parse_overrides([a for a in argv if "=" in a and not a.startswith("hydra")]):
-        if o.is_sweep_override():
-            sizes[o.get_key_element()] = len(list(o.sweep_iterator()))
+    for text in swept:   # later wins, as in Hydra's BasicSweeper
+        o = parser.parse_override(text)
+        sizes[o.get_key_element()] = len(list(o.sweep_iterator())) if o.is_sweep_override() else 1
+    _check_swept_names(sizes, hc, cfg)
     total = 1
     for n in sizes.values():
         total *= n
@@ -233,20 +243,38 @@ def announce_sweep_job(argv: list[str]) -> None:
           flush=True)
 
 
+def _check_swept_names(sizes: dict[str, int], hc, cfg) -> None:
+    """A key left out of a job's directory name (hydra.job.config.override_dirname.exclude_keys:
+    train.steps, so that a sweep is extended with train.steps=N resume=true) cannot be swept
+    where out_dir is named by override_dirname: its jobs would share one directory."""
+    from omegaconf import OmegaConf
+
+    if cfg is None or "out_dir" not in cfg:
+        return
+    out_dir = str(OmegaConf.to_container(cfg, resolve=False)["out_dir"])
+    excluded = set(hc.job.config.override_dirname.exclude_keys or ())
+    for key in sorted(k for k, n in sizes.items() if n > 1 and k in excluded):
+        if "override_dirname" in out_dir and key not in out_dir:   # ${experiment}/... names it
+            fail(f"{key} cannot be swept here: a job's directory (out_dir={out_dir}) is named "
+                 f"without it, so the jobs would share one; sweep it with an out_dir that names "
+                 f"it (out_dir=...{key.rpartition('.')[2]}${{{key}}})")
+
+
 def run(name: str, task: Callable[[typing.Any], None], argv: list[str] | None = None) -> None:
     """Compose conf/NAME.yaml with the command line and hand `task` the command's typed config:
     an instance of its schema class (COMMANDS[name].schema), built by OmegaConf.to_object, so
-    every __post_init__ check has run. Config errors, and the ValueError, FileNotFoundError,
-    FileExistsError or SystemExit(message) that `task` raises for a value it cannot use, end as
-    one line `error: ...` and exit status 2."""
+    every __post_init__ check has run. Every failure ends as one line `error: ...` on stderr: a
+    config error, or a ValueError, FileNotFoundError, FileExistsError or SystemExit(message)
+    that `task` raises for a value it cannot use, with exit status 2; any other exception,
+    Ctrl-C and SIGTERM with the status and line of grokloop/failure.py. GROKLOOP_DEBUG=1 (or
+    HYDRA_FULL_ERROR=1) shows the traceback instead. Warnings print as one line each."""
     import hydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    traceback_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    traceback_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1" or debug_wanted()
     config_errors = (HydraException, OmegaConfBaseException)
-    usage_errors = (ValueError, FileNotFoundError, FileExistsError)
 
     def report(e: BaseException) -> typing.NoReturn:
         if isinstance(e, UsageError) or traceback_wanted:
@@ -255,32 +283,54 @@ def run(name: str, task: Callable[[typing.Any], None], argv: list[str] | None = 
             if not isinstance(e.code, str):
                 raise e
             fail(" ".join(e.code.split()))
-        fail(describe(e, name) if isinstance(e, config_errors) else " ".join(str(e).split()))
+        if isinstance(e, config_errors):
+            fail(describe(e, name))
+        fail(*describe_failure(e))
 
     argv = overrides(name, sys.argv[1:] if argv is None else list(argv))
     register(name)
 
     @hydra.main(config_path=CONF, config_name=name, version_base="1.3")
     def _main(cfg) -> None:
-        announce_sweep_job(argv)
+        announce_sweep_job(argv, cfg)
         # Caught here, inside the job, or Hydra adds a line of its own before re-raising.
         try:
             task(OmegaConf.to_object(cfg))
-        except (*config_errors, *usage_errors, SystemExit) as e:
+        except BaseException as e:
             report(e)
 
     # Hydra prints its own multi-line report of a composition error unless HYDRA_FULL_ERROR is
     # set; we set it to receive the exception and print one line (unless the user set it).
-    saved = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    saved = sys.argv, os.environ.get("HYDRA_FULL_ERROR"), warnings.formatwarning
     sys.argv = [sys.argv[0], *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if not traceback_wanted:
+        warnings.formatwarning = format_warning
+    with _sigterm_raises():
+        try:
+            _main()
+        except UsageError:
+            raise
+        except BaseException as e:   # composition errors, Ctrl-C or SIGTERM outside the task
+            report(e)
+        finally:
+            sys.argv, warnings.formatwarning = saved[0], saved[2]
+            if saved[1] is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = saved[1]
+
+
+@contextmanager
+def _sigterm_raises():
+    """SIGTERM raises Terminated while a command runs, so it ends like Ctrl-C: its `finally`
+    blocks run (a run lock is released) and it prints one line, where the default would end the
+    process silently. Only the main thread may set a handler; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        _main()
-    except config_errors as e:
-        report(e)
+        yield
     finally:
-        sys.argv = saved[0]
-        if saved[1] is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved[1]
+        signal.signal(signal.SIGTERM, previous)
