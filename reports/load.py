@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from datagen.dataset import read_json
+from grokloop.metrics_log import read_rows
+
 
 @dataclass
 class ProbeResult:
@@ -69,9 +72,11 @@ def read_run(path: str | Path, probes: bool = True) -> RunFiles:
     if not is_run(path):
         raise SystemExit(f"run_dir={path}: not a run directory (no config.json and metrics.jsonl); "
                          "train one with python -m grokloop.train")
-    metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
-    run = RunFiles(path, json.loads((path / "config.json").read_text()), metrics, summary)
+    metrics = read_rows(path / "metrics.jsonl")   # a torn last line (a crash) dropped, warned
+    summary = read_json(path / "summary.json") if (path / "summary.json").is_file() else None
+    config = read_json(path / "config.json", "each checkpoints/step_*.json holds a copy of the "
+                       "config (its 'config' key)")
+    run = RunFiles(path, config, metrics, summary)
     for record in sorted((path / "probes").glob("*.json")) if probes else ():
         if (got := load_probe(path / "probes", record.stem)) is not None and got.arrays:
             run.probes[record.stem] = got
