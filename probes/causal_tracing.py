@@ -16,6 +16,8 @@ through hook points, kept as the reference the benchmark and tests compare again
 """
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,7 +202,21 @@ def patching_maps(model, clean, corrupted, answer_pos, clean_answers,
 
     metric = logit_diff_metric(answer_pos, clean_answers, corrupted_answers, ld(clean), ld(corrupted))
     _, cache = model.run_with_cache(clean)
-    return PatchingMaps(
-        patching.get_act_patch_resid_pre(model, corrupted, cache, metric).numpy(),
-        patching.get_act_patch_attn_out(model, corrupted, cache, metric).numpy(),
-        patching.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric).numpy())
+    with _quiet_patching():
+        return PatchingMaps(
+            patching.get_act_patch_resid_pre(model, corrupted, cache, metric).numpy(),
+            patching.get_act_patch_attn_out(model, corrupted, cache, metric).numpy(),
+            patching.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric).numpy())
+
+
+@contextmanager
+def _quiet_patching():
+    """transformer_lens.patching draws a tqdm bar per map and checkpoint (it calls the `tqdm` it
+    imported, with no way to turn it off), ~18 bars of noise in a probes run: hand it a disabled
+    one while the maps are made."""
+    bar = patching.tqdm
+    patching.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        patching.tqdm = bar

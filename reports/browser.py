@@ -77,6 +77,9 @@ def screenshot(report: str | Path, png: str | Path, width: int = 1280, height: i
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        raise SystemExit(0)
     if len(sys.argv) not in (2, 3):
         raise SystemExit(__doc__.split("\n\n")[-1])
     print(json.dumps(check(sys.argv[1])))

@@ -132,6 +132,9 @@ def write_index(root: Path = RESULTS) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return
     if args[:1] == ["index"]:
         write_index(Path(args[1]) if len(args) > 1 else RESULTS)
         return
