@@ -253,7 +253,10 @@ def test_a_nan_loss_names_what_exists(tmp_path, monkeypatch):
 
 # --- 7. progress ----------------------------------------------------------------------------------
 
-def test_progress_names_the_run_first_and_shows_no_eta_when_stopping_at_grok(tmp_path, capsys):
+def test_progress_names_the_run_first_and_shows_no_eta_when_stopping_at_grok(tmp_path, capsys,
+                                                                             monkeypatch):
+    import grokloop.train.progress as progress
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)   # the bar is for terminals only
     run = tmp_path / "run"
     train(run_config_from_dict(tiny(tmp_path, steps=20, progress=True, stop_at_grok="test")), run)
     out, err = capsys.readouterr()
@@ -263,6 +266,19 @@ def test_progress_names_the_run_first_and_shows_no_eta_when_stopping_at_grok(tmp
     train(run_config_from_dict(tiny(tmp_path, steps=20, progress=True)),
           tmp_path / "run2")
     assert "<" in capsys.readouterr().err   # the normal bar, with its ETA
+
+
+def test_progress_off_a_terminal_is_a_line_per_evaluation(tmp_path, capsys):
+    # capsys is no terminal: no bar (no carriage returns), a flushed line per evaluation
+    train(run_config_from_dict(tiny(tmp_path, steps=20, progress=True)), tmp_path / "run")
+    out, err = capsys.readouterr()
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["5/20", "10/20", "15/20", "20/20"], out
+    assert all("loss " in line and "test " in line and "steps/s" in line for line in lines)
+    assert "ETA" in lines[0] and "ETA" not in lines[-1] and "\r" not in out + err
+    train(run_config_from_dict(tiny(tmp_path, steps=20, stop_at_grok="test")), tmp_path / "run2")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert "ETA <= " in lines[0]   # progress=false still prints lines; the ETA is a bound
 
 
 # --- 8. adaptive summary writes under runs/ ------------------------------------------------------

@@ -4,9 +4,12 @@
 
 `train(cfg, out_dir)` is the pure entry; `python -m grokloop.train` (__main__.py) is the thin
 Hydra command, which also writes the run's report. The pieces, one module each: `prepare`
-(every check before a file is written), `state` (the resident data and what a step changes),
-`step` (one update), `loop` (start or resume, evaluate, checkpoint, stop), `resume` (the saved
-config and what a resume may change). A fact-memory model
+(every check before a file is written), `rundir` (what the run directory holds: a run, or a
+failed start to replace), `state` (the resident data and what a step changes), `step` (one
+update), `loop` (start or resume, evaluate, checkpoint, stop), `resume` (the saved config and
+what a resume may change), `stop` (SIGTERM/SIGINT), `progress` (a bar or a line per
+evaluation); trackers are grokloop/tracking.py. docs/running.md tells how runs fail, stop and
+recover. A fact-memory model
 (model.memory=facts) reads the training graph's atomic facts, or with train.bank=DIR that bank
 directory (python -m grokloop.bank build), checked against the run before any work; config.json
 records its path and facts' sha256 (train.bank_sha256). A run directory holds
@@ -21,7 +24,12 @@ Runs you can trust:
   - train.deterministic=true (default): same seed, config and machine give the same metrics and
     weights, multithreaded (see `deterministic_algorithms`);
   - no resume from a run whose checkpoints are all damaged, unless train.restart_if_damaged=true;
-  - a non-finite loss or gradient stops the run before the update, so no checkpoint holds NaN.
+  - a non-finite loss or gradient stops the run before the update, so no checkpoint holds NaN;
+  - a run that stopped before its first checkpoint does not hold its directory: the next start
+    replaces it (and says so);
+  - SIGTERM or Ctrl-C checkpoints the step the run reached and releases the lock; resume=true
+    continues from exactly there;
+  - a torn last line of metrics.jsonl (a crash mid-append) is dropped with a warning.
 """
 from grokloop.train.loop import deterministic_algorithms, init_from, summarize, train
 from grokloop.train.prepare import grok_splits, prepare, resolve_device, training_bank

@@ -16,47 +16,79 @@ from datagen.provenance import atomic_write_text, code_version
 from grokloop.accelerate import accelerate_training
 from grokloop.adaptive.depth import depth_sequence
 from grokloop.bank import facts_sha256
-from grokloop.checkpoint import checkpoint_path, last_good_checkpoint, optimizer_from_tensors, \
-    save_checkpoint
+from grokloop.checkpoint import checkpoint_path, last_good_checkpoint, list_checkpoints, \
+    optimizer_from_tensors, save_checkpoint
 from grokloop.config import RunConfig
 from grokloop.evaluate import evaluate
+from grokloop.metrics_log import append_row, read_rows
 from grokloop.model import LoopedTransformer
 from grokloop.optim import make_optimizer
 from grokloop.runlock import run_lock
 from grokloop.schedule import log_schedule
+from grokloop.tracking import open_tracker
 from grokloop.train.prepare import grok_splits, prepare, resolve_device, training_bank
-from grokloop.train.resume import (finished_summary, log_resume, resume_changes, resume_point,
-                                   rewind_metrics)
+from grokloop.train.progress import Progress
+from grokloop.train.resume import log_resume, resume_point, rewind_metrics
+from grokloop.train.rundir import check_start, failed_start, replace_failed_start
 from grokloop.train.state import ResidentData, TrainState
 from grokloop.train.step import train_step
+from grokloop.train.stop import NAMES, Interrupted, StopSignals
 
 
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
-    """Train `cfg` into `out_dir` (resume=true: continue the run there); returns its summary."""
-    ds, eval_names, cfg = prepare(cfg)   # cfg with the model's sizes resolved
+    """Train `cfg` into `out_dir` (resume=true: continue the run there); returns its summary.
+    SIGTERM or SIGINT checkpoints the step and raises Interrupted (grokloop/train/stop.py)."""
     out_dir = Path(out_dir)
-    config = json.loads(json.dumps(cfg.to_dict()))   # as config.json holds it (tuples as lists)
+    with StopSignals() as stop:
+        try:
+            return _train(cfg, out_dir, resume, stop)
+        except Interrupted as e:
+            if e.step is not None:   # the loop checkpointed the step it stopped at
+                raise
+            raise Interrupted(e.signum, f"{e}; {_after_stop(out_dir)}") from None
+        except torch.OutOfMemoryError as e:
+            raise RuntimeError(f"out of memory ({str(e).splitlines()[0]}): lower train.batch_size "
+                               "(or train.eval_batch_size if it ran out while evaluating); "
+                               f"{_after_stop(out_dir)}") from None
 
-    # --- checks that write nothing ------------------------------------------------------------
-    if not resume and (out_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{out_dir} already holds a run; pass resume=true to continue it "
-                              "or choose another out_dir")
-    changes = {}
-    if resume and (out_dir / "config.json").exists():
-        changes = resume_changes(out_dir, config)    # raises on a change outside RESUMABLE
-        if (done := finished_summary(cfg, out_dir)) is not None:
-            print(f"{out_dir} already finished this config; nothing to do")
-            return done
+
+def _train(cfg: RunConfig, out_dir: Path, resume: bool, stop: StopSignals) -> dict:
+    ds, eval_names, cfg = prepare(cfg)   # cfg with the model's sizes resolved
+    config = json.loads(json.dumps(cfg.to_dict()))   # as config.json holds it (tuples as lists)
+    changes, done = check_start(cfg, out_dir, resume, config)   # writes nothing
+    if done is not None:
+        print(f"{out_dir} already finished this config; nothing to do")
+        return done
 
     print(f"run directory: {out_dir.resolve()}", flush=True)
     device = resolve_device(cfg.train.device)
     with run_lock(out_dir), deterministic_algorithms(cfg.train.deterministic, device):
-        if not resume and (out_dir / "metrics.jsonl").exists():   # started while we checked
-            raise FileExistsError(f"{out_dir} already holds a run; pass resume=true to continue it")
+        if failed_start(out_dir):   # under the lock: no process is starting it now
+            replace_failed_start(out_dir)
+            changes = {}
+        else:   # again: another process may have started or finished it while we checked
+            changes, done = check_start(cfg, out_dir, resume, config)
+            if done is not None:
+                return done
         data = ResidentData.build(ds, eval_names, cfg.train.batch_size, cfg.train.loss_on_end_token,
                                   device)
         state, last_ckpt = start(cfg, ds, data, out_dir, resume, device, config, changes)
-        return run_loop(cfg, data, state, out_dir, eval_names, last_ckpt)
+        tracker = open_tracker(cfg.train.logger, out_dir, state.step)
+        try:
+            summary = run_loop(cfg, data, state, out_dir, eval_names, last_ckpt, stop, tracker)
+        except BaseException:
+            tracker.close(failed=True)
+            raise
+        tracker.close(failed=False)
+        return summary
+
+
+def _after_stop(out_dir: Path) -> str:
+    """What the run directory holds after a run stopped early, and how to go on."""
+    steps = list_checkpoints(out_dir)
+    if steps:
+        return f"resume=true continues from the checkpoint at step {steps[-1]}"
+    return "nothing was checkpointed: the next start replaces the run directory"
 
 
 @contextmanager
@@ -157,53 +189,69 @@ def step_plan(cfg: RunConfig) -> tuple[list[int], list[list[int]]]:
     schedules = []
     if tc.mix_cores:
         cores = torch.Generator().manual_seed(cfg.seed + 2)
-        schedules = [torch.randint(len(cfg.model.bank), (depths[i] if depths else cfg.model.n_steps,),
+        schedules = [torch.randint(len(cfg.model.bank),
+                                   (depths[i] if depths else cfg.model.n_steps,),
                                    generator=cores).tolist() for i in range(tc.steps)]
     return depths, schedules
 
 
 def run_loop(cfg: RunConfig, data: ResidentData, state: TrainState, out_dir: Path,
-             eval_names: list[str], last_ckpt: Path | None) -> dict:
+             eval_names: list[str], last_ckpt: Path | None, stop: StopSignals, tracker) -> dict:
     """Step from state.step to train.steps (or until the stop_at_grok splits pass), evaluating
-    and checkpointing on their log-spaced schedules; writes summary.json and returns it."""
-    from tqdm import tqdm
-
+    and checkpointing on their log-spaced schedules; writes summary.json and returns it. On a
+    signal it checkpoints the step it stopped at and raises Interrupted."""
     tc = cfg.train
     depths, schedules = step_plan(cfg)
     eval_steps = set(log_schedule(tc.steps, tc.eval_every_min, tc.eval_every_max))
     ckpt_steps = set(log_schedule(tc.steps, tc.eval_every_min, tc.checkpoint_every_max, 5))
     metrics_path = out_dir / "metrics.jsonl"
-    history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    history = read_rows(metrics_path)
     t0 = time.perf_counter() - state.wall_before
     on_cpu = state.order.device.type == "cpu"
-    # A run that stops at grok ends at an unknown step: no ETA for the full budget.
-    fmt = "{n_fmt}/{total_fmt} steps (stops at grok) [{elapsed}, {rate_fmt}{postfix}]" \
-        if tc.stop_at_grok else None
-    bar = tqdm(range(state.step, tc.steps), initial=state.step, total=tc.steps,
-               disable=not tc.progress, dynamic_ncols=True, mininterval=1.0, bar_format=fmt)
+    progress = Progress(state.step, tc.steps, eval_names, tc.progress, bool(tc.stop_at_grok))
     state.model.train()
-    for step in bar:
-        done = step + 1
-        # Checking the loss and gradients needs a host sync: every step on the CPU (free), else
-        # where we evaluate or save, which is enough to never write a non-finite checkpoint.
-        check = on_cpu or done in eval_steps or done in ckpt_steps
-        loss = train_step(state, cfg, data, depths[step] if depths else cfg.model.n_steps,
-                          schedules[step] if schedules else None, check, _last_good(last_ckpt))
-        if done in eval_steps:
-            row = evaluation_row(state, cfg, data, loss, time.perf_counter() - t0)
-            history.append(row)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            bar.set_postfix({"loss": f"{row['loss/train']:.3g}"} |
-                            {s: f"{row[f'acc/{s}']:.3f}" for s in eval_names[:3]})
-        grokked = bool(tc.stop_at_grok and history and done == history[-1]["step"] and
-                       all(history[-1][f"acc/{s}"] >= tc.grok_threshold for s in grok_splits(tc)))
-        if done in ckpt_steps or grokked:  # a grokked run stops here: keep that model
-            last_ckpt = save_state(out_dir, state, cfg, time.perf_counter() - t0)
-        if grokked:
-            break
-    bar.close()
+    stop.deferred = True   # a signal now stops after the step, at a checkpoint
+    try:
+        for step in range(state.step, tc.steps):
+            done = step + 1
+            # Checking the loss and gradients needs a host sync: every step on the CPU (free),
+            # else where we evaluate or save, which is enough to never write a non-finite
+            # checkpoint (a signal makes the step it stops at one of those).
+            check = on_cpu or done in eval_steps or done in ckpt_steps or stop.signum is not None
+            loss = train_step(state, cfg, data, depths[step] if depths else cfg.model.n_steps,
+                              schedules[step] if schedules else None, check, _last_good(last_ckpt))
+            progress.step()
+            if done in eval_steps:
+                row = evaluation_row(state, cfg, data, loss, time.perf_counter() - t0)
+                history.append(row)
+                append_row(metrics_path, row)
+                tracker.log(row)
+                progress.evaluation(row)
+            grokked = bool(tc.stop_at_grok and history and done == history[-1]["step"] and
+                           all(history[-1][f"acc/{s}"] >= tc.grok_threshold
+                               for s in grok_splits(tc)))
+            if done in ckpt_steps or grokked:  # a grokked run stops here: keep that model
+                last_ckpt = save_state(out_dir, state, cfg, time.perf_counter() - t0)
+            if grokked:
+                break
+            if stop.signum is not None and check:
+                stop_at_step(out_dir, state, cfg, last_ckpt, time.perf_counter() - t0, stop)
+    finally:
+        stop.deferred = False
+        progress.close()
     return write_summary(out_dir, history, eval_names, tc, time.perf_counter() - t0)
+
+
+def stop_at_step(out_dir: Path, state: TrainState, cfg: RunConfig, last_ckpt: Path | None,
+                 wall_time_s: float, stop: StopSignals) -> None:
+    """Checkpoint the step the run stopped at (unless the schedule just did), so resume=true
+    continues from exactly there, then raise Interrupted (under submitit, hand over first)."""
+    if last_ckpt != checkpoint_path(out_dir, state.step):
+        last_ckpt = save_state(out_dir, state, cfg, wall_time_s)
+    stop.hand_over()
+    raise Interrupted(stop.signum, f"stopped by {NAMES.get(stop.signum, stop.signum)} at step "
+                      f"{state.step} of {cfg.train.steps}, checkpointed ({last_ckpt}); continue "
+                      "with the same command and resume=true", step=state.step)
 
 
 def evaluation_row(state: TrainState, cfg: RunConfig, data: ResidentData, loss: torch.Tensor,
@@ -265,4 +313,5 @@ def init_from(model, opt, run_dir) -> None:
 
 
 def _last_good(path: Path | None) -> str:
-    return f"the last good checkpoint is {path}" if path else "no checkpoint was written yet"
+    return f"the last good checkpoint is {path}" if path else \
+        "no checkpoint was written yet (the next start replaces the run directory)"

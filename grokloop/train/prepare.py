@@ -12,16 +12,39 @@ from grokloop.bank import bank_option, facts_sha256
 from grokloop.checkpoint import list_checkpoints
 from grokloop.config import RunConfig, TrainConfig
 from grokloop.memory import FactBank
+from grokloop.tracking import check_logger
 
 
 def resolve_device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    """train.device as a torch device (auto: cuda if there is one, else cpu); a ValueError naming
+    the key if it is not a device, or not one this machine has."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") \
+            from None
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if device.type != "cpu" and callable(available) and not available():
+        raise ValueError(f"train.device={name}: this machine has no {device.type} device (or "
+                         f"torch was built without it); use train.device=auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"train.device={name}: this machine has {torch.cuda.device_count()} "
+                         "CUDA devices (cuda:0 ...); use train.device=cuda")
+    return device
 
 
 def prepare(cfg: RunConfig):
     """Dataset, evaluated splits and the config with the model's sizes resolved (a new config;
     `cfg` is not changed), after every check, all before any run directory exists."""
+    check_logger(cfg.train.logger)   # its package installed, before the dataset is built
+    resolve_device(cfg.train.device)
     ds = load_or_build(cfg.data, cfg.data_cache)
+    if not ds.eval_splits:
+        raise ValueError(f"the {ds.task!r} dataset has no split to evaluate (only train); a "
+                         "GrokkedTransformer folder (data.path) needs test.json or valid.json")
     wanted = cfg.train.eval_splits or ds.eval_splits
     missing = [s for s in wanted if s not in ds.eval_splits]
     if missing:
@@ -57,8 +80,8 @@ def prepare(cfg: RunConfig):
         raise ValueError(f"train.memory_address_loss={cfg.train.memory_address_loss} trains a fact "
                          "memory's addressing; this model has none (set model.memory=facts)")
     if cfg.train.init_from and not list_checkpoints(cfg.train.init_from):
-        raise FileNotFoundError(f"train.init_from={cfg.train.init_from} holds no checkpoint to start "
-                                "from; give a run directory with checkpoints/")
+        raise FileNotFoundError(f"train.init_from={cfg.train.init_from} holds no checkpoint to "
+                                "start from; give a run directory with checkpoints/")
     return ds, wanted, cfg
 
 

@@ -11,15 +11,16 @@ from pathlib import Path
 from datagen.provenance import atomic_write_text, code_version
 from grokloop.checkpoint import ckpt_dir, newest_readable
 from grokloop.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from grokloop.metrics_log import read_rows
 
 # Keys that may change when a run is resumed, because they change how the run is driven or
 # reported, not what it computes: the step budget (extending a run is the point of resuming),
 # progress bar and report, where it runs and how evaluation is batched, where the dataset is
-# cached (its content is checked by hash), the kernel choice, and the resume policy itself.
-# Every other difference from the saved config.json refuses the resume.
+# cached (its content is checked by hash), the kernel choice, the tracker it logs to, and the
+# resume policy itself. Every other difference from the saved config.json refuses the resume.
 RESUMABLE = frozenset({"train.steps", "train.progress", "train.report", "train.device",
                        "train.eval_batch_size", "train.deterministic", "train.restart_if_damaged",
-                       "data_cache"})
+                       "train.logger", "data_cache"})
 BOOKKEEPING = ("code_version", "dataset_hash")   # config.json keys that are not config
 
 
@@ -132,10 +133,8 @@ def resume_point(out_dir: Path, restart_if_damaged: bool):
     run has written, why the run restarts from step 0 or None). Every checkpoint damaged, or
     metrics without a checkpoint, is refused unless restart_if_damaged; then the damaged
     checkpoints are moved to checkpoints/damaged/ for inspection."""
-    metrics_path = out_dir / "metrics.jsonl"
     got, damaged = newest_readable(out_dir)
-    old_rows = [r for r in metrics_path.read_text().splitlines() if r] \
-        if metrics_path.exists() else []
+    old_rows = read_rows(out_dir / "metrics.jsonl")   # a torn last line dropped, with a warning
     restarted = None
     if got is None and (damaged or old_rows):
         why = ("every checkpoint is damaged:\n" + "".join(f"  {p}: {e}\n" for p, e in damaged)
@@ -154,7 +153,7 @@ def resume_point(out_dir: Path, restart_if_damaged: bool):
     return got, old_rows, restarted
 
 
-def rewind_metrics(out_dir: Path, old_rows: list[str], step: int) -> None:
+def rewind_metrics(out_dir: Path, old_rows: list[dict], step: int) -> None:
     """metrics.jsonl cut back to the rows up to `step` (the checkpoint a resume continues from)."""
-    rows = [r for r in map(json.loads, old_rows) if r["step"] <= step]
+    rows = [r for r in old_rows if r["step"] <= step]
     atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
