@@ -63,6 +63,11 @@ class ModelConfig:
     memory_d_key: int = 64     # key width, half from the head entity, half from the relation
 
     def __post_init__(self):
+        # Checked before d_model % n_heads, which divides by n_heads; d_mlp (4 * d_model when
+        # null) and d_head (d_model // n_heads) derive from these two, so their errors name them.
+        for key in ("d_model", "n_heads"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key}={getattr(self, key)} must be at least 1")
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_heads="
                              f"{self.n_heads}; pick n_heads dividing d_model")
@@ -166,7 +171,10 @@ class TrainConfig:
     stop_at_grok: str | None = None  # stop once this split (or each of 'a,b') reaches grok_threshold
     grok_threshold: float = 0.99
     device: str = "auto"
-    progress: bool = True
+    progress: bool = True           # a tqdm bar on a terminal, else a line per evaluation;
+                                    # false: the lines only (grokloop/train/progress.py)
+    logger: str = "none"            # none | tensorboard | wandb | mlflow: also log the metrics,
+                                    # config and code version there (grokloop/tracking.py)
     report: bool = True             # the CLI writes RUN/report.html at the end (reports/)
     deterministic: bool = True      # deterministic kernels: same seed and machine, same run
     restart_if_damaged: bool = False  # resume=true over a run with no readable checkpoint: start over
@@ -209,6 +217,14 @@ class TrainConfig:
         if self.init_optimizer and not self.init_from:
             raise ValueError("train.init_optimizer=true needs train.init_from=RUN_DIR, the run whose "
                              "optimizer state to continue")
+        _choice("train.logger", self.logger, ("none", "tensorboard", "wandb", "mlflow"))
+        if self.eval_batch_size < 1:
+            raise ValueError(f"train.eval_batch_size={self.eval_batch_size} must be at least 1 "
+                             "(examples per evaluation forward pass)")
+        for key in ("eval_every_min", "eval_every_max", "checkpoint_every_max"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key}={getattr(self, key)} must be at least 1 (steps "
+                                 "between evaluations or checkpoints)")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"train.batch_size={self.batch_size} must be >= 1 or null")
         if self.bank_sha256 and not self.bank:
