@@ -61,6 +61,15 @@ class ModelConfig:
                                # another attached at test time (python -m grokloop.bank)
     memory_top_k: int = 4      # slots read per position: softmax over the top-k key scores
     memory_d_key: int = 64     # key width, half from the head entity, half from the relation
+    entity_keys: str = "learned"  # canonical: each entity token's embedding is a fixed random key
+                                  # drawn from key_seed, also its unembedding (nearest-key answers),
+                                  # so a bank can add entities no weight has seen
+                                  # (grokloop/entity_keys.py); learned: a trained row, as before
+    key_noise: float = 0.0     # canonical: training adds noise of this norm (in units of a key's)
+                               # to every entity key, a fresh draw each forward pass
+    key_seed: int = 0          # canonical: the keys' seed (new entities' keys come from it too)
+    entity_start: int = 2      # canonical: the first entity token id (composition: after <pad>, </a>)
+    n_entities: int = 0        # canonical: how many entity tokens follow it (${data.n_entities})
 
     def __post_init__(self):
         # Checked before d_model % n_heads, which divides by n_heads; d_mlp (4 * d_model when
@@ -102,6 +111,18 @@ class ModelConfig:
             raise ValueError(f"model.memory={self.memory} is read by the last layer of the thinking "
                              f"block, and model.n_core / core_sizes={self.bank} has none; set "
                              "model.n_core >= 1 or model.memory=none")
+        _choice("model.entity_keys", self.entity_keys, ("learned", "canonical"))
+        if self.key_noise < 0:
+            raise ValueError(f"model.key_noise={self.key_noise} must be >= 0 (0: no noise)")
+        if self.entity_keys == "canonical" and (self.n_entities < 1 or self.entity_start < 0):
+            raise ValueError(f"model.entity_keys=canonical needs the entity tokens: model."
+                             f"entity_start={self.entity_start}, model.n_entities={self.n_entities}; "
+                             "set model.n_entities=${data.n_entities} (composition data)")
+        if self.entity_keys == "canonical" and self.d_vocab and \
+                self.entity_start + self.n_entities > self.d_vocab:
+            raise ValueError(f"model.entity_start + n_entities = {self.entity_start + self.n_entities}"
+                             f" is past model.d_vocab={self.d_vocab}; set model.n_entities to the "
+                             "data's entity count")
         if self.moe_experts < 0 or (self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts):
             raise ValueError(f"model.moe_top_k={self.moe_top_k} must be between 1 and "
                              f"model.moe_experts={self.moe_experts} (0 experts: a dense MLP)")

@@ -195,6 +195,26 @@ def exhaustive_top_k(s_head, s_rel, ix: BankIndex, k: int, chunk: int, chunk_sco
 GROW = 2   # each retry doubles both sides of the grid
 
 
+def top_k_rows(x: torch.Tensor, k: int, width: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k (values, indices) along the last dim of x [rows, n], by group maxima: column
+    i * m + j (m = n // width) is member i of group j; the k largest values lie in the k groups
+    with the largest maxima (each of them lifts its group's maximum to at least the k-th value)
+    or among the n - m * width columns no group holds. One strided max over x and a top-k of
+    k * width candidates replace a top-k over n, which on 10,000 columns is several times
+    slower. Small rows use torch.topk; ties may come in another order."""
+    rows, n = x.shape
+    m = n // width
+    if m < 4 * k or not x.is_contiguous():
+        return x.topk(k, dim=-1)
+    groups = x.as_strided((rows, width, m), (n, m, 1)).amax(1).topk(k, dim=-1).indices
+    member = m * torch.arange(width, device=x.device)
+    cols = (groups[:, None, :] + member[None, :, None]).flatten(1)           # [rows, width k]
+    if n > m * width:
+        cols = torch.cat([cols, torch.arange(m * width, n, device=x.device).expand(rows, -1)], 1)
+    val, pos = x.gather(1, cols).topk(k, dim=-1)
+    return val, cols.gather(1, pos)
+
+
 def first_grid(ix: BankIndex, k: int) -> tuple[int, int]:
     """The first grid's sides: about (2k)^2 pairs of the bank, so 2k / sqrt(density) a side."""
     side = math.ceil(2 * k / math.sqrt(len(ix.head_pos) / (len(ix.heads) * len(ix.relations))))
@@ -223,8 +243,8 @@ def product_top_k(s_head, s_rel, ix: BankIndex, k: int, max_grid: int = 1 << 16,
         failed, every = [], len(todo) == rows   # the first round: slices, not gathered copies
         for part in todo.split(max(1, max_cells // (a * b))):
             pick_rows = slice(int(part[0]), int(part[-1]) + 1) if every else part
-            th, ih = s_head[pick_rows].topk(min(a + 1, n_h), dim=-1)
-            tr, ir = s_rel[pick_rows].topk(min(b + 1, n_r), dim=-1)
+            th, ih = top_k_rows(s_head[pick_rows], min(a + 1, n_h))
+            tr, ir = top_k_rows(s_rel[pick_rows], min(b + 1, n_r))
             slot = ix.table[ih[:, :a, None], ir[:, None, :b]].flatten(1)           # [m, a b]
             grid = (th[:, :a, None] + tr[:, None, :b]).flatten(1).masked_fill(slot < 0, -math.inf)
             best, pick = grid.topk(k, dim=-1)
@@ -275,7 +295,14 @@ class FactMemory(nn.Module):
         # scoring every fact (bench/bench_bank_search.py, 2 threads); a few dozen facts are
         # scored directly.
         self.product_min_facts = 256
+        # Inference with more than chunk_scores head scores (queries x head tokens) searches the
+        # queries in chunks of this many scores (16 MB, within the last-level cache: chunks of
+        # 4M scores took 87 ms of CPU at 10,000 heads, against 162 ms for 16M and 208 ms for 256K,
+        # whose per-chunk overhead dominates); training scores all at once.
+        self.cache_scores = 1 << 22
         self._index = None   # (stamp of the bank buffers, BankIndex)
+        self._subkeys = None   # (index, stamp, sub-key tables) of a frozen model
+        self._normed = None    # (stamp, normalised embeddings) of a frozen model
 
     # --- the bank ---------------------------------------------------------------------------
     @property
@@ -285,7 +312,7 @@ class FactMemory(nn.Module):
     def attach(self, bank: FactBank) -> None:
         """Read `bank` from now on (the weights are untouched). Ids must be tokens of the model's
         vocabulary; grokloop/bank.py checks the vocabulary itself before calling this."""
-        d_vocab = self._model.W_E.shape[0]
+        d_vocab = self._model.vocab_size
         ids = bank.ids()
         if len(ids) and (ids.min() < 0 or ids.max() >= d_vocab):
             raise ValueError(f"the bank holds token ids outside this model's vocabulary of "
@@ -306,9 +333,24 @@ class FactMemory(nn.Module):
 
     # --- the read -------------------------------------------------------------------------------
     def embeddings(self) -> torch.Tensor:
-        """n(E): the model's token embeddings, each row normalised (no parameters)."""
-        E = self._model.W_E
-        return F.layer_norm(E, E.shape[-1:])
+        """n(E): the model's token embeddings, each row normalised (no parameters); with
+        canonical entity keys an entity's row is its key (grokloop/entity_keys.py)."""
+        frozen = not (self.training or torch.is_grad_enabled())
+        stamp = self._stamp()
+        if frozen and self._normed is not None and self._normed[0] == stamp:
+            return self._normed[1]
+        E = self._model.embedding_matrix()
+        E = F.layer_norm(E, E.shape[-1:])
+        self._normed = (stamp, E) if frozen else None
+        return E
+
+    def _stamp(self) -> tuple:
+        """What the slots are made from: the embeddings (and keys) and the key maps, each by
+        storage and version, so a cached table is used only while none of them changed."""
+        keys = self._model.entity_keys
+        tensors = [self._model.W_E, self.W_K_head.weight, self.W_K_rel.weight]
+        tensors += [keys.key, keys.new_key] if keys is not None else []
+        return tuple((t.data_ptr(), t._version, t.shape) for t in tensors)
 
     def index(self) -> BankIndex:
         """The bank's BankIndex, rebuilt only when the bank changes (attach, load, in-place edit)."""
@@ -317,15 +359,27 @@ class FactMemory(nn.Module):
             self._index = (stamp, BankIndex.build(self.bank_head, self.bank_relation))
         return self._index[1]
 
+    def subkeys(self, ix: BankIndex) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sub-keys of the bank's head tokens [n_heads, d_key / 2] and relation tokens
+        [n_relations, d_key / 2]. Without gradients in eval mode they are kept until the bank,
+        the key maps or the embeddings change (a frozen model computes them once per bank)."""
+        frozen = not (self.training or torch.is_grad_enabled())
+        stamp = self._stamp()
+        if frozen and self._subkeys is not None and self._subkeys[0] is ix and \
+                self._subkeys[1] == stamp:
+            return self._subkeys[2]
+        E = self.embeddings()
+        keys = self.W_K_head(E[ix.heads]), self.W_K_rel(E[ix.relations])
+        self._subkeys = (ix, stamp, keys) if frozen else None
+        return keys
+
     def subkey_scores(self, q: torch.Tensor, ix: BankIndex) -> tuple[torch.Tensor, torch.Tensor]:
         """The two halves of every score for queries q [..., d_key]: against each head token of
         the bank [..., n_heads] and each relation token [..., n_relations]; fact i scores
         s_head[head_pos[i]] + s_rel[rel_pos[i]]."""
-        E = self.embeddings()
+        K_head, K_rel = self.subkeys(ix)
         half, scale = self.d_key // 2, 1 / math.sqrt(self.d_key)
-        s_head = (q[..., :half] * scale) @ self.W_K_head(E[ix.heads]).T
-        s_rel = (q[..., half:] * scale) @ self.W_K_rel(E[ix.relations]).T
-        return s_head, s_rel
+        return (q[..., :half] * scale) @ K_head.T, (q[..., half:] * scale) @ K_rel.T
 
     def search(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k facts for queries q [..., d_key]: (scores, slots) [..., k], best first.
@@ -337,10 +391,21 @@ class FactMemory(nn.Module):
             raise RuntimeError("model.memory=facts has no bank attached: train it on a fact task, "
                                "load it from a checkpoint, or attach one (python -m grokloop.bank)")
         ix, k = self.index(), min(self.top_k, n)
-        s_head, s_rel = self.subkey_scores(q, ix)
         lead = q.shape[:-1]
+        product = ix.table is not None and n >= self.product_min_facts
+        if product and not torch.is_grad_enabled() and \
+                q[..., 0].numel() * len(ix.heads) > self.chunk_scores:
+            # Inference on a bank with many heads: the queries in chunks whose head scores stay
+            # in cache (product_top_k on all of them at once would write and re-read
+            # n_queries x n_heads scores from memory, most of the time at 10,000 heads).
+            rows = max(1, self.cache_scores // len(ix.heads))
+            parts = [product_top_k(*self.subkey_scores(part, ix), ix, k)
+                     for part in q.reshape(-1, q.shape[-1]).split(rows)]
+            best, slots = torch.cat([b for b, _ in parts]), torch.cat([s for _, s in parts])
+            return best.reshape(*lead, k), slots.reshape(*lead, k)
+        s_head, s_rel = self.subkey_scores(q, ix)
         s_head, s_rel = s_head.reshape(-1, s_head.shape[-1]), s_rel.reshape(-1, s_rel.shape[-1])
-        if ix.table is not None and n >= self.product_min_facts:
+        if product:
             best, slots = product_top_k(s_head, s_rel, ix, k)
         else:
             best, slots = exhaustive_top_k(s_head, s_rel, ix, k, self.chunk, self.chunk_scores)

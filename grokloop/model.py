@@ -50,6 +50,7 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from grokloop.config import ModelConfig
+from grokloop.entity_keys import EntityKeys
 from grokloop.hooks import apply_hook, watched
 from grokloop.memory import FactMemory, MemoryHooks
 from grokloop.moe import MoEMLP, balance_loss
@@ -353,6 +354,9 @@ class LoopedTransformer(HookedRootModule):
         cfg = cfg.resolved()
         self.config = cfg
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        # model.entity_keys=canonical: entity tokens read fixed keys instead of W_E's rows (and
+        # the unembedding's entity columns are those keys); learned: None, nothing changes.
+        self.entity_keys = EntityKeys(cfg) if cfg.entity_keys == "canonical" else None
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model)) if cfg.positional == "learned" else None
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
         moe = cfg.moe_experts > 0
@@ -431,11 +435,47 @@ class LoopedTransformer(HookedRootModule):
                     nn.init.zeros_(p)
             else:
                 nn.init.normal_(p, std=std)
+        if self.entity_keys is not None:   # rows and columns the keys replace: unused, zero
+            with torch.no_grad():
+                lo, hi = self.config.entity_start, self.config.entity_start + self.config.n_entities
+                self.W_E[lo:hi] = 0
+                self.b_U[lo:hi] = 0
+                if self.W_U_own is not None:
+                    self.W_U_own[:, lo:hi] = 0
 
     # --- schedule and virtual layers -------------------------------------------------------
     @property
     def W_U(self) -> torch.Tensor:
-        return self.W_E.T if self.W_U_own is None else self.W_U_own
+        """[d_model, tokens]; with canonical entity keys the entity columns are the keys."""
+        W_U = self.W_E.T if self.W_U_own is None else self.W_U_own
+        return W_U if self.entity_keys is None else self.entity_keys.compose(W_U.T).T
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens the model reads: d_vocab, plus the entities added to it (extend_entities)."""
+        return len(self.W_E) + (self.entity_keys.n_new if self.entity_keys is not None else 0)
+
+    def embedding_matrix(self) -> torch.Tensor:
+        """[vocab_size, d_model]: the embedding each token reads (W_E, or with canonical entity
+        keys W_E's learned rows and every entity's key). The fact memory makes its slots from it."""
+        return self.W_E if self.entity_keys is None else self.entity_keys.compose(self.W_E)
+
+    def output_bias(self) -> torch.Tensor:
+        """[vocab_size]: b_U; with canonical keys zero on every entity (a new one has no bias)."""
+        if self.entity_keys is None:
+            return self.b_U
+        b = torch.cat([self.b_U, self.b_U.new_zeros(self.entity_keys.n_new)])
+        return b.masked_fill(self.entity_keys.is_entity(len(b), b.device), 0)
+
+    def extend_entities(self, n_new: int) -> None:
+        """Read n_new entities beyond the trained vocabulary, token ids d_vocab .. d_vocab +
+        n_new - 1, by their canonical keys (grokloop/entity_keys.py); no weight changes."""
+        if self.entity_keys is None:
+            raise ValueError("this model has learned entity embeddings (model.entity_keys=learned): "
+                             "a new entity has no embedding in it; train with "
+                             "model.entity_keys=canonical to add entities")
+        self.entity_keys.extend(n_new)
+        self.cfg.d_vocab = self.vocab_size
 
     def set_n_steps(self, n_steps: int) -> None:
         self.set_schedule([0] * n_steps)
@@ -511,7 +551,12 @@ class LoopedTransformer(HookedRootModule):
 
     # --- the computation: embed, what happens between layers, layers, unembed -------------------
     def embed(self, tokens):
-        x = self.hook_embed(self.W_E[tokens])                        # [batch, pos, d_model]
+        if self.entity_keys is None:
+            x = self.hook_embed(self.W_E[tokens])                    # [batch, pos, d_model]
+        else:   # every pass starts here: one key-noise draw per pass in training
+            if self.training:
+                self.entity_keys.resample()
+            x = self.hook_embed(self.embedding_matrix()[tokens])
         if self.W_pos is not None:
             x = x + self.hook_pos_embed(self.W_pos[: tokens.shape[1]].expand(len(tokens), -1, -1))
         return self.drop(x)
@@ -537,9 +582,10 @@ class LoopedTransformer(HookedRootModule):
         argmax: the top-1 token's embedding (no gradient through the choice); soft: the
         probability-weighted mixture of embeddings (differentiable)."""
         logits = self.unembed(x)                                   # [batch, pos, d_vocab]
+        E = self.embedding_matrix()
         if self.config.feedback == "argmax":
-            return self.W_E[logits.argmax(-1)]
-        return logits.softmax(-1) @ self.W_E
+            return E[logits.argmax(-1)]
+        return logits.softmax(-1) @ E
 
     def before_layer(self, layer: UnrolledLayer, x, e, hooked: bool = False):
         """What happens to the state x before virtual layer `layer` runs: (x, e). At the loop's
@@ -582,7 +628,7 @@ class LoopedTransformer(HookedRootModule):
         return (x, e, states) if keep_states else (x, e)
 
     def unembed(self, x, hooked: bool = False):
-        return self.ln_final(x, self.ln_final if hooked else None) @ self.W_U + self.b_U
+        return self.ln_final(x, self.ln_final if hooked else None) @ self.W_U + self.output_bias()
 
     # --- one step at a time (the halting selector's rollouts) ---------------------------------
     def enter_loop(self, tokens) -> tuple[torch.Tensor, torch.Tensor]:
