@@ -471,8 +471,8 @@ class LoopedTransformer(HookedRootModule):
         """Read n_new entities beyond the trained vocabulary, token ids d_vocab .. d_vocab +
         n_new - 1, by their canonical keys (grokloop/entity_keys.py); no weight changes."""
         if self.entity_keys is None:
-            raise ValueError("this model has learned entity embeddings (model.entity_keys=learned): "
-                             "a new entity has no embedding in it; train with "
+            raise ValueError("this model has learned entity embeddings (model.entity_keys="
+                             "learned): a new entity has no embedding in it; train with "
                              "model.entity_keys=canonical to add entities")
         self.entity_keys.extend(n_new)
         self.cfg.d_vocab = self.vocab_size

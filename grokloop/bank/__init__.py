@@ -10,10 +10,17 @@
     python -m grokloop.bank edit_eval run_dir=RUN n_edits=200              # edits in the bank
     python -m grokloop.bank edit_eval run_dir=ANY_RUN method=finetune n_edits=200  # the baseline
 
+    python -m grokloop.bank add-entities run_dir=RUN facts=FILE out=banks/people  # new entities
+    python -m grokloop.bank add-entities run_dir=RUN new_entities=1000 link=true out=banks/new
+    python -m grokloop.bank eval run_dir=RUN bank=banks/new questions=banks/new/questions.txt
+
 Modules: `files` (the format below, reading, checking, attaching), `slim` (banks that hold
 less), `build`, `evaluate` (eval), `edits` (edit_eval), `finetune` (edit_eval's baseline),
-`options` (the command's schema); `python -m grokloop.bank` is __main__.py, which writes the
-results and their markdown (reports/bank.py).
+`entities` (banks that add entities: the extended vocabulary, what the manifest records, the
+checks), `add` (add-entities), `questions` (two-hop questions by name), `ask` (eval
+questions=FILE), `grow` (its baseline: grown embedding rows, fine-tuned), `options` (the
+command's schema); `python -m grokloop.bank` is __main__.py, which writes the results and their
+markdown (reports/bank.py).
 
 A bank is a directory:
   bank.safetensors  head, relation, tail: int64 [n_facts], token ids in slot order
@@ -60,20 +67,29 @@ NAME.hopP.METRIC (NAME: EXPERIMENT.METHOD_edit), split by the edited fact's clas
 atomic_ood) or the query path's (two_hop_XY: ID or OOD fact at hops 1 and 2, read from the
 dataset's splits; two_hop: all), with Wilson intervals over the queries.
 """
+from grokloop.bank.add import add_entities
+from grokloop.bank.ask import evaluate_questions
 from grokloop.bank.build import build, run_dataset
 from grokloop.bank.edits import (METRICS, Edit, bank_editor, compose, edit_eval, fact_classes,
                                  fact_table, measure_edits, plan_edits, predict)
+from grokloop.bank.entities import (attach_extension, check_extension, extended_vocab,
+                                    parse_new_facts, weights_sha256)
 from grokloop.bank.evaluate import evaluate_bank, load_for_eval, retrieval
 from grokloop.bank.files import (FORMAT, MAX_NAMED, attach_bank, bank_bytes, bank_option,
                                  bank_results, check_fits, fact_names, facts_sha256, load_bank,
                                  parse_facts, read_manifest, save_bank, vocab_sha256)
 from grokloop.bank.finetune import finetune_editor
+from grokloop.bank.grow import finetune_facts, grow
+from grokloop.bank.questions import ask, hop_retrieval, read_questions
 from grokloop.bank.options import ACTIONS, BankCommand
 from grokloop.bank.slim import path_facts, random_share, slim_bank
 
-__all__ = ["ACTIONS", "FORMAT", "MAX_NAMED", "METRICS", "BankCommand", "Edit", "attach_bank",
-           "bank_bytes", "bank_editor", "bank_option", "bank_results", "build", "check_fits",
-           "compose", "edit_eval", "evaluate_bank", "fact_classes", "fact_names", "fact_table",
-           "facts_sha256", "finetune_editor", "load_bank", "load_for_eval", "measure_edits",
-           "parse_facts", "path_facts", "plan_edits", "predict", "random_share", "read_manifest",
-           "retrieval", "run_dataset", "save_bank", "slim_bank", "vocab_sha256"]
+__all__ = ["ACTIONS", "FORMAT", "MAX_NAMED", "METRICS", "BankCommand", "Edit", "add_entities",
+           "ask", "attach_bank", "attach_extension", "bank_bytes", "bank_editor", "bank_option",
+           "bank_results", "build", "check_extension", "check_fits", "compose", "edit_eval",
+           "evaluate_bank", "evaluate_questions", "extended_vocab", "fact_classes", "fact_names",
+           "fact_table", "facts_sha256", "finetune_editor", "finetune_facts", "grow",
+           "hop_retrieval", "load_bank", "load_for_eval", "measure_edits", "parse_facts",
+           "parse_new_facts", "path_facts", "plan_edits", "predict", "random_share",
+           "read_manifest", "read_questions", "retrieval", "run_dataset", "save_bank",
+           "slim_bank", "vocab_sha256", "weights_sha256"]

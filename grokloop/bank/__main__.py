@@ -1,6 +1,6 @@
-"""`python -m grokloop.bank build|eval|edit_eval key=value ...`: the bank command (options:
-grokloop/bank/options.py; `python -m grokloop.bank --help`). It runs the action and writes its
-results and their markdown page (reports/bank.py)."""
+"""`python -m grokloop.bank build|eval|edit_eval|add-entities key=value ...`: the bank command
+(options: grokloop/bank/options.py; `python -m grokloop.bank --help`). It runs the action and
+writes its results and their markdown page (reports/bank.py)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,8 @@ from pathlib import Path
 
 from datagen.provenance import atomic_write_text
 from grokloop import cli
+from grokloop.bank.add import add_entities
+from grokloop.bank.ask import evaluate_questions
 from grokloop.bank.build import build
 from grokloop.bank.edits import edit_eval
 from grokloop.bank.evaluate import evaluate_bank
@@ -19,7 +21,8 @@ def run_action(cmd: BankCommand):
     """Dispatch on `action`, refusing the other actions' options."""
     if len(cmd.action) != 1 or cmd.action[0] not in ACTIONS:
         raise ValueError(f"{' '.join(cmd.action) or 'no action'}: say `python -m grokloop.bank "
-                         "build ...`, `... eval ...` or `... edit_eval ...`")
+                         "build ...`, `... eval ...`, `... edit_eval ...` or "
+                         "`... add-entities ...`")
     action = cmd.action[0]
     defaults = BankCommand()
     for key in sorted({k for keys in ACTIONS.values() for k in keys} - set(ACTIONS[action])):
@@ -33,11 +36,21 @@ def run_action(cmd: BankCommand):
             raise ValueError(f"keep_fraction={cmd.keep_fraction} must be in (0, 1]: the share of "
                              "the facts kept")
         return build(cmd)
+    if action == "add-entities":
+        return add_entities(cmd)
     if not cmd.run_dir:
         raise ValueError("run_dir is required: pass run_dir=RUN, a run trained with "
                          "model.memory=facts" + (" (or any run, with method=finetune)"
                                                  if action == "edit_eval" else ""))
-    summary = evaluate_bank(cmd) if action == "eval" else edit_eval(cmd)
+    if action == "eval" and (cmd.method != "bank" or cmd.finetune_steps != defaults.finetune_steps
+                             or cmd.finetune_lr != defaults.finetune_lr or cmd.baselines) \
+            and not cmd.questions:
+        raise ValueError("method=, finetune_steps=, finetune_lr= and baselines= of eval need "
+                         "questions=FILE (two-hop questions by name)")
+    if action == "eval" and cmd.questions:
+        summary = evaluate_questions(cmd)
+    else:
+        summary = evaluate_bank(cmd) if action == "eval" else edit_eval(cmd)
     write_results(cmd, action, summary)
     return summary
 
@@ -56,7 +69,8 @@ def write_results(cmd: BankCommand, action: str, summary: dict) -> None:
     atomic_write_text(out / "summary.md", page)
     for r in summary["rows"]:
         what = f"{r['split']}" + (f" hops {r['hops']}" if "hops" in r else "") + \
-            (f" retrieval@step{r['read_step']}" if "read_step" in r else "")
+            (f" {r['metric']}" if "hop" in r else
+             f" retrieval@step{r['read_step']}" if "read_step" in r else "")
         print(f"{r['model']:<44} {what:<36} acc {r['acc']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] "
               f"n {r['n']}")
     print(f"written to {out.resolve()}/summary.json and summary.md ({summary['seconds']:.1f} s)")

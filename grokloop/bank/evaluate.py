@@ -13,9 +13,11 @@ from datagen import load_or_build
 from grokloop.config import as_data_config
 from datagen.provenance import code_version, machine
 from grokloop.bank.build import run_dataset
+from grokloop.bank.entities import attach_extension, check_extension
+from grokloop.bank.grow import grow
 from grokloop.bank.options import BankCommand
-from grokloop.bank.files import (attach_bank, bank_bytes, check_fits, facts_sha256, read_manifest,
-                                 vocab_sha256)
+from grokloop.bank.files import (attach_bank, bank_bytes, check_fits, facts_sha256, load_bank,
+                                 read_manifest, vocab_sha256)
 from grokloop.checkpoint import last_good_checkpoint, load_model
 from grokloop.evaluate import evaluate
 from grokloop.memory import FactBank
@@ -53,7 +55,11 @@ def load_for_eval(cmd: BankCommand, need_memory: bool = True):
     manifest = None
     if cmd.bank:
         manifest = read_manifest(cmd.bank)
-        check_fits(manifest, cmd.bank, run_ds.vocab)
+        if "extends" in manifest:   # a bank that adds entities (grokloop/bank/entities.py)
+            check_extension(manifest, cmd.bank, run_ds.vocab, run_cfg["model"],
+                            learned_ok=cmd.method == "finetune")
+        else:
+            check_fits(manifest, cmd.bank, run_ds.vocab)
     ds = run_ds
     if cmd.data:
         ds = load_or_build(as_data_config(cmd.data), cmd.data_cache)
@@ -72,7 +78,14 @@ def load_for_eval(cmd: BankCommand, need_memory: bool = True):
     got = last_good_checkpoint(cmd.run_dir) if cmd.step is None else None
     step = got[2]["step"] if got is not None else cmd.step
     model, _, _ = load_model(cmd.run_dir, step)
-    if cmd.bank:
+    if cmd.bank and "extends" in manifest and model.entity_keys is None:
+        # learned embeddings (method=finetune only): a grown table, rows for the new entities
+        model = grow(model, manifest["extends"]["new_entities"], seed=run_cfg.get("seed") or 0)
+        model.memory.attach(load_bank(cmd.bank, check_extension(
+            manifest, cmd.bank, run_ds.vocab, run_cfg["model"], learned_ok=True))[0])
+    elif cmd.bank and "extends" in manifest:
+        attach_extension(model, cmd.bank, run_ds.vocab, run_cfg["model"])
+    elif cmd.bank:
         attach_bank(model, cmd.bank, run_ds.vocab)
     if cmd.n_steps:
         model.set_n_steps(cmd.n_steps)

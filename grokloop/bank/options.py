@@ -1,4 +1,4 @@
-"""The bank command's options (conf/bank.yaml): one schema for its three actions, and which
+"""The bank command's options (conf/bank.yaml): one schema for its four actions, and which
 options belong to which action."""
 from __future__ import annotations
 
@@ -44,10 +44,24 @@ class BankCommand:
     edit_seed: int = 0              # which facts are edited and their new tails
     finetune_steps: int = 10        # method=finetune: Adam steps on the edited atomic query
     finetune_lr: float = 1e-4       # method=finetune: Adam's learning rate
+    # eval: two-hop questions by name instead of the dataset's splits (grokloop/bank/questions.py)
+    questions: str | None = None    # a file of `split head relation_1 relation_2 answer` lines
+    baselines: bool = False         # questions: also the lookup_cosine and symbolic answers
+    # add-entities (grokloop/bank/entities.py): facts=FILE over new entity names, or a synthetic
+    # graph over new_entities new ones (datagen/new_entities.py) and questions.txt through them
+    new_entities: int = 0           # > 0: write that synthetic graph's facts instead of facts=FILE
+    new_degree: int = 16            # relations per new entity among new entities
+    link: bool = False              # also facts linking new entities and old ones
+    link_degree: int = 4            # link: relations per new entity to old entities
+    new_seed: int = 0               # the synthetic facts' and questions' seed
+    n_questions: int = 1000         # questions per split (at most)
 
 
 EVAL_KEYS = ("bank", "step", "n_steps", "top_k", "splits", "name")
+FINETUNE_KEYS = ("method", "finetune_steps", "finetune_lr")
 ACTIONS = {"build": ("facts", "edit", "needed_by", "keep_fraction", "keep_seed"),
-           "eval": EVAL_KEYS,
+           "eval": EVAL_KEYS + FINETUNE_KEYS + ("questions", "baselines"),
            "edit_eval": EVAL_KEYS + ("method", "n_edits", "positions", "n_locality", "edit_seed",
-                                     "finetune_steps", "finetune_lr")}
+                                     "finetune_steps", "finetune_lr"),
+           "add-entities": ("facts", "bank", "step", "new_entities", "new_degree", "link",
+                            "link_degree", "new_seed", "n_questions")}

@@ -1,0 +1,228 @@
+"""Canonical entity keys and banks that add entities (issue 37): keys are fixed, seeded and the
+same for any count drawn; every reader of an entity reads its key; learned embeddings change
+nothing; a model reads new entity ids beyond its vocabulary without a weight changing;
+`add-entities` writes a bank that records what it extends, and a bank that does not fit is
+refused in one line naming the fix; the synthetic new facts and questions are what their split
+names say; a grown learned model keeps its old logits."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from datagen.new_entities import new_facts
+from grokloop import cli
+from grokloop.bank.__main__ import main as bank_main
+from grokloop.bank.entities import weights_sha256
+from grokloop.bank.grow import grow
+from grokloop.config import ModelConfig, run_config_from_dict
+from grokloop.entity_keys import draw_keys
+from grokloop.memory import FactBank
+from grokloop.model import LoopedTransformer
+from grokloop.train import train
+from tests.test_memory import TINY_DATA
+
+# composition_vocab(10, 11): <pad> </a>, entities 2..11, relations 12..22
+BASE = dict(d_vocab=23, n_ctx=3, d_model=32, n_heads=4, d_mlp=64, memory="facts",
+            memory_top_k=3, memory_d_key=8, n_core=2, n_steps=2)
+KEYS = dict(entity_keys="canonical", n_entities=10, key_noise=1.0)
+
+
+def model(**kw):
+    torch.manual_seed(0)
+    m = LoopedTransformer(ModelConfig(**(BASE | kw)).resolved()).eval()
+    m.memory.attach(FactBank([2, 3, 4, 5], [12, 13, 14, 15], [6, 7, 8, 9]))
+    return m
+
+
+# --- keys -------------------------------------------------------------------------------------
+def test_keys_are_a_pure_function_of_seed_and_ordinal_at_the_embedding_scale():
+    whole = draw_keys(3, 0, 2500, 16, 0.5)
+    assert torch.equal(whole[1500:], draw_keys(3, 1500, 1000, 16, 0.5))   # any count, any start
+    assert torch.allclose(whole.norm(dim=1), torch.full((2500,), 0.5))
+    assert not torch.equal(whole[:10], draw_keys(4, 0, 10, 16, 0.5))
+    m = model(**KEYS)
+    assert torch.allclose(m.entity_keys.key.norm(dim=1), torch.full((10,), 0.02 * 32 ** 0.5))
+    assert "entity_keys.key" not in dict(m.named_parameters())           # not trained
+
+
+def test_every_reader_of_an_entity_reads_its_key_and_the_rest_is_learned():
+    m = model(**KEYS)
+    E, key = m.embedding_matrix(), m.entity_keys.key
+    assert torch.equal(E[2:12], key) and torch.equal(E[12:], m.W_E[12:])
+    assert torch.equal(m.W_U[:, 2:12], key.T) and torch.equal(m.W_U[:, 12:], m.W_U_own[:, 12:])
+    assert (m.output_bias()[2:12] == 0).all()
+    x = torch.randn(5, 32)
+    logits = m.unembed(x)   # nearest key: the entity logits are the final state against each key
+    assert torch.allclose(logits[:, 2:12], m.ln_final(x) @ key.T, atol=1e-6)
+    assert torch.allclose(m.memory.embeddings()[2:12], torch.nn.functional.layer_norm(key, (32,)))
+
+
+def test_learned_embeddings_are_the_model_as_before():
+    m = model()
+    assert m.entity_keys is None and m.embedding_matrix() is m.W_E and m.output_bias() is m.b_U
+    assert m.W_U is m.W_U_own and not any("entity" in k for k in m.state_dict())
+    with pytest.raises(ValueError, match="model.entity_keys=canonical"):
+        m.extend_entities(3)
+
+
+def test_key_noise_is_drawn_once_per_pass_in_training_only():
+    m = model(**KEYS)
+    tokens = torch.tensor([[2, 12, 13], [4, 14, 15]])
+    assert torch.equal(m(tokens), m(tokens))                       # eval: the keys themselves
+    m.train()
+    seen = {}
+    out = m.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda a, hook: seen.update(x=a))])
+    assert torch.equal(seen["x"][0, 0], m.embedding_matrix()[2])   # the memory reads this draw
+    assert not torch.equal(m.embedding_matrix()[2], m.entity_keys.key[0])
+    assert not torch.equal(out, m(tokens))                         # a new draw each pass
+
+
+def test_a_model_reads_entities_beyond_its_vocabulary_and_no_weight_changes():
+    m = model(**KEYS)
+    before = weights_sha256(m)
+    m.extend_entities(5)   # ids 23..27: ordinals 10..14
+    assert m.vocab_size == 28
+    assert torch.equal(m.embedding_matrix()[23:], draw_keys(0, 10, 5, 32, 0.02 * 32 ** 0.5))
+    m.memory.attach(FactBank([23, 24, 2], [12, 13, 14], [24, 2, 27]))
+    logits = m(torch.tensor([[23, 12, 13]]))
+    assert logits.shape == (1, 3, 28) and (m.output_bias()[23:] == 0).all()
+    assert weights_sha256(m) == before and "entity_keys.new_key" not in m.state_dict()
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(entity_keys="canonical"), "needs the entity tokens"),
+    (dict(entity_keys="canonical", n_entities=30), "past model.d_vocab=23"),
+    (dict(key_noise=-1.0), "model.key_noise=-1.0 must be >= 0"),
+    (dict(entity_keys="keys"), "model.entity_keys='keys' is not one of"),
+])
+def test_key_config_errors_name_the_key(kw, needle):
+    with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace(".", r"\.")):
+        ModelConfig(**(BASE | kw))
+
+
+def test_a_grown_learned_model_keeps_its_old_logits():
+    m = model()
+    g = grow(m, 4)
+    g.memory.attach(m.memory.bank)
+    tokens = torch.tensor([[2, 12, 13], [5, 15, 14]])
+    assert g.vocab_size == 27 and torch.equal(g(tokens)[..., :23], m(tokens))
+
+
+# --- the synthetic new facts ---------------------------------------------------------------------
+def test_new_facts_and_questions_are_what_their_splits_say():
+    rng = np.random.default_rng(0)
+    head = np.repeat(np.arange(30), 5)
+    rel = rng.random((30, 8)).argsort(1)[:, :5].ravel()
+    tail = rng.integers(0, 30, 150)
+    nf = new_facts(head, rel, tail, 30, 8, 40, 2, np.random.default_rng(1), link=True,
+                   link_degree=2, n_questions=50)
+    again = new_facts(head, rel, tail, 30, 8, 40, 2, np.random.default_rng(1), link=True,
+                      link_degree=2, n_questions=50)
+    assert all(np.array_equal(nf.questions[s], again.questions[s]) for s in nf.questions)
+    h, r, t = (np.concatenate(x) for x in ((head, nf.head), (rel, nf.relation), (tail, nf.tail)))
+    fact = {(a, b): c for a, b, c in zip(h, r, t)}
+    assert len(fact) == len(h)                      # each (head, relation) once: nothing replaced
+    new = {"test_new_all": (1, 1, 1), "test_new_head": (1, 0, 0), "test_new_bridge": (0, 1, 0),
+           "test_new_answer": (0, 0, 1)}
+    for split, q in nf.questions.items():
+        assert len(q) > 0
+        for hd, r1, r2, ans in q:
+            b = fact[(hd, r1)]
+            assert fact[(b, r2)] == ans
+            assert tuple(int(x >= 30) for x in (hd, b, ans)) == new[split]
+
+
+# --- the command ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny canonical-key memory run and a learned one on the same data (a few seconds)."""
+    tmp = tmp_path_factory.mktemp("new_entities")
+    cache = f"data_cache={tmp / 'cache'}"
+    for name, over in (("canonical", []), ("learned", ["model.entity_keys=learned"])):
+        d = OmegaConf.to_container(cli.compose("train", [
+            "experiment=new_entities_canonical", "debug=tiny", *TINY_DATA, "data.n_relations=6",
+            cache, *over]), resolve=True)
+        d.pop("out_dir"), d.pop("resume")
+        train(run_config_from_dict(d), tmp / name)
+    return tmp, cache
+
+
+def test_add_entities_extends_the_bank_and_vocabulary_and_records_it(runs):
+    tmp, cache = runs
+    from grokloop.checkpoint import load_model
+    g1 = load_model(tmp / "canonical")[0].memory.bank
+    free = next(r for r in range(6) if (g1.slots_of(torch.tensor([6]), torch.tensor([14 + r]))
+                                        < 0).all())   # a relation e_4 (token 6) has no fact for
+    (tmp / "facts.txt").write_text(f"alice r_1 e_3\nbob r_2 alice  # bob -> alice -> e_3\n"
+                                   f"e_4 r_{free} bob\n")
+    bank_main(["add-entities", f"run_dir={tmp / 'canonical'}", f"facts={tmp / 'facts.txt'}",
+               f"out={tmp / 'people'}"])
+    manifest = json.loads((tmp / "people" / "manifest.json").read_text())
+    ext = manifest["extends"]
+    assert ext["new_entities"] == 2 and ext["first_new_id"] == 20 and ext["key_seed"] == 0
+    assert ext["added_facts"] == 3 and manifest["vocab"]["tokens"][20:] == ["<alice>", "<bob>"]
+    assert ext["weights_sha256"] == weights_sha256(load_model(tmp / "canonical")[0])
+    (tmp / "q.txt").write_text(f"people bob r_2 r_1 e_3\npeople e_4 r_{free} r_2 alice\n")
+    bank_main(["eval", f"run_dir={tmp / 'canonical'}", f"bank={tmp / 'people'}",
+               f"questions={tmp / 'q.txt'}", "baselines=true", cache, f"out={tmp / 'ask'}"])
+    summary = json.loads((tmp / "ask" / "summary.json").read_text())
+    answers = [r for r in summary["rows"] if r["model"].endswith(".frozen") and "hop" not in r]
+    assert [(r["split"], r["n"], r["frozen"]) for r in answers] == [("people", 2, True)]
+    assert summary["weights_sha256"]["before"] == summary["weights_sha256"]["after"]
+    assert {r["model"] for r in summary["rows"]} >= {"symbolic", "lookup_cosine"}
+    assert next(r for r in summary["rows"] if r["model"] == "symbolic")["acc"] == 1.0
+
+
+def test_a_synthetic_graph_writes_its_facts_and_questions(runs):
+    tmp, cache = runs
+    bank_main(["add-entities", f"run_dir={tmp / 'canonical'}", "new_entities=20", "new_degree=2",
+               "link=true", "link_degree=2", "n_questions=10", f"out={tmp / 'synthetic'}"])
+    splits = {line.split()[0] for line in (tmp / "synthetic" / "questions.txt").read_text()
+              .splitlines()}
+    assert splits == {"test_new_all", "test_new_head", "test_new_bridge", "test_new_answer",
+                      "test_old"}
+    for method in ("0", "2"):   # the learned run: untrained rows, then two fine-tuning steps
+        bank_main(["eval", f"run_dir={tmp / 'learned'}", f"bank={tmp / 'synthetic'}",
+                   f"questions={tmp / 'synthetic' / 'questions.txt'}", "method=finetune",
+                   f"finetune_steps={method}", cache, f"out={tmp / ('ft' + method)}"])
+        rows = json.loads((tmp / ("ft" + method) / "summary.json").read_text())["rows"]
+        assert all(r["frozen"] is (method == "0") for r in rows)
+        assert rows[0]["finetune_steps"] == int(method)
+
+
+def refused(args, needle, cache):
+    with pytest.raises(SystemExit) as e:
+        bank_main([*args, cache])
+    assert e.value.code == 2 and needle in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_banks_and_facts_that_do_not_fit_are_refused_in_one_line(runs):
+    tmp, cache = runs
+    run, learned, people = tmp / "canonical", tmp / "learned", tmp / "people"
+    q = f"questions={tmp / 'q.txt'}"
+    (tmp / "bad.txt").write_text("carol e_2 e_3\n")
+    refused(["add-entities", f"run_dir={run}", f"facts={tmp / 'bad.txt'}", f"out={tmp / 'x'}"],
+            "is not a relation of the run", cache)
+    (tmp / "bad.txt").write_text("r_1 r_1 e_3\n")
+    refused(["add-entities", f"run_dir={run}", f"facts={tmp / 'bad.txt'}", f"out={tmp / 'x'}"],
+            "is a token of the run but not an entity", cache)
+    refused(["add-entities", f"run_dir={learned}", f"facts={tmp / 'facts.txt'}",
+             f"out={tmp / 'x'}"], "train with model.entity_keys=canonical", cache)
+    refused(["eval", f"run_dir={learned}", f"bank={people}", q],
+            "a new entity has no embedding in it", cache)
+    manifest = json.loads((people / "manifest.json").read_text())
+    for key, value, needle in (("key_seed", 7, "model.key_seed=7"),
+                               ("vocab_sha256", "0" * 64, "adds entities to another vocabulary")):
+        other = tmp / f"other_{key}"
+        other.mkdir(exist_ok=True)
+        for f in ("bank.safetensors", "facts_added.txt"):
+            (other / f).write_bytes((people / f).read_bytes())
+        changed = json.loads(json.dumps(manifest))
+        changed["extends"][key] = value
+        (other / "manifest.json").write_text(json.dumps(changed))
+        refused(["eval", f"run_dir={run}", f"bank={other}", q], needle, cache)
+        refused(["eval", f"run_dir={run}", f"bank={other}", q], "add-entities run_dir=RUN", cache)
+    assert not (tmp / "x").exists() or not (tmp / "x" / "manifest.json").exists()
