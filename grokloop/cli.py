@@ -77,6 +77,9 @@ COMMANDS = {
     "adaptive_summary": Command("reports.adaptive", "reports.adaptive:SummaryCommand",
                                 rest="runs", main="reports.adaptive:main"),
     "bank": Command("grokloop.bank", "grokloop.bank:BankCommand", rest="action"),
+    "phi_law": Command("reports.phi_law", "reports.phi_law:PhiLawCommand", rest="runs",
+                       main="reports.phi_law:main"),
+    "paper": Command("reports.paper", "reports.paper:PaperCommand", main="reports.paper:main"),
 }
 # Hydra's own flags that take the next word as their value (not a positional argument).
 _FLAG_VALUES = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg",
@@ -183,6 +186,9 @@ def describe(e: BaseException, name: str) -> str:
         group, _, option = (e.missing_cfg_file or "").rpartition("/")
         return f"{group}={option}: no such config; choose one of {', '.join(sorted(e.options))}"
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        if owners := _data_tasks_with(key):   # e.g. data.path with data=composition_paper
+            return (f"{key}: not an option of this data preset; it is one of data="
+                    f"{' or '.join(owners)}: add data={owners[0]} (or choose a preset of that task)")
         near = _near(key, cause.parent_node)
         return (f"{key}: unknown option; " + (f"did you mean {near}? " if near else "") +
                 f"`python -m {COMMANDS[name].module} --help` lists the options")
@@ -196,6 +202,18 @@ def describe(e: BaseException, name: str) -> str:
                    (" or null" if meta.optional else "")
         return f"{key}={cause.value}: {str(cause.msg).splitlines()[0]}{want}"
     return " ".join(str(e).split())   # e.g. an override that does not parse
+
+
+def _data_tasks_with(key: str) -> list[str]:
+    """The data tasks whose config has the field `key` names (data.FIELD), for an unknown key
+    that belongs to another task's preset."""
+    from datagen.config import DATA_CONFIGS
+
+    section, _, leaf = key.rpartition(".")
+    if section != "data":
+        return []
+    return [task for task, cls in DATA_CONFIGS.items()
+            if leaf in {f.name for f in dataclasses.fields(cls)}]
 
 
 def _near(key: str, parent) -> str | None:

@@ -22,6 +22,7 @@ from datagen import Dataset, load_or_build
 from grokloop.checkpoint import last_good_checkpoint, list_checkpoints, read_checkpoint
 from grokloop.config import RunConfig, run_config_from_dict
 from grokloop.evaluate import answer_prefix
+from grokloop.metrics_log import read_rows
 from grokloop.model import LoopedTransformer
 
 
@@ -37,8 +38,7 @@ class Run:
     @property
     def metrics(self) -> list[dict]:
         """metrics.jsonl: one row per evaluation (step, loss/train, acc/SPLIT, n/SPLIT, ...)."""
-        lines = (self.path / "metrics.jsonl").read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return read_rows(self.path / "metrics.jsonl")
 
     @property
     def steps(self) -> list[int]:

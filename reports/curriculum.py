@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 
 from datagen.provenance import atomic_write_text, machine
 from grokloop.stats import acc_row, mean_interval
+from grokloop.metrics_log import read_rows
 from reports.figures import split_color, style
 from reports.html import Section, page, table, write
 
@@ -37,8 +38,7 @@ def load_curriculum(path: str | Path) -> dict:
                          "run or resume it with python -m grokloop.curriculum")
     s = json.loads((path / "summary.json").read_text())
     s["path"] = str(path)
-    s["curves"] = [[json.loads(r) for r in (path / st["run_dir"] / "metrics.jsonl").read_text()
-                    .splitlines() if r] for st in s["per_stage"]]
+    s["curves"] = [read_rows(path / st["run_dir"] / "metrics.jsonl") for st in s["per_stage"]]
     return s
 
 

@@ -238,9 +238,9 @@ def _signal_at_step(c: Ctx, signum: int):
 def _signal_in_prepare(c: Ctx):
     real = loop.prepare
 
-    def prepare(cfg):
+    def prepare(cfg, *args):
         os.kill(os.getpid(), signal.SIGTERM)
-        return real(cfg)
+        return real(cfg, *args)
     return _inject(c, "prepare", prepare)
 
 

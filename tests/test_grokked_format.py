@@ -382,3 +382,29 @@ def test_free_corruption_keeps_more_examples_than_exists(tmp_path):
         assert (bad[:, others] == b.tokens[kept_f][:, others]).all()
     with pytest.raises(ValueError, match="corruption='loose'"):
         corrupt(ds, b, "head", mode="loose")
+
+
+def test_an_experiments_stop_split_the_folder_lacks_gives_way_to_its_held_out_split(tmp_path):
+    """python -m grokloop.train data=grokked data.path=DIR: the default experiment stops on
+    `test`, which a composition folder lacks; unless the user named it, the run stops on the
+    folder's held-out ID split instead (and says so); named, it is refused."""
+    from grokloop import compose_run
+    from grokloop.train import prepare
+    from grokloop.train.__main__ import names_stop
+
+    authors_composition(tmp_path / "c")
+    cfg = compose_run("data=grokked", f"data.path={tmp_path / 'c'}")
+    assert cfg.train.stop_at_grok == "test"
+    assert prepare(cfg, stop_named=False)[2].train.stop_at_grok == "test_inferred_id"
+    with pytest.raises(ValueError, match="stop_at_grok names 'test'"):
+        prepare(cfg, stop_named=True)
+    assert names_stop(["train.stop_at_grok=test"]) and not names_stop(["train.steps=3"])
+
+
+def test_a_folder_option_on_a_generated_preset_names_the_preset_that_has_it(capsys):
+    from grokloop.cli import UsageError
+    from grokloop.train.__main__ import main
+
+    with pytest.raises(UsageError):
+        main(["experiment=composition_authors", "data.path=/nowhere"])
+    assert "add data=grokked" in capsys.readouterr().err

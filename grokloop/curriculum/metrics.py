@@ -16,6 +16,7 @@ from datagen.provenance import code_version, machine
 from grokloop.config import ModelConfig, RunConfig
 from grokloop.curriculum.config import CurriculumCommand
 from grokloop.evaluate import evaluate
+from grokloop.metrics_log import read_rows
 from grokloop.model import LoopedTransformer
 from grokloop.train import prepare
 
@@ -59,7 +60,7 @@ def summarize(cmd: CurriculumCommand, stages: list, wall_time_s: float,
     names = cc.ordered()
     rows, per_stage = [], []
     for st in stages:
-        history = [json.loads(r) for r in (st.run_dir / "metrics.jsonl").read_text().splitlines()]
+        history = read_rows(st.run_dir / "metrics.jsonl")
         last, run = history[-1], json.loads((st.run_dir / "summary.json").read_text())
         rows.append([last[f"acc/test_{n}"] for n in names])
         steps_to = {n: next((r["step"] for r in history

@@ -6,6 +6,7 @@ the training library below it, imports the report writer.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from grokloop import cli
@@ -14,11 +15,19 @@ from grokloop.train import train
 from reports import write_run_report
 
 
+def names_stop(argv: list[str]) -> bool:
+    """Whether the command line itself sets train.stop_at_grok (an experiment's choice may be
+    replaced where the data lacks its split; the user's is checked and refused)."""
+    return any(a.split("=", 1)[0].lstrip("+~") == "train.stop_at_grok" for a in argv)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+
     def _main(cmd: TrainCommand) -> None:   # conf/train.yaml composed, typed and checked
         out_dir = cmd.out_dir
         cfg = cmd.run_config()
-        summary = train(cfg, out_dir, resume=cmd.resume)
+        summary = train(cfg, out_dir, resume=cmd.resume, stop_named=names_stop(argv))
         final = {k: round(v, 4) for k, v in summary["final"].items() if k.startswith("acc/")
                  and k.count("/") == 1}
         print(f"final {final}")

@@ -35,13 +35,15 @@ from grokloop.train.step import train_step
 from grokloop.train.stop import NAMES, Interrupted, StopSignals
 
 
-def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
+          stop_named: bool = True) -> dict:
     """Train `cfg` into `out_dir` (resume=true: continue the run there); returns its summary.
-    SIGTERM or SIGINT checkpoints the step and raises Interrupted (grokloop/train/stop.py)."""
+    SIGTERM or SIGINT checkpoints the step and raises Interrupted (grokloop/train/stop.py).
+    stop_named=False: train.stop_at_grok is an experiment's, not the user's (`prepare`)."""
     out_dir = Path(out_dir)
     with StopSignals() as stop:
         try:
-            return _train(cfg, out_dir, resume, stop)
+            return _train(cfg, out_dir, resume, stop, stop_named)
         except Interrupted as e:
             if e.step is not None:   # the loop checkpointed the step it stopped at
                 raise
@@ -52,8 +54,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dict:
                                f"{_after_stop(out_dir)}") from None
 
 
-def _train(cfg: RunConfig, out_dir: Path, resume: bool, stop: StopSignals) -> dict:
-    ds, eval_names, cfg = prepare(cfg)   # cfg with the model's sizes resolved
+def _train(cfg: RunConfig, out_dir: Path, resume: bool, stop: StopSignals,
+           stop_named: bool = True) -> dict:
+    ds, eval_names, cfg = prepare(cfg, stop_named)   # cfg with the model's sizes resolved
     config = json.loads(json.dumps(cfg.to_dict()))   # as config.json holds it (tuples as lists)
     changes, done = check_start(cfg, out_dir, resume, config)   # writes nothing
     if done is not None:

@@ -36,9 +36,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare(cfg: RunConfig):
+def prepare(cfg: RunConfig, stop_named: bool = True):
     """Dataset, evaluated splits and the config with the model's sizes resolved (a new config;
-    `cfg` is not changed), after every check, all before any run directory exists."""
+    `cfg` is not changed), after every check, all before any run directory exists. stop_named=
+    False: train.stop_at_grok came from an experiment, not the user, so where the data lacks the
+    splits it names the run stops on the data's own held-out split (`with_held_out_stop`)."""
     check_logger(cfg.train.logger)   # its package installed, before the dataset is built
     resolve_device(cfg.train.device)
     ds = load_or_build(cfg.data, cfg.data_cache)
@@ -50,6 +52,8 @@ def prepare(cfg: RunConfig):
     if missing:
         raise ValueError(f"train.eval_splits names {missing[0]!r}, which task {ds.task!r} does not "
                          f"produce; its splits are {ds.eval_splits}")
+    if not stop_named and any(s not in wanted for s in grok_splits(cfg.train)):
+        cfg = with_held_out_stop(cfg, wanted)
     for split in grok_splits(cfg.train):
         if split not in wanted:
             raise ValueError(f"train.stop_at_grok names {split!r}, which is not an evaluated "
@@ -92,6 +96,20 @@ def training_bank(cfg: RunConfig, ds) -> FactBank:
     if not cfg.train.bank:
         return FactBank.from_dataset(ds)   # raises, naming the fix, if the task has no atomic facts
     return bank_option(cfg.train.bank, ds.vocab, cfg.model.memory, key="train.bank")[0]
+
+
+HELD_OUT = ("valid", "test_inferred_id", "test")   # in the order a run should choose by them
+
+
+def with_held_out_stop(cfg: RunConfig, splits: list[str]) -> RunConfig:
+    """cfg stopping on the first of HELD_OUT the data evaluates (valid: the split choices are
+    made on), or on none, with one line saying so: an experiment's stop_at_grok names its own
+    data's split (the default experiment's `test`), which other data (data=grokked) may lack."""
+    held_out = next((s for s in HELD_OUT if s in splits), None)
+    print(f"train.stop_at_grok={cfg.train.stop_at_grok} (the experiment's) is not a split of this "
+          f"data; " + (f"stopping on {held_out} instead" if held_out else
+                       "no held-out split to stop on: training the whole budget"), flush=True)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, stop_at_grok=held_out))
 
 
 def grok_splits(tc: TrainConfig) -> list[str]:
