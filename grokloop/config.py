@@ -68,6 +68,9 @@ class ModelConfig:
     key_noise: float = 0.0     # canonical: training adds noise of this norm (in units of a key's)
                                # to every entity key, a fresh draw each forward pass
     key_seed: int = 0          # canonical: the keys' seed (new entities' keys come from it too)
+    key_phantoms: int = 0      # canonical, memory: in training the bank also holds the facts of
+                               # this many phantom entities (fresh random keys each pass, never
+                               # asked about): distractors at the size of the banks it will read
     entity_start: int = 2      # canonical: the first entity token id (composition: after <pad>, </a>)
     n_entities: int = 0        # canonical: how many entity tokens follow it (${data.n_entities})
 
@@ -114,6 +117,12 @@ class ModelConfig:
         _choice("model.entity_keys", self.entity_keys, ("learned", "canonical"))
         if self.key_noise < 0:
             raise ValueError(f"model.key_noise={self.key_noise} must be >= 0 (0: no noise)")
+        if self.key_phantoms and (self.entity_keys != "canonical" or self.memory != "facts"):
+            raise ValueError(f"model.key_phantoms={self.key_phantoms} adds phantom entities to a "
+                             "fact memory's bank in training; it needs model.entity_keys=canonical "
+                             "and model.memory=facts (or set it to 0)")
+        if self.key_phantoms < 0:
+            raise ValueError(f"model.key_phantoms={self.key_phantoms} must be >= 0")
         if self.entity_keys == "canonical" and (self.n_entities < 1 or self.entity_start < 0):
             raise ValueError(f"model.entity_keys=canonical needs the entity tokens: model."
                              f"entity_start={self.entity_start}, model.n_entities={self.n_entities}; "
@@ -199,8 +208,10 @@ class TrainConfig:
     report: bool = True             # the CLI writes RUN/report.html at the end (reports/)
     deterministic: bool = True      # deterministic kernels: same seed and machine, same run
     restart_if_damaged: bool = False  # resume=true over a run with no readable checkpoint: start over
-    compile: bool = False           # torch.compile the training forward (grokloop/accelerate.py)
-    precision: str = "fp32"         # fp32 | bf16: autocast of the training forward where supported
+    compile: Any = False            # true | false | auto: torch.compile the training forward
+                                    # (grokloop/accelerate.py; auto: where measured faster)
+    precision: str = "fp32"         # fp32 | bf16: autocast of the training forward where supported;
+                                    # auto: the machine's fastest (config.json records the choice)
     init_from: str | None = None    # a run directory: start from its newest good checkpoint's weights
     init_optimizer: bool = False    # with init_from: also its optimizer moments (else a fresh optimizer)
     memory_address_loss: float = 0.0  # weight of the fact memory's addressing loss on atomic facts
@@ -217,7 +228,9 @@ class TrainConfig:
             raise ValueError(f"train.steps={self.steps} must be at least 1")
         _choice("train.loss", self.loss, ("softmax", "stablemax"))
         _choice("train.depth", self.depth, ("fixed", "random", "poisson", "best", "soft_best"))
-        _choice("train.precision", self.precision, ("fp32", "bf16"))
+        _choice("train.precision", self.precision, ("fp32", "bf16", "auto"))
+        if self.compile not in (True, False, "auto"):
+            raise ValueError(f"train.compile={self.compile!r} is not one of [true, false, auto]")
         if self.soft_best_tau <= 0:
             raise ValueError(f"train.soft_best_tau={self.soft_best_tau} must be positive")
         if self.depth == "random" and not self.depth_choices:

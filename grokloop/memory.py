@@ -58,7 +58,9 @@ unchanged it answered G2's held-out two-hop queries at 0.999 (ID) and 0.998 (OOD
 
 The bank lives in buffers (`bank_head`, `bank_relation`, `bank_tail`, int64 [n_facts]), so a
 checkpoint carries the bank its model trained with and every loader gets a working model;
-`attach` replaces it (any size). Bank files and their checks are grokloop/bank.py.
+`attach` replaces it (any size). Bank files and their checks are grokloop/bank/. A model with
+canonical entity keys and model.key_phantoms also searches phantom entities' facts in training
+(`facts()`; grokloop/entity_keys.py), after the bank's, so slot i < n_facts is the bank's fact i.
 """
 from __future__ import annotations
 
@@ -71,6 +73,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
+from grokloop.entity_keys import phantom_facts
 from grokloop.hooks import apply_hook
 
 BANK_BUFFERS = ("bank_head", "bank_relation", "bank_tail")
@@ -303,11 +306,29 @@ class FactMemory(nn.Module):
         self._index = None   # (stamp of the bank buffers, BankIndex)
         self._subkeys = None   # (index, stamp, sub-key tables) of a frozen model
         self._normed = None    # (stamp, normalised embeddings) of a frozen model
+        self._phantom = None   # (stamp, the bank with phantom facts after it), training only
 
     # --- the bank ---------------------------------------------------------------------------
     @property
     def bank(self) -> FactBank:
         return FactBank(self.bank_head, self.bank_relation, self.bank_tail)
+
+    def _bank_tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, name) for name in BANK_BUFFERS)
+
+    def facts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(head, relation, tail) the read searches, in slot order: the bank, and in training
+        with model.key_phantoms the phantom entities' facts after it (grokloop/entity_keys.py)."""
+        keys = self._model.entity_keys
+        if keys is None or not keys.n_phantoms or not len(self.bank_head):
+            return self.bank_head, self.bank_relation, self.bank_tail
+        stamp = tuple((t.data_ptr(), t._version, len(t)) for t in self._bank_tensors()) + \
+            (self._model.vocab_size,)
+        if self._phantom is None or self._phantom[0] != stamp:
+            extra = phantom_facts(self.bank, self._model.vocab_size, keys.n_phantoms, keys.seed)
+            self._phantom = (stamp, tuple(torch.cat([t, x.to(t.device)]) for t, x in
+                                          zip(self._bank_tensors(), extra)))
+        return self._phantom[1]
 
     def attach(self, bank: FactBank) -> None:
         """Read `bank` from now on (the weights are untouched). Ids must be tokens of the model's
@@ -354,9 +375,10 @@ class FactMemory(nn.Module):
 
     def index(self) -> BankIndex:
         """The bank's BankIndex, rebuilt only when the bank changes (attach, load, in-place edit)."""
-        stamp = tuple((t.data_ptr(), t._version, len(t)) for t in (self.bank_head, self.bank_relation))
+        head, relation, _ = self.facts()
+        stamp = tuple((t.data_ptr(), t._version, len(t)) for t in (head, relation))
         if self._index is None or self._index[0] != stamp:
-            self._index = (stamp, BankIndex.build(self.bank_head, self.bank_relation))
+            self._index = (stamp, BankIndex.build(head, relation))
         return self._index[1]
 
     def subkeys(self, ix: BankIndex) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,7 +408,7 @@ class FactMemory(nn.Module):
         Banks of at least `product_min_facts` facts (distinct pairs) use the product-key search;
         smaller ones, or banks holding a pair twice, score every fact. Both are exact: they
         differ only in which of two equal scores comes first."""
-        n = len(self.bank_head)
+        n = len(self.facts()[0])
         if n == 0:
             raise RuntimeError("model.memory=facts has no bank attached: train it on a fact task, "
                                "load it from a checkpoint, or attach one (python -m grokloop.bank)")
@@ -425,7 +447,7 @@ class FactMemory(nn.Module):
         slots = apply_hook(hooks, "hook_slots", slots)
         weights = apply_hook(hooks, "hook_weights", scores.softmax(-1))
         E = self.embeddings()
-        tails = self.bank_tail[slots]                                          # [..., k]
+        tails = self.facts()[2][slots]                                         # [..., k]
         if tails.shape[-1] <= len(E):   # gather k embeddings per position: k * d_model
             mixed = (weights.unsqueeze(-1) * E[tails]).sum(-2)                 # [..., d_model]
         else:   # many slots: sum the weights per tail token first, d_vocab * d_model

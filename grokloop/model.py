@@ -464,7 +464,8 @@ class LoopedTransformer(HookedRootModule):
         """[vocab_size]: b_U; with canonical keys zero on every entity (a new one has no bias)."""
         if self.entity_keys is None:
             return self.b_U
-        b = torch.cat([self.b_U, self.b_U.new_zeros(self.entity_keys.n_new)])
+        b = torch.cat([self.b_U, self.b_U.new_zeros(self.entity_keys.n_new +
+                                                     self.entity_keys.n_phantoms)])
         return b.masked_fill(self.entity_keys.is_entity(len(b), b.device), 0)
 
     def extend_entities(self, n_new: int) -> None:

@@ -91,11 +91,27 @@ def test_a_model_reads_entities_beyond_its_vocabulary_and_no_weight_changes():
     assert weights_sha256(m) == before and "entity_keys.new_key" not in m.state_dict()
 
 
+def test_phantom_facts_join_the_bank_in_training_only_with_fresh_keys():
+    m = model(**KEYS, key_phantoms=6)
+    bank = m.memory.bank
+    assert len(m.memory.facts()[0]) == 4 and m.embedding_matrix().shape[0] == 23   # eval
+    m.train()
+    head, rel, tail = m.memory.facts()
+    assert len(head) == 4 + 6 and torch.equal(head[:4], bank.head)   # slot i < 4: the bank's
+    assert set(head[4:].tolist()) == set(range(23, 29)) and set(rel[4:].tolist()) <= {12, 13, 14, 15}
+    m(torch.tensor([[2, 12, 13]]))
+    first = m.embedding_matrix()[23:].clone()
+    assert first.shape == (6, 32) and m(torch.tensor([[2, 12, 13]])).shape == (1, 3, 29)
+    assert not torch.equal(first, m.embedding_matrix()[23:])           # a new draw each pass
+    assert not any("phantom" in k for k in m.state_dict())
+
+
 @pytest.mark.parametrize("kw, needle", [
     (dict(entity_keys="canonical"), "needs the entity tokens"),
     (dict(entity_keys="canonical", n_entities=30), "past model.d_vocab=23"),
     (dict(key_noise=-1.0), "model.key_noise=-1.0 must be >= 0"),
     (dict(entity_keys="keys"), "model.entity_keys='keys' is not one of"),
+    (dict(key_phantoms=5), "needs model.entity_keys=canonical"),
 ])
 def test_key_config_errors_name_the_key(kw, needle):
     with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace(".", r"\.")):
@@ -183,6 +199,8 @@ def test_a_synthetic_graph_writes_its_facts_and_questions(runs):
               .splitlines()}
     assert splits == {"test_new_all", "test_new_head", "test_new_bridge", "test_new_answer",
                       "test_old"}
+    tokens = json.loads((tmp / "synthetic" / "manifest.json").read_text())["vocab"]["tokens"]
+    assert tokens[20:] == [f"<new_{i}>" for i in range(20)]   # new_i is ordinal 12 + i
     for method in ("0", "2"):   # the learned run: untrained rows, then two fine-tuning steps
         bank_main(["eval", f"run_dir={tmp / 'learned'}", f"bank={tmp / 'synthetic'}",
                    f"questions={tmp / 'synthetic' / 'questions.txt'}", "method=finetune",

@@ -40,9 +40,10 @@ def base_bank(cmd: BankCommand, model, vocab, model_cfg) -> tuple[FactBank, list
                                         "facts_sha256": manifest["facts_sha256"]}
 
 
-def synthetic_facts(cmd: BankCommand, base: FactBank, ds, out: Path) -> Path:
+def synthetic_facts(cmd: BankCommand, base: FactBank, ds, out: Path) -> list[str]:
     """new_entities=N: write out/facts_added.txt (N new entities named new_0 .., their graph and
-    with link=true the links; datagen/new_entities.py) and out/questions.txt; returns the former."""
+    with link=true the links; datagen/new_entities.py) and out/questions.txt; returns the new
+    tokens in ordinal order (new_i is entity ordinal n_entities + i)."""
     vocab = ds.vocab
     e0, e1 = vocab.ranges["entities"]
     r0, r1 = vocab.ranges["relations"]
@@ -67,7 +68,7 @@ def synthetic_facts(cmd: BankCommand, base: FactBank, ds, out: Path) -> Path:
     old = np.concatenate([ds.inputs[idx][:, :3], ds.answers[idx][:, None]], 1)
     lines += question_lines("test_old", old, ext)
     atomic_write_text(out / "questions.txt", "\n".join(lines) + "\n")
-    return out / "facts_added.txt"
+    return list(names[e1 - e0:])
 
 
 def add_entities(cmd: BankCommand) -> Path:
@@ -86,13 +87,12 @@ def add_entities(cmd: BankCommand) -> Path:
     before = weights_sha256(model)
     base, known_new, source = base_bank(cmd, model, ds.vocab, run_cfg["model"])
     out = Path(cmd.out)
+    facts = out / "facts_added.txt"
     if cmd.new_entities:
-        facts = synthetic_facts(cmd, base, ds, out)
-    else:
-        facts = out / "facts_added.txt"
-        if Path(cmd.facts).resolve() != facts.resolve():
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cmd.facts, facts)
+        known_new = known_new + synthetic_facts(cmd, base, ds, out)
+    elif Path(cmd.facts).resolve() != facts.resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cmd.facts, facts)
     added, names = parse_new_facts(facts.read_text().splitlines(), ds.vocab,
                                    f"facts={cmd.facts or facts}", known_new)
     ext_vocab = extended_vocab(ds.vocab, names)
