@@ -20,6 +20,14 @@ because with no hooks attached every hook point is skipped in Python before any 
 touched; the schedule becomes constants guarded by n_steps. Each model gets its own code object
 (`_fresh`), so several runs in one process (benchmarks, tests) do not share, and exhaust, one
 dynamo cache.
+
+    train.precision=auto    the precision `choose_mode` picks for this machine (below)
+    train.compile=auto      whether to compile, likewise
+
+`auto` is resolved when a run starts, and config.json records what it chose (fp32 or bf16, true
+or false), so a resumed run keeps the numerics it started with: resuming with `auto` takes the
+run's recorded mode, on any machine. The defaults stay fp32 and eager (deterministic, the
+numerics every committed study was run with); `auto` is opt-in.
 """
 from __future__ import annotations
 
@@ -28,10 +36,62 @@ import functools
 import os
 import types
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Mode:
+    precision: str   # fp32 | bf16
+    compile: bool
+    why: str         # the rule's reason, in words (the run's first line says it)
+
+    def describe(self) -> str:
+        return f"{'bf16 autocast' if self.precision == 'bf16' else 'fp32'}, " \
+               f"{'compiled' if self.compile else 'eager'}"
+
+
+def choose_mode(device: torch.device | str, flags: set[str] | None = None) -> Mode:
+    """The fastest mode measured to train correctly on this kind of machine (`auto`); `flags`
+    the CPU's /proc/cpuinfo flags (tests fake a machine with them).
+
+    Measured (bench/README.md, `bench_studies.py`, one thread): on a CPU with AMX-BF16, bf16
+    autocast runs the study presets' steps 1.3-2.2x faster than fp32, with results within the
+    tolerance tests/test_speed_modes.py checks; on CPUs without AMX no bf16 speed-up has been
+    measured (AVX512-BF16 alone has no bf16 matrix unit), so fp32. torch.compile is never chosen
+    on a CPU: its steps ran 0.7-0.8x eager's (inductor's CPU kernel for the ReLU mask the
+    backward keeps took 12x eager's threshold_backward; bench/README.md). On a GPU: bf16 where
+    it is native, eager (compile not measured on a GPU yet)."""
+    device = torch.device(device)
+    no_compile = "compile measured slower than eager on CPUs" if device.type == "cpu" else \
+        "compile not measured on GPUs yet"
+    if device.type == "cuda":
+        ok, why = bf16_support(device)
+        return Mode("bf16" if ok else "fp32", False, f"{why}; {no_compile}")
+    flags = cpu_flags() if flags is None else flags
+    if device.type == "cpu" and "amx_bf16" in flags and torch.backends.mkldnn.is_available():
+        return Mode("bf16", False, f"the CPU has AMX-BF16; {no_compile}")
+    return Mode("fp32", False, "no AMX-BF16 on this CPU (bf16 measured faster only with it); "
+                f"{no_compile}")
+
+
+def resolve_mode(precision: str, compile, device: torch.device | str,
+                 saved: dict | None = None) -> tuple[str, bool, str | None]:
+    """(precision, compile, why) a run uses for train.precision / train.compile, either of
+    which may be `auto`: the run's recorded mode where it continues (`saved`: config.json's
+    flattened keys), else `choose_mode`'s. `why` is None when nothing was auto."""
+    if precision != "auto" and compile != "auto":
+        return precision, bool(compile), None
+    if saved is not None:   # a run from before these keys ran fp32, eager
+        rule = Mode(saved.get("train.precision", "fp32"), bool(saved.get("train.compile", False)),
+                    "the mode this run started with (config.json)")
+    else:
+        rule = choose_mode(device)
+    return (rule.precision if precision == "auto" else precision,
+            rule.compile if compile == "auto" else bool(compile), rule.why)
 
 
 def cpu_flags() -> set[str]:

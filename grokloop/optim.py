@@ -30,27 +30,34 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
 @torch.no_grad()
 def grokfast_ema(params, ema: dict, alpha: float, lamb: float) -> None:
     """Grokfast-EMA (Lee et al. 2024, Alg. 2): g <- g + lambda * EMA_alpha(g).
-    Note: this raises the effective learning rate by about (1 + lambda) for slow gradients."""
-    for i, p in enumerate(params):
-        if p.grad is None:
-            continue
-        if i not in ema:
-            ema[i] = p.grad.detach().clone()
-        else:
-            ema[i].mul_(alpha).add_(p.grad, alpha=1 - alpha)
-        p.grad.add_(ema[i], alpha=lamb)
+    Note: this raises the effective learning rate by about (1 + lambda) for slow gradients.
+    `ema` maps a parameter's index in `params` to its average (the checkpoint's ema.{i}); the
+    update is three multi-tensor (foreach) kernels over every gradient, the same arithmetic as
+    one loop per tensor."""
+    live = [(i, p.grad) for i, p in enumerate(params) if p.grad is not None]
+    new = {i for i, _ in live if i not in ema}
+    for i, g in live:
+        if i in new:   # a first step: the average starts at the gradient
+            ema[i] = g.detach().clone()
+    old = [(ema[i], g) for i, g in live if i not in new]
+    if old:
+        avg, grads = zip(*old)
+        torch._foreach_mul_(avg, alpha)
+        torch._foreach_add_(avg, grads, alpha=1 - alpha)
+    torch._foreach_add_([g for _, g in live], [ema[i] for i, _ in live], alpha=lamb)
 
 
 @torch.no_grad()
 def perpendicular_grad(params) -> None:
     """⊥Grad (Prieto et al. 2025): remove each tensor's gradient component along its weights and
-    rescale to the original gradient norm, so the update cannot just grow the weights."""
+    rescale to the original gradient norm, so the update cannot just grow the weights. No host
+    sync: a zero weight tensor (no direction to remove) keeps its gradient through torch.where,
+    where the loop used to ask the device whether the norm was zero."""
     for p in params:
         if p.grad is None or p.dim() < 2:
             continue
         g, w = p.grad.flatten(), p.detach().flatten()
         w_norm2 = w.dot(w)
-        if w_norm2 == 0:
-            continue
-        g_perp = g - (g.dot(w) / w_norm2) * w
+        along = torch.where(w_norm2 > 0, g.dot(w) / w_norm2, 0.0)
+        g_perp = g - along * w
         p.grad.copy_((g_perp * (g.norm() / g_perp.norm().clamp_min(1e-30))).view_as(p.grad))

@@ -91,3 +91,18 @@ def test_attention_benchmark_smoke(tmp_path):
     for r in res:
         assert r["ms"]["fused"] > 0 and r["ms"]["explicit"] > 0 and r["max_abs_diff"] < 0.05
         assert r["rule_chooses"] == ("explicit" if r["precision"] == "bf16" else "fused")
+
+
+@pytest.mark.slow   # ~20-30 s: four real training runs in their own processes
+def test_studies_benchmark_smoke(tmp_path):
+    """bench_studies.py's rows carry what bench/README.md's table reads; `--before` this tree
+    itself exercises the side-by-side comparison (a ratio near 1, not asserted)."""
+    out = tmp_path / "studies.json"
+    subprocess.run([sys.executable, str(BENCH / "bench_studies.py"), "--smoke", "--out", str(out),
+                    "--before", str(BENCH.parent)], check=True, capture_output=True)
+    r = json.loads(out.read_text())
+    assert r["machine"]["cpu"] and r["machine"]["isa"] and r["auto_mode_here"]["precision"]
+    (row,) = r["results"]
+    assert row["steps_per_s"] > 0 and row["speedup_vs_before"] > 0 and row["top_ops"]
+    assert abs(sum(row["share"].values()) - 1) < 1e-9 and row["default_schedule"]["evaluations"]
+    assert 0 < row["matmul_peak_fraction"] < 1 and row["resolved"]["precision"] == "fp32"

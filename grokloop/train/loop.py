@@ -3,6 +3,7 @@ or restores the state, `run_loop` steps, evaluates on a log-spaced schedule, che
 stops at grok, `summarize` writes what the run reached."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from datagen.provenance import atomic_write_text, code_version
-from grokloop.accelerate import accelerate_training
+from grokloop.accelerate import Mode, accelerate_training, resolve_mode
 from grokloop.adaptive.depth import depth_sequence
 from grokloop.bank import facts_sha256
 from grokloop.checkpoint import checkpoint_path, last_good_checkpoint, list_checkpoints, \
@@ -28,7 +29,7 @@ from grokloop.schedule import log_schedule
 from grokloop.tracking import open_tracker
 from grokloop.train.prepare import grok_splits, prepare, resolve_device, training_bank
 from grokloop.train.progress import Progress
-from grokloop.train.resume import log_resume, resume_point, rewind_metrics
+from grokloop.train.resume import current_config, log_resume, resume_point, rewind_metrics
 from grokloop.train.rundir import check_start, failed_start, replace_failed_start
 from grokloop.train.state import ResidentData, TrainState
 from grokloop.train.step import train_step
@@ -57,14 +58,15 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
 def _train(cfg: RunConfig, out_dir: Path, resume: bool, stop: StopSignals,
            stop_named: bool = True) -> dict:
     ds, eval_names, cfg = prepare(cfg, stop_named)   # cfg with the model's sizes resolved
+    device = resolve_device(cfg.train.device)
+    cfg, mode = with_mode(cfg, device, out_dir if resume else None)
     config = json.loads(json.dumps(cfg.to_dict()))   # as config.json holds it (tuples as lists)
     changes, done = check_start(cfg, out_dir, resume, config)   # writes nothing
     if done is not None:
         print(f"{out_dir} already finished this config; nothing to do")
         return done
 
-    print(f"run directory: {out_dir.resolve()}", flush=True)
-    device = resolve_device(cfg.train.device)
+    print(f"run directory: {out_dir.resolve()}{mode}", flush=True)
     with run_lock(out_dir), deterministic_algorithms(cfg.train.deterministic, device):
         if failed_start(out_dir):   # under the lock: no process is starting it now
             replace_failed_start(out_dir)
@@ -84,6 +86,23 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, stop: StopSignals,
             raise
         tracker.close(failed=False)
         return summary
+
+
+def with_mode(cfg: RunConfig, device: torch.device, resumed: Path | None) -> tuple[RunConfig, str]:
+    """cfg with train.precision / train.compile `auto` resolved (grokloop/accelerate.py: the
+    mode a resumed run started with, else the machine's), so config.json records the mode; and
+    what the run's first line adds about it ("" for the default, fp32 eager, asked for)."""
+    tc = cfg.train
+    saved = current_config(resumed) if resumed and (resumed / "config.json").exists() else None
+    precision, compile, why = resolve_mode(tc.precision, tc.compile, device, saved)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(tc, precision=precision,
+                                                             compile=compile))
+    if why is None and precision == "fp32" and not compile:
+        return cfg, ""
+    asked = ", ".join(f"train.{k}={v}" for k, v in
+                      (("precision", tc.precision), ("compile", tc.compile)) if v == "auto")
+    said = Mode(precision, compile, "").describe()
+    return cfg, f" ({said}" + (f"; {asked}: {why})" if why else ")")
 
 
 def _after_stop(out_dir: Path) -> str:
@@ -265,7 +284,7 @@ def evaluation_row(state: TrainState, cfg: RunConfig, data: ResidentData, loss: 
     row = {"step": state.step, "loss/train": loss.item(),
            "weight_norm": math.sqrt(sum(p.detach().pow(2).sum().item() for p in params))}
     row |= evaluate(state.model, data.data, data.eval_idx, cfg.model.n_steps,
-                    cfg.train.eval_batch_size)
+                    cfg.train.eval_batch_size, data.eval_cache)
     if len(state.chosen):   # which step the batches learned from since the last evaluation
         row |= {f"depth/chosen_step/{t + 1}": v for t, v in
                 enumerate((state.chosen / state.chosen.sum()).tolist())}

@@ -21,6 +21,7 @@ class ResidentData:
     train_tokens: torch.Tensor           # inputs cut after the last answer (+ answer, end loss)
     batch: int                           # examples per step
     end_id: int | None                   # the </a> token when the loss also reads it
+    eval_cache: dict = field(default_factory=dict)   # each split's evaluation batches, built once
 
     @classmethod
     def build(cls, ds, eval_names: list[str], batch_size: int | None, end_token: bool,
