@@ -66,7 +66,8 @@ class ModelConfig:
                                   # so a bank can add entities no weight has seen
                                   # (grokloop/entity_keys.py); learned: a trained row, as before
     key_noise: float = 0.0     # canonical: training adds noise of this norm (in units of a key's)
-                               # to every entity key, a fresh draw each forward pass
+                               # to every entity key, a fresh draw each forward pass; inf: every
+                               # entity reads a fresh random key at each pass
     key_seed: int = 0          # canonical: the keys' seed (new entities' keys come from it too)
     key_phantoms: int = 0      # canonical, memory: in training the bank also holds the facts of
                                # this many phantom entities (fresh random keys each pass, never

@@ -156,10 +156,11 @@ def runs(tmp_path_factory):
     """A tiny canonical-key memory run and a learned one on the same data (a few seconds)."""
     tmp = tmp_path_factory.mktemp("new_entities")
     cache = f"data_cache={tmp / 'cache'}"
-    for name, over in (("canonical", []), ("learned", ["model.entity_keys=learned"])):
+    for name, over in (("canonical", ["experiment=new_entities_canonical",
+                                       "model.key_phantoms=20"]),
+                       ("learned", ["experiment=new_entities_learned"])):
         d = OmegaConf.to_container(cli.compose("train", [
-            "experiment=new_entities_canonical", "debug=tiny", *TINY_DATA, "data.n_relations=6",
-            cache, *over]), resolve=True)
+            *over, "debug=tiny", *TINY_DATA, "data.n_relations=6", cache]), resolve=True)
         d.pop("out_dir"), d.pop("resume")
         train(run_config_from_dict(d), tmp / name)
     return tmp, cache
@@ -191,23 +192,31 @@ def test_add_entities_extends_the_bank_and_vocabulary_and_records_it(runs):
     assert next(r for r in summary["rows"] if r["model"] == "symbolic")["acc"] == 1.0
 
 
-def test_a_synthetic_graph_writes_its_facts_and_questions(runs):
+@pytest.fixture(scope="module")
+def synthetic(runs):
     tmp, cache = runs
     bank_main(["add-entities", f"run_dir={tmp / 'canonical'}", "new_entities=20", "new_degree=2",
                "link=true", "link_degree=2", "n_questions=10", f"out={tmp / 'synthetic'}"])
-    splits = {line.split()[0] for line in (tmp / "synthetic" / "questions.txt").read_text()
-              .splitlines()}
+    return tmp / "synthetic"
+
+
+def test_a_synthetic_graph_writes_its_facts_and_questions(synthetic):
+    splits = {line.split()[0] for line in (synthetic / "questions.txt").read_text().splitlines()}
     assert splits == {"test_new_all", "test_new_head", "test_new_bridge", "test_new_answer",
                       "test_old"}
-    tokens = json.loads((tmp / "synthetic" / "manifest.json").read_text())["vocab"]["tokens"]
+    tokens = json.loads((synthetic / "manifest.json").read_text())["vocab"]["tokens"]
     assert tokens[20:] == [f"<new_{i}>" for i in range(20)]   # new_i is ordinal 12 + i
-    for method in ("0", "2"):   # the learned run: untrained rows, then two fine-tuning steps
-        bank_main(["eval", f"run_dir={tmp / 'learned'}", f"bank={tmp / 'synthetic'}",
-                   f"questions={tmp / 'synthetic' / 'questions.txt'}", "method=finetune",
-                   f"finetune_steps={method}", cache, f"out={tmp / ('ft' + method)}"])
-        rows = json.loads((tmp / ("ft" + method) / "summary.json").read_text())["rows"]
-        assert all(r["frozen"] is (method == "0") for r in rows)
-        assert rows[0]["finetune_steps"] == int(method)
+
+
+@pytest.mark.parametrize("steps", [0, 2])   # the learned run: untrained rows, two steps
+def test_a_learned_run_grows_rows_for_new_entities_and_fine_tunes_them(runs, synthetic, steps):
+    tmp, cache = runs
+    out = tmp / f"ft{steps}"
+    bank_main(["eval", f"run_dir={tmp / 'learned'}", f"bank={synthetic}",
+               f"questions={synthetic / 'questions.txt'}", "method=finetune",
+               f"finetune_steps={steps}", cache, f"out={out}"])
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert all(r["frozen"] is (steps == 0) and r["finetune_steps"] == steps for r in rows)
 
 
 def refused(args, needle, cache):
@@ -217,30 +226,38 @@ def refused(args, needle, cache):
     assert "\n" not in str(e.value)
 
 
-def test_banks_and_facts_that_do_not_fit_are_refused_in_one_line(runs):
+@pytest.mark.parametrize("facts, run, needle", [
+    ("carol e_2 e_3", "canonical", "is not a relation of the run"),
+    ("r_1 r_1 e_3", "canonical", "is a token of the run but not an entity"),
+    ("alice r_1 e_3", "learned", "train with model.entity_keys=canonical"),
+])
+def test_facts_a_run_cannot_add_are_refused_in_one_line(runs, facts, run, needle):
     tmp, cache = runs
-    run, learned, people = tmp / "canonical", tmp / "learned", tmp / "people"
-    q = f"questions={tmp / 'q.txt'}"
-    (tmp / "bad.txt").write_text("carol e_2 e_3\n")
-    refused(["add-entities", f"run_dir={run}", f"facts={tmp / 'bad.txt'}", f"out={tmp / 'x'}"],
-            "is not a relation of the run", cache)
-    (tmp / "bad.txt").write_text("r_1 r_1 e_3\n")
-    refused(["add-entities", f"run_dir={run}", f"facts={tmp / 'bad.txt'}", f"out={tmp / 'x'}"],
-            "is a token of the run but not an entity", cache)
-    refused(["add-entities", f"run_dir={learned}", f"facts={tmp / 'facts.txt'}",
-             f"out={tmp / 'x'}"], "train with model.entity_keys=canonical", cache)
-    refused(["eval", f"run_dir={learned}", f"bank={people}", q],
-            "a new entity has no embedding in it", cache)
-    manifest = json.loads((people / "manifest.json").read_text())
-    for key, value, needle in (("key_seed", 7, "model.key_seed=7"),
-                               ("vocab_sha256", "0" * 64, "adds entities to another vocabulary")):
-        other = tmp / f"other_{key}"
-        other.mkdir(exist_ok=True)
+    (tmp / "bad.txt").write_text(facts + "\n")
+    refused(["add-entities", f"run_dir={tmp / run}", f"facts={tmp / 'bad.txt'}",
+             f"out={tmp / 'refused'}"], needle, cache)
+    assert not (tmp / "refused" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    (None, None, "a new entity has no embedding in it"),   # the learned run
+    ("key_seed", 7, "model.key_seed=7"),
+    ("vocab_sha256", "0" * 64, "adds entities to another vocabulary"),
+])
+def test_a_bank_that_does_not_fit_the_run_is_refused_naming_the_fix(runs, synthetic, key, value,
+                                                                    needle):
+    tmp, cache = runs
+    q, run, bank = f"questions={synthetic / 'questions.txt'}", tmp / "canonical", synthetic
+    if key is None:
+        run = tmp / "learned"
+    else:
+        bank = tmp / f"other_{key}"
+        bank.mkdir(exist_ok=True)
         for f in ("bank.safetensors", "facts_added.txt"):
-            (other / f).write_bytes((people / f).read_bytes())
-        changed = json.loads(json.dumps(manifest))
-        changed["extends"][key] = value
-        (other / "manifest.json").write_text(json.dumps(changed))
-        refused(["eval", f"run_dir={run}", f"bank={other}", q], needle, cache)
-        refused(["eval", f"run_dir={run}", f"bank={other}", q], "add-entities run_dir=RUN", cache)
-    assert not (tmp / "x").exists() or not (tmp / "x" / "manifest.json").exists()
+            (bank / f).write_bytes((synthetic / f).read_bytes())
+        manifest = json.loads((synthetic / "manifest.json").read_text())
+        manifest["extends"][key] = value
+        (bank / "manifest.json").write_text(json.dumps(manifest))
+    refused(["eval", f"run_dir={run}", f"bank={bank}", q], needle, cache)
+    if key is not None:
+        refused(["eval", f"run_dir={run}", f"bank={bank}", q], "add-entities run_dir=RUN", cache)
