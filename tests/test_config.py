@@ -2,6 +2,7 @@
 shares one override grammar, and config errors are one line at compose time."""
 import dataclasses
 import importlib
+import importlib.util
 import os
 import re
 import shlex
@@ -104,7 +105,8 @@ def test_cli_config_error_is_one_line_exit_2_and_writes_nothing(tmp_path):
 def test_help_works_on_every_entry_point(capsys):
     # In-process (main(argv) is what `python -m` runs; the subprocess test above covers that).
     for name, command in cli.COMMANDS.items():
-        package = "." not in command.module        # python -m PACKAGE runs PACKAGE/__main__.py
+        # python -m PACKAGE runs PACKAGE/__main__.py
+        package = importlib.util.find_spec(command.module).submodule_search_locations is not None
         module = importlib.import_module(command.module + (".__main__" if package else ""))
         with pytest.raises(SystemExit) as e:
             module.main(["--help"])
