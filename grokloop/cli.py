@@ -80,6 +80,8 @@ COMMANDS = {
     "phi_law": Command("reports.phi_law", "reports.phi_law:PhiLawCommand", rest="runs",
                        main="reports.phi_law:main"),
     "paper": Command("reports.paper", "reports.paper:PaperCommand", main="reports.paper:main"),
+    "new_entities": Command("reports.new_entities", "reports.new_entities:NewEntitiesCommand",
+                            rest="summaries", main="reports.new_entities:main"),
 }
 # Hydra's own flags that take the next word as their value (not a positional argument).
 _FLAG_VALUES = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg",

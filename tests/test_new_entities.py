@@ -77,6 +77,11 @@ def test_key_noise_is_drawn_once_per_pass_in_training_only():
     assert torch.equal(seen["x"][0, 0], m.embedding_matrix()[2])   # the memory reads this draw
     assert not torch.equal(m.embedding_matrix()[2], m.entity_keys.key[0])
     assert not torch.equal(out, m(tokens))                         # a new draw each pass
+    fresh = model(**(KEYS | dict(key_noise=float("inf")))).train()
+    fresh(tokens)   # inf: a fresh random key, nothing of the entity's own
+    E, key = fresh.embedding_matrix()[2:12], fresh.entity_keys.key
+    assert torch.allclose(E.norm(dim=1), key.norm(dim=1))
+    assert torch.nn.functional.cosine_similarity(E, key).abs().max() < 0.8
 
 
 def test_a_model_reads_entities_beyond_its_vocabulary_and_no_weight_changes():
