@@ -83,7 +83,7 @@ def markdown(summary: dict) -> str:
     lines = [f"# {summary['study']}", "", "```bash", *summary["commands"], "```", "",
              f"Machine: {m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}, "
              f"{m.get('date')}; code {summary['code_version']}. Seeds: "
-             f"{', '.join(map(str, sorted({r['seed'] for r in summary['rows'] if r.get('seed') != 'pooled'})))}.", "",
+             f"{', '.join(map(str, sorted({r['seed'] for r in summary['rows'] if r.get('seed') not in (None, 'pooled')})))}.", "",
              *table(answers, "Two-hop accuracy"), "Targets (the frozen canonical-key reasoner, "
              "Wilson lower bound):", ""]
     lines += [f"- {t['model']} / {t['bank']} / {t['split']}: lower bound {t['lo']:.3f} against "

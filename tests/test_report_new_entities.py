@@ -13,7 +13,7 @@ def summary(seed: int, acc_new: float, acc_old: float) -> dict:
             base | {"split": "test_old", "acc": acc_old},
             base | {"split": "test_old", "acc": 0.5, "hop": 1, "metric": "hop1.retrieval@1",
                     "read_step": 1},
-            base | {"model": "lookup_cosine", "frozen": False, "split": "test_old", "acc": 0.01}]
+            base | {"model": "lookup_cosine", "seed": None, "frozen": False, "split": "test_old", "acc": 0.01}]
     return {"machine": {"cpu": "test"}, "code_version": "abc", "run_dir": f"r{seed}",
             "weights_sha256": f"sha{seed}", "rows": rows}
 
