@@ -41,10 +41,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from datagen.provenance import atomic_write_text, machine  # noqa: E402
 from grokloop.config import ModelConfig  # noqa: E402
 from grokloop.memory import FactBank, exhaustive_top_k, first_grid, product_top_k  # noqa: E402
 from grokloop.model import LoopedTransformer  # noqa: E402
-from datagen.provenance import atomic_write_text, machine  # noqa: E402
 
 SHAPES = {"balanced": (1000, 1000, 1000), "entities": (10_000, 100, 100),
           "entities_100k": (100_000, 10, 10), "sparse": (20_000, 500, 50)}

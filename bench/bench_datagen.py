@@ -7,7 +7,6 @@ wall time and peak resident memory, each repetition in a fresh process so the pe
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from grokloop.baselines.lookup import top1, top1_naive  # noqa: E402
 from datagen.provenance import atomic_write_text, machine  # noqa: E402
+from grokloop.baselines.lookup import top1, top1_naive  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[list[float], object]:

@@ -17,7 +17,7 @@ adjacent measurements; the spread is their min and max. Steps/s are means over t
 
     git worktree add /tmp/gl_before <commit>
     OMP_NUM_THREADS=1 python bench/bench_studies.py --before /tmp/gl_before [--presets a,b]
-        [--modes fp32,bf16,auto,compiled] [--steps 20] [--repeats 3]
+        [--modes fp32,auto,compiled] [--compiled comparison_cpu] [--steps 20] [--repeats 3]
     python bench/bench_studies.py --smoke
 """
 from __future__ import annotations
@@ -141,18 +141,23 @@ def matmul_peak(precision: str) -> float:
     return peak(torch.bfloat16 if precision == "bf16" else torch.float32)
 
 
-def modes_here(wanted: list[str], preset: str) -> list[str]:
-    """bf16 only where the CPU has bf16 matrix units; compiled not on random-depth presets (one
-    compile per depth drawn; bench/README.md)."""
+def modes_here(wanted: list[str], preset: str, compiled: list[str]) -> list[str]:
+    """bf16 only where the CPU has bf16 matrix units; compiled only on the presets named (each
+    measurement compiles anew, minutes on a loaded CPU) and never on random-depth presets (one
+    compile per depth drawn)."""
     bf16 = bf16_support("cpu")[0]
-    return [m for m in wanted if (bf16 or m != "bf16")
-            and not (m == "compiled" and preset in DEPTH_VARIES)]
+    return [m for m in wanted if (bf16 or m != "bf16") and not (m == "compiled" and (
+        preset in DEPTH_VARIES or preset not in compiled))]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", default=",".join(PRESETS))
-    ap.add_argument("--modes", default="fp32,bf16,auto")
+    ap.add_argument("--modes", default="fp32,auto,compiled",
+                    help="of fp32, bf16, auto (what train.precision=auto picks, against the "
+                    "preset's own mode before), compiled")
+    ap.add_argument("--compiled", default="comparison_cpu",
+                    help="the presets the compiled mode is measured on")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--evals", type=int, default=2, help="evaluations (and checkpoints) per run")
@@ -176,7 +181,7 @@ def main():
         peaks["bf16"] = matmul_peak("bf16")
     rows = []
     for preset in args.presets.split(","):
-        for mode in modes_here(args.modes.split(","), preset):
+        for mode in modes_here(args.modes.split(","), preset, args.compiled.split(",")):
             row = bench_row(preset, mode, args, before, now)
             if "flops_per_step" in row:
                 prec = row["resolved"]["precision"]

@@ -7,12 +7,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
+from datagen.provenance import machine  # noqa: F401  (re-exported for the bench scripts)
 from grokloop import cli
 from grokloop.config import run_config_from_dict
-from datagen.provenance import machine  # noqa: F401  (re-exported for the bench scripts)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, run_config, train_seconds_per_step  # noqa: E402
-
 import bench_train  # noqa: E402
+from common import ROOT, machine, run_config, train_seconds_per_step  # noqa: E402
 
 SHAPES = {"paper": ["experiment=composition_paper", "model.dropout=0.0"],
           "small": ["experiment=composition_small"]}

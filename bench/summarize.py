@@ -125,6 +125,40 @@ def section_seeds(r: dict) -> str:
                   "fixed cost per step; ceiling"], rows))
 
 
+def section_studies(r: dict) -> str:
+    """Per study preset and mode: steps/s against the earlier code, the share of a full-budget run
+    in evaluation and checkpoints (before -> now), the matmul-peak fraction, the top operators."""
+    rows, ops = [], []
+    for x in r["results"]:
+        b = x.get("before", {})
+        lo, hi = x.get("speedup_spread", (None, None))
+        rows.append([f"`{x['preset']}`", x["mode"],
+                     f"{x['resolved']['precision']}{', compiled' if x['resolved']['compile'] else ''}",
+                     f"{x['steps_per_s']:.2f}", f"{b['steps_per_s']:.2f}" if b else "-",
+                     f"**{x['speedup_vs_before']:.2f}x** ({lo:.2f}-{hi:.2f})" if b else "-",
+                     f"{x['evaluate_s']:.2f}" + (f" ({b['evaluate_s']:.2f})" if b else ""),
+                     (f"{b['share']['evaluate']:.1%} -> " if b else "") + f"{x['share']['evaluate']:.1%}",
+                     f"{x['share']['checkpoint']:.1%}",
+                     f"{x['matmul_peak_fraction']:.1%}" if "matmul_peak_fraction" in x else "-"])
+        if x.get("top_ops") and x["mode"] == "fp32":
+            top = "; ".join(f"{o['op'].removeprefix('aten::')} {o['share']:.0%}" for o in x["top_ops"][:5])
+            ops.append([f"`{x['preset']}`", top])
+    peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in r["matmul_peak_gflops"].items())
+    auto = r["auto_mode_here"]
+    return ("### Study presets (`python bench/bench_studies.py`)\n\n"
+            f"Machine: {where(r['machine'])} (ISA {r['machine']['isa']}). Current code "
+            f"({r['now']}) against {r['before']}, each measurement a real training run in its own "
+            f"process, {r['warmup']} warm-up + {r['steps_timed']} timed steps, {r['repeats']} ABBA "
+            "repeats; speed-up: median of the per-repeat ratios (min-max). `auto` is "
+            f"train.precision=auto ({auto['precision']} here: {auto['why']}) against the preset's "
+            "own mode before. Evaluation s: one evaluation (before). Shares: of a run of the "
+            f"preset's full step budget at its own schedule. Matmul peak here: {peaks}.\n\n"
+            + md(["preset", "mode", "runs as", "steps/s", "before", "vs before", "eval s",
+                  "eval share", "ckpt share", "of matmul peak"], rows)
+            + "\n\nTop operators of an fp32 training step (share of its CPU time, torch.profiler):"
+            "\n\n" + md(["preset", "top operators"], ops))
+
+
 def matmuls(x: dict) -> str:
     if "matmul_share" not in x:
         return "-"
@@ -194,7 +228,7 @@ def main():
     for name, fn in (("train_throughput", section_train), ("looped_cost", section_looped),
                      ("tracing", section_tracing), ("time_to_grok", section_grok), ("datagen", section_datagen),
                      ("seeds", section_seeds), ("bank_search", section_bank_search),
-                     ("attention", section_attention)):
+                     ("attention", section_attention), ("studies", section_studies)):
         parts += [fn(r) for r in load(name)]
     readme = BENCH / "README.md"
     head = readme.read_text().split(MARK)[0] if readme.exists() else "# Benchmarks\n\n"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.vocab import Vocab
 from datagen.provenance import atomic_write, atomic_write_text, code_version
+from datagen.vocab import Vocab
 
 __all__ = ["Dataset", "GENERATOR_VERSION", "code_version", "read_json", "sample_eval"]
 

@@ -51,8 +51,8 @@ import numpy as np
 
 from datagen.composition import composition_vocab
 from datagen.dataset import Dataset, read_json
-from datagen.vocab import Vocab
 from datagen.provenance import atomic_write_text
+from datagen.vocab import Vocab
 
 # our split name -> the authors' "type"
 TEST_TYPES = {"atomic_id": "id_atomic", "atomic_ood": "ood_atomic",

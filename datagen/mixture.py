@@ -22,7 +22,7 @@ from datagen.dataset import Dataset, sample_eval
 
 
 def make_mixture(cfg: MixtureConfig, rng: np.random.Generator) -> Dataset:
-    from datagen.build import build_dataset   # build imports this module
+    from datagen.build import build_dataset  # build imports this module
 
     parts = {name: build_dataset(data_config_from_dict(d)) for name, d in cfg.parts.items()}
     first_name, first = next(iter(parts.items()))

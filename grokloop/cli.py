@@ -34,7 +34,6 @@ from typing import Callable
 from grokloop.failure import debug_wanted, describe_failure, format_warning, raise_terminated
 
 
-
 def conf_dir() -> Path:
     """The Hydra tree: grokloop/conf in an installed package (pyproject.toml maps conf/ there),
     else conf/ beside the package in a checkout (an editable install or `python -m` from it)."""
@@ -179,8 +178,13 @@ def overrides(name: str, argv: list[str]) -> list[str]:
 def describe(e: BaseException, name: str) -> str:
     """One line naming the key and the fix, from a Hydra or OmegaConf error."""
     from hydra.errors import MissingConfigException
-    from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
-                                  OmegaConfBaseException, ValidationError)
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        MissingMandatoryValue,
+        OmegaConfBaseException,
+        ValidationError,
+    )
 
     cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
     key = getattr(cause, "full_key", None)

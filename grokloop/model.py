@@ -543,11 +543,11 @@ class LoopedTransformer(HookedRootModule):
             schedule = self.schedule if n_steps is None else [0] * n_steps
         self._check_schedule(schedule)
         layers = self._unroll(schedule)
-        grew = False
+        grew = len(self.blocks) < len(layers) or len(self.steps) < len(schedule)
         while len(self.blocks) < len(layers):
-            self.blocks.append(VirtualBlock()); grew = True
+            self.blocks.append(VirtualBlock())
         while len(self.steps) < len(schedule):
-            self.steps.append(StepHooks(memory=self.memory is not None)); grew = True
+            self.steps.append(StepHooks(memory=self.memory is not None))
         if grew:
             self.setup()  # register the new hook points with HookedRootModule
         for layer in layers:
@@ -566,18 +566,13 @@ class LoopedTransformer(HookedRootModule):
         # Step 1 injects only when its initial state is not e itself (zeros, noise): injecting e
         # into e would double the embedding and make n_steps = 1 differ from the plain stack.
         inject_first = self.config.init_state != "prelude"
-        layers, v = [], 0
-        for b in self.prelude:
-            layers.append(UnrolledLayer(b, v, None, False, False, False)); v += 1
+        plan = [(b, None, False, False, False) for b in self.prelude]   # (block, step, flags)
         for s, c in enumerate(schedule):
             for i, b in enumerate(self.cores[c]):
                 first = i == 0
-                layers.append(UnrolledLayer(b, v, s, s == 0 and first, first,
-                                            first and (s > 0 or inject_first)))
-                v += 1
-        for b in self.coda:
-            layers.append(UnrolledLayer(b, v, None, False, False, False)); v += 1
-        return layers
+                plan.append((b, s, s == 0 and first, first, first and (s > 0 or inject_first)))
+        plan += [(b, None, False, False, False) for b in self.coda]
+        return [UnrolledLayer(b, v, *rest) for v, (b, *rest) in enumerate(plan)]
 
     def unrolled(self, schedule: list[int] | None = None) -> list[UnrolledLayer]:
         """One entry per virtual layer, in order; `run_layers` runs any slice or rearrangement."""

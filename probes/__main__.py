@@ -29,8 +29,15 @@ from grokloop.bank import bank_option, bank_results
 from grokloop.checkpoint import list_checkpoints, load_model, read_checkpoint
 from probes import fourier
 from probes.examples import input_roles, probe_batch
-from probes.records import (Store, run_attention, run_causal_tracing, run_fourier, run_logit_lens,
-                            run_signals, run_surgery)
+from probes.records import (
+    Store,
+    run_attention,
+    run_causal_tracing,
+    run_fourier,
+    run_logit_lens,
+    run_signals,
+    run_surgery,
+)
 
 PROBES = ("logit_lens", "causal_tracing", "attention", "fourier", "surgery", "signals")
 

@@ -49,8 +49,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from grokloop.adaptive import MAIN_RULES
 from datagen.provenance import atomic_write, atomic_write_text, machine
+from grokloop.adaptive import MAIN_RULES
 from grokloop.stats import acc_row
 from reports.figures import style
 from reports.html import Section, page, table, write

@@ -22,11 +22,10 @@ import numpy as np
 import plotly.graph_objects as go
 
 from datagen.provenance import atomic_write_text, machine
-from grokloop.stats import acc_row, mean_interval
 from grokloop.metrics_log import read_rows
+from grokloop.stats import acc_row, mean_interval
 from reports.figures import split_color, style
 from reports.html import Section, page, table, write
-
 
 # --- reading ------------------------------------------------------------------------------------
 

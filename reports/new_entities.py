@@ -105,7 +105,8 @@ def markdown(summary: dict) -> str:
 
 def page(summary: dict) -> str:
     from reports.figures import interval_bars
-    from reports.html import Section, page as html_page
+    from reports.html import Section
+    from reports.html import page as html_page
 
     pooled = [r for r in summary["rows"] if r.get("seed") == "pooled"]
     section = Section("Two-hop accuracy by split, seeds pooled")

@@ -7,10 +7,25 @@ import torch
 
 from grokloop.adaptive.depth import choose_best_step, depth_loss
 from grokloop.adaptive.halting import abstention, evaluate_halting
-from grokloop.adaptive.rules import (auroc, coverage_at_accuracy, coverage_curve, first_true,
-                                     rule_exits, selective_curve, threshold_at_coverage, trajectory)
-from grokloop.adaptive.selector import (ABSTAIN, STOP, HaltingConfig, Selector, reinforce_loss,
-                                        rollout, train_selector)
+from grokloop.adaptive.rules import (
+    auroc,
+    coverage_at_accuracy,
+    coverage_curve,
+    first_true,
+    rule_exits,
+    selective_curve,
+    threshold_at_coverage,
+    trajectory,
+)
+from grokloop.adaptive.selector import (
+    ABSTAIN,
+    STOP,
+    HaltingConfig,
+    Selector,
+    reinforce_loss,
+    rollout,
+    train_selector,
+)
 from grokloop.losses import cross_entropy
 
 TOKENS = torch.randint(0, 23, (8, 5), generator=torch.Generator().manual_seed(1))
@@ -128,7 +143,9 @@ def test_policy_gradient_raises_the_probability_of_the_rewarded_action():
         action = dist.sample()
         reward = (action == 2).float()                 # only action 2 pays
         loss = reinforce_loss(dist.log_prob(action), reward, dist.entropy(), 0.0)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     assert logits.softmax(0)[2] > 0.9
 
 
@@ -424,8 +441,12 @@ def test_auroc_ranks_right_above_wrong_with_ties_counting_half():
 
 
 def test_largest_coverage_is_the_exact_curves_and_the_gain_interval_is_paired():
-    from grokloop.adaptive.rules import (coverage_at_accuracy, coverage_gain_interval,
-                                         largest_coverage, selective_curve)
+    from grokloop.adaptive.rules import (
+        coverage_at_accuracy,
+        coverage_gain_interval,
+        largest_coverage,
+        selective_curve,
+    )
     g = torch.Generator().manual_seed(0)
     for _ in range(100):   # ties, all right, none reaching the target: as the exact curve says
         n = int(torch.randint(1, 40, (1,), generator=g))

@@ -16,8 +16,8 @@ from grokloop.checkpoint import load_model
 from grokloop.config import run_config_from_dict
 from grokloop.halting import main as halting_main
 from grokloop.memory import FactBank
-from grokloop.train.__main__ import main as train_main
 from grokloop.train import resume_changes, train
+from grokloop.train.__main__ import main as train_main
 from probes.__main__ import main as probes_main
 from tests.test_memory import TINY_DATA
 

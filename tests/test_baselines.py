@@ -10,10 +10,21 @@ import pytest
 import torch
 
 from datagen import build_dataset
-from datagen.config import ComparisonConfig, CompositionConfig, ModularConfig, PermutationChainsConfig
+from datagen.config import (
+    ComparisonConfig,
+    CompositionConfig,
+    ModularConfig,
+    PermutationChainsConfig,
+)
 from grokloop.baselines.evaluate import NOISED, LookupBaselines, evaluate
-from grokloop.baselines.keys import (canonical_keys, context_embedding, digit_weights,
-                                     scattershot_embedding, scattershot_levels, scattershot_sizes)
+from grokloop.baselines.keys import (
+    canonical_keys,
+    context_embedding,
+    digit_weights,
+    scattershot_embedding,
+    scattershot_levels,
+    scattershot_sizes,
+)
 from grokloop.baselines.lookup import KeyMemory, top1, top1_naive
 from grokloop.baselines.symbolic import symbolic_answers
 

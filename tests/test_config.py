@@ -17,8 +17,14 @@ from omegaconf import OmegaConf, open_dict
 
 from datagen import DATA_CONFIGS, data_config_from_dict
 from grokloop import cli
-from grokloop.config import (ModelConfig, OptimConfig, RunConfig, TrainCommand, TrainConfig,
-                             run_config_from_dict)
+from grokloop.config import (
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainCommand,
+    TrainConfig,
+    run_config_from_dict,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import sigkill_when_checkpointed
 from omegaconf import OmegaConf
 
 from datagen import build_dataset, data_config_from_dict
@@ -16,7 +17,6 @@ from grokloop import cli
 from grokloop.checkpoint import last_good_checkpoint
 from grokloop.curriculum import checked, plan, run_curriculum, transfer_metrics
 from probes.fourier import stage_spectra
-from conftest import sigkill_when_checkpointed
 
 # A model small enough that a stage on a 121-cell table takes well under a second.
 TINY = ["curriculum=tiny", "model.d_model=16", "model.n_heads=2", "model.d_mlp=32",
@@ -131,8 +131,8 @@ def test_gated_stages_chain_and_the_summary_holds_the_matrix(tmp_path):
 
 
 def test_init_from_loads_the_previous_stage_exactly(tmp_path):
-    from grokloop.train import init_from
     from grokloop.model import LoopedTransformer
+    from grokloop.train import init_from
 
     cmd, out, _ = command(tmp_path, "curriculum.stage_budget=10")
     summary = run_curriculum(cmd, out)

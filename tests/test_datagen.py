@@ -14,8 +14,8 @@ from datagen import build_dataset, data_config_from_dict, load_or_build
 from datagen.arithmetic import TRAIN_SAMPLE_SIZE, modular_table
 from datagen.dataset import GENERATOR_VERSION, code_version
 from datagen.grokked_format import read_grokked, write_grokked
-from grokloop import cli
 from datagen.provenance import code_version as provenance_code_version
+from grokloop import cli
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -295,7 +295,7 @@ def test_the_authors_loader_reads_our_export(tmp_path, task):
 
 def compose(overrides):
     d = OmegaConf.to_container(cli.compose("train", overrides), resolve=True)
-    out, _ = d.pop("out_dir"), d.pop("resume")
+    d.pop("out_dir"), d.pop("resume")
     return run_config_from_dict(d)
 
 

@@ -46,7 +46,8 @@ def test_read_is_the_softmax_over_the_top_k_and_matches_a_hand_computed_case():
     mem = m.memory
     with torch.no_grad():
         m.W_E.copy_(torch.randn(23, 4, generator=torch.Generator().manual_seed(5)))
-        mem.W_Q.weight.copy_(torch.eye(4)); mem.W_Q.bias.zero_()
+        mem.W_Q.weight.copy_(torch.eye(4))
+        mem.W_Q.bias.zero_()
         mem.W_K_head.weight.copy_(torch.tensor([[1., 0, 0, 0], [0, 1, 0, 0]]))
         mem.W_K_rel.weight.copy_(torch.tensor([[0., 0, 1, 0], [0, 0, 0, 1]]))
         mem.W_V.weight.copy_(2 * torch.eye(4))
@@ -296,10 +297,11 @@ def test_memory_none_computes_what_it_computed_before(kw, n_hooks, total, first)
 
 
 def test_a_memory_on_a_task_without_atomic_facts_is_refused_before_any_run_dir():
+    from omegaconf import OmegaConf
+
     from grokloop import cli
     from grokloop.config import run_config_from_dict
     from grokloop.train import prepare
-    from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(cli.compose("train", ["data.p=11", "model.memory=facts"]), resolve=True)
     d.pop("out_dir"), d.pop("resume")
@@ -313,11 +315,12 @@ TINY_DATA = ["data.n_entities=12", "data.n_relations=4", "data.out_degree=4", "d
 
 
 def test_trained_memory_model_carries_its_bank_and_evaluates_a_swapped_one(tmp_path):
+    from omegaconf import OmegaConf
+
     from grokloop import cli
     from grokloop.checkpoint import load_model
     from grokloop.config import run_config_from_dict
     from grokloop.train import train
-    from omegaconf import OmegaConf
 
     cache = f"data_cache={tmp_path / 'cache'}"
     d = OmegaConf.to_container(cli.compose("train", ["experiment=composition_cpu_loop2_memory",
@@ -353,10 +356,11 @@ def test_trained_memory_model_carries_its_bank_and_evaluates_a_swapped_one(tmp_p
 
 
 def test_training_with_the_address_loss_teaches_retrieval_and_needs_a_memory(tmp_path):
+    from omegaconf import OmegaConf
+
     from grokloop import cli
     from grokloop.config import run_config_from_dict
     from grokloop.train import prepare, train
-    from omegaconf import OmegaConf
 
     def cfg(*over):
         d = OmegaConf.to_container(cli.compose("train", [
@@ -383,6 +387,7 @@ HAND_QUERIES = torch.tensor([[h, r1, r2] for h in (A, B, C, D) for r1 in (R, S) 
 
 def test_edit_plans_on_a_hand_made_graph_know_the_right_answers():
     import numpy as np
+
     from grokloop.bank import compose, fact_table, plan_edits
 
     table = fact_table(HAND_BANK, 23)
@@ -440,6 +445,7 @@ class SymbolicReasoner(torch.nn.Module):
 
 def test_a_reasoner_that_reads_its_bank_propagates_every_edit_and_a_no_op_edit_none():
     import numpy as np
+
     from grokloop.bank import bank_editor, fact_table, measure_edits, plan_edits
 
     table = fact_table(HAND_BANK, 23)
@@ -481,10 +487,11 @@ def test_finetune_edits_train_the_edited_fact_and_are_undone():
 @pytest.fixture(scope="module")
 def tiny_memory_run(tmp_path_factory):
     """A tiny composition run with a fact memory (a few seconds), and its data cache."""
+    from omegaconf import OmegaConf
+
     from grokloop import cli
     from grokloop.config import run_config_from_dict
     from grokloop.train import train
-    from omegaconf import OmegaConf
 
     tmp = tmp_path_factory.mktemp("edit")
     cache = f"data_cache={tmp / 'cache'}"
@@ -535,6 +542,7 @@ def test_edit_eval_writes_rows_for_both_methods_and_refuses_bad_options(tiny_mem
 
 def test_a_slim_bank_keeps_exactly_the_facts_its_queries_need(tiny_memory_run):
     import numpy as np
+
     from datagen import data_config_from_dict, load_or_build
 
     tmp, cache = tiny_memory_run

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformer_lens import patching
 
-from grokloop.config import RunConfig
+from grokloop.config import run_config_from_dict
 from grokloop.train import train
 from probes import causal_tracing as ct
 from probes.__main__ import main as probes_main
@@ -17,7 +17,6 @@ from probes.fourier import fourier_measures, gini
 from probes.logit_lens import logit_lens, step_readout
 from probes.surgery import accuracy, layer_loop_surgery, repeat_range
 from tests.test_train import TINY, compose_dict
-from grokloop.config import run_config_from_dict
 
 N, P = 30, 5
 

@@ -284,8 +284,8 @@ def test_progress_off_a_terminal_is_a_line_per_evaluation(tmp_path, capsys):
 # --- 8. adaptive summary writes under runs/ ------------------------------------------------------
 
 def test_adaptive_summary_writes_under_runs_by_default(tmp_path, monkeypatch):
-    from reports.adaptive import main
     from reports import adaptive as A
+    from reports.adaptive import main
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(A, "load_halting", lambda d: {})
     monkeypatch.setattr(A, "build", lambda runs: {"rows": []})

@@ -49,7 +49,7 @@ def test_a_study_of_included_rows_only_pools_them_and_draws_their_intervals(tmp_
             (tmp_path / f"{data}{seed}.json").write_text(json.dumps(
                 {"study": "b", "data": data, "rows": [r for r in rows if r["seed"] == seed]}))
     files = ",".join(str(tmp_path / f"{d}{s}.json") for d in ("taskA", "taskB") for s in (0, 1))
-    main([f"name=baselines", f"out={tmp_path / 'out'}", f"include=[{files}]"])
+    main(["name=baselines", f"out={tmp_path / 'out'}", f"include=[{files}]"])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     pools = [r for r in summary["rows"] if r["seed"] == "pooled"]
     assert len(pools) == 4 and all(r["n"] == 200 for r in pools)   # per data preset, never across

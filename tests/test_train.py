@@ -6,14 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import sigkill_when_checkpointed
 from omegaconf import OmegaConf
 
 from grokloop import cli
 from grokloop.checkpoint import last_good_checkpoint, list_checkpoints, load_model
 from grokloop.config import run_config_from_dict
 from grokloop.train import train
-from conftest import sigkill_when_checkpointed
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
@@ -55,7 +54,7 @@ def test_config_errors_name_the_key_and_create_no_run_dir(tmp_path, override, ne
     ("train.stop_at_grok='test,nope'", "names 'nope'"),
 ])
 def test_start_and_stop_options_are_checked_before_any_work(override, needle):
-    from grokloop.train import prepare   # in-process: the subprocess test above covers the CLI
+    from grokloop.train import prepare  # in-process: the subprocess test above covers the CLI
     with pytest.raises((ValueError, FileNotFoundError), match=needle):
         prepare(run_config_from_dict(compose_dict(TINY + [override])[2]))
 

@@ -27,18 +27,37 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from datagen.provenance import atomic_write, atomic_write_text, code_version
 from grokloop.adaptive import MAIN_RULES
 from grokloop.adaptive.blocks import block_study
-from grokloop.adaptive.rules import (ABSTAIN_EXIT, COVERAGE_THRESHOLDS, TARGET_SELECTIVE_ACC,
-                                     at_exit, auroc, core_layers, coverage_at_accuracy,
-                                     coverage_curve, coverage_gain_interval, rule_exits,
-                                     selective_curve, selective_point,
-                                     summarize_exits, threshold_at_coverage, trajectory)
-from grokloop.adaptive.selector import (ABSTAIN_OFFSETS, HaltingConfig, Selector,
-                                        check_train_split, dataset_tensors, rollout,
-                                        summarize_selector, train_selector)
+from grokloop.adaptive.rules import (
+    ABSTAIN_EXIT,
+    COVERAGE_THRESHOLDS,
+    TARGET_SELECTIVE_ACC,
+    at_exit,
+    auroc,
+    core_layers,
+    coverage_at_accuracy,
+    coverage_curve,
+    coverage_gain_interval,
+    rule_exits,
+    selective_curve,
+    selective_point,
+    summarize_exits,
+    threshold_at_coverage,
+    trajectory,
+)
+from grokloop.adaptive.selector import (
+    ABSTAIN_OFFSETS,
+    HaltingConfig,
+    Selector,
+    check_train_split,
+    dataset_tensors,
+    rollout,
+    summarize_selector,
+    train_selector,
+)
 from grokloop.evaluate import answer_prefix
-from datagen.provenance import atomic_write, atomic_write_text, code_version
 
 
 @torch.no_grad()

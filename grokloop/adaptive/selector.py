@@ -23,8 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from grokloop.adaptive.rules import (core_layers, memory_reads, per_hop, readout_stats,
-                                     retrieval_margin, selective_point)
+from grokloop.adaptive.rules import (
+    core_layers,
+    memory_reads,
+    per_hop,
+    readout_stats,
+    retrieval_margin,
+    selective_point,
+)
 from grokloop.evaluate import answer_prefix
 
 STOP, ABSTAIN = 0, 1          # then 2 + c: continue with core c

@@ -70,18 +70,46 @@ dataset's splits; two_hop: all), with Wilson intervals over the queries.
 from grokloop.bank.add import add_entities
 from grokloop.bank.ask import evaluate_questions
 from grokloop.bank.build import build, run_dataset
-from grokloop.bank.edits import (METRICS, Edit, bank_editor, compose, edit_eval, fact_classes,
-                                 fact_table, measure_edits, plan_edits, predict)
-from grokloop.bank.entities import (attach_extension, check_extension, extended_vocab,
-                                    parse_new_facts, weights_sha256)
+from grokloop.bank.edits import (
+                                 METRICS,
+                                 Edit,
+                                 bank_editor,
+                                 compose,
+                                 edit_eval,
+                                 fact_classes,
+                                 fact_table,
+                                 measure_edits,
+                                 plan_edits,
+                                 predict,
+)
+from grokloop.bank.entities import (
+                                 attach_extension,
+                                 check_extension,
+                                 extended_vocab,
+                                 parse_new_facts,
+                                 weights_sha256,
+)
 from grokloop.bank.evaluate import evaluate_bank, load_for_eval, retrieval
-from grokloop.bank.files import (FORMAT, MAX_NAMED, attach_bank, bank_bytes, bank_option,
-                                 bank_results, check_fits, fact_names, facts_sha256, load_bank,
-                                 parse_facts, read_manifest, save_bank, vocab_sha256)
+from grokloop.bank.files import (
+                                 FORMAT,
+                                 MAX_NAMED,
+                                 attach_bank,
+                                 bank_bytes,
+                                 bank_option,
+                                 bank_results,
+                                 check_fits,
+                                 fact_names,
+                                 facts_sha256,
+                                 load_bank,
+                                 parse_facts,
+                                 read_manifest,
+                                 save_bank,
+                                 vocab_sha256,
+)
 from grokloop.bank.finetune import finetune_editor
 from grokloop.bank.grow import finetune_facts, grow
-from grokloop.bank.questions import ask, hop_retrieval, read_questions
 from grokloop.bank.options import ACTIONS, BankCommand
+from grokloop.bank.questions import ask, hop_retrieval, read_questions
 from grokloop.bank.slim import path_facts, random_share, slim_bank
 
 __all__ = ["ACTIONS", "FORMAT", "MAX_NAMED", "METRICS", "BankCommand", "Edit", "add_entities",

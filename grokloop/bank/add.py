@@ -14,8 +14,14 @@ import torch
 from datagen.new_entities import new_facts
 from datagen.provenance import atomic_write_text, sha256_file
 from grokloop.bank.build import run_dataset
-from grokloop.bank.entities import (base_of, check_extension, extended_vocab, extension_record,
-                                    parse_new_facts, weights_sha256)
+from grokloop.bank.entities import (
+    base_of,
+    check_extension,
+    extended_vocab,
+    extension_record,
+    parse_new_facts,
+    weights_sha256,
+)
 from grokloop.bank.files import load_bank, read_manifest, save_bank, vocab_sha256
 from grokloop.bank.options import BankCommand
 from grokloop.bank.questions import question_lines

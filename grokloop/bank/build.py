@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from datagen import data_config_from_dict, load_or_build
-from grokloop.config import as_data_config
 from datagen.provenance import sha256_file
 from grokloop.bank.files import parse_facts, save_bank, vocab_sha256
 from grokloop.bank.options import BankCommand
 from grokloop.bank.slim import random_share, slim_bank
+from grokloop.config import as_data_config
 from grokloop.memory import FactBank
 
 

@@ -10,15 +10,22 @@ from pathlib import Path
 import torch
 
 from datagen import load_or_build
-from grokloop.config import as_data_config
 from datagen.provenance import code_version, machine
 from grokloop.bank.build import run_dataset
 from grokloop.bank.entities import attach_extension, check_extension
+from grokloop.bank.files import (
+    attach_bank,
+    bank_bytes,
+    check_fits,
+    facts_sha256,
+    load_bank,
+    read_manifest,
+    vocab_sha256,
+)
 from grokloop.bank.grow import grow
 from grokloop.bank.options import BankCommand
-from grokloop.bank.files import (attach_bank, bank_bytes, check_fits, facts_sha256, load_bank,
-                                 read_manifest, vocab_sha256)
 from grokloop.checkpoint import last_good_checkpoint, load_model
+from grokloop.config import as_data_config
 from grokloop.evaluate import evaluate
 from grokloop.memory import FactBank
 from grokloop.stats import acc_row

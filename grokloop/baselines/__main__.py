@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from datagen import load_or_build
+from datagen.provenance import atomic_write_text, code_version, machine
 from grokloop.baselines.evaluate import default_methods, evaluate
 from grokloop.config import as_data_config
-from datagen.provenance import atomic_write_text, code_version, machine
 
 
 @dataclass

@@ -18,8 +18,13 @@ import numpy as np
 import torch
 
 from datagen.dataset import Dataset
-from grokloop.baselines.keys import (add_noise, canonical_keys, context_embedding, digit_weights,
-                                     scattershot_embedding)
+from grokloop.baselines.keys import (
+    add_noise,
+    canonical_keys,
+    context_embedding,
+    digit_weights,
+    scattershot_embedding,
+)
 from grokloop.baselines.lookup import KeyMemory
 from grokloop.baselines.retrieval import retrieval_answers
 from grokloop.baselines.symbolic import symbolic_answers

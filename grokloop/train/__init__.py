@@ -33,8 +33,15 @@ Runs you can trust:
 """
 from grokloop.train.loop import deterministic_algorithms, init_from, summarize, train
 from grokloop.train.prepare import grok_splits, prepare, resolve_device, training_bank
-from grokloop.train.resume import (BOOKKEEPING, RESUMABLE, config_diff, current_config,
-                                   finished_summary, flatten, resume_changes)
+from grokloop.train.resume import (
+                                   BOOKKEEPING,
+                                   RESUMABLE,
+                                   config_diff,
+                                   current_config,
+                                   finished_summary,
+                                   flatten,
+                                   resume_changes,
+)
 
 __all__ = ["BOOKKEEPING", "RESUMABLE", "config_diff", "current_config", "deterministic_algorithms",
            "finished_summary", "flatten", "grok_splits", "init_from", "prepare", "resolve_device",

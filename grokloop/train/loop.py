@@ -17,8 +17,13 @@ from datagen.provenance import atomic_write_text, code_version
 from grokloop.accelerate import Mode, accelerate_training, resolve_mode
 from grokloop.adaptive.depth import depth_sequence
 from grokloop.bank import facts_sha256
-from grokloop.checkpoint import checkpoint_path, last_good_checkpoint, list_checkpoints, \
-    optimizer_from_tensors, save_checkpoint
+from grokloop.checkpoint import (
+    checkpoint_path,
+    last_good_checkpoint,
+    list_checkpoints,
+    optimizer_from_tensors,
+    save_checkpoint,
+)
 from grokloop.config import RunConfig
 from grokloop.evaluate import evaluate
 from grokloop.metrics_log import append_row, read_rows
