@@ -85,6 +85,7 @@ def test_bank_search_benchmark_smoke(tmp_path):
                for r in res)
 
 
+@pytest.mark.slow   # ~3-6 s: a benchmark process timing both attention paths
 def test_attention_benchmark_smoke(tmp_path):
     res = smoke("bench_attention.py", tmp_path)["results"]
     assert {r["n_pos"] for r in res} == {4, 64}

@@ -489,6 +489,7 @@ def test_a_full_disk_loses_nothing(tiny, tmp_path, finished, monkeypatch, capsys
     assert rows(run) == rows(finished) and same_weights(run, finished)
 
 
+@pytest.mark.slow   # ~5 s: a real process read while it runs; fast: the SIGTERM resume tests
 def test_a_redirected_log_shows_progress_before_the_run_ends_and_sigterm_stops_it(tmp_path,
                                                                                    cache):
     run, log = tmp_path / "run", tmp_path / "run.log"

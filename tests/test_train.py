@@ -39,13 +39,22 @@ def test_every_experiment_composes_and_validates(experiment):
     ("model.n_steps=0", "n_steps"),
     ("train.eval_splits=[test_inferred_ood]", "does not produce"),
 ])
-def test_config_errors_name_the_key_and_create_no_run_dir(tmp_path, override, needle):
+def test_config_errors_name_the_key_and_create_no_run_dir(tmp_path, capsys, override, needle):
+    # In-process (main(argv) is what `python -m grokloop.train` runs; a process-level test of the
+    # same path is test_config.py's test_cli_config_error_is_one_line_exit_2_and_writes_nothing).
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "grokloop.train", *TINY, override, f"out_dir={out}"],
-                       capture_output=True, text=True, cwd=tmp_path,
-                       env=os.environ | {"HYDRA_FULL_ERROR": "1"})
-    assert r.returncode != 0 and needle in r.stderr, r.stderr[-800:]
+    code, err = train_main([*TINY, override, f"out_dir={out}"], capsys)
+    assert code != 0 and needle in err, err[-800:]
     assert not out.exists()
+
+
+def train_main(argv: list[str], capsys) -> tuple[int, str]:
+    """The exit status and stderr of `python -m grokloop.train ARGV`, run in this process."""
+    from grokloop.train.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -59,14 +68,13 @@ def test_start_and_stop_options_are_checked_before_any_work(override, needle):
         prepare(run_config_from_dict(compose_dict(TINY + [override])[2]))
 
 
-def test_unknown_key_fails_with_its_name(tmp_path):
+def test_unknown_key_fails_with_its_name(tmp_path, capsys):
     _, _, d = compose_dict(TINY)
     d["model"]["d_modle"] = 3
     with pytest.raises(ValueError, match="model.d_modle: unknown key"):
         run_config_from_dict(d)
-    r = subprocess.run([sys.executable, "-m", "grokloop.train", "model.d_modle=3",
-                        f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode != 0 and "d_modle" in r.stderr and not (tmp_path / "x").exists()
+    code, err = train_main(["model.d_modle=3", f"out_dir={tmp_path / 'x'}"], capsys)
+    assert code != 0 and "d_modle" in err and not (tmp_path / "x").exists()
 
 
 def test_cli_run_ends_with_its_report_and_says_where(tmp_path):
