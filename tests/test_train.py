@@ -1,6 +1,5 @@
 """Training: config composition and errors, exact resume after SIGKILL, checkpoint fallback."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
