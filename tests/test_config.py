@@ -42,6 +42,7 @@ def run_config(overrides) -> RunConfig:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_typed_and_validates(experiment):
     cfg = cli.compose("train", [f"experiment={experiment}"])
+    assert experiment in cfg.out_dir                    # each experiment its own run directory
     assert OmegaConf.get_type(cfg, "model") is ModelConfig
     assert OmegaConf.get_type(cfg, "data") is DATA_CONFIGS[cfg.data.task]   # typed by its preset
     run = run_config([f"experiment={experiment}"])
