@@ -42,6 +42,12 @@ def run_entry(run: RunFiles) -> dict:
             "steps_to_grok": first_step_at(run, "valid", THRESHOLD)}
 
 
+def finished(entry: dict) -> bool:
+    """Stopped at grok or at its budget; a run still going (or killed before either) is neither
+    an event nor censored, and stays out of the statistics until it ends."""
+    return entry["steps_to_grok"] is not None or entry["last_step"] >= entry["budget"]
+
+
 def run_rows(run: RunFiles, entry: dict) -> list[dict]:
     last = run.metrics[-1]
     return [acc_row(last[f"acc/{s}"], last[f"n/{s}"], model=cell_name(entry), split=s,
@@ -122,6 +128,10 @@ def markdown(summary: dict) -> str:
               "", "Ratio of the sizes' medians at each phi: " +
               (", ".join(f"phi {p}: {r:.2f}x" for p, r in summary["law"]["size_ratio"].items())
                or "no phi where every size grokked"), "",
+              *(["Unfinished runs, left out until they end: " + ", ".join(
+                  f"{u['n_entities']} entities phi {u['phi']} seed {u['seed']} (step "
+                  f"{u['last_step']:,} of {u['budget']:,})" for u in summary["unfinished"]), ""]
+                if summary.get("unfinished") else []),
               "## Accuracy at the step valid chose", "",
               "| model | phi | split | seed | step | acc | 95% CI | n |", "|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
@@ -131,14 +141,34 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def curves(runs: list[RunFiles]) -> go.Figure:
+    """valid against step for every run, one colour per size: where the sizes part."""
+    fig, colours = go.Figure(), ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+    sizes = sorted({r.config["data"]["n_entities"] for r in runs})
+    for run in sorted(runs, key=lambda r: (r.config["data"]["n_entities"], r.config["data"]["phi"])):
+        n, phi = run.config["data"]["n_entities"], run.config["data"]["phi"]
+        x, y = run.curve("acc/valid")
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{n} entities, phi {phi}, seed "
+                                 f"{run.config['seed']}", line={"color": colours[sizes.index(n) % 4]},
+                                 opacity=0.3 + 0.7 * phi / 18))
+    fig.update_xaxes(title="step", type="log")
+    fig.update_yaxes(title="valid accuracy (held-out in-distribution two-hop)")
+    fig.update_layout(title="Every run's valid curve (darker: larger phi)", height=480)
+    return fig
+
+
 def write_phi_law(out: str | Path, runs: list[RunFiles], commands: list[str]) -> dict:
-    entries = [run_entry(r) for r in runs]
+    every = [(r, run_entry(r)) for r in runs]
+    runs, entries = [r for r, e in every if finished(e)], [e for _, e in every if finished(e)]
+    unfinished = [{k: e[k] for k in ("n_entities", "phi", "seed", "last_step", "budget")}
+                  for _, e in every if not finished(e)]
     rows = [row for run, e in zip(runs, entries) for row in run_rows(run, e)]
     where = {cell_name(e): {"phi": e["phi"], "n_entities": e["n_entities"]} for e in entries}
     pooled_rows = [r | where[r["model"]] for r in pooled(rows, by_step=False)]
     cells_ = cells(entries)
     summary = {"study": "phi_law", "machine": machine(), "commands": list(commands),
-               "rows": rows + pooled_rows, "cells": cells_, "law": law(cells_)}
+               "rows": rows + pooled_rows, "cells": cells_, "law": law(cells_),
+               "unfinished": unfinished}
     out = Path(out)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "summary.md", markdown(summary))
@@ -146,6 +176,7 @@ def write_phi_law(out: str | Path, runs: list[RunFiles], commands: list[str]) ->
     section = Section("Steps to grok").add(figure(cells_)).add(table(head, [
         [c["n_entities"], c["phi"], c["median_steps_to_grok"] or "-", c["censored"]]
         for c in cells_]))
+    section.add(curves(runs))
     write(out / "figures.html", page("grokloop study: the phi law", f"{len(runs)} runs", [section]))
     return summary
 

@@ -50,7 +50,12 @@ def test_steps_to_grok_are_censored_at_the_budget_and_the_law_is_measured(tmp_pa
     result = law(list(by.values()))
     assert result["spearman"]["100"] == pytest.approx(-1.0)     # the censored cell ranks last
     assert result["size_ratio"] == {"7.2": pytest.approx(700 / 600)}
-    summary = write_phi_law(tmp_path / "out", runs, ["cmd"])
+    stopped = read_run(fake_run(tmp_path, 3.6, 200, 0, 300, None, budget=1000), probes=False)
+    stopped.metrics[:] = stopped.metrics[:4]            # killed at step 400 of 1,000: no outcome
+    summary = write_phi_law(tmp_path / "out", runs + [stopped], ["cmd"])
+    assert summary["unfinished"] == [{"n_entities": 200, "phi": 3.6, "seed": 0, "last_step": 400,
+                                      "budget": 1000}]
+    assert not any(c["n_entities"] == 200 and c["phi"] == 3.6 for c in summary["cells"])
     rows = summary["rows"]
     assert {"phi", "n_entities", "seed", "steps_to_fit", "steps_to_grok", "acc", "lo", "hi", "n"} <= set(rows[0])
     pooled = [r for r in rows if r["seed"] == "pooled" and r["split"] == "valid"]
