@@ -72,7 +72,9 @@ def ours_phi_law(s: dict) -> tuple[str, list[dict]]:
     law = s["phi_law"]["law"]
     rho = ", ".join(f"{n} entities rho = {'-' if r is None else f'{r:+.2f}'}"
                     for n, r in law["spearman"].items())
-    ratio = ", ".join(f"phi {p}: {r:.2f}x" for p, r in law["size_ratio"].items()) or "-"
+    ratio = ", ".join([f"phi {p}: {r:.2f}x" for p, r in law["size_ratio"].items()] +
+                      [f"phi {p}: at least {r:.2f}x (the larger graph censored at its budget)"
+                       for p, r in law.get("size_ratio_at_least", {}).items()]) or "-"
     return (f"median steps to grok against phi, Spearman {rho}; the two sizes' medians at fixed "
             f"phi differ by {ratio}"), []
 

@@ -76,8 +76,10 @@ def cells(entries: list[dict]) -> list[dict]:
 
 
 def law(cells_: list[dict]) -> dict:
-    """Spearman's rho of median steps to grok against phi per size, and the size ratio per phi."""
-    out = {"spearman": {}, "size_ratio": {}}
+    """Spearman's rho of median steps to grok against phi per size, and the size ratio per phi
+    (where one size never grokked within its budget, the ratio is at least budget / the other's
+    median: `size_ratio_at_least`)."""
+    out = {"spearman": {}, "size_ratio": {}, "size_ratio_at_least": {}}
     for n in sorted({c["n_entities"] for c in cells_}):
         cs = [c for c in cells_ if c["n_entities"] == n]
         ranked = [c["median_steps_to_grok"] or c["budget"] + 1 for c in cs]  # beyond the budget
@@ -87,6 +89,9 @@ def law(cells_: list[dict]) -> dict:
         med = {c["n_entities"]: c["median_steps_to_grok"] for c in cells_ if c["phi"] == phi}
         if len(sizes) > 1 and all(med.get(n) for n in sizes):
             out["size_ratio"][str(phi)] = max(med.values()) / min(med.values())
+        elif len(med) > 1 and any(med.values()):
+            budget = max(c["budget"] for c in cells_ if c["phi"] == phi and not c["median_steps_to_grok"])
+            out["size_ratio_at_least"][str(phi)] = budget / min(m for m in med.values() if m)
     return out
 
 
@@ -126,8 +131,10 @@ def markdown(summary: dict) -> str:
               "Spearman's rho, phi against median steps to grok: " +
               ", ".join(f"{n} entities {'-' if r is None else f'{r:+.2f}'}" for n, r in rho.items()),
               "", "Ratio of the sizes' medians at each phi: " +
-              (", ".join(f"phi {p}: {r:.2f}x" for p, r in summary["law"]["size_ratio"].items())
-               or "no phi where every size grokked"), "",
+              (", ".join([f"phi {p}: {r:.2f}x" for p, r in summary["law"]["size_ratio"].items()]
+                         + [f"phi {p}: at least {r:.2f}x (a size censored)" for p, r in
+                            summary["law"].get("size_ratio_at_least", {}).items()])
+               or "no phi where two sizes grokked"), "",
               *(["Unfinished runs, left out until they end: " + ", ".join(
                   f"{u['n_entities']} entities phi {u['phi']} seed {u['seed']} (step "
                   f"{u['last_step']:,} of {u['budget']:,})" for u in summary["unfinished"]), ""]

@@ -50,6 +50,9 @@ def test_steps_to_grok_are_censored_at_the_budget_and_the_law_is_measured(tmp_pa
     result = law(list(by.values()))
     assert result["spearman"]["100"] == pytest.approx(-1.0)     # the censored cell ranks last
     assert result["size_ratio"] == {"7.2": pytest.approx(700 / 600)}
+    censored_big = law(list(by.values()) + [{"n_entities": 200, "phi": 18.0, "budget": 1000,
+                                             "median_steps_to_grok": None}])
+    assert censored_big["size_ratio_at_least"] == {"18.0": pytest.approx(1000 / 300)}
     stopped = read_run(fake_run(tmp_path, 3.6, 200, 0, 300, None, budget=1000), probes=False)
     stopped.metrics[:] = stopped.metrics[:4]            # killed at step 400 of 1,000: no outcome
     summary = write_phi_law(tmp_path / "out", runs + [stopped], ["cmd"])
