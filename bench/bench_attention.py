@@ -8,6 +8,7 @@ medians; the two paths' outputs are checked to agree. The rule's choice is in ea
     python bench/bench_attention.py [--lengths 4,8,16,32,64,128,256] [--iters 20] [--repeats 5]
     python bench/bench_attention.py --smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,28 +79,69 @@ def main():
                 with forced_path(fused), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                     outs[fused] = attn(x, None).float().detach()
             times = {"fused": [], "explicit": []}
-            for fused in (True, False):   # warm-up
+            for fused in (True, False):  # warm-up
                 timed(attn, x, fused, bf16, 2)
             for _ in range(repeats):
                 for fused in (True, False):
-                    times["fused" if fused else "explicit"].append(timed(attn, x, fused, bf16, iters))
+                    times["fused" if fused else "explicit"].append(
+                        timed(attn, x, fused, bf16, iters)
+                    )
             med = {k: statistics.median(v) for k, v in times.items()}
             dtype = torch.bfloat16 if bf16 else torch.float32
-            results.append({"n_pos": n_pos, "batch": len(x), "precision": precision,
-                            "ms": {k: 1e3 * v for k, v in med.items()},
-                            "all_ms": {k: [1e3 * t for t in v] for k, v in times.items()},
-                            "explicit_speedup": med["fused"] / med["explicit"],
-                            "rule_chooses": "fused" if fused_attention_pays(x.device, dtype)
-                            else "explicit",
-                            "max_abs_diff": (outs[True] - outs[False]).abs().max().item()})
-    print(table(["positions", "batch", "precision", "fused ms", "explicit ms", "explicit speed-up",
-                 "rule chooses", "max |diff|"],
-                [[r["n_pos"], r["batch"], r["precision"], r["ms"]["fused"], r["ms"]["explicit"],
-                  f"{r['explicit_speedup']:.2f}x", r["rule_chooses"], f"{r['max_abs_diff']:.1e}"]
-                 for r in results]))
-    path = write("attention", {"machine": machine(), "d_model": d_model, "n_heads": n_heads,
-                               "tokens_per_batch": TOKENS, "iters": iters, "repeats": repeats,
-                               "results": results}, args.out)
+            results.append(
+                {
+                    "n_pos": n_pos,
+                    "batch": len(x),
+                    "precision": precision,
+                    "ms": {k: 1e3 * v for k, v in med.items()},
+                    "all_ms": {k: [1e3 * t for t in v] for k, v in times.items()},
+                    "explicit_speedup": med["fused"] / med["explicit"],
+                    "rule_chooses": "fused"
+                    if fused_attention_pays(x.device, dtype)
+                    else "explicit",
+                    "max_abs_diff": (outs[True] - outs[False]).abs().max().item(),
+                }
+            )
+    print(
+        table(
+            [
+                "positions",
+                "batch",
+                "precision",
+                "fused ms",
+                "explicit ms",
+                "explicit speed-up",
+                "rule chooses",
+                "max |diff|",
+            ],
+            [
+                [
+                    r["n_pos"],
+                    r["batch"],
+                    r["precision"],
+                    r["ms"]["fused"],
+                    r["ms"]["explicit"],
+                    f"{r['explicit_speedup']:.2f}x",
+                    r["rule_chooses"],
+                    f"{r['max_abs_diff']:.1e}",
+                ]
+                for r in results
+            ],
+        )
+    )
+    path = write(
+        "attention",
+        {
+            "machine": machine(),
+            "d_model": d_model,
+            "n_heads": n_heads,
+            "tokens_per_batch": TOKENS,
+            "iters": iters,
+            "repeats": repeats,
+            "results": results,
+        },
+        args.out,
+    )
     print(f"wrote {path}")
 
 

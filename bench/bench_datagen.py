@@ -4,6 +4,7 @@ wall time and peak resident memory, each repetition in a fresh process so the pe
     python bench/bench_datagen.py            # writes bench/results/datagen.json
     python bench/bench_datagen.py --smoke    # tiny dataset, for the test suite
 """
+
 import argparse
 import json
 import platform
@@ -34,18 +35,33 @@ def main():
     cfg = SMOKE if args.smoke else PAPER
     runs = []
     for _ in range(1 if args.smoke else args.repeats):
-        out = subprocess.run([sys.executable, "-c", CHILD.format(cfg=cfg)], check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD.format(cfg=cfg)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         runs.append(json.loads(out.stdout))
     best = min(runs, key=lambda r: r["seconds"])
-    result = {"config": cfg, "machine": f"{platform.processor() or platform.machine()}, "
-              f"{__import__('os').cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
-              "seconds_best": best["seconds"], "seconds_all": [r["seconds"] for r in runs],
-              "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs), "counts": best["counts"],
-              "achieved_phi": best["achieved_phi"], "targets": {"seconds": 10, "peak_rss_mb": 2048}}
-    print(f"{'dataset':<12}{'seconds (best of %d)' % len(runs):>24}{'peak RSS MB':>14}{'train':>10}{'phi':>8}")
-    print(f"{'smoke' if args.smoke else 'paper phi18':<12}{result['seconds_best']:>24.2f}"
-          f"{result['peak_rss_mb_max']:>14.0f}{best['train']:>10,}{best['achieved_phi']:>8.2f}")
+    result = {
+        "config": cfg,
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{__import__('os').cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds_best": best["seconds"],
+        "seconds_all": [r["seconds"] for r in runs],
+        "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs),
+        "counts": best["counts"],
+        "achieved_phi": best["achieved_phi"],
+        "targets": {"seconds": 10, "peak_rss_mb": 2048},
+    }
+    print(
+        f"{'dataset':<12}{'seconds (best of %d)' % len(runs):>24}{'peak RSS MB':>14}{'train':>10}{'phi':>8}"
+    )
+    print(
+        f"{'smoke' if args.smoke else 'paper phi18':<12}{result['seconds_best']:>24.2f}"
+        f"{result['peak_rss_mb_max']:>14.0f}{best['train']:>10,}{best['achieved_phi']:>8.2f}"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -18,6 +18,7 @@ waits for; steps to grok are resolved to that granularity.
     python bench/bench_grok.py [--tasks modular,composition] [--methods ...] [--max_steps N]
     python bench/bench_grok.py --smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,19 +50,32 @@ SMOKE = ["data.p=23", "data.train_fraction=0.5"]
 
 
 def time_to_grok(overrides: list[str], split: str, max_steps: int, eval_every: int) -> dict:
-    cfg = run_config(overrides + [f"train.steps={max_steps}", f"train.stop_at_grok={split}",
-                                  f"train.eval_every_max={eval_every}", "train.progress=false",
-                                  f"train.checkpoint_every_max={max_steps}"])
+    cfg = run_config(
+        overrides
+        + [
+            f"train.steps={max_steps}",
+            f"train.stop_at_grok={split}",
+            f"train.eval_every_max={eval_every}",
+            "train.progress=false",
+            f"train.checkpoint_every_max={max_steps}",
+        ]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         summary = train(cfg, Path(tmp) / "run")
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").open()]
     step = summary[f"steps_to_{cfg.train.grok_threshold}"][split]
     at = next((r for r in rows if r["step"] == step), None)
-    return {"overrides": overrides, "split": split, "grokked": step is not None,
-            "steps_to_grok": step, "wall_s_to_grok": at["wall_time_s"] if at else None,
-            "steps_run": summary["steps"], "wall_s": summary["wall_time_s"],
-            "final_acc": summary["final"].get(f"acc/{split}"),
-            "curve": [(r["step"], r[f"acc/{split}"]) for r in rows]}
+    return {
+        "overrides": overrides,
+        "split": split,
+        "grokked": step is not None,
+        "steps_to_grok": step,
+        "wall_s_to_grok": at["wall_time_s"] if at else None,
+        "steps_run": summary["steps"],
+        "wall_s": summary["wall_time_s"],
+        "final_acc": summary["final"].get(f"acc/{split}"),
+        "curve": [(r["step"], r[f"acc/{split}"]) for r in rows],
+    }
 
 
 def main():
@@ -84,15 +98,31 @@ def main():
         for m in methods:
             r = time_to_grok(overrides + METHODS[m] + extra, split, max_steps, args.eval_every)
             results.append({"task": task, "method": m} | r)
-            print(f"{task} {m}: steps to grok {r['steps_to_grok']}, wall {r['wall_s']:.0f} s",
-                  flush=True)
-    print(table(["task", "method", "split", "steps to 0.99", "wall s to 0.99", "final acc"],
-                [[r["task"], r["method"], r["split"],
-                  r["steps_to_grok"] if r["grokked"] else f"not by {r['steps_run']}",
-                  f"{r['wall_s_to_grok']:.0f}" if r["grokked"] else "-", r["final_acc"]]
-                 for r in results]))
-    path = write("time_to_grok", {"machine": machine(), "max_steps": max_steps, "extra": extra,
-                                  "results": results}, args.out)
+            print(
+                f"{task} {m}: steps to grok {r['steps_to_grok']}, wall {r['wall_s']:.0f} s",
+                flush=True,
+            )
+    print(
+        table(
+            ["task", "method", "split", "steps to 0.99", "wall s to 0.99", "final acc"],
+            [
+                [
+                    r["task"],
+                    r["method"],
+                    r["split"],
+                    r["steps_to_grok"] if r["grokked"] else f"not by {r['steps_run']}",
+                    f"{r['wall_s_to_grok']:.0f}" if r["grokked"] else "-",
+                    r["final_acc"],
+                ]
+                for r in results
+            ],
+        )
+    )
+    path = write(
+        "time_to_grok",
+        {"machine": machine(), "max_steps": max_steps, "extra": extra, "results": results},
+        args.out,
+    )
     print(f"wrote {path}")
 
 

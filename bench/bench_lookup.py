@@ -9,6 +9,7 @@ the batch.
     python bench/bench_lookup.py --d 128 --repeats 3
     python bench/bench_lookup.py --smoke      # a tiny bank, for the test suite
 """
+
 import argparse
 import json
 import statistics
@@ -50,28 +51,46 @@ def main():
     bank = torch.randn(args.bank, args.d, generator=g)
     queries = torch.randn(args.queries, args.d, generator=g)
     chunks = dict(query_chunk=args.query_chunk, bank_chunk=args.bank_chunk)
-    top1(queries[:64], bank[:65536], **chunks)                      # warm-up
+    top1(queries[:64], bank[:65536], **chunks)  # warm-up
     times, (_, idx) = timed(lambda: top1(queries, bank, **chunks), args.repeats)
-    sub = queries[:args.naive]
+    sub = queries[: args.naive]
     naive_times, naive_idx = timed(lambda: top1_naive(sub, bank), 1)
     chunked_ms = statistics.median(times) * 1e3
     naive_ms = naive_times[0] * 1e3 * args.queries / args.naive
     flops = 2 * args.bank * args.queries * args.d
-    result = {"bank": args.bank, "queries": args.queries, "d": args.d, "dtype": "float32",
-              "repeats": args.repeats, "chunks": chunks, "smoke": args.smoke,
-              "chunked_ms_all": [t * 1e3 for t in times], "chunked_ms_median": chunked_ms,
-              "chunked_gflops": flops / (chunked_ms / 1e3) / 1e9,
-              "naive_queries_timed": args.naive, "naive_ms_subsample": naive_times[0] * 1e3,
-              "naive_ms_extrapolated": naive_ms, "speedup_chunked_vs_naive": naive_ms / chunked_ms,
-              "agree": bool(torch.equal(idx[:args.naive], naive_idx)),
-              "target_ms": 50, "meets_target": chunked_ms < 50, "machine": machine()}
-    print(f"bank {args.bank:,} x d {args.d}, {args.queries:,} queries, "
-          f"{torch.get_num_threads()} threads, {result['machine']['cpu']}")
-    print(f"chunked matmul top-1: {chunked_ms:,.0f} ms (median of {args.repeats}; "
-          f"{result['chunked_gflops']:.0f} GFLOP/s)  target < 50 ms: "
-          f"{'met' if result['meets_target'] else 'NOT met'}")
-    print(f"naive per-query loop: {naive_ms:,.0f} ms extrapolated from {args.naive} queries "
-          f"({naive_ms / chunked_ms:.1f}x slower); same answers: {result['agree']}")
+    result = {
+        "bank": args.bank,
+        "queries": args.queries,
+        "d": args.d,
+        "dtype": "float32",
+        "repeats": args.repeats,
+        "chunks": chunks,
+        "smoke": args.smoke,
+        "chunked_ms_all": [t * 1e3 for t in times],
+        "chunked_ms_median": chunked_ms,
+        "chunked_gflops": flops / (chunked_ms / 1e3) / 1e9,
+        "naive_queries_timed": args.naive,
+        "naive_ms_subsample": naive_times[0] * 1e3,
+        "naive_ms_extrapolated": naive_ms,
+        "speedup_chunked_vs_naive": naive_ms / chunked_ms,
+        "agree": bool(torch.equal(idx[: args.naive], naive_idx)),
+        "target_ms": 50,
+        "meets_target": chunked_ms < 50,
+        "machine": machine(),
+    }
+    print(
+        f"bank {args.bank:,} x d {args.d}, {args.queries:,} queries, "
+        f"{torch.get_num_threads()} threads, {result['machine']['cpu']}"
+    )
+    print(
+        f"chunked matmul top-1: {chunked_ms:,.0f} ms (median of {args.repeats}; "
+        f"{result['chunked_gflops']:.0f} GFLOP/s)  target < 50 ms: "
+        f"{'met' if result['meets_target'] else 'NOT met'}"
+    )
+    print(
+        f"naive per-query loop: {naive_ms:,.0f} ms extrapolated from {args.naive} queries "
+        f"({naive_ms / chunked_ms:.1f}x slower); same answers: {result['agree']}"
+    )
     atomic_write_text(args.out, json.dumps(result, indent=2))
     if not result["agree"]:
         raise SystemExit("chunked and naive top-1 disagree")

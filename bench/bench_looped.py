@@ -6,6 +6,7 @@ the small composition shape (d_model 128, batch 512). Both are timed through
     python bench/bench_looped.py [--steps_list 1,2,4,8] [--steps 20] [--repeats 3]
     python bench/bench_looped.py --smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table, train_seconds_per_step, write  # noqa: E402
 
 BASE = ["experiment=composition_small"]
-SMOKE = ["model.d_model=16", "model.n_heads=2", "model.d_mlp=32", "train.batch_size=32",
-         "data.n_entities=30", "data.out_degree=5", "data.phi=2.0"]
+SMOKE = [
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.d_mlp=32",
+    "train.batch_size=32",
+    "data.n_entities=30",
+    "data.out_degree=5",
+    "data.phi=2.0",
+]
 
 
 def variants(k: int) -> dict[str, list[str]]:
-    return {"looped": ["model=looped", "model.n_core=1", f"model.n_steps={k}", "model.injection=add"],
-            "vanilla": ["model=vanilla", f"model.n_core={k}", "model.n_steps=1"]}
+    return {
+        "looped": ["model=looped", "model.n_core=1", f"model.n_steps={k}", "model.injection=add"],
+        "vanilla": ["model=vanilla", f"model.n_core={k}", "model.n_steps=1"],
+    }
 
 
 def main():
@@ -44,12 +54,28 @@ def main():
             for name, extra in variants(k).items():
                 times[name].append(train_seconds_per_step(base + extra, steps))
         med = {n: statistics.median(v) for n, v in times.items()}
-        results.append({"depth": k, "seconds_per_step": med, "all_seconds_per_step": times,
-                        "looped_over_vanilla": med["looped"] / med["vanilla"]})
-    print(table(["effective depth", "looped ms/step", "vanilla ms/step", "looped / vanilla"],
-                [[r["depth"], 1e3 * r["seconds_per_step"]["looped"],
-                  1e3 * r["seconds_per_step"]["vanilla"], f"{r['looped_over_vanilla']:.2f}"]
-                 for r in results]))
+        results.append(
+            {
+                "depth": k,
+                "seconds_per_step": med,
+                "all_seconds_per_step": times,
+                "looped_over_vanilla": med["looped"] / med["vanilla"],
+            }
+        )
+    print(
+        table(
+            ["effective depth", "looped ms/step", "vanilla ms/step", "looped / vanilla"],
+            [
+                [
+                    r["depth"],
+                    1e3 * r["seconds_per_step"]["looped"],
+                    1e3 * r["seconds_per_step"]["vanilla"],
+                    f"{r['looped_over_vanilla']:.2f}",
+                ]
+                for r in results
+            ],
+        )
+    )
     path = write("looped_cost", {"machine": machine(), "base": base, "results": results}, args.out)
     print(f"wrote {path}")
 

@@ -15,6 +15,7 @@ expected), and reports seeds per hour at the default task's steps to grok (about
     python bench/bench_seeds.py [--seeds 4] [--steps 20] [--repeats 3]
     python bench/bench_seeds.py --smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ from grokloop.losses import cross_entropy  # noqa: E402
 from grokloop.model import LoopedTransformer  # noqa: E402
 from grokloop.optim import make_optimizer, perpendicular_grad  # noqa: E402
 
-STEPS_TO_GROK = 360   # experiment=default, seeds 0-2: 320-360 steps (conf/experiment/default.yaml)
+STEPS_TO_GROK = 360  # experiment=default, seeds 0-2: 320-360 steps (conf/experiment/default.yaml)
 
 
 class Readout(torch.nn.Module):
@@ -47,8 +48,9 @@ class Readout(torch.nn.Module):
         self.m = model
 
     def forward(self, tokens, positions):
-        return self.m.readout_steps(tokens, positions=positions, every_step=False,
-                                    answer_only=True)[-1]
+        return self.m.readout_steps(
+            tokens, positions=positions, every_step=False, answer_only=True
+        )[-1]
 
 
 def setup(overrides: list[str], n_seeds: int, device: str = "cpu"):
@@ -57,7 +59,7 @@ def setup(overrides: list[str], n_seeds: int, device: str = "cpu"):
     cfg.model = cfg.model.resolved(len(ds.vocab), ds.n_ctx)
     idx = torch.as_tensor(ds.splits["train"])
     pos = torch.as_tensor(ds.answer_pos)[idx]
-    x = torch.as_tensor(ds.inputs)[idx][:, :int(pos.max()) + 1]
+    x = torch.as_tensor(ds.inputs)[idx][:, : int(pos.max()) + 1]
     y = torch.as_tensor(ds.answers)[idx]
     x, pos, y = x.to(device), pos.to(device), y.to(device)
     models = []
@@ -82,6 +84,7 @@ def sequential(cfg, batch, models):
             opt.step()
             losses.append(loss.detach())
         return torch.stack(losses)
+
     return step, models
 
 
@@ -89,11 +92,13 @@ def batched_perpendicular(params: dict, grads: dict) -> None:
     """perpendicular_grad for each seed of stacked [S, ...] weights and gradients."""
     for k, g in grads.items():
         w = params[k].detach()
-        if w.dim() < 3:   # a vector per seed: perpendicular_grad skips it
+        if w.dim() < 3:  # a vector per seed: perpendicular_grad skips it
             continue
         gf, wf = g.flatten(1), w.flatten(1)
         w2 = (wf * wf).sum(1, keepdim=True)
-        perp = gf - torch.where(w2 > 0, (gf * wf).sum(1, keepdim=True) / w2.clamp_min(1e-30), 0) * wf
+        perp = (
+            gf - torch.where(w2 > 0, (gf * wf).sum(1, keepdim=True) / w2.clamp_min(1e-30), 0) * wf
+        )
         scale = gf.norm(dim=1, keepdim=True) / perp.norm(dim=1, keepdim=True).clamp_min(1e-30)
         g.copy_((perp * scale).view_as(g))
 
@@ -109,9 +114,15 @@ def batched(cfg, batch, models):
     step_fn = vmap(grad_and_value(loss_fn), in_dims=(0, 0, None, None, None))
     decay = [v for k, v in params.items() if v.dim() >= 3]
     no_decay = [v for k, v in params.items() if v.dim() < 3]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.optim.lr,
-                            betas=cfg.optim.betas, fused=True)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        fused=True,
+    )
 
     def step():
         # CPU flash attention has no vmap batching rule (a per-seed loop): the math kernel has.
@@ -126,6 +137,7 @@ def batched(cfg, batch, models):
             p.grad = grads[k]
         opt.step()
         return losses.detach()
+
     return step, params
 
 
@@ -153,8 +165,9 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args()
-    overrides = ["experiment=default"] + (["data.p=23", "model.d_model=32", "model.n_heads=2"]
-                                          if args.smoke else [])
+    overrides = ["experiment=default"] + (
+        ["data.p=23", "model.d_model=32", "model.n_heads=2"] if args.smoke else []
+    )
     steps, repeats = (3, 1) if args.smoke else (args.steps, args.repeats)
     cfg, batch, models = setup(overrides, args.seeds, args.device)
 
@@ -162,8 +175,11 @@ def main():
     seq, seq_models = sequential(cfg, batch, models)
     vm, params = batched(cfg, batch, models)
     l_seq, l_vm = seq(), vm()
-    w_diff = max((params[f"m.{k}"][i] - p).abs().max().item()
-                 for i, m in enumerate(seq_models) for k, p in m.named_parameters())
+    w_diff = max(
+        (params[f"m.{k}"][i] - p).abs().max().item()
+        for i, m in enumerate(seq_models)
+        for k, p in m.named_parameters()
+    )
     loss_diff = (l_seq - l_vm).abs().max().item()
 
     times = {"sequential": [], "vmap": []}
@@ -177,24 +193,42 @@ def main():
     # instead of S times and does the rest at the same speed (batched matmuls measured no
     # faster than a full batch's own), so it cannot beat S*t / (S*(t - t0) + t0).
     tiny = tuple(x[:8] for x in batch)
-    fixed = statistics.median(per_round(sequential(cfg, tiny, models[:1])[0], steps)
-                              for _ in range(repeats))
+    fixed = statistics.median(
+        per_round(sequential(cfg, tiny, models[:1])[0], steps) for _ in range(repeats)
+    )
     one = med["sequential"] / args.seeds
     ceiling = args.seeds * one / (args.seeds * max(one - fixed, 0.0) + fixed)
     seeds_per_hour = {k: 3600 / (STEPS_TO_GROK * v) * args.seeds for k, v in med.items()}
-    result = {"experiment": "default", "device": args.device, "overrides": overrides, "n_seeds": args.seeds,
-              "examples_per_batch": len(batch[0]), "steps_timed": steps,
-              "seconds_per_round": med, "all_seconds_per_round": times,
-              "speedup_vmap_vs_sequential": med["sequential"] / med["vmap"],
-              "steps_to_grok_assumed": STEPS_TO_GROK, "seeds_per_hour": seeds_per_hour,
-              "first_step_max_abs_diff": {"loss": loss_diff, "weights": w_diff},
-              "fixed_seconds_per_step": fixed, "ceiling_speedup_any_batching": ceiling}
-    print(table(["loop", f"s per step of {args.seeds} seeds", "seeds/hour to grok"],
-                [[k, f"{med[k]:.4f}", f"{seeds_per_hour[k]:.0f}"] for k in med]))
-    print(f"vmap / sequential: {result['speedup_vmap_vs_sequential']:.2f}x; first step max |diff|: "
-          f"loss {loss_diff:.2e}, weights {w_diff:.2e}")
-    print(f"fixed cost of one model's step (8 examples): {1e3 * fixed:.2f} ms of {1e3 * one:.2f} ms; "
-          f"no batching of {args.seeds} seeds can beat {ceiling:.2f}x")
+    result = {
+        "experiment": "default",
+        "device": args.device,
+        "overrides": overrides,
+        "n_seeds": args.seeds,
+        "examples_per_batch": len(batch[0]),
+        "steps_timed": steps,
+        "seconds_per_round": med,
+        "all_seconds_per_round": times,
+        "speedup_vmap_vs_sequential": med["sequential"] / med["vmap"],
+        "steps_to_grok_assumed": STEPS_TO_GROK,
+        "seeds_per_hour": seeds_per_hour,
+        "first_step_max_abs_diff": {"loss": loss_diff, "weights": w_diff},
+        "fixed_seconds_per_step": fixed,
+        "ceiling_speedup_any_batching": ceiling,
+    }
+    print(
+        table(
+            ["loop", f"s per step of {args.seeds} seeds", "seeds/hour to grok"],
+            [[k, f"{med[k]:.4f}", f"{seeds_per_hour[k]:.0f}"] for k in med],
+        )
+    )
+    print(
+        f"vmap / sequential: {result['speedup_vmap_vs_sequential']:.2f}x; first step max |diff|: "
+        f"loss {loss_diff:.2e}, weights {w_diff:.2e}"
+    )
+    print(
+        f"fixed cost of one model's step (8 examples): {1e3 * fixed:.2f} ms of {1e3 * one:.2f} ms; "
+        f"no batching of {args.seeds} seeds can beat {ceiling:.2f}x"
+    )
     path = write("seeds", {"machine": machine(), "results": [result]}, args.out)
     print(f"wrote {path}")
 

@@ -9,6 +9,7 @@ turn (the probe CLI's default). The flip arrays must be equal; the script fails 
 Without --run_dir the models are freshly initialised (the timing does not depend on the
 weights); with it, the run's last checkpoint is traced.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,23 @@ from probes.examples import corrupt, input_roles, probe_batch  # noqa: E402
 MODELS = {
     "vanilla 4 layers": ["experiment=composition_small"],
     "looped 2 layers x 2 steps": ["experiment=composition_small_looped"],
-    "looped 1 layer x 8 steps": ["experiment=composition_small_looped", "model.n_core=1",
-                                 "model.n_steps=8"],
+    "looped 1 layer x 8 steps": [
+        "experiment=composition_small_looped",
+        "model.n_core=1",
+        "model.n_steps=8",
+    ],
     # k-hop composition (1..8 hops, 9 positions): the adaptive-thinking models
     "k-hop vanilla 4 layers": ["experiment=khop_vanilla"],
     "k-hop looped 1 layer x 4 steps": ["experiment=khop_fixed"],
 }
-SMOKE = ["model.d_model=16", "model.n_heads=2", "model.d_mlp=32", "data.n_entities=30",
-         "data.out_degree=5", "data.phi=2.0"]
+SMOKE = [
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.d_mlp=32",
+    "data.n_entities=30",
+    "data.out_degree=5",
+    "data.phi=2.0",
+]
 
 
 def fresh_model(overrides):
@@ -55,7 +65,7 @@ def bench_model(name, model, ds, n: int, repeats: int) -> dict:
     per_role, totals = {}, {"batched": [], "loop": []}
     for role in input_roles(batch):
         bad, bad_answers, kept = corrupt(ds, batch, role)
-        if len(kept) == 0:   # no same-type replacement changes the answer of any example
+        if len(kept) == 0:  # no same-type replacement changes the answer of any example
             continue
         clean, ap, answers = batch.tokens[kept], batch.answer_pos[kept], batch.answers[kept]
         times = {"batched": [], "loop": []}
@@ -69,15 +79,26 @@ def bench_model(name, model, ds, n: int, repeats: int) -> dict:
             if not (torch.as_tensor(res.flip) == flip).all():
                 raise AssertionError(f"{name}, {role}: batched and per-cell flips differ")
         med = {k: statistics.median(v) for k, v in times.items()}
-        per_role[role] = {"examples": len(clean), "seconds": med, "all_seconds": times,
-                          "speedup": med["loop"] / med["batched"],
-                          "mean_strength": float(res.strength.mean())}
+        per_role[role] = {
+            "examples": len(clean),
+            "seconds": med,
+            "all_seconds": times,
+            "speedup": med["loop"] / med["batched"],
+            "mean_strength": float(res.strength.mean()),
+        }
         for k in totals:
             totals[k].append(med[k])
     cells = res.flip.shape[0] * res.flip.shape[1]
     seconds = {k: sum(v) for k, v in totals.items()}
-    return {"model": name, "examples": len(batch), "cells": cells, "roles": per_role,
-            "seconds": seconds, "speedup": seconds["loop"] / seconds["batched"], "same_flips": True}
+    return {
+        "model": name,
+        "examples": len(batch),
+        "cells": cells,
+        "roles": per_role,
+        "seconds": seconds,
+        "speedup": seconds["loop"] / seconds["batched"],
+        "same_flips": True,
+    }
 
 
 def main():
@@ -100,12 +121,43 @@ def main():
     results = [bench_model(name, m, ds, n, repeats) for name, m, ds in todo]
     rows = []
     for r in results:
-        rows += [[r["model"], role, v["examples"], r["cells"], v["seconds"]["batched"],
-                  v["seconds"]["loop"], f"{v['speedup']:.1f}x"] for role, v in r["roles"].items()]
-        rows.append([r["model"], "all roles", r["examples"], r["cells"], r["seconds"]["batched"],
-                     r["seconds"]["loop"], f"{r['speedup']:.1f}x"])
-    print(table(["model", "corrupted", "examples", "cells", "batched s", "one cell per pass s",
-                 "speedup"], rows))
+        rows += [
+            [
+                r["model"],
+                role,
+                v["examples"],
+                r["cells"],
+                v["seconds"]["batched"],
+                v["seconds"]["loop"],
+                f"{v['speedup']:.1f}x",
+            ]
+            for role, v in r["roles"].items()
+        ]
+        rows.append(
+            [
+                r["model"],
+                "all roles",
+                r["examples"],
+                r["cells"],
+                r["seconds"]["batched"],
+                r["seconds"]["loop"],
+                f"{r['speedup']:.1f}x",
+            ]
+        )
+    print(
+        table(
+            [
+                "model",
+                "corrupted",
+                "examples",
+                "cells",
+                "batched s",
+                "one cell per pass s",
+                "speedup",
+            ],
+            rows,
+        )
+    )
     print("flips identical in every case (the script fails otherwise)")
     path = write("tracing", {"machine": machine(), "results": results}, args.out)
     print(f"wrote {path}")

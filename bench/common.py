@@ -1,5 +1,6 @@
 """Shared by the benchmarks: the experiment configs, our training loop timed from outside, the
 machine description. Every script prints a table and writes JSON to bench/results/."""
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,17 @@ def train_seconds_per_step(overrides: list[str], steps: int) -> float:
 
     times = []
     for n in (steps, steps, 2 * steps):
-        cfg = run_config(overrides + [f"train.steps={n}", f"train.eval_every_min={n}",
-                                      f"train.eval_every_max={n}", f"train.checkpoint_every_max={n}",
-                                      "train.progress=false", "train.stop_at_grok=null"])
+        cfg = run_config(
+            overrides
+            + [
+                f"train.steps={n}",
+                f"train.eval_every_min={n}",
+                f"train.eval_every_max={n}",
+                f"train.checkpoint_every_max={n}",
+                "train.progress=false",
+                "train.stop_at_grok=null",
+            ]
+        )
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             train(cfg, Path(tmp) / "run")

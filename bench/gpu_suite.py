@@ -13,6 +13,7 @@ bench/results/gpu/<device>.json (so a step cut off by the budget still leaves th
 
     python bench/gpu_suite.py [--dry-run] [--budget 450] [--out PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_train  # noqa: E402
 from common import ROOT, machine, run_config, train_seconds_per_step  # noqa: E402
 
-SHAPES = {"paper": ["experiment=composition_paper", "model.dropout=0.0"],
-          "small": ["experiment=composition_small"]}
+SHAPES = {
+    "paper": ["experiment=composition_paper", "model.dropout=0.0"],
+    "small": ["experiment=composition_small"],
+}
 DRY = {"tiny": bench_train.SHAPES["smoke"]}
-MODES = dict(bench_train.MODES) | {"compiled_bf16_cudagraphs": ["train.compile=true",
-                                                                "train.precision=bf16"]}
+MODES = dict(bench_train.MODES) | {
+    "compiled_bf16_cudagraphs": ["train.compile=true", "train.precision=bf16"]
+}
 
 
 def peak(dtype, n: int, tf32: bool = False) -> float:
@@ -53,21 +57,29 @@ def peak(dtype, n: int, tf32: bool = False) -> float:
             torch.cuda.synchronize()
         best = min(best, (time.perf_counter() - t) / 10)
     torch.backends.cuda.matmul.allow_tf32 = False
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def flops_per_step(overrides: list[str]) -> int:
     cfg = run_config(overrides)
     from datagen import load_or_build
+
     ds = load_or_build(cfg.data, cfg.data_cache)
     cfg.model = cfg.model.resolved(len(ds.vocab), ds.n_ctx)
     return bench_train.step_flops(bench_train.grokloop_step_loop(cfg, ds))
 
 
-def throughput(shape: str, overrides: list[str], steps: int, modes: list[str], peaks: dict,
-               deadline: float) -> dict:
-    out = {"shape": shape, "overrides": overrides, "steps_timed": steps, "seconds_per_step": {},
-           "flops_per_step": flops_per_step(overrides), "skipped": []}
+def throughput(
+    shape: str, overrides: list[str], steps: int, modes: list[str], peaks: dict, deadline: float
+) -> dict:
+    out = {
+        "shape": shape,
+        "overrides": overrides,
+        "steps_timed": steps,
+        "seconds_per_step": {},
+        "flops_per_step": flops_per_step(overrides),
+        "skipped": [],
+    }
     for m in modes:
         if time.monotonic() > deadline:
             out["skipped"].append(m)
@@ -78,36 +90,74 @@ def throughput(shape: str, overrides: list[str], steps: int, modes: list[str], p
     os.environ.pop("GROKLOOP_COMPILE_MODE", None)
     sps = out["seconds_per_step"]
     out["steps_per_s"] = {m: 1 / t for m, t in sps.items()}
-    out["speedup_vs_eager"] = {m: sps["eager"] / t for m, t in sps.items()} if "eager" in sps else {}
-    out["peak_fraction"] = {m: out["flops_per_step"] / t / 1e9 /
-                            peaks["bf16" if "bf16" in m else "fp32"] for m, t in sps.items()}
+    out["speedup_vs_eager"] = (
+        {m: sps["eager"] / t for m, t in sps.items()} if "eager" in sps else {}
+    )
+    out["peak_fraction"] = {
+        m: out["flops_per_step"] / t / 1e9 / peaks["bf16" if "bf16" in m else "fp32"]
+        for m, t in sps.items()
+    }
     return out
 
 
 def composition_run(dry: bool, budget: float, out_dir: Path) -> dict:
-    over = (["experiment=composition_small", "debug=tiny", "train.steps=30"] if dry else
-            ["experiment=composition_paper", "data=composition_paper", "train.precision=bf16",
-             "train.compile=true", "train.deterministic=false", "train.eval_every_max=1000"])
-    over += ["train.stop_at_grok=test_inferred_id", "train.grok_threshold=0.95",
-             "train.progress=false", "train.report=false", f"out_dir={out_dir}"]
+    over = (
+        ["experiment=composition_small", "debug=tiny", "train.steps=30"]
+        if dry
+        else [
+            "experiment=composition_paper",
+            "data=composition_paper",
+            "train.precision=bf16",
+            "train.compile=true",
+            "train.deterministic=false",
+            "train.eval_every_max=1000",
+        ]
+    )
+    over += [
+        "train.stop_at_grok=test_inferred_id",
+        "train.grok_threshold=0.95",
+        "train.progress=false",
+        "train.report=false",
+        f"out_dir={out_dir}",
+    ]
     t = time.monotonic()
     try:
-        p = subprocess.run([sys.executable, "-m", "grokloop.train", *over], cwd=ROOT,
-                           capture_output=True, text=True,
-                           # the dry run checks the wiring, so a loaded CPU must not cut it short
-                           timeout=600 if dry else max(budget, 10))
+        p = subprocess.run(
+            [sys.executable, "-m", "grokloop.train", *over],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            # the dry run checks the wiring, so a loaded CPU must not cut it short
+            timeout=600 if dry else max(budget, 10),
+        )
         rc, tail = p.returncode, (p.stdout + p.stderr)[-2000:]
     except subprocess.TimeoutExpired as e:
-        rc, tail = "budget", ((e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))[-2000:]
-    rows = [json.loads(r) for r in (out_dir / "metrics.jsonl").read_text().splitlines()] \
-        if (out_dir / "metrics.jsonl").exists() else []
+        rc, tail = (
+            "budget",
+            ((e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))[
+                -2000:
+            ],
+        )
+    rows = (
+        [json.loads(r) for r in (out_dir / "metrics.jsonl").read_text().splitlines()]
+        if (out_dir / "metrics.jsonl").exists()
+        else []
+    )
     last = rows[-1] if rows else {}
     reached = next((r["step"] for r in rows if r.get("acc/test_inferred_id", 0) >= 0.95), None)
-    return {"overrides": over[:-1], "returncode": rc, "wall_s": time.monotonic() - t,
-            "steps_run": last.get("step", 0), "id_generalised_at_step": reached,
-            "last_eval": {k: v for k, v in last.items() if k.startswith(("acc/", "loss/", "step", "wall"))
-                          and k.count("/") <= 1},
-            "log_tail": tail if rc not in (0, "budget") else ""}
+    return {
+        "overrides": over[:-1],
+        "returncode": rc,
+        "wall_s": time.monotonic() - t,
+        "steps_run": last.get("step", 0),
+        "id_generalised_at_step": reached,
+        "last_eval": {
+            k: v
+            for k, v in last.items()
+            if k.startswith(("acc/", "loss/", "step", "wall")) and k.count("/") <= 1
+        },
+        "log_tail": tail if rc not in (0, "budget") else "",
+    }
 
 
 def main():
@@ -148,8 +198,12 @@ def main():
 
     seeds_json = out.parent / f"{name}_seeds.json"
     cmd = [sys.executable, str(Path(__file__).parent / "bench_seeds.py"), "--out", str(seeds_json)]
-    subprocess.run(cmd + (["--smoke"] if args.dry_run else ["--steps", "10", "--repeats", "2"]),
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        cmd + (["--smoke"] if args.dry_run else ["--steps", "10", "--repeats", "2"]),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     save("seeds_in_one_process", json.loads(seeds_json.read_text())["results"][0])
 
     left = args.budget - (time.monotonic() - t0)

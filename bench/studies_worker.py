@@ -13,6 +13,7 @@ prints one JSON line: seconds of every timed step, evaluation and checkpoint (an
 "profile": n, the top operators of n steps after the timed ones; with "flops": n, FLOPs per
 step over n steps after those).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ def run_config(overrides: list[str]):
 
     from grokloop import cli
     from grokloop.config import run_config_from_dict
+
     d = OmegaConf.to_container(cli.compose("train", overrides), resolve=True)
     d.pop("out_dir"), d.pop("resume")
     return run_config_from_dict(d)
@@ -36,6 +38,7 @@ def run_config(overrides: list[str]):
 
 def timed(fn, log: list, hook=None):
     """fn with each call's wall time appended to `log`; `hook(call index)` runs before it."""
+
     def wrapper(*args, **kwargs):
         if hook is not None:
             hook(len(log))
@@ -44,6 +47,7 @@ def timed(fn, log: list, hook=None):
             return fn(*args, **kwargs)
         finally:
             log.append(time.perf_counter() - t)
+
     return wrapper
 
 
@@ -70,9 +74,15 @@ def top_ops(prof, steps: int, n: int = 10) -> list[dict]:
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:n]
-    return [{"op": e.key, "ms_per_step": e.self_cpu_time_total / 1e3 / steps,
-             "share": e.self_cpu_time_total / total, "calls_per_step": e.count / steps}
-            for e in top]
+    return [
+        {
+            "op": e.key,
+            "ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+            "share": e.self_cpu_time_total / total,
+            "calls_per_step": e.count / steps,
+        }
+        for e in top
+    ]
 
 
 def measure(spec: dict) -> dict:
@@ -83,20 +93,31 @@ def measure(spec: dict) -> dict:
 
     import grokloop.train.loop as loop
     from grokloop.train import train
+
     warmup, steps = spec["warmup"], spec["steps"]
     n_prof, n_flops = spec.get("profile", 0), spec.get("flops", 0)
-    total = warmup + steps + n_prof + n_flops + 1   # + 1: the last window closes before it
+    total = warmup + steps + n_prof + n_flops + 1  # + 1: the last window closes before it
     n_evals = max(spec.get("evals", 2), 1)
     # Evaluations and checkpoints spread over the timed steps, and at the end; none in the
     # profiled or counted steps (the schedule the loop reads, replaced)
     at = sorted({warmup + steps * (i + 1) // n_evals for i in range(n_evals)} | {total})
     loop.log_schedule = lambda *args, **kwargs: at
-    cfg = run_config(spec["overrides"] + [f"train.steps={total}", "train.progress=false",
-                                          "train.stop_at_grok=null", "train.report=false"])
+    cfg = run_config(
+        spec["overrides"]
+        + [
+            f"train.steps={total}",
+            "train.progress=false",
+            "train.stop_at_grok=null",
+            "train.report=false",
+        ]
+    )
     logs = {"step": [], "evaluate": [], "checkpoint": []}
-    hook = Windows([("profile", profile, warmup + steps, n_prof),
-                    ("flops", lambda: FlopCounterMode(display=False), warmup + steps + n_prof,
-                     n_flops)])
+    hook = Windows(
+        [
+            ("profile", profile, warmup + steps, n_prof),
+            ("flops", lambda: FlopCounterMode(display=False), warmup + steps + n_prof, n_flops),
+        ]
+    )
     loop.train_step = timed(loop.train_step, logs["step"], hook)
     loop.evaluation_row = timed(loop.evaluation_row, logs["evaluate"])
     loop.save_state = timed(loop.save_state, logs["checkpoint"])
@@ -105,9 +126,15 @@ def measure(spec: dict) -> dict:
         train(cfg, Path(tmp) / "run")
         wall = time.perf_counter() - t
         config = json.loads((Path(tmp) / "run" / "config.json").read_text())
-    out = {"step_s": logs["step"][warmup:warmup + steps], "evaluate_s": logs["evaluate"],
-           "checkpoint_s": logs["checkpoint"], "wall_s": wall, "threads": torch.get_num_threads(),
-           "precision": config["train"].get("precision"), "compile": config["train"].get("compile")}
+    out = {
+        "step_s": logs["step"][warmup : warmup + steps],
+        "evaluate_s": logs["evaluate"],
+        "checkpoint_s": logs["checkpoint"],
+        "wall_s": wall,
+        "threads": torch.get_num_threads(),
+        "precision": config["train"].get("precision"),
+        "compile": config["train"].get("compile"),
+    }
     if "profile" in hook.done:
         out["top_ops"] = top_ops(hook.done["profile"], n_prof)
     if "flops" in hook.done:

@@ -1,9 +1,10 @@
 """Generate a dataset from a config, write it, print its statistics.
 
-    python -m datagen data=composition_small out_dir=/tmp/comp
-    python -m datagen data=composition data.n_entities=200 out_dir=/tmp/comp
-    python -m datagen data=composition_paper out_dir=/tmp/paper format=grokked
+python -m datagen data=composition_small out_dir=/tmp/comp
+python -m datagen data=composition data.n_entities=200 out_dir=/tmp/comp
+python -m datagen data=composition_paper out_dir=/tmp/paper format=grokked
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ FORMATS = ("npz", "grokked")
 @dataclass
 class DatagenCommand:
     """Schema of conf/datagen.yaml; `data` is typed by its preset (conf/data/)."""
+
     data: Any = None
-    out_dir: str | None = None   # None: print the statistics only
-    format: str = "npz"          # npz | grokked (the authors' JSON files)
+    out_dir: str | None = None  # None: print the statistics only
+    format: str = "npz"  # npz | grokked (the authors' JSON files)
 
 
 def generate(cmd: DatagenCommand) -> None:
@@ -32,7 +34,9 @@ def generate(cmd: DatagenCommand) -> None:
     data_cfg = cmd.data
     ds = build_dataset(data_cfg)
     m = ds.manifest()
-    print(f"task {m['task']}  examples {m['n_examples']}  n_ctx {m['n_ctx']}  d_vocab {m['d_vocab']}")
+    print(
+        f"task {m['task']}  examples {m['n_examples']}  n_ctx {m['n_ctx']}  d_vocab {m['d_vocab']}"
+    )
     for split, n in m["counts"].items():
         print(f"  {split:<20} {n:>9,}")
     if "achieved_phi" in ds.stats:

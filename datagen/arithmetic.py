@@ -3,6 +3,7 @@ in the symmetric group S_n. Input `a op b =`, answer at the `=` position. The sp
 cell: a `train_fraction` of the cells train, the rest test. `train_sample`, a fixed seeded sample of
 at most `TRAIN_SAMPLE_SIZE` training cells, is an evaluation split so every run has a training
 accuracy curve."""
+
 from __future__ import annotations
 
 import itertools
@@ -24,8 +25,7 @@ def modular_table(p: int, op: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, b = a[b != 0], b[b != 0]
         c = a * np.array([pow(int(x), -1, p) for x in b]) % p  # modular inverse (p prime)
     else:
-        c = {"add": a + b, "sub": a - b, "mul": a * b,
-             "poly": a * a + a * b + b * b}[op] % p
+        c = {"add": a + b, "sub": a - b, "mul": a * b, "poly": a * a + a * b + b * b}[op] % p
     return a, b, c
 
 
@@ -39,20 +39,36 @@ def _table_dataset(task, vocab, a, b, c, train_fraction, cfg, rng, stats, op_id=
     splits = {"train": np.sort(order[:n_train]), "test": np.sort(order[n_train:])}
     splits["train_sample"] = sample_eval(splits["train"], TRAIN_SAMPLE_SIZE, rng)
     roles = {"a": a, "op": inputs[:, 1], "b": b, "answer": c}
-    role_pos = {"a": np.zeros(n, np.int64), "op": np.ones(n, np.int64), "b": np.full(n, 2),
-                "answer": np.full(n, -1)}
-    return Dataset(task, vocab, inputs.astype(np.int64), np.full(n, 3, np.int64),
-                   c.astype(np.int64), np.ones(n, np.int64),
-                   {k: np.asarray(v, np.int64) for k, v in roles.items()},
-                   {k: np.asarray(v, np.int64) for k, v in role_pos.items()},
-                   {k: v.astype(np.int64) for k, v in splits.items()}, config_dict(cfg),
-                   stats | {"table_size": n, "train_fraction": n_train / n})
+    role_pos = {
+        "a": np.zeros(n, np.int64),
+        "op": np.ones(n, np.int64),
+        "b": np.full(n, 2),
+        "answer": np.full(n, -1),
+    }
+    return Dataset(
+        task,
+        vocab,
+        inputs.astype(np.int64),
+        np.full(n, 3, np.int64),
+        c.astype(np.int64),
+        np.ones(n, np.int64),
+        {k: np.asarray(v, np.int64) for k, v in roles.items()},
+        {k: np.asarray(v, np.int64) for k, v in role_pos.items()},
+        {k: v.astype(np.int64) for k, v in splits.items()},
+        config_dict(cfg),
+        stats | {"table_size": n, "train_fraction": n_train / n},
+    )
 
 
 def make_modular(cfg: ModularConfig, rng: np.random.Generator) -> Dataset:
     # Numbers first so that token id == number, which keeps Fourier probes index-free.
-    vocab = Vocab.build([("numbers", [str(i) for i in range(cfg.p)]),
-                         ("specials", ["<pad>", "="]), ("ops", [OP_SYMBOL[cfg.op]])])
+    vocab = Vocab.build(
+        [
+            ("numbers", [str(i) for i in range(cfg.p)]),
+            ("specials", ["<pad>", "="]),
+            ("ops", [OP_SYMBOL[cfg.op]]),
+        ]
+    )
     a, b, c = modular_table(cfg.p, cfg.op)
     return _table_dataset("modular", vocab, a, b, c, cfg.train_fraction, cfg, rng, {"p": cfg.p})
 
@@ -60,8 +76,13 @@ def make_modular(cfg: ModularConfig, rng: np.random.Generator) -> Dataset:
 def make_group(cfg: GroupConfig, rng: np.random.Generator) -> Dataset:
     perms = list(itertools.permutations(range(cfg.n)))
     index = {p: i for i, p in enumerate(perms)}
-    vocab = Vocab.build([("perms", ["[" + "".join(map(str, p)) + "]" for p in perms]),
-                         ("specials", ["<pad>", "="]), ("ops", ["o"])])
+    vocab = Vocab.build(
+        [
+            ("perms", ["[" + "".join(map(str, p)) + "]" for p in perms]),
+            ("specials", ["<pad>", "="]),
+            ("ops", ["o"]),
+        ]
+    )
     m = len(perms)
     a, b = (x.ravel() for x in np.meshgrid(np.arange(m), np.arange(m), indexing="ij"))
     # (a o b)(i) = a(b(i)): apply b first, then a.

@@ -1,6 +1,7 @@
 """Build a dataset from its config (seeded), or load it from the on-disk cache keyed by the config
 and the generator version (datagen.dataset.GENERATOR_VERSION). An imported folder (data=grokked)
 is read every time instead: its content can change under the same config."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,20 +27,29 @@ from datagen.tables import make_table
 def read_folder(cfg, rng=None) -> Dataset:
     """data=grokked: the folder, which must hold training data to train on."""
     if cfg.path in ("", "???"):
-        raise ValueError("data.path is required: the folder of train/valid/test.json (pass "
-                         "data.path=DIR)")
+        raise ValueError(
+            "data.path is required: the folder of train/valid/test.json (pass data.path=DIR)"
+        )
     ds = read_grokked(cfg.path)
     if not len(ds.splits["train"]):
-        raise ValueError(f"data.path={cfg.path} has no training records (train.json is missing or "
-                         "empty): nothing to train on")
+        raise ValueError(
+            f"data.path={cfg.path} has no training records (train.json is missing or "
+            "empty): nothing to train on"
+        )
     return ds
 
 
-BUILDERS = {"composition": make_composition, "comparison": make_comparison,
-            "complex_reasoning": make_complex_reasoning,
-            "khop_perm": make_permutation_chains,
-            "modular": make_modular, "group": make_group, "table": make_table,
-            "grokked": read_folder, "mixture": make_mixture}
+BUILDERS = {
+    "composition": make_composition,
+    "comparison": make_comparison,
+    "complex_reasoning": make_complex_reasoning,
+    "khop_perm": make_permutation_chains,
+    "modular": make_modular,
+    "group": make_group,
+    "table": make_table,
+    "grokked": read_folder,
+    "mixture": make_mixture,
+}
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:

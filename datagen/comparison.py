@@ -8,6 +8,7 @@ candidates; mixed pairs are discarded. Splits are by UNORDERED pair, as in the a
 orders of a pair land in the same split, so a held-out comparison is never the mirror image of a
 training one.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,10 +34,15 @@ def _both_orders(a: int, pairs: np.ndarray) -> np.ndarray:
 
 def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
     E, A, V = cfg.n_entities, cfg.n_attributes, cfg.n_values
-    vocab = Vocab.build([("specials", ["<pad>", "<q>", "<mask>"]),
-                         ("entities", [f"<e_{i}>" for i in range(E)]),
-                         ("attributes", [f"<a_{i}>" for i in range(A)]),
-                         ("values", [f"<v_{i}>" for i in range(V)]), ("labels", LABELS)])
+    vocab = Vocab.build(
+        [
+            ("specials", ["<pad>", "<q>", "<mask>"]),
+            ("entities", [f"<e_{i}>" for i in range(E)]),
+            ("attributes", [f"<a_{i}>" for i in range(A)]),
+            ("values", [f"<v_{i}>" for i in range(V)]),
+            ("labels", LABELS),
+        ]
+    )
     e0, a0, v0, l0 = (vocab.ranges[n][0] for n in ("entities", "attributes", "values", "labels"))
     value = rng.integers(0, V, size=(E, A))
     n_ood = round(cfg.ood_fraction * E)
@@ -44,22 +50,26 @@ def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
     for a in range(A):
         is_ood[rng.permutation(E)[:n_ood], a] = True
 
-    cand, test_id, valid, test_ood = [], [], [], []       # rows of (attribute, e1, e2)
+    cand, test_id, valid, test_ood = [], [], [], []  # rows of (attribute, e1, e2)
     for a in range(A):
         test_ood.append(_both_orders(a, _pairs(np.flatnonzero(is_ood[:, a]))))
         pairs = _pairs(np.flatnonzero(~is_ood[:, a]))
         pairs = pairs[rng.permutation(len(pairs))]
-        n_test, n_valid = (round(f * len(pairs)) for f in (cfg.test_id_fraction, cfg.valid_fraction))
+        n_test, n_valid = (
+            round(f * len(pairs)) for f in (cfg.test_id_fraction, cfg.valid_fraction)
+        )
         test_id.append(_both_orders(a, pairs[:n_test]))
-        valid.append(_both_orders(a, pairs[n_test:n_test + n_valid]))
-        cand.append(_both_orders(a, pairs[n_test + n_valid:]))
+        valid.append(_both_orders(a, pairs[n_test : n_test + n_valid]))
+        cand.append(_both_orders(a, pairs[n_test + n_valid :]))
     cand = np.concatenate(cand)
     n_id_atomic = int((~is_ood).sum())
     n_train = round(cfg.phi * n_id_atomic)
     if n_train > len(cand):
-        raise ValueError(f"data.phi={cfg.phi} needs {n_train} training comparisons but only "
-                         f"{len(cand)} candidates exist; the largest phi possible here is "
-                         f"{len(cand) / n_id_atomic:.3f}")
+        raise ValueError(
+            f"data.phi={cfg.phi} needs {n_train} training comparisons but only "
+            f"{len(cand)} candidates exist; the largest phi possible here is "
+            f"{len(cand) / n_id_atomic:.3f}"
+        )
     train_inf = cand[rng.choice(len(cand), size=n_train, replace=False)]
     test_id = np.concatenate(test_id)
     test_id = test_id[sample_eval(np.arange(len(test_id)), cfg.eval_size, rng)]
@@ -76,37 +86,70 @@ def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
     inputs[:n_atomic, 0], inputs[:n_atomic, 1] = a0 + att, e0 + ent
     at, x, y = inferred.T
     s = slice(n_atomic, N)
-    inputs[s] = np.stack([a0 + at, np.full(len(at), vocab.id("<q>")), e0 + x,
-                          np.full(len(at), vocab.id("<mask>")), e0 + y], 1)
+    inputs[s] = np.stack(
+        [
+            a0 + at,
+            np.full(len(at), vocab.id("<q>")),
+            e0 + x,
+            np.full(len(at), vocab.id("<mask>")),
+            e0 + y,
+        ],
+        1,
+    )
     vx, vy = value[x, at], value[y, at]
     answers = np.concatenate([v0 + value[ent, att], l0 + 1 + np.sign(vx - vy)])
     answer_pos = np.concatenate([np.ones(n_atomic, np.int64), np.full(len(at), 4)])
     minus = np.full(n_atomic, -1)
-    roles = {"attribute": inputs[:, 0], "entity_1": inputs[:, 1].copy(),
-             "entity_2": np.concatenate([minus, e0 + y]),
-             "value_1": np.concatenate([v0 + value[ent, att], v0 + vx]),
-             "value_2": np.concatenate([minus, v0 + vy]), "answer": answers}
+    roles = {
+        "attribute": inputs[:, 0],
+        "entity_1": inputs[:, 1].copy(),
+        "entity_2": np.concatenate([minus, e0 + y]),
+        "value_1": np.concatenate([v0 + value[ent, att], v0 + vx]),
+        "value_2": np.concatenate([minus, v0 + vy]),
+        "answer": answers,
+    }
     roles["entity_1"][s] = e0 + x
-    role_pos = {"attribute": np.zeros(N), "entity_1": np.concatenate([np.ones(n_atomic), np.full(len(at), 2)]),
-                "entity_2": np.concatenate([minus, np.full(len(at), 4)])}
-    role_pos |= {"value_1": role_pos["entity_1"], "value_2": role_pos["entity_2"],
-                 "answer": np.full(N, -1)}
+    role_pos = {
+        "attribute": np.zeros(N),
+        "entity_1": np.concatenate([np.ones(n_atomic), np.full(len(at), 2)]),
+        "entity_2": np.concatenate([minus, np.full(len(at), 4)]),
+    }
+    role_pos |= {
+        "value_1": role_pos["entity_1"],
+        "value_2": role_pos["entity_2"],
+        "answer": np.full(N, -1),
+    }
 
     atomic_idx = np.arange(n_atomic)
     atomic_ood = is_ood[ent, att]
     o1, o2 = n_atomic, n_atomic + len(train_inf)
     o3, o4 = o2 + len(test_id), o2 + len(test_id) + len(valid)
     train_idx = np.arange(o1, o2)
-    splits = {"train": np.concatenate([atomic_idx, train_idx]),
-              "atomic_id": sample_eval(atomic_idx[~atomic_ood], cfg.eval_size, rng),
-              "atomic_ood": sample_eval(atomic_idx[atomic_ood], cfg.eval_size, rng),
-              "train_inferred": sample_eval(train_idx, cfg.eval_size, rng),
-              "valid": np.arange(o3, o4), "test_inferred_id": np.arange(o2, o3),
-              "test_inferred_ood": np.arange(o4, N)}
+    splits = {
+        "train": np.concatenate([atomic_idx, train_idx]),
+        "atomic_id": sample_eval(atomic_idx[~atomic_ood], cfg.eval_size, rng),
+        "atomic_ood": sample_eval(atomic_idx[atomic_ood], cfg.eval_size, rng),
+        "train_inferred": sample_eval(train_idx, cfg.eval_size, rng),
+        "valid": np.arange(o3, o4),
+        "test_inferred_id": np.arange(o2, o3),
+        "test_inferred_ood": np.arange(o4, N),
+    }
     splits = {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
-    stats = {"n_id_atomic": n_id_atomic, "n_candidates": len(cand),
-             "achieved_phi": n_train / n_id_atomic}
-    return Dataset("comparison", vocab, inputs, answer_pos, answers.astype(np.int64),
-                   np.ones(N, np.int64), {k: np.asarray(v, np.int64) for k, v in roles.items()},
-                   {k: np.asarray(v, np.int64) for k, v in role_pos.items()}, splits,
-                   config_dict(cfg), stats)
+    stats = {
+        "n_id_atomic": n_id_atomic,
+        "n_candidates": len(cand),
+        "achieved_phi": n_train / n_id_atomic,
+    }
+    return Dataset(
+        "comparison",
+        vocab,
+        inputs,
+        answer_pos,
+        answers.astype(np.int64),
+        np.ones(N, np.int64),
+        {k: np.asarray(v, np.int64) for k, v in roles.items()},
+        {k: np.asarray(v, np.int64) for k, v in role_pos.items()},
+        splits,
+        config_dict(cfg),
+        stats,
+    )

@@ -45,6 +45,7 @@ samples ordered records, so a pair can train in one order only); valid is held-o
 (their valid.json is the OOD set); test_hard holds both orders of a pair and up to eval_size
 queries (theirs: 50 per label).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,7 +55,7 @@ from datagen.config import ComplexReasoningConfig, config_dict
 from datagen.dataset import Dataset, sample_eval
 from datagen.vocab import Vocab
 
-UNDECIDED = 2          # decided_sign's code for a pair the intervals do not decide
+UNDECIDED = 2  # decided_sign's code for a pair the intervals do not decide
 
 
 def _sample(rows: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -62,8 +63,9 @@ def _sample(rows: np.ndarray, fraction: float, rng: np.random.Generator) -> np.n
     return rows[np.sort(rng.choice(len(rows), round(fraction * len(rows)), replace=False))]
 
 
-def comparison_rows(cfg: ComplexReasoningConfig, is_ood: np.ndarray,
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+def comparison_rows(
+    cfg: ComplexReasoningConfig, is_ood: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Rows (attribute, e1, e2) per group: topleft / cross (training ID x ID / ID x OOD, both
     orders; the authors' train_inferred_topleft / _cross), test_id and valid (held-out ID x ID,
     both orders) and ood_pairs (every OOD x OOD pair once, e1 < e2)."""
@@ -72,12 +74,14 @@ def comparison_rows(cfg: ComplexReasoningConfig, is_ood: np.ndarray,
         ood, idd = np.flatnonzero(is_ood[:, a]), np.flatnonzero(~is_ood[:, a])
         pairs = _pairs(idd)
         pairs = pairs[rng.permutation(len(pairs))]
-        n_test, n_valid = (round(f * len(pairs)) for f in (cfg.test_id_fraction,
-                                                           cfg.valid_fraction))
+        n_test, n_valid = (
+            round(f * len(pairs)) for f in (cfg.test_id_fraction, cfg.valid_fraction)
+        )
         out["test_id"].append(_both_orders(a, pairs[:n_test]))
-        out["valid"].append(_both_orders(a, pairs[n_test:n_test + n_valid]))
-        out["topleft"].append(_both_orders(a, _sample(pairs[n_test + n_valid:],
-                                                      cfg.train_fraction, rng)))
+        out["valid"].append(_both_orders(a, pairs[n_test : n_test + n_valid]))
+        out["topleft"].append(
+            _both_orders(a, _sample(pairs[n_test + n_valid :], cfg.train_fraction, rng))
+        )
         cross = np.stack(np.meshgrid(idd, ood, indexing="ij"), -1).reshape(-1, 2)
         out["cross"].append(_both_orders(a, _sample(cross, cfg.train_fraction, rng)))
         oo = _pairs(ood)
@@ -85,8 +89,9 @@ def comparison_rows(cfg: ComplexReasoningConfig, is_ood: np.ndarray,
     return {k: np.concatenate(v).astype(np.int64) for k, v in out.items()}
 
 
-def value_intervals(value: np.ndarray, known: np.ndarray, train_cmp: np.ndarray,
-                    n_values: int) -> tuple[np.ndarray, np.ndarray]:
+def value_intervals(
+    value: np.ndarray, known: np.ndarray, train_cmp: np.ndarray, n_values: int
+) -> tuple[np.ndarray, np.ndarray]:
     """lo, hi [E, A]: the values of each entity that the training facts allow. A known value
     (an ID atomic fact) is its own interval; an unknown one starts as 0..V-1 and is cut by every
     training comparison with an entity of known value (o < v: hi <= v - 1; o = v: both; o > v:
@@ -94,9 +99,9 @@ def value_intervals(value: np.ndarray, known: np.ndarray, train_cmp: np.ndarray,
     lo = np.where(known, value, 0)
     hi = np.where(known, value, n_values - 1)
     a, o, e = train_cmp.T
-    unary = ~known[o, a] & known[e, a]          # both orders train, so each pair is seen once
+    unary = ~known[o, a] & known[e, a]  # both orders train, so each pair is seen once
     a, o, e = a[unary], o[unary], e[unary]
-    v, s = value[e, a], np.sign(value[o, a] - value[e, a])   # s: the training label
+    v, s = value[e, a], np.sign(value[o, a] - value[e, a])  # s: the training label
     np.maximum.at(lo, (o, a), np.where(s >= 0, v + (s > 0), 0))
     np.minimum.at(hi, (o, a), np.where(s <= 0, v - (s < 0), n_values - 1))
     return lo, hi
@@ -123,10 +128,10 @@ def comparison_reach(train_cmp: np.ndarray, value: np.ndarray, pairs: np.ndarray
         adj[x[s >= 0], y[s >= 0]] = 1
         adj[y[s <= 0], x[s <= 0]] = 1
         mine = pairs[:, 0] == a
-        src = np.unique(pairs[mine, 1:])                  # the entities of the queried pairs
+        src = np.unique(pairs[mine, 1:])  # the entities of the queried pairs
         reach = np.zeros((len(src), E), dtype=np.float32)
         reach[np.arange(len(src)), src] = 1
-        while True:                                       # breadth-first, all sources at once
+        while True:  # breadth-first, all sources at once
             grown = np.minimum(reach + reach @ adj, 1)
             if np.array_equal(grown, reach):
                 break
@@ -143,25 +148,35 @@ def balance(n_strict: int, n_equal: int, size: int) -> tuple[int, int]:
     and "=" never exceeds half (q <= s)."""
     s = min(n_strict, size // 3)
     q = min(n_equal, s, (size - 2 * s) // 2)
-    s = min(n_strict, (size - 2 * q) // 2)               # strict pairs fill what "=" left
+    s = min(n_strict, (size - 2 * q) // 2)  # strict pairs fill what "=" left
     return s, q
 
 
-def hard_pairs(pairs: np.ndarray, sign: np.ndarray, size: int,
-               rng: np.random.Generator) -> np.ndarray:
+def hard_pairs(
+    pairs: np.ndarray, sign: np.ndarray, size: int, rng: np.random.Generator
+) -> np.ndarray:
     """Indices into `pairs` of the chosen test_hard pairs (see balance), strict ones first."""
     strict, equal = np.flatnonzero(np.abs(sign) == 1), np.flatnonzero(sign == 0)
     s, q = balance(len(strict), len(equal), size)
-    return np.concatenate([np.sort(rng.choice(strict, s, replace=False)),
-                           np.sort(rng.choice(equal, q, replace=False))])
+    return np.concatenate(
+        [
+            np.sort(rng.choice(strict, s, replace=False)),
+            np.sort(rng.choice(equal, q, replace=False)),
+        ]
+    )
 
 
 def make_vocab(E: int, A: int, V: int) -> Vocab:
     """datagen/comparison.py's tokens, so a model trained on one reads the other."""
-    return Vocab.build([("specials", ["<pad>", "<q>", "<mask>"]),
-                        ("entities", [f"<e_{i}>" for i in range(E)]),
-                        ("attributes", [f"<a_{i}>" for i in range(A)]),
-                        ("values", [f"<v_{i}>" for i in range(V)]), ("labels", LABELS)])
+    return Vocab.build(
+        [
+            ("specials", ["<pad>", "<q>", "<mask>"]),
+            ("entities", [f"<e_{i}>" for i in range(E)]),
+            ("attributes", [f"<a_{i}>" for i in range(A)]),
+            ("values", [f"<v_{i}>" for i in range(V)]),
+            ("labels", LABELS),
+        ]
+    )
 
 
 def _examples(vocab: Vocab, value: np.ndarray, rows: np.ndarray) -> dict:
@@ -171,26 +186,47 @@ def _examples(vocab: Vocab, value: np.ndarray, rows: np.ndarray) -> dict:
     ent, att = (x.ravel() for x in np.meshgrid(np.arange(E), np.arange(A), indexing="ij"))
     at, x, y = rows.T
     n_atomic, n_cmp = E * A, len(rows)
-    inputs = np.zeros((n_atomic + n_cmp, 5), dtype=np.int64)          # <pad> is id 0
+    inputs = np.zeros((n_atomic + n_cmp, 5), dtype=np.int64)  # <pad> is id 0
     inputs[:n_atomic, 0], inputs[:n_atomic, 1] = a0 + att, e0 + ent
-    inputs[n_atomic:] = np.stack([a0 + at, np.full(n_cmp, vocab.id("<q>")), e0 + x,
-                                  np.full(n_cmp, vocab.id("<mask>")), e0 + y], 1)
+    inputs[n_atomic:] = np.stack(
+        [
+            a0 + at,
+            np.full(n_cmp, vocab.id("<q>")),
+            e0 + x,
+            np.full(n_cmp, vocab.id("<mask>")),
+            e0 + y,
+        ],
+        1,
+    )
     vx, vy = value[x, at], value[y, at]
     answers = np.concatenate([v0 + value[ent, att], l0 + 1 + np.sign(vx - vy)])
     minus = np.full(n_atomic, -1)
     pos_1 = np.concatenate([np.ones(n_atomic), np.full(n_cmp, 2)])
     pos_2 = np.concatenate([minus, np.full(n_cmp, 4)])
     # value roles hold the TRUE values, hidden ones included: probes read them, training never
-    roles = {"attribute": inputs[:, 0], "entity_1": np.concatenate([e0 + ent, e0 + x]),
-             "entity_2": np.concatenate([minus, e0 + y]),
-             "value_1": np.concatenate([v0 + value[ent, att], v0 + vx]),
-             "value_2": np.concatenate([minus, v0 + vy]), "answer": answers}
-    role_pos = {"attribute": np.zeros(len(answers)), "entity_1": pos_1, "entity_2": pos_2,
-                "value_1": pos_1, "value_2": pos_2, "answer": np.full(len(answers), -1)}
-    return {"inputs": inputs, "answers": answers,
-            "answer_pos": np.concatenate([np.ones(n_atomic), np.full(n_cmp, 4)]),
-            "roles": {k: np.asarray(v, np.int64) for k, v in roles.items()},
-            "role_pos": {k: np.asarray(v, np.int64) for k, v in role_pos.items()}}
+    roles = {
+        "attribute": inputs[:, 0],
+        "entity_1": np.concatenate([e0 + ent, e0 + x]),
+        "entity_2": np.concatenate([minus, e0 + y]),
+        "value_1": np.concatenate([v0 + value[ent, att], v0 + vx]),
+        "value_2": np.concatenate([minus, v0 + vy]),
+        "answer": answers,
+    }
+    role_pos = {
+        "attribute": np.zeros(len(answers)),
+        "entity_1": pos_1,
+        "entity_2": pos_2,
+        "value_1": pos_1,
+        "value_2": pos_2,
+        "answer": np.full(len(answers), -1),
+    }
+    return {
+        "inputs": inputs,
+        "answers": answers,
+        "answer_pos": np.concatenate([np.ones(n_atomic), np.full(n_cmp, 4)]),
+        "roles": {k: np.asarray(v, np.int64) for k, v in roles.items()},
+        "role_pos": {k: np.asarray(v, np.int64) for k, v in role_pos.items()},
+    }
 
 
 def _label_counts(sign: np.ndarray) -> dict[str, int]:
@@ -203,7 +239,7 @@ def make_complex_reasoning(cfg: ComplexReasoningConfig, rng: np.random.Generator
     value = rng.integers(0, V, size=(E, A))
     is_ood = np.zeros((E, A), dtype=bool)
     for a in range(A):
-        is_ood[rng.permutation(E)[:cfg.n_ood], a] = True
+        is_ood[rng.permutation(E)[: cfg.n_ood], a] = True
     g = comparison_rows(cfg, is_ood, rng)
     train_cmp = np.concatenate([g["topleft"], g["cross"]])
 
@@ -221,8 +257,9 @@ def make_complex_reasoning(cfg: ComplexReasoningConfig, rng: np.random.Generator
     ood_idx = sample_eval(np.arange(2 * K), cfg.eval_size, rng)
     hard_idx = np.concatenate([chosen, chosen + K])
     used = np.union1d(ood_idx, hard_idx)
-    held = {k: g[k][sample_eval(np.arange(len(g[k])), cfg.eval_size, rng)]
-            for k in ("test_id", "valid")}
+    held = {
+        k: g[k][sample_eval(np.arange(len(g[k])), cfg.eval_size, rng)] for k in ("test_id", "valid")
+    }
     rows = np.concatenate([train_cmp, held["test_id"], held["valid"], both[used]])
     ex = _examples(vocab, value, rows)
 
@@ -232,23 +269,40 @@ def make_complex_reasoning(cfg: ComplexReasoningConfig, rng: np.random.Generator
     o3 = o2 + len(held["valid"])
     atomic_ood = is_ood.ravel()
     train_cmp_idx = np.arange(n_atomic, o1)
-    splits = {"train": np.concatenate([np.flatnonzero(~atomic_ood), train_cmp_idx]),
-              "atomic_id": sample_eval(np.flatnonzero(~atomic_ood), cfg.eval_size, rng),
-              "atomic_ood": np.flatnonzero(atomic_ood),
-              "train_inferred": sample_eval(train_cmp_idx, cfg.eval_size, rng),
-              "valid": np.arange(o2, o3), "test_inferred_id": np.arange(o1, o2),
-              "test_inferred_ood": o3 + np.searchsorted(used, ood_idx),
-              "test_hard": o3 + np.searchsorted(used, hard_idx)}
+    splits = {
+        "train": np.concatenate([np.flatnonzero(~atomic_ood), train_cmp_idx]),
+        "atomic_id": sample_eval(np.flatnonzero(~atomic_ood), cfg.eval_size, rng),
+        "atomic_ood": np.flatnonzero(atomic_ood),
+        "train_inferred": sample_eval(train_cmp_idx, cfg.eval_size, rng),
+        "valid": np.arange(o2, o3),
+        "test_inferred_id": np.arange(o1, o2),
+        "test_inferred_ood": o3 + np.searchsorted(used, ood_idx),
+        "test_hard": o3 + np.searchsorted(used, hard_idx),
+    }
     splits = {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
     n_id_atomic = int((~atomic_ood).sum())
-    stats = {"n_id_atomic": n_id_atomic, "n_train_topleft": len(g["topleft"]),
-             "n_train_cross": len(g["cross"]),
-             "inferred_per_atomic": len(train_cmp) / n_id_atomic,
-             "ood_pairs": K, "ood_pairs_decided": int((sign != UNDECIDED).sum()),
-             "ood_pairs_reached": int(reached.sum()),
-             # queries (both orders): a strict pair gives one <lt> and one <gt>, "=" two <eq>
-             "hard_candidates": _label_counts(np.concatenate([hard_sign, -hard_sign])),
-             "hard_labels": _label_counts(np.concatenate([sign[chosen], -sign[chosen]]))}
-    return Dataset("complex_reasoning", vocab, ex["inputs"], ex["answer_pos"].astype(np.int64),
-                   ex["answers"].astype(np.int64), np.ones(len(ex["answers"]), np.int64),
-                   ex["roles"], ex["role_pos"], splits, config_dict(cfg), stats)
+    stats = {
+        "n_id_atomic": n_id_atomic,
+        "n_train_topleft": len(g["topleft"]),
+        "n_train_cross": len(g["cross"]),
+        "inferred_per_atomic": len(train_cmp) / n_id_atomic,
+        "ood_pairs": K,
+        "ood_pairs_decided": int((sign != UNDECIDED).sum()),
+        "ood_pairs_reached": int(reached.sum()),
+        # queries (both orders): a strict pair gives one <lt> and one <gt>, "=" two <eq>
+        "hard_candidates": _label_counts(np.concatenate([hard_sign, -hard_sign])),
+        "hard_labels": _label_counts(np.concatenate([sign[chosen], -sign[chosen]])),
+    }
+    return Dataset(
+        "complex_reasoning",
+        vocab,
+        ex["inputs"],
+        ex["answer_pos"].astype(np.int64),
+        ex["answers"].astype(np.int64),
+        np.ones(len(ex["answers"]), np.int64),
+        ex["roles"],
+        ex["role_pos"],
+        splits,
+        config_dict(cfg),
+        stats,
+    )

@@ -24,6 +24,7 @@ fact (that composition is what the split tests). OOD queries start with an OOD a
 no ID path does, so they are never prefixes of training inferred facts. With `hops: [2]` only the
 2-hop level exists and the rule changes nothing.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,9 +59,15 @@ def lay_out_chains(vocab: Vocab, pieces, deepest: int):
         roles["head"][s], role_pos["head"][s] = inputs[s, 0], 0
         for j in range(k):
             inputs[s, 1 + j] = r0 + relations[:, j]
-            roles[f"relation_{j + 1}"][s], role_pos[f"relation_{j + 1}"][s] = inputs[s, 1 + j], 1 + j
+            roles[f"relation_{j + 1}"][s], role_pos[f"relation_{j + 1}"][s] = (
+                inputs[s, 1 + j],
+                1 + j,
+            )
             if j < k - 1:  # the bridge reached after hop j+1, probed at that relation's position
-                roles[f"bridge_{j + 1}"][s], role_pos[f"bridge_{j + 1}"][s] = e0 + entities[:, j], 1 + j
+                roles[f"bridge_{j + 1}"][s], role_pos[f"bridge_{j + 1}"][s] = (
+                    e0 + entities[:, j],
+                    1 + j,
+                )
         roles["answer"][s] = e0 + entities[:, -1]
         hops[s] = k
         start = s.stop
@@ -69,9 +76,13 @@ def lay_out_chains(vocab: Vocab, pieces, deepest: int):
 
 def composition_vocab(n_entities: int, n_relations: int) -> Vocab:
     # Token spellings follow the GrokkedTransformer repository so files convert losslessly.
-    return Vocab.build([("specials", ["<pad>", "</a>"]),
-                        ("entities", [f"<e_{i}>" for i in range(n_entities)]),
-                        ("relations", [f"<r_{i}>" for i in range(n_relations)])])
+    return Vocab.build(
+        [
+            ("specials", ["<pad>", "</a>"]),
+            ("entities", [f"<e_{i}>" for i in range(n_entities)]),
+            ("relations", [f"<r_{i}>" for i in range(n_relations)]),
+        ]
+    )
 
 
 class Graph:
@@ -80,9 +91,9 @@ class Graph:
     def __init__(self, cfg: CompositionConfig, rng: np.random.Generator):
         E, R, D = cfg.n_entities, cfg.n_relations, cfg.out_degree
         self.E, self.D = E, D
-        self.head = np.repeat(np.arange(E), D)                          # [F]
+        self.head = np.repeat(np.arange(E), D)  # [F]
         self.relation = rng.random((E, R)).argsort(axis=1)[:, :D].ravel()  # distinct per head
-        self.tail = rng.integers(0, E, size=E * D)                      # [F]
+        self.tail = rng.integers(0, E, size=E * D)  # [F]
         n_ood = round(cfg.ood_fraction * E * D)
         self.is_ood = np.zeros(E * D, dtype=bool)
         self.is_ood[rng.permutation(E * D)[:n_ood]] = True
@@ -100,7 +111,7 @@ class Graph:
         facts, _, _ = sub
         per_entity = np.ones(self.E)
         for _ in range(m):
-            per_fact = per_entity[self.tail[facts]]     # paths continuing after each fact
+            per_fact = per_entity[self.tail[facts]]  # paths continuing after each fact
             per_entity = np.bincount(self.head[facts], weights=per_fact, minlength=self.E)
         return per_entity
 
@@ -112,7 +123,7 @@ class Graph:
         """Every k-path in a subgraph; with `first`, paths whose first fact is from `first` and
         whose later facts are in the subgraph (the mixed OOD-by-hop paths)."""
         facts, counts, offsets = sub
-        paths = (facts if first is None else first)[:, None]              # [n, 1] fact indices
+        paths = (facts if first is None else first)[:, None]  # [n, 1] fact indices
         for _ in range(k - 1):
             ent = self.tail[paths[:, -1]]
             c = counts[ent]
@@ -122,8 +133,7 @@ class Graph:
             paths = np.concatenate([paths[rows], nxt[:, None]], axis=1)
         return paths
 
-    def sample_paths(self, sub, k: int, n: int, rng: np.random.Generator,
-                     keep=None) -> np.ndarray:
+    def sample_paths(self, sub, k: int, n: int, rng: np.random.Generator, keep=None) -> np.ndarray:
         """About n distinct k-paths by random walks (fewer if the subgraph has fewer); `keep`, if
         given, maps an [m, k] array of paths to a bool mask of the ones that may be returned."""
         facts, counts, offsets = sub
@@ -151,9 +161,9 @@ def _rows_in(x: np.ndarray, y: np.ndarray, base: int) -> np.ndarray:
     """Bool mask over the rows of x: which also occur as rows of y (int arrays, values < base)."""
     both = np.concatenate([x, y])
     key = both[:, 0]
-    for c in range(1, both.shape[1]):   # dense row ids, one column at a time (no overflow)
+    for c in range(1, both.shape[1]):  # dense row ids, one column at a time (no overflow)
         key = np.unique(key * base + both[:, c], return_inverse=True)[1].reshape(-1)
-    return np.isin(key[:len(x)], key[len(x):])
+    return np.isin(key[: len(x)], key[len(x) :])
 
 
 def _extends_held(paths: np.ndarray, held: dict[int, np.ndarray], n_facts: int) -> np.ndarray:
@@ -168,12 +178,20 @@ def _extends_held(paths: np.ndarray, held: dict[int, np.ndarray], n_facts: int) 
 def _n_extending(graph: Graph, sub, held: dict[int, np.ndarray], k: int) -> int:
     """Number of k-paths in the subgraph that extend a held-out path. Held-out paths never
     extend one another, so the sets of their extensions are disjoint and the counts add up."""
-    return int(round(sum(graph.paths_from(sub, k - j)[graph.tail[h[:, -1]]].sum()
-                         for j, h in held.items() if j < k and len(h))))
+    return int(
+        round(
+            sum(
+                graph.paths_from(sub, k - j)[graph.tail[h[:, -1]]].sum()
+                for j, h in held.items()
+                if j < k and len(h)
+            )
+        )
+    )
 
 
-def _paths(graph: Graph, sub, k: int, n_wanted: int, rng,
-           held: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, int]:
+def _paths(
+    graph: Graph, sub, k: int, n_wanted: int, rng, held: dict[int, np.ndarray] | None = None
+) -> tuple[np.ndarray, int]:
     """Shuffled k-paths of the subgraph that extend no held-out path (all of them when they are
     few enough to enumerate, else about n_wanted sampled), and the total number of k-paths."""
     held = {j: h for j, h in (held or {}).items() if j < k and len(h)}
@@ -195,42 +213,64 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
     n_id_atomic = int((~graph.is_ood).sum())
     train_hops = sorted(k for k in set(cfg.hops) if k >= 2)
     n_train_total = round(cfg.phi * n_id_atomic)
-    per_hop = {k: n_train_total // len(train_hops) + (i < n_train_total % len(train_hops))
-               for i, k in enumerate(train_hops)} if train_hops else {}
+    per_hop = (
+        {
+            k: n_train_total // len(train_hops) + (i < n_train_total % len(train_hops))
+            for i, k in enumerate(train_hops)
+        }
+        if train_hops
+        else {}
+    )
     if n_train_total and not train_hops:
-        raise ValueError(f"data.phi={cfg.phi} asks for inferred facts but data.hops={cfg.hops} "
-                         "has no hop count >= 2; add 2 to data.hops or set phi=0")
+        raise ValueError(
+            f"data.phi={cfg.phi} asks for inferred facts but data.hops={cfg.hops} "
+            "has no hop count >= 2; add 2 to data.hops or set phi=0"
+        )
 
     # Plan every split's size from exact path counts before building anything. Hop counts go in
     # increasing order so that held-out queries are known before longer paths are split.
-    blocks, stats = [], {"n_id_atomic": n_id_atomic, "n_ood_atomic": int(graph.is_ood.sum()),
-                         "paths": {}}
-    held: dict[int, np.ndarray] = {}      # hop count -> the held-out ID paths (test_inferred_id)
+    blocks, stats = (
+        [],
+        {"n_id_atomic": n_id_atomic, "n_ood_atomic": int(graph.is_ood.sum()), "paths": {}},
+    )
+    held: dict[int, np.ndarray] = {}  # hop count -> the held-out ID paths (test_inferred_id)
     for k in sorted(set(train_hops) | {k for k in cfg.test_hops if k >= 2}):
         total_id = graph.count_paths(id_sub, k)
         n_cand = total_id - _n_extending(graph, id_sub, held, k)
         n_test = round(cfg.test_id_fraction * n_cand) if k in per_hop else n_cand
         n_test = min(n_test, cfg.eval_size)
         n_valid = min(round(cfg.valid_fraction * n_cand), cfg.eval_size) if k in per_hop else 0
-        n_test += n_valid                 # held out together: test first, then valid
+        n_test += n_valid  # held out together: test first, then valid
         n_train = per_hop.get(k, 0)
         if n_train > n_cand - n_test:
             largest = (n_cand - n_test) * len(train_hops) / n_id_atomic
-            raise ValueError(f"data.phi={cfg.phi} needs {n_train} {k}-hop training facts but only "
-                             f"{n_cand - n_test} candidates exist; the largest phi possible "
-                             f"here is {largest:.3f}")
+            raise ValueError(
+                f"data.phi={cfg.phi} needs {n_train} {k}-hop training facts but only "
+                f"{n_cand - n_test} candidates exist; the largest phi possible "
+                f"here is {largest:.3f}"
+            )
         id_paths, _ = _paths(graph, id_sub, k, n_test + n_train, rng, held)
         if len(id_paths) < n_test + n_train and n_train:
-            raise ValueError(f"sampling found only {len(id_paths)} of the {n_test + n_train} "
-                             f"{k}-hop paths needed; lower data.phi")
+            raise ValueError(
+                f"sampling found only {len(id_paths)} of the {n_test + n_train} "
+                f"{k}-hop paths needed; lower data.phi"
+            )
         ood_paths, total_ood = _paths(graph, ood_sub, k, cfg.eval_size, rng)
         held[k] = id_paths[:n_test]
-        blocks += [("test_inferred_id", k, id_paths[:n_test - n_valid]),
-                   ("valid", k, id_paths[n_test - n_valid:n_test]),
-                   ("train_inferred", k, id_paths[n_test:n_test + n_train]),
-                   ("test_inferred_ood", k, ood_paths[:cfg.eval_size])]
-        stats["paths"][k] = {"id": total_id, "ood": total_ood, "candidates": n_cand,
-                             "train": n_train, "test_id": len(held[k]) - n_valid, "valid": n_valid}
+        blocks += [
+            ("test_inferred_id", k, id_paths[: n_test - n_valid]),
+            ("valid", k, id_paths[n_test - n_valid : n_test]),
+            ("train_inferred", k, id_paths[n_test : n_test + n_train]),
+            ("test_inferred_ood", k, ood_paths[: cfg.eval_size]),
+        ]
+        stats["paths"][k] = {
+            "id": total_id,
+            "ood": total_ood,
+            "candidates": n_cand,
+            "train": n_train,
+            "test_id": len(held[k]) - n_valid,
+            "valid": n_valid,
+        }
 
     # OOD by hop (Ye et al. 2025): two-hop queries whose first hop is OOD and second ID
     # (test_OI) or the reverse (test_IO), named as in the authors' released files. Drawn after
@@ -240,33 +280,50 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
             first = np.flatnonzero(graph.is_ood == first_ood)
             rest = ood_sub if not first_ood else id_sub
             paths = graph.enumerate_paths(rest, 2, first=first)
-            paths = paths[rng.permutation(len(paths))[:cfg.eval_size]]
+            paths = paths[rng.permutation(len(paths))[: cfg.eval_size]]
             blocks.append((name, 2, paths))
             stats["paths"][f"2_{name}"] = {"total": len(paths)}
 
     # Examples: all atomic facts first (as 1-hop paths), then each inferred block.
     all_facts = np.arange(len(graph.tail))[:, None]
-    pieces = [(name, k, graph.head[paths[:, 0]], graph.relation[paths], graph.tail[paths])
-              for name, k, paths in [("atomic", 1, all_facts)] + blocks]
+    pieces = [
+        (name, k, graph.head[paths[:, 0]], graph.relation[paths], graph.tail[paths])
+        for name, k, paths in [("atomic", 1, all_facts)] + blocks
+    ]
     max_hops = max([1] + list(cfg.hops) + list(cfg.test_hops))
     inputs, hops, roles, role_pos, index = lay_out_chains(vocab, pieces, max_hops)
     answers = roles["answer"].copy()
-    answer_pos = hops.copy()          # the last relation sits at position k
+    answer_pos = hops.copy()  # the last relation sits at position k
 
     atomic = np.concatenate(index["atomic"])
     train_inferred = np.concatenate(index.get("train_inferred", [np.empty(0, np.int64)]))
-    splits = {"train": np.concatenate([atomic, train_inferred]),
-              "atomic_id": sample_eval(atomic[~graph.is_ood], cfg.eval_size, rng),
-              "atomic_ood": sample_eval(atomic[graph.is_ood], cfg.eval_size, rng),
-              "train_inferred": np.concatenate(
-                  [sample_eval(train_inferred[hops[train_inferred] == k], cfg.eval_size, rng)
-                   for k in train_hops] or [np.empty(0, np.int64)])}
+    splits = {
+        "train": np.concatenate([atomic, train_inferred]),
+        "atomic_id": sample_eval(atomic[~graph.is_ood], cfg.eval_size, rng),
+        "atomic_ood": sample_eval(atomic[graph.is_ood], cfg.eval_size, rng),
+        "train_inferred": np.concatenate(
+            [
+                sample_eval(train_inferred[hops[train_inferred] == k], cfg.eval_size, rng)
+                for k in train_hops
+            ]
+            or [np.empty(0, np.int64)]
+        ),
+    }
     for name in ("valid", "test_inferred_id", "test_inferred_ood", "test_OI", "test_IO"):
         splits[name] = np.sort(np.concatenate(index.get(name, [np.empty(0, np.int64)])))
     splits = {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
     stats["achieved_phi"] = len(train_inferred) / n_id_atomic
     stats["paths"] = {str(k): v for k, v in stats["paths"].items()}
-    return Dataset("composition", vocab, inputs, answer_pos, answers, hops,
-                   {k: v.astype(np.int64) for k, v in roles.items()},
-                   {k: v.astype(np.int64) for k, v in role_pos.items()},
-                   splits, config_dict(cfg), stats)
+    return Dataset(
+        "composition",
+        vocab,
+        inputs,
+        answer_pos,
+        answers,
+        hops,
+        {k: v.astype(np.int64) for k, v in roles.items()},
+        {k: v.astype(np.int64) for k, v in role_pos.items()},
+        splits,
+        config_dict(cfg),
+        stats,
+    )

@@ -10,6 +10,7 @@ Layout (N examples, n_ctx positions):
                                 that produces them), -1 where absent
   splits      name -> int64 [k] example indices; "train" is what the model trains on
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,8 +60,12 @@ class Dataset:
         return [s for s in self.splits if s != "train"]
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"inputs": self.inputs, "answer_pos": self.answer_pos, "answers": self.answers,
-                  "hops": self.hops}
+        arrays = {
+            "inputs": self.inputs,
+            "answer_pos": self.answer_pos,
+            "answers": self.answers,
+            "hops": self.hops,
+        }
         arrays |= {f"roles/{k}": v for k, v in self.roles.items()}
         arrays |= {f"role_pos/{k}": v for k, v in self.role_pos.items()}
         arrays |= {f"splits/{k}": v for k, v in self.splits.items()}
@@ -76,11 +81,19 @@ class Dataset:
         return h.hexdigest()
 
     def manifest(self) -> dict:
-        return {"task": self.task, "config": self.config, "seed": self.config.get("seed"),
-                "n_examples": len(self), "n_ctx": self.n_ctx, "d_vocab": len(self.vocab),
-                "counts": {k: int(len(v)) for k, v in self.splits.items()},
-                "stats": self.stats, "content_hash": self.content_hash(),
-                "generator_version": GENERATOR_VERSION, "code_version": code_version()}
+        return {
+            "task": self.task,
+            "config": self.config,
+            "seed": self.config.get("seed"),
+            "n_examples": len(self),
+            "n_ctx": self.n_ctx,
+            "d_vocab": len(self.vocab),
+            "counts": {k: int(len(v)) for k, v in self.splits.items()},
+            "stats": self.stats,
+            "content_hash": self.content_hash(),
+            "generator_version": GENERATOR_VERSION,
+            "code_version": code_version(),
+        }
 
     def save(self, out_dir: str | Path) -> Path:
         """Write data.npz, vocab.json and manifest.json, each atomically (manifest last, so a
@@ -104,10 +117,19 @@ class Dataset:
         def group(prefix):
             return {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
 
-        return Dataset(task=manifest["task"], vocab=vocab, inputs=arrays["inputs"],
-                       answer_pos=arrays["answer_pos"], answers=arrays["answers"],
-                       hops=arrays["hops"], roles=group("roles"), role_pos=group("role_pos"),
-                       splits=group("splits"), config=manifest["config"], stats=manifest["stats"])
+        return Dataset(
+            task=manifest["task"],
+            vocab=vocab,
+            inputs=arrays["inputs"],
+            answer_pos=arrays["answer_pos"],
+            answers=arrays["answers"],
+            hops=arrays["hops"],
+            roles=group("roles"),
+            role_pos=group("role_pos"),
+            splits=group("splits"),
+            config=manifest["config"],
+            stats=manifest["stats"],
+        )
 
 
 def read_json(path: Path, fix: str = "") -> object:
@@ -117,8 +139,11 @@ def read_json(path: Path, fix: str = "") -> object:
         text = Path(path).read_text()
         return json.loads(text)
     except json.JSONDecodeError as e:
-        what = "is empty" if not text.strip() else \
-            f"is not valid JSON ({e.msg}: line {e.lineno} column {e.colno}; truncated?)"
+        what = (
+            "is empty"
+            if not text.strip()
+            else f"is not valid JSON ({e.msg}: line {e.lineno} column {e.colno}; truncated?)"
+        )
         raise ValueError(f"{path} {what}" + (f"; {fix}" if fix else "")) from None
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not a text file" + (f"; {fix}" if fix else "")) from None

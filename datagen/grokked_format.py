@@ -39,6 +39,7 @@ become our split train_inferred. Their complex-reasoning notebook also wraps ato
 `<q><e><attr><mask></q>`, comparisons in `...</q>` and answers in `<a>...</a>`; we write and
 read the comparison records above (the same facts), not that wrapping.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,22 +56,32 @@ from datagen.provenance import atomic_write_text
 from datagen.vocab import Vocab
 
 # our split name -> the authors' "type"
-TEST_TYPES = {"atomic_id": "id_atomic", "atomic_ood": "ood_atomic",
-              "train_inferred": "train_inferred", "test_inferred_id": "test_inferred_iid",
-              "test_inferred_ood": "test_inferred_ood", "test_OI": "test_OI", "test_IO": "test_IO",
-              "valid": "valid"}
+TEST_TYPES = {
+    "atomic_id": "id_atomic",
+    "atomic_ood": "ood_atomic",
+    "train_inferred": "train_inferred",
+    "test_inferred_id": "test_inferred_iid",
+    "test_inferred_ood": "test_inferred_ood",
+    "test_OI": "test_OI",
+    "test_IO": "test_IO",
+    "valid": "valid",
+}
 # complex reasoning's own types (test.json) -> our split
-COMPLEX_TYPES = {"train_inferred_topleft": "train_inferred",
-                 "train_inferred_cross": "train_inferred", "test_hard": "test_hard"}
-COMPARISON_TASKS = ("comparison", "complex_reasoning")     # the attribute-comparison layout
-SPECIALS = ["<mask>", "<sep>", "<a>", "</a>", "<q>", "</q>"]   # the authors' vocab.json specials
+COMPLEX_TYPES = {
+    "train_inferred_topleft": "train_inferred",
+    "train_inferred_cross": "train_inferred",
+    "test_hard": "test_hard",
+}
+COMPARISON_TASKS = ("comparison", "complex_reasoning")  # the attribute-comparison layout
+SPECIALS = ["<mask>", "<sep>", "<a>", "</a>", "<q>", "</q>"]  # the authors' vocab.json specials
 FILES = ("train", "valid", "test")
 _TOKEN = re.compile(r"<[^<>]+>")
 _INDEXED = re.compile(r"<(e|r|attr)_(\d+)>|<(\d+)>|<attr_(\d+)_([012])>")
-_OUR_LABELS = ["<lt>", "<eq>", "<gt>"]     # datagen.comparison.LABELS
+_OUR_LABELS = ["<lt>", "<eq>", "<gt>"]  # datagen.comparison.LABELS
 
 
 # --- writing -------------------------------------------------------------------------------------
+
 
 def _ours_comparison(ds: Dataset) -> bool:
     """True for our comparison layout (<a_j><e_i>, shared labels), False for the authors'."""
@@ -79,12 +90,12 @@ def _ours_comparison(ds: Dataset) -> bool:
 
 def authors_tokens(ds: Dataset, i: int) -> tuple[list[str], str]:
     """Example i as the authors write it: (query tokens, answer token)."""
-    toks = [ds.vocab.token(t) for t in ds.inputs[i, :ds.answer_pos[i] + 1]]
+    toks = [ds.vocab.token(t) for t in ds.inputs[i, : ds.answer_pos[i] + 1]]
     answer = ds.vocab.token(ds.answers[i])
     if _ours_comparison(ds):
-        attr = f"<attr_{toks[0][3:-1]}>"                       # <a_2> -> <attr_2>
-        if len(toks) == 2:                                     # atomic: <a_2><e_4> -> <e_4><attr_2>
-            return [toks[1], attr], f"<{answer[3:-1]}>"        # <v_13> -> <13>
+        attr = f"<attr_{toks[0][3:-1]}>"  # <a_2> -> <attr_2>
+        if len(toks) == 2:  # atomic: <a_2><e_4> -> <e_4><attr_2>
+            return [toks[1], attr], f"<{answer[3:-1]}>"  # <v_13> -> <13>
         return [attr] + toks[1:], f"<attr_{toks[0][3:-1]}_{_OUR_LABELS.index(answer)}>"
     return toks, answer
 
@@ -97,17 +108,25 @@ def authors_vocab(ds: Dataset) -> list[str]:
         return ents + [f"<r_{i}>" for i in range(n["relations"])] + SPECIALS
     if ds.task in COMPARISON_TASKS:
         A = n["attributes"]
-        return (ents + [f"<attr_{j}>" for j in range(A)] + [f"<{k}>" for k in range(n["values"])]
-                + SPECIALS + [f"<attr_{j}_{c}>" for j in range(A) for c in range(3)])
-    raise ValueError(f"the GrokkedTransformer format holds composition, comparison and "
-                     f"complex_reasoning data, not {ds.task!r}")
+        return (
+            ents
+            + [f"<attr_{j}>" for j in range(A)]
+            + [f"<{k}>" for k in range(n["values"])]
+            + SPECIALS
+            + [f"<attr_{j}_{c}>" for j in range(A) for c in range(3)]
+        )
+    raise ValueError(
+        f"the GrokkedTransformer format holds composition, comparison and "
+        f"complex_reasoning data, not {ds.task!r}"
+    )
 
 
 def _record(ds: Dataset, i: int, kind: str | None = None) -> dict:
     query, answer = authors_tokens(ds, i)
     text = "".join(query)
-    return {"input_text": text, "target_text": text + answer + "</a>"} | \
-        ({"type": kind} if kind else {})
+    return {"input_text": text, "target_text": text + answer + "</a>"} | (
+        {"type": kind} if kind else {}
+    )
 
 
 def _train_types(ds: Dataset) -> dict[int, str]:
@@ -116,9 +135,15 @@ def _train_types(ds: Dataset) -> dict[int, str]:
     no training comparison (the authors' causal tracing calls exactly those 'train atomic')."""
     train = ds.splits["train"]
     inferred = train[ds.answer_pos[train] > 1]
-    seen = {(int(ds.roles[e][i]), int(ds.roles["attribute"][i]))
-            for i in inferred for e in ("entity_1", "entity_2")}
-    ood, idd = set(ds.splits.get("atomic_ood", []).tolist()), set(ds.splits.get("atomic_id", []).tolist())
+    seen = {
+        (int(ds.roles[e][i]), int(ds.roles["attribute"][i]))
+        for i in inferred
+        for e in ("entity_1", "entity_2")
+    }
+    ood, idd = (
+        set(ds.splits.get("atomic_ood", []).tolist()),
+        set(ds.splits.get("atomic_id", []).tolist()),
+    )
     out = {}
     for i in train.tolist():
         if ds.answer_pos[i] > 1:
@@ -137,8 +162,10 @@ def _complex_train_types(ds: Dataset) -> dict[int, str]:
     ID), else train_inferred_cross."""
     train, r = ds.splits["train"], ds.roles
     atomic = ds.answer_pos[train] == 1
-    known = {(int(e), int(a)) for e, a in zip(r["entity_1"][train[atomic]],
-                                              r["attribute"][train[atomic]])}
+    known = {
+        (int(e), int(a))
+        for e, a in zip(r["entity_1"][train[atomic]], r["attribute"][train[atomic]])
+    }
     out = {int(i): "id_atomic" for i in train[atomic]}
     for i in train[~atomic].tolist():
         a = int(r["attribute"][i])
@@ -149,23 +176,32 @@ def _complex_train_types(ds: Dataset) -> dict[int, str]:
 
 def write_grokked(ds: Dataset, out_dir: str | Path) -> Path:
     """train.json, valid.json, test.json and vocab.json of `ds`, each written atomically."""
-    vocab = authors_vocab(ds)                      # refuses tasks the format does not hold
+    vocab = authors_vocab(ds)  # refuses tasks the format does not hold
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     complex_ = ds.task == "complex_reasoning"
-    kinds = _complex_train_types(ds) if complex_ else \
-        _train_types(ds) if ds.task == "comparison" else {}
+    kinds = (
+        _complex_train_types(ds)
+        if complex_
+        else _train_types(ds)
+        if ds.task == "comparison"
+        else {}
+    )
     train = [_record(ds, i, kinds.get(i)) for i in ds.splits["train"].tolist()]
-    valid_type = "test_inferred_ood" if ds.task in COMPARISON_TASKS else None   # as theirs
+    valid_type = "test_inferred_ood" if ds.task in COMPARISON_TASKS else None  # as theirs
     valid = [_record(ds, i, valid_type) for i in ds.splits.get("test_inferred_ood", [])]
-    test = [_record(ds, i, kinds[i] if complex_ and s == "train_inferred" else
-                    TEST_TYPES.get(s, s)) for s in ds.eval_splits for i in ds.splits[s].tolist()]
+    test = [
+        _record(ds, i, kinds[i] if complex_ and s == "train_inferred" else TEST_TYPES.get(s, s))
+        for s in ds.eval_splits
+        for i in ds.splits[s].tolist()
+    ]
     for name, obj in (("train", train), ("valid", valid), ("test", test), ("vocab", vocab)):
         atomic_write_text(out / f"{name}.json", json.dumps(obj))
     return out
 
 
 # --- reading -------------------------------------------------------------------------------------
+
 
 def _parse(record: dict, where: str) -> tuple[tuple[str, ...], str]:
     """(query tokens, answer token) of one record; a malformed record names its file."""
@@ -175,8 +211,9 @@ def _parse(record: dict, where: str) -> tuple[tuple[str, ...], str]:
         raise ValueError(f"{where}: a record without input_text/target_text: {record!r}") from None
     toks = _TOKEN.findall(t)
     if "".join(toks) != t or len(toks) < 3 or toks[-1] != "</a>" or "".join(toks[:-2]) != q:
-        raise ValueError(f"{where}: malformed record (want target_text = input_text + answer + "
-                         f"</a>): {record!r}")
+        raise ValueError(
+            f"{where}: malformed record (want target_text = input_text + answer + </a>): {record!r}"
+        )
     return tuple(toks[:-2]), toks[-2]
 
 
@@ -196,8 +233,11 @@ def _sizes(tokens) -> dict[str, int]:
 
 
 def _file_hashes(path: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.glob("*.json")) if p.stem in FILES + ("vocab",)}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.glob("*.json"))
+        if p.stem in FILES + ("vocab",)
+    }
 
 
 def read_grokked(path: str | Path) -> Dataset:
@@ -211,37 +251,55 @@ def read_grokked(path: str | Path) -> Dataset:
     what the records use. A file that is not JSON is an error naming it."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such folder (want train.json, valid.json, test.json "
-                                "and vocab.json of the GrokkedTransformer format)")
+        raise FileNotFoundError(
+            f"{path}: no such folder (want train.json, valid.json, test.json "
+            "and vocab.json of the GrokkedTransformer format)"
+        )
     fix = "export it again (python -m datagen ... format=grokked) or copy it whole"
     files = {n: read_json(path / f"{n}.json", fix) for n in FILES if (path / f"{n}.json").exists()}
     for n, records in files.items():
         if not isinstance(records, list):
-            raise ValueError(f"{path / n}.json holds a JSON {type(records).__name__}, not the list "
-                             "of records of the GrokkedTransformer format")
+            raise ValueError(
+                f"{path / n}.json holds a JSON {type(records).__name__}, not the list "
+                "of records of the GrokkedTransformer format"
+            )
     if not any(files.values()):
-        raise FileNotFoundError(f"{path} holds none of train.json, valid.json, test.json (or only "
-                                "empty ones): nothing to build a dataset from")
+        raise FileNotFoundError(
+            f"{path} holds none of train.json, valid.json, test.json (or only "
+            "empty ones): nothing to build a dataset from"
+        )
     vocab_file = path / "vocab.json"
     vocab_list = read_json(vocab_file, fix) if vocab_file.exists() else None
-    if vocab_list is not None and not (isinstance(vocab_list, list) and
-                                       all(isinstance(t, str) for t in vocab_list)):
-        raise ValueError(f"{vocab_file}: want a JSON list of token strings (what --add_tokens adds)")
+    if vocab_list is not None and not (
+        isinstance(vocab_list, list) and all(isinstance(t, str) for t in vocab_list)
+    ):
+        raise ValueError(
+            f"{vocab_file}: want a JSON list of token strings (what --add_tokens adds)"
+        )
     missing = [f"{n}.json" for n in FILES + ("vocab",) if not (path / f"{n}.json").exists()]
     if "train.json" in missing:
-        warnings.warn(f"{path} has no train.json: the dataset has no training split, and the "
-                      "atomic facts that give composition bridges / comparison values come only "
-                      "from test.json's id_atomic/ood_atomic samples (see the count of unknown "
-                      "roles below)")
+        warnings.warn(
+            f"{path} has no train.json: the dataset has no training split, and the "
+            "atomic facts that give composition bridges / comparison values come only "
+            "from test.json's id_atomic/ood_atomic samples (see the count of unknown "
+            "roles below)"
+        )
     if "test.json" in missing:
-        warnings.warn(f"{path} has no test.json: " + (
-            "valid.json's test_inferred_ood is the only split to evaluate (no atomic, "
-            "train_inferred or ID test split)" if "valid" in files else
-            "no split to evaluate (training needs test.json or valid.json)"))
+        warnings.warn(
+            f"{path} has no test.json: "
+            + (
+                "valid.json's test_inferred_ood is the only split to evaluate (no atomic, "
+                "train_inferred or ID test split)"
+                if "valid" in files
+                else "no split to evaluate (training needs test.json or valid.json)"
+            )
+        )
     if vocab_list is None:
-        warnings.warn(f"{path} has no vocab.json: the vocabulary is the tokens the records use "
-                      "(entities etc. up to the largest index seen); the authors' --add_tokens "
-                      "needs one, and write_grokked writes it")
+        warnings.warn(
+            f"{path} has no vocab.json: the vocabulary is the tokens the records use "
+            "(entities etc. up to the largest index seen); the authors' --add_tokens "
+            "needs one, and write_grokked writes it"
+        )
 
     # Examples: one per distinct query, in file order; the splits index them.
     parsed: dict[tuple, str] = {}
@@ -252,8 +310,9 @@ def read_grokked(path: str | Path) -> Dataset:
         for r in records:
             query, answer = _parse(r, f"{path / name}.json")
             if parsed.setdefault(query, answer) != answer:
-                raise ValueError(f"{path}: query {''.join(query)} has two answers, "
-                                 f"{parsed[query]} and {answer}")
+                raise ValueError(
+                    f"{path}: query {''.join(query)} has two answers, {parsed[query]} and {answer}"
+                )
             if name == "test":
                 kind = r.get("type")
                 if kind is None:
@@ -265,8 +324,10 @@ def read_grokked(path: str | Path) -> Dataset:
                 split = {"train": "train", "valid": "valid.json"}[name]
             splits.setdefault(split, []).append(query)
     if unknown_types:
-        warnings.warn(f"{path}: unknown test types {sorted(unknown_types)} are kept as splits of "
-                      f"their own; known: {sorted(by_type)}")
+        warnings.warn(
+            f"{path}: unknown test types {sorted(unknown_types)} are kept as splits of "
+            f"their own; known: {sorted(by_type)}"
+        )
     # valid.json repeats test.json's test_inferred_ood; it is a split only when it differs.
     if "valid.json" in splits:
         v = splits.pop("valid.json")
@@ -274,8 +335,10 @@ def read_grokked(path: str | Path) -> Dataset:
             splits["test_inferred_ood"] = v
         elif set(v) != set(splits["test_inferred_ood"]):
             splits["valid_json"] = v
-            warnings.warn(f"{path}: valid.json differs from test.json's test_inferred_ood; kept as "
-                          "split valid_json")
+            warnings.warn(
+                f"{path}: valid.json differs from test.json's test_inferred_ood; kept as "
+                "split valid_json"
+            )
     splits.setdefault("train", [])
 
     tokens = {t for q, a in parsed.items() for t in q + (a,)}
@@ -285,18 +348,26 @@ def read_grokked(path: str | Path) -> Dataset:
         types = {r.get("type") for records in files.values() for r in records}
         task = "complex_reasoning" if types & set(COMPLEX_TYPES) else "comparison"
     else:
-        raise ValueError(f"{path}: cannot tell the task: no <r_*> (composition) or <attr_*> "
-                         f"(comparison) tokens among {sorted(tokens)[:8]}...")
+        raise ValueError(
+            f"{path}: cannot tell the task: no <r_*> (composition) or <attr_*> "
+            f"(comparison) tokens among {sorted(tokens)[:8]}..."
+        )
     if vocab_list is not None:
         absent = sorted((tokens | {"</a>"}) - set(vocab_list))
         if absent:
-            raise ValueError(f"{vocab_file} lacks {len(absent)} tokens the records use, e.g. "
-                             f"{absent[:5]}; the authors' tokenizer would split them")
+            raise ValueError(
+                f"{vocab_file} lacks {len(absent)} tokens the records use, e.g. "
+                f"{absent[:5]}; the authors' tokenizer would split them"
+            )
     n = _sizes(vocab_list if vocab_list is not None else tokens)
-    ds = _composition(n, parsed, splits) if task == "composition" else \
-        _comparison(n, parsed, splits, task)
-    ds.config.update({"source": str(path.resolve()), "files": _file_hashes(path),
-                      "missing_files": missing})
+    ds = (
+        _composition(n, parsed, splits)
+        if task == "composition"
+        else _comparison(n, parsed, splits, task)
+    )
+    ds.config.update(
+        {"source": str(path.resolve()), "files": _file_hashes(path), "missing_files": missing}
+    )
     return ds
 
 
@@ -305,27 +376,39 @@ def _arrays(vocab: Vocab, parsed: dict, n_ctx: int):
     inputs = np.full((len(keys), n_ctx), vocab.pad_id, dtype=np.int64)
     try:
         for i, q in enumerate(keys):
-            inputs[i, :len(q)] = [vocab.id(t) for t in q]
+            inputs[i, : len(q)] = [vocab.id(t) for t in q]
         answers = np.array([vocab.id(parsed[q]) for q in keys], dtype=np.int64)
     except KeyError as e:
-        raise ValueError(f"token {e.args[0]} is not one of this task's tokens "
-                         f"({', '.join(vocab.ranges)})") from None
+        raise ValueError(
+            f"token {e.args[0]} is not one of this task's tokens ({', '.join(vocab.ranges)})"
+        ) from None
     return keys, inputs, answers
 
 
 def _finish(task, vocab, keys, inputs, answer_pos, answers, hops, roles, role_pos, splits, n):
     index = {q: i for i, q in enumerate(keys)}
     split_idx = {s: np.array([index[q] for q in qs], dtype=np.int64) for s, qs in splits.items()}
-    return Dataset(task, vocab, inputs, answer_pos.astype(np.int64), answers, hops.astype(np.int64),
-                   {k: np.asarray(v, np.int64) for k, v in roles.items()},
-                   {k: np.asarray(v, np.int64) for k, v in role_pos.items()},
-                   split_idx, {"task": task, "format": "grokked", "sizes": n}, {})
+    return Dataset(
+        task,
+        vocab,
+        inputs,
+        answer_pos.astype(np.int64),
+        answers,
+        hops.astype(np.int64),
+        {k: np.asarray(v, np.int64) for k, v in roles.items()},
+        {k: np.asarray(v, np.int64) for k, v in role_pos.items()},
+        split_idx,
+        {"task": task, "format": "grokked", "sizes": n},
+        {},
+    )
 
 
 def _warn_unknown(name: str, unknown: int, total: int) -> None:
     if unknown:
-        warnings.warn(f"{name} is unknown (-1) for {unknown} of {total} examples: the atomic facts "
-                      "that give it are not in the folder (train.json holds them)")
+        warnings.warn(
+            f"{name} is unknown (-1) for {unknown} of {total} examples: the atomic facts "
+            "that give it are not in the folder (train.json holds them)"
+        )
 
 
 def _composition(n, parsed, splits) -> Dataset:
@@ -334,13 +417,15 @@ def _composition(n, parsed, splits) -> Dataset:
     keys, inputs, answers = _arrays(vocab, parsed, 1 + max_hops)
     N = len(keys)
     hops = np.array([len(q) - 1 for q in keys], dtype=np.int64)
-    atomic = {(int(inputs[i, 0]), int(inputs[i, 1])): int(answers[i]) for i in range(N) if hops[i] == 1}
+    atomic = {
+        (int(inputs[i, 0]), int(inputs[i, 1])): int(answers[i]) for i in range(N) if hops[i] == 1
+    }
     roles = {"head": inputs[:, 0].copy(), "answer": answers.copy()}
     role_pos = {"head": np.zeros(N), "answer": np.full(N, -1)}
     for j in range(1, max_hops + 1):
         roles[f"relation_{j}"] = np.where(hops >= j, inputs[:, j], -1)
         role_pos[f"relation_{j}"] = np.where(hops >= j, j, -1)
-    for j in range(1, max_hops):   # the bridge after hop j, probed at relation j's position
+    for j in range(1, max_hops):  # the bridge after hop j, probed at relation j's position
         roles[f"bridge_{j}"], role_pos[f"bridge_{j}"] = np.full(N, -1), np.full(N, -1)
     for i in np.flatnonzero(hops > 1):
         e = int(inputs[i, 0])
@@ -350,20 +435,28 @@ def _composition(n, parsed, splits) -> Dataset:
                 break
             roles[f"bridge_{j}"][i], role_pos[f"bridge_{j}"][i] = e, j
     for j in range(1, max_hops):
-        _warn_unknown(f"bridge_{j}", int(((hops > j) & (roles[f"bridge_{j}"] < 0)).sum()),
-                      int((hops > j).sum()))
-    return _finish("composition", vocab, keys, inputs, hops, answers, hops, roles, role_pos,
-                   splits, n)
+        _warn_unknown(
+            f"bridge_{j}",
+            int(((hops > j) & (roles[f"bridge_{j}"] < 0)).sum()),
+            int((hops > j).sum()),
+        )
+    return _finish(
+        "composition", vocab, keys, inputs, hops, answers, hops, roles, role_pos, splits, n
+    )
 
 
 def comparison_vocab(n) -> Vocab:
     """The authors' comparison tokens, in ranges (corruption replaces within a range)."""
     A = n["attr"]
-    return Vocab.build([("specials", ["<pad>", "<q>", "<mask>", "</a>"]),
-                        ("entities", [f"<e_{i}>" for i in range(n["e"])]),
-                        ("attributes", [f"<attr_{j}>" for j in range(A)]),
-                        ("values", [f"<{k}>" for k in range(n["value"])]),
-                        ("labels", [f"<attr_{j}_{c}>" for j in range(A) for c in range(3)])])
+    return Vocab.build(
+        [
+            ("specials", ["<pad>", "<q>", "<mask>", "</a>"]),
+            ("entities", [f"<e_{i}>" for i in range(n["e"])]),
+            ("attributes", [f"<attr_{j}>" for j in range(A)]),
+            ("values", [f"<{k}>" for k in range(n["value"])]),
+            ("labels", [f"<attr_{j}_{c}>" for j in range(A) for c in range(3)]),
+        ]
+    )
 
 
 def _comparison(n, parsed, splits, task: str = "comparison") -> Dataset:
@@ -376,17 +469,32 @@ def _comparison(n, parsed, splits, task: str = "comparison") -> Dataset:
     attr = np.where(atomic, inputs[:, 1], inputs[:, 0])
     e1 = np.where(atomic, inputs[:, 0], inputs[:, 2])
     e2 = np.where(atomic, -1, inputs[:, 4])
-    value = {(int(inputs[i, 0]), int(inputs[i, 1])): int(answers[i]) for i in np.flatnonzero(atomic)}
+    value = {
+        (int(inputs[i, 0]), int(inputs[i, 1])): int(answers[i]) for i in np.flatnonzero(atomic)
+    }
     v1 = np.array([value.get((int(a), int(b)), -1) for a, b in zip(e1, attr)])
     v2 = np.array([value.get((int(a), int(b)), -1) if a >= 0 else -1 for a, b in zip(e2, attr)])
     pos_e1 = np.where(atomic, 0, 2)
     pos_e2 = np.where(atomic, -1, 4)
-    roles = {"attribute": attr, "entity_1": e1, "entity_2": e2, "value_1": v1, "value_2": v2,
-             "answer": answers.copy()}
-    role_pos = {"attribute": np.where(atomic, 1, 0), "entity_1": pos_e1, "entity_2": pos_e2,
-                "value_1": np.where(v1 >= 0, pos_e1, -1), "value_2": np.where(v2 >= 0, pos_e2, -1),
-                "answer": np.full(N, -1)}
-    _warn_unknown("value_1/value_2", int((~atomic & ((v1 < 0) | (v2 < 0))).sum()),
-                  int((~atomic).sum()))
-    return _finish(task, vocab, keys, inputs, answer_pos, answers, np.ones(N), roles,
-                   role_pos, splits, n)
+    roles = {
+        "attribute": attr,
+        "entity_1": e1,
+        "entity_2": e2,
+        "value_1": v1,
+        "value_2": v2,
+        "answer": answers.copy(),
+    }
+    role_pos = {
+        "attribute": np.where(atomic, 1, 0),
+        "entity_1": pos_e1,
+        "entity_2": pos_e2,
+        "value_1": np.where(v1 >= 0, pos_e1, -1),
+        "value_2": np.where(v2 >= 0, pos_e2, -1),
+        "answer": np.full(N, -1),
+    }
+    _warn_unknown(
+        "value_1/value_2", int((~atomic & ((v1 < 0) | (v2 < 0))).sum()), int((~atomic).sum())
+    )
+    return _finish(
+        task, vocab, keys, inputs, answer_pos, answers, np.ones(N), roles, role_pos, splits, n
+    )

@@ -12,6 +12,7 @@ those parts, as many as make them the fraction `replay` of the training split (0
 stage cells adds 2,731 replayed ones). The draw is a fixed sample, a function of the seed.
 `stats.parts` records each part's offset, size and its own content hash.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,22 +29,32 @@ def make_mixture(cfg: MixtureConfig, rng: np.random.Generator) -> Dataset:
     first_name, first = next(iter(parts.items()))
     for name, ds in parts.items():
         if ds.vocab.tokens != first.vocab.tokens:
-            raise ValueError(f"mixture part {name!r} ({ds.task}) has another vocabulary than "
-                             f"{first_name!r} ({first.task}); a mixture's parts must share one "
-                             "vocabulary, e.g. the table presets logic_* and math_*")
+            raise ValueError(
+                f"mixture part {name!r} ({ds.task}) has another vocabulary than "
+                f"{first_name!r} ({first.task}); a mixture's parts must share one "
+                "vocabulary, e.g. the table presets logic_* and math_*"
+            )
         if cfg.held_out not in ds.splits:
-            raise ValueError(f"mixture part {name!r} ({ds.task}) has no split {cfg.held_out!r} to "
-                             f"hold out; set data.held_out to one of {ds.eval_splits}")
+            raise ValueError(
+                f"mixture part {name!r} ({ds.task}) has no split {cfg.held_out!r} to "
+                f"hold out; set data.held_out to one of {ds.eval_splits}"
+            )
     # Parts of different lengths (e.g. chains of 2 and 4 hops) are right-padded to the longest;
     # the model is causal and reads each answer at its own answer_pos, so padding changes nothing.
     n_ctx, pad = max(ds.n_ctx for ds in parts.values()), first.vocab.id("<pad>")
-    padded = lambda ds: np.pad(ds.inputs, ((0, 0), (0, n_ctx - ds.n_ctx)),  # noqa: E731
-                               constant_values=pad)
+    padded = lambda ds: np.pad(
+        ds.inputs,
+        ((0, 0), (0, n_ctx - ds.n_ctx)),  # noqa: E731
+        constant_values=pad,
+    )
 
     # Roles a part lacks (a 2-hop chain has no bridge_2) are -1 there, as within one task.
     roles = list(dict.fromkeys(k for ds in parts.values() for k in ds.roles))
-    role = lambda k, field: lambda ds: getattr(ds, field).get(  # noqa: E731
-        k, np.full(len(ds), -1, np.int64))
+    role = lambda k, field: (
+        lambda ds: getattr(ds, field).get(  # noqa: E731
+            k, np.full(len(ds), -1, np.int64)
+        )
+    )
 
     offsets, n = {}, 0
     for name, ds in parts.items():
@@ -52,11 +63,11 @@ def make_mixture(cfg: MixtureConfig, rng: np.random.Generator) -> Dataset:
 
     train = [parts[p].splits["train"] + offsets[p] for p in cfg.train_on]
     n_trained = sum(len(t) for t in train)
-    earlier = list(parts)[:list(parts).index(cfg.train_on[0])]
+    earlier = list(parts)[: list(parts).index(cfg.train_on[0])]
     replayed = {}
     if cfg.replay:
         n_replay = round(cfg.replay / (1 - cfg.replay) * n_trained)
-        for i, p in enumerate(earlier):   # evenly; the first parts take the remainder
+        for i, p in enumerate(earlier):  # evenly; the first parts take the remainder
             k = n_replay // len(earlier) + (i < n_replay % len(earlier))
             pool = parts[p].splits["train"] + offsets[p]
             replayed[p] = np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False))
@@ -65,11 +76,30 @@ def make_mixture(cfg: MixtureConfig, rng: np.random.Generator) -> Dataset:
     for p, ds in parts.items():
         splits[f"test_{p}"] = sample_eval(ds.splits[cfg.held_out], cfg.eval_size, rng) + offsets[p]
 
-    stats = {"parts": {p: {"offset": offsets[p], "size": len(ds), "task": ds.task,
-                           "content_hash": ds.content_hash(), "stats": ds.stats}
-                       for p, ds in parts.items()},
-             "n_trained": n_trained, "n_replayed": {p: len(v) for p, v in replayed.items()}}
-    return Dataset("mixture", first.vocab, cat(padded), cat(lambda d: d.answer_pos),
-                   cat(lambda d: d.answers), cat(lambda d: d.hops),
-                   {k: cat(role(k, "roles")) for k in roles}, {k: cat(role(k, "role_pos")) for k in roles},
-                   {k: v.astype(np.int64) for k, v in splits.items()}, config_dict(cfg), stats)
+    stats = {
+        "parts": {
+            p: {
+                "offset": offsets[p],
+                "size": len(ds),
+                "task": ds.task,
+                "content_hash": ds.content_hash(),
+                "stats": ds.stats,
+            }
+            for p, ds in parts.items()
+        },
+        "n_trained": n_trained,
+        "n_replayed": {p: len(v) for p, v in replayed.items()},
+    }
+    return Dataset(
+        "mixture",
+        first.vocab,
+        cat(padded),
+        cat(lambda d: d.answer_pos),
+        cat(lambda d: d.answers),
+        cat(lambda d: d.hops),
+        {k: cat(role(k, "roles")) for k in roles},
+        {k: cat(role(k, "role_pos")) for k in roles},
+        {k: v.astype(np.int64) for k, v in splits.items()},
+        config_dict(cfg),
+        stats,
+    )

@@ -21,6 +21,7 @@ bridge b and the answer t are each old or new, and the splits name which are new
 
 Each split is a uniform sample without replacement of every such path (at most n_questions).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ SPLITS = ("test_new_all", "test_new_head", "test_new_bridge", "test_new_answer")
 class NewFacts:
     """Facts (head, relation, tail) as ordinals, int64 [n] each, and the questions per split:
     {split: int64 [n, 4] rows (head, relation_1, relation_2, answer)}."""
+
     n_old: int
     n_new: int
     head: np.ndarray
@@ -60,10 +62,10 @@ def free_relations(head: np.ndarray, relation: np.ndarray, n_old: int, n_relatio
 def two_hop_paths(head, relation, tail, want_head, want_bridge, want_answer) -> np.ndarray:
     """Every path (h, r1, r2, t) through facts (h, r1) -> b, (b, r2) -> t whose h, b and t pass
     the three ordinal tests: [n, 4]."""
-    order = np.argsort(head, kind="stable")                  # facts by head: each entity's block
+    order = np.argsort(head, kind="stable")  # facts by head: each entity's block
     start = np.searchsorted(head[order], np.arange(int(max(head.max(), tail.max())) + 2))
     first = np.flatnonzero(want_head(head) & want_bridge(tail))
-    count = start[tail[first] + 1] - start[tail[first]]      # facts leaving each bridge
+    count = start[tail[first] + 1] - start[tail[first]]  # facts leaving each bridge
     rows = np.repeat(np.arange(len(first)), count)
     within = np.arange(len(rows)) - np.repeat(np.cumsum(count) - count, count)
     second = order[start[tail[first][rows]] + within]
@@ -72,14 +74,26 @@ def two_hop_paths(head, relation, tail, want_head, want_bridge, want_answer) -> 
     return paths[want_answer(tail[second])].astype(np.int64)
 
 
-def new_facts(head: np.ndarray, relation: np.ndarray, tail: np.ndarray, n_old: int,
-              n_relations: int, n_new: int, degree: int, rng: np.random.Generator,
-              link: bool = False, link_degree: int = 4, n_questions: int = 1000) -> NewFacts:
+def new_facts(
+    head: np.ndarray,
+    relation: np.ndarray,
+    tail: np.ndarray,
+    n_old: int,
+    n_relations: int,
+    n_new: int,
+    degree: int,
+    rng: np.random.Generator,
+    link: bool = False,
+    link_degree: int = 4,
+    n_questions: int = 1000,
+) -> NewFacts:
     """The new facts over n_new entities beside the old graph (head, relation, tail ordinals) and
     the questions through them (module docstring); deterministic given `rng`."""
     if degree + (link_degree if link else 0) > n_relations:
-        raise ValueError(f"degree={degree} + link_degree={link_degree} relations per new entity "
-                         f"exceed the {n_relations} relations")
+        raise ValueError(
+            f"degree={degree} + link_degree={link_degree} relations per new entity "
+            f"exceed the {n_relations} relations"
+        )
     new = n_old + np.arange(n_new)
     rel = distinct_relations(n_new, n_relations, degree, rng)
     heads, rels = [np.repeat(new, degree)], [rel.ravel()]
@@ -94,8 +108,12 @@ def new_facts(head: np.ndarray, relation: np.ndarray, tail: np.ndarray, n_old: i
     h, r, t = (np.concatenate(x).astype(np.int64) for x in (heads, rels, tails))
     all_h, all_r, all_t = (np.concatenate([a, b]) for a, b in ((head, h), (relation, r), (tail, t)))
     old, is_new = (lambda x: x < n_old), (lambda x: x >= n_old)
-    tests = {"test_new_all": (is_new, is_new, is_new), "test_new_head": (is_new, old, old),
-             "test_new_bridge": (old, is_new, old), "test_new_answer": (old, old, is_new)}
+    tests = {
+        "test_new_all": (is_new, is_new, is_new),
+        "test_new_head": (is_new, old, old),
+        "test_new_bridge": (old, is_new, old),
+        "test_new_answer": (old, old, is_new),
+    }
     questions = {}
     for split in (SPLITS if link else SPLITS[:1]) if n_questions else ():
         paths = two_hop_paths(all_h, all_r, all_t, *tests[split])

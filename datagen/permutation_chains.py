@@ -21,6 +21,7 @@ chain trains the state at the end of each of its prefixes, and a held-out query 
 tested). Lengths with at most ENUMERATE_LIMIT chains are enumerated and shuffled; longer ones are
 sampled uniformly without replacement among the allowed chains by rejection.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,32 +58,37 @@ def _allowed(codes: np.ndarray, k: int, R: int, held: dict[int, np.ndarray]) -> 
     return ok
 
 
-def _train_chains(k: int, n: int, R: int, total: int, held: dict[int, np.ndarray],
-                  rng: np.random.Generator) -> np.ndarray:
+def _train_chains(
+    k: int, n: int, R: int, total: int, held: dict[int, np.ndarray], rng: np.random.Generator
+) -> np.ndarray:
     """n distinct allowed k-hop codes, uniformly at random."""
     if total <= ENUMERATE_LIMIT:
         codes = np.arange(total, dtype=np.int64)
         codes = codes[_allowed(codes, k, R, held)]
-        if len(codes) < n:   # the config's bound makes this unreachable; kept as a guard
-            raise ValueError(f"data.train_per_hop={n}: only {len(codes)} {k}-hop chains are free "
-                             "of held-out chains; lower train_per_hop")
+        if len(codes) < n:  # the config's bound makes this unreachable; kept as a guard
+            raise ValueError(
+                f"data.train_per_hop={n}: only {len(codes)} {k}-hop chains are free "
+                "of held-out chains; lower train_per_hop"
+            )
         return codes[rng.permutation(len(codes))[:n]]
     found = np.empty(0, dtype=np.int64)
     for _ in range(50):
         draw = rng.integers(0, total, size=2 * (n - len(found)) + 64)
         found = np.concatenate([found, draw[_allowed(draw, k, R, held)]])
         _, first = np.unique(found, return_index=True)
-        found = found[np.sort(first)]          # distinct, in the order drawn
+        found = found[np.sort(first)]  # distinct, in the order drawn
         if len(found) >= n:
             return found[:n]
-    raise ValueError(f"data.train_per_hop={n}: sampling found only {len(found)} {k}-hop chains "
-                     "free of held-out chains; lower train_per_hop")
+    raise ValueError(
+        f"data.train_per_hop={n}: sampling found only {len(found)} {k}-hop chains "
+        "free of held-out chains; lower train_per_hop"
+    )
 
 
 def make_permutation_chains(cfg: PermutationChainsConfig, rng: np.random.Generator) -> Dataset:
     E, R = cfg.n_entities, cfg.n_relations
-    perms = np.stack([rng.permutation(E) for _ in range(R)])           # [R, E]: p_r(e)
-    base = int(rng.integers(2 ** 62))   # per-length generators, so lengths never share draws
+    perms = np.stack([rng.permutation(E) for _ in range(R)])  # [R, E]: p_r(e)
+    base = int(rng.integers(2**62))  # per-length generators, so lengths never share draws
     vocab = composition_vocab(E, R)
     train_hops = sorted({k for k in cfg.hops if k >= 2})
     all_hops = sorted(set(train_hops) | set(cfg.test_hops))
@@ -90,18 +96,24 @@ def make_permutation_chains(cfg: PermutationChainsConfig, rng: np.random.Generat
 
     held, blocks, stats = {}, [], {"n_atomic": E * R, "paths": {}}
     streams = {k: np.random.default_rng([base, k]) for k in range(2, deepest + 1)}
-    for k in range(2, deepest + 1):         # every length: the held-out chains, trained or not
-        held[k] = streams[k].choice(E * R ** k, size=cfg.n_held, replace=False).astype(np.int64)
+    for k in range(2, deepest + 1):  # every length: the held-out chains, trained or not
+        held[k] = streams[k].choice(E * R**k, size=cfg.n_held, replace=False).astype(np.int64)
     for k in all_hops:
         # valid holds every length too: a halting selector tuned on it meets chains deeper than
         # the network was trained on, and can learn when to say "I don't know" to them
-        blocks += [("test_inferred_id", k, held[k][:cfg.eval_size]),
-                   ("valid", k, held[k][cfg.eval_size:])]
+        blocks += [
+            ("test_inferred_id", k, held[k][: cfg.eval_size]),
+            ("valid", k, held[k][cfg.eval_size :]),
+        ]
         if k in train_hops:
-            train = _train_chains(k, cfg.train_per_hop, R, E * R ** k, held, streams[k])
+            train = _train_chains(k, cfg.train_per_hop, R, E * R**k, held, streams[k])
             blocks.append(("train_inferred", k, train))
-        stats["paths"][str(k)] = {"total": E * R ** k, "test": cfg.eval_size, "valid": cfg.valid_size,
-                                  "train": cfg.train_per_hop if k in train_hops else 0}
+        stats["paths"][str(k)] = {
+            "total": E * R**k,
+            "test": cfg.eval_size,
+            "valid": cfg.valid_size,
+            "train": cfg.train_per_hop if k in train_hops else 0,
+        }
 
     # Examples: every atomic fact (code h * R + r), then each block of chains.
     pieces = []
@@ -110,23 +122,38 @@ def make_permutation_chains(cfg: PermutationChainsConfig, rng: np.random.Generat
         pieces.append((name, k, heads, rels, follow(perms, heads, rels)[:, 1:]))
     inputs, hops, roles, role_pos, index = lay_out_chains(vocab, pieces, deepest)
     answers = roles["answer"].copy()
-    answer_pos = hops.copy()          # the last relation sits at position k
+    answer_pos = hops.copy()  # the last relation sits at position k
 
     empty = [np.empty(0, np.int64)]
     atomic = np.concatenate(index["atomic"])
     train_inferred = np.concatenate(index.get("train_inferred", empty))
-    splits = {"train": np.concatenate([atomic, train_inferred]),
-              "atomic_id": sample_eval(atomic, cfg.eval_size, rng),
-              "train_inferred": np.concatenate(
-                  [sample_eval(train_inferred[hops[train_inferred] == k], cfg.eval_size, rng)
-                   for k in train_hops] or empty)}
+    splits = {
+        "train": np.concatenate([atomic, train_inferred]),
+        "atomic_id": sample_eval(atomic, cfg.eval_size, rng),
+        "train_inferred": np.concatenate(
+            [
+                sample_eval(train_inferred[hops[train_inferred] == k], cfg.eval_size, rng)
+                for k in train_hops
+            ]
+            or empty
+        ),
+    }
     for name in ("valid", "test_inferred_id"):
         splits[name] = np.sort(np.concatenate(index.get(name, empty)))
     splits = {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
     # phi as composition defines it (inferred / atomic training facts); not "achieved_phi", which
     # the datagen CLI compares with a requested data.phi that this task does not have
     stats["phi"] = len(train_inferred) / (E * R)
-    return Dataset("khop_perm", vocab, inputs, answer_pos, answers, hops,
-                   {k: v.astype(np.int64) for k, v in roles.items()},
-                   {k: v.astype(np.int64) for k, v in role_pos.items()},
-                   splits, config_dict(cfg), stats)
+    return Dataset(
+        "khop_perm",
+        vocab,
+        inputs,
+        answer_pos,
+        answers,
+        hops,
+        {k: v.astype(np.int64) for k, v in roles.items()},
+        {k: v.astype(np.int64) for k, v in role_pos.items()},
+        splits,
+        config_dict(cfg),
+        stats,
+    )

@@ -5,6 +5,7 @@ process never leaves a half-written file under the final name.
 It lives at the bottom layer (datagen) and imports nothing from the rest of the project, so
 `datagen`, `grokloop`, `probes` and `reports` can all use it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,10 +22,15 @@ def code_version() -> str:
     """The git commit of the checkout this code runs from (with -dirty); for an installed package
     (no checkout around it) `grokloop==VERSION`; 'unknown' if neither can be read."""
     root = Path(__file__).resolve().parent.parent
-    if (root / ".git").exists():   # a directory, or a file in a git worktree
+    if (root / ".git").exists():  # a directory, or a file in a git worktree
         try:
-            out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root,
-                                 capture_output=True, text=True, timeout=5)
+            out = subprocess.run(
+                ["git", "describe", "--always", "--dirty"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             if out.stdout.strip():
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -39,10 +45,14 @@ def machine() -> dict:
     """What a timing or a result was measured on: the CPU model (timings are only comparable on
     one machine), cores, torch threads, GPU, torch version, date."""
     import torch
+
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     flags = ""
@@ -50,11 +60,25 @@ def machine() -> dict:
         flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
     except (OSError, StopIteration):
         pass
-    isa = "amx_bf16" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else \
-        "avx2" if "avx2" in flags else "other"
+    isa = (
+        "amx_bf16"
+        if "amx_bf16" in flags
+        else "avx512_bf16"
+        if "avx512_bf16" in flags
+        else "avx2"
+        if "avx2" in flags
+        else "other"
+    )
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": gpu, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    return {
+        "cpu": cpu,
+        "isa": isa,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def sha256_file(path: str | Path) -> str:

@@ -37,6 +37,7 @@ stage and whose 127 non-zero elements form a cyclic group of the same order as Z
 Splits as in datagen/arithmetic.py: by table cell, a `train_fraction` of the cells trains, the
 rest are `test`; `train_sample` is a fixed seeded sample of at most TRAIN_SAMPLE_SIZE training
 cells. Pure function of the config and its seed."""
+
 from __future__ import annotations
 
 import itertools
@@ -48,19 +49,23 @@ from datagen.config import TABLE_OPS, TableConfig
 from datagen.dataset import Dataset
 from datagen.vocab import Vocab
 
-N_VALUES = 128            # integer tokens 0..127
-BITS = 7                  # logic stages act on 7-bit words
+N_VALUES = 128  # integer tokens 0..127
+BITS = 7  # logic stages act on 7-bit words
 MASK = (1 << BITS) - 1
-GF_POLY = 0b10000011      # x^7 + x + 1, irreducible (primitive) over F_2
+GF_POLY = 0b10000011  # x^7 + x + 1, irreducible (primitive) over F_2
 LOGIC_OPS = ("xor", "and", "or", "implies", "nand", "gfmul")
 MODULAR_OPS = ("add", "sub", "mul", "div", "poly")
 
 
 def table_vocab() -> Vocab:
     """The one vocabulary of every table op (module docstring)."""
-    return Vocab.build([("numbers", [str(i) for i in range(N_VALUES)]),
-                        ("specials", ["<pad>", "="]),
-                        ("ops", [f"<op_{op}>" for op in TABLE_OPS])])
+    return Vocab.build(
+        [
+            ("numbers", [str(i) for i in range(N_VALUES)]),
+            ("specials", ["<pad>", "="]),
+            ("ops", [f"<op_{op}>" for op in TABLE_OPS]),
+        ]
+    )
 
 
 def gf_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -92,13 +97,17 @@ def op_table(op: str, modulus: int = 127) -> tuple[np.ndarray, np.ndarray, np.nd
         perms = s5_elements()
         index = {p: i for i, p in enumerate(perms)}
         a, b = _grid(len(perms))
-        c = np.array([index[tuple(perms[x][perms[y][i]] for i in range(5))]
-                      for x, y in zip(a, b)])
+        c = np.array([index[tuple(perms[x][perms[y][i]] for i in range(5))] for x, y in zip(a, b)])
         return a, b, c
     a, b = _grid(N_VALUES)
-    c = {"xor": lambda: a ^ b, "and": lambda: a & b, "or": lambda: a | b,
-         "implies": lambda: (~a | b) & MASK, "nand": lambda: ~(a & b) & MASK,
-         "gfmul": lambda: gf_mul(a, b)}[op]()
+    c = {
+        "xor": lambda: a ^ b,
+        "and": lambda: a & b,
+        "or": lambda: a | b,
+        "implies": lambda: (~a | b) & MASK,
+        "nand": lambda: ~(a & b) & MASK,
+        "gfmul": lambda: gf_mul(a, b),
+    }[op]()
     return a, b, c
 
 
@@ -106,5 +115,15 @@ def make_table(cfg: TableConfig, rng: np.random.Generator) -> Dataset:
     vocab = table_vocab()
     a, b, c = op_table(cfg.op, cfg.modulus)
     stats = {"op": cfg.op} | ({"modulus": cfg.modulus} if cfg.op in MODULAR_OPS else {})
-    return _table_dataset("table", vocab, a, b, c, cfg.train_fraction, cfg, rng, stats,
-                          op_id=vocab.id(f"<op_{cfg.op}>"))
+    return _table_dataset(
+        "table",
+        vocab,
+        a,
+        b,
+        c,
+        cfg.train_fraction,
+        cfg,
+        rng,
+        stats,
+        op_id=vocab.id(f"<op_{cfg.op}>"),
+    )

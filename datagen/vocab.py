@@ -1,4 +1,5 @@
 """One shared vocabulary per dataset: a tuple of token strings with named, half-open id ranges."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -27,6 +27,7 @@ One module (or subpackage) per concept:
 Layers (pyproject.toml's import-linter contracts): datagen below, then grokloop, probes,
 reports, and the commands (`__main__` modules) on top; nothing imports upward.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -7,6 +7,7 @@
 Each command is the `python -m` module named in grokloop.cli.COMMANDS, with the same options and
 the same `--help`; this script only picks it by name.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,9 +18,13 @@ from grokloop.cli import COMMANDS
 
 def usage() -> str:
     width = max(map(len, COMMANDS)) + 2
-    lines = [f"  {name.replace('_', '-'):<{width}}python -m {c.module}" for name, c in COMMANDS.items()]
-    return ("usage: grokloop COMMAND [key=value ...] [--help]\n\ncommands (each also runs as "
-            "`python -m MODULE`):\n" + "\n".join(lines))
+    lines = [
+        f"  {name.replace('_', '-'):<{width}}python -m {c.module}" for name, c in COMMANDS.items()
+    ]
+    return (
+        "usage: grokloop COMMAND [key=value ...] [--help]\n\ncommands (each also runs as "
+        "`python -m MODULE`):\n" + "\n".join(lines)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,8 +34,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     name = argv[0].replace("-", "_")
     if name not in COMMANDS:
-        print(f"error: {argv[0]!r} is not a grokloop command; `grokloop --help` lists them",
-              file=sys.stderr)
+        print(
+            f"error: {argv[0]!r} is not a grokloop command; `grokloop --help` lists them",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     command = COMMANDS[name]
     module, _, function = (command.main or f"{command.module}.__main__:main").partition(":")

@@ -29,6 +29,7 @@ or false), so a resumed run keeps the numerics it started with: resuming with `a
 run's recorded mode, on any machine. The defaults stay fp32 and eager (deterministic, the
 numerics every committed study was run with); `auto` is opt-in.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,13 +46,15 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class Mode:
-    precision: str   # fp32 | bf16
+    precision: str  # fp32 | bf16
     compile: bool
-    why: str         # the rule's reason, in words (the run's first line says it)
+    why: str  # the rule's reason, in words (the run's first line says it)
 
     def describe(self) -> str:
-        return f"{'bf16 autocast' if self.precision == 'bf16' else 'fp32'}, " \
-               f"{'compiled' if self.compile else 'eager'}"
+        return (
+            f"{'bf16 autocast' if self.precision == 'bf16' else 'fp32'}, "
+            f"{'compiled' if self.compile else 'eager'}"
+        )
 
 
 def choose_mode(device: torch.device | str, flags: set[str] | None = None) -> Mode:
@@ -66,32 +69,43 @@ def choose_mode(device: torch.device | str, flags: set[str] | None = None) -> Mo
     backward keeps took 12x eager's threshold_backward; bench/README.md). On a GPU: bf16 where
     it is native, eager (compile not measured on a GPU yet)."""
     device = torch.device(device)
-    no_compile = "compile measured slower than eager on CPUs" if device.type == "cpu" else \
-        "compile not measured on GPUs yet"
+    no_compile = (
+        "compile measured slower than eager on CPUs"
+        if device.type == "cpu"
+        else "compile not measured on GPUs yet"
+    )
     if device.type == "cuda":
         ok, why = bf16_support(device)
         return Mode("bf16" if ok else "fp32", False, f"{why}; {no_compile}")
     flags = cpu_flags() if flags is None else flags
     if device.type == "cpu" and "amx_bf16" in flags and torch.backends.mkldnn.is_available():
         return Mode("bf16", False, f"the CPU has AMX-BF16; {no_compile}")
-    return Mode("fp32", False, "no AMX-BF16 on this CPU (bf16 measured faster only with it); "
-                f"{no_compile}")
+    return Mode(
+        "fp32", False, f"no AMX-BF16 on this CPU (bf16 measured faster only with it); {no_compile}"
+    )
 
 
-def resolve_mode(precision: str, compile, device: torch.device | str,
-                 saved: dict | None = None) -> tuple[str, bool, str | None]:
+def resolve_mode(
+    precision: str, compile, device: torch.device | str, saved: dict | None = None
+) -> tuple[str, bool, str | None]:
     """(precision, compile, why) a run uses for train.precision / train.compile, either of
     which may be `auto`: the run's recorded mode where it continues (`saved`: config.json's
     flattened keys), else `choose_mode`'s. `why` is None when nothing was auto."""
     if precision != "auto" and compile != "auto":
         return precision, bool(compile), None
-    if saved is not None:   # a run from before these keys ran fp32, eager
-        rule = Mode(saved.get("train.precision", "fp32"), bool(saved.get("train.compile", False)),
-                    "the mode this run started with (config.json)")
+    if saved is not None:  # a run from before these keys ran fp32, eager
+        rule = Mode(
+            saved.get("train.precision", "fp32"),
+            bool(saved.get("train.compile", False)),
+            "the mode this run started with (config.json)",
+        )
     else:
         rule = choose_mode(device)
-    return (rule.precision if precision == "auto" else precision,
-            rule.compile if compile == "auto" else bool(compile), rule.why)
+    return (
+        rule.precision if precision == "auto" else precision,
+        rule.compile if compile == "auto" else bool(compile),
+        rule.why,
+    )
 
 
 def cpu_flags() -> set[str]:
@@ -113,13 +127,20 @@ def bf16_support(device: torch.device | str) -> tuple[bool, str]:
     if device.type == "cpu":
         flags = cpu_flags()
         cap = torch.backends.cpu.get_cpu_capability()
-        units = [u for f, u in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
-                 if f in flags]
+        units = [
+            u for f, u in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if f in flags
+        ]
         if units and torch.backends.mkldnn.is_available():
             return True, f"CPU has {' and '.join(units)} (torch capability {cap}, oneDNN)"
-        why = "torch was built without oneDNN" if units else \
-            "the CPU has neither AMX-BF16 nor AVX512-BF16"
-        return False, f"{why} (torch capability {cap}): bf16 matmuls would be emulated, slower than fp32"
+        why = (
+            "torch was built without oneDNN"
+            if units
+            else "the CPU has neither AMX-BF16 nor AVX512-BF16"
+        )
+        return (
+            False,
+            f"{why} (torch capability {cap}): bf16 matmuls would be emulated, slower than fp32",
+        )
     return False, f"no bf16 autocast path for device type {device.type!r}"
 
 
@@ -145,16 +166,29 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 
 
 def _hooks_attached(model) -> bool:
-    return any(hp._forward_hooks or hp._forward_pre_hooks or hp._backward_hooks
-               for hp in model.hook_dict.values())
+    return any(
+        hp._forward_hooks or hp._forward_pre_hooks or hp._backward_hooks
+        for hp in model.hook_dict.values()
+    )
 
 
-def _readout(model, tokens, n_steps, positions, schedule, grad_last_k, every_step, answer_only,
-             device_type, bf16):
+def _readout(
+    model,
+    tokens,
+    n_steps,
+    positions,
+    schedule,
+    grad_last_k,
+    every_step,
+    answer_only,
+    device_type,
+    bf16,
+):
     # The body every compiled copy runs (see _fresh): the class's readout_steps under autocast.
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        out = type(model).readout_steps(model, tokens, n_steps, positions, schedule, grad_last_k,
-                                        every_step, answer_only)
+        out = type(model).readout_steps(
+            model, tokens, n_steps, positions, schedule, grad_last_k, every_step, answer_only
+        )
     return out.float()
 
 
@@ -178,26 +212,38 @@ def accelerate_training(model, train_cfg, device: torch.device) -> dict:
     if not compiled and precision == "fp32":
         return {"compile": False, "precision": "fp32"}
     if compiled and getattr(train_cfg, "mix_cores", False):
-        warnings.warn("train.compile=true with train.mix_cores: every schedule compiles anew; "
-                      "schedules past dynamo's recompile limit run eagerly")
+        warnings.warn(
+            "train.compile=true with train.mix_cores: every schedule compiles anew; "
+            "schedules past dynamo's recompile limit run eagerly"
+        )
     bf16 = precision == "bf16"
-    body = functools.partial(_fresh(_readout) if compiled else _readout, device_type=device.type,
-                             bf16=bf16)
+    body = functools.partial(
+        _fresh(_readout) if compiled else _readout, device_type=device.type, bf16=bf16
+    )
     if compiled:
         # GROKLOOP_COMPILE_MODE=reduce-overhead: inductor with CUDA graphs (bench/gpu_suite.sh)
-        body = torch.compile(body.func, dynamic=False,
-                             mode=os.environ.get("GROKLOOP_COMPILE_MODE") or None)
+        body = torch.compile(
+            body.func, dynamic=False, mode=os.environ.get("GROKLOOP_COMPILE_MODE") or None
+        )
         body = functools.partial(body, device_type=device.type, bf16=bf16)
-    eager = model.readout_steps   # the bound class method
+    eager = model.readout_steps  # the bound class method
 
-    def readout_steps(tokens, n_steps=None, positions=None, schedule=None, grad_last_k=None,
-                      every_step=True, answer_only=False):
+    def readout_steps(
+        tokens,
+        n_steps=None,
+        positions=None,
+        schedule=None,
+        grad_last_k=None,
+        every_step=True,
+        answer_only=False,
+    ):
         if not (model.training and torch.is_grad_enabled()) or _hooks_attached(model):
             return eager(tokens, n_steps, positions, schedule, grad_last_k, every_step, answer_only)
-        if compiled:   # grow hook points / bind weight views outside the compiled region
+        if compiled:  # grow hook points / bind weight views outside the compiled region
             model._resolve(n_steps, schedule)
-        return body(model, tokens, n_steps, positions, schedule, grad_last_k, every_step,
-                    answer_only)
+        return body(
+            model, tokens, n_steps, positions, schedule, grad_last_k, every_step, answer_only
+        )
 
     readout_steps.__doc__ = eager.__doc__
     model.readout_steps = readout_steps

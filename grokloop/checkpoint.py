@@ -7,6 +7,7 @@ The JSON is written last, so a checkpoint without it never happened; a checkpoin
 not match their recorded hashes (truncated, corrupt) or that holds non-finite numbers is damaged:
 `last_good_checkpoint` skips it with a warning, `newest_readable` also says why.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +32,9 @@ def checkpoint_path(run_dir, step: int) -> Path:
     return ckpt_dir(run_dir) / f"step_{step:08d}.json"
 
 
-def save_checkpoint(run_dir, step: int, model, tensors: dict[str, torch.Tensor], state: dict) -> Path:
+def save_checkpoint(
+    run_dir, step: int, model, tensors: dict[str, torch.Tensor], state: dict
+) -> Path:
     d = ckpt_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     stem = f"step_{step:08d}"
@@ -39,8 +42,10 @@ def save_checkpoint(run_dir, step: int, model, tensors: dict[str, torch.Tensor],
     _atomic(d / f"{stem}.safetensors", lambda p: save_file(weights, str(p)))
     extra = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _atomic(d / f"{stem}.state.safetensors", lambda p: save_file(extra, str(p)))
-    meta = state | {"step": step, "sha256": {f: _sha(d / f) for f in
-                                             (f"{stem}.safetensors", f"{stem}.state.safetensors")}}
+    meta = state | {
+        "step": step,
+        "sha256": {f: _sha(d / f) for f in (f"{stem}.safetensors", f"{stem}.state.safetensors")},
+    }
     atomic_write_text(d / f"{stem}.json", json.dumps(meta))
     return d / f"{stem}.json"
 
@@ -64,7 +69,11 @@ def read_checkpoint(run_dir, step: int):
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"checkpoint {d / stem} is unreadable: {e}") from e
     # Written before non-finite gradients were checked, a checkpoint could hold NaN weights.
-    bad = [k for k, v in (weights | tensors).items() if v.is_floating_point() and not v.isfinite().all()]
+    bad = [
+        k
+        for k, v in (weights | tensors).items()
+        if v.is_floating_point() and not v.isfinite().all()
+    ]
     if bad:
         raise ValueError(f"checkpoint {d / stem} holds non-finite values in {', '.join(bad[:5])}")
     return weights, tensors, state
@@ -97,10 +106,15 @@ def last_good_checkpoint(run_dir, at_most: int | None = None):
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Optimizer state without pickle: tensors by 'opt.{param}.{name}', param groups as JSON."""
     sd = opt.state_dict()
-    tensors = {f"opt.{i}.{k}": v.reshape(-1) if v.dim() == 0 else v
-               for i, s in sd["state"].items() for k, v in s.items()}
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
-              for g in sd["param_groups"]]
+    tensors = {
+        f"opt.{i}.{k}": v.reshape(-1) if v.dim() == 0 else v
+        for i, s in sd["state"].items()
+        for k, v in s.items()
+    }
+    groups = [
+        {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
+        for g in sd["param_groups"]
+    ]
     return tensors, {"param_groups": groups}
 
 
@@ -110,7 +124,9 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict
         if key.startswith("opt."):
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = v.reshape(()) if name == "step" else v
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    groups = [
+        {k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]
+    ]
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
@@ -122,14 +138,16 @@ def load_model(run_dir, step: int | None = None):
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); "
-                                "train one with `python -m grokloop.train`")
+        raise FileNotFoundError(
+            f"{run_dir} is not a run directory (no config.json); "
+            "train one with `python -m grokloop.train`"
+        )
     cfg_dict = json.loads((run_dir / "config.json").read_text())
     got = last_good_checkpoint(run_dir) if step is None else read_checkpoint(run_dir, step)
     if got is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoints; train longer or resume it")
     weights, _, state = got
-    known = {f.name for f in dataclasses.fields(RunConfig)}   # drops code_version, dataset_hash
+    known = {f.name for f in dataclasses.fields(RunConfig)}  # drops code_version, dataset_hash
     cfg = run_config_from_dict({k: v for k, v in cfg_dict.items() if k in known})
     ds = load_or_build(cfg.data, cfg.data_cache)
     model = LoopedTransformer(cfg.model.resolved(len(ds.vocab), ds.n_ctx))  # config.json: resolved

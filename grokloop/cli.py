@@ -15,6 +15,7 @@ so does every failure at run time, with the status of grokloop/failure.py (a NaN
 damaged run, a full disk, Ctrl-C, SIGTERM). GROKLOOP_DEBUG=1 (or HYDRA_FULL_ERROR=1) shows the
 traceback instead. Tests compose the same configs with `compose`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,10 @@ def conf_dir() -> Path:
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "train.yaml").is_file():
             return candidate
-    raise FileNotFoundError(f"no Hydra config tree at {here / 'conf'} or {here.parent / 'conf'}; "
-                            "reinstall grokloop (pip install .)")
+    raise FileNotFoundError(
+        f"no Hydra config tree at {here / 'conf'} or {here.parent / 'conf'}; "
+        "reinstall grokloop (pip install .)"
+    )
 
 
 CONF = str(conf_dir())
@@ -50,11 +53,11 @@ CONF = str(conf_dir())
 
 @dataclass(frozen=True)
 class Command:
-    module: str                # python -m MODULE
-    schema: str                # "module:Class", imported only when the command runs
-    rest: str | None = None    # positional words on the command line become this list option
-    verb: str | None = None    # ... after this first word (python -m reports compare DIR ...)
-    main: str | None = None    # "module:function" run by `grokloop NAME`; None: MODULE.__main__:main
+    module: str  # python -m MODULE
+    schema: str  # "module:Class", imported only when the command runs
+    rest: str | None = None  # positional words on the command line become this list option
+    verb: str | None = None  # ... after this first word (python -m reports compare DIR ...)
+    main: str | None = None  # "module:function" run by `grokloop NAME`; None: MODULE.__main__:main
 
 
 # By primary config name, conf/NAME.yaml; `grokloop NAME` (dashes for underscores) runs the same
@@ -63,28 +66,59 @@ COMMANDS = {
     "train": Command("grokloop.train", "grokloop.config:TrainCommand"),
     "datagen": Command("datagen", "datagen.__main__:DatagenCommand"),
     "probes": Command("probes", "probes.__main__:ProbesCommand"),
-    "halting": Command("grokloop.halting", "grokloop.adaptive.halting:HaltingCommand",
-                       main="grokloop.adaptive.halting:main"),
-    "reports": Command("reports", "reports.__main__:ReportsCommand", rest="compare", verb="compare"),
-    "study": Command("reports.study", "reports.study:StudyCommand", rest="runs",
-                     main="reports.study:main"),
+    "halting": Command(
+        "grokloop.halting",
+        "grokloop.adaptive.halting:HaltingCommand",
+        main="grokloop.adaptive.halting:main",
+    ),
+    "reports": Command(
+        "reports", "reports.__main__:ReportsCommand", rest="compare", verb="compare"
+    ),
+    "study": Command(
+        "reports.study", "reports.study:StudyCommand", rest="runs", main="reports.study:main"
+    ),
     "curriculum": Command("grokloop.curriculum", "grokloop.curriculum:CurriculumCommand"),
-    "curriculum_study": Command("reports.curriculum", "reports.curriculum:CurriculumStudyCommand",
-                                rest="runs", main="reports.curriculum:main"),
-    "baselines": Command("grokloop.baselines", "grokloop.baselines.__main__:BaselinesCommand",
-                         verb="lookup"),
-    "adaptive_summary": Command("reports.adaptive", "reports.adaptive:SummaryCommand",
-                                rest="runs", main="reports.adaptive:main"),
+    "curriculum_study": Command(
+        "reports.curriculum",
+        "reports.curriculum:CurriculumStudyCommand",
+        rest="runs",
+        main="reports.curriculum:main",
+    ),
+    "baselines": Command(
+        "grokloop.baselines", "grokloop.baselines.__main__:BaselinesCommand", verb="lookup"
+    ),
+    "adaptive_summary": Command(
+        "reports.adaptive",
+        "reports.adaptive:SummaryCommand",
+        rest="runs",
+        main="reports.adaptive:main",
+    ),
     "bank": Command("grokloop.bank", "grokloop.bank:BankCommand", rest="action"),
-    "phi_law": Command("reports.phi_law", "reports.phi_law:PhiLawCommand", rest="runs",
-                       main="reports.phi_law:main"),
+    "phi_law": Command(
+        "reports.phi_law", "reports.phi_law:PhiLawCommand", rest="runs", main="reports.phi_law:main"
+    ),
     "paper": Command("reports.paper", "reports.paper:PaperCommand", main="reports.paper:main"),
-    "new_entities": Command("reports.new_entities", "reports.new_entities:NewEntitiesCommand",
-                            rest="summaries", main="reports.new_entities:main"),
+    "new_entities": Command(
+        "reports.new_entities",
+        "reports.new_entities:NewEntitiesCommand",
+        rest="summaries",
+        main="reports.new_entities:main",
+    ),
 }
 # Hydra's own flags that take the next word as their value (not a positional argument).
-_FLAG_VALUES = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg",
-                "-c", "--package", "-p", "--experimental-rerun"}
+_FLAG_VALUES = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+}
 _INFO = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
@@ -154,8 +188,13 @@ def overrides(name: str, argv: list[str]) -> list[str]:
     for a in argv:
         if after_flag or a.startswith(("-", "~")) or "=" in a:
             key, _, value = a.partition("=")
-            if key.lstrip("+") in lists and value and value[0] not in "[\'\"" \
-                    and "," not in value and not after_flag:
+            if (
+                key.lstrip("+") in lists
+                and value
+                and value[0] not in "['\""
+                and "," not in value
+                and not after_flag
+            ):
                 a = f"{key}=[{value}]"
             out.append(a)
             after_flag = a in _FLAG_VALUES
@@ -192,22 +231,28 @@ def describe(e: BaseException, name: str) -> str:
         group, _, option = (e.missing_cfg_file or "").rpartition("/")
         return f"{group}={option}: no such config; choose one of {', '.join(sorted(e.options))}"
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
-        if owners := _data_tasks_with(key):   # e.g. data.path with data=composition_paper
-            return (f"{key}: not an option of this data preset; it is one of data="
-                    f"{' or '.join(owners)}: add data={owners[0]} (or choose a preset of that task)")
+        if owners := _data_tasks_with(key):  # e.g. data.path with data=composition_paper
+            return (
+                f"{key}: not an option of this data preset; it is one of data="
+                f"{' or '.join(owners)}: add data={owners[0]} (or choose a preset of that task)"
+            )
         near = _near(key, cause.parent_node)
-        return (f"{key}: unknown option; " + (f"did you mean {near}? " if near else "") +
-                f"`python -m {COMMANDS[name].module} --help` lists the options")
+        return (
+            f"{key}: unknown option; "
+            + (f"did you mean {near}? " if near else "")
+            + f"`python -m {COMMANDS[name].module} --help` lists the options"
+        )
     if isinstance(cause, MissingMandatoryValue) and key:
         return f"{key} is required: pass {key}=..."
     if isinstance(cause, ValidationError) and key:
-        meta = getattr(cause.child_node, "_metadata", None)   # the schema's type for this key
+        meta = getattr(cause.child_node, "_metadata", None)  # the schema's type for this key
         want = ""
         if meta is not None and meta.ref_type is not typing.Any:
-            want = f"; {key} takes {getattr(meta.ref_type, '__name__', meta.ref_type)}" + \
-                   (" or null" if meta.optional else "")
+            want = f"; {key} takes {getattr(meta.ref_type, '__name__', meta.ref_type)}" + (
+                " or null" if meta.optional else ""
+            )
         return f"{key}={cause.value}: {str(cause.msg).splitlines()[0]}{want}"
-    return " ".join(str(e).split())   # e.g. an override that does not parse
+    return " ".join(str(e).split())  # e.g. an override that does not parse
 
 
 def _data_tasks_with(key: str) -> list[str]:
@@ -218,8 +263,11 @@ def _data_tasks_with(key: str) -> list[str]:
     section, _, leaf = key.rpartition(".")
     if section != "data":
         return []
-    return [task for task, cls in DATA_CONFIGS.items()
-            if leaf in {f.name for f in dataclasses.fields(cls)}]
+    return [
+        task
+        for task, cls in DATA_CONFIGS.items()
+        if leaf in {f.name for f in dataclasses.fields(cls)}
+    ]
 
 
 def _near(key: str, parent) -> str | None:
@@ -256,15 +304,17 @@ def announce_sweep_job(argv: list[str], cfg=None) -> None:
     swept = [f"{k}={v}" for k, v in (hc.sweeper.get("params") or {}).items()]
     swept += [a for a in argv if "=" in a and not a.startswith(("hydra.", "hydra/", "-"))]
     sizes = {}
-    for text in swept:   # later wins, as in Hydra's BasicSweeper
+    for text in swept:  # later wins, as in Hydra's BasicSweeper
         o = parser.parse_override(text)
         sizes[o.get_key_element()] = len(list(o.sweep_iterator())) if o.is_sweep_override() else 1
     _check_swept_names(sizes, hc, cfg)
     total = 1
     for n in sizes.values():
         total *= n
-    print(f"sweep job {hc.job.num + 1} of {total}: {hc.job.override_dirname or 'defaults'}",
-          flush=True)
+    print(
+        f"sweep job {hc.job.num + 1} of {total}: {hc.job.override_dirname or 'defaults'}",
+        flush=True,
+    )
 
 
 def _check_swept_names(sizes: dict[str, int], hc, cfg) -> None:
@@ -278,10 +328,12 @@ def _check_swept_names(sizes: dict[str, int], hc, cfg) -> None:
     out_dir = str(OmegaConf.to_container(cfg, resolve=False)["out_dir"])
     excluded = set(hc.job.config.override_dirname.exclude_keys or ())
     for key in sorted(k for k, n in sizes.items() if n > 1 and k in excluded):
-        if "override_dirname" in out_dir and key not in out_dir:   # ${experiment}/... names it
-            fail(f"{key} cannot be swept here: a job's directory (out_dir={out_dir}) is named "
-                 f"without it, so the jobs would share one; sweep it with an out_dir that names "
-                 f"it (out_dir=...{key.rpartition('.')[2]}${{{key}}})")
+        if "override_dirname" in out_dir and key not in out_dir:  # ${experiment}/... names it
+            fail(
+                f"{key} cannot be swept here: a job's directory (out_dir={out_dir}) is named "
+                f"without it, so the jobs would share one; sweep it with an out_dir that names "
+                f"it (out_dir=...{key.rpartition('.')[2]}${{{key}}})"
+            )
 
 
 def run(name: str, task: Callable[[typing.Any], None], argv: list[str] | None = None) -> None:
@@ -335,7 +387,7 @@ def run(name: str, task: Callable[[typing.Any], None], argv: list[str] | None = 
             _main()
         except UsageError:
             raise
-        except BaseException as e:   # composition errors, Ctrl-C or SIGTERM outside the task
+        except BaseException as e:  # composition errors, Ctrl-C or SIGTERM outside the task
             report(e)
         finally:
             sys.argv, warnings.formatwarning = saved[0], saved[2]

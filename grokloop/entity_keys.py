@@ -43,6 +43,7 @@ to pick a fact out of a bank as large as the ones it will read (a model trained 
 bank and given 22,000 facts, most of them new entities', lost 5-8 points of retrieval at the
 second hop, old entities included). Their keys are noise, so no weight can learn one.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-CHUNK = 1024   # ordinals per generator block
+CHUNK = 1024  # ordinals per generator block
 
 
 def draw_keys(seed: int, first: int, count: int, d_model: int, scale: float) -> torch.Tensor:
@@ -80,8 +81,8 @@ class EntityKeys(nn.Module):
         self.register_buffer("key", draw_keys(self.seed, 0, self.count, cfg.d_model, self.scale))
         self.register_buffer("new_key", torch.zeros(0, cfg.d_model), persistent=False)
         self.phantoms = cfg.key_phantoms
-        self._noise = None     # [n_entities + n_new, d_model], drawn by `resample`
-        self._phantom = None   # [phantoms, d_model], drawn by `resample`
+        self._noise = None  # [n_entities + n_new, d_model], drawn by `resample`
+        self._phantom = None  # [phantoms, d_model], drawn by `resample`
 
     @property
     def n_new(self) -> int:
@@ -90,8 +91,9 @@ class EntityKeys(nn.Module):
     def extend(self, n_new: int) -> None:
         """Read n_new entities beyond the trained ones, token ids d_vocab .. d_vocab + n_new - 1
         (ordinals n_entities ..): their keys from the seed. Replaces any earlier extension."""
-        self.new_key = draw_keys(self.seed, self.count, n_new, self.key.shape[1],
-                                 self.scale).to(self.key.device)
+        self.new_key = draw_keys(self.seed, self.count, n_new, self.key.shape[1], self.scale).to(
+            self.key.device
+        )
         self._noise = None
 
     @property
@@ -115,7 +117,7 @@ class EntityKeys(nn.Module):
         training (renormalised)."""
         k = torch.cat([self.key, self.new_key]) if self.n_new else self.key
         if self.training and self._noise is not None and len(self._noise) == len(k):
-            k = self._noise if math.isinf(self.noise) else k + self._noise   # inf: fresh keys
+            k = self._noise if math.isinf(self.noise) else k + self._noise  # inf: fresh keys
             k = k / k.norm(dim=1, keepdim=True) * self.scale
         if self.n_phantoms:
             if self._phantom is None:
@@ -129,7 +131,7 @@ class EntityKeys(nn.Module):
         Also the unembedding (transposed) of a model whose entity columns are keys."""
         k = self.keys().to(rows.dtype)
         lo, hi = self.start, self.start + self.count
-        return torch.cat([rows[:lo], k[:self.count], rows[hi:], k[self.count:]])
+        return torch.cat([rows[:lo], k[: self.count], rows[hi:], k[self.count :]])
 
     def is_entity(self, n_tokens: int, device=None) -> torch.Tensor:
         """bool [n_tokens]: which token ids (of the extended vocabulary) are entities."""

@@ -13,6 +13,7 @@ tensors across calls (attention biases, a memory's bank index), and one first bu
 evaluation would be an inference tensor, which a later training step may not save for backward
 (a curriculum evaluates its untrained model, then trains, in one process).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,38 +23,52 @@ import torch
 from grokloop.losses import cross_entropy
 
 
-def answer_prefix(inputs: torch.Tensor, answer_pos: torch.Tensor,
-                  idx: torch.Tensor) -> torch.Tensor:
+def answer_prefix(
+    inputs: torch.Tensor, answer_pos: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:
     """`inputs` cut after the last answer position of the examples `idx`. The model is causal, so
     later tokens cannot change any answer (k-hop data is padded to its deepest test path)."""
-    return inputs[:, :int(answer_pos[idx].max()) + 1]
+    return inputs[:, : int(answer_pos[idx].max()) + 1]
 
 
 @dataclass(frozen=True)
 class EvalBatch:
-    tokens: torch.Tensor      # [n, answer_pos + 1], every example's answer at the last position
-    positions: torch.Tensor   # [n] answer positions (all equal)
-    targets: torch.Tensor     # [n]
-    hops: torch.Tensor        # [n]
+    tokens: torch.Tensor  # [n, answer_pos + 1], every example's answer at the last position
+    positions: torch.Tensor  # [n] answer positions (all equal)
+    targets: torch.Tensor  # [n]
+    hops: torch.Tensor  # [n]
 
 
-def eval_batches(data: dict[str, torch.Tensor], idx: torch.Tensor,
-                 batch_size: int) -> list[EvalBatch]:
+def eval_batches(
+    data: dict[str, torch.Tensor], idx: torch.Tensor, batch_size: int
+) -> list[EvalBatch]:
     """The examples `idx` as batches of at most `batch_size`, grouped by answer position and
     each cut after it."""
     pos = data["answer_pos"][idx]
     out = []
-    for p in pos.unique().tolist():   # sorted: the order is the same at every evaluation
+    for p in pos.unique().tolist():  # sorted: the order is the same at every evaluation
         group = idx[pos == p]
         for chunk in group.split(batch_size):
-            out.append(EvalBatch(data["inputs"][chunk, :p + 1], data["answer_pos"][chunk],
-                                 data["answers"][chunk], data["hops"][chunk]))
+            out.append(
+                EvalBatch(
+                    data["inputs"][chunk, : p + 1],
+                    data["answer_pos"][chunk],
+                    data["answers"][chunk],
+                    data["hops"][chunk],
+                )
+            )
     return out
 
 
 @torch.no_grad()
-def evaluate(model, data: dict[str, torch.Tensor], splits: dict[str, torch.Tensor],
-             n_steps: int, batch_size: int = 4096, cache: dict | None = None) -> dict[str, float]:
+def evaluate(
+    model,
+    data: dict[str, torch.Tensor],
+    splits: dict[str, torch.Tensor],
+    n_steps: int,
+    batch_size: int = 4096,
+    cache: dict | None = None,
+) -> dict[str, float]:
     """Metrics of `model` on each split {name: example ids}. `cache`: a dict kept between calls
     with the same data and splits (a training run's), which holds each split's batches."""
     was_training = model.training
@@ -78,11 +93,13 @@ def split_metrics(model, name: str, batches: list[EvalBatch], n_steps: int) -> d
         per_step.append(logits.argmax(-1) == b.targets)
         loss_sum += cross_entropy(logits[-1].float(), b.targets, reduction="none").sum()
         hops.append(b.hops)
-    correct, hops = torch.cat(per_step, dim=1), torch.cat(hops)   # [steps, n], [n]
+    correct, hops = torch.cat(per_step, dim=1), torch.cat(hops)  # [steps, n], [n]
     n = len(hops)
-    out = {f"acc/{name}": correct[-1].float().mean().item(),
-           f"n/{name}": n,   # with acc, gives the Wilson interval (grokloop/stats.py)
-           f"loss/{name}": (loss_sum / n).item()}
+    out = {
+        f"acc/{name}": correct[-1].float().mean().item(),
+        f"n/{name}": n,  # with acc, gives the Wilson interval (grokloop/stats.py)
+        f"loss/{name}": (loss_sum / n).item(),
+    }
     kinds = hops.unique()
     if len(kinds) > 1:
         for k in kinds.tolist():

@@ -8,6 +8,7 @@ for a stop on a signal (130 Ctrl-C, 143 SIGTERM: the shell's convention). An exc
 by our own code carries a message written for the user; one raised inside a library (torch, a
 bug of ours surfacing there) says where it came from and how to see the traceback.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,6 +25,7 @@ DEBUG = "GROKLOOP_DEBUG=1 shows the traceback"
 class Terminated(BaseException):
     """SIGTERM outside a training loop (which checkpoints first: grokloop/train/stop.py). A
     BaseException, like KeyboardInterrupt, so no `except Exception` swallows it."""
+
     exit_status = 128 + signal.SIGTERM
 
     def __str__(self) -> str:
@@ -57,15 +59,17 @@ def os_line(e: OSError) -> str:
     elif e.errno in (errno.EEXIST, errno.ENOTDIR):
         line += "; a file is where a directory should be: choose another path"
     elif e.errno in (errno.ENOSPC, errno.EDQUOT):
-        line += ("; free some space and run again (a training run continues from its last "
-                 "checkpoint with resume=true)")
+        line += (
+            "; free some space and run again (a training run continues from its last "
+            "checkpoint with resume=true)"
+        )
     return line
 
 
 def describe_failure(e: BaseException) -> tuple[str, int]:
     """(the one line, the exit status) for an exception a command did not handle."""
     status = getattr(e, "exit_status", None)
-    if isinstance(status, int):   # a stop on a signal (train's Interrupted, Terminated)
+    if isinstance(status, int):  # a stop on a signal (train's Interrupted, Terminated)
         return _flat(e), status
     if isinstance(e, KeyboardInterrupt):
         return "interrupted (Ctrl-C)", 128 + signal.SIGINT
@@ -87,7 +91,7 @@ def _origin(e: BaseException) -> str:
         return "an unknown place"
     path = Path(frames[-1].filename)
     parts = path.parts
-    if "site-packages" in parts:   # torch/nn/functional.py -> torch
+    if "site-packages" in parts:  # torch/nn/functional.py -> torch
         return parts[parts.index("site-packages") + 1]
     return path.name
 

@@ -1,4 +1,5 @@
 """Calling a hook point by name on a VirtualBlock, or doing nothing when running without hooks."""
+
 from __future__ import annotations
 
 import torch
@@ -17,5 +18,8 @@ def apply_hook(hp, name: str, x: torch.Tensor) -> torch.Tensor:
 def watched(hp) -> bool:
     """Whether any hook point of VirtualBlock `hp` has a hook attached. A block nobody watches
     runs without its hook points, on fused kernels (scaled_dot_product_attention, layer_norm)."""
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-               for m in hp.modules() if m is not hp)
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+        for m in hp.modules()
+        if m is not hp
+    )

@@ -1,5 +1,6 @@
 """Loss on the answer token: softmax or StableMax cross-entropy, optionally in float64; and the
 authors' loss on the answer and the </a> after it (train.loss_on_end_token)."""
+
 import torch
 
 
@@ -10,8 +11,13 @@ def stablemax_log_probs(logits: torch.Tensor) -> torch.Tensor:
     return s.log() - s.sum(-1, keepdim=True).log()
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, kind: str = "softmax",
-                  float64: bool = False, reduction: str = "mean") -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    kind: str = "softmax",
+    float64: bool = False,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """logits [..., d_vocab], targets [...] -> loss."""
     if float64:
         logits = logits.double()
@@ -20,7 +26,9 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, kind: str = "soft
     return loss.mean() if reduction == "mean" else loss
 
 
-def with_answer(tokens: torch.Tensor, answer_pos: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+def with_answer(
+    tokens: torch.Tensor, answer_pos: torch.Tensor, answers: torch.Tensor
+) -> torch.Tensor:
     """tokens [n, pos] with one more column and each answer written at answer_pos + 1 (the
     teacher-forced answer, read to predict the end token after it)."""
     out = torch.cat([tokens, tokens[:, -1:]], dim=1).clone()
@@ -28,9 +36,18 @@ def with_answer(tokens: torch.Tensor, answer_pos: torch.Tensor, answers: torch.T
     return out
 
 
-def answer_and_end_loss(model, tokens, answer_pos, answers, end_id: int, n_steps: int,
-                        schedule=None, grad_last_k=None, kind: str = "softmax",
-                        float64: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_and_end_loss(
+    model,
+    tokens,
+    answer_pos,
+    answers,
+    end_id: int,
+    n_steps: int,
+    schedule=None,
+    grad_last_k=None,
+    kind: str = "softmax",
+    float64: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' loss (GPT-2 trained on target_text = query + answer + </a>, with the query's
     labels masked): the mean cross-entropy over two tokens, the answer at answer_pos and </a> at
     answer_pos + 1, which reads the teacher-forced answer (`tokens` from `with_answer`). One
@@ -42,8 +59,9 @@ def answer_and_end_loss(model, tokens, answer_pos, answers, end_id: int, n_steps
     answer is right AND the token generated after it is </a>: our accuracy equals theirs for a
     model that always ends a one-token answer with </a> (this loss teaches it that, and it is
     the same target for every example) and is an upper bound otherwise."""
-    logits = model.readout_steps(tokens, n_steps, schedule=schedule, grad_last_k=grad_last_k,
-                                 every_step=False)[-1]                       # [batch, pos, vocab]
+    logits = model.readout_steps(
+        tokens, n_steps, schedule=schedule, grad_last_k=grad_last_k, every_step=False
+    )[-1]  # [batch, pos, vocab]
     rows = torch.arange(len(tokens), device=tokens.device)
     picked = torch.stack([logits[rows, answer_pos], logits[rows, answer_pos + 1]], 1)
     targets = torch.stack([answers, torch.full_like(answers, end_id)], 1)

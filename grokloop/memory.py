@@ -62,6 +62,7 @@ checkpoint carries the bank its model trained with and every loader gets a worki
 canonical entity keys and model.key_phantoms also searches phantom entities' facts in training
 (`facts()`; grokloop/entity_keys.py), after the bank's, so slot i < n_facts is the bank's fact i.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,17 +83,23 @@ BANK_BUFFERS = ("bank_head", "bank_relation", "bank_tail")
 @dataclass(frozen=True)
 class FactBank:
     """Atomic facts (head, relation) -> tail as token ids, int64 [n_facts] each, in slot order."""
+
     head: torch.Tensor
     relation: torch.Tensor
     tail: torch.Tensor
 
     def __post_init__(self):
         for name in ("head", "relation", "tail"):
-            object.__setattr__(self, name, torch.as_tensor(getattr(self, name), dtype=torch.int64)
-                               .reshape(-1).cpu())
+            object.__setattr__(
+                self,
+                name,
+                torch.as_tensor(getattr(self, name), dtype=torch.int64).reshape(-1).cpu(),
+            )
         if not len(self.head) == len(self.relation) == len(self.tail):
-            raise ValueError(f"a bank's head, relation and tail hold {len(self.head)}, "
-                             f"{len(self.relation)} and {len(self.tail)} ids; they must be equal")
+            raise ValueError(
+                f"a bank's head, relation and tail hold {len(self.head)}, "
+                f"{len(self.relation)} and {len(self.tail)} ids; they must be equal"
+            )
 
     def __len__(self) -> int:
         return len(self.head)
@@ -104,9 +111,11 @@ class FactBank:
         idx = np.asarray(ds.splits["train"])
         idx = idx[(ds.hops[idx] == 1) & (ds.answer_pos[idx] == 1)]
         if not len(idx):
-            raise ValueError(f"the {ds.task!r} dataset has no atomic facts (two-token training "
-                             "queries `head relation` answered by one token) to put in a bank; "
-                             "model.memory=facts needs a fact task such as data=composition_cpu")
+            raise ValueError(
+                f"the {ds.task!r} dataset has no atomic facts (two-token training "
+                "queries `head relation` answered by one token) to put in a bank; "
+                "model.memory=facts needs a fact task such as data=composition_cpu"
+            )
         return FactBank(ds.inputs[idx, 0], ds.inputs[idx, 1], ds.answers[idx])
 
     def slot(self, head: int, relation: int) -> int:
@@ -125,9 +134,11 @@ class FactBank:
         try:
             i = self.slot(head, relation)
         except KeyError:
-            return FactBank(torch.cat([self.head, torch.tensor([head])]),
-                            torch.cat([self.relation, torch.tensor([relation])]),
-                            torch.cat([self.tail, torch.tensor([tail])]))
+            return FactBank(
+                torch.cat([self.head, torch.tensor([head])]),
+                torch.cat([self.relation, torch.tensor([relation])]),
+                torch.cat([self.tail, torch.tensor([tail])]),
+            )
         new_tail = self.tail.clone()
         new_tail[i] = tail
         return FactBank(self.head, self.relation, new_tail)
@@ -154,13 +165,14 @@ class BankIndex:
     """The product-key structure of a bank: its distinct head tokens and relation tokens, each
     fact's position in both, and (when the bank holds each pair once and the grid is affordable)
     the slot of every (head, relation) pair, -1 where the bank has none."""
-    heads: torch.Tensor       # [n_heads] token ids
-    relations: torch.Tensor   # [n_relations] token ids
-    head_pos: torch.Tensor    # [n_facts] index into heads
-    rel_pos: torch.Tensor     # [n_facts] index into relations
-    table: torch.Tensor | None   # int32 [n_heads, n_relations] slots, or None
 
-    MAX_TABLE = 1 << 25   # 128 MB of int32: a grid larger than this falls back to scoring every fact
+    heads: torch.Tensor  # [n_heads] token ids
+    relations: torch.Tensor  # [n_relations] token ids
+    head_pos: torch.Tensor  # [n_facts] index into heads
+    rel_pos: torch.Tensor  # [n_facts] index into relations
+    table: torch.Tensor | None  # int32 [n_heads, n_relations] slots, or None
+
+    MAX_TABLE = 1 << 25  # 128 MB of int32: a grid larger than this falls back to scoring every fact
 
     @staticmethod
     def build(head: torch.Tensor, relation: torch.Tensor) -> "BankIndex":
@@ -169,9 +181,10 @@ class BankIndex:
         table = None
         if len(heads) * len(relations) <= BankIndex.MAX_TABLE:
             flat = head_pos * len(relations) + rel_pos
-            if len(torch.unique(flat)) == len(flat):   # a pair held twice needs every score
-                table = torch.full((len(heads) * len(relations),), -1, dtype=torch.int32,
-                                   device=head.device)
+            if len(torch.unique(flat)) == len(flat):  # a pair held twice needs every score
+                table = torch.full(
+                    (len(heads) * len(relations),), -1, dtype=torch.int32, device=head.device
+                )
                 table[flat] = torch.arange(len(flat), dtype=torch.int32, device=head.device)
                 table = table.view(len(heads), len(relations))
         return BankIndex(heads, relations, head_pos, rel_pos, table)
@@ -185,7 +198,7 @@ def exhaustive_top_k(s_head, s_rel, ix: BankIndex, k: int, chunk: int, chunk_sco
     chunk = max(k, min(chunk, chunk_scores // max(1, len(s_head))))
     best = slots = None
     for lo in range(0, n, chunk):
-        s = s_head[:, ix.head_pos[lo:lo + chunk]] + s_rel[:, ix.rel_pos[lo:lo + chunk]]
+        s = s_head[:, ix.head_pos[lo : lo + chunk]] + s_rel[:, ix.rel_pos[lo : lo + chunk]]
         top, idx = s.topk(min(k, s.shape[-1]), dim=-1)
         idx = idx + lo
         if best is not None:
@@ -195,7 +208,7 @@ def exhaustive_top_k(s_head, s_rel, ix: BankIndex, k: int, chunk: int, chunk_sco
     return best, slots
 
 
-GROW = 2   # each retry doubles both sides of the grid
+GROW = 2  # each retry doubles both sides of the grid
 
 
 def top_k_rows(x: torch.Tensor, k: int, width: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,7 +224,7 @@ def top_k_rows(x: torch.Tensor, k: int, width: int = 16) -> tuple[torch.Tensor, 
         return x.topk(k, dim=-1)
     groups = x.as_strided((rows, width, m), (n, m, 1)).amax(1).topk(k, dim=-1).indices
     member = m * torch.arange(width, device=x.device)
-    cols = (groups[:, None, :] + member[None, :, None]).flatten(1)           # [rows, width k]
+    cols = (groups[:, None, :] + member[None, :, None]).flatten(1)  # [rows, width k]
     if n > m * width:
         cols = torch.cat([cols, torch.arange(m * width, n, device=x.device).expand(rows, -1)], 1)
     val, pos = x.gather(1, cols).topk(k, dim=-1)
@@ -224,8 +237,9 @@ def first_grid(ix: BankIndex, k: int) -> tuple[int, int]:
     return min(len(ix.heads), side), min(len(ix.relations), side)
 
 
-def product_top_k(s_head, s_rel, ix: BankIndex, k: int, max_grid: int = 1 << 16,
-                  max_cells: int = 1 << 22):
+def product_top_k(
+    s_head, s_rel, ix: BankIndex, k: int, max_grid: int = 1 << 16, max_cells: int = 1 << 22
+):
     """Exact top-k facts by product keys (Lample et al. 2019): a fact's score is a head part plus
     a relation part, so the best facts lie among the a best heads crossed with the b best
     relations. The a x b grid is looked up in the pair table (absent pairs score -inf), and a row
@@ -239,16 +253,16 @@ def product_top_k(s_head, s_rel, ix: BankIndex, k: int, max_grid: int = 1 << 16,
     a, b = first_grid(ix, k)
     done_rows, done_best, done_slots = [], [], []
     while len(todo):
-        if a * b > max_grid:   # the remaining rows: score every fact
+        if a * b > max_grid:  # the remaining rows: score every fact
             best, slots = exhaustive_top_k(s_head[todo], s_rel[todo], ix, k, 1 << 16, 1 << 24)
             done_rows.append(todo), done_best.append(best), done_slots.append(slots)
             break
-        failed, every = [], len(todo) == rows   # the first round: slices, not gathered copies
+        failed, every = [], len(todo) == rows  # the first round: slices, not gathered copies
         for part in todo.split(max(1, max_cells // (a * b))):
             pick_rows = slice(int(part[0]), int(part[-1]) + 1) if every else part
             th, ih = top_k_rows(s_head[pick_rows], min(a + 1, n_h))
             tr, ir = top_k_rows(s_rel[pick_rows], min(b + 1, n_r))
-            slot = ix.table[ih[:, :a, None], ir[:, None, :b]].flatten(1)           # [m, a b]
+            slot = ix.table[ih[:, :a, None], ir[:, None, :b]].flatten(1)  # [m, a b]
             grid = (th[:, :a, None] + tr[:, None, :b]).flatten(1).masked_fill(slot < 0, -math.inf)
             best, pick = grid.topk(k, dim=-1)
             slots = slot.gather(1, pick).long()
@@ -291,8 +305,8 @@ class FactMemory(nn.Module):
         for name in BANK_BUFFERS:
             self.register_buffer(name, torch.zeros(0, dtype=torch.int64))
         self.__dict__["_model"] = model
-        self.chunk = 1 << 16   # at most this many facts scored at once (top-k merged: exact),
-        self.chunk_scores = 1 << 24   # and at most this many scores (64 MB) per chunk
+        self.chunk = 1 << 16  # at most this many facts scored at once (top-k merged: exact),
+        self.chunk_scores = 1 << 24  # and at most this many scores (64 MB) per chunk
         # Banks of this many facts or more use the product-key search: at 2,000 facts (200 x 10,
         # every pair) a forward and backward of 512 x 7 queries takes 35 ms against 176 ms for
         # scoring every fact (bench/bench_bank_search.py, 2 threads); a few dozen facts are
@@ -303,10 +317,10 @@ class FactMemory(nn.Module):
         # 4M scores took 87 ms of CPU at 10,000 heads, against 162 ms for 16M and 208 ms for 256K,
         # whose per-chunk overhead dominates); training scores all at once.
         self.cache_scores = 1 << 22
-        self._index = None   # (stamp of the bank buffers, BankIndex)
-        self._subkeys = None   # (index, stamp, sub-key tables) of a frozen model
-        self._normed = None    # (stamp, normalised embeddings) of a frozen model
-        self._phantom = None   # (stamp, the bank with phantom facts after it), training only
+        self._index = None  # (stamp of the bank buffers, BankIndex)
+        self._subkeys = None  # (index, stamp, sub-key tables) of a frozen model
+        self._normed = None  # (stamp, normalised embeddings) of a frozen model
+        self._phantom = None  # (stamp, the bank with phantom facts after it), training only
 
     # --- the bank ---------------------------------------------------------------------------
     @property
@@ -322,12 +336,15 @@ class FactMemory(nn.Module):
         keys = self._model.entity_keys
         if keys is None or not keys.n_phantoms or not len(self.bank_head):
             return self.bank_head, self.bank_relation, self.bank_tail
-        stamp = tuple((t.data_ptr(), t._version, len(t)) for t in self._bank_tensors()) + \
-            (self._model.vocab_size,)
+        stamp = tuple((t.data_ptr(), t._version, len(t)) for t in self._bank_tensors()) + (
+            self._model.vocab_size,
+        )
         if self._phantom is None or self._phantom[0] != stamp:
             extra = phantom_facts(self.bank, self._model.vocab_size, keys.n_phantoms, keys.seed)
-            self._phantom = (stamp, tuple(torch.cat([t, x.to(t.device)]) for t, x in
-                                          zip(self._bank_tensors(), extra)))
+            self._phantom = (
+                stamp,
+                tuple(torch.cat([t, x.to(t.device)]) for t, x in zip(self._bank_tensors(), extra)),
+            )
         return self._phantom[1]
 
     def attach(self, bank: FactBank) -> None:
@@ -336,8 +353,10 @@ class FactMemory(nn.Module):
         d_vocab = self._model.vocab_size
         ids = bank.ids()
         if len(ids) and (ids.min() < 0 or ids.max() >= d_vocab):
-            raise ValueError(f"the bank holds token ids outside this model's vocabulary of "
-                             f"{d_vocab}; build it with the model's vocabulary")
+            raise ValueError(
+                f"the bank holds token ids outside this model's vocabulary of "
+                f"{d_vocab}; build it with the model's vocabulary"
+            )
         device = self.W_Q.weight.device
         for name, t in zip(BANK_BUFFERS, (bank.head, bank.relation, bank.tail)):
             setattr(self, name, t.to(device))
@@ -347,8 +366,11 @@ class FactMemory(nn.Module):
         # A checkpoint's bank has its own size: take it as it is (a bank is data, not a shape).
         for name in BANK_BUFFERS:
             if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name],
-                                                     device=self.W_Q.weight.device))
+                setattr(
+                    self,
+                    name,
+                    torch.empty_like(state_dict[prefix + name], device=self.W_Q.weight.device),
+                )
         self._index = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -387,8 +409,12 @@ class FactMemory(nn.Module):
         the key maps or the embeddings change (a frozen model computes them once per bank)."""
         frozen = not (self.training or torch.is_grad_enabled())
         stamp = self._stamp()
-        if frozen and self._subkeys is not None and self._subkeys[0] is ix and \
-                self._subkeys[1] == stamp:
+        if (
+            frozen
+            and self._subkeys is not None
+            and self._subkeys[0] is ix
+            and self._subkeys[1] == stamp
+        ):
             return self._subkeys[2]
         E = self.embeddings()
         keys = self.W_K_head(E[ix.heads]), self.W_K_rel(E[ix.relations])
@@ -410,19 +436,26 @@ class FactMemory(nn.Module):
         differ only in which of two equal scores comes first."""
         n = len(self.facts()[0])
         if n == 0:
-            raise RuntimeError("model.memory=facts has no bank attached: train it on a fact task, "
-                               "load it from a checkpoint, or attach one (python -m grokloop.bank)")
+            raise RuntimeError(
+                "model.memory=facts has no bank attached: train it on a fact task, "
+                "load it from a checkpoint, or attach one (python -m grokloop.bank)"
+            )
         ix, k = self.index(), min(self.top_k, n)
         lead = q.shape[:-1]
         product = ix.table is not None and n >= self.product_min_facts
-        if product and not torch.is_grad_enabled() and \
-                q[..., 0].numel() * len(ix.heads) > self.chunk_scores:
+        if (
+            product
+            and not torch.is_grad_enabled()
+            and q[..., 0].numel() * len(ix.heads) > self.chunk_scores
+        ):
             # Inference on a bank with many heads: the queries in chunks whose head scores stay
             # in cache (product_top_k on all of them at once would write and re-read
             # n_queries x n_heads scores from memory, most of the time at 10,000 heads).
             rows = max(1, self.cache_scores // len(ix.heads))
-            parts = [product_top_k(*self.subkey_scores(part, ix), ix, k)
-                     for part in q.reshape(-1, q.shape[-1]).split(rows)]
+            parts = [
+                product_top_k(*self.subkey_scores(part, ix), ix, k)
+                for part in q.reshape(-1, q.shape[-1]).split(rows)
+            ]
             best, slots = torch.cat([b for b, _ in parts]), torch.cat([s for _, s in parts])
             return best.reshape(*lead, k), slots.reshape(*lead, k)
         s_head, s_rel = self.subkey_scores(q, ix)
@@ -447,15 +480,19 @@ class FactMemory(nn.Module):
         slots = apply_hook(hooks, "hook_slots", slots)
         weights = apply_hook(hooks, "hook_weights", scores.softmax(-1))
         E = self.embeddings()
-        tails = self.facts()[2][slots]                                         # [..., k]
-        if tails.shape[-1] <= len(E):   # k embeddings per position, weighted and summed
+        tails = self.facts()[2][slots]  # [..., k]
+        if tails.shape[-1] <= len(E):  # k embeddings per position, weighted and summed
             # in one kernel, no [..., k, d_model] copy: read fwd + bwd 4.5x faster at the
             # k-hop presets' shape than gathering E[tails] (bench/README.md, studies)
             k = tails.shape[-1]
-            mixed = F.embedding_bag(tails.reshape(-1, k), E, mode="sum",
-                                    per_sample_weights=weights.reshape(-1, k).to(E.dtype))
-            mixed = mixed.view(*tails.shape[:-1], E.shape[-1])                 # [..., d_model]
-        else:   # many slots: sum the weights per tail token first, d_vocab * d_model
+            mixed = F.embedding_bag(
+                tails.reshape(-1, k),
+                E,
+                mode="sum",
+                per_sample_weights=weights.reshape(-1, k).to(E.dtype),
+            )
+            mixed = mixed.view(*tails.shape[:-1], E.shape[-1])  # [..., d_model]
+        else:  # many slots: sum the weights per tail token first, d_vocab * d_model
             per_token = weights.new_zeros(*weights.shape[:-1], len(E))
             mixed = per_token.scatter_add(-1, tails, weights) @ E
         return apply_hook(hooks, "hook_read", self.W_V(mixed))
@@ -481,8 +518,9 @@ def address_loss(model, tokens: torch.Tensor) -> torch.Tensor:
     # were a full forward whose output nobody used (7/8 of the work at 8 steps).
     model.ensure_step_hooks(1)
     e, state = model.enter_loop(tokens[keep])
-    with model.hooks(fwd_hooks=[("steps.0.memory.hook_query",
-                                 lambda a, hook: q.__setitem__(0, a))]):
+    with model.hooks(
+        fwd_hooks=[("steps.0.memory.hook_query", lambda a, hook: q.__setitem__(0, a))]
+    ):
         model.step(state, e, 0, hooked=True)
-    scores = model.memory.all_scores(q[0][:, 1])                        # [n, n_facts]
+    scores = model.memory.all_scores(q[0][:, 1])  # [n, n_facts]
     return F.cross_entropy(scores.float(), target[keep])

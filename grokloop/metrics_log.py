@@ -6,6 +6,7 @@ the rows before it are whole, and a resumed run rewrites the file from its check
 (grokloop/train/resume.py rewind_metrics). A line that does not parse anywhere else is damage,
 not a crash mid-append, and is an error naming the file and line.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,14 @@ def read_rows(path: Path) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            if i == len(lines) - 1:   # no newline after it: the append never finished
-                warnings.warn(f"{path}: dropped a torn last line (a process stopped while "
-                              f"writing it): {line[:60]!r}")
+            if i == len(lines) - 1:  # no newline after it: the append never finished
+                warnings.warn(
+                    f"{path}: dropped a torn last line (a process stopped while "
+                    f"writing it): {line[:60]!r}"
+                )
                 continue
-            raise ValueError(f"{path}: line {i + 1} is not JSON ({e.msg}); the file is "
-                             "damaged there: delete or repair that line") from None
+            raise ValueError(
+                f"{path}: line {i + 1} is not JSON ({e.msg}); the file is "
+                "damaged there: delete or repair that line"
+            ) from None
     return rows

@@ -35,6 +35,7 @@ way, and no hook point fires twice in a forward (table in README.md, "Hook point
                                                 step s (model.memory=facts only; grokloop/memory.py)
 So `ActivationCache.accumulated_resid()` is exactly the logit lens's S[0..V].
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,10 +60,10 @@ from grokloop.moe import MoEMLP, balance_loss
 @dataclass(frozen=True)
 class VirtualLayer:
     index: int
-    stage: str        # "prelude" | "core" | "coda"
+    stage: str  # "prelude" | "core" | "coda"
     step: int | None  # 1-based recurrence step for core layers
     core: int | None  # which core of the bank
-    layer: int        # layer index within its stage (or core)
+    layer: int  # layer index within its stage (or core)
 
     @property
     def label(self) -> str:
@@ -74,19 +75,22 @@ class VirtualLayer:
 @dataclass(frozen=True)
 class UnrolledLayer:
     """A virtual layer as something to run: its block, and what happens to the state before it."""
+
     block: nn.Module
-    index: int          # virtual layer v (its hook points are blocks.{v})
-    step: int | None    # 0-based recurrence step of a core layer (its hooks are steps.{step})
-    begins_loop: bool   # first core layer of step 1: the state so far becomes e, then the initial state
-    starts_step: bool   # first layer of a step
-    injects: bool       # input injection before this layer
+    index: int  # virtual layer v (its hook points are blocks.{v})
+    step: int | None  # 0-based recurrence step of a core layer (its hooks are steps.{step})
+    begins_loop: (
+        bool  # first core layer of step 1: the state so far becomes e, then the initial state
+    )
+    starts_step: bool  # first layer of a step
+    injects: bool  # input injection before this layer
 
 
 # --- hook points, one set per virtual layer ---------------------------------------------------
 class NormHooks(nn.Module):
     def __init__(self):
         super().__init__()
-        self.hook_scale = HookPoint()       # [batch, pos, 1]
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
 
@@ -97,10 +101,16 @@ class AttnHooks(nn.Module):
 
     def __init__(self):
         super().__init__()
-        for name in ("hook_q", "hook_k", "hook_v", "hook_z",   # [batch, pos, head, d_head]
-                     "hook_attn_scores", "hook_pattern"):      # [batch, head, q_pos, k_pos]
+        for name in (
+            "hook_q",
+            "hook_k",
+            "hook_v",
+            "hook_z",  # [batch, pos, head, d_head]
+            "hook_attn_scores",
+            "hook_pattern",
+        ):  # [batch, head, q_pos, k_pos]
             setattr(self, name, HookPoint())
-        self.__dict__["_attn"] = None   # the weight module; not a submodule (no duplicate params)
+        self.__dict__["_attn"] = None  # the weight module; not a submodule (no duplicate params)
 
     def _weights(self) -> "Attention":
         a = self.__dict__["_attn"]
@@ -112,8 +122,8 @@ class AttnHooks(nn.Module):
         a = self._weights()
         H, D, d = a.cfg.n_heads, a.cfg.d_head, a.cfg.d_model
         if bias:
-            return a.W_QKV.bias[i * d:(i + 1) * d].view(H, D)
-        return a.W_QKV.weight[i * d:(i + 1) * d].T.reshape(d, H, D).permute(1, 0, 2)
+            return a.W_QKV.bias[i * d : (i + 1) * d].view(H, D)
+        return a.W_QKV.weight[i * d : (i + 1) * d].T.reshape(d, H, D).permute(1, 0, 2)
 
     W_Q = property(lambda self: self._qkv(0, False))
     W_K = property(lambda self: self._qkv(1, False))
@@ -137,17 +147,17 @@ class VirtualBlock(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.hook_resid_pre = HookPoint()   # [batch, pos, d_model]
-        self.hook_attn_out = HookPoint()    # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()   # [batch, pos, d_model]
-        self.hook_mlp_out = HookPoint()     # [batch, pos, d_model]
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
         self.ln1, self.ln2 = NormHooks(), NormHooks()
         self.attn = AttnHooks()
         self.mlp = nn.Module()
-        self.mlp.hook_post = HookPoint()    # [batch, pos, d_mlp]  (dense MLP)
+        self.mlp.hook_post = HookPoint()  # [batch, pos, d_mlp]  (dense MLP)
         self.mlp.hook_router = HookPoint()  # [batch, pos, n_experts] gate scores (MoE)
-        self.mlp.hook_experts = HookPoint() # [batch, pos, k] chosen experts (MoE)
+        self.mlp.hook_experts = HookPoint()  # [batch, pos, k] chosen experts (MoE)
 
     def bind(self, block: "Block") -> None:
         self.attn.__dict__["_attn"] = block.attn
@@ -156,10 +166,10 @@ class VirtualBlock(nn.Module):
 class StepHooks(nn.Module):
     def __init__(self, memory: bool = False):
         super().__init__()
-        self.hook_state = HookPoint()     # [batch, pos, d_model] entering the step
+        self.hook_state = HookPoint()  # [batch, pos, d_model] entering the step
         self.hook_injected = HookPoint()  # [batch, pos, d_model] after input injection
-        if memory:   # only models with a memory have these hook points
-            self.memory = MemoryHooks()   # steps.{s}.memory.hook_query/scores/slots/weights/read
+        if memory:  # only models with a memory have these hook points
+            self.memory = MemoryHooks()  # steps.{s}.memory.hook_query/scores/slots/weights/read
 
 
 # --- the layers ----------------------------------------------------------------------------------
@@ -169,8 +179,8 @@ class LayerNorm(nn.Module):
         self.w = nn.Parameter(torch.ones(d_model))
         self.b = nn.Parameter(torch.zeros(d_model))
         self.eps = eps
-        if own_hooks:   # ln_final runs once per forward, so its hook points can live on it
-            self.hook_scale = HookPoint()       # [batch, pos, 1]
+        if own_hooks:  # ln_final runs once per forward, so its hook points can live on it
+            self.hook_scale = HookPoint()  # [batch, pos, 1]
             self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, x, hooks: nn.Module | None = None):
@@ -196,8 +206,9 @@ def activation(name: str) -> nn.Module:
     return {"relu": nn.ReLU(), "gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh")}[name]
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor | None = None,
-           n_pos: int | None = None) -> torch.Tensor:
+def rotary(
+    x: torch.Tensor, positions: torch.Tensor | None = None, n_pos: int | None = None
+) -> torch.Tensor:
     """Rotary position embedding (Su et al. 2021) on [batch, pos, head, d_head]: each pair
     (x1_i, x2_i) = (x[i], x[i + d/2]) rotated by position * 10000^(-i / (d/2)) (an odd d's last
     feature left as it is). With `positions` [batch] (< n_pos), x [batch, 1, head, d_head] holds
@@ -207,16 +218,16 @@ def rotary(x: torch.Tensor, positions: torch.Tensor | None = None,
     d = x.shape[-1]
     half = d // 2
     cos, sin = rotary_tables(x.shape[1] if positions is None else n_pos, half, x.device, x.dtype)
-    if positions is not None:   # [1, pos, 1, 2 half] -> [batch, 1, 1, 2 half]
+    if positions is not None:  # [1, pos, 1, 2 half] -> [batch, 1, 1, 2 half]
         cos, sin = cos[0, positions][:, None], sin[0, positions][:, None]
     if d % 2 == 0:
         return x * cos + x.roll(half, -1) * sin
     cos, sin = cos[..., :half], sin[..., half:]
-    x1, x2 = x[..., :half], x[..., half:2 * half]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half:]], dim=-1)
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], dim=-1)
 
 
-@functools.lru_cache(maxsize=64)   # every attention call of every step asks for the same few
+@functools.lru_cache(maxsize=64)  # every attention call of every step asks for the same few
 def rotary_tables(n_pos: int, half: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """([cos, cos], [-sin, sin]) [1, pos, 1, 2 half] for `rotary`. Cached and shared: callers
     must not modify them in place. Built outside inference mode, so a table cached there is one
@@ -224,11 +235,11 @@ def rotary_tables(n_pos: int, half: int, device, dtype) -> tuple[torch.Tensor, t
     with torch.inference_mode(False):
         freq = 10000 ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
         angle = torch.arange(n_pos, device=device, dtype=torch.float32)[:, None] * freq
-        cos, sin = angle.cos().to(dtype), angle.sin().to(dtype)                # [pos, half]
+        cos, sin = angle.cos().to(dtype), angle.sin().to(dtype)  # [pos, half]
         return torch.cat([cos, cos], -1)[None, :, None], torch.cat([-sin, sin], -1)[None, :, None]
 
 
-@functools.lru_cache(maxsize=64)   # every attention call of every step asks for the same few
+@functools.lru_cache(maxsize=64)  # every attention call of every step asks for the same few
 def attention_bias(n_heads: int, n_pos: int, alibi: bool, window: int, device=None) -> torch.Tensor:
     """[head, query, key] additive attention bias: -inf above the diagonal (causal) and, with
     `window` > 0, at keys `window` or more positions back; with `alibi`, ALiBi's -m_h * (query -
@@ -237,7 +248,11 @@ def attention_bias(n_heads: int, n_pos: int, alibi: bool, window: int, device=No
     pos = torch.arange(n_pos, device=device)
     distance = (pos[:, None] - pos[None]).float()
     slopes = 2.0 ** (-8.0 * torch.arange(1, n_heads + 1, device=device) / n_heads)
-    bias = -slopes[:, None, None] * distance if alibi else torch.zeros(n_heads, n_pos, n_pos, device=device)
+    bias = (
+        -slopes[:, None, None] * distance
+        if alibi
+        else torch.zeros(n_heads, n_pos, n_pos, device=device)
+    )
     masked = (distance < 0) | ((distance >= window) if window else False)
     return bias.masked_fill(masked, float("-inf"))
 
@@ -266,8 +281,9 @@ class Attention(nn.Module):
         masked half."""
         if not (self.cfg.alibi or self.cfg.attention_window):
             return None
-        return attention_bias(self.cfg.n_heads, n_pos, self.cfg.alibi, self.cfg.attention_window,
-                              device).to(dtype)
+        return attention_bias(
+            self.cfg.n_heads, n_pos, self.cfg.alibi, self.cfg.attention_window, device
+        ).to(dtype)
 
     def one_query(self, x, query_pos) -> torch.Tensor:
         """Attention output [batch, 1, d_model] at one position per example, query_pos [batch]
@@ -279,13 +295,16 @@ class Attention(nn.Module):
         rows = torch.arange(B, device=x.device)
         W, b = self.W_QKV.weight, self.W_QKV.bias
         q = F.linear(x[rows, query_pos], W[:d], b[:d]).view(B, 1, H, D)  # [batch, 1, head, d_head]
-        k, v = F.linear(x, W[d:], b[d:]).view(B, P, 2, H, D).unbind(2)   # each [batch, pos, ...]
+        k, v = F.linear(x, W[d:], b[d:]).view(B, P, 2, H, D).unbind(2)  # each [batch, pos, ...]
         if self.cfg.positional == "rotary":
             q, k = rotary(q, query_pos, P), rotary(k)
         bias = self.bias(P, x.device, q.dtype)
         keep = torch.arange(P, device=x.device)[None] <= query_pos[:, None]  # causal [batch, pos]
-        keep = keep[:, None, None, :] if bias is None else \
-            bias[:, query_pos].transpose(0, 1)[:, :, None]
+        keep = (
+            keep[:, None, None, :]
+            if bias is None
+            else bias[:, query_pos].transpose(0, 1)[:, :, None]
+        )
         z = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), keep)
         return self.W_O(z.transpose(1, 2).reshape(B, 1, H * D))
 
@@ -296,12 +315,15 @@ class Attention(nn.Module):
         (`fused_attention_pays`), else the same computation written out."""
         p_drop = self.cfg.dropout if self.training else 0.0
         if fused_attention_pays(q.device, q.dtype):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                                  dropout_p=p_drop)
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p_drop
+            )
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        if mask is None:   # causal, as is_causal above
+        if mask is None:  # causal, as is_causal above
             mask = attention_bias(q.shape[1], scores.shape[-1], False, 0, q.device).to(scores.dtype)
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        scores = (
+            scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        )
         return self.drop(scores.softmax(-1)) @ v
 
     def forward(self, x, hp, query_pos=None, from_pos: int = 0):
@@ -314,13 +336,24 @@ class Attention(nn.Module):
             q, k = rotary(q), rotary(k)
         bias = self.bias(P, x.device, q.dtype)
         if from_pos:  # queries from_pos.. only, attending to every key up to themselves
-            keep = torch.arange(P, device=x.device)[None] <= torch.arange(from_pos, P, device=x.device)[:, None]
+            keep = (
+                torch.arange(P, device=x.device)[None]
+                <= torch.arange(from_pos, P, device=x.device)[:, None]
+            )
             keep = keep if bias is None else bias[:, from_pos:]
-            z = self.attend(q[:, from_pos:].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), keep)
+            z = self.attend(
+                q[:, from_pos:].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), keep
+            )
             return self.W_O(z.transpose(1, 2).reshape(B, P - from_pos, H * D))
-        q, k, v = apply_hook(hp, "attn.hook_q", q), apply_hook(hp, "attn.hook_k", k), apply_hook(hp, "attn.hook_v", v)
+        q, k, v = (
+            apply_hook(hp, "attn.hook_q", q),
+            apply_hook(hp, "attn.hook_k", k),
+            apply_hook(hp, "attn.hook_v", v),
+        )
         if hp is None:  # nobody looks at the pattern
-            z = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias).transpose(1, 2)
+            z = self.attend(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias
+            ).transpose(1, 2)
         else:
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
             causal = attention_bias(H, P, False, 0, x.device) if bias is None else bias
@@ -328,7 +361,7 @@ class Attention(nn.Module):
             scores = apply_hook(hp, "attn.hook_attn_scores", scores)
             pattern = apply_hook(hp, "attn.hook_pattern", self.drop(scores.softmax(-1)))
             z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
-        z = apply_hook(hp, "attn.hook_z", z)                          # [batch, pos, head, d_head]
+        z = apply_hook(hp, "attn.hook_z", z)  # [batch, pos, head, d_head]
         return self.W_O(z.reshape(B, P, H * D))
 
 
@@ -353,10 +386,15 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = make_norm(cfg), make_norm(cfg)
         self.attn = Attention(cfg)
-        self.mlp = (MoEMLP(cfg.d_model, cfg.moe_experts, cfg.moe_d_expert, cfg.moe_top_k, cfg.act_fn)
-                    if moe else MLP(cfg))
+        self.mlp = (
+            MoEMLP(cfg.d_model, cfg.moe_experts, cfg.moe_d_expert, cfg.moe_top_k, cfg.act_fn)
+            if moe
+            else MLP(cfg)
+        )
         self.drop = nn.Dropout(cfg.dropout)
-        self.__dict__["memory"] = None   # the model's FactMemory, read after the MLP; not a submodule
+        self.__dict__["memory"] = (
+            None  # the model's FactMemory, read after the MLP; not a submodule
+        )
 
     def _read(self, x, memory_hooks=None):
         memory = self.__dict__["memory"]
@@ -373,7 +411,9 @@ class Block(nn.Module):
             # attention is causal), so the last layer computes its query and MLP there alone.
             rows = torch.arange(len(x), device=x.device)
             x1 = x[rows, query_pos][:, None] + self.drop(self.attn(self.ln1(x), None, query_pos))
-            return self._read(x1 + self.drop(self.mlp(self.ln2(x1), None)))[:, 0]  # [batch, d_model]
+            return self._read(x1 + self.drop(self.mlp(self.ln2(x1), None)))[
+                :, 0
+            ]  # [batch, d_model]
         ln1, ln2 = (None, None) if hp is None else (hp.ln1, hp.ln2)
         attn_out = apply_hook(hp, "hook_attn_out", self.drop(self.attn(self.ln1(x, ln1), hp)))
         x = apply_hook(hp, "hook_resid_mid", x + attn_out)
@@ -390,36 +430,48 @@ class LoopedTransformer(HookedRootModule):
         super().__init__()
         missing = [k for k in ("d_vocab", "n_ctx") if getattr(cfg, k) < 1]
         if missing:
-            raise ValueError(f"ModelConfig.{' and '.join(missing)} = 0 means 'from the dataset', "
-                             "and this model has none: pass ModelConfig(d_vocab=..., n_ctx=...) or "
-                             "cfg.resolved(len(dataset.vocab), dataset.n_ctx)")
+            raise ValueError(
+                f"ModelConfig.{' and '.join(missing)} = 0 means 'from the dataset', "
+                "and this model has none: pass ModelConfig(d_vocab=..., n_ctx=...) or "
+                "cfg.resolved(len(dataset.vocab), dataset.n_ctx)"
+            )
         cfg = cfg.resolved()
         self.config = cfg
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
         # model.entity_keys=canonical: entity tokens read fixed keys instead of W_E's rows (and
         # the unembedding's entity columns are those keys); learned: None, nothing changes.
         self.entity_keys = EntityKeys(cfg) if cfg.entity_keys == "canonical" else None
-        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model)) if cfg.positional == "learned" else None
+        self.W_pos = (
+            nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+            if cfg.positional == "learned"
+            else None
+        )
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
         moe = cfg.moe_experts > 0
-        self.cores = nn.ModuleList(nn.ModuleList(Block(cfg, moe) for _ in range(n)) for n in cfg.bank)
+        self.cores = nn.ModuleList(
+            nn.ModuleList(Block(cfg, moe) for _ in range(n)) for n in cfg.bank
+        )
         self._routing: dict[str, list[torch.Tensor]] = {}  # MoE gate logits of the last forward
         for c, core in enumerate(self.cores):
             for i, block in enumerate(core):
                 if moe:
                     block.mlp.log, block.mlp.key = self._routing, f"c{c}.L{i}"
         self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
-        self.W_inject = nn.Linear(2 * cfg.d_model, cfg.d_model) if cfg.injection == "concat" else None
+        self.W_inject = (
+            nn.Linear(2 * cfg.d_model, cfg.d_model) if cfg.injection == "concat" else None
+        )
         self.ln_final = make_norm(cfg, own_hooks=True)
-        self.W_U_own = None if cfg.tied_embeddings else nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        self.W_U_own = (
+            None if cfg.tied_embeddings else nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        )
         if cfg.unembed_bias:
             self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
-        else:   # a fixed zero, so every reader of b_U works unchanged
+        else:  # a fixed zero, so every reader of b_U works unchanged
             self.register_buffer("b_U", torch.zeros(cfg.d_vocab))
         self.drop = nn.Dropout(cfg.dropout)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()  # [batch, pos, d_model]
-        self.blocks = nn.ModuleList()   # VirtualBlocks, grown on demand
-        self.steps = nn.ModuleList()    # StepHooks: steps.{s}.hook_state / hook_injected
+        self.blocks = nn.ModuleList()  # VirtualBlocks, grown on demand
+        self.steps = nn.ModuleList()  # StepHooks: steps.{s}.hook_state / hook_injected
         # The fact memory, registered last so its parameters are drawn after every other (and
         # built without touching the RNG, which nn.Linear's own init would advance): a model
         # with a memory has the same other weights as the same seed's model without.
@@ -427,29 +479,46 @@ class LoopedTransformer(HookedRootModule):
         if cfg.memory == "facts":
             with torch.random.fork_rng(devices=[]):
                 self.memory = FactMemory(cfg, make_norm(cfg), self)
-            for core in self.cores:   # the last layer of each core reads it
+            for core in self.cores:  # the last layer of each core reads it
                 core[-1].__dict__["memory"] = self.memory
         self._init_weights()
         # A TransformerLens-style cfg view for ActivationCache and transformer_lens.patching.
         self.cfg = SimpleNamespace(
-            n_layers=0, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
-            d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx, device="cpu",
-            normalization_type="LN" if cfg.normalization == "LN" else None, attn_only=False,
-            n_key_value_heads=None, use_split_qkv_input=False, use_attn_in=False,
-            use_attn_result=False, positional_embedding_type="standard" if self.W_pos is not None
-            else "rotary")
+            n_layers=0,
+            d_model=cfg.d_model,
+            n_heads=cfg.n_heads,
+            d_head=cfg.d_head,
+            d_mlp=cfg.d_mlp,
+            d_vocab=cfg.d_vocab,
+            n_ctx=cfg.n_ctx,
+            device="cpu",
+            normalization_type="LN" if cfg.normalization == "LN" else None,
+            attn_only=False,
+            n_key_value_heads=None,
+            use_split_qkv_input=False,
+            use_attn_in=False,
+            use_attn_result=False,
+            positional_embedding_type="standard" if self.W_pos is not None else "rotary",
+        )
         self.set_schedule([0] * cfg.n_steps)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, step: int | None = None, device=None,
-                 bank: str | Path | None = None) -> "LoopedTransformer":
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        step: int | None = None,
+        device=None,
+        bank: str | Path | None = None,
+    ) -> "LoopedTransformer":
         """The model of a training run (step None: its last good checkpoint), in eval mode. A
         memory model reads the bank its checkpoint holds (the training graph's), or the bank
         directory `bank` (checked against the run's vocabulary first; grokloop/bank.py)."""
         from grokloop.checkpoint import load_model
+
         model, ds, _ = load_model(run_dir, step)
         if bank is not None:
             from grokloop.bank import attach_bank
+
             attach_bank(model, bank, ds.vocab)
         if device is not None:
             model.to(device)
@@ -465,9 +534,11 @@ class LoopedTransformer(HookedRootModule):
         model.zero_init_out). Zeroing comes after the draw, so the other weights are those of the
         same seed without it: the option changes the output projections and nothing else."""
         std = self.config.init_std
-        n_virtual = self.config.n_prelude + sum(self.config.bank) * self.config.n_steps + self.config.n_coda
+        n_virtual = (
+            self.config.n_prelude + sum(self.config.bank) * self.config.n_steps + self.config.n_coda
+        )
         for name, p in self.named_parameters():
-            if name.endswith(".w"):                      # LayerNorm gains
+            if name.endswith(".w"):  # LayerNorm gains
                 nn.init.ones_(p)
             elif p.dim() == 1 or name.endswith(".b_in"):  # biases
                 nn.init.zeros_(p)
@@ -477,7 +548,7 @@ class LoopedTransformer(HookedRootModule):
                     nn.init.zeros_(p)
             else:
                 nn.init.normal_(p, std=std)
-        if self.entity_keys is not None:   # rows and columns the keys replace: unused, zero
+        if self.entity_keys is not None:  # rows and columns the keys replace: unused, zero
             with torch.no_grad():
                 lo, hi = self.config.entity_start, self.config.entity_start + self.config.n_entities
                 self.W_E[lo:hi] = 0
@@ -506,17 +577,20 @@ class LoopedTransformer(HookedRootModule):
         """[vocab_size]: b_U; with canonical keys zero on every entity (a new one has no bias)."""
         if self.entity_keys is None:
             return self.b_U
-        b = torch.cat([self.b_U, self.b_U.new_zeros(self.entity_keys.n_new +
-                                                     self.entity_keys.n_phantoms)])
+        b = torch.cat(
+            [self.b_U, self.b_U.new_zeros(self.entity_keys.n_new + self.entity_keys.n_phantoms)]
+        )
         return b.masked_fill(self.entity_keys.is_entity(len(b), b.device), 0)
 
     def extend_entities(self, n_new: int) -> None:
         """Read n_new entities beyond the trained vocabulary, token ids d_vocab .. d_vocab +
         n_new - 1, by their canonical keys (grokloop/entity_keys.py); no weight changes."""
         if self.entity_keys is None:
-            raise ValueError("this model has learned entity embeddings (model.entity_keys="
-                             "learned): a new entity has no embedding in it; train with "
-                             "model.entity_keys=canonical to add entities")
+            raise ValueError(
+                "this model has learned entity embeddings (model.entity_keys="
+                "learned): a new entity has no embedding in it; train with "
+                "model.entity_keys=canonical to add entities"
+            )
         self.entity_keys.extend(n_new)
         self.cfg.d_vocab = self.vocab_size
 
@@ -534,7 +608,9 @@ class LoopedTransformer(HookedRootModule):
             raise ValueError("n_steps must be at least 1")
         bad = [c for c in schedule if not 0 <= c < len(self.cores)]
         if bad:
-            raise ValueError(f"schedule names core {bad[0]} but the bank has {len(self.cores)} cores")
+            raise ValueError(
+                f"schedule names core {bad[0]} but the bank has {len(self.cores)} cores"
+            )
 
     def _resolve(self, n_steps, schedule):
         """The schedule a call runs; grows hook points for it and binds each virtual layer's
@@ -566,7 +642,7 @@ class LoopedTransformer(HookedRootModule):
         # Step 1 injects only when its initial state is not e itself (zeros, noise): injecting e
         # into e would double the embedding and make n_steps = 1 differ from the plain stack.
         inject_first = self.config.init_state != "prelude"
-        plan = [(b, None, False, False, False) for b in self.prelude]   # (block, step, flags)
+        plan = [(b, None, False, False, False) for b in self.prelude]  # (block, step, flags)
         for s, c in enumerate(schedule):
             for i, b in enumerate(self.cores[c]):
                 first = i == 0
@@ -590,8 +666,8 @@ class LoopedTransformer(HookedRootModule):
     # --- the computation: embed, what happens between layers, layers, unembed -------------------
     def embed(self, tokens):
         if self.entity_keys is None:
-            x = self.hook_embed(self.W_E[tokens])                    # [batch, pos, d_model]
-        else:   # every pass starts here: one key-noise draw per pass in training
+            x = self.hook_embed(self.W_E[tokens])  # [batch, pos, d_model]
+        else:  # every pass starts here: one key-noise draw per pass in training
             if self.training:
                 self.entity_keys.resample()
             x = self.hook_embed(self.embedding_matrix()[tokens])
@@ -619,7 +695,7 @@ class LoopedTransformer(HookedRootModule):
         position, so a bridge entity decoded after one step re-enters as that entity's token.
         argmax: the top-1 token's embedding (no gradient through the choice); soft: the
         probability-weighted mixture of embeddings (differentiable)."""
-        logits = self.unembed(x)                                   # [batch, pos, d_vocab]
+        logits = self.unembed(x)  # [batch, pos, d_vocab]
         E = self.embedding_matrix()
         if self.config.feedback == "argmax":
             return E[logits.argmax(-1)]
@@ -639,12 +715,19 @@ class LoopedTransformer(HookedRootModule):
             if layer.injects:
                 x = self.inject(x, e)
             x = apply_hook(hooks, "hook_injected", x)
-        elif layer.injects:   # a rearranged list (surgery) may inject mid-step
+        elif layer.injects:  # a rearranged list (surgery) may inject mid-step
             x = self.inject(x, e)
         return x, e
 
-    def run_layers(self, x, layers: list[UnrolledLayer], e=None, hooked: bool = False,
-                   query_pos=None, keep_states: bool = False):
+    def run_layers(
+        self,
+        x,
+        layers: list[UnrolledLayer],
+        e=None,
+        hooked: bool = False,
+        query_pos=None,
+        keep_states: bool = False,
+    ):
         """Run virtual layers in order on the residual x [batch, pos, d_model]: (x, e), or with
         keep_states (x, e, states) where states[i] is S of layers[i] (its resid_pre).
 
@@ -654,7 +737,11 @@ class LoopedTransformer(HookedRootModule):
         states = []
         for i, layer in enumerate(layers):
             last = query_pos is not None and i == len(layers) - 1
-            hp = self.blocks[layer.index] if hooked and not last and watched(self.blocks[layer.index]) else None
+            hp = (
+                self.blocks[layer.index]
+                if hooked and not last and watched(self.blocks[layer.index])
+                else None
+            )
             x = apply_hook(hp, "hook_resid_pre", x)
             if keep_states:
                 states.append(x)
@@ -673,7 +760,7 @@ class LoopedTransformer(HookedRootModule):
         """Run the prelude: (e, state) both [batch, pos, d_model]; the state that step 0 reads
         before its loop entry (so `step(state, e, 0)` makes the initial state from it)."""
         self._routing.clear()
-        x, _ = self.run_layers(self.embed(tokens), self._unroll([0])[:len(self.prelude)])
+        x, _ = self.run_layers(self.embed(tokens), self._unroll([0])[: len(self.prelude)])
         return x, x
 
     def step(self, state, e, s: int, core: int = 0, hooked: bool = False) -> torch.Tensor:
@@ -692,19 +779,26 @@ class LoopedTransformer(HookedRootModule):
     def read(self, state, positions) -> torch.Tensor:
         """The answer if the model stopped at `state`: logits [batch, d_vocab] at `positions`."""
         layers = self._unroll([0])
-        y, _ = self.run_layers(state, layers[len(layers) - len(self.coda):])
+        y, _ = self.run_layers(state, layers[len(layers) - len(self.coda) :])
         return self.unembed(y[torch.arange(len(y), device=y.device), positions])
 
     # --- whole passes -----------------------------------------------------------------------------
-    def forward(self, tokens, n_steps: int | None = None, schedule: list[int] | None = None,
-                grad_last_k: int | None = None, return_type: str | None = "logits"):
+    def forward(
+        self,
+        tokens,
+        n_steps: int | None = None,
+        schedule: list[int] | None = None,
+        grad_last_k: int | None = None,
+        return_type: str | None = "logits",
+    ):
         """tokens [batch, pos] -> logits [batch, pos, d_vocab] (TransformerLens call shape).
         return_type: "logits", "loss" (mean next-token cross-entropy, TransformerLens's
         convention), "both" ((logits, loss)) or None."""
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type={return_type!r}: choose logits, loss, both or None")
-        logits = self.readout_steps(tokens, n_steps, schedule=schedule, grad_last_k=grad_last_k,
-                                    every_step=False)[-1]
+        logits = self.readout_steps(
+            tokens, n_steps, schedule=schedule, grad_last_k=grad_last_k, every_step=False
+        )[-1]
         if return_type in (None, "logits"):
             return logits if return_type else None
         logp = logits[:, :-1].float().log_softmax(-1)
@@ -715,12 +809,21 @@ class LoopedTransformer(HookedRootModule):
         """(S, e): S [n_virtual + 1, batch, pos, d_model], S[v] the state entering virtual layer
         v (blocks.{v}.hook_resid_pre; S[0] the embedding) and S[-1] the final residual; e the
         prelude output. The logit lens reads S; it equals `cache.accumulated_resid()`."""
-        x, e, states = self.run_layers(self.embed(tokens), self.unrolled(schedule), keep_states=True)
+        x, e, states = self.run_layers(
+            self.embed(tokens), self.unrolled(schedule), keep_states=True
+        )
         return torch.stack(states + [x]), e
 
-    def readout_steps(self, tokens, n_steps: int | None = None, positions=None,
-                      schedule: list[int] | None = None, grad_last_k: int | None = None,
-                      every_step: bool = True, answer_only: bool = False) -> torch.Tensor:
+    def readout_steps(
+        self,
+        tokens,
+        n_steps: int | None = None,
+        positions=None,
+        schedule: list[int] | None = None,
+        grad_last_k: int | None = None,
+        every_step: bool = True,
+        answer_only: bool = False,
+    ) -> torch.Tensor:
         """Logits if the model stopped after each step: [n_steps, batch, (pos,) d_vocab].
 
         `positions` [batch] picks one position per example (the answer position); the coda runs
@@ -735,7 +838,7 @@ class LoopedTransformer(HookedRootModule):
         schedule = self._resolve(n_steps, schedule)
         layers = self._unroll(schedule)
         n_pre = len(self.prelude)
-        coda = layers[len(layers) - len(self.coda):]
+        coda = layers[len(layers) - len(self.coda) :]
         self._routing.clear()
         state, e = self.run_layers(self.embed(tokens), layers[:n_pre], hooked=True)
         outs = []
@@ -747,7 +850,9 @@ class LoopedTransformer(HookedRootModule):
             fast = answer_only and last and not self.coda
             state, e = self.run_layers(state, step_layers, e, True, positions if fast else None)
             if every_step or last:
-                y, _ = self.run_layers(state, coda, e, last, positions if answer_only and coda else None)
+                y, _ = self.run_layers(
+                    state, coda, e, last, positions if answer_only and coda else None
+                )
                 if positions is not None and y.dim() == 3:
                     y = y[torch.arange(len(y), device=y.device), positions]  # [batch, d_model]
                 outs.append(self.unembed(y, hooked=last))

@@ -1,5 +1,6 @@
 """AdamW with decoupled weight decay, warm-up then constant, and two grokking accelerators
 (docs/references.md): the Grokfast EMA gradient filter and the perpendicular gradient."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,10 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Adam
     for name, p in model.named_parameters():
         matrix = p.dim() >= 2 and not name.endswith(".b_in")
         (decay if matrix or cfg.decay_norms_and_biases else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     # The fused kernel where torch has one (CPU, CUDA): one pass over every parameter instead of
     # one per arithmetic operation; foreach elsewhere.
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
@@ -37,7 +40,7 @@ def grokfast_ema(params, ema: dict, alpha: float, lamb: float) -> None:
     live = [(i, p.grad) for i, p in enumerate(params) if p.grad is not None]
     new = {i for i, _ in live if i not in ema}
     for i, g in live:
-        if i in new:   # a first step: the average starts at the gradient
+        if i in new:  # a first step: the average starts at the gradient
             ema[i] = g.detach().clone()
     old = [(ema[i], g) for i, g in live if i not in new]
     if old:

@@ -7,6 +7,7 @@ dataset it trained on and its typed config in one object.
     logits = run.model(tokens)                    # [batch, pos, d_vocab]
     logits, cache = run.model.run_with_cache(tokens)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ from grokloop.model import LoopedTransformer
 @dataclass
 class Run:
     """A run directory's model (eval mode, at checkpoint `step`), dataset and config."""
+
     path: Path
     config: RunConfig
     model: LoopedTransformer
@@ -45,13 +47,17 @@ class Run:
         """The steps that have a checkpoint (load_run(path, step=S) opens one)."""
         return list_checkpoints(self.path)
 
-    def batch(self, split: str, n: int | None = None, seed: int = 0
-              ) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch"],
-                         Int[torch.Tensor, "batch"]]:
+    def batch(
+        self, split: str, n: int | None = None, seed: int = 0
+    ) -> tuple[
+        Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch"], Int[torch.Tensor, "batch"]
+    ]:
         """(tokens, answer positions, answers) of `n` examples of `split` (all if None, else a
         seeded sample), cut after the last answer position (the model is causal)."""
         if split not in self.dataset.splits:
-            raise ValueError(f"split={split!r}: this run's dataset has {sorted(self.dataset.splits)}")
+            raise ValueError(
+                f"split={split!r}: this run's dataset has {sorted(self.dataset.splits)}"
+            )
         idx = np.asarray(self.dataset.splits[split])
         if n is not None and n < len(idx):
             idx = np.sort(np.random.default_rng(seed).choice(idx, size=n, replace=False))
@@ -69,10 +75,12 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | None = 
     content hash the run recorded."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); train one "
-                                "with `python -m grokloop.train`")
+        raise FileNotFoundError(
+            f"{run_dir} is not a run directory (no config.json); train one "
+            "with `python -m grokloop.train`"
+        )
     saved = json.loads((run_dir / "config.json").read_text())
-    known = {f.name for f in dataclasses.fields(RunConfig)}   # drops code_version, dataset_hash
+    known = {f.name for f in dataclasses.fields(RunConfig)}  # drops code_version, dataset_hash
     cfg = run_config_from_dict({k: v for k, v in saved.items() if k in known})
     got = last_good_checkpoint(run_dir) if step is None else read_checkpoint(run_dir, step)
     if got is None:
@@ -80,8 +88,10 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | None = 
     weights, _, state = got
     ds = load_or_build(cfg.data, cfg.data_cache)
     if saved.get("dataset_hash") not in (None, ds.content_hash()):
-        raise ValueError(f"{run_dir}: the dataset built from its config differs from the one it "
-                         "trained on (content hash); the data generator changed since")
+        raise ValueError(
+            f"{run_dir}: the dataset built from its config differs from the one it "
+            "trained on (content hash); the data generator changed since"
+        )
     model = LoopedTransformer(cfg.model.resolved(len(ds.vocab), ds.n_ctx))
     model.load_state_dict(weights)
     if device is not None:

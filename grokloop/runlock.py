@@ -12,6 +12,7 @@ here and is always respected. Different run directories (a sweep) never interact
 Known gap: two processes taking over the same stale lock at the same instant may both succeed;
 PID reuse can make a stale lock look alive (then it is refused, which is the safe side).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # exists, owned by another user
+    except PermissionError:  # exists, owned by another user
         return True
     return True
 
@@ -42,7 +43,7 @@ def _holder(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
-        return None   # vanished, or created but not yet written: treat as held
+        return None  # vanished, or created but not yet written: treat as held
 
 
 def acquire(run_dir: str | Path) -> Path:
@@ -56,19 +57,25 @@ def acquire(run_dir: str | Path) -> Path:
         except FileExistsError:
             holder = _holder(path)
             if holder is None:
-                if not path.exists():   # released between our open and read: try again
+                if not path.exists():  # released between our open and read: try again
                     continue
-                raise RunLockedError(f"{run_dir} is locked by {path}, which is unreadable (a "
-                                     "process may be starting there); if no run is using "
-                                     f"{run_dir}, delete {path}")
+                raise RunLockedError(
+                    f"{run_dir} is locked by {path}, which is unreadable (a "
+                    "process may be starting there); if no run is using "
+                    f"{run_dir}, delete {path}"
+                )
             if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
-                warnings.warn(f"{path}: stale lock of PID {holder.get('pid')} on {holder.get('host')}, "
-                              "which is no longer running; taking it over")
+                warnings.warn(
+                    f"{path}: stale lock of PID {holder.get('pid')} on {holder.get('host')}, "
+                    "which is no longer running; taking it over"
+                )
                 path.unlink(missing_ok=True)
                 continue
-            raise RunLockedError(f"{run_dir} is in use by PID {holder.get('pid')} on host "
-                                 f"{holder.get('host')} (lock {path}); wait for it to finish or "
-                                 "choose another out_dir. If that process is gone, delete the lock.")
+            raise RunLockedError(
+                f"{run_dir} is in use by PID {holder.get('pid')} on host "
+                f"{holder.get('host')} (lock {path}); wait for it to finish or "
+                "choose another out_dir. If that process is gone, delete the lock."
+            )
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         return path
@@ -78,8 +85,11 @@ def acquire(run_dir: str | Path) -> Path:
 def release(path: Path) -> None:
     """Remove the lock if it is still ours (never another process's after a takeover)."""
     holder = _holder(path)
-    if holder is not None and holder.get("pid") == os.getpid() and \
-            holder.get("host") == socket.gethostname():
+    if (
+        holder is not None
+        and holder.get("pid") == os.getpid()
+        and holder.get("host") == socket.gethostname()
+    ):
         path.unlink(missing_ok=True)
 
 

@@ -1,5 +1,6 @@
 """Intervals for accuracies: every accuracy a study reports carries its Wilson 95% interval and
 its n (Wilson 1927; better behaved than the normal approximation near 0 and 1 and at small n)."""
+
 from __future__ import annotations
 
 import math

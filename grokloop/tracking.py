@@ -12,6 +12,7 @@ MLflow runs are keyed by `run_id` (of the run directory and its config.json), Te
 drops the events past the checkpoint the run resumes from (purge_step), and W&B plots against
 the `step` metric, so rows logged again after a resume replace nothing and break no ordering.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,10 @@ def check_logger(name: str) -> None:
     """A ValueError naming the pip command if train.logger's package is not installed."""
     package = PACKAGES.get(name)
     if package and importlib.util.find_spec(package) is None:
-        raise ValueError(f"train.logger={name} needs the {package} package, which is not "
-                         f"installed: pip install 'grokloop[{name}]' (or pip install {package})")
+        raise ValueError(
+            f"train.logger={name} needs the {package} package, which is not "
+            f"installed: pip install 'grokloop[{name}]' (or pip install {package})"
+        )
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -41,16 +44,21 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 
 def scalars(row: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in row.items() if k != "step" and isinstance(v, (int, float))
-            and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 class TensorBoard:
     def __init__(self, out_dir: Path, config: dict, start_step: int):
         from torch.utils.tensorboard import SummaryWriter
+
         # On a resume, events past the checkpoint (logged before the stop) are dropped.
-        self.writer = SummaryWriter(str(out_dir / "tensorboard"),
-                                    purge_step=start_step + 1 if start_step else None)
+        self.writer = SummaryWriter(
+            str(out_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None
+        )
         if not start_step:
             self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```")
             self.writer.add_text("code_version", str(config.get("code_version")))
@@ -58,7 +66,7 @@ class TensorBoard:
     def log(self, row: dict) -> None:
         for key, value in scalars(row).items():
             self.writer.add_scalar(key, value, row["step"])
-        self.writer.flush()   # a batch job's tracker is current at every evaluation
+        self.writer.flush()  # a batch job's tracker is current at every evaluation
 
     def close(self, failed: bool) -> None:
         self.writer.close()
@@ -67,16 +75,24 @@ class TensorBoard:
 class WandB:
     def __init__(self, out_dir: Path, config: dict, start_step: int):
         import wandb
+
         try:
             self.run = wandb.init(
-                project=os.environ.get("WANDB_PROJECT", "grokloop"), id=config["run_id"],
-                resume="allow", name=f"{config.get('experiment')}/{out_dir.name}",
-                group=config.get("experiment"), dir=os.environ.get("WANDB_DIR", str(out_dir)),
-                config=config, settings=wandb.Settings(console="off"))
-        except Exception as e:   # no login, no network: say how to run without them
-            raise RuntimeError(f"train.logger=wandb could not start a W&B run ({e}); log in "
-                               "(wandb login) or set WANDB_MODE=offline to write RUN/wandb/ and "
-                               "`wandb sync` it later") from None
+                project=os.environ.get("WANDB_PROJECT", "grokloop"),
+                id=config["run_id"],
+                resume="allow",
+                name=f"{config.get('experiment')}/{out_dir.name}",
+                group=config.get("experiment"),
+                dir=os.environ.get("WANDB_DIR", str(out_dir)),
+                config=config,
+                settings=wandb.Settings(console="off"),
+            )
+        except Exception as e:  # no login, no network: say how to run without them
+            raise RuntimeError(
+                f"train.logger=wandb could not start a W&B run ({e}); log in "
+                "(wandb login) or set WANDB_MODE=offline to write RUN/wandb/ and "
+                "`wandb sync` it later"
+            ) from None
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
 
@@ -90,6 +106,7 @@ class WandB:
 class MLflow:
     def __init__(self, out_dir: Path, config: dict, start_step: int):
         import mlflow
+
         self.mlflow = mlflow
         if "MLFLOW_TRACKING_URI" not in os.environ:
             # A folder beside the run, no server or database: MLflow 3 keeps its file store
@@ -98,20 +115,23 @@ class MLflow:
             mlflow.set_tracking_uri((out_dir / "mlruns").resolve().as_uri())
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", config.get("experiment")))
         tag = "grokloop.run_id"
-        found = mlflow.search_runs(filter_string=f"tags.`{tag}` = '{config['run_id']}'",
-                                   output_format="list")
-        if found:   # a resume: the same MLflow run (params are immutable, logged once)
+        found = mlflow.search_runs(
+            filter_string=f"tags.`{tag}` = '{config['run_id']}'", output_format="list"
+        )
+        if found:  # a resume: the same MLflow run (params are immutable, logged once)
             mlflow.start_run(run_id=found[0].info.run_id)
         else:
-            mlflow.start_run(run_name=f"{config.get('experiment')}/{out_dir.name}",
-                             tags={tag: config["run_id"],
-                                   "code_version": str(config.get("code_version"))})
+            mlflow.start_run(
+                run_name=f"{config.get('experiment')}/{out_dir.name}",
+                tags={tag: config["run_id"], "code_version": str(config.get("code_version"))},
+            )
             mlflow.log_params({k: str(v)[:500] for k, v in flat(config).items()})
 
     def log(self, row: dict) -> None:
         # MLflow allows letters, digits and _ - . space : / in a metric's name
-        self.mlflow.log_metrics({re.sub(r"[^\w\-. :/]", "_", k): v
-                                 for k, v in scalars(row).items()}, step=row["step"])
+        self.mlflow.log_metrics(
+            {re.sub(r"[^\w\-. :/]", "_", k): v for k, v in scalars(row).items()}, step=row["step"]
+        )
 
     def close(self, failed: bool) -> None:
         self.mlflow.end_run(status="FAILED" if failed else "FINISHED")

@@ -17,6 +17,7 @@ model.memory=facts run) every checkpoint's model reads that bank directory inste
 trained with (checked first: grokloop/bank.py bank_option), and the results go to
 RUN/probes/bank_NAME/ (NAME: the bank directory's name), so the run's own probes stay as they are.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -45,39 +46,49 @@ PROBES = ("logit_lens", "causal_tracing", "attention", "fourier", "surgery", "si
 @dataclass
 class ProbesCommand:
     """Schema of conf/probes.yaml. Lists are Hydra lists: probe=[logit_lens,causal_tracing]."""
-    run_dir: str = "???"            # required
-    probe: list[str] = field(default_factory=lambda: ["all"])        # all, or some of PROBES
+
+    run_dir: str = "???"  # required
+    probe: list[str] = field(default_factory=lambda: ["all"])  # all, or some of PROBES
     checkpoints: list[str] = field(default_factory=lambda: ["last"])  # last | all | steps
-    split: list[str] = field(default_factory=list)   # []: train_inferred + test_inferred_ood
-    n: int = 300                    # examples per split
-    corrupt: str = "all"            # causal tracing: corrupt every input role, or this one
-    corruption: str = "exists"      # causal tracing: exists | free (probes/examples.py)
-    repeats: list[int] = field(default_factory=lambda: [1, 2, 3])     # surgery: extra repeats
-    patching_examples: int = 40     # causal tracing: examples in the per-head patching maps
-    n_attention: int = 8            # attention: examples whose patterns are kept
-    steps: int = 0                  # signals: recurrence steps to run (0: the trained number)
-    fit_split: str = ""             # signals: fit the signals' combination on n examples of this
-                                    # split (not one it is scored on), score it on every split
+    split: list[str] = field(default_factory=list)  # []: train_inferred + test_inferred_ood
+    n: int = 300  # examples per split
+    corrupt: str = "all"  # causal tracing: corrupt every input role, or this one
+    corruption: str = "exists"  # causal tracing: exists | free (probes/examples.py)
+    repeats: list[int] = field(default_factory=lambda: [1, 2, 3])  # surgery: extra repeats
+    patching_examples: int = 40  # causal tracing: examples in the per-head patching maps
+    n_attention: int = 8  # attention: examples whose patterns are kept
+    steps: int = 0  # signals: recurrence steps to run (0: the trained number)
+    fit_split: str = ""  # signals: fit the signals' combination on n examples of this
+    # split (not one it is scored on), score it on every split
     seed: int = 0
-    bank: str | None = None         # a bank directory every checkpoint's model reads (memory runs);
-                                    # results in RUN/probes/bank_NAME/
+    bank: str | None = None  # a bank directory every checkpoint's model reads (memory runs);
+    # results in RUN/probes/bank_NAME/
 
     def __post_init__(self):
         unknown = [p for p in self.probe if p not in PROBES + ("all",)]
         if unknown:
-            raise ValueError(f"probe={unknown[0]!r}: unknown; choose from {', '.join(PROBES)} or all")
+            raise ValueError(
+                f"probe={unknown[0]!r}: unknown; choose from {', '.join(PROBES)} or all"
+            )
         if self.steps < 0:
-            raise ValueError(f"steps={self.steps}: give the recurrence steps to run, or 0 for the "
-                             "model's trained number")
+            raise ValueError(
+                f"steps={self.steps}: give the recurrence steps to run, or 0 for the "
+                "model's trained number"
+            )
         if self.fit_split and self.fit_split in self.split:
-            raise ValueError(f"fit_split={self.fit_split} is also a split scored (split="
-                             f"{','.join(self.split)}): a combination scored on the facts it was "
-                             "fitted to looks better than it is; fit it on another split, e.g. valid")
+            raise ValueError(
+                f"fit_split={self.fit_split} is also a split scored (split="
+                f"{','.join(self.split)}): a combination scored on the facts it was "
+                "fitted to looks better than it is; fit it on another split, e.g. valid"
+            )
 
     def options(self) -> dict[str, str]:
         """The options as RUN/probes/{probe}.json records them (lists comma-joined)."""
-        return {k: ",".join(map(str, v)) if isinstance(v, list) else str(v)
-                for k, v in asdict(self).items() if k != "bank"}
+        return {
+            k: ",".join(map(str, v)) if isinstance(v, list) else str(v)
+            for k, v in asdict(self).items()
+            if k != "bank"
+        }
 
 
 def choose_probes(names: list[str], ds) -> list[str]:
@@ -130,7 +141,7 @@ def run_probes(cmd: ProbesCommand) -> None:
     steps = choose_checkpoints(cmd.checkpoints, run_dir)
     model, ds, run_cfg = load_model(run_dir, steps[0])
     bank = None
-    if cmd.bank:   # checked before any probe runs or anything is written
+    if cmd.bank:  # checked before any probe runs or anything is written
         bank, manifest = bank_option(cmd.bank, ds.vocab, model.config.memory, model=model)
     probes = choose_probes(cmd.probe, ds)
     splits = cmd.split or default_splits(ds)
@@ -138,11 +149,18 @@ def run_probes(cmd: ProbesCommand) -> None:
     if cmd.corrupt != "all":
         for b in batches.values():
             if cmd.corrupt not in input_roles(b):
-                raise SystemExit(f"corrupt={cmd.corrupt!r} is not an input role of task "
-                                 f"{ds.task!r}; choose from {input_roles(b)}")
+                raise SystemExit(
+                    f"corrupt={cmd.corrupt!r} is not an input role of task "
+                    f"{ds.task!r}; choose from {input_roles(b)}"
+                )
     fit_batch = fitting_batch(cmd, probes, ds)
-    meta = {"run_dir": str(run_dir), "options": cmd.options(), "splits": splits,
-            "code_version": code_version(), "run_config": run_cfg}
+    meta = {
+        "run_dir": str(run_dir),
+        "options": cmd.options(),
+        "splits": splits,
+        "code_version": code_version(),
+        "run_config": run_cfg,
+    }
     sub = None
     if bank is not None:
         sub, meta["bank"] = bank_results(cmd.bank, bank, manifest)
@@ -150,13 +168,17 @@ def run_probes(cmd: ProbesCommand) -> None:
     for k, step in enumerate(steps):
         if step != steps[0]:
             model.load_state_dict(read_checkpoint(run_dir, step)[0])
-            if bank is not None:   # the checkpoint brought its own bank back
+            if bank is not None:  # the checkpoint brought its own bank back
                 model.memory.attach(bank)
         for p in probes:
-            print(f"checkpoint {step} ({k + 1}/{len(steps)}): {p} on {', '.join(splits)}", flush=True)
+            print(
+                f"checkpoint {step} ({k + 1}/{len(steps)}): {p} on {', '.join(splits)}", flush=True
+            )
             stores[p].save(step, *run_probe(p, model, batches, cmd, ds, fit_batch))
-    print(f"wrote {run_dir / 'probes' / (sub or '')}/{{{','.join(probes)}}}.jsonl, .json and npz "
-          "arrays")
+    print(
+        f"wrote {run_dir / 'probes' / (sub or '')}/{{{','.join(probes)}}}.jsonl, .json and npz "
+        "arrays"
+    )
 
 
 def fitting_batch(cmd: ProbesCommand, probes: list[str], ds):
@@ -164,8 +186,10 @@ def fitting_batch(cmd: ProbesCommand, probes: list[str], ds):
     if not cmd.fit_split:
         return None
     if "signals" not in probes:
-        raise SystemExit(f"fit_split={cmd.fit_split} is read by the signals probe only; add "
-                         "signals to probe or leave fit_split out")
+        raise SystemExit(
+            f"fit_split={cmd.fit_split} is read by the signals probe only; add "
+            "signals to probe or leave fit_split out"
+        )
     try:
         return probe_batch(ds, cmd.fit_split, cmd.n, seed=cmd.seed)
     except ValueError as e:

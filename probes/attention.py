@@ -1,4 +1,5 @@
 """Attention patterns per virtual layer (hence per recurrence step) and head."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from jaxtyping import Float, Int
 class AttentionResult:
     """Attention patterns of a few examples per virtual layer (`layers`: model.layer_table()
     labels), and their mean over the examples."""
+
     pattern: Float[np.ndarray, "layer batch head query key"]
     mean: Float[np.ndarray, "layer head query key"]
     layers: list[str]
@@ -23,5 +25,6 @@ def attention_patterns(model, tokens: Int[torch.Tensor, "batch pos"]) -> Attenti
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
     V = len(model.layer_table())
     pattern = torch.stack([cache[f"blocks.{v}.attn.hook_pattern"] for v in range(V)])
-    return AttentionResult(pattern.numpy(), pattern.mean(1).numpy(),
-                           [v.label for v in model.layer_table()])
+    return AttentionResult(
+        pattern.numpy(), pattern.mean(1).numpy(), [v.label for v in model.layer_table()]
+    )

@@ -14,6 +14,7 @@ whose cell can change the answer continue from layer i together, computing only 
 (see `patched_logits`). `trace_loop` is the straightforward one-cell-per-forward-pass version
 through hook points, kept as the reference the benchmark and tests compare against.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,6 +34,7 @@ class TraceResult:
     strength: its mean over examples (the paper's causal strength); logit_diff: the patched run's
     mean logit(clean answer) - logit(corrupted answer); full_effect: the share of examples whose
     answer the corruption itself flips; clean_acc: the clean run's accuracy."""
+
     flip: Bool[np.ndarray, "state pos batch"]
     strength: Float[np.ndarray, "state pos"]
     logit_diff: Float[np.ndarray, "state pos"]
@@ -44,6 +46,7 @@ class TraceResult:
 class PatchingMaps:
     """transformer_lens.patching heatmaps (denoising, normalised logit difference) over the
     hooked virtual blocks `model.layer_table()`."""
+
     resid_pre: Float[np.ndarray, "layer pos"]
     attn_out: Float[np.ndarray, "layer pos"]
     head_out: Float[np.ndarray, "layer head"]
@@ -51,7 +54,7 @@ class PatchingMaps:
 
 def _answer_logits(model, final_state, answer_pos):
     rows = torch.arange(len(final_state), device=final_state.device)
-    return model.unembed(final_state[rows, answer_pos])          # [rows, vocab]
+    return model.unembed(final_state[rows, answer_pos])  # [rows, vocab]
 
 
 def _continue(model, x, layers, first: int, S_base, e, p: int, answer_pos):
@@ -88,11 +91,14 @@ def patched_logits(model, base, source, answer_pos, max_rows: int = 8192, with_r
         S_base, e = model.residual_states(base[rows])
         S_src, e_src = model.residual_states(source[rows])
         ap = answer_pos[rows]
-        clean, corrupted = _answer_logits(model, S_base[-1], ap), _answer_logits(model, S_src[-1], ap)
-        same_e = (e_src == e).flatten(1).all(1)                          # [m]
-        logits = clean.expand(V + 1, P, *clean.shape).clone()           # [V + 1, pos, m, vocab]
+        clean, corrupted = (
+            _answer_logits(model, S_base[-1], ap),
+            _answer_logits(model, S_src[-1], ap),
+        )
+        same_e = (e_src == e).flatten(1).all(1)  # [m]
+        logits = clean.expand(V + 1, P, *clean.shape).clone()  # [V + 1, pos, m, vocab]
         for i in range(V):
-            differs = (S_src[i] != S_base[i]).any(-1)                    # [m, pos]
+            differs = (S_src[i] != S_base[i]).any(-1)  # [m, pos]
             whole = (differs.sum(1) == 1) & (same_e if i > n_pre else True)
             for p in range(P):
                 as_source = differs[:, p] & whole
@@ -102,11 +108,19 @@ def patched_logits(model, base, source, answer_pos, max_rows: int = 8192, with_r
                     continue
                 x = S_base[i][todo].clone()
                 x[:, p] = S_src[i][todo, p]
-                x = _continue(model, x, layers[i:], i, S_base[:, todo], None if i <= n_pre else e[todo],
-                              p, ap[todo])
+                x = _continue(
+                    model,
+                    x,
+                    layers[i:],
+                    i,
+                    S_base[:, todo],
+                    None if i <= n_pre else e[todo],
+                    p,
+                    ap[todo],
+                )
                 logits[i, p, todo] = model.unembed(x)
         # after the last layer, patching S[V] replaces the final state itself
-        final = S_base[-1][None].expand(P, *S_base[-1].shape).clone()    # [pos, m, pos, d]
+        final = S_base[-1][None].expand(P, *S_base[-1].shape).clone()  # [pos, m, pos, d]
         idx = torch.arange(P)
         final[idx, :, idx] = S_src[-1].transpose(0, 1)
         logits[V] = torch.stack([_answer_logits(model, final[p], ap) for p in range(P)])
@@ -130,10 +144,14 @@ def known_or_predicted(model, corrupted, answer_pos, corrupted_answers):
 
 
 @torch.no_grad()
-def causal_trace(model, clean: Int[torch.Tensor, "batch pos"],
-                 corrupted: Int[torch.Tensor, "batch pos"], answer_pos: Int[torch.Tensor, " batch"],
-                 clean_answers: Int[torch.Tensor, " batch"],
-                 corrupted_answers: Int[torch.Tensor, " batch"]) -> TraceResult:
+def causal_trace(
+    model,
+    clean: Int[torch.Tensor, "batch pos"],
+    corrupted: Int[torch.Tensor, "batch pos"],
+    answer_pos: Int[torch.Tensor, " batch"],
+    clean_answers: Int[torch.Tensor, " batch"],
+    corrupted_answers: Int[torch.Tensor, " batch"],
+) -> TraceResult:
     """Flip rate and logit difference for every (state, position) cell (TraceResult); an unknown
     corrupted answer (-1) is the corrupted run's top-1 (`known_or_predicted`)."""
     corrupted_answers = known_or_predicted(model, corrupted, answer_pos, corrupted_answers)
@@ -142,17 +160,25 @@ def causal_trace(model, clean: Int[torch.Tensor, "batch pos"],
     corr_final = _answer_logits(model, model.residual_states(corrupted)[0][-1], answer_pos)
     clean_pred = clean_final.argmax(-1)
     flip = logits.argmax(-1) != clean_pred
-    diff = (logits.gather(-1, clean_answers.expand(*logits.shape[:2], -1)[..., None])
-            - logits.gather(-1, corrupted_answers.expand(*logits.shape[:2], -1)[..., None]))[..., 0]
-    return TraceResult(flip.numpy(), flip.double().mean(-1).numpy(), diff.double().mean(-1).numpy(),
-                       float((corr_final.argmax(-1) != clean_pred).double().mean()),
-                       float((clean_pred == clean_answers).double().mean()))
+    diff = (
+        logits.gather(-1, clean_answers.expand(*logits.shape[:2], -1)[..., None])
+        - logits.gather(-1, corrupted_answers.expand(*logits.shape[:2], -1)[..., None])
+    )[..., 0]
+    return TraceResult(
+        flip.numpy(),
+        flip.double().mean(-1).numpy(),
+        diff.double().mean(-1).numpy(),
+        float((corr_final.argmax(-1) != clean_pred).double().mean()),
+        float((clean_pred == clean_answers).double().mean()),
+    )
 
 
 def state_hook_name(i: int, n_layers: int) -> str:
     """The hook point whose output is S[i]: the state entering virtual layer i, or for
     i = n_layers the final residual."""
-    return f"blocks.{i}.hook_resid_pre" if i < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
+    return (
+        f"blocks.{i}.hook_resid_pre" if i < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
+    )
 
 
 @torch.no_grad()
@@ -167,28 +193,35 @@ def trace_loop(model, clean, corrupted, answer_pos) -> torch.Tensor:
     flip = torch.zeros(V + 1, P, len(clean), dtype=torch.bool)
     for i, name in enumerate(names):
         for p in range(P):
+
             def patch(act, hook, p=p, name=name):
                 act = act.clone()
                 act[:, p] = cache[name][:, p]
                 return act
+
             logits = model.run_with_hooks(clean, fwd_hooks=[(name, patch)])
             flip[i, p] = logits[rows, answer_pos].argmax(-1) != clean_pred
     return flip
 
 
-def logit_diff_metric(answer_pos, clean_answers, corrupted_answers, clean_ld: float, corrupted_ld: float):
+def logit_diff_metric(
+    answer_pos, clean_answers, corrupted_answers, clean_ld: float, corrupted_ld: float
+):
     """Normalised logit difference: 0 = the corrupted run, 1 = the clean run."""
+
     def metric(logits):
         rows = torch.arange(len(logits))
         lg = logits[rows, answer_pos]
         ld = (lg[rows, clean_answers] - lg[rows, corrupted_answers]).mean()
         return (ld - corrupted_ld) / (clean_ld - corrupted_ld + 1e-12)
+
     return metric
 
 
 @torch.no_grad()
-def patching_maps(model, clean, corrupted, answer_pos, clean_answers,
-                  corrupted_answers) -> PatchingMaps:
+def patching_maps(
+    model, clean, corrupted, answer_pos, clean_answers, corrupted_answers
+) -> PatchingMaps:
     """transformer_lens.patching heatmaps (denoising: the corrupted run with one clean activation
     patched in) with the normalised logit-difference metric: resid_pre and attn_out
     [layer, pos], head outputs over all positions [layer, head]. Layers are the hooked
@@ -200,13 +233,16 @@ def patching_maps(model, clean, corrupted, answer_pos, clean_answers,
         lg = model(tokens)[rows, answer_pos]
         return float((lg[rows, clean_answers] - lg[rows, corrupted_answers]).mean())
 
-    metric = logit_diff_metric(answer_pos, clean_answers, corrupted_answers, ld(clean), ld(corrupted))
+    metric = logit_diff_metric(
+        answer_pos, clean_answers, corrupted_answers, ld(clean), ld(corrupted)
+    )
     _, cache = model.run_with_cache(clean)
     with _quiet_patching():
         return PatchingMaps(
             patching.get_act_patch_resid_pre(model, corrupted, cache, metric).numpy(),
             patching.get_act_patch_attn_out(model, corrupted, cache, metric).numpy(),
-            patching.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric).numpy())
+            patching.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric).numpy(),
+        )
 
 
 @contextmanager

@@ -16,6 +16,7 @@ same type (same vocabulary range). Two modes (`python -m probes ... corruption=e
           the head's own relations, r2 among the bridge's, comparison entities with an adjacent
           value); free keeps only the rule "same type, answer not known to be the same".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import torch
 class ProbeBatch:
     """Examples of one split as tensors: tokens [n, pos], answer_pos [n], answers [n], hops [n],
     roles/role_pos name -> [n] (-1 where absent), and their indices into the dataset."""
+
     split: str
     index: np.ndarray
     tokens: torch.Tensor
@@ -42,9 +44,16 @@ class ProbeBatch:
 
     def subset(self, keep: np.ndarray) -> "ProbeBatch":
         k = torch.as_tensor(keep)
-        return ProbeBatch(self.split, self.index[keep], self.tokens[k], self.answer_pos[k],
-                          self.answers[k], self.hops[k], {n: v[k] for n, v in self.roles.items()},
-                          {n: v[k] for n, v in self.role_pos.items()})
+        return ProbeBatch(
+            self.split,
+            self.index[keep],
+            self.tokens[k],
+            self.answer_pos[k],
+            self.answers[k],
+            self.hops[k],
+            {n: v[k] for n, v in self.roles.items()},
+            {n: v[k] for n, v in self.role_pos.items()},
+        )
 
 
 def probe_batch(ds, split: str, n: int, seed: int = 0) -> ProbeBatch:
@@ -55,9 +64,16 @@ def probe_batch(ds, split: str, n: int, seed: int = 0) -> ProbeBatch:
     if len(idx) > n:
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=n, replace=False))
     t = lambda a: torch.as_tensor(np.asarray(a)[idx], dtype=torch.long)
-    return ProbeBatch(split, idx, t(ds.inputs), t(ds.answer_pos), t(ds.answers), t(ds.hops),
-                      {k: t(v) for k, v in ds.roles.items()},
-                      {k: t(v) for k, v in ds.role_pos.items()})
+    return ProbeBatch(
+        split,
+        idx,
+        t(ds.inputs),
+        t(ds.answer_pos),
+        t(ds.answers),
+        t(ds.hops),
+        {k: t(v) for k, v in ds.roles.items()},
+        {k: t(v) for k, v in ds.role_pos.items()},
+    )
 
 
 def input_roles(batch: ProbeBatch) -> list[str]:
@@ -81,8 +97,10 @@ def _chained(ds):
     every hop is an atomic fact of the dataset (None for other tasks)."""
     if ds.task != "composition":
         return None
-    atomic = {(int(ds.inputs[i, 0]), int(ds.inputs[i, 1])): int(ds.answers[i])
-              for i in np.flatnonzero(ds.hops == 1)}
+    atomic = {
+        (int(ds.inputs[i, 0]), int(ds.inputs[i, 1])): int(ds.answers[i])
+        for i in np.flatnonzero(ds.hops == 1)
+    }
     pad = ds.vocab.pad_id
 
     def answer(row: np.ndarray):
@@ -94,6 +112,7 @@ def _chained(ds):
             if e is None:
                 return None
         return e
+
     return answer
 
 
@@ -103,8 +122,10 @@ def corrupt(ds, batch: ProbeBatch, role: str, seed: int = 0, mode: str = "exists
     if mode not in MODES:
         raise ValueError(f"corruption={mode!r} is not one of {list(MODES)}")
     if role not in input_roles(batch):
-        raise ValueError(f"corrupt={role!r} is not an input role of task {ds.task!r}; "
-                         f"choose from {input_roles(batch)}")
+        raise ValueError(
+            f"corrupt={role!r} is not an input role of task {ds.task!r}; "
+            f"choose from {input_roles(batch)}"
+        )
     answer_of = {row.tobytes(): a for row, a in zip(ds.inputs.astype(np.int64), ds.answers)}
     chained = _chained(ds) if mode == "free" else None
     ranges = list(ds.vocab.ranges.values())
@@ -124,7 +145,7 @@ def corrupt(ds, batch: ProbeBatch, role: str, seed: int = 0, mode: str = "exists
             row[q] = c
             answer = answer_of.get(row.tobytes())
             if answer is None and chained is not None:
-                answer = chained(row[:int(batch.answer_pos[i]) + 1])
+                answer = chained(row[: int(batch.answer_pos[i]) + 1])
             if answer == int(batch.answers[i]) or (answer is None and mode == "exists"):
                 continue
             tokens[i] = row

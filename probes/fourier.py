@@ -10,6 +10,7 @@ Token id == number for the modular task, so row a of W_E is the embedding of a.
   those directions removed, the loss on the training cells. Restricted falls and excluded rises
   as the Fourier circuit forms, before test accuracy jumps.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,10 @@ def gini(values: np.ndarray) -> float:
 
 def check_applies(ds) -> int:
     if ds.task != "modular" or ds.config.get("op") != "add":
-        raise ValueError(f"probe=fourier applies to modular addition only; this run's task is "
-                         f"{ds.task!r}{' with op ' + repr(ds.config.get('op')) if ds.task == 'modular' else ''}")
+        raise ValueError(
+            f"probe=fourier applies to modular addition only; this run's task is "
+            f"{ds.task!r}{' with op ' + repr(ds.config.get('op')) if ds.task == 'modular' else ''}"
+        )
     return int(ds.config["p"])
 
 
@@ -53,7 +56,7 @@ def check_applies(ds) -> int:
 def embedding_spectrum(W_E: torch.Tensor, p: int) -> torch.Tensor:
     """Norm of the embedding of tokens 0..p-1 at each frequency k = 1..(p-1)/2 of Z_p (cos and
     sin together): [(p-1)/2], entry k-1 for frequency k."""
-    norms = (fourier_basis(p) @ W_E[:p].double()).norm(dim=1)   # [basis, d_model] -> [basis]
+    norms = (fourier_basis(p) @ W_E[:p].double()).norm(dim=1)  # [basis, d_model] -> [basis]
     return (norms[1::2] ** 2 + norms[2::2] ** 2).sqrt()
 
 
@@ -65,9 +68,9 @@ def walsh_spectrum(W_E: torch.Tensor, bits: int) -> torch.Tensor:
     n = 1 << bits
     x = torch.arange(n)
     parity = torch.zeros(n, n, dtype=torch.long)
-    for i in range(bits):   # popcount(s & x) mod 2, bit by bit
+    for i in range(bits):  # popcount(s & x) mod 2, bit by bit
         parity ^= ((x[:, None] >> i) & 1) & ((x[None, :] >> i) & 1)
-    basis = (1 - 2 * parity).double() / math.sqrt(n)          # orthonormal, symmetric
+    basis = (1 - 2 * parity).double() / math.sqrt(n)  # orthonormal, symmetric
     return (basis @ W_E[:n].double()).norm(dim=1)[1:]
 
 
@@ -77,6 +80,7 @@ class FourierMeasures:
     k = 1..(p-1)/2 and its Gini coefficient, the key frequencies (largest norms), the restricted
     loss (key directions only, whole table), the excluded loss (key directions removed, training
     cells) and the ordinary training and test losses."""
+
     freq_norm: Float[np.ndarray, " freq"]
     gini: float
     key_freqs: list[int]
@@ -92,11 +96,16 @@ def fourier_measures(model, ds, n_key: int = 5) -> FourierMeasures:
     freq_norm = embedding_spectrum(model.W_E, p)
     key = (torch.argsort(freq_norm, descending=True)[:n_key] + 1).tolist()
 
-    tokens = torch.as_tensor(ds.inputs)                         # every cell, a-major: row a*p + b
+    tokens = torch.as_tensor(ds.inputs)  # every cell, a-major: row a*p + b
     pos = torch.as_tensor(ds.answer_pos)
-    logits = torch.cat([model(tokens[i:i + 4096])[torch.arange(len(tokens[i:i + 4096])),
-                                                  pos[i:i + 4096], :p]
-                        for i in range(0, len(tokens), 4096)]).double()   # [p*p, p]
+    logits = torch.cat(
+        [
+            model(tokens[i : i + 4096])[
+                torch.arange(len(tokens[i : i + 4096])), pos[i : i + 4096], :p
+            ]
+            for i in range(0, len(tokens), 4096)
+        ]
+    ).double()  # [p*p, p]
     answers = torch.as_tensor(ds.answers)
     a, b = tokens[:, 0].double(), tokens[:, 2].double()
     dirs = [torch.ones(p * p, dtype=torch.float64)]
@@ -104,15 +113,22 @@ def fourier_measures(model, ds, n_key: int = 5) -> FourierMeasures:
         w = 2 * math.pi * k / p
         dirs += [torch.cos(w * (a + b)), torch.sin(w * (a + b))]
     D = torch.stack(dirs)
-    D = D / D.norm(dim=1, keepdim=True)                         # orthonormal over the table
-    kept = D.T @ (D @ logits)                                   # [p*p, p]
-    excluded = logits - kept + D[:1].T @ (D[:1] @ logits)      # remove the key directions only
+    D = D / D.norm(dim=1, keepdim=True)  # orthonormal over the table
+    kept = D.T @ (D @ logits)  # [p*p, p]
+    excluded = logits - kept + D[:1].T @ (D[:1] @ logits)  # remove the key directions only
     train = torch.as_tensor(ds.splits["train"])
     ce = lambda lg, idx: float(F.cross_entropy(lg[idx], answers[idx]))
     every = torch.arange(p * p)
     test = torch.as_tensor(ds.splits["test"])
-    return FourierMeasures(freq_norm.numpy(), gini(freq_norm.numpy()), key, ce(kept, every),
-                           ce(excluded, train), ce(logits, train), ce(logits, test))
+    return FourierMeasures(
+        freq_norm.numpy(),
+        gini(freq_norm.numpy()),
+        key,
+        ce(kept, every),
+        ce(excluded, train),
+        ce(logits, train),
+        ce(logits, test),
+    )
 
 
 def stage_spectra(run_dir) -> dict:
@@ -122,8 +138,12 @@ def stage_spectra(run_dir) -> dict:
     the top 5 frequencies of each."""
     model, _, _ = load_model(run_dir)
     out = {}
-    for basis, spec in (("fourier127", embedding_spectrum(model.W_E, 127)),
-                        ("walsh128", walsh_spectrum(model.W_E, 7))):
-        out[basis] = {"gini": gini(spec.numpy()),
-                      "top": (torch.argsort(spec, descending=True)[:5] + 1).tolist()}
+    for basis, spec in (
+        ("fourier127", embedding_spectrum(model.W_E, 127)),
+        ("walsh128", walsh_spectrum(model.W_E, 7)),
+    ):
+        out[basis] = {
+            "gini": gini(spec.numpy()),
+            "top": (torch.argsort(spec, descending=True)[:5] + 1).tolist(),
+        }
     return out

@@ -8,6 +8,7 @@ position), the rank of the role's token among all tokens (0 = top), the reciproc
 `at_role` reads each role at its own position (the answer at the answer position), the paper's
 numbers: e.g. the bridge entity's MRR at the r1 position per layer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class LensResult:
     """The logit lens of one batch, roles in `roles` order, states S[0..V] labelled `layers`.
     rank/mrr/top1: means over the examples that have the role; at_role_*: at each example's own
     role position (the paper's numbers); n: examples per role."""
+
     roles: list[str]
     layers: list[str]
     rank: Float[np.ndarray, "role layer pos"]
@@ -37,6 +39,7 @@ class LensResult:
 @dataclass
 class ReadoutResult:
     """What the model answers if it stops after step t = 1..T: accuracy and the answer's MRR."""
+
     acc: Float[np.ndarray, " step"]
     answer_mrr: Float[np.ndarray, " step"]
 
@@ -46,50 +49,62 @@ def target_roles(batch: ProbeBatch) -> list[str]:
 
 
 @torch.no_grad()
-def logit_lens(model, batch: ProbeBatch, roles: list[str] | None = None,
-               chunk: int = 256) -> LensResult:
+def logit_lens(
+    model, batch: ProbeBatch, roles: list[str] | None = None, chunk: int = 256
+) -> LensResult:
     """The rank of each role's token under the lens at every (state, position), `roles` (default:
     every role the batch has) in order."""
     roles = roles or target_roles(batch)
     missing = [r for r in roles if r not in batch.roles]
     if missing:
-        raise ValueError(f"role {missing[0]!r} is not a role of this task; it has {sorted(batch.roles)}")
+        raise ValueError(
+            f"role {missing[0]!r} is not a role of this task; it has {sorted(batch.roles)}"
+        )
     n_layers = len(model.layer_table()) + 1
     P = batch.tokens.shape[1]
-    sums = {k: torch.zeros(len(roles), n_layers, P, dtype=torch.float64) for k in ("rank", "mrr", "top1")}
+    sums = {
+        k: torch.zeros(len(roles), n_layers, P, dtype=torch.float64)
+        for k in ("rank", "mrr", "top1")
+    }
     at = {k: torch.zeros(len(roles), n_layers, dtype=torch.float64) for k in ("mrr", "top1")}
     count = torch.zeros(len(roles), dtype=torch.float64)
     for lo in range(0, len(batch), chunk):
         rows = slice(lo, lo + chunk)
         S, _ = model.residual_states(batch.tokens[rows])
-        logits = model.unembed(S)                                   # [layer, n, pos, vocab]
+        logits = model.unembed(S)  # [layer, n, pos, vocab]
         for j, role in enumerate(roles):
             tok = batch.roles[role][rows]
             has = tok >= 0
             if not has.any():
                 continue
-            lg = logits[:, has]                                     # [layer, m, pos, vocab]
+            lg = logits[:, has]  # [layer, m, pos, vocab]
             target = lg.gather(-1, tok[has][None, :, None, None].expand(*lg.shape[:3], 1))
-            rank = (lg > target).sum(-1).double()                   # [layer, m, pos]
+            rank = (lg > target).sum(-1).double()  # [layer, m, pos]
             sums["rank"][j] += rank.sum(1)
             sums["mrr"][j] += (1 / (rank + 1)).sum(1)
             sums["top1"][j] += (rank == 0).double().sum(1)
             pos = batch.role_pos[role][rows][has]
             pos = torch.where(pos >= 0, pos, batch.answer_pos[rows][has])
-            own = rank[:, torch.arange(len(pos)), pos]              # [layer, m]
+            own = rank[:, torch.arange(len(pos)), pos]  # [layer, m]
             at["mrr"][j] += (1 / (own + 1)).sum(1)
             at["top1"][j] += (own == 0).double().sum(1)
             count[j] += has.sum()
     denom = count.clamp(min=1)
     mean = {k: (v / denom[:, None, None]).numpy() for k, v in sums.items()}
-    return LensResult(roles, ["embed"] + [v.label for v in model.layer_table()], **mean,
-                      at_role_mrr=(at["mrr"] / denom[:, None]).numpy(),
-                      at_role_top1=(at["top1"] / denom[:, None]).numpy(), n=count.numpy())
+    return LensResult(
+        roles,
+        ["embed"] + [v.label for v in model.layer_table()],
+        **mean,
+        at_role_mrr=(at["mrr"] / denom[:, None]).numpy(),
+        at_role_top1=(at["top1"] / denom[:, None]).numpy(),
+        n=count.numpy(),
+    )
 
 
 @torch.no_grad()
-def step_readout(model, batch: ProbeBatch, n_steps: int | None = None,
-                 chunk: int = 1024) -> ReadoutResult:
+def step_readout(
+    model, batch: ProbeBatch, n_steps: int | None = None, chunk: int = 1024
+) -> ReadoutResult:
     """What the model would answer if it stopped after step t, for t = 1..n_steps (default: the
     trained number of steps)."""
     correct, rr = [], []
@@ -97,8 +112,9 @@ def step_readout(model, batch: ProbeBatch, n_steps: int | None = None,
         rows = slice(lo, lo + chunk)
         logits = model.readout_steps(batch.tokens[rows], n_steps, positions=batch.answer_pos[rows])
         target = logits.gather(-1, batch.answers[rows][None, :, None].expand(len(logits), -1, 1))
-        rank = (logits > target).sum(-1)                            # [steps, n]
+        rank = (logits > target).sum(-1)  # [steps, n]
         correct.append(rank == 0)
         rr.append(1 / (rank.double() + 1))
-    return ReadoutResult(torch.cat(correct, 1).double().mean(1).numpy(),
-                         torch.cat(rr, 1).mean(1).numpy())
+    return ReadoutResult(
+        torch.cat(correct, 1).double().mean(1).numpy(), torch.cat(rr, 1).mean(1).numpy()
+    )

@@ -16,6 +16,7 @@ with the last), fitted on held-out facts of another split and scored at the last
 what a selector that waits to the end and reads these signals can gain over a confidence
 threshold, without the selector's reinforcement learning in the way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class SignalScores:
     wrong), coverage[i, t] a threshold's largest coverage at the target selective accuracy (nan
     where none reaches it); combined: {"auroc", "coverage"} of the fitted Combination at the last
     step, when one was given; n: the facts scored."""
+
     signals: list[str]
     n: int
     acc: Float[np.ndarray, " step"]
@@ -65,9 +67,11 @@ class Combination:
 
     def __init__(self, features: torch.Tensor, right: torch.Tensor, l2: float = 1e-3):
         if right.all() or not right.any():
-            raise ValueError("the fit split's answers are all right or all wrong at the last "
-                             "step: nothing to fit a combination of signals to; choose another "
-                             "fit_split or more steps")
+            raise ValueError(
+                "the fit split's answers are all right or all wrong at the last "
+                "step: nothing to fit a combination of signals to; choose another "
+                "fit_split or more steps"
+            )
         self.mean, self.std = features.mean(0), features.std(0).clamp_min(1e-6)
         x, y = (features - self.mean) / self.std, right.float()
         self.w = torch.zeros(x.shape[1], requires_grad=True)
@@ -76,10 +80,13 @@ class Combination:
 
         def closure():
             opt.zero_grad()
-            loss = (F.binary_cross_entropy_with_logits(x @ self.w + self.b, y)
-                    + l2 * self.w.pow(2).sum())
+            loss = (
+                F.binary_cross_entropy_with_logits(x @ self.w + self.b, y)
+                + l2 * self.w.pow(2).sum()
+            )
             loss.backward()
             return loss
+
         with torch.enable_grad():
             opt.step(closure)
         self.w, self.b = self.w.detach(), self.b.detach()
@@ -91,20 +98,28 @@ class Combination:
 def fit_combination(model, tokens, positions, answers, n_steps: int) -> Combination:
     """The `Combination` of one batch's episodes (held-out facts, not those it is scored on)."""
     with torch.no_grad():
-        traj = trajectory(model, tokens, positions, answers, n_steps,
-                          margins=model.memory is not None)
+        traj = trajectory(
+            model, tokens, positions, answers, n_steps, margins=model.memory is not None
+        )
     return Combination(episode_features(traj), traj["correct"][-1])
 
 
 @torch.no_grad()
-def abstention_signals(model, tokens, positions, answers, hops, n_steps: int,
-                       combination: Combination | None = None, trained_hops: list[int] = (),
-                       target: float = TARGET_SELECTIVE_ACC) -> dict[str, SignalScores]:
+def abstention_signals(
+    model,
+    tokens,
+    positions,
+    answers,
+    hops,
+    n_steps: int,
+    combination: Combination | None = None,
+    trained_hops: list[int] = (),
+    target: float = TARGET_SELECTIVE_ACC,
+) -> dict[str, SignalScores]:
     """SignalScores per group of facts (halting's `fact_groups`: all, each hop count and, given
     the hop counts trained on, those deeper than any trained), with `combination` also scored
     at the last step."""
-    traj = trajectory(model, tokens, positions, answers, n_steps,
-                      margins=model.memory is not None)
+    traj = trajectory(model, tokens, positions, answers, n_steps, margins=model.memory is not None)
     signals = signal_values(traj)
     combined = None if combination is None else combination(episode_features(traj))
     nan = lambda v: np.nan if v is None else v
@@ -114,10 +129,14 @@ def abstention_signals(model, tokens, positions, answers, hops, n_steps: int,
         rank = lambda s, t: nan(auroc(s, right[t]))
         keep = lambda s, t: largest_coverage(s, right[t], target).item() or np.nan  # 0: none
         return SignalScores(
-            list(signals), int(mask.sum()), right.double().mean(1).numpy(),
+            list(signals),
+            int(mask.sum()),
+            right.double().mean(1).numpy(),
             np.array([[rank(s[t, mask], t) for t in range(n_steps)] for s in signals.values()]),
             np.array([[keep(s[t, mask], t) for t in range(n_steps)] for s in signals.values()]),
-            None if combined is None else {"auroc": rank(combined[mask], -1),
-                                           "coverage": keep(combined[mask], -1)})
+            None
+            if combined is None
+            else {"auroc": rank(combined[mask], -1), "coverage": keep(combined[mask], -1)},
+        )
 
     return {name: score(mask) for name, mask in fact_groups(hops, trained_hops).items()}

@@ -5,6 +5,7 @@ retraining. For a looped model a repeated range that starts a recurrence step re
 injection there, as every step after the first does (the loop was trained that way); the prelude
 output e is set once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ class SurgeryResult:
     """acc[split][r, start, end]: accuracy with layers start..end (inclusive) run repeats[r] more
     times (NaN where end < start); base[split]: the unmodified model's on the same examples;
     layers: the virtual layers' labels."""
+
     repeats: list[int]
     layers: list[str]
     acc: dict[str, Float[np.ndarray, "repeat start end"]]
@@ -27,9 +29,11 @@ class SurgeryResult:
 
 
 def repeat_range(layers: list, start: int, end: int, extra: int) -> list:
-    again = [dataclasses.replace(layer, begins_loop=False, injects=layer.starts_step)
-             for layer in layers[start:end + 1]]
-    return layers[:end + 1] + again * extra + layers[end + 1:]
+    again = [
+        dataclasses.replace(layer, begins_loop=False, injects=layer.starts_step)
+        for layer in layers[start : end + 1]
+    ]
+    return layers[: end + 1] + again * extra + layers[end + 1 :]
 
 
 @torch.no_grad()
@@ -56,8 +60,13 @@ def layer_loop_surgery(model, batches: dict, repeats=(1, 2, 3)) -> SurgeryResult
         for r, extra in enumerate(repeats):
             for start in range(V):
                 for end in range(start, V):
-                    grid[r, start, end] = accuracy(model, repeat_range(layers, start, end, extra),
-                                                   b.tokens, b.answer_pos, b.answers)
+                    grid[r, start, end] = accuracy(
+                        model,
+                        repeat_range(layers, start, end, extra),
+                        b.tokens,
+                        b.answer_pos,
+                        b.answers,
+                    )
         out.acc[split] = grid
         out.base[split] = accuracy(model, layers, b.tokens, b.answer_pos, b.answers)
     return out

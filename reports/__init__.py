@@ -4,6 +4,7 @@ run writes (metrics.jsonl, summary.json, config.json, probes/); nothing is recom
 
 `write_run_report(run_dir)` is the one function the rest of the project calls (grokloop/train.py
 at the end of a run); `python -m reports.adaptive RUN...` is reports/adaptive.py."""
+
 from __future__ import annotations
 
 from pathlib import Path

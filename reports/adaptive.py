@@ -36,6 +36,7 @@ table, one row a line, and the abstention entries' curves (`curve`, `selector_cu
 beside summary.json in summary_curves.json.gz; load_summary reads both back into the summary
 the tables and figures are made from.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -57,15 +58,19 @@ from reports.html import Section, page, table, write
 from reports.load import read_run
 from reports.study import POOL_APART, pooled
 
-DEFAULT_OUT = "runs/adaptive_summary"   # under runs/ (gitignored): nothing tracked is overwritten
-HOPS_NOTE = ("Accuracy (mean steps used) per hop count; hop 1 = atomic facts (ID), hops 2-3 are "
-             "trained, 4+ never seen in training.")
-ROWS_NOTE = ("Accuracy (mean steps used) per hop count: hop 1 = atomic facts (atomic_id), hops 2+ "
-             "= held-out inferred facts (test_inferred_id), 2-hop OOD = test_inferred_ood. "
-             "Inferred hop counts in training: {trained}. Seeds pooled where a model has several; "
-             "every number's Wilson 95% interval and n are in summary.json (rows).")
-THRESHOLD_RULE = "confidence_threshold"   # the threshold at the selector's coverage
-TABLE_FACTS = ("all", "trained_hops", "deeper_than_trained")   # abstention groups in the tables
+DEFAULT_OUT = "runs/adaptive_summary"  # under runs/ (gitignored): nothing tracked is overwritten
+HOPS_NOTE = (
+    "Accuracy (mean steps used) per hop count; hop 1 = atomic facts (ID), hops 2-3 are "
+    "trained, 4+ never seen in training."
+)
+ROWS_NOTE = (
+    "Accuracy (mean steps used) per hop count: hop 1 = atomic facts (atomic_id), hops 2+ "
+    "= held-out inferred facts (test_inferred_id), 2-hop OOD = test_inferred_ood. "
+    "Inferred hop counts in training: {trained}. Seeds pooled where a model has several; "
+    "every number's Wilson 95% interval and n are in summary.json (rows)."
+)
+THRESHOLD_RULE = "confidence_threshold"  # the threshold at the selector's coverage
+TABLE_FACTS = ("all", "trained_hops", "deeper_than_trained")  # abstention groups in the tables
 
 
 def load_halting(path: str | Path) -> dict:
@@ -73,28 +78,40 @@ def load_halting(path: str | Path) -> dict:
     `path`: a run directory (its halting/results.json) or a folder of halting results itself
     (RUN/halting/TAG, RUN/halting/bank_NAME), which names its run."""
     path = Path(path)
-    results = path / "results.json" if (path / "results.json").exists() else path / "halting" / "results.json"
+    results = (
+        path / "results.json"
+        if (path / "results.json").exists()
+        else path / "halting" / "results.json"
+    )
     if not results.exists():
-        raise FileNotFoundError(f"{results} is missing; run `python -m grokloop.halting "
-                                f"run_dir={path}` first")
+        raise FileNotFoundError(
+            f"{results} is missing; run `python -m grokloop.halting run_dir={path}` first"
+        )
     res = json.loads(results.read_text())
     run_dir = path if results == path / "halting" / "results.json" else res["run_dir"]
     run = read_run(run_dir, probes=False)
-    last = run.metrics[-1]   # also for a run stopped early: its last evaluation
+    last = run.metrics[-1]  # also for a run stopped early: its last evaluation
     chosen = {k.rsplit("/", 1)[1]: v for k, v in last.items() if k.startswith("depth/chosen_step/")}
-    return {"name": res.get("experiment") or run.name, "seed": run.config.get("seed"),
-            "trained_hops": (run.config.get("data") or {}).get("hops"),
-            "halting": res, "config": run.config,
-            "train_steps": last["step"], "wall_time_s": last["wall_time_s"],
-            "chosen_step_last_interval": chosen,
-            "checkpoint": res.get("checkpoint_step")}
+    return {
+        "name": res.get("experiment") or run.name,
+        "seed": run.config.get("seed"),
+        "trained_hops": (run.config.get("data") or {}).get("hops"),
+        "halting": res,
+        "config": run.config,
+        "train_steps": last["step"],
+        "wall_time_s": last["wall_time_s"],
+        "chosen_step_last_interval": chosen,
+        "checkpoint": res.get("checkpoint_step"),
+    }
 
 
 # --- rows in the results schema ----------------------------------------------------------------
 def rule_fields(r: dict) -> dict:
     """A rule summary's extra row fields: mean steps, and coverage and selective accuracy where
     the rule can abstain."""
-    out = {"mean_steps": r["mean_steps"]} | ({"mean_layers": r["mean_layers"]} if "mean_layers" in r else {})
+    out = {"mean_steps": r["mean_steps"]} | (
+        {"mean_layers": r["mean_layers"]} if "mean_layers" in r else {}
+    )
     if "selective_acc" in r:
         out |= {"coverage": r["coverage"], "selective_acc": r["selective_acc"]}
     return out
@@ -115,19 +132,33 @@ def run_rows(run: dict) -> list[dict]:
     ids = {"model": run["name"]}
     tail = {"seed": run.get("seed"), "step": res.get("checkpoint_step")}
     for split, sres in res["splits"].items():
-        at = {}   # (hops, rule) -> row, to add the abstention fields
+        at = {}  # (hops, rule) -> row, to add the abstention fields
         for rule, r in sres["rules"].items():
-            at[None, rule] = acc_row(r["acc"], r.get("n", sres["n"]), **ids, split=split,
-                                     rule=rule, **tail, **rule_fields(r))
+            at[None, rule] = acc_row(
+                r["acc"],
+                r.get("n", sres["n"]),
+                **ids,
+                split=split,
+                rule=rule,
+                **tail,
+                **rule_fields(r),
+            )
             for key, h in r.items():
                 if not key.startswith("hops_"):
                     continue
-                if "n" not in h:          # results.json from before per-hop counts
+                if "n" not in h:  # results.json from before per-hop counts
                     missing_n = True
                     continue
-                at[int(key[5:]), rule] = acc_row(h["acc"], h["n"], **ids, split=split,
-                                                 hops=int(key[5:]), rule=rule, **tail,
-                                                 **rule_fields(h))
+                at[int(key[5:]), rule] = acc_row(
+                    h["acc"],
+                    h["n"],
+                    **ids,
+                    split=split,
+                    hops=int(key[5:]),
+                    rule=rule,
+                    **tail,
+                    **rule_fields(h),
+                )
         ab = sres.get("abstention") or {"groups": {}}
         key_90 = f"coverage_at_{ab.get('target_selective_acc', 0.9) * 100:g}"
         for name, g in ab["groups"].items():
@@ -137,21 +168,34 @@ def run_rows(run: dict) -> list[dict]:
             hops = fields.get("hops")
             if (hops, "selector") in at:
                 at[hops, "selector"][key_90] = g["selector"]["coverage_at_target"]
-                if "coverage_gain_interval" in g["selector"]:   # selector minus threshold
-                    at[hops, "selector"][f"{key_90}_gain_interval"] = \
-                        g["selector"]["coverage_gain_interval"]
+                if "coverage_gain_interval" in g["selector"]:  # selector minus threshold
+                    at[hops, "selector"][f"{key_90}_gain_interval"] = g["selector"][
+                        "coverage_gain_interval"
+                    ]
             t, steps = g["threshold"], at.get((hops, ab["exit"]), {}).get("mean_steps")
             at[hops, THRESHOLD_RULE] = acc_row(
-                t["coverage"] * (t["selective_acc"] or 0.0), g["n"], **ids, split=split, **fields,
-                rule=THRESHOLD_RULE, **tail, mean_steps=steps, exit=ab["exit"],
-                min_confidence=t["min_confidence"], coverage=t["coverage"],
-                selective_acc=t["selective_acc"], **{key_90: g["threshold_coverage_at_target"]})
+                t["coverage"] * (t["selective_acc"] or 0.0),
+                g["n"],
+                **ids,
+                split=split,
+                **fields,
+                rule=THRESHOLD_RULE,
+                **tail,
+                mean_steps=steps,
+                exit=ab["exit"],
+                min_confidence=t["min_confidence"],
+                coverage=t["coverage"],
+                selective_acc=t["selective_acc"],
+                **{key_90: g["threshold_coverage_at_target"]},
+            )
         rows += at.values()
         rows += block_rows(sres.get("blocks", {}), ids | {"split": split}, tail)
     if missing_n:
-        print(f"{res.get('run_dir')}: halting/results.json has no per-hop counts (written before "
-              "they were recorded): its per-hop rows are left out; rerun python -m grokloop.halting",
-              file=sys.stderr)
+        print(
+            f"{res.get('run_dir')}: halting/results.json has no per-hop counts (written before "
+            "they were recorded): its per-hop rows are left out; rerun python -m grokloop.halting",
+            file=sys.stderr,
+        )
     return rows
 
 
@@ -163,10 +207,22 @@ def block_rows(blocks: dict, ids: dict, tail: dict) -> list[dict]:
         if schedule.startswith("random_"):
             continue
         for rule, r in b["rules"].items():
-            for hops, h in [(None, r)] + [(int(k[5:]), h) for k, h in r.items() if k.startswith("hops_")]:
-                rows.append(acc_row(h["acc"], h["n"], **ids, **({} if hops is None else {"hops": hops}),
-                                    rule=rule, schedule=schedule, **tail,
-                                    mean_steps=h["mean_steps"], mean_layers=h["mean_layers"]))
+            for hops, h in [(None, r)] + [
+                (int(k[5:]), h) for k, h in r.items() if k.startswith("hops_")
+            ]:
+                rows.append(
+                    acc_row(
+                        h["acc"],
+                        h["n"],
+                        **ids,
+                        **({} if hops is None else {"hops": hops}),
+                        rule=rule,
+                        schedule=schedule,
+                        **tail,
+                        mean_steps=h["mean_steps"],
+                        mean_layers=h["mean_layers"],
+                    )
+                )
     return rows
 
 
@@ -190,8 +246,11 @@ def pooled_rows(rows: list[dict]) -> list[dict]:
         if all("coverage" in r for r in rs):
             answered = sum(r["coverage"] * r["n"] for r in rs)
             p["coverage"] = answered / n
-            p["selective_acc"] = (sum(r["coverage"] * r["n"] * (r["selective_acc"] or 0.0)
-                                      for r in rs) / answered if answered else None)
+            p["selective_acc"] = (
+                sum(r["coverage"] * r["n"] * (r["selective_acc"] or 0.0) for r in rs) / answered
+                if answered
+                else None
+            )
         out.append(p)
     return out
 
@@ -202,9 +261,17 @@ def abstention_entries(run: dict) -> list[dict]:
     for split, sres in run["halting"]["splits"].items():
         ab = sres.get("abstention")
         for name, g in (ab or {}).get("groups", {}).items():
-            out.append({"model": run["name"], "seed": run.get("seed"), "split": split,
-                        "facts": name, "exit": ab["exit"],
-                        "target_selective_acc": ab["target_selective_acc"], **g})
+            out.append(
+                {
+                    "model": run["name"],
+                    "seed": run.get("seed"),
+                    "split": split,
+                    "facts": name,
+                    "exit": ab["exit"],
+                    "target_selective_acc": ab["target_selective_acc"],
+                    **g,
+                }
+            )
     return out
 
 
@@ -213,19 +280,40 @@ def build(runs: list[dict]) -> dict:
     for run in runs:
         key = (run["name"], run.get("seed"))
         if key in seen:
-            raise SystemExit(f"{run['halting'].get('run_dir')} and {seen[key]} are both model "
-                             f"{key[0]!r} with seed {key[1]}: name them apart with names=[...]")
+            raise SystemExit(
+                f"{run['halting'].get('run_dir')} and {seen[key]} are both model "
+                f"{key[0]!r} with seed {key[1]}: name them apart with names=[...]"
+            )
         seen[key] = run["halting"].get("run_dir")
     rows = [r for run in runs for r in run_rows(run)]
-    return {"study": "adaptive", "machine": machine(),
-            "commands": [f"python -m grokloop.halting run_dir={run['halting']['run_dir']}"
-                         for run in runs],
-            "rows": rows + pooled_rows(rows),
-            "abstention": [e for run in runs for e in abstention_entries(run)],
-            "runs": [{k: run.get(k) for k in ("name", "seed", "trained_hops", "train_steps",
-                                              "wall_time_s", "checkpoint", "chosen_step_last_interval")}
-                     | {"train_split": run["halting"].get("config", {}).get("train_split"),
-                        "run_dir": run["halting"].get("run_dir")} for run in runs]}
+    return {
+        "study": "adaptive",
+        "machine": machine(),
+        "commands": [
+            f"python -m grokloop.halting run_dir={run['halting']['run_dir']}" for run in runs
+        ],
+        "rows": rows + pooled_rows(rows),
+        "abstention": [e for run in runs for e in abstention_entries(run)],
+        "runs": [
+            {
+                k: run.get(k)
+                for k in (
+                    "name",
+                    "seed",
+                    "trained_hops",
+                    "train_steps",
+                    "wall_time_s",
+                    "checkpoint",
+                    "chosen_step_last_interval",
+                )
+            }
+            | {
+                "train_split": run["halting"].get("config", {}).get("train_split"),
+                "run_dir": run["halting"].get("run_dir"),
+            }
+            for run in runs
+        ],
+    }
 
 
 # --- what the tables and figures show, from the rows --------------------------------------------
@@ -238,8 +326,11 @@ def shown_rows(rows: list[dict]) -> list[dict]:
 def hop_cells(summary: dict) -> list[dict]:
     """[{model, rule, hops: {hop: (acc, mean steps)}}] for the main rules (the archived
     summaries' `table`), from the rows."""
-    index = {(r["model"], r["split"], r.get("hops"), r["rule"]): r for r in shown_rows(summary["rows"])
-             if "schedule" not in r}
+    index = {
+        (r["model"], r["split"], r.get("hops"), r["rule"]): r
+        for r in shown_rows(summary["rows"])
+        if "schedule" not in r
+    }
     out = []
     for model in dict.fromkeys(r["model"] for r in summary["rows"]):
         fixed = [re.fullmatch(r"fixed_(\d+)", rule) for m, _, _, rule in index if m == model]
@@ -265,10 +356,17 @@ def compute_points(summary: dict) -> dict:
     summaries' `curves`)."""
     out = {}
     for r in shown_rows(summary["rows"]):
-        if (r["split"] == "test_inferred_id" and "hops" not in r and r["rule"] != THRESHOLD_RULE
-                and "schedule" not in r):
+        if (
+            r["split"] == "test_inferred_id"
+            and "hops" not in r
+            and r["rule"] != THRESHOLD_RULE
+            and "schedule" not in r
+        ):
             out.setdefault(r["model"], {})[r["rule"]] = {
-                "mean_steps": r["mean_steps"], "acc": r["acc"], "coverage": r.get("coverage", 1.0)}
+                "mean_steps": r["mean_steps"],
+                "acc": r["acc"],
+                "coverage": r.get("coverage", 1.0),
+            }
     return out
 
 
@@ -276,10 +374,17 @@ def compute_points(summary: dict) -> dict:
 def hops_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     cells = summary["table"] if "rows" not in summary else hop_cells(summary)
     hops = sorted({h for row in cells for h in row["hops"] if h != "ood2"}, key=int)
-    headers = ["model", "rule"] + [f"{h} hop" + ("s" if h != "1" else "") for h in hops] + ["2-hop OOD"]
-    rows = [[row["model"], row["rule"]] +
-            [f"{row['hops'][h][0]:.2f} ({row['hops'][h][1]:.1f})" if h in row["hops"] else "-"
-             for h in hops + ["ood2"]] for row in cells]
+    headers = (
+        ["model", "rule"] + [f"{h} hop" + ("s" if h != "1" else "") for h in hops] + ["2-hop OOD"]
+    )
+    rows = [
+        [row["model"], row["rule"]]
+        + [
+            f"{row['hops'][h][0]:.2f} ({row['hops'][h][1]:.1f})" if h in row["hops"] else "-"
+            for h in hops + ["ood2"]
+        ]
+        for row in cells
+    ]
     return headers, rows
 
 
@@ -290,55 +395,101 @@ def fmt(x, spec: str = ".3f") -> str:
 def abstention_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     """The selector against the confidence threshold at equal coverage, per run, split and
     group of facts (all, trained hop counts, deeper than trained; per hop count: the rows)."""
-    entries = [e for e in summary.get("abstention", []) if e["facts"] in TABLE_FACTS and "selector" in e]
+    entries = [
+        e for e in summary.get("abstention", []) if e["facts"] in TABLE_FACTS and "selector" in e
+    ]
     target = f"{entries[0]['target_selective_acc']:.0%}" if entries else "90%"
-    headers = ["model", "seed", "split", "facts", "n", "selector coverage", "selector sel. acc",
-               "threshold", "threshold coverage", "threshold sel. acc",
-               f"coverage at {target} sel. acc: selector", "threshold"]
-    rows = [[e["model"], str(e["seed"]), e["split"], e["facts"], f"{e['n']:,}",
-             fmt(e["selector"]["coverage"]), fmt(e["selector"]["selective_acc"]),
-             fmt(e["threshold"]["min_confidence"], ".4g"), fmt(e["threshold"]["coverage"]),
-             fmt(e["threshold"]["selective_acc"]), fmt(e["selector"]["coverage_at_target"]),
-             fmt(e["threshold_coverage_at_target"])] for e in entries]
+    headers = [
+        "model",
+        "seed",
+        "split",
+        "facts",
+        "n",
+        "selector coverage",
+        "selector sel. acc",
+        "threshold",
+        "threshold coverage",
+        "threshold sel. acc",
+        f"coverage at {target} sel. acc: selector",
+        "threshold",
+    ]
+    rows = [
+        [
+            e["model"],
+            str(e["seed"]),
+            e["split"],
+            e["facts"],
+            f"{e['n']:,}",
+            fmt(e["selector"]["coverage"]),
+            fmt(e["selector"]["selective_acc"]),
+            fmt(e["threshold"]["min_confidence"], ".4g"),
+            fmt(e["threshold"]["coverage"]),
+            fmt(e["threshold"]["selective_acc"]),
+            fmt(e["selector"]["coverage_at_target"]),
+            fmt(e["threshold_coverage_at_target"]),
+        ]
+        for e in entries
+    ]
     return headers, rows
 
 
-BLOCK_RULES = ("huginn_kl<5e-4", "conf>=0.9", "oracle")   # the block table's exits per schedule
+BLOCK_RULES = ("huginn_kl<5e-4", "conf>=0.9", "oracle")  # the block table's exits per schedule
 
 
 def blocks_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
     """Bank models on test_inferred_id: accuracy (mean layers applied) per hop count for each
     schedule at each exit of BLOCK_RULES, and the selector's own choices; None without a bank."""
-    rows = [r for r in shown_rows(summary.get("rows", [])) if r["split"] == "test_inferred_id"
-            and r.get("mean_layers") is not None
-            and (r.get("schedule") and r["rule"] in BLOCK_RULES or r["rule"] == "selector")]
+    rows = [
+        r
+        for r in shown_rows(summary.get("rows", []))
+        if r["split"] == "test_inferred_id"
+        and r.get("mean_layers") is not None
+        and (r.get("schedule") and r["rule"] in BLOCK_RULES or r["rule"] == "selector")
+    ]
     if not rows:
         return None
     hops = sorted({r["hops"] for r in rows if "hops" in r})
     cells: dict[tuple, dict] = {}
     for r in rows:
         cells.setdefault((r["model"], r.get("schedule") or "selector's choice", r["rule"]), {})[
-            r.get("hops")] = f"{r['acc']:.2f} ({r['mean_layers']:.1f})"
+            r.get("hops")
+        ] = f"{r['acc']:.2f} ({r['mean_layers']:.1f})"
     headers = ["model", "schedule", "exit", "all hops"] + [f"{h} hops" for h in hops]
-    return headers, [[*key, c.get(None, "-"), *(c.get(h, "-") for h in hops)]
-                     for key, c in cells.items()]
+    return headers, [
+        [*key, c.get(None, "-"), *(c.get(h, "-") for h in hops)] for key, c in cells.items()
+    ]
 
 
 def runs_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     new = "rows" in summary
-    headers = (["model"] + (["seed", "selector trained on"] if new else []) +
-               ["training steps (last evaluation)", "checkpoint evaluated", "wall time (s)",
-                "share of batches learning from step t (last interval)"])
-    rows = [[run["name"]] + ([str(run.get("seed")), str(run.get("train_split"))] if new else []) +
-            [run["train_steps"], run["checkpoint"], f"{run['wall_time_s']:.0f}",
-             ", ".join(f"{t}: {v:.2f}" for t, v in run["chosen_step_last_interval"].items()) or "-"]
-            for run in summary["runs"]]
+    headers = (
+        ["model"]
+        + (["seed", "selector trained on"] if new else [])
+        + [
+            "training steps (last evaluation)",
+            "checkpoint evaluated",
+            "wall time (s)",
+            "share of batches learning from step t (last interval)",
+        ]
+    )
+    rows = [
+        [run["name"]]
+        + ([str(run.get("seed")), str(run.get("train_split"))] if new else [])
+        + [
+            run["train_steps"],
+            run["checkpoint"],
+            f"{run['wall_time_s']:.0f}",
+            ", ".join(f"{t}: {v:.2f}" for t, v in run["chosen_step_last_interval"].items()) or "-",
+        ]
+        for run in summary["runs"]
+    ]
     return headers, rows
 
 
 def markdown_lines(headers: list[str], rows: list[list]) -> list[str]:
-    return (["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"] +
-            ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+    return ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"] + [
+        "| " + " | ".join(map(str, r)) + " |" for r in rows
+    ]
 
 
 def rows_note(summary: dict) -> str:
@@ -347,8 +498,10 @@ def rows_note(summary: dict) -> str:
     if len({str(h) for h in known.values()}) == 1 and len(known) == len(trained):
         text = ", ".join(map(str, next(iter(known.values()))))
     else:
-        text = "; ".join(f"{name}: {', '.join(map(str, h)) if h else 'not recorded'}"
-                         for name, h in trained.items())
+        text = "; ".join(
+            f"{name}: {', '.join(map(str, h)) if h else 'not recorded'}"
+            for name, h in trained.items()
+        )
     return ROWS_NOTE.format(trained=text or "not recorded")
 
 
@@ -356,16 +509,20 @@ def coverage_at_target_lines(summary: dict) -> list[str]:
     """A `## Abstention at the target` section: per model, test split and group of facts, the
     largest coverage at the target selective accuracy of the selector's curve and of the
     confidence threshold's, one value per seed (`-`: the curve never reaches the target)."""
-    entries = [e for e in summary.get("abstention", []) if "selector" in e
-               and e["split"].startswith("test") and e["facts"] in TABLE_FACTS]
+    entries = [
+        e
+        for e in summary.get("abstention", [])
+        if "selector" in e and e["split"].startswith("test") and e["facts"] in TABLE_FACTS
+    ]
     if not entries:
         return []
     target = f"{entries[0]['target_selective_acc']:.0%}"
     cells: dict[tuple, dict] = {}
     for e in entries:
-        c = cells.setdefault((e["model"], e["split"], e["facts"]),
-                             {"n": 0, "sel": [], "thr": [], "sel_auc": [], "thr_auc": [],
-                              "gain": [], "curve": True})
+        c = cells.setdefault(
+            (e["model"], e["split"], e["facts"]),
+            {"n": 0, "sel": [], "thr": [], "sel_auc": [], "thr_auc": [], "gain": [], "curve": True},
+        )
         c["n"] += e["n"]
         c["sel"].append(fmt(e["selector"]["coverage_at_target"], ".2f"))
         c["thr"].append(fmt(e["threshold_coverage_at_target"], ".2f"))
@@ -373,24 +530,51 @@ def coverage_at_target_lines(summary: dict) -> list[str]:
         c["thr_auc"].append(fmt(e.get("threshold_auroc"), ".3f"))
         c["gain"].append(gain_cell(e))
         c["curve"] &= "selector_curve" in e
-    rows = [[m, split, facts, f"{c['n']:,}", " / ".join(c["sel"]) + ("" if c["curve"] else " (point)"),
-             " / ".join(c["thr"]), " / ".join(c["gain"]), " / ".join(c["sel_auc"]),
-             " / ".join(c["thr_auc"])]
-            for (m, split, facts), c in cells.items()]
-    return ["", f"## Abstention at {target}", "",
-            f"The largest share of facts answered at selective accuracy >= {target}: the "
-            "selector's curve (its greedy episodes with ABSTAIN_OFFSETS added to its abstain "
-            "logit, exact over every offset for a selector that abstains only at max_steps; "
-            "`(point)`: results from before that curve, its one operating point) against "
-            "the confidence threshold's, one value per seed; `-`: never reaches it. n pools the "
-            "seeds. AUROC: how well each one's score ranks right answers above wrong ones (0.5: "
-            "chance), the threshold's top probability and, for a selector that abstains only at "
-            "max_steps, its abstain margin (`-` for one that may abstain at any step). Gain: "
-            "the selector's coverage at the target minus the threshold's, with its 95% bootstrap "
-            "interval over the facts (resampled in pairs), for a selector that abstains only at "
-            "max_steps.", "",
-            *markdown_lines(["model", "split", "facts", "n", f"coverage at {target}: selector",
-                             "threshold", "gain [95% CI]", "AUROC: selector", "threshold"], rows)]
+    rows = [
+        [
+            m,
+            split,
+            facts,
+            f"{c['n']:,}",
+            " / ".join(c["sel"]) + ("" if c["curve"] else " (point)"),
+            " / ".join(c["thr"]),
+            " / ".join(c["gain"]),
+            " / ".join(c["sel_auc"]),
+            " / ".join(c["thr_auc"]),
+        ]
+        for (m, split, facts), c in cells.items()
+    ]
+    return [
+        "",
+        f"## Abstention at {target}",
+        "",
+        f"The largest share of facts answered at selective accuracy >= {target}: the "
+        "selector's curve (its greedy episodes with ABSTAIN_OFFSETS added to its abstain "
+        "logit, exact over every offset for a selector that abstains only at max_steps; "
+        "`(point)`: results from before that curve, its one operating point) against "
+        "the confidence threshold's, one value per seed; `-`: never reaches it. n pools the "
+        "seeds. AUROC: how well each one's score ranks right answers above wrong ones (0.5: "
+        "chance), the threshold's top probability and, for a selector that abstains only at "
+        "max_steps, its abstain margin (`-` for one that may abstain at any step). Gain: "
+        "the selector's coverage at the target minus the threshold's, with its 95% bootstrap "
+        "interval over the facts (resampled in pairs), for a selector that abstains only at "
+        "max_steps.",
+        "",
+        *markdown_lines(
+            [
+                "model",
+                "split",
+                "facts",
+                "n",
+                f"coverage at {target}: selector",
+                "threshold",
+                "gain [95% CI]",
+                "AUROC: selector",
+                "threshold",
+            ],
+            rows,
+        ),
+    ]
 
 
 def gain_cell(e: dict) -> str:
@@ -403,41 +587,85 @@ def gain_cell(e: dict) -> str:
 
 
 def markdown(summary: dict) -> str:
-    if "rows" not in summary:       # an archived summary (docs/archive/adaptive_*)
-        return "\n".join([HOPS_NOTE, "", *markdown_lines(*hops_table(summary)), "",
-                          *markdown_lines(*runs_table(summary))]) + "\n"
+    if "rows" not in summary:  # an archived summary (docs/archive/adaptive_*)
+        return (
+            "\n".join(
+                [
+                    HOPS_NOTE,
+                    "",
+                    *markdown_lines(*hops_table(summary)),
+                    "",
+                    *markdown_lines(*runs_table(summary)),
+                ]
+            )
+            + "\n"
+        )
     m = summary["machine"]
-    head = [f"# {summary['study']}", "", "Commands:", "", "```bash", *summary["commands"], "```", "",
-            f"Machine: {m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}, "
-            f"{m.get('date')}.", ""]
+    head = [
+        f"# {summary['study']}",
+        "",
+        "Commands:",
+        "",
+        "```bash",
+        *summary["commands"],
+        "```",
+        "",
+        f"Machine: {m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}, "
+        f"{m.get('date')}.",
+        "",
+    ]
     ab = abstention_table(summary)
     exits = sorted({e["exit"] for e in summary.get("abstention", [])})
-    return "\n".join(head + [rows_note(summary), "", *markdown_lines(*hops_table(summary)),
-                             "", f"Abstention: the selector against a confidence threshold on the "
-                             f"top probability at the {', '.join(exits) or '-'} exit, at equal "
-                             "coverage (the threshold's coverage is the closest to the selector's "
-                             "without exceeding it); per hop count in summary.json.", "",
-                             *markdown_lines(*ab), "", *markdown_lines(*runs_table(summary)),
-                             *coverage_at_target_lines(summary), *blocks_lines(summary)]) + "\n"
+    return (
+        "\n".join(
+            head
+            + [
+                rows_note(summary),
+                "",
+                *markdown_lines(*hops_table(summary)),
+                "",
+                f"Abstention: the selector against a confidence threshold on the "
+                f"top probability at the {', '.join(exits) or '-'} exit, at equal "
+                "coverage (the threshold's coverage is the closest to the selector's "
+                "without exceeding it); per hop count in summary.json.",
+                "",
+                *markdown_lines(*ab),
+                "",
+                *markdown_lines(*runs_table(summary)),
+                *coverage_at_target_lines(summary),
+                *blocks_lines(summary),
+            ]
+        )
+        + "\n"
+    )
 
 
-BLOCKS_NOTE = ("Block sizes (models with a bank of thinking blocks, model.core_sizes). Each "
-               "schedule (core_C: core C at every step; cycle: the cores in turn; random: the "
-               "mean of 8 random schedules) at an exit that does not see the answer, the oracle, and the selector "
-               "choosing the next block itself; accuracy (mean layer applications per fact).")
+BLOCKS_NOTE = (
+    "Block sizes (models with a bank of thinking blocks, model.core_sizes). Each "
+    "schedule (core_C: core C at every step; cycle: the cores in turn; random: the "
+    "mean of 8 random schedules) at an exit that does not see the answer, the oracle, and the selector "
+    "choosing the next block itself; accuracy (mean layer applications per fact)."
+)
 
 
 def blocks_lines(summary: dict) -> list[str]:
     table_ = blocks_table(summary)
     # a section of its own, so the README can copy it (reports/readme.py section=Block_sizes)
-    return [] if table_ is None else ["", "## Block sizes", "", BLOCKS_NOTE, "", *markdown_lines(*table_)]
+    return (
+        []
+        if table_ is None
+        else ["", "## Block sizes", "", BLOCKS_NOTE, "", *markdown_lines(*table_)]
+    )
 
 
 def blocks_figure(summary: dict) -> go.Figure | None:
     """Accuracy against layer applications on test_inferred_id (all hops): each schedule's
     fixed-depth curve, its exits as markers, and the selector's point, per bank model."""
-    rows = [r for r in shown_rows(summary.get("rows", [])) if r["split"] == "test_inferred_id"
-            and "hops" not in r and r.get("mean_layers") is not None]
+    rows = [
+        r
+        for r in shown_rows(summary.get("rows", []))
+        if r["split"] == "test_inferred_id" and "hops" not in r and r.get("mean_layers") is not None
+    ]
     if not any(r.get("schedule") for r in rows):
         return None
     fig = go.Figure()
@@ -445,69 +673,143 @@ def blocks_figure(summary: dict) -> go.Figure | None:
     for i, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
         colour = f"hsl({(i * 67) % 360},60%,45%)"
         mine = [r for r in rows if r["model"] == model]
-        for j, schedule in enumerate(dict.fromkeys(r["schedule"] for r in mine if r.get("schedule"))):
-            curve = sorted((r["mean_layers"], r["acc"]) for r in mine if r.get("schedule") == schedule
-                           and r["rule"].startswith("fixed_"))
-            fig.add_trace(go.Scatter(x=[c[0] for c in curve], y=[c[1] for c in curve], mode="lines+markers",
-                                     line=dict(color=colour, dash=dashes[j % len(dashes)]),
-                                     name=f"{model}: {schedule}, fixed depth"))
+        for j, schedule in enumerate(
+            dict.fromkeys(r["schedule"] for r in mine if r.get("schedule"))
+        ):
+            curve = sorted(
+                (r["mean_layers"], r["acc"])
+                for r in mine
+                if r.get("schedule") == schedule and r["rule"].startswith("fixed_")
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=[c[0] for c in curve],
+                    y=[c[1] for c in curve],
+                    mode="lines+markers",
+                    line=dict(color=colour, dash=dashes[j % len(dashes)]),
+                    name=f"{model}: {schedule}, fixed depth",
+                )
+            )
             for r in mine:
                 if r.get("schedule") == schedule and r["rule"] in BLOCK_RULES:
-                    fig.add_trace(go.Scatter(x=[r["mean_layers"]], y=[r["acc"]], mode="markers",
-                                             marker=dict(symbol=HUGINN_MARKERS.get(r["rule"], "circle"),
-                                                         size=10, color=colour),
-                                             name=f"{model}: {schedule}, {r['rule']}"))
+                    fig.add_trace(
+                        go.Scatter(
+                            x=[r["mean_layers"]],
+                            y=[r["acc"]],
+                            mode="markers",
+                            marker=dict(
+                                symbol=HUGINN_MARKERS.get(r["rule"], "circle"),
+                                size=10,
+                                color=colour,
+                            ),
+                            name=f"{model}: {schedule}, {r['rule']}",
+                        )
+                    )
         for r in mine:
             if r["rule"] == "selector":
-                fig.add_trace(go.Scatter(x=[r["mean_layers"]], y=[r["acc"]], mode="markers",
-                                         marker=dict(symbol="diamond", size=14, color=colour),
-                                         name=f"{model}: selector's choice of block"))
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r["mean_layers"]],
+                        y=[r["acc"]],
+                        mode="markers",
+                        marker=dict(symbol="diamond", size=14, color=colour),
+                        name=f"{model}: selector's choice of block",
+                    )
+                )
     fig.update_xaxes(title_text="mean layer applications per fact (thinking block)")
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02])
-    return style(fig, "Block sizes: accuracy against compute (test_inferred_id, all hops)", height=520)
+    return style(
+        fig, "Block sizes: accuracy against compute (test_inferred_id, all hops)", height=520
+    )
 
 
 # --- figures.html ------------------------------------------------------------------------------
-HUGINN_MARKERS = {"huginn_kl<5e-4": "triangle-up", "huginn_entropy<1e-3": "square",
-                  "huginn_argmax_5": "x"}
+HUGINN_MARKERS = {
+    "huginn_kl<5e-4": "triangle-up",
+    "huginn_entropy<1e-3": "square",
+    "huginn_argmax_5": "x",
+}
 
 
 def compute_figure(summary: dict) -> go.Figure:
     """Accuracy against mean steps per rule family, and the selector's coverage and accuracy."""
     points = summary["curves"] if "rows" not in summary else compute_points(summary)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        "Accuracy vs compute (test_inferred_id, all hops)", "Coverage vs accuracy (abstention)"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            "Accuracy vs compute (test_inferred_id, all hops)",
+            "Coverage vs accuracy (abstention)",
+        ),
+    )
     for i, (name, rules) in enumerate(points.items()):
         colour = f"hsl({(i * 67) % 360},60%,45%)"
-        for family, prefix in (("fixed T", "fixed_"), ("KL exit", "kl<"), ("confidence exit", "conf>=")):
-            pts = sorted((r["mean_steps"], r["acc"]) for k, r in rules.items() if k.startswith(prefix))
-            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
-                                     name=f"{name}: {family}", line=dict(color=colour,
-                                     dash={"fixed T": "solid", "KL exit": "dot"}.get(family, "dash")),
-                                     legendgroup=name), row=1, col=1)
+        for family, prefix in (
+            ("fixed T", "fixed_"),
+            ("KL exit", "kl<"),
+            ("confidence exit", "conf>="),
+        ):
+            pts = sorted(
+                (r["mean_steps"], r["acc"]) for k, r in rules.items() if k.startswith(prefix)
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=[p[0] for p in pts],
+                    y=[p[1] for p in pts],
+                    mode="lines+markers",
+                    name=f"{name}: {family}",
+                    line=dict(
+                        color=colour,
+                        dash={"fixed T": "solid", "KL exit": "dot"}.get(family, "dash"),
+                    ),
+                    legendgroup=name,
+                ),
+                row=1,
+                col=1,
+            )
         markers = {"oracle": "star", "selector": "diamond"} | HUGINN_MARKERS
         for special, symbol in markers.items():
             if special in rules:
                 r = rules[special]
-                fig.add_trace(go.Scatter(x=[r["mean_steps"]], y=[r["acc"]], mode="markers",
-                                         marker=dict(symbol=symbol, size=12, color=colour),
-                                         name=f"{name}: {special}", legendgroup=name), row=1, col=1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r["mean_steps"]],
+                        y=[r["acc"]],
+                        mode="markers",
+                        marker=dict(symbol=symbol, size=12, color=colour),
+                        name=f"{name}: {special}",
+                        legendgroup=name,
+                    ),
+                    row=1,
+                    col=1,
+                )
                 if special == "selector":
-                    fig.add_trace(go.Scatter(x=[r["coverage"]], y=[r["acc"] / max(r["coverage"], 1e-9)],
-                                             mode="markers", marker=dict(symbol=symbol, size=12, color=colour),
-                                             name=f"{name}: selector", legendgroup=name,
-                                             showlegend=False), row=1, col=2)
+                    fig.add_trace(
+                        go.Scatter(
+                            x=[r["coverage"]],
+                            y=[r["acc"] / max(r["coverage"], 1e-9)],
+                            mode="markers",
+                            marker=dict(symbol=symbol, size=12, color=colour),
+                            name=f"{name}: selector",
+                            legendgroup=name,
+                            showlegend=False,
+                        ),
+                        row=1,
+                        col=2,
+                    )
     fig.update_xaxes(title_text="mean thinking steps per example", row=1, col=1)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=1)
     fig.update_xaxes(title_text="coverage (share answered)", range=[0, 1.02], row=1, col=2)
     fig.update_yaxes(title_text="accuracy on answered", range=[0, 1.02], row=1, col=2)
     style(fig, "Halting rules and the selector on the frozen models", height=540)
-    return fig.update_layout(margin=dict(t=100))   # room for the subplot titles under the title
+    return fig.update_layout(margin=dict(t=100))  # room for the subplot titles under the title
 
 
-COVERAGE_PANELS = [("in-distribution (trained hop counts)", "test_inferred_id", ("trained_hops", "all")),
-                   ("deeper than trained", "test_inferred_id", ("deeper_than_trained",)),
-                   ("OOD", "test_inferred_ood", ("all",))]
+COVERAGE_PANELS = [
+    ("in-distribution (trained hop counts)", "test_inferred_id", ("trained_hops", "all")),
+    ("deeper than trained", "test_inferred_id", ("deeper_than_trained",)),
+    ("OOD", "test_inferred_ood", ("all",)),
+]
 
 
 def coverage_panels(entries: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -520,8 +822,10 @@ def coverage_panels(entries: list[dict]) -> list[tuple[str, list[dict]]]:
             if chosen:
                 panels.append((title, chosen))
                 break
-    return panels or [(split, [e for e in entries if e["split"] == split and e["facts"] == "all"])
-                      for split in dict.fromkeys(e["split"] for e in entries)]
+    return panels or [
+        (split, [e for e in entries if e["split"] == split and e["facts"] == "all"])
+        for split in dict.fromkeys(e["split"] for e in entries)
+    ]
 
 
 def coverage_figure(summary: dict) -> go.Figure | None:
@@ -539,33 +843,67 @@ def coverage_figure(summary: dict) -> go.Figure | None:
             colour = f"hsl({(models.index(e['model']) * 67) % 360},60%,45%)"
             label = f"{e['model']} (seed {e['seed']})"
             pts = [p for p in e["curve"] if p["selective_acc"] is not None]
-            fig.add_trace(go.Scatter(x=[p["coverage"] for p in pts], y=[p["selective_acc"] for p in pts],
-                                     mode="lines", line=dict(color=colour), name=f"{label}: threshold",
-                                     legendgroup=label, showlegend=label not in legend,
-                                     hovertext=[f"top p >= {p['min_confidence']:g}" for p in pts]),
-                          row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[p["coverage"] for p in pts],
+                    y=[p["selective_acc"] for p in pts],
+                    mode="lines",
+                    line=dict(color=colour),
+                    name=f"{label}: threshold",
+                    legendgroup=label,
+                    showlegend=label not in legend,
+                    hovertext=[f"top p >= {p['min_confidence']:g}" for p in pts],
+                ),
+                row=1,
+                col=col,
+            )
             curve = [p for p in e.get("selector_curve", []) if p["selective_acc"] is not None]
             if curve:
-                fig.add_trace(go.Scatter(x=[p["coverage"] for p in curve],
-                                         y=[p["selective_acc"] for p in curve], mode="lines+markers",
-                                         line=dict(color=colour, dash="dash"), marker=dict(size=5),
-                                         name=f"{label}: selector curve", legendgroup=label,
-                                         showlegend=label not in legend,
-                                         hovertext=[f"abstain offset {p['abstain_offset']:+g}"
-                                                    for p in curve]), row=1, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[p["coverage"] for p in curve],
+                        y=[p["selective_acc"] for p in curve],
+                        mode="lines+markers",
+                        line=dict(color=colour, dash="dash"),
+                        marker=dict(size=5),
+                        name=f"{label}: selector curve",
+                        legendgroup=label,
+                        showlegend=label not in legend,
+                        hovertext=[f"abstain offset {p['abstain_offset']:+g}" for p in curve],
+                    ),
+                    row=1,
+                    col=col,
+                )
             if "selector" in e and e["selector"]["selective_acc"] is not None:
-                fig.add_trace(go.Scatter(x=[e["selector"]["coverage"]], y=[e["selector"]["selective_acc"]],
-                                         mode="markers", marker=dict(symbol="diamond", size=12, color=colour),
-                                         name=f"{label}: selector", legendgroup=label,
-                                         showlegend=label not in legend), row=1, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[e["selector"]["coverage"]],
+                        y=[e["selector"]["selective_acc"]],
+                        mode="markers",
+                        marker=dict(symbol="diamond", size=12, color=colour),
+                        name=f"{label}: selector",
+                        legendgroup=label,
+                        showlegend=label not in legend,
+                    ),
+                    row=1,
+                    col=col,
+                )
             legend.add(label)
-        fig.add_hline(y=entries[0]["target_selective_acc"], line=dict(color="#999", dash="dot"),
-                      row=1, col=col)
+        fig.add_hline(
+            y=entries[0]["target_selective_acc"],
+            line=dict(color="#999", dash="dot"),
+            row=1,
+            col=col,
+        )
         fig.update_xaxes(title_text="coverage (share answered)", range=[0, 1.02], row=1, col=col)
         fig.update_yaxes(range=[0, 1.02], row=1, col=col)
     fig.update_yaxes(title_text="selective accuracy (on answered)", row=1, col=1)
-    style(fig, "Abstention: confidence threshold (lines), the selector (diamonds; dashed: its "
-              "abstain offsets)", height=480)
+    style(
+        fig,
+        "Abstention: confidence threshold (lines), the selector (diamonds; dashed: its "
+        "abstain offsets)",
+        height=480,
+    )
     return fig.update_layout(margin=dict(t=100))
 
 
@@ -573,24 +911,38 @@ def figures_html(summary: dict) -> str:
     names = ", ".join(dict.fromkeys(run["name"] for run in summary["runs"]))
     sections = [Section("Accuracy against compute").add(compute_figure(summary))]
     if "rows" in summary:
-        sections.append(Section("Abstention").add(coverage_figure(summary))
-                        .text("The selector's abstain action against a confidence threshold at "
-                              "equal coverage, and each one's largest coverage at 90% selective "
-                              "accuracy.").add(table(*abstention_table(summary))))
+        sections.append(
+            Section("Abstention")
+            .add(coverage_figure(summary))
+            .text(
+                "The selector's abstain action against a confidence threshold at "
+                "equal coverage, and each one's largest coverage at 90% selective "
+                "accuracy."
+            )
+            .add(table(*abstention_table(summary)))
+        )
     if (blocks := blocks_figure(summary)) is not None:
-        sections.append(Section("Block sizes").add(blocks).text(html.escape(BLOCKS_NOTE))
-                        .add(table(*blocks_table(summary))))
+        sections.append(
+            Section("Block sizes")
+            .add(blocks)
+            .text(html.escape(BLOCKS_NOTE))
+            .add(table(*blocks_table(summary)))
+        )
     note = rows_note(summary) if "rows" in summary else HOPS_NOTE
-    sections += [Section("Accuracy per hop count").text(html.escape(note)).add(table(*hops_table(summary))),
-                 Section("Runs").add(table(*runs_table(summary)))]
-    return page("Adaptive thinking", html.escape(f"{len(summary['runs'])} run(s): {names}"), sections)
+    sections += [
+        Section("Accuracy per hop count").text(html.escape(note)).add(table(*hops_table(summary))),
+        Section("Runs").add(table(*runs_table(summary))),
+    ]
+    return page(
+        "Adaptive thinking", html.escape(f"{len(summary['runs'])} run(s): {names}"), sections
+    )
 
 
 # --- summary.json and its curves on disk ------------------------------------------------------
-CURVES_FILE = "summary_curves.json.gz"   # beside summary.json
-CURVES = ("curve", "selector_curve")     # the curves of an abstention entry
+CURVES_FILE = "summary_curves.json.gz"  # beside summary.json
+CURVES = ("curve", "selector_curve")  # the curves of an abstention entry
 ENTRY_IDS = ("model", "seed", "split", "facts")
-PRINTED = (".1f", ".2f", ".3f", ".4g")   # every format a table prints a row's number in
+PRINTED = (".1f", ".2f", ".3f", ".4g")  # every format a table prints a row's number in
 
 
 def shorten(x):
@@ -611,10 +963,12 @@ def shorten(x):
 def dumps(summary: dict) -> str:
     """summary.json's text: a line per row and per abstention entry (a line per field made the
     rows most of the file), everything else indented as json.dumps(indent=1) does."""
+
     def value(v) -> str:
         if isinstance(v, list) and v and all(isinstance(e, dict) for e in v):
             return "[\n" + ",\n".join("  " + json.dumps(e) for e in v) + "\n ]"
         return json.dumps(v, indent=1).replace("\n", "\n ")
+
     return "{\n" + ",\n".join(f" {json.dumps(k)}: {value(v)}" for k, v in summary.items()) + "\n}\n"
 
 
@@ -625,14 +979,17 @@ def write_summary(out: Path, summary: dict) -> dict:
     summary = summary | {"rows": [{k: shorten(v) for k, v in r.items()} for r in summary["rows"]]}
     entries = summary.get("abstention", [])
     curves = [{k: e[k] for k in ENTRY_IDS + CURVES if k in e} for e in entries]
-    on_disk = summary | ({"abstention": [{k: v for k, v in e.items() if k not in CURVES}
-                                         for e in entries]} if entries else {})
+    on_disk = summary | (
+        {"abstention": [{k: v for k, v in e.items() if k not in CURVES} for e in entries]}
+        if entries
+        else {}
+    )
     atomic_write_text(out / "summary.json", dumps(on_disk))
-    if entries:   # mtime=0: the same curves give the same bytes
+    if entries:  # mtime=0: the same curves give the same bytes
         data = gzip.compress(json.dumps(curves, separators=(",", ":")).encode(), mtime=0)
         atomic_write(out / CURVES_FILE, lambda tmp: tmp.write_bytes(data))
     else:
-        (out / CURVES_FILE).unlink(missing_ok=True)   # a stale one would not match
+        (out / CURVES_FILE).unlink(missing_ok=True)  # a stale one would not match
     return summary
 
 
@@ -643,11 +1000,13 @@ def load_summary(path: str | Path) -> dict:
     summary = json.loads(path.read_text())
     if (sidecar := path.parent / CURVES_FILE).is_file() and "abstention" in summary:
         curves = json.loads(gzip.decompress(sidecar.read_bytes()))
-        if [[c.get(k) for k in ENTRY_IDS] for c in curves] != \
-                [[e.get(k) for k in ENTRY_IDS] for e in summary["abstention"]]:
+        if [[c.get(k) for k in ENTRY_IDS] for c in curves] != [
+            [e.get(k) for k in ENTRY_IDS] for e in summary["abstention"]
+        ]:
             raise ValueError(f"{sidecar} does not match {path}'s abstention entries")
-        summary["abstention"] = [e | {k: c[k] for k in CURVES if k in c}
-                                 for e, c in zip(summary["abstention"], curves)]
+        summary["abstention"] = [
+            e | {k: c[k] for k in CURVES if k in c} for e, c in zip(summary["abstention"], curves)
+        ]
     return summary
 
 
@@ -655,13 +1014,14 @@ def load_summary(path: str | Path) -> dict:
 @dataclass
 class SummaryCommand:
     """Schema of conf/adaptive_summary.yaml; the positional RUN words are runs=[...]."""
-    runs: list[str] = field(default_factory=list)   # run directories holding halting/results.json
+
+    runs: list[str] = field(default_factory=list)  # run directories holding halting/results.json
     out: str = DEFAULT_OUT
-    names: list[str] = field(default_factory=list)     # the model name of each run (default: its
-                                                       # experiment name); runs of one model differ
-                                                       # only in seed
+    names: list[str] = field(default_factory=list)  # the model name of each run (default: its
+    # experiment name); runs of one model differ
+    # only in seed
     commands: list[str] = field(default_factory=list)  # the commands that made the study (default:
-                                                       # the halting command of each run)
+    # the halting command of each run)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -672,12 +1032,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def summarize(cmd: SummaryCommand) -> None:
     if not cmd.runs:
-        raise ValueError("runs: give at least one run directory: "
-                         "python -m reports.adaptive RUN [RUN ...] [out=DIR]")
+        raise ValueError(
+            "runs: give at least one run directory: "
+            "python -m reports.adaptive RUN [RUN ...] [out=DIR]"
+        )
     names = list(cmd.names or [])
     if names and len(names) != len(cmd.runs):
-        raise ValueError(f"names: {len(names)} names for {len(cmd.runs)} runs; give one per run "
-                         "(in the order of the runs) or none")
+        raise ValueError(
+            f"names: {len(names)} names for {len(cmd.runs)} runs; give one per run "
+            "(in the order of the runs) or none"
+        )
     runs = [load_halting(r) for r in cmd.runs]
     for run, name in zip(runs, names):
         run["name"] = name
@@ -685,9 +1049,9 @@ def summarize(cmd: SummaryCommand) -> None:
     if cmd.commands:
         summary["commands"] = list(cmd.commands)
     out = Path(cmd.out)
-    summary = write_summary(out, summary)   # the tables and figures of what load_summary reads
+    summary = write_summary(out, summary)  # the tables and figures of what load_summary reads
     atomic_write_text(out / "summary.md", markdown(summary))
-    write(out / "figures.html", figures_html(summary))   # docs/results: the shared plotly.js
+    write(out / "figures.html", figures_html(summary))  # docs/results: the shared plotly.js
     print(markdown(summary))
     print(f"wrote {out}/summary.json, summary.md, figures.html")
 

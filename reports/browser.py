@@ -6,6 +6,7 @@ figures that rendered an SVG, then writes both into the DOM, which `--dump-dom` 
 
     python -m reports.browser REPORT.html [SHOT.png]     # prints the check; saves a screenshot
 """
+
 from __future__ import annotations
 
 import json
@@ -33,21 +34,37 @@ addEventListener("load", () => setTimeout(() => {
   document.body.appendChild(out);
 }, 1000));
 </script>"""
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--no-first-run", "--disable-extensions", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-extensions",
+    "--hide-scrollbars",
+]
 
 
 def chromium() -> str | None:
-    return next((p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))), None)
+    return next(
+        (p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))),
+        None,
+    )
 
 
 def _run(args: list[str], timeout: float) -> str:
     exe = chromium()
     if exe is None:
-        raise RuntimeError("no chromium found; install Debian's `chromium` (bash .ci/install_chromium.sh)")
+        raise RuntimeError(
+            "no chromium found; install Debian's `chromium` (bash .ci/install_chromium.sh)"
+        )
     with tempfile.TemporaryDirectory() as profile:
-        out = subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                             text=True, timeout=timeout)
+        out = subprocess.run(
+            [exe, *FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if out.returncode:
         raise RuntimeError(f"chromium exited {out.returncode}: {out.stderr[-2000:]}")
     return out.stdout
@@ -64,15 +81,24 @@ def check(report: str | Path, timeout: float = 120) -> dict:
     if not found:
         raise RuntimeError("the page never finished loading (no browser-check element in the DOM)")
     import html
+
     return json.loads(html.unescape(found.group(1)))
 
 
-def screenshot(report: str | Path, png: str | Path, width: int = 1280, height: int = 2000,
-               timeout: float = 120) -> Path:
+def screenshot(
+    report: str | Path, png: str | Path, width: int = 1280, height: int = 2000, timeout: float = 120
+) -> Path:
     png = Path(png).resolve()
     png.parent.mkdir(parents=True, exist_ok=True)
-    _run([f"--screenshot={png}", f"--window-size={width},{height}", "--virtual-time-budget=20000",
-          Path(report).resolve().as_uri()], timeout)
+    _run(
+        [
+            f"--screenshot={png}",
+            f"--window-size={width},{height}",
+            "--virtual-time-budget=20000",
+            Path(report).resolve().as_uri(),
+        ],
+        timeout,
+    )
     return png
 
 

@@ -1,5 +1,6 @@
 """The comparison report: runs grouped by the settings that differ between them (seeds pooled),
 a summary table with mean and spread across seeds, and overlaid curves."""
+
 from __future__ import annotations
 
 import html
@@ -34,8 +35,17 @@ def option_defaults() -> dict:
     import dataclasses
 
     from grokloop.config import ModelConfig, OptimConfig, TrainConfig
-    return flatten({name: dataclasses.asdict(cls()) for name, cls in
-                    (("model", ModelConfig), ("optim", OptimConfig), ("train", TrainConfig))})
+
+    return flatten(
+        {
+            name: dataclasses.asdict(cls())
+            for name, cls in (
+                ("model", ModelConfig),
+                ("optim", OptimConfig),
+                ("train", TrainConfig),
+            )
+        }
+    )
 
 
 def group_runs(runs: list[RunFiles]) -> tuple[list[str], dict[str, list[RunFiles]]]:
@@ -65,14 +75,25 @@ def short_labels(differ: list[str], groups: dict[str, list[RunFiles]]) -> dict[s
             break
         # the key that leaves the fewest groups sharing a label; ties go to the least nested key
         # (model.memory before data.parts.h2.hops), then the first in order
-        chosen.append(max(rest, key=lambda k: (len({parts(label) + (str(flat[label].get(k)),)
-                                                     for label in groups}),
-                                                -k.count("."), -rest.index(k))))
+        chosen.append(
+            max(
+                rest,
+                key=lambda k: (
+                    len({parts(label) + (str(flat[label].get(k)),) for label in groups}),
+                    -k.count("."),
+                    -rest.index(k),
+                ),
+            )
+        )
     if not chosen:
         return {label: label for label in groups}
-    return {label: ", ".join(([str(flat[label].get("experiment"))] if "experiment" in chosen else [])
-                             + [f"{k}={flat[label].get(k)}" for k in chosen if k != "experiment"])
-            for label in groups}
+    return {
+        label: ", ".join(
+            ([str(flat[label].get("experiment"))] if "experiment" in chosen else [])
+            + [f"{k}={flat[label].get(k)}" for k in chosen if k != "experiment"]
+        )
+        for label in groups
+    }
 
 
 def mean_spread(runs: list[RunFiles], key: str):
@@ -93,11 +114,28 @@ def overlaid(groups: dict[str, list[RunFiles]], labels: dict[str, str], split: s
         if not steps:
             continue
         if len(runs) > 1:
-            fig.add_trace(go.Scatter(x=steps + steps[::-1], y=list(hi) + list(lo[::-1]), fill="toself",
-                                     fillcolor=color, opacity=0.2, line=dict(width=0), hoverinfo="skip",
-                                     showlegend=False, legendgroup=label))
-        fig.add_trace(go.Scatter(x=steps, y=mean, name=f"{labels[label]} (n={len(runs)})",
-                                 line=dict(color=color, width=2), legendgroup=label))
+            fig.add_trace(
+                go.Scatter(
+                    x=steps + steps[::-1],
+                    y=list(hi) + list(lo[::-1]),
+                    fill="toself",
+                    fillcolor=color,
+                    opacity=0.2,
+                    line=dict(width=0),
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=label,
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=mean,
+                name=f"{labels[label]} (n={len(runs)})",
+                line=dict(color=color, width=2),
+                legendgroup=label,
+            )
+        )
     fig.update_xaxes(type="log", title="training step")
     fig.update_yaxes(title=f"accuracy on {split}", range=[0, 1.05])
     return F.style(fig, f"{split}: mean across seeds (band: min to max)")
@@ -111,38 +149,84 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def summary_table(groups: dict[str, list[RunFiles]], labels: dict[str, str], splits: list[str]) -> str:
+def summary_table(
+    groups: dict[str, list[RunFiles]], labels: dict[str, str], splits: list[str]
+) -> str:
     rows = []
     for label, runs in groups.items():
-        finals = {s: [r.metrics[-1][f"acc/{s}"] for r in runs if r.metrics and f"acc/{s}" in r.metrics[-1]]
-                  for s in splits}
+        finals = {
+            s: [
+                r.metrics[-1][f"acc/{s}"] for r in runs if r.metrics and f"acc/{s}" in r.metrics[-1]
+            ]
+            for s in splits
+        }
         grok = []
         for s in splits[-1:]:
             got = [(r.summary or {}).get("steps_to_0.99", {}).get(s) for r in runs]
             hit = [g for g in got if g is not None]
-            grok.append(f"{int(statistics.median(hit)):,} ({len(hit)}/{len(runs)})" if hit else f"never (0/{len(runs)})")
+            grok.append(
+                f"{int(statistics.median(hit)):,} ({len(hit)}/{len(runs)})"
+                if hit
+                else f"never (0/{len(runs)})"
+            )
         walls = [r.summary["wall_time_s"] for r in runs if r.summary]
         steps = [r.metrics[-1]["step"] for r in runs if r.metrics]
-        rows.append([labels[label], len(runs), f"{max(steps):,}" if steps else "-",
-                     *[fmt(finals[s]) for s in splits], *grok, fmt(walls).replace(".000", "")])
-    return table(["group", "runs", "steps", *[f"final acc {s}" for s in splits],
-                  f"steps to 0.99 on {splits[-1]} (median, grokked/runs)", "wall time s"], rows)
+        rows.append(
+            [
+                labels[label],
+                len(runs),
+                f"{max(steps):,}" if steps else "-",
+                *[fmt(finals[s]) for s in splits],
+                *grok,
+                fmt(walls).replace(".000", ""),
+            ]
+        )
+    return table(
+        [
+            "group",
+            "runs",
+            "steps",
+            *[f"final acc {s}" for s in splits],
+            f"steps to 0.99 on {splits[-1]} (median, grokked/runs)",
+            "wall time s",
+        ],
+        rows,
+    )
 
 
 def compare_report(runs: list[RunFiles]) -> str:
     differ, groups = group_runs(runs)
     labels = short_labels(differ, groups)
     splits = list(dict.fromkeys(s for r in runs for s in r.splits()))
-    order = ["train_inferred", "atomic_id", "atomic_ood", "train", "test_inferred_ood", "test_inferred_id", "test"]
+    order = [
+        "train_inferred",
+        "atomic_id",
+        "atomic_ood",
+        "train",
+        "test_inferred_ood",
+        "test_inferred_id",
+        "test",
+    ]
     splits.sort(key=lambda s: order.index(s) if s in order else -1)
     head = Section("Summary")
-    head.text(f"{len(runs)} runs in {len(groups)} group(s). Settings that differ: "
-              + (", ".join(f"<code>{html.escape(k)}</code>" for k in differ) or "none (seeds only)")
-              + ". Accuracies are at each run's last evaluation; ± is the standard deviation across seeds.")
+    head.text(
+        f"{len(runs)} runs in {len(groups)} group(s). Settings that differ: "
+        + (", ".join(f"<code>{html.escape(k)}</code>" for k in differ) or "none (seeds only)")
+        + ". Accuracies are at each run's last evaluation; ± is the standard deviation across seeds."
+    )
     head.add(summary_table(groups, labels, splits))
-    head.add("<details><summary>Runs</summary>" + table(
-        ["group", "seed", "directory"], [[labels[g], r.config.get("seed"), str(r.path)]
-                                          for g, rs in groups.items() for r in rs]) + "</details>")
+    head.add(
+        "<details><summary>Runs</summary>"
+        + table(
+            ["group", "seed", "directory"],
+            [
+                [labels[g], r.config.get("seed"), str(r.path)]
+                for g, rs in groups.items()
+                for r in rs
+            ],
+        )
+        + "</details>"
+    )
     curves = Section("Curves")
     for s in splits:
         curves.add(overlaid(groups, labels, s))

@@ -12,6 +12,7 @@ plus summary.md and report.html.
 
 A configuration is `MODEL MODE [reversed] [replay R] [optimizer kept]`, e.g. "vanilla 1L
 sequential replay 0.25"; its seeds are pooled for the intervals."""
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,15 @@ from reports.html import Section, page, table, write
 
 # --- reading ------------------------------------------------------------------------------------
 
+
 def load_curriculum(path: str | Path) -> dict:
     """summary.json of a finished curriculum, with each stage's metrics rows under `curves`."""
     path = Path(path)
     if not (path / "summary.json").is_file() or not (path / "curriculum.json").is_file():
-        raise SystemExit(f"{path}: not a finished curriculum (no curriculum.json and summary.json); "
-                         "run or resume it with python -m grokloop.curriculum")
+        raise SystemExit(
+            f"{path}: not a finished curriculum (no curriculum.json and summary.json); "
+            "run or resume it with python -m grokloop.curriculum"
+        )
     s = json.loads((path / "summary.json").read_text())
     s["path"] = str(path)
     s["curves"] = [read_rows(path / st["run_dir"] / "metrics.jsonl") for st in s["per_stage"]]
@@ -46,8 +50,11 @@ def find_curricula(paths: list[str]) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise SystemExit(f"{p}: no such directory")
-        found += [p] if (p / "curriculum.json").is_file() else \
-            sorted(c.parent for c in p.rglob("curriculum.json"))
+        found += (
+            [p]
+            if (p / "curriculum.json").is_file()
+            else sorted(c.parent for c in p.rglob("curriculum.json"))
+        )
     if not found:
         raise SystemExit(f"no curriculum directories under {', '.join(map(str, paths))}")
     return list(dict.fromkeys(found))
@@ -66,12 +73,22 @@ def label(s: dict) -> str:
 
 # --- figures ------------------------------------------------------------------------------------
 
+
 def matrix_heatmap(R: np.ndarray, rows: list[str], cols: list[str], title: str) -> go.Figure:
-    fig = go.Figure(go.Heatmap(
-        z=R, x=[f"on {c}" for c in cols], y=[f"after {r}" for r in rows], zmin=0, zmax=1,
-        colorscale="Viridis", colorbar={"title": "held-out acc"},
-        text=[[f"{v:.2f}" for v in row] for row in R], texttemplate="%{text}",
-        hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=R,
+            x=[f"on {c}" for c in cols],
+            y=[f"after {r}" for r in rows],
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            colorbar={"title": "held-out acc"},
+            text=[[f"{v:.2f}" for v in row] for row in R],
+            texttemplate="%{text}",
+            hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
     fig.update_yaxes(autorange="reversed")
     return style(fig, title, height=120 + 40 * len(rows))
 
@@ -88,15 +105,23 @@ def timeline(s: dict) -> go.Figure:
                 xs[n].append(offset + r["step"])
                 ys[n].append(r[f"acc/test_{n}"])
         end = offset + st["steps"]
-        fig.add_vrect(x0=offset, x1=end, line_width=0, opacity=0.06,
-                      fillcolor="green" if st["passed"] else "grey",
-                      annotation_text=f"{st['stage']}: {'gate' if st['passed'] else 'budget'} "
-                                      f"{st['steps']}", annotation_position="top left",
-                      annotation_textangle=-90 if len(s["per_stage"]) > 4 else 0)
+        fig.add_vrect(
+            x0=offset,
+            x1=end,
+            line_width=0,
+            opacity=0.06,
+            fillcolor="green" if st["passed"] else "grey",
+            annotation_text=f"{st['stage']}: {'gate' if st['passed'] else 'budget'} {st['steps']}",
+            annotation_position="top left",
+            annotation_textangle=-90 if len(s["per_stage"]) > 4 else 0,
+        )
         offset = end
     for i, n in enumerate(s["stages"]):
-        fig.add_trace(go.Scatter(x=xs[n], y=ys[n], name=f"test_{n}", mode="lines",
-                                 line={"color": split_color(n, i)}))
+        fig.add_trace(
+            go.Scatter(
+                x=xs[n], y=ys[n], name=f"test_{n}", mode="lines", line={"color": split_color(n, i)}
+            )
+        )
     fig.add_hline(y=s["per_stage"][0]["gate"], line_dash="dot", line_color="#999")
     fig.update_xaxes(title="step (all stages)")
     fig.update_yaxes(title="held-out accuracy", range=[0, 1.02])
@@ -104,37 +129,72 @@ def timeline(s: dict) -> go.Figure:
 
 
 def stage_table(s: dict) -> str:
-    rows = [[st["stage"], ", ".join(st["trains"]), st["budget"], st["steps"],
-             "gate" if st["passed"] else "budget",
-             ", ".join(f"{k} {v}" for k, v in st["steps_to_gate"].items()), st["n_train"],
-             *(f"{st['spectra'][b]['gini']:.3f} {st['spectra'][b]['top'][:3]}" if "spectra" in st
-               else "-" for b in ("fourier127", "walsh128"))]
-            for st in s["per_stage"]]
-    return table(["stage", "trains", "budget", "steps", "ended by", "steps to gate",
-                  "examples/step", "Fourier Z_127 gini, top", "Walsh Z_2^7 gini, top"], rows)
+    rows = [
+        [
+            st["stage"],
+            ", ".join(st["trains"]),
+            st["budget"],
+            st["steps"],
+            "gate" if st["passed"] else "budget",
+            ", ".join(f"{k} {v}" for k, v in st["steps_to_gate"].items()),
+            st["n_train"],
+            *(
+                f"{st['spectra'][b]['gini']:.3f} {st['spectra'][b]['top'][:3]}"
+                if "spectra" in st
+                else "-"
+                for b in ("fourier127", "walsh128")
+            ),
+        ]
+        for st in s["per_stage"]
+    ]
+    return table(
+        [
+            "stage",
+            "trains",
+            "budget",
+            "steps",
+            "ended by",
+            "steps to gate",
+            "examples/step",
+            "Fourier Z_127 gini, top",
+            "Walsh Z_2^7 gini, top",
+        ],
+        rows,
+    )
 
 
 def curriculum_sections(s: dict) -> list[Section]:
     R = np.array(s["matrix"])
     rows = [st["stage"] for st in s["per_stage"]]
     sec = Section(label(s) + f", seed {s['seed']}")
-    sec.add(timeline(s)).add(matrix_heatmap(R, rows, s["stages"], "R[i, j]: held-out accuracy "
-                                            "on stage j at the end of stage i"))
+    sec.add(timeline(s)).add(
+        matrix_heatmap(
+            R, rows, s["stages"], "R[i, j]: held-out accuracy on stage j at the end of stage i"
+        )
+    )
     if "ACC" in s:
-        sec.text(f"ACC {s['ACC']:.3f}, BWT {s['BWT']:+.3f}, FWT {s['FWT']:+.3f}; forgetting "
-                 + ", ".join(f"{n} {f:.3f}" for n, f in zip(s["stages"], s["forgetting"])))
+        sec.text(
+            f"ACC {s['ACC']:.3f}, BWT {s['BWT']:+.3f}, FWT {s['FWT']:+.3f}; forgetting "
+            + ", ".join(f"{n} {f:.3f}" for n, f in zip(s["stages"], s["forgetting"]))
+        )
     sec.add(stage_table(s))
     return [sec]
 
 
 def write_curriculum_report(out_dir: str | Path) -> Path:
     s = load_curriculum(out_dir)
-    return write(Path(out_dir) / "report.html",
-                 page(f"Curriculum {s['curriculum']}", f"{s['path']}; {s['machine'].get('cpu')}, "
-                      f"{s['wall_time_s'] / 60:.1f} min", curriculum_sections(s)))
+    return write(
+        Path(out_dir) / "report.html",
+        page(
+            f"Curriculum {s['curriculum']}",
+            f"{s['path']}; {s['machine'].get('cpu')}, {s['wall_time_s'] / 60:.1f} min",
+            curriculum_sections(s),
+        ),
+    )
 
 
 # --- a study over curricula ---------------------------------------------------------------------
+
 
 def study_rows(curricula: list[dict]) -> list[dict]:
     """Results-schema rows: held-out accuracy on each stage after each trained-through stage, per
@@ -146,8 +206,16 @@ def study_rows(curricula: list[dict]) -> list[dict]:
             final = i == len(s["per_stage"]) - 1
             for n, acc in zip(s["stages"], R_i):
                 key = dict(model=label(s), split=f"test_{n}", after_stage=st["stage"], final=final)
-                rows.append(acc_row(acc, st["n_eval"], **key, seed=s["seed"], step=st["steps"],
-                                    gate_passed=st["passed"]))
+                rows.append(
+                    acc_row(
+                        acc,
+                        st["n_eval"],
+                        **key,
+                        seed=s["seed"],
+                        step=st["steps"],
+                        gate_passed=st["passed"],
+                    )
+                )
                 hits = pool.setdefault(tuple(key.items()), [0.0, 0])
                 hits[0] += acc * st["n_eval"]
                 hits[1] += st["n_eval"]
@@ -164,33 +232,55 @@ def aggregate(curricula: list[dict]) -> dict:
     groups: dict[str, list[dict]] = {}
     for s in sorted(curricula, key=lambda s: s["seed"]):
         groups.setdefault(label(s), []).append(s)
-    scratch_by_model = {}   # model -> seed -> its scratch baseline
+    scratch_by_model = {}  # model -> seed -> its scratch baseline
     for s in curricula:
         if s["mode"] == "scratch":
             scratch_by_model.setdefault(s["model"], {})[s["seed"]] = s
-    out = {"matrix": {}, "ACC": {}, "BWT": {}, "FWT": {}, "forgetting": {}, "steps_to_gate": {},
-           "speedup": {}, "spectra": {}}
+    out = {
+        "matrix": {},
+        "ACC": {},
+        "BWT": {},
+        "FWT": {},
+        "forgetting": {},
+        "steps_to_gate": {},
+        "speedup": {},
+        "spectra": {},
+    }
     for name, ss in groups.items():
         if all("spectra" in st for s in ss for st in s["per_stage"]):  # measured by the command
-            out["spectra"][name] = {st["stage"]: {
-                basis: {"gini": mean_interval([s["per_stage"][k]["spectra"][basis]["gini"]
-                                               for s in ss]),
-                        "top_first_seed": st["spectra"][basis]["top"]}
-                for basis in ("fourier127", "walsh128")} for k, st in enumerate(ss[0]["per_stage"])}
+            out["spectra"][name] = {
+                st["stage"]: {
+                    basis: {
+                        "gini": mean_interval(
+                            [s["per_stage"][k]["spectra"][basis]["gini"] for s in ss]
+                        ),
+                        "top_first_seed": st["spectra"][basis]["top"],
+                    }
+                    for basis in ("fourier127", "walsh128")
+                }
+                for k, st in enumerate(ss[0]["per_stage"])
+            }
         if ss[0]["mode"] != "joint":
-            out["matrix"][name] = {"rows": [st["stage"] for st in ss[0]["per_stage"]],
-                                   "cols": ss[0]["stages"],
-                                   "mean": np.mean([s["matrix"] for s in ss], 0).tolist()}
+            out["matrix"][name] = {
+                "rows": [st["stage"] for st in ss[0]["per_stage"]],
+                "cols": ss[0]["stages"],
+                "mean": np.mean([s["matrix"] for s in ss], 0).tolist(),
+            }
         if "ACC" in ss[0]:
             for key in ("ACC", "BWT", "FWT"):
                 out[key][name] = mean_interval([s[key] for s in ss])
-            out["forgetting"][name] = {n: mean_interval([s["forgetting"][j] for s in ss])
-                                       for j, n in enumerate(ss[0]["stages"][:-1])}
+            out["forgetting"][name] = {
+                n: mean_interval([s["forgetting"][j] for s in ss])
+                for j, n in enumerate(ss[0]["stages"][:-1])
+            }
         steps = {}
         for n in ss[0]["stages"]:
             got = [_stage(s, n)["steps_to_gate"][n] for s in ss]
-            steps[n] = {"per_seed": got, "seeds": [s["seed"] for s in ss],
-                        "reached": sum(g is not None for g in got)}
+            steps[n] = {
+                "per_seed": got,
+                "seeds": [s["seed"] for s in ss],
+                "reached": sum(g is not None for g in got),
+            }
         out["steps_to_gate"][name] = steps
         base = scratch_by_model.get(ss[0]["model"], {})
         if ss[0]["mode"] != "scratch" and base:
@@ -201,7 +291,7 @@ def aggregate(curricula: list[dict]) -> dict:
                     b = base.get(s["seed"])
                     bg = b and _stage(b, n)["steps_to_gate"][n]
                     if b is None or (g is None and bg is None):
-                        continue   # neither reached the gate: no ratio to measure
+                        continue  # neither reached the gate: no ratio to measure
                     # One side spent its budget: count the budget, a bound on the true ratio.
                     censored += g is None or bg is None
                     ratios.append((bg or _stage(b, n)["budget"]) / (g or _stage(s, n)["budget"]))
@@ -217,51 +307,101 @@ def _ci(m: dict | None, fmt: str = "{:+.3f}") -> str:
     bound = f", {m['censored']} censored" if m.get("censored") else ""
     if m["lo"] is None:
         return fmt.format(m["mean"]) + f" (1 seed{bound})"
-    return fmt.format(m["mean"]) + " [" + fmt.format(m["lo"]) + ", " + fmt.format(m["hi"]) + \
-        f"] ({m['n']} seeds{bound})"
+    return (
+        fmt.format(m["mean"])
+        + " ["
+        + fmt.format(m["lo"])
+        + ", "
+        + fmt.format(m["hi"])
+        + f"] ({m['n']} seeds{bound})"
+    )
 
 
 def markdown(summary: dict) -> str:
     agg = summary
-    lines = [f"# {summary['study']}", "", "Commands:", "", "```bash", *summary["commands"], "```", "",
-             f"Machine: {summary['machine'].get('cpu')} ({summary['machine'].get('cores')} cores), "
-             f"torch {summary['machine'].get('torch')}, {summary['machine'].get('date')}.", "",
-             "## Transfer and forgetting (mean, 95% t interval over seeds)", "",
-             "| configuration | ACC | BWT | FWT |", "|---|---|---|---|"]
+    lines = [
+        f"# {summary['study']}",
+        "",
+        "Commands:",
+        "",
+        "```bash",
+        *summary["commands"],
+        "```",
+        "",
+        f"Machine: {summary['machine'].get('cpu')} ({summary['machine'].get('cores')} cores), "
+        f"torch {summary['machine'].get('torch')}, {summary['machine'].get('date')}.",
+        "",
+        "## Transfer and forgetting (mean, 95% t interval over seeds)",
+        "",
+        "| configuration | ACC | BWT | FWT |",
+        "|---|---|---|---|",
+    ]
     for name in agg["ACC"]:
-        lines.append(f"| {name} | {_ci(agg['ACC'][name], '{:.3f}')} | {_ci(agg['BWT'][name])} | "
-                     f"{_ci(agg['FWT'][name])} |")
+        lines.append(
+            f"| {name} | {_ci(agg['ACC'][name], '{:.3f}')} | {_ci(agg['BWT'][name])} | "
+            f"{_ci(agg['FWT'][name])} |"
+        )
     stages = summary["stages"]
-    lines += ["", "## Steps to each stage's gate (per seed; - : budget spent)", "",
-              "| configuration | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    lines += [
+        "",
+        "## Steps to each stage's gate (per seed; - : budget spent)",
+        "",
+        "| configuration | " + " | ".join(stages) + " |",
+        "|---|" + "---|" * len(stages),
+    ]
     for name, steps in agg["steps_to_gate"].items():
-        cells = [" / ".join("-" if g is None else str(g) for g in steps[n]["per_seed"])
-                 if n in steps else "" for n in stages]
+        cells = [
+            " / ".join("-" if g is None else str(g) for g in steps[n]["per_seed"])
+            if n in steps
+            else ""
+            for n in stages
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Speed-up: steps to the gate from scratch / in the configuration", "",
-              "A censored seed is one where one side spent its budget without reaching the gate; "
-              "its ratio counts the budget, a bound.", "",
-              "| configuration | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    lines += [
+        "",
+        "## Speed-up: steps to the gate from scratch / in the configuration",
+        "",
+        "A censored seed is one where one side spent its budget without reaching the gate; "
+        "its ratio counts the budget, a bound.",
+        "",
+        "| configuration | " + " | ".join(stages) + " |",
+        "|---|" + "---|" * len(stages),
+    ]
     for name, speed in agg["speedup"].items():
-        lines.append(f"| {name} | " + " | ".join(_ci(speed.get(n), "{:.2f}") for n in stages) + " |")
-    lines += ["", "## Embedding structure after each stage", "",
-              "Gini coefficient of the integer tokens' embedding spectrum (mean over seeds; 0: "
-              "spread evenly, towards 1: a few frequencies) in the Fourier basis of Z_127 (the "
-              "modular stages' circuit) and the Walsh basis of Z_2^7 (XOR's), with the first "
-              "seed's top 3 frequencies.", "",
-              "| configuration | after | Fourier Z_127 gini | top | Walsh Z_2^7 gini | top |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | " + " | ".join(_ci(speed.get(n), "{:.2f}") for n in stages) + " |"
+        )
+    lines += [
+        "",
+        "## Embedding structure after each stage",
+        "",
+        "Gini coefficient of the integer tokens' embedding spectrum (mean over seeds; 0: "
+        "spread evenly, towards 1: a few frequencies) in the Fourier basis of Z_127 (the "
+        "modular stages' circuit) and the Walsh basis of Z_2^7 (XOR's), with the first "
+        "seed's top 3 frequencies.",
+        "",
+        "| configuration | after | Fourier Z_127 gini | top | Walsh Z_2^7 gini | top |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, per in agg["spectra"].items():
         for stage, sp in per.items():
             f, w = sp["fourier127"], sp["walsh128"]
-            lines.append(f"| {name} | {stage} | {f['gini']['mean']:.3f} | {f['top_first_seed'][:3]} "
-                         f"| {w['gini']['mean']:.3f} | {w['top_first_seed'][:3]} |")
+            lines.append(
+                f"| {name} | {stage} | {f['gini']['mean']:.3f} | {f['top_first_seed'][:3]} "
+                f"| {w['gini']['mean']:.3f} | {w['top_first_seed'][:3]} |"
+            )
     lines += ["", "## Mean accuracy matrix R[i, j] (after stage i, on stage j)", ""]
     for name, m in agg["matrix"].items():
-        lines += [f"**{name}**", "", "| after \\ on | " + " | ".join(m["cols"]) + " |",
-                  "|---|" + "---|" * len(m["cols"])]
-        lines += [f"| {r} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
-                  for r, row in zip(m["rows"], m["mean"])]
+        lines += [
+            f"**{name}**",
+            "",
+            "| after \\ on | " + " | ".join(m["cols"]) + " |",
+            "|---|" + "---|" * len(m["cols"]),
+        ]
+        lines += [
+            f"| {r} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+            for r, row in zip(m["rows"], m["mean"])
+        ]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -269,17 +409,24 @@ def markdown(summary: dict) -> str:
 @dataclass
 class CurriculumStudyCommand:
     """Schema of conf/curriculum_study.yaml."""
-    runs: list[str] = field(default_factory=list)      # curriculum directories or trees of them
+
+    runs: list[str] = field(default_factory=list)  # curriculum directories or trees of them
     name: str = "curriculum"
-    out: str | None = None                             # None: runs/studies/NAME
+    out: str | None = None  # None: runs/studies/NAME
     commands: list[str] = field(default_factory=list)  # the commands that made the curricula
 
 
 def write_study(out: str | Path, name: str, paths: list[Path], commands: list[str]) -> dict:
     curricula = [load_curriculum(p) for p in paths]
     agg = aggregate(curricula)
-    summary = {"study": name, "machine": machine(), "commands": list(commands),
-               "stages": curricula[0]["stages"], **agg, "rows": study_rows(curricula)}
+    summary = {
+        "study": name,
+        "machine": machine(),
+        "commands": list(commands),
+        "stages": curricula[0]["stages"],
+        **agg,
+        "rows": study_rows(curricula),
+    }
     out = Path(out)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "summary.md", markdown(summary))
@@ -289,24 +436,35 @@ def write_study(out: str | Path, name: str, paths: list[Path], commands: list[st
         sec.add(matrix_heatmap(np.array(m["mean"]), m["rows"], m["cols"], f"{n}: mean R[i, j]"))
         sections.append(sec)
     tables = Section("Transfer tables")
-    tables.parts.append("<pre>" + markdown(summary).split("## Transfer", 1)[1]
-                        .split("## Mean accuracy", 1)[0] + "</pre>")
+    tables.parts.append(
+        "<pre>"
+        + markdown(summary).split("## Transfer", 1)[1].split("## Mean accuracy", 1)[0]
+        + "</pre>"
+    )
     sections.insert(0, tables)
     for s in curricula:
         if s["seed"] == min(c["seed"] for c in curricula if label(c) == label(s)):
             sections += curriculum_sections(s)
-    write(out / "report.html", page(f"Study {name}", f"{len(curricula)} curricula; "
-                                    f"{summary['machine'].get('cpu')}", sections))
+    write(
+        out / "report.html",
+        page(
+            f"Study {name}",
+            f"{len(curricula)} curricula; {summary['machine'].get('cpu')}",
+            sections,
+        ),
+    )
     return summary
 
 
 def run_study(cmd: CurriculumStudyCommand) -> None:
     if not cmd.runs:
-        raise SystemExit("give the curriculum directories: python -m reports.curriculum DIR [DIR ...]")
+        raise SystemExit(
+            "give the curriculum directories: python -m reports.curriculum DIR [DIR ...]"
+        )
     out = Path(cmd.out or Path("runs/studies") / cmd.name)
     paths = find_curricula(cmd.runs)
     running = [p for p in paths if not (p / "summary.json").is_file()]
-    for p in running:   # still training, or killed: resume it to include it
+    for p in running:  # still training, or killed: resume it to include it
         print(f"skipped {p}: not finished (no summary.json)")
     if len(running) == len(paths):
         raise SystemExit(f"no finished curricula under {', '.join(cmd.runs)}")

@@ -7,6 +7,7 @@ reference a SHARED_ASSET found in its own folder or the one above it, which is h
 written to docs/results/NAME shares it, and inlines plotly.js anywhere else (runs/...).
 `python -m reports.lean` converts pages written before, with the same `share`.
 """
+
 from __future__ import annotations
 
 import html
@@ -39,7 +40,7 @@ details { margin: 1em 0; }
 @dataclass
 class Section:
     title: str
-    parts: list = field(default_factory=list)   # str (HTML) or go.Figure
+    parts: list = field(default_factory=list)  # str (HTML) or go.Figure
 
     def text(self, s: str) -> "Section":
         self.parts.append(f"<p>{s}</p>")
@@ -86,17 +87,27 @@ def page(title: str, subtitle: str, sections: list[Section], plotly_js: str = "i
         body.append(f'<h2 id="{a}">{html.escape(s.title)}</h2>')
         for part in s.parts:
             if isinstance(part, go.Figure):
-                body.append('<div class="figure">' + pio.to_html(
-                    part, full_html=False, include_plotlyjs=False, div_id=f"fig-{n_fig}",
-                    config={"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}) + "</div>")
+                body.append(
+                    '<div class="figure">'
+                    + pio.to_html(
+                        part,
+                        full_html=False,
+                        include_plotlyjs=False,
+                        div_id=f"fig-{n_fig}",
+                        config={"displaylogo": False, "toImageButtonOptions": {"format": "svg"}},
+                    )
+                    + "</div>"
+                )
                 n_fig += 1
             else:
                 body.append(part)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style>"
-            f"{plotly_script(plotly_js)}</head>"
-            f"<body data-figures=\"{n_fig}\"><h1>{html.escape(title)}</h1>"
-            f"<p class=\"muted\">{subtitle}</p><nav>{nav}</nav>{''.join(body)}</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>"
+        f"{plotly_script(plotly_js)}</head>"
+        f'<body data-figures="{n_fig}"><h1>{html.escape(title)}</h1>'
+        f'<p class="muted">{subtitle}</p><nav>{nav}</nav>{"".join(body)}</body></html>\n'
+    )
 
 
 def inlined(text: str) -> list[tuple[int, int, str]]:
@@ -134,8 +145,11 @@ def shared_asset(path: str | Path) -> str | None:
     for asset in (folder / SHARED_ASSET, folder.parent / SHARED_ASSET):
         if asset.is_file():
             if (js := asset.read_text(encoding="utf-8")) != get_plotlyjs():
-                print(f"{asset} is plotly.js {version(js)}, not the installed "
-                      f"{version(get_plotlyjs())}: the page inlines its own", file=sys.stderr)
+                print(
+                    f"{asset} is plotly.js {version(js)}, not the installed "
+                    f"{version(get_plotlyjs())}: the page inlines its own",
+                    file=sys.stderr,
+                )
                 return None
             return os.path.relpath(asset, folder).replace(os.sep, "/")
     return None

@@ -9,6 +9,7 @@ figures were written for its own version). Running it again changes nothing: a c
 inlines nothing. This is for pages that cannot be regenerated (their runs are gone); a study
 written into docs/results/NAME shares the asset from the start (reports/html.py `write`).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,11 @@ def lean_page(page: Path, asset: Path, library: str) -> bool:
     if not found:
         return False
     if any(js != library for _, _, js in found):
-        print(f"left {page}: it inlines plotly.js {version(found[0][2])}, {asset} is "
-              f"{version(library)}", file=sys.stderr)
+        print(
+            f"left {page}: it inlines plotly.js {version(found[0][2])}, {asset} is "
+            f"{version(library)}",
+            file=sys.stderr,
+        )
         return False
     src = os.path.relpath(asset.resolve(), page.resolve().parent).replace(os.sep, "/")
     atomic_write_text(page, share(text, src))

@@ -1,5 +1,6 @@
 """Reading what a run directory holds, as files: its config, metrics, summary and probe results
 (`read_run`; the model and dataset of a run are grokloop.load_run)."""
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from grokloop.metrics_log import read_rows
 class ProbeResult:
     """One probe's outputs: its JSON record, the arrays of every checkpoint it was run on, and its
     tidy table (rows with a `checkpoint` key)."""
+
     meta: dict
     arrays: dict[int, dict[str, np.ndarray]]
     rows: list[dict]
@@ -43,8 +45,11 @@ class RunFiles:
 
     def splits(self) -> list[str]:
         """Evaluated splits, in the order the metrics list them."""
-        return [k[4:] for k in (self.metrics[0] if self.metrics else {})
-                if k.startswith("acc/") and k.count("/") == 1]
+        return [
+            k[4:]
+            for k in (self.metrics[0] if self.metrics else {})
+            if k.startswith("acc/") and k.count("/") == 1
+        ]
 
 
 def is_run(path: Path) -> bool:
@@ -70,12 +75,16 @@ def read_run(path: str | Path, probes: bool = True) -> RunFiles:
     if not path.is_dir():
         raise SystemExit(f"run_dir={path}: no such directory")
     if not is_run(path):
-        raise SystemExit(f"run_dir={path}: not a run directory (no config.json and metrics.jsonl); "
-                         "train one with python -m grokloop.train")
-    metrics = read_rows(path / "metrics.jsonl")   # a torn last line (a crash) dropped, warned
+        raise SystemExit(
+            f"run_dir={path}: not a run directory (no config.json and metrics.jsonl); "
+            "train one with python -m grokloop.train"
+        )
+    metrics = read_rows(path / "metrics.jsonl")  # a torn last line (a crash) dropped, warned
     summary = read_json(path / "summary.json") if (path / "summary.json").is_file() else None
-    config = read_json(path / "config.json", "each checkpoints/step_*.json holds a copy of the "
-                       "config (its 'config' key)")
+    config = read_json(
+        path / "config.json",
+        "each checkpoints/step_*.json holds a copy of the config (its 'config' key)",
+    )
     run = RunFiles(path, config, metrics, summary)
     for record in sorted((path / "probes").glob("*.json")) if probes else ():
         if (got := load_probe(path / "probes", record.stem)) is not None and got.arrays:
@@ -89,7 +98,13 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise SystemExit(f"{p}: no such directory")
-        found += [p] if is_run(p) else sorted(c.parent for c in p.rglob("metrics.jsonl") if is_run(c.parent))
+        found += (
+            [p]
+            if is_run(p)
+            else sorted(c.parent for c in p.rglob("metrics.jsonl") if is_run(c.parent))
+        )
     if not found:
-        raise SystemExit(f"no run directories (config.json + metrics.jsonl) under {', '.join(map(str, paths))}")
+        raise SystemExit(
+            f"no run directories (config.json + metrics.jsonl) under {', '.join(map(str, paths))}"
+        )
     return list(dict.fromkeys(found))

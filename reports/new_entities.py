@@ -8,6 +8,7 @@ Writes summary.json (the results schema: study, machine, code_version, commands,
 seed's rows, and per (model, bank, split, metric) the seeds pooled, `seed: pooled`), summary.md
 (the tables) and index.html (the figures; committed pages share docs/results/plotly.min.js).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ from datagen.provenance import atomic_write_text, code_version
 from grokloop.stats import wilson
 
 SPLITS = ("test_new_head", "test_new_bridge", "test_new_answer", "test_new_all", "test_old")
-TARGETS = {"test_new_all": 0.9, "test_old": 0.95}   # Wilson lower bound, seeds pooled
+TARGETS = {"test_new_all": 0.9, "test_old": 0.95}  # Wilson lower bound, seeds pooled
 
 
 def pool(rows: list[dict]) -> list[dict]:
@@ -33,12 +34,27 @@ def pool(rows: list[dict]) -> list[dict]:
         k, n = sum(r["acc"] * r["n"] for r in rs), sum(r["n"] for r in rs)
         lo, hi = wilson(round(k), n)
         same = {f: rs[0][f] for f in ("hop", "read_step", "frozen", "chance") if f in rs[0]}
-        cost = {f: sum(r[f] for r in rs) / len(rs) for f in ("finetune_seconds", "finetune_steps")
-                if f in rs[0]}
-        out.append({"model": model, "bank": bank, "split": split, **({"metric": metric} if metric
-                    else {}), **same, **cost, "acc": k / n, "lo": lo, "hi": hi, "n": n,
-                    "seed": "pooled", "seeds": sorted(r.get("seed") for r in rs
-                                                      if r.get("seed") is not None)})
+        cost = {
+            f: sum(r[f] for r in rs) / len(rs)
+            for f in ("finetune_seconds", "finetune_steps")
+            if f in rs[0]
+        }
+        out.append(
+            {
+                "model": model,
+                "bank": bank,
+                "split": split,
+                **({"metric": metric} if metric else {}),
+                **same,
+                **cost,
+                "acc": k / n,
+                "lo": lo,
+                "hi": hi,
+                "n": n,
+                "seed": "pooled",
+                "seeds": sorted(r.get("seed") for r in rs if r.get("seed") is not None),
+            }
+        )
     return out
 
 
@@ -48,15 +64,32 @@ def study(summaries: list[dict], commands: list[str]) -> dict:
     targets = []
     for split, want in TARGETS.items():
         for r in pooled:
-            if r["split"] == split and "metric" not in r and r.get("frozen") and \
-                    r["model"].startswith("canonical"):
-                targets.append({"model": r["model"], "bank": r["bank"], "split": split,
-                                "target_lo": want, "lo": r["lo"], "met": r["lo"] >= want})
-    return {"study": "new_entities", "machine": summaries[0]["machine"],
-            "code_version": code_version(), "commands": commands,
-            "evaluated_with": sorted({s["code_version"] for s in summaries}),
-            "weights_sha256": {s["run_dir"]: s["weights_sha256"] for s in summaries},
-            "targets": targets, "rows": rows + pooled}
+            if (
+                r["split"] == split
+                and "metric" not in r
+                and r.get("frozen")
+                and r["model"].startswith("canonical")
+            ):
+                targets.append(
+                    {
+                        "model": r["model"],
+                        "bank": r["bank"],
+                        "split": split,
+                        "target_lo": want,
+                        "lo": r["lo"],
+                        "met": r["lo"] >= want,
+                    }
+                )
+    return {
+        "study": "new_entities",
+        "machine": summaries[0]["machine"],
+        "code_version": code_version(),
+        "commands": commands,
+        "evaluated_with": sorted({s["code_version"] for s in summaries}),
+        "weights_sha256": {s["run_dir"]: s["weights_sha256"] for s in summaries},
+        "targets": targets,
+        "rows": rows + pooled,
+    }
 
 
 def table(rows: list[dict], what: str) -> list[str]:
@@ -67,39 +100,68 @@ def table(rows: list[dict], what: str) -> list[str]:
     for model, bank in keys:
         cells = []
         for s in splits:
-            r = next((r for r in rows if (r["model"], r["bank"], r["split"]) == (model, bank, s)),
-                     None)
+            r = next(
+                (r for r in rows if (r["model"], r["bank"], r["split"]) == (model, bank, s)), None
+            )
             cells.append("" if r is None else f"{r['acc']:.3f} [{r['lo']:.2f}, {r['hi']:.2f}]")
         lines.append(f"| {model} | {bank} | {' | '.join(cells)} |")
     n = {r["n"] for r in rows}
-    return [f"{what} (seeds pooled, Wilson 95% intervals; n = "
-            f"{', '.join(f'{x:,}' for x in sorted(n))} per cell)", "", *lines, ""]
+    return [
+        f"{what} (seeds pooled, Wilson 95% intervals; n = "
+        f"{', '.join(f'{x:,}' for x in sorted(n))} per cell)",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def markdown(summary: dict) -> str:
     pooled = [r for r in summary["rows"] if r.get("seed") == "pooled"]
     answers = [r for r in pooled if "metric" not in r]
     m = summary["machine"]
-    lines = [f"# {summary['study']}", "", "```bash", *summary["commands"], "```", "",
-             f"Machine: {m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}, "
-             f"{m.get('date')}; code {summary['code_version']}. Seeds: "
-             f"{', '.join(map(str, sorted({r['seed'] for r in summary['rows'] if r.get('seed') not in (None, 'pooled')})))}.", "",
-             *table(answers, "Two-hop accuracy"), "Targets (the frozen canonical-key reasoner, "
-             "Wilson lower bound):", ""]
-    lines += [f"- {t['model']} / {t['bank']} / {t['split']}: lower bound {t['lo']:.3f} against "
-              f"{t['target_lo']}: {'met' if t['met'] else '**not met**'}"
-              for t in summary["targets"]]
+    lines = [
+        f"# {summary['study']}",
+        "",
+        "```bash",
+        *summary["commands"],
+        "```",
+        "",
+        f"Machine: {m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}, "
+        f"{m.get('date')}; code {summary['code_version']}. Seeds: "
+        f"{', '.join(map(str, sorted({r['seed'] for r in summary['rows'] if r.get('seed') not in (None, 'pooled')})))}.",
+        "",
+        *table(answers, "Two-hop accuracy"),
+        "Targets (the frozen canonical-key reasoner, Wilson lower bound):",
+        "",
+    ]
+    lines += [
+        f"- {t['model']} / {t['bank']} / {t['split']}: lower bound {t['lo']:.3f} against "
+        f"{t['target_lo']}: {'met' if t['met'] else '**not met**'}"
+        for t in summary["targets"]
+    ]
     for hop in (1, 2):
         ret = [r | {"split": r["split"]} for r in pooled if r.get("hop") == hop]
         for step in sorted({r["read_step"] for r in ret}):
-            lines += ["", *table([r for r in ret if r["read_step"] == step],
-                                 f"Memory retrieval, hop {hop} read at step {step}: the share of "
-                                 "questions whose top-1 slot is the hop's fact")]
+            lines += [
+                "",
+                *table(
+                    [r for r in ret if r["read_step"] == step],
+                    f"Memory retrieval, hop {hop} read at step {step}: the share of "
+                    "questions whose top-1 slot is the hop's fact",
+                ),
+            ]
     cost = [r for r in answers if "finetune_seconds" in r]
     if cost:
-        lines += ["", "Fine-tuning cost (mean per seed): " + "; ".join(
-            f"{r['model']}: {r['finetune_steps']:.0f} steps, {r['finetune_seconds']:.0f} s"
-            for r in cost if r["split"] == "test_old"), ""]
+        lines += [
+            "",
+            "Fine-tuning cost (mean per seed): "
+            + "; ".join(
+                f"{r['model']}: {r['finetune_steps']:.0f} steps, {r['finetune_seconds']:.0f} s"
+                for r in cost
+                if r["split"] == "test_old"
+            ),
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -110,21 +172,28 @@ def page(summary: dict) -> str:
 
     pooled = [r for r in summary["rows"] if r.get("seed") == "pooled"]
     section = Section("Two-hop accuracy by split, seeds pooled")
-    section.text("Wilson 95% intervals. Frozen: every weight as trained (sha256 checked). Per-seed "
-                 "rows, retrieval per hop and step, and the fine-tuning cost: summary.json, "
-                 "summary.md.")
+    section.text(
+        "Wilson 95% intervals. Frozen: every weight as trained (sha256 checked). Per-seed "
+        "rows, retrieval per hop and step, and the fine-tuning cost: summary.json, "
+        "summary.md."
+    )
     for bank in dict.fromkeys(r["bank"] for r in pooled):
-        rows = [r | {"model": r["model"]} for r in pooled if r["bank"] == bank and
-                "metric" not in r]
+        rows = [
+            r | {"model": r["model"]} for r in pooled if r["bank"] == bank and "metric" not in r
+        ]
         section.add(interval_bars(rows, f"bank: {bank}"))
     mech = Section("Retrieval at each hop (the memory's top-1 slot is the hop's fact)")
     for hop, step in ((1, 1), (2, 2)):
-        rows = [r | {"model": f"{r['model']} ({r['bank']})"} for r in pooled
-                if r.get("hop") == hop and r.get("read_step") == step]
+        rows = [
+            r | {"model": f"{r['model']} ({r['bank']})"}
+            for r in pooled
+            if r.get("hop") == hop and r.get("read_step") == step
+        ]
         if rows:
             mech.add(interval_bars(rows, f"hop {hop}, read at step {step}"))
-    return html_page("grokloop study: new_entities", f"{len(summary['rows'])} rows",
-                     [section, mech])
+    return html_page(
+        "grokloop study: new_entities", f"{len(summary['rows'])} rows", [section, mech]
+    )
 
 
 def write(out: str | Path, summaries: list[dict], commands: list[str]) -> dict:
@@ -141,15 +210,18 @@ def write(out: str | Path, summaries: list[dict], commands: list[str]) -> dict:
 @dataclass
 class NewEntitiesCommand:
     """Schema of conf/new_entities.yaml."""
-    summaries: list[str] = field(default_factory=list)   # the bank evaluations' summary.json
+
+    summaries: list[str] = field(default_factory=list)  # the bank evaluations' summary.json
     out: str = "runs/studies/new_entities"
-    commands_file: str | None = None   # the commands that made the summaries, one per line
+    commands_file: str | None = None  # the commands that made the summaries, one per line
 
 
 def run_new_entities(cmd: NewEntitiesCommand) -> None:
     if not cmd.summaries:
-        raise ValueError("give the evaluations: python -m reports.new_entities "
-                         "runs/new_entities/eval/*/summary.json")
+        raise ValueError(
+            "give the evaluations: python -m reports.new_entities "
+            "runs/new_entities/eval/*/summary.json"
+        )
     commands = Path(cmd.commands_file).read_text().splitlines() if cmd.commands_file else []
     s = write(cmd.out, [read_json(Path(p)) for p in cmd.summaries], commands)
     print(f"wrote {cmd.out}/summary.json, summary.md and index.html: {len(s['rows'])} rows")

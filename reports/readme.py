@@ -23,6 +23,7 @@ command and files), is generated too; a test checks that it is current:
 
     python -m reports.readme index [docs/results]
 """
+
 from __future__ import annotations
 
 import json
@@ -35,23 +36,29 @@ from datagen.provenance import atomic_write_text
 MARKER = re.compile(r"(<!-- results (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
 
-def render(summary: dict, rows_key: str = "model", columns_key: str = "split",
-           filters: dict[str, list[str]] | None = None) -> str:
-    def lab(r: dict, k: str) -> str:   # a row without the field (e.g. hops) covers all of it
+def render(
+    summary: dict,
+    rows_key: str = "model",
+    columns_key: str = "split",
+    filters: dict[str, list[str]] | None = None,
+) -> str:
+    def lab(r: dict, k: str) -> str:  # a row without the field (e.g. hops) covers all of it
         return "all" if r.get(k) is None else str(r[k])
 
     keep = [r for r in summary["rows"] if all(lab(r, k) in v for k, v in (filters or {}).items())]
     if not keep:
         raise ValueError(f"no rows of {summary['study']} match {filters}")
     row_names = list(dict.fromkeys(lab(r, rows_key) for r in keep))
-    if all(n.isdigit() for n in row_names):   # steps, hops, seeds: in numeric order
+    if all(n.isdigit() for n in row_names):  # steps, hops, seeds: in numeric order
         row_names.sort(key=int)
     col_names = list(dict.fromkeys(lab(r, columns_key) for r in keep))
     cell = {(lab(r, rows_key), lab(r, columns_key)): r for r in keep}
     lines = ["| " + " | ".join([rows_key] + col_names) + " |", "|---" * (len(col_names) + 1) + "|"]
     for name in row_names:
-        cells = [f"{c['acc']:.3f} [{c['lo']:.2f}, {c['hi']:.2f}]" if (c := cell.get((name, col)))
-                 else "" for col in col_names]
+        cells = [
+            f"{c['acc']:.3f} [{c['lo']:.2f}, {c['hi']:.2f}]" if (c := cell.get((name, col))) else ""
+            for col in col_names
+        ]
         lines.append("| " + " | ".join([name] + cells) + " |")
     ns = [sorted({cell[(r, col)]["n"] for r in row_names if (r, col) in cell}) for col in col_names]
     lines.append("| n | " + " | ".join("/".join(f"{n:,}" for n in sizes) for sizes in ns) + " |")
@@ -82,6 +89,7 @@ def update(text: str, root: Path) -> str:
             return m.group(1) + section((root / path).read_text(), title) + m.group(4)
         summary = json.loads((root / path).read_text())
         return m.group(1) + render(summary, rows, cols, filters) + m.group(4)
+
     return MARKER.sub(table, text)
 
 
@@ -110,11 +118,15 @@ def index_line(folder: Path) -> str:
     m = s.get("machine") or {}
     machine = f"{m.get('cpu')}, {m.get('cores')} cores" + (f", {m['gpu']}" if m.get("gpu") else "")
     command = (s.get("commands") or ["-"])[0].split("  #")[0].replace("|", "\\|")
-    files = sorted((p.name for p in folder.iterdir() if p.is_file() and p.name != "summary.json"),
-                   key=lambda f: (f != "summary.md", not f.endswith(".html"), f))  # md, pages, rest
+    files = sorted(
+        (p.name for p in folder.iterdir() if p.is_file() and p.name != "summary.json"),
+        key=lambda f: (f != "summary.md", not f.endswith(".html"), f),
+    )  # md, pages, rest
     links = ", ".join(f"[{f}]({folder.name}/{f})" for f in files)
-    return (f"| [{title}]({folder.name}/) | {machine}, torch {m.get('torch')} | {m.get('date')} | "
-            f"{len(s.get('rows', [])):,} | `{command}` | {links} |")
+    return (
+        f"| [{title}]({folder.name}/) | {machine}, torch {m.get('torch')} | {m.get('date')} | "
+        f"{len(s.get('rows', [])):,} | `{command}` | {links} |"
+    )
 
 
 def results_index(root: Path = RESULTS) -> str:

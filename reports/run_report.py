@@ -1,5 +1,6 @@
 """The report of one run: config and code version, training curves, and a section per probe that
 has results; probes not run are listed with the command that runs them."""
+
 from __future__ import annotations
 
 import html
@@ -9,27 +10,39 @@ from reports import figures as F
 from reports.html import Section, code, page, table
 from reports.load import RunFiles
 
-PROBE_TITLES = {"logit_lens": "Logit lens", "causal_tracing": "Causal tracing",
-                "attention": "Attention patterns", "fourier": "Fourier progress measures",
-                "surgery": "Layer-loop surgery"}
+PROBE_TITLES = {
+    "logit_lens": "Logit lens",
+    "causal_tracing": "Causal tracing",
+    "attention": "Attention patterns",
+    "fourier": "Fourier progress measures",
+    "surgery": "Layer-loop surgery",
+}
 
 
 def held_out_split(run: RunFiles) -> str | None:
     """The split whose curve tells the story: inferred ID test, else the test split."""
     splits = run.splits()
-    return next((s for s in ("test_inferred_id", "test", "test_inferred_ood") if s in splits),
-                splits[-1] if splits else None)
+    return next(
+        (s for s in ("test_inferred_id", "test", "test_inferred_ood") if s in splits),
+        splits[-1] if splits else None,
+    )
 
 
 def overview(run: RunFiles) -> Section:
     sec = Section("Run")
     s, cfg = run.summary, run.config
     m = cfg.get("model", {})
-    shape = (f"{m.get('n_prelude', 0)} prelude + {m.get('n_core')} core layer(s) × {m.get('n_steps')} "
-             f"step(s) + {m.get('n_coda', 0)} coda, d_model {m.get('d_model')}")
-    rows = [["directory", str(run.path)], ["experiment", cfg.get("experiment", "")],
-            ["task", cfg.get("data", {}).get("task", "")], ["model", shape],
-            ["code version", cfg.get("code_version", "unknown")]]
+    shape = (
+        f"{m.get('n_prelude', 0)} prelude + {m.get('n_core')} core layer(s) × {m.get('n_steps')} "
+        f"step(s) + {m.get('n_coda', 0)} coda, d_model {m.get('d_model')}"
+    )
+    rows = [
+        ["directory", str(run.path)],
+        ["experiment", cfg.get("experiment", "")],
+        ["task", cfg.get("data", {}).get("task", "")],
+        ["model", shape],
+        ["code version", cfg.get("code_version", "unknown")],
+    ]
     if s:
         rows += [["steps trained", f"{s['steps']:,}"], ["wall time", f"{s['wall_time_s']:.0f} s"]]
     else:
@@ -38,10 +51,22 @@ def overview(run: RunFiles) -> Section:
     if s:
         final = s["final"]
         grok = s.get(f"steps_to_{cfg.get('train', {}).get('grok_threshold', 0.99)}", {})
-        sec.add(table(["split", "final accuracy", "first step ≥ threshold"],
-                      [[k, final.get(f"acc/{k}", float("nan")), f"{grok[k]:,}" if grok.get(k) else "never"]
-                       for k in run.splits()]))
-    sec.add("<details><summary>Full config</summary>" + code(json.dumps(cfg, indent=2)) + "</details>")
+        sec.add(
+            table(
+                ["split", "final accuracy", "first step ≥ threshold"],
+                [
+                    [
+                        k,
+                        final.get(f"acc/{k}", float("nan")),
+                        f"{grok[k]:,}" if grok.get(k) else "never",
+                    ]
+                    for k in run.splits()
+                ],
+            )
+        )
+    sec.add(
+        "<details><summary>Full config</summary>" + code(json.dumps(cfg, indent=2)) + "</details>"
+    )
     return sec
 
 
@@ -72,9 +97,27 @@ def probe_sections(run: RunFiles) -> list[Section]:
     if tr := run.probes.get("causal_tracing"):
         sec = Section(PROBE_TITLES["causal_tracing"])
         last = [r for r in tr.rows if r["checkpoint"] == tr.steps[-1] and r["kind"] == "summary"]
-        sec.add(table(["split", "corrupted token", "examples", "corruption flips the answer", "clean accuracy"],
-                      [[r["split"], r["corrupt"], r["n"], r.get("full_effect", float("nan")),
-                        r.get("clean_acc", float("nan"))] for r in last]))
+        sec.add(
+            table(
+                [
+                    "split",
+                    "corrupted token",
+                    "examples",
+                    "corruption flips the answer",
+                    "clean accuracy",
+                ],
+                [
+                    [
+                        r["split"],
+                        r["corrupt"],
+                        r["n"],
+                        r.get("full_effect", float("nan")),
+                        r.get("clean_acc", float("nan")),
+                    ]
+                    for r in last
+                ],
+            )
+        )
         for r in last:
             if r["n"]:
                 sec.add(F.tracing_maps(tr, r["split"], r["corrupt"]))
@@ -99,15 +142,24 @@ def probe_sections(run: RunFiles) -> list[Section]:
 
 
 def missing_probes(run: RunFiles) -> Section | None:
-    modular = run.config.get("data", {}).get("task") == "modular" and run.config["data"].get("op") == "add"
+    modular = (
+        run.config.get("data", {}).get("task") == "modular"
+        and run.config["data"].get("op") == "add"
+    )
     missing = [p for p in PROBE_TITLES if p not in run.probes and (p != "fourier" or modular)]
     if not missing:
         return None
     sec = Section("Probes not run")
-    sec.text("These probes have no results in this run directory. To compute them over every "
-             "checkpoint, then rebuild this report:")
-    sec.add(code(f"python -m probes run_dir={run.path} probe={','.join(missing)} checkpoints=all\n"
-                 f"python -m reports run_dir={run.path}"))
+    sec.text(
+        "These probes have no results in this run directory. To compute them over every "
+        "checkpoint, then rebuild this report:"
+    )
+    sec.add(
+        code(
+            f"python -m probes run_dir={run.path} probe={','.join(missing)} checkpoints=all\n"
+            f"python -m reports run_dir={run.path}"
+        )
+    )
     sec.add("<ul>" + "".join(f"<li>{html.escape(PROBE_TITLES[p])}</li>" for p in missing) + "</ul>")
     return sec
 

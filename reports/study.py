@@ -18,6 +18,7 @@ Runs with inferred facts also get `stages` (summary.json) and a `## Stages` sect
 (summary.md): the first evaluated step at which each of train_inferred, test_inferred_id and
 every OOD split reaches 0.95, and its ratio to the step that fits the training facts.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ def split_sizes(run: RunFiles) -> dict[str, int]:
     """`n/SPLIT` and `n/SPLIT/hops_K` counts rebuilt from the run's dataset, for runs made before
     evaluation recorded them."""
     from datagen import data_config_from_dict, load_or_build
+
     ds = load_or_build(data_config_from_dict(run.config["data"]), run.config.get("data_cache"))
     out = {}
     for name in ds.eval_splits:
@@ -42,7 +44,9 @@ def split_sizes(run: RunFiles) -> dict[str, int]:
         out[f"n/{name}"] = len(idx)
         hops = ds.hops[idx]
         if len(set(hops.tolist())) > 1:
-            out |= {f"n/{name}/hops_{k}": int((hops == k).sum()) for k in sorted(set(hops.tolist()))}
+            out |= {
+                f"n/{name}/hops_{k}": int((hops == k).sum()) for k in sorted(set(hops.tolist()))
+            }
     return out
 
 
@@ -55,10 +59,10 @@ def run_rows(run: RunFiles, model: str, row: dict | None = None) -> list[dict]:
     for key, acc in row.items():
         if not key.startswith("acc/"):
             continue
-        parts = key.split("/")                      # acc/SPLIT or acc/SPLIT/hops_K
+        parts = key.split("/")  # acc/SPLIT or acc/SPLIT/hops_K
         n = row.get("n/" + "/".join(parts[1:]))
         if n is None:
-            continue                                # no count recorded: no interval, no row
+            continue  # no count recorded: no interval, no row
         fields = {"model": model, "split": parts[1]}
         if len(parts) == 3 and parts[2].startswith("hops_"):
             fields["hops"] = int(parts[2][5:])
@@ -74,11 +78,24 @@ def lens_rows(run: RunFiles, model: str, roles: list[str]) -> list[dict]:
     (the `acc` of a lens row is that top-1 rate, with its interval)."""
     probe = run.probes.get("logit_lens")
     if probe is None:
-        raise SystemExit(f"{run.path} has no logit-lens results; run python -m probes "
-                         f"run_dir={run.path} probe=logit_lens split=...")
-    return [acc_row(r["top1"], r["n"], model=model, split=r["split"], role=r["role"],
-                    layer=r["layer_label"], seed=run.config.get("seed"), step=r["checkpoint"])
-            for r in probe.rows if r.get("kind") == "at_role" and r.get("role") in roles]
+        raise SystemExit(
+            f"{run.path} has no logit-lens results; run python -m probes "
+            f"run_dir={run.path} probe=logit_lens split=..."
+        )
+    return [
+        acc_row(
+            r["top1"],
+            r["n"],
+            model=model,
+            split=r["split"],
+            role=r["role"],
+            layer=r["layer_label"],
+            seed=run.config.get("seed"),
+            step=r["checkpoint"],
+        )
+        for r in probe.rows
+        if r.get("kind") == "at_role" and r.get("role") in roles
+    ]
 
 
 # Fields that tell rows of one model and split apart (a halting rule, a baseline's noise scale
@@ -91,10 +108,15 @@ def pooled(rows: list[dict], by_step: bool = True) -> list[dict]:
     interval. by_step=False pools across steps: rows that each evaluate a final model (bank
     evaluations of runs that stopped at grok, at different steps)."""
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:   # runs of one study share their evaluation schedule, so steps line up
+    for r in rows:  # runs of one study share their evaluation schedule, so steps line up
         if "role" in r or r.get("seed") == "pooled":
-            continue     # lens rows stay per run
-        key = (r["model"], r["split"], *(r.get(f) for f in POOL_APART), r.get("step") if by_step else 0)
+            continue  # lens rows stay per run
+        key = (
+            r["model"],
+            r["split"],
+            *(r.get(f) for f in POOL_APART),
+            r.get("step") if by_step else 0,
+        )
         groups.setdefault(key, []).append(r)
     out = []
     for (model, split, *apart, _), rs in groups.items():
@@ -104,9 +126,20 @@ def pooled(rows: list[dict], by_step: bool = True) -> list[dict]:
         lo, hi = wilson(round(k), n)
         extra = {f: v for f, v in zip(POOL_APART, apart) if v is not None}
         steps = [r["step"] for r in rs if r.get("step") is not None]
-        out.append({"model": model, "split": split, **extra, "acc": k / n, "lo": lo, "hi": hi,
-                    "n": n, "seed": "pooled", "seeds": len(rs)}
-                   | ({"step": max(steps)} if steps else {}))
+        out.append(
+            {
+                "model": model,
+                "split": split,
+                **extra,
+                "acc": k / n,
+                "lo": lo,
+                "hi": hi,
+                "n": n,
+                "seed": "pooled",
+                "seeds": len(rs),
+            }
+            | ({"step": max(steps)} if steps else {})
+        )
     return out
 
 
@@ -121,18 +154,25 @@ def run_labels(runs: list[RunFiles], model_names: dict[str, str] | None = None) 
     that differ between runs, seeds aside; the experiment when only seeds differ)."""
     differ, groups = group_runs(runs)
     labels = short_labels(differ, groups)
-    if len(groups) == 1:      # nothing differs but the seed: name the model by its experiment
+    if len(groups) == 1:  # nothing differs but the seed: name the model by its experiment
         labels = {label: runs[0].name for label in groups}
-    return {str(run.path): (model_names or {}).get(str(run.path), labels[label])
-            for label, members in groups.items() for run in members}
+    return {
+        str(run.path): (model_names or {}).get(str(run.path), labels[label])
+        for label, members in groups.items()
+        for run in members
+    }
 
 
-def study_rows(runs: list[RunFiles], model_names: dict[str, str] | None = None,
-               steps: list[int] = (), lens: list[str] = ()) -> list[dict]:
+def study_rows(
+    runs: list[RunFiles],
+    model_names: dict[str, str] | None = None,
+    steps: list[int] = (),
+    lens: list[str] = (),
+) -> list[dict]:
     """Rows for every run at its last evaluation and at each of `steps` (its last evaluation at
     or before that step), the model named by its group label (the settings that differ between
     runs, seeds aside) unless `model_names` maps a run directory to a name."""
-    names = run_labels(runs, model_names)          # in group order, as the rows are
+    names = run_labels(runs, model_names)  # in group order, as the rows are
     by_path = {str(run.path): run for run in runs}
     rows = []
     for path, name in names.items():
@@ -147,7 +187,7 @@ def study_rows(runs: list[RunFiles], model_names: dict[str, str] | None = None,
 
 
 STAGE_THRESHOLD = 0.95
-STAGE_SPLITS = {"fit": "train_inferred", "id": "test_inferred_id"}   # and every other OOD split
+STAGE_SPLITS = {"fit": "train_inferred", "id": "test_inferred_id"}  # and every other OOD split
 
 
 def first_step_at(run: RunFiles, split: str, threshold: float = STAGE_THRESHOLD) -> int | None:
@@ -167,14 +207,23 @@ def stage_entries(runs: list[RunFiles], labels: dict[str, str]) -> list[dict]:
         if STAGE_SPLITS["fit"] not in splits or STAGE_SPLITS["id"] not in splits:
             continue
         fit = first_step_at(run, STAGE_SPLITS["fit"])
-        later = [STAGE_SPLITS["id"]] + [s for s in splits if s.startswith("test_") and
-                                        s != STAGE_SPLITS["id"]]
+        later = [STAGE_SPLITS["id"]] + [
+            s for s in splits if s.startswith("test_") and s != STAGE_SPLITS["id"]
+        ]
         steps = {s: first_step_at(run, s) for s in later}
-        out.append({"model": labels[str(run.path)], "seed": run.config.get("seed"),
-                    "threshold": STAGE_THRESHOLD, "last_step": run.metrics[-1]["step"],
-                    "fit_step": fit, "steps": steps,
-                    "ratio": {s: (v / fit if v is not None and fit else None)
-                              for s, v in steps.items()}})
+        out.append(
+            {
+                "model": labels[str(run.path)],
+                "seed": run.config.get("seed"),
+                "threshold": STAGE_THRESHOLD,
+                "last_step": run.metrics[-1]["step"],
+                "fit_step": fit,
+                "steps": steps,
+                "ratio": {
+                    s: (v / fit if v is not None and fit else None) for s, v in steps.items()
+                },
+            }
+        )
     return out
 
 
@@ -184,56 +233,96 @@ def stages_lines(stages: list[dict]) -> list[str]:
         return []
     splits = list(dict.fromkeys(s for e in stages for s in e["steps"]))
     t = stages[0]["threshold"]
-    lines = ["", "## Stages", "",
-             f"The first evaluated step at which each split reaches {t:g} (evaluations are "
-             "log-spaced, so a stage's step is known to that resolution), and in brackets its "
-             f"ratio to the step that fits the training facts; `-`: not by the run's last step.",
-             "", "| model | seed | last step | fit (train_inferred) | " + " | ".join(splits) + " |",
-             "|" + "---|" * (4 + len(splits))]
+    lines = [
+        "",
+        "## Stages",
+        "",
+        f"The first evaluated step at which each split reaches {t:g} (evaluations are "
+        "log-spaced, so a stage's step is known to that resolution), and in brackets its "
+        f"ratio to the step that fits the training facts; `-`: not by the run's last step.",
+        "",
+        "| model | seed | last step | fit (train_inferred) | " + " | ".join(splits) + " |",
+        "|" + "---|" * (4 + len(splits)),
+    ]
+
     def cell(e: dict, split: str) -> str:
         step, ratio = e["steps"].get(split), e["ratio"].get(split)
         if step is None:
             return "-"
-        return f"{step:,}" + ("" if ratio is None else f" ({ratio:.1f}x)")   # no ratio: never fit
+        return f"{step:,}" + ("" if ratio is None else f" ({ratio:.1f}x)")  # no ratio: never fit
 
     for e in stages:
         cells = [cell(e, s) for s in splits]
         fit = f"{e['fit_step']:,}" if e["fit_step"] else "-"
-        lines.append(f"| {e['model']} | {e['seed']} | {e['last_step']:,} | {fit} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {e['model']} | {e['seed']} | {e['last_step']:,} | {fit} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return lines
 
 
 def markdown(summary: dict) -> str:
-    rows = [r for r in summary["rows"] if "role" not in r]   # lens rows: in summary.json
+    rows = [r for r in summary["rows"] if "role" not in r]  # lens rows: in summary.json
     apart = [f for f in POOL_APART if f != "metric" and any(f in r for r in rows)]
     head = ["model", "split"] + apart + ["seed", "step", "acc", "95% CI", "n"]
-    lines = [f"# {summary['study']}", "", "Commands:", "", "```bash", *summary["commands"], "```", "",
-             f"Machine: {summary['machine'].get('cpu')} ({summary['machine'].get('cores')} cores), "
-             f"torch {summary['machine'].get('torch')}, {summary['machine'].get('date')}.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"# {summary['study']}",
+        "",
+        "Commands:",
+        "",
+        "```bash",
+        *summary["commands"],
+        "```",
+        "",
+        f"Machine: {summary['machine'].get('cpu')} ({summary['machine'].get('cores')} cores), "
+        f"torch {summary['machine'].get('torch')}, {summary['machine'].get('date')}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in rows:
         step = f"{r['step']:,}" if isinstance(r.get("step"), int) else str(r.get("step", "-"))
-        cells = [r["model"], r["split"]] + [str(r.get(f, "")) for f in apart] + [
-            str(r["seed"]), step, f"{r['acc']:.3f}", f"[{r['lo']:.3f}, {r['hi']:.3f}]", f"{r['n']:,}"]
+        cells = (
+            [r["model"], r["split"]]
+            + [str(r.get(f, "")) for f in apart]
+            + [
+                str(r["seed"]),
+                step,
+                f"{r['acc']:.3f}",
+                f"[{r['lo']:.3f}, {r['hi']:.3f}]",
+                f"{r['n']:,}",
+            ]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     lines += stages_lines(summary.get("stages", []))
     return "\n".join(lines) + "\n"
 
 
-def write_study(out: str | Path, study: str, runs: list[RunFiles], commands: list[str],
-                model_names: dict[str, str] | None = None, extra_rows: list[dict] | None = None,
-                steps: list[int] = (), lens: list[str] = ()) -> dict:
+def write_study(
+    out: str | Path,
+    study: str,
+    runs: list[RunFiles],
+    commands: list[str],
+    model_names: dict[str, str] | None = None,
+    extra_rows: list[dict] | None = None,
+    steps: list[int] = (),
+    lens: list[str] = (),
+) -> dict:
     """Write summary.json, summary.md and compare.html for `runs` into `out`; returns the summary."""
     out = Path(out)
-    summary = {"study": study, "machine": machine(), "commands": list(commands),
-               "rows": study_rows(runs, model_names, steps, lens) + list(extra_rows or [])}
+    summary = {
+        "study": study,
+        "machine": machine(),
+        "commands": list(commands),
+        "rows": study_rows(runs, model_names, steps, lens) + list(extra_rows or []),
+    }
     if stages := stage_entries(runs, run_labels(runs, model_names)):
         summary["stages"] = stages
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "summary.md", markdown(summary))
     report = compare_report(runs) if runs else included_report(study, summary["rows"])
-    write(out / "compare.html", report)   # under docs/results: loads the shared plotly.js
+    write(out / "compare.html", report)  # under docs/results: loads the shared plotly.js
     return summary
 
 
@@ -247,8 +336,10 @@ def included_report(study: str, rows: list[dict]) -> str:
     pooled_rows = [r for r in rows if r.get("seed") == "pooled" and "hops" not in r]
     shown = pooled_rows or [r for r in rows if "hops" not in r]
     section = Section("Accuracy by split")
-    section.text("Wilson 95% intervals; seeds pooled where a row has several. Per-seed and per-hop "
-                 "rows are in summary.json and summary.md.")
+    section.text(
+        "Wilson 95% intervals; seeds pooled where a row has several. Per-seed and per-hop "
+        "rows are in summary.json and summary.md."
+    )
     for sigma in dict.fromkeys(r.get("sigma") for r in shown):
         title = study if sigma is None else f"{study}, sigma = {sigma:g}"
         section.add(interval_bars([r for r in shown if r.get("sigma") == sigma], title))
@@ -258,28 +349,33 @@ def included_report(study: str, rows: list[dict]) -> str:
 @dataclass
 class StudyCommand:
     """Schema of conf/study.yaml."""
-    runs: list[str] = field(default_factory=list)      # runs or sweep trees
-    name: str = "???"                                  # the study's name
-    out: str | None = None                             # None: runs/studies/NAME (never docs/)
+
+    runs: list[str] = field(default_factory=list)  # runs or sweep trees
+    name: str = "???"  # the study's name
+    out: str | None = None  # None: runs/studies/NAME (never docs/)
     commands: list[str] = field(default_factory=list)  # the commands that made the runs
-    steps: list[int] = field(default_factory=list)     # rows also at these training steps
-    lens: list[str] = field(default_factory=list)      # roles whose logit-lens top-1 become rows
-    include: list[str] = field(default_factory=list)   # other summary.json files whose rows to add
-                                                       # (e.g. python -m grokloop.bank eval's)
-    names: list[str] = field(default_factory=list)     # a model name per entry of runs (every run
-                                                       # under it); default: the fewest config
-                                                       # keys that tell the models apart
+    steps: list[int] = field(default_factory=list)  # rows also at these training steps
+    lens: list[str] = field(default_factory=list)  # roles whose logit-lens top-1 become rows
+    include: list[str] = field(default_factory=list)  # other summary.json files whose rows to add
+    # (e.g. python -m grokloop.bank eval's)
+    names: list[str] = field(default_factory=list)  # a model name per entry of runs (every run
+    # under it); default: the fewest config
+    # keys that tell the models apart
 
 
 def run_study(cmd: StudyCommand) -> None:
     if not cmd.runs and not cmd.include:
-        raise SystemExit("give the runs or sweep trees, or include=[summary.json,...]: "
-                         "python -m reports.study DIR [DIR ...] name=NAME")
+        raise SystemExit(
+            "give the runs or sweep trees, or include=[summary.json,...]: "
+            "python -m reports.study DIR [DIR ...] name=NAME"
+        )
     out = Path(cmd.out or Path("runs/studies") / cmd.name)
     names = list(cmd.names or [])
     if names and len(names) != len(cmd.runs):
-        raise SystemExit(f"names: {len(names)} names for {len(cmd.runs)} runs entries; give one "
-                         "per entry (every run under an entry takes its name) or none")
+        raise SystemExit(
+            f"names: {len(names)} names for {len(cmd.runs)} runs entries; give one "
+            "per entry (every run under an entry takes its name) or none"
+        )
     runs, model_names = [], {}
     for i, entry in enumerate(cmd.runs):
         for path in find_runs([entry]):
@@ -295,11 +391,21 @@ def run_study(cmd: StudyCommand) -> None:
         # method on two tasks (same split names) never pools
         tag = {"data": included["data"]} if isinstance(included.get("data"), str) else {}
         extra += [tag | r for r in included["rows"]]
-    extra += pooled(extra, by_step=False)   # each included row evaluates a final model
-    summary = write_study(out, cmd.name, runs, cmd.commands, model_names=model_names or None,
-                          steps=cmd.steps, lens=cmd.lens, extra_rows=extra)
-    print(f"wrote {out}/summary.json, summary.md and compare.html: {len(runs)} runs, "
-          f"{len(summary['rows'])} rows")
+    extra += pooled(extra, by_step=False)  # each included row evaluates a final model
+    summary = write_study(
+        out,
+        cmd.name,
+        runs,
+        cmd.commands,
+        model_names=model_names or None,
+        steps=cmd.steps,
+        lens=cmd.lens,
+        extra_rows=extra,
+    )
+    print(
+        f"wrote {out}/summary.json, summary.md and compare.html: {len(runs)} runs, "
+        f"{len(summary['rows'])} rows"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

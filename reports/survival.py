@@ -4,6 +4,7 @@ or a t interval over censored steps is not an estimate of anything; these are.
 
     km_median([400, 900, 10000], [True, True, False])   # 900.0
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,14 @@ def km_median(times: list[float], events: list[bool]) -> float | None:
 
 def logrank(times_a, events_a, times_b, events_b) -> float:
     """The log-rank test's p value for two groups of (possibly censored) times to the event."""
-    return float(logrank_test(np.asarray(times_a, float), np.asarray(times_b, float),
-                              np.asarray(events_a, bool), np.asarray(events_b, bool)).p_value)
+    return float(
+        logrank_test(
+            np.asarray(times_a, float),
+            np.asarray(times_b, float),
+            np.asarray(events_a, bool),
+            np.asarray(events_b, bool),
+        ).p_value
+    )
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:

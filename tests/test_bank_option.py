@@ -2,6 +2,7 @@
 the bank a directory holds, each checked against the run before any work (one helper:
 grokloop/bank.py bank_option), and a swapped bank changes what they measure while the same bank
 does not."""
+
 import json
 
 import pytest
@@ -26,8 +27,9 @@ EXPERIMENT = ["experiment=composition_cpu_loop2_memory_address", "debug=tiny", *
 
 
 def run_config(cache, *over):
-    d = OmegaConf.to_container(cli.compose("train", [*EXPERIMENT, f"data_cache={cache}", *over]),
-                               resolve=True)
+    d = OmegaConf.to_container(
+        cli.compose("train", [*EXPERIMENT, f"data_cache={cache}", *over]), resolve=True
+    )
     d.pop("out_dir"), d.pop("resume")
     return run_config_from_dict(d)
 
@@ -49,25 +51,32 @@ def test_training_with_train_bank_reads_that_bank_and_records_it(banked):
     tmp, _ = banked
     model, ds, config = load_model(tmp / "run")
     g2, manifest = load_bank(tmp / "g2", ds.vocab)
-    assert not torch.equal(g2.ids(), FactBank.from_dataset(ds).ids())   # not the training graph
-    assert torch.equal(model.memory.bank.ids(), g2.ids())                 # what it trained reading
+    assert not torch.equal(g2.ids(), FactBank.from_dataset(ds).ids())  # not the training graph
+    assert torch.equal(model.memory.bank.ids(), g2.ids())  # what it trained reading
     first = load_model(tmp / "run", 10)[0]
     assert torch.equal(first.memory.bank.ids(), g2.ids())
     assert config["train"]["bank"] == str(tmp / "g2")
     assert config["train"]["bank_sha256"] == facts_sha256(g2) == manifest["facts_sha256"]
 
 
-@pytest.mark.parametrize("over, needle", [
-    (["train.bank=NOPE"], "train.bank=NOPE is not a bank (no manifest.json)"),
-    (["train.bank=other"], "was built for another vocabulary"),
-    (["train.bank=g2", "model.memory=none"], "this run has no memory to read a bank"),
-    (["train.bank=g2", "train.bank_sha256=abc"], "not train.bank_sha256=abc"),
-    (["train.bank_sha256=abc"], "train.bank, which is not set"),
-])
+@pytest.mark.parametrize(
+    "over, needle",
+    [
+        (["train.bank=NOPE"], "train.bank=NOPE is not a bank (no manifest.json)"),
+        (["train.bank=other"], "was built for another vocabulary"),
+        (["train.bank=g2", "model.memory=none"], "this run has no memory to read a bank"),
+        (["train.bank=g2", "train.bank_sha256=abc"], "not train.bank_sha256=abc"),
+        (["train.bank_sha256=abc"], "train.bank, which is not set"),
+    ],
+)
 def test_a_bank_the_run_cannot_read_is_refused_before_anything_is_written(banked, over, needle):
     tmp, cache = banked
-    over = [o.replace("=NOPE", f"={tmp / 'nope'}").replace("=other", f"={tmp / 'other'}")
-            .replace("=g2", f"={tmp / 'g2'}") for o in over]
+    over = [
+        o.replace("=NOPE", f"={tmp / 'nope'}")
+        .replace("=other", f"={tmp / 'other'}")
+        .replace("=g2", f"={tmp / 'g2'}")
+        for o in over
+    ]
     with pytest.raises(SystemExit) as e:
         train_main([*EXPERIMENT, cache, *over, f"out_dir={tmp / 'refused'}"])
     assert e.value.code == 2 and needle.replace("NOPE", str(tmp / "nope")) in str(e.value)
@@ -82,21 +91,23 @@ def test_a_resume_with_another_bank_is_refused_and_the_same_bank_is_the_same_run
         train(run_config(cache, f"train.bank={tmp / 'g1'}"), run, resume=True)
     assert "train.bank_sha256" in str(e.value) and "Nothing was changed" in str(e.value)
     with pytest.raises(ValueError, match="train.bank: .*g2.* -> None"):
-        train(run_config(cache), run, resume=True)              # the training graph instead
-    saved = json.loads((run / "config.json").read_text())       # same path, other facts
+        train(run_config(cache), run, resume=True)  # the training graph instead
+    saved = json.loads((run / "config.json").read_text())  # same path, other facts
     saved["train"]["bank_sha256"] = "0" * 64
     with pytest.raises(ValueError, match="train.bank_sha256"):
         resume_changes(run, saved)
     done = train(run_config(cache, f"train.bank={tmp / 'g2'}"), run, resume=True)
-    assert done["steps"] == 20                                  # finished: nothing to do
+    assert done["steps"] == 20  # finished: nothing to do
     assert before == {f: (run / f).read_text() for f in before}
     assert not (run / "resume_log.jsonl").exists()
 
 
 def attention_rows(run, sub=""):
     lines = (run / "probes" / sub / "attention.jsonl").read_text().splitlines()
-    return {(r["checkpoint"], r["split"], r["layer"], r["head"], r["query"], r["key"]):
-            r["attention"] for r in map(json.loads, lines)}
+    return {
+        (r["checkpoint"], r["split"], r["layer"], r["head"], r["query"], r["key"]): r["attention"]
+        for r in map(json.loads, lines)
+    }
 
 
 def test_probes_read_the_bank_given_at_every_checkpoint(banked):
@@ -105,15 +116,16 @@ def test_probes_read_the_bank_given_at_every_checkpoint(banked):
     args = [f"run_dir={run}", "probe=attention", "checkpoints=all", "n=8", "n_attention=4"]
     probes_main(args)
     own = attention_rows(run)
-    probes_main([*args, f"bank={tmp / 'g2'}"])      # the bank it trained with: the same patterns
+    probes_main([*args, f"bank={tmp / 'g2'}"])  # the bank it trained with: the same patterns
     assert attention_rows(run, "bank_g2") == own
-    probes_main([*args, f"bank={tmp / 'g1'}"])      # another graph's: other patterns, each step
+    probes_main([*args, f"bank={tmp / 'g1'}"])  # another graph's: other patterns, each step
     swapped = attention_rows(run, "bank_g1")
     assert swapped.keys() == own.keys()
     steps = {k[0] for k in own}
-    assert len(steps) >= 2 and all(any(swapped[k] != v for k, v in own.items() if k[0] == s)
-                                   for s in steps)
-    assert attention_rows(run) == own                # the run's own probes are untouched
+    assert len(steps) >= 2 and all(
+        any(swapped[k] != v for k, v in own.items() if k[0] == s) for s in steps
+    )
+    assert attention_rows(run) == own  # the run's own probes are untouched
     record = json.loads((run / "probes" / "bank_g1" / "attention.json").read_text())
     _, ds, _ = load_model(run)
     assert record["bank"]["facts_sha256"] == facts_sha256(load_bank(tmp / "g1", ds.vocab)[0])
@@ -138,15 +150,27 @@ def test_halting_reads_the_bank_given(banked):
 
 def test_probes_and_halting_refuse_a_bank_they_cannot_read(banked):
     tmp, cache = banked
-    plain = tmp / "plain"        # a run without a memory
-    train_main([*EXPERIMENT, cache, "model.memory=none", "train.memory_address_loss=0",
-                "train.steps=2", f"out_dir={plain}"])
-    cases = [(plain, "g2", "this run has no memory to read a bank"),
-             (tmp / "run", "other", "was built for another vocabulary"),
-             (tmp / "run", "nope", "is not a bank (no manifest.json)")]
+    plain = tmp / "plain"  # a run without a memory
+    train_main(
+        [
+            *EXPERIMENT,
+            cache,
+            "model.memory=none",
+            "train.memory_address_loss=0",
+            "train.steps=2",
+            f"out_dir={plain}",
+        ]
+    )
+    cases = [
+        (plain, "g2", "this run has no memory to read a bank"),
+        (tmp / "run", "other", "was built for another vocabulary"),
+        (tmp / "run", "nope", "is not a bank (no manifest.json)"),
+    ]
     for run, bank, needle in cases:
-        for main, args in ((probes_main, ["probe=attention", "n=4"]),
-                           (halting_main, ["iterations=1"])):
+        for main, args in (
+            (probes_main, ["probe=attention", "n=4"]),
+            (halting_main, ["iterations=1"]),
+        ):
             with pytest.raises(SystemExit) as e:
                 main([f"run_dir={run}", f"bank={tmp / bank}", *args])
             assert e.value.code == 2 and needle in str(e.value), (run, bank, str(e.value))

@@ -1,5 +1,6 @@
 """The non-parametric baselines (grokloop/baselines/): exact nearest-key lookup, noise, the
 scattershot construction, the symbolic lookup and the command. Tiny datasets, a few seconds."""
+
 import json
 import subprocess
 import sys
@@ -29,8 +30,9 @@ from grokloop.baselines.lookup import KeyMemory, top1, top1_naive
 from grokloop.baselines.symbolic import symbolic_answers
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_COMPOSITION = dict(n_entities=40, n_relations=6, out_degree=4, phi=2.0, test_id_fraction=0.2,
-                        eval_size=200)
+TINY_COMPOSITION = dict(
+    n_entities=40, n_relations=6, out_degree=4, phi=2.0, test_id_fraction=0.2, eval_size=200
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +42,13 @@ def khop():
 
 @pytest.fixture(scope="module")
 def datasets(khop):
-    return {"composition": khop,
-            "comparison": build_dataset(ComparisonConfig(n_entities=30, n_attributes=3,
-                                                         n_values=6, phi=2.0, eval_size=200)),
-            "modular": build_dataset(ModularConfig(p=23, train_fraction=0.4))}
+    return {
+        "composition": khop,
+        "comparison": build_dataset(
+            ComparisonConfig(n_entities=30, n_attributes=3, n_values=6, phi=2.0, eval_size=200)
+        ),
+        "modular": build_dataset(ModularConfig(p=23, train_fraction=0.4)),
+    }
 
 
 @pytest.mark.parametrize("task", ["composition", "comparison", "modular"])
@@ -53,7 +58,7 @@ def test_zero_noise_lookup_retrieves_every_training_fact_exactly(datasets, task)
     lb = LookupBaselines(ds, d=32, seed=0)
     for method in NOISED:
         nearest = lb.memories[method].nearest(lb.embed(method, train))
-        assert torch.equal(nearest, torch.arange(len(train))), method   # each finds itself
+        assert torch.equal(nearest, torch.arange(len(train))), method  # each finds itself
         assert (lb.answers(method, train) == ds.answers[train]).all(), method
     rows = evaluate(ds, NOISED, [0.0], d=32)
     trained = {"atomic_id", "atomic_ood", "train_inferred", "train_sample"}
@@ -62,16 +67,19 @@ def test_zero_noise_lookup_retrieves_every_training_fact_exactly(datasets, task)
 
 def test_accuracy_falls_as_noise_grows(khop):
     def acc(sigma, method):
-        rows = [r for seed in (0, 1) for r in evaluate(khop, [method], [sigma], d=16, seed=seed,
-                                                        splits=["train_inferred"])
-                if "hops" not in r]
-        return np.mean([r["acc"] for r in rows])   # over two seeds (keys and noise)
+        rows = [
+            r
+            for seed in (0, 1)
+            for r in evaluate(khop, [method], [sigma], d=16, seed=seed, splits=["train_inferred"])
+            if "hops" not in r
+        ]
+        return np.mean([r["acc"] for r in rows])  # over two seeds (keys and noise)
 
     for method in NOISED:
         accs = [acc(s, method) for s in (0.0, 1.0, 2.0, 4.0)]
         assert accs[0] == 1.0, method
         assert all(a >= b - 0.02 for a, b in zip(accs, accs[1:])), (method, accs)  # monotone
-        assert accs[-1] < 0.5 < accs[1], (method, accs)                             # and real
+        assert accs[-1] < 0.5 < accs[1], (method, accs)  # and real
 
 
 def test_noise_is_seeded_and_shared_by_the_two_context_metrics(khop):
@@ -84,19 +92,34 @@ def test_noise_is_seeded_and_shared_by_the_two_context_metrics(khop):
 
 
 def test_symbolic_lookup_chains_permutation_relations_to_any_depth():
-    ds = build_dataset(PermutationChainsConfig(n_entities=20, n_relations=3, hops=[2], test_hops=[3, 5],
-                                               train_per_hop=100, eval_size=20, valid_size=10))
+    ds = build_dataset(
+        PermutationChainsConfig(
+            n_entities=20,
+            n_relations=3,
+            hops=[2],
+            test_hops=[3, 5],
+            train_per_hop=100,
+            eval_size=20,
+            valid_size=10,
+        )
+    )
     idx = ds.splits["test_inferred_id"]
     assert set(ds.hops[idx]) == {2, 3, 5} and (symbolic_answers(ds, idx) == ds.answers[idx]).all()
 
 
 def test_symbolic_lookup_answers_every_inferred_fact_whose_atomic_facts_trained(khop):
     ds = khop
-    for split in ("test_inferred_id", "test_inferred_ood", "test_OI", "test_IO", "atomic_id",
-                  "train_inferred"):
+    for split in (
+        "test_inferred_id",
+        "test_inferred_ood",
+        "test_OI",
+        "test_IO",
+        "atomic_id",
+        "train_inferred",
+    ):
         idx = ds.splits[split]
         assert (symbolic_answers(ds, idx) == ds.answers[idx]).all(), split
-    assert set(ds.hops[ds.splits["test_inferred_id"]]) == {2, 3, 4}   # k hops, test-only 4 too
+    assert set(ds.hops[ds.splits["test_inferred_id"]]) == {2, 3, 4}  # k hops, test-only 4 too
 
     # Drop one atomic fact from training: exactly the queries that use it go unanswered.
     train = ds.splits["train"]
@@ -126,7 +149,7 @@ def test_symbolic_comparison_and_table(datasets):
     mod = datasets["modular"]
     rows = {r["split"]: r for r in evaluate(mod, ["symbolic"])}
     assert rows["train_sample"]["acc"] == 1.0 and rows["train_sample"]["coverage"] == 1.0
-    assert rows["test"]["coverage"] == 0.0        # a held-out cell is never in the table
+    assert rows["test"]["coverage"] == 0.0  # a held-out cell is never in the table
 
 
 def test_scattershot_levels_have_the_documented_shapes():
@@ -139,7 +162,7 @@ def test_scattershot_levels_have_the_documented_shapes():
     levels = scattershot_levels(tokens, keys)
     assert [tuple(lv.shape) for lv in levels] == [(2, 3, 8), (2, 2, 8), (2, 1, 8)]
     k1, k2, k3 = keys[1], keys[2], keys[3]
-    torch.testing.assert_close(levels[1][0], torch.stack([(k1 + k2) / 2, k3]))   # odd carried up
+    torch.testing.assert_close(levels[1][0], torch.stack([(k1 + k2) / 2, k3]))  # odd carried up
     torch.testing.assert_close(levels[2][0, 0], ((k1 + k2) / 2 + k3) / 2)
     for L in (1, 3, 5, 9):
         emb = scattershot_embedding(np.zeros((4, L), dtype=np.int64), keys)
@@ -150,9 +173,9 @@ def test_keys_embeddings_and_digit_weights():
     keys = canonical_keys(7, 64, seed=1)
     assert torch.equal(keys, canonical_keys(7, 64, seed=1))
     assert not torch.equal(keys, canonical_keys(7, 64, seed=2))
-    assert keys.norm(dim=1).sub(1).abs().max() < 0.4                      # ~unit norm
+    assert keys.norm(dim=1).sub(1).abs().max() < 0.4  # ~unit norm
     emb = context_embedding(np.array([[1, 2], [2, 1]]), keys)
-    assert emb.shape == (2, 128) and not torch.equal(emb[0], emb[1])      # order is kept
+    assert emb.shape == (2, 128) and not torch.equal(emb[0], emb[1])  # order is kept
     torch.testing.assert_close(digit_weights(3, 2.0), torch.tensor([1.0, 0.5, 0.25]))
     with pytest.raises(ValueError):
         digit_weights(3, 0.0)
@@ -163,7 +186,7 @@ def test_exact_search_matches_brute_force():
     bank, q = torch.randn(1000, 12, generator=g), torch.randn(37, 12, generator=g)
     _, idx = top1(q, bank, query_chunk=8, bank_chunk=100)
     assert torch.equal(idx, (q @ bank.T).argmax(1)) and torch.equal(idx, top1_naive(q, bank))
-    dup = torch.cat([bank[:5], bank[:5]])                  # ties go to the lowest index
+    dup = torch.cat([bank[:5], bank[:5]])  # ties go to the lowest index
     assert torch.equal(top1(bank[:5], dup, bank_chunk=3)[1], torch.arange(5))
     # The digit metric is the weighted squared distance by position.
     L, d = 3, 4
@@ -172,7 +195,7 @@ def test_exact_search_matches_brute_force():
     dist = ((q[:, None].reshape(37, 1, L, d) - bank.reshape(1, 1000, L, d)) ** 2).sum(-1)
     assert torch.equal(mem.nearest(q), (dist * w).sum(-1).argmin(1))
     cos = KeyMemory(bank, torch.arange(1000), "cosine")
-    want = (torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(bank, dim=1).T)
+    want = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(bank, dim=1).T
     assert torch.equal(cos.nearest(q), want.argmax(1))
 
 
@@ -180,24 +203,45 @@ def test_cli_writes_the_results_schema(tmp_path):
     from grokloop.baselines.__main__ import main
 
     out = tmp_path / "b"
-    main(["lookup", "data=composition_small", "data.n_entities=40", "data.n_relations=6",
-          "data.out_degree=4", "data.phi=2.0", "data.eval_size=100", "sigma=[0,3]", "d=32",
-          f"out={out}", "data_cache=null"])
+    main(
+        [
+            "lookup",
+            "data=composition_small",
+            "data.n_entities=40",
+            "data.n_relations=6",
+            "data.out_degree=4",
+            "data.phi=2.0",
+            "data.eval_size=100",
+            "sigma=[0,3]",
+            "d=32",
+            f"out={out}",
+            "data_cache=null",
+        ]
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"] == "composition_small" and summary["machine"]["cpu"]
     rows = summary["rows"]
-    assert {r["model"] for r in rows} == {"lookup_cosine", "lookup_digit", "scattershot",
-                                          "symbolic"}
+    assert {r["model"] for r in rows} == {
+        "lookup_cosine",
+        "lookup_digit",
+        "scattershot",
+        "symbolic",
+    }
     for r in rows:
         assert {"model", "split", "acc", "lo", "hi", "n", "sigma", "chance"} <= set(r)
         assert r["lo"] - 1e-9 <= r["acc"] <= r["hi"] + 1e-9 and r["n"] > 0
     assert {r["sigma"] for r in rows if r["model"] != "symbolic"} == {0.0, 3.0}
-    assert {r["split"] for r in rows} >= {"atomic_id", "train_inferred", "test_inferred_id",
-                                          "test_OI", "test_IO"}
+    assert {r["split"] for r in rows} >= {
+        "atomic_id",
+        "train_inferred",
+        "test_inferred_id",
+        "test_OI",
+        "test_IO",
+    }
     sym = {r["split"]: r["acc"] for r in rows if r["model"] == "symbolic"}
     look = {r["split"]: r["acc"] for r in rows if r["model"] == "lookup_cosine" and r["sigma"] == 0}
     assert sym["test_inferred_id"] == 1.0 and look["train_inferred"] == 1.0
-    assert look["test_inferred_id"] < 0.2                        # memorisation does not infer
+    assert look["test_inferred_id"] < 0.2  # memorisation does not infer
     assert "| symbolic |" in (out / "summary.md").read_text()
 
 
@@ -214,8 +258,11 @@ def test_cli_rejects_a_wrong_verb_and_an_unknown_method(tmp_path):
 
 def test_lookup_benchmark_smoke(tmp_path):
     out = tmp_path / "lookup.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "bench_lookup.py"), "--smoke", "--out",
-                    str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_lookup.py"), "--smoke", "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
     r = json.loads(out.read_text())
     assert r["agree"] and r["chunked_ms_median"] > 0 and r["naive_ms_extrapolated"] > 0
     assert r["machine"]["cpu"]

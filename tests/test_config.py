@@ -1,5 +1,6 @@
 """Configs: the dataclasses are the schemas of conf/, the YAML holds deltas, every entry point
 shares one override grammar, and config errors are one line at compose time."""
+
 import dataclasses
 import importlib
 import importlib.util
@@ -34,7 +35,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 def run_config(overrides) -> RunConfig:
     """What `python -m grokloop.train overrides` trains, before the dataset resolves sizes."""
     cfg = cli.compose("train", overrides)
-    with open_dict(cfg):   # out_dir may name ${hydra:...}, which only a running job resolves
+    with open_dict(cfg):  # out_dir may name ${hydra:...}, which only a running job resolves
         del cfg["out_dir"], cfg["resume"]
     return run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))
 
@@ -42,9 +43,9 @@ def run_config(overrides) -> RunConfig:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_typed_and_validates(experiment):
     cfg = cli.compose("train", [f"experiment={experiment}"])
-    assert experiment in cfg.out_dir                    # each experiment its own run directory
+    assert experiment in cfg.out_dir  # each experiment its own run directory
     assert OmegaConf.get_type(cfg, "model") is ModelConfig
-    assert OmegaConf.get_type(cfg, "data") is DATA_CONFIGS[cfg.data.task]   # typed by its preset
+    assert OmegaConf.get_type(cfg, "data") is DATA_CONFIGS[cfg.data.task]  # typed by its preset
     run = run_config([f"experiment={experiment}"])
     assert run.experiment == experiment
     tiny = run_config([f"experiment={experiment}", "debug=tiny"])
@@ -65,17 +66,25 @@ def _schema_defaults(path: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cls))
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(CONF).as_posix() for group in
-                                        ("data", "model", "optim", "train")
-                                        for p in (CONF / group).glob("*.yaml")))
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p.relative_to(CONF).as_posix()
+        for group in ("data", "model", "optim", "train")
+        for p in (CONF / group).glob("*.yaml")
+    ),
+)
 def test_group_yaml_holds_only_deltas_from_its_schema(path):
     raw = OmegaConf.to_container(OmegaConf.load(CONF / path)) or {}
     defaults = _schema_defaults(CONF / path)
     raw.pop("defaults", None)
     unknown = set(raw) - set(defaults)
     assert not unknown, f"{path}: keys not in the schema: {unknown}"
-    same = {k for k, v in raw.items() if v == defaults[k]
-            or isinstance(v, list) and list(v) == list(defaults[k] or [])}
+    same = {
+        k
+        for k, v in raw.items()
+        if v == defaults[k] or isinstance(v, list) and list(v) == list(defaults[k] or [])
+    }
     assert not same, f"{path} repeats schema defaults: {sorted(same)}"
 
 
@@ -84,14 +93,23 @@ def test_derived_sizes_are_resolved_into_a_new_config():
     assert model.d_mlp is None
     resolved = model.resolved(d_vocab=30, n_ctx=4)
     assert (resolved.d_mlp, resolved.d_vocab, resolved.n_ctx) == (1024, 30, 4)
-    assert resolved.moe_d_expert == 1024 // 2 and model.d_mlp is None   # the original is unchanged
-    assert resolved.resolved(d_vocab=99) == resolved                      # resolving again: a no-op
+    assert resolved.moe_d_expert == 1024 // 2 and model.d_mlp is None  # the original is unchanged
+    assert resolved.resolved(d_vocab=99) == resolved  # resolving again: a no-op
     kept = ModelConfig(d_vocab=50, n_ctx=9, d_mlp=100, moe_d_expert=7).resolved(30, 4)
     assert (kept.d_vocab, kept.n_ctx, kept.d_mlp, kept.moe_d_expert) == (50, 9, 100, 7)
 
 
-@pytest.mark.parametrize("override", ["train.steps=abc", "optim.lr=abc", "train.steps=1.5",
-                                      "resume=maybe", "model.d_modle=3", "data.n_entities=x"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.steps=abc",
+        "optim.lr=abc",
+        "train.steps=1.5",
+        "resume=maybe",
+        "model.d_modle=3",
+        "data.n_entities=x",
+    ],
+)
 def test_wrong_types_and_unknown_keys_fail_at_compose_time(override):
     with pytest.raises(ConfigCompositionException) as e:
         cli.compose("train", ["data=composition_small", override])
@@ -100,9 +118,13 @@ def test_wrong_types_and_unknown_keys_fail_at_compose_time(override):
 
 def test_cli_config_error_is_one_line_exit_2_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "grokloop.train", "train.steps=1.5", f"out_dir={out}"],
-                       capture_output=True, text=True, cwd=tmp_path,
-                       env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    r = subprocess.run(
+        [sys.executable, "-m", "grokloop.train", "train.steps=1.5", f"out_dir={out}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"},
+    )
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: train.steps=1.5") and r.stderr.count("\n") == 1, r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
@@ -120,20 +142,38 @@ def test_help_works_on_every_entry_point(capsys):
         assert e.value.code == 0, name
         out = capsys.readouterr().out
         assert f"python -m {command.module}" in out and "`error: ...`" in out, name
-        assert name != "train" or "experiment: " in out and "composition_small" in out   # groups listed
+        assert (
+            name != "train" or "experiment: " in out and "composition_small" in out
+        )  # groups listed
 
 
-@pytest.mark.parametrize("name, argv, expected", [
-    ("reports", ["compare", "runs/a", "runs/b", "out=x.html"],
-     ["out=x.html", "compare=['runs/a','runs/b']"]),
-    ("adaptive_summary", ["runs/k_1", "out=d"], ["out=d", "runs=['runs/k_1']"]),
-    ("probes", ["run_dir=R", "probe=logit_lens", "repeats=[1,2]", "split=[a]"],
-     ["run_dir=R", "probe=[logit_lens]", "repeats=[1,2]", "split=[a]"]),
-    # Hydra's grammar: a,b is a sweep, left for Hydra to refuse outside --multirun
-    ("probes", ["run_dir=R", "probe=logit_lens,causal_tracing"],
-     ["run_dir=R", "probe=logit_lens,causal_tracing"]),
-    ("train", ["--multirun", "seed=0,1", "-cn", "train"], ["--multirun", "seed=0,1", "-cn", "train"]),
-])
+@pytest.mark.parametrize(
+    "name, argv, expected",
+    [
+        (
+            "reports",
+            ["compare", "runs/a", "runs/b", "out=x.html"],
+            ["out=x.html", "compare=['runs/a','runs/b']"],
+        ),
+        ("adaptive_summary", ["runs/k_1", "out=d"], ["out=d", "runs=['runs/k_1']"]),
+        (
+            "probes",
+            ["run_dir=R", "probe=logit_lens", "repeats=[1,2]", "split=[a]"],
+            ["run_dir=R", "probe=[logit_lens]", "repeats=[1,2]", "split=[a]"],
+        ),
+        # Hydra's grammar: a,b is a sweep, left for Hydra to refuse outside --multirun
+        (
+            "probes",
+            ["run_dir=R", "probe=logit_lens,causal_tracing"],
+            ["run_dir=R", "probe=logit_lens,causal_tracing"],
+        ),
+        (
+            "train",
+            ["--multirun", "seed=0,1", "-cn", "train"],
+            ["--multirun", "seed=0,1", "-cn", "train"],
+        ),
+    ],
+)
 def test_documented_shorthands_become_overrides(name, argv, expected):
     assert cli.overrides(name, argv) == expected
 
@@ -153,9 +193,12 @@ PLACEHOLDERS = {"RUN": "runs/x/seed0", "$e": "khop_vanilla", "DIR": "runs/x"}
 def readme_commands() -> list[str]:
     blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     lines = [line.split("&&")[-1].strip() for b in blocks for line in b.splitlines()]
-    hydra_commands = {c.module for c in cli.COMMANDS.values()}   # not e.g. reports.readme FILE
-    return [" ".join(["python", *shlex.split(line, comments=True)[1:]]) for line in lines
-            if (m := re.match(r"^\S*python -m ([\w.]+)", line)) and m[1] in hydra_commands]
+    hydra_commands = {c.module for c in cli.COMMANDS.values()}  # not e.g. reports.readme FILE
+    return [
+        " ".join(["python", *shlex.split(line, comments=True)[1:]])
+        for line in lines
+        if (m := re.match(r"^\S*python -m ([\w.]+)", line)) and m[1] in hydra_commands
+    ]
 
 
 def compose_command(line: str):
@@ -166,17 +209,27 @@ def compose_command(line: str):
     name = next(n for n, c in cli.COMMANDS.items() if c.module == module)
     args = [a for a in cli.overrides(name, argv) if not a.startswith(("-", "hydra"))]
     # a --multirun grid: its first point (compose() runs one job)
-    args = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override()
-            else o.input_line for o in OverridesParser.create().parse_overrides(args)]
+    args = [
+        f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
+        if o.is_sweep_override()
+        else o.input_line
+        for o in OverridesParser.create().parse_overrides(args)
+    ]
     if name == "train":
         return run_config(args)
     cfg = OmegaConf.to_container(cli.compose(name, args), resolve=True, throw_on_missing=True)
     return data_config_from_dict(cfg["data"]) if name == "datagen" else cfg
 
 
-@pytest.mark.parametrize("line", [pytest.param(line, marks=pytest.mark.xfail(
-    reason=README_KNOWN_WRONG[line], strict=True)) if line in README_KNOWN_WRONG else line
-    for line in readme_commands()])
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(line, marks=pytest.mark.xfail(reason=README_KNOWN_WRONG[line], strict=True))
+        if line in README_KNOWN_WRONG
+        else line
+        for line in readme_commands()
+    ],
+)
 def test_readme_commands_parse(line):
     compose_command(line)
 

@@ -1,6 +1,7 @@
 """Curricula (grokloop/curriculum.py, datagen/mixture.py): the mixture's splits and replay, the
 plan of every mode, gating and chaining of stages, exact resume mid-curriculum after SIGKILL, the
 transfer metrics against a hand-computed matrix, and config errors."""
+
 import json
 import subprocess
 import sys
@@ -19,14 +20,27 @@ from grokloop.curriculum import checked, plan, run_curriculum, transfer_metrics
 from probes.fourier import stage_spectra
 
 # A model small enough that a stage on a 121-cell table takes well under a second.
-TINY = ["curriculum=tiny", "model.d_model=16", "model.n_heads=2", "model.d_mlp=32",
-        "optim.lr=0.01", "train.eval_every_min=5", "train.eval_every_max=10",
-        "train.checkpoint_every_max=10", "train.progress=false", "train.report=false"]
+TINY = [
+    "curriculum=tiny",
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.d_mlp=32",
+    "optim.lr=0.01",
+    "train.eval_every_min=5",
+    "train.eval_every_max=10",
+    "train.checkpoint_every_max=10",
+    "train.progress=false",
+    "train.report=false",
+]
 
 
 def command(tmp_path, *overrides):
-    cmd = OmegaConf.to_object(cli.compose("curriculum", TINY + [
-        f"out_dir={tmp_path / 'cur'}", f"data_cache={tmp_path / 'cache'}", *overrides]))
+    cmd = OmegaConf.to_object(
+        cli.compose(
+            "curriculum",
+            TINY + [f"out_dir={tmp_path / 'cur'}", f"data_cache={tmp_path / 'cache'}", *overrides],
+        )
+    )
     return checked(cmd), Path(cmd.out_dir), cmd.resume
 
 
@@ -36,10 +50,12 @@ def table(op, modulus=127):
 
 # --- the mixture dataset ------------------------------------------------------------------------
 
+
 def test_mixture_trains_one_part_replays_earlier_ones_and_evaluates_every_part():
     parts = {"xor": table("xor"), "add": table("add"), "sub": table("sub"), "mul": table("mul")}
-    cfg = data_config_from_dict({"task": "mixture", "parts": parts, "train_on": ["sub"],
-                                 "replay": 0.25, "eval_size": 500})
+    cfg = data_config_from_dict(
+        {"task": "mixture", "parts": parts, "train_on": ["sub"], "replay": 0.25, "eval_size": 500}
+    )
     ds = build_dataset(cfg)
     alone = {n: build_dataset(data_config_from_dict(d)) for n, d in parts.items()}
     offset = {n: s["offset"] for n, s in ds.stats["parts"].items()}
@@ -50,8 +66,9 @@ def test_mixture_trains_one_part_replays_earlier_ones_and_evaluates_every_part()
     # every training cell of the trained part, the same examples as the part alone
     sub_train = set((alone["sub"].splits["train"] + offset["sub"]).tolist())
     assert sub_train <= train
-    assert np.array_equal(ds.inputs[offset["sub"]:offset["sub"] + len(alone["sub"])],
-                          alone["sub"].inputs)
+    assert np.array_equal(
+        ds.inputs[offset["sub"] : offset["sub"] + len(alone["sub"])], alone["sub"].inputs
+    )
     # replay: a quarter of the training split, evenly from the parts BEFORE sub, their train cells
     replayed = train - sub_train
     assert len(replayed) == round(0.25 / 0.75 * len(sub_train))
@@ -63,7 +80,9 @@ def test_mixture_trains_one_part_replays_earlier_ones_and_evaluates_every_part()
     # every part has its held-out split: its own test cells, never trained
     for n in parts:
         test = ds.splits[f"test_{n}"]
-        assert len(test) == 500 and set(test.tolist()) <= set((alone[n].splits["test"] + offset[n]).tolist())
+        assert len(test) == 500 and set(test.tolist()) <= set(
+            (alone[n].splits["test"] + offset[n]).tolist()
+        )
         assert not set(test.tolist()) & train
     # one vocabulary: a token means the same thing in every part; the op token names the part
     assert ds.vocab.tokens == alone["xor"].vocab.tokens
@@ -72,24 +91,36 @@ def test_mixture_trains_one_part_replays_earlier_ones_and_evaluates_every_part()
 
 
 def test_mixture_refuses_parts_on_other_vocabularies_and_replay_with_nothing_before():
-    cfg = data_config_from_dict({"task": "mixture", "train_on": ["xor"], "parts": {
-        "xor": table("xor"), "mod": {"task": "modular", "p": 11, "op": "add"}}})
+    cfg = data_config_from_dict(
+        {
+            "task": "mixture",
+            "train_on": ["xor"],
+            "parts": {"xor": table("xor"), "mod": {"task": "modular", "p": 11, "op": "add"}},
+        }
+    )
     with pytest.raises(ValueError, match="'mod'.*another vocabulary"):
         build_dataset(cfg)
     with pytest.raises(ValueError, match="no part comes before 'xor'"):
-        data_config_from_dict({"task": "mixture", "parts": {"xor": table("xor")},
-                               "train_on": ["xor"], "replay": 0.5})
+        data_config_from_dict(
+            {"task": "mixture", "parts": {"xor": table("xor")}, "train_on": ["xor"], "replay": 0.5}
+        )
 
 
 # --- the plan of each mode ----------------------------------------------------------------------
 
+
 def test_plan_of_every_mode(tmp_path):
-    cmd, out, _ = command(tmp_path, "curriculum.replay=0.25", "curriculum.reset_optimizer=false",
-                          "curriculum.stage_budget=40", "curriculum.stages.mul.steps=90",
-                          "curriculum.stage_steps=60")
+    cmd, out, _ = command(
+        tmp_path,
+        "curriculum.replay=0.25",
+        "curriculum.reset_optimizer=false",
+        "curriculum.stage_budget=40",
+        "curriculum.stages.mul.steps=90",
+        "curriculum.stage_steps=60",
+    )
     stages = plan(cmd, out)
     assert [s.name for s in stages] == ["add", "sub", "mul"]
-    assert [s.cfg.train.steps for s in stages] == [40, 40, 60]   # the cap beats a stage's own 90
+    assert [s.cfg.train.steps for s in stages] == [40, 40, 60]  # the cap beats a stage's own 90
     first, second = stages[0].cfg, stages[1].cfg
     assert first.train.init_from is None and first.data.replay == 0
     assert second.train.init_from == str(stages[0].run_dir) and second.train.init_optimizer
@@ -98,24 +129,40 @@ def test_plan_of_every_mode(tmp_path):
 
     rev = plan(command(tmp_path, "curriculum.order=reversed")[0], out)
     assert [s.name for s in rev] == ["mul", "sub", "add"]
-    assert list(rev[0].cfg.data.parts) == ["mul", "sub", "add"]   # replay draws from what came before
+    assert list(rev[0].cfg.data.parts) == [
+        "mul",
+        "sub",
+        "add",
+    ]  # replay draws from what came before
 
     scratch = plan(command(tmp_path, "curriculum.mode=scratch")[0], out)
     assert all(s.cfg.train.init_from is None for s in scratch)
 
-    (joint,) = plan(command(tmp_path, "curriculum.mode=joint", "curriculum.stage_budget=40",
-                            "curriculum.stages.mul.steps=70")[0], out)
-    assert joint.trains == ["add", "sub", "mul"] and joint.cfg.train.steps == 50   # mean budget
+    (joint,) = plan(
+        command(
+            tmp_path,
+            "curriculum.mode=joint",
+            "curriculum.stage_budget=40",
+            "curriculum.stages.mul.steps=70",
+        )[0],
+        out,
+    )
+    assert joint.trains == ["add", "sub", "mul"] and joint.cfg.train.steps == 50  # mean budget
     assert joint.cfg.train.stop_at_grok == "test_add,test_sub,test_mul"
 
 
 # --- running ------------------------------------------------------------------------------------
 
+
 def test_gated_stages_chain_and_the_summary_holds_the_matrix(tmp_path):
     # add must reach accuracy 1.0 (it will not in 20 steps): it spends its budget; sub's gate is
     # 0.0, passed at its first evaluation; mul gets the default gate and budget.
-    cmd, out, _ = command(tmp_path, "curriculum.stage_budget=20", "curriculum.stages.add.gate=1.0",
-                          "curriculum.stages.sub.gate=0.0")
+    cmd, out, _ = command(
+        tmp_path,
+        "curriculum.stage_budget=20",
+        "curriculum.stages.add.gate=1.0",
+        "curriculum.stages.sub.gate=0.0",
+    )
     summary = run_curriculum(cmd, out, spectra=stage_spectra)
     add, sub, mul = summary["per_stage"]
     assert (add["passed"], add["steps"]) == (False, 20)
@@ -125,7 +172,9 @@ def test_gated_stages_chain_and_the_summary_holds_the_matrix(tmp_path):
     last_add = json.loads((out / add["run_dir"] / "metrics.jsonl").read_text().splitlines()[-1])
     assert first_sub["weight_norm"] == pytest.approx(last_add["weight_norm"], rel=0.2)
     R = np.array(summary["matrix"])
-    assert R.shape == (3, 3) and np.allclose(R[0], [last_add[f"acc/test_{n}"] for n in ("add", "sub", "mul")])
+    assert R.shape == (3, 3) and np.allclose(
+        R[0], [last_add[f"acc/test_{n}"] for n in ("add", "sub", "mul")]
+    )
     assert summary["ACC"] == pytest.approx(R[-1].mean())
     assert set(summary["per_stage"][0]["spectra"]) == {"fourier127", "walsh128"}
 
@@ -146,23 +195,37 @@ def test_init_from_loads_the_previous_stage_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_mid_curriculum_is_exact(tmp_path):
-    over = TINY + ["curriculum.stage_budget=120", "curriculum.gate=1.0", "model.dropout=0.1",
-                   f"data_cache={tmp_path / 'cache'}"]
+    over = TINY + [
+        "curriculum.stage_budget=120",
+        "curriculum.gate=1.0",
+        "model.dropout=0.1",
+        f"data_cache={tmp_path / 'cache'}",
+    ]
     cmd = [sys.executable, "-m", "grokloop.curriculum", *over]
-    subprocess.run(cmd + [f"out_dir={tmp_path / 'full'}"], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        cmd + [f"out_dir={tmp_path / 'full'}"], check=True, capture_output=True, cwd=tmp_path
+    )
     killed = tmp_path / "killed"
-    second = killed / "stages" / "01_sub"   # killed inside the second stage
+    second = killed / "stages" / "01_sub"  # killed inside the second stage
     sigkill_when_checkpointed(cmd + [f"out_dir={killed}"], tmp_path, second, 40)
     assert not (second / "summary.json").exists(), "the stage finished before it could be killed"
-    subprocess.run(cmd + [f"out_dir={killed}", "resume=true"], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        cmd + [f"out_dir={killed}", "resume=true"], check=True, capture_output=True, cwd=tmp_path
+    )
 
     def rows(run):
-        return [{k: v for k, v in json.loads(r).items() if k != "wall_time_s"}
-                for r in run.read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(r).items() if k != "wall_time_s"}
+            for r in run.read_text().splitlines()
+        ]
+
     for stage in ("00_add", "01_sub", "02_mul"):
-        assert rows(killed / "stages" / stage / "metrics.jsonl") == \
-            rows(tmp_path / "full" / "stages" / stage / "metrics.jsonl")
-    full, resumed = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "full", killed))
+        assert rows(killed / "stages" / stage / "metrics.jsonl") == rows(
+            tmp_path / "full" / "stages" / stage / "metrics.jsonl"
+        )
+    full, resumed = (
+        json.loads((d / "summary.json").read_text()) for d in (tmp_path / "full", killed)
+    )
     assert full["matrix"] == resumed["matrix"] and full["BWT"] == resumed["BWT"]
 
 
@@ -174,25 +237,27 @@ def test_a_looped_model_runs_a_curriculum(tmp_path):
 
 # --- metrics and errors -------------------------------------------------------------------------
 
+
 def test_transfer_metrics_match_a_hand_computed_matrix():
-    R = [[0.90, 0.10, 0.00],
-         [0.70, 0.95, 0.20],
-         [0.60, 0.80, 0.99]]
+    R = [[0.90, 0.10, 0.00], [0.70, 0.95, 0.20], [0.60, 0.80, 0.99]]
     b = [0.01, 0.02, 0.03]
     m = transfer_metrics(R, b)
     assert m["ACC"] == pytest.approx((0.60 + 0.80 + 0.99) / 3)
-    assert m["BWT"] == pytest.approx(((0.60 - 0.90) + (0.80 - 0.95)) / 2)     # -0.225
-    assert m["FWT"] == pytest.approx(((0.10 - 0.02) + (0.20 - 0.03)) / 2)     # 0.125
+    assert m["BWT"] == pytest.approx(((0.60 - 0.90) + (0.80 - 0.95)) / 2)  # -0.225
+    assert m["FWT"] == pytest.approx(((0.10 - 0.02) + (0.20 - 0.03)) / 2)  # 0.125
     assert m["forgetting"] == pytest.approx([0.90 - 0.60, 0.95 - 0.80])
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("curriculum.mode=bogus", "curriculum.mode='bogus' is not one of"),
-    ("curriculum.order=sideways", "forward or reversed"),
-    ("curriculum.replay=0.5 curriculum.mode=scratch", "mode=sequential only"),
-    ("curriculum.stage_steps=0", "curriculum.stage_steps=0 must be at least 1"),
-    ("curriculum.gate=abc", "curriculum.gate=abc"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("curriculum.mode=bogus", "curriculum.mode='bogus' is not one of"),
+        ("curriculum.order=sideways", "forward or reversed"),
+        ("curriculum.replay=0.5 curriculum.mode=scratch", "mode=sequential only"),
+        ("curriculum.stage_steps=0", "curriculum.stage_steps=0 must be at least 1"),
+        ("curriculum.gate=abc", "curriculum.gate=abc"),
+    ],
+)
 def test_config_errors_are_one_line_and_write_nothing(tmp_path, capsys, override, needle):
     from grokloop.curriculum.__main__ import main
 
@@ -218,25 +283,50 @@ def test_resume_with_another_config_is_refused_and_changes_nothing(tmp_path):
 
 # --- the study report ---------------------------------------------------------------------------
 
+
 def fake(mode, seed, steps_to, budget=100, model="vanilla 1L"):
     """A curriculum summary with given steps to the gate per stage (None: budget spent)."""
     names = list(steps_to)
     spectra = {b: {"gini": 0.5, "top": [1, 2, 3]} for b in ("fourier127", "walsh128")}
-    per = [{"stage": n, "trains": [n], "budget": budget, "steps": g or budget, "passed": g is not None,
-            "steps_to_gate": {n: g}, "n_eval": 100, "spectra": spectra} for n, g in steps_to.items()]
+    per = [
+        {
+            "stage": n,
+            "trains": [n],
+            "budget": budget,
+            "steps": g or budget,
+            "passed": g is not None,
+            "steps_to_gate": {n: g},
+            "n_eval": 100,
+            "spectra": spectra,
+        }
+        for n, g in steps_to.items()
+    ]
     R = np.eye(len(names)) * 0.9
-    s = {"curriculum": "c", "mode": mode, "order": "forward", "seed": seed, "replay": 0.0,
-         "reset_optimizer": True, "model": model, "stages": names, "matrix": R.tolist(),
-         "per_stage": per, "initial": [0.0] * len(names)}
+    s = {
+        "curriculum": "c",
+        "mode": mode,
+        "order": "forward",
+        "seed": seed,
+        "replay": 0.0,
+        "reset_optimizer": True,
+        "model": model,
+        "stages": names,
+        "matrix": R.tolist(),
+        "per_stage": per,
+        "initial": [0.0] * len(names),
+    }
     return s | (transfer_metrics(R, np.zeros(len(names))) if mode == "sequential" else {})
 
 
 def test_speedup_is_scratch_over_curriculum_steps_and_marks_budget_bounds():
     from reports.curriculum import aggregate
-    curricula = [fake("sequential", 0, {"a": 50, "b": 20, "c": None}),
-                 fake("sequential", 1, {"a": 50, "b": 40, "c": None}),
-                 fake("scratch", 0, {"a": 50, "b": 80, "c": 60}),
-                 fake("scratch", 1, {"a": 50, "b": 80, "c": None})]
+
+    curricula = [
+        fake("sequential", 0, {"a": 50, "b": 20, "c": None}),
+        fake("sequential", 1, {"a": 50, "b": 40, "c": None}),
+        fake("scratch", 0, {"a": 50, "b": 80, "c": 60}),
+        fake("scratch", 1, {"a": 50, "b": 80, "c": None}),
+    ]
     agg = aggregate(curricula)
     speed = agg["speedup"]["vanilla 1L sequential"]
     assert speed["a"]["mean"] == 1.0 and speed["b"]["values"] == [4.0, 2.0]
@@ -253,31 +343,42 @@ def test_study_writes_schema_rows_tables_and_report(tmp_path):
     for mode in ("sequential", "scratch"):
         cmd, _, _ = command(tmp_path, "curriculum.stage_budget=10", f"curriculum.mode={mode}")
         run_curriculum(cmd, tmp_path / mode)
-    summary = write_study(tmp_path / "res", "demo", [tmp_path / "sequential", tmp_path / "scratch"],
-                          ["cmd"])
+    summary = write_study(
+        tmp_path / "res", "demo", [tmp_path / "sequential", tmp_path / "scratch"], ["cmd"]
+    )
     rows = summary["rows"]
     assert {"model", "split", "acc", "lo", "hi", "n", "after_stage", "seed"} <= set(rows[0])
     assert all(r["lo"] <= r["acc"] <= r["hi"] for r in rows)
-    assert len([r for r in rows if r["seed"] == 0]) == 2 * 3 * 3      # 2 curricula x R[3, 3]
+    assert len([r for r in rows if r["seed"] == 0]) == 2 * 3 * 3  # 2 curricula x R[3, 3]
     assert set(summary["ACC"]) == {"vanilla 1L sequential"} and "matrix" in summary
     assert (tmp_path / "res" / "report.html").read_text().startswith("<!DOCTYPE html>")
-    doc = "<!-- results res/summary.md section=Transfer_and_forgetting -->\nold\n<!-- /results -->\n"
+    doc = (
+        "<!-- results res/summary.md section=Transfer_and_forgetting -->\nold\n<!-- /results -->\n"
+    )
     out = update(doc, tmp_path)
     assert "| vanilla 1L sequential |" in out and "old" not in out and update(out, tmp_path) == out
 
 
 def test_mixture_pads_parts_of_different_lengths_and_fills_missing_roles():
-    base = dict(task="composition", n_entities=60, n_relations=6, out_degree=3, phi=2.0, eval_size=50)
-    cfg = data_config_from_dict({"task": "mixture", "parts": {"h2": base | {"hops": [2]},
-                                 "h3": base | {"hops": [3]}}, "train_on": ["h3"],
-                                 "held_out": "test_inferred_id"})
+    base = dict(
+        task="composition", n_entities=60, n_relations=6, out_degree=3, phi=2.0, eval_size=50
+    )
+    cfg = data_config_from_dict(
+        {
+            "task": "mixture",
+            "parts": {"h2": base | {"hops": [2]}, "h3": base | {"hops": [3]}},
+            "train_on": ["h3"],
+            "held_out": "test_inferred_id",
+        }
+    )
     ds = build_dataset(cfg)
     h2 = build_dataset(data_config_from_dict(base | {"hops": [2]}))
     size = ds.stats["parts"]["h2"]["size"]
-    assert ds.n_ctx == h2.n_ctx + 1                                  # one more relation
-    assert np.array_equal(ds.inputs[:size, :h2.n_ctx], h2.inputs)
-    assert (ds.inputs[:size, h2.n_ctx:] == ds.vocab.id("<pad>")).all()
+    assert ds.n_ctx == h2.n_ctx + 1  # one more relation
+    assert np.array_equal(ds.inputs[:size, : h2.n_ctx], h2.inputs)
+    assert (ds.inputs[:size, h2.n_ctx :] == ds.vocab.id("<pad>")).all()
     assert (ds.roles["bridge_2"][:size] == -1).all() and (ds.roles["bridge_2"][size:] >= 0).any()
     with pytest.raises(ValueError, match="no split 'test'"):
-        build_dataset(data_config_from_dict({"task": "mixture", "parts": {"h2": base},
-                                             "train_on": ["h2"]}))
+        build_dataset(
+            data_config_from_dict({"task": "mixture", "parts": {"h2": base}, "train_on": ["h2"]})
+        )

@@ -1,4 +1,5 @@
 """Invariants of the data generators: determinism, leak-free splits, derivable answers, phi."""
+
 import json
 import subprocess
 import sys
@@ -19,8 +20,17 @@ from grokloop import cli
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
-SMALL = dict(task="composition", n_entities=60, n_relations=8, out_degree=6, ood_fraction=0.2,
-             test_id_fraction=0.1, phi=3.0, eval_size=400, seed=1)
+SMALL = dict(
+    task="composition",
+    n_entities=60,
+    n_relations=8,
+    out_degree=6,
+    ood_fraction=0.2,
+    test_id_fraction=0.1,
+    phi=3.0,
+    eval_size=400,
+    seed=1,
+)
 
 
 def comp(**kw):
@@ -33,7 +43,7 @@ def atomic_lookup(ds):
 
 
 def fact_key(ds, i):
-    return tuple(ds.inputs[i, :ds.answer_pos[i] + 1].tolist())
+    return tuple(ds.inputs[i, : ds.answer_pos[i] + 1].tolist())
 
 
 def test_same_seed_same_bytes_different_seed_differs():
@@ -103,15 +113,18 @@ def test_khop_preset_holds_out_no_prefix_of_a_training_fact():
     ds = preset("composition_khop")
     assert held_out_prefix_leaks(ds) == []
     test_id = ds.splits["test_inferred_id"]
-    assert {k: int((ds.hops[test_id] == k).sum()) for k in range(2, 9)} == {k: 500 for k in range(2, 9)}
+    assert {k: int((ds.hops[test_id] == k).sum()) for k in range(2, 9)} == {
+        k: 500 for k in range(2, 9)
+    }
     # A held-out 3-hop query may still begin with a training 2-hop fact: that composition is tested.
     train = {fact_key(ds, i) for i in ds.splits["train"]}
     three = [i for i in test_id if ds.hops[i] == 3]
     assert sum(fact_key(ds, i)[:3] in train for i in three) > 100
 
 
-@pytest.mark.parametrize("hops,test_hops", [([2, 3], [4]), ([2, 3, 4], []), ([3], [2]),
-                                            ([2, 4], [3, 5])])
+@pytest.mark.parametrize(
+    "hops,test_hops", [([2, 3], [4]), ([2, 3, 4], []), ([3], [2]), ([2, 4], [3, 5])]
+)
 @pytest.mark.parametrize("limit", [None, 50])
 def test_no_held_out_query_is_a_prefix_of_a_training_fact(hops, test_hops, limit, monkeypatch):
     if limit is not None:  # force the random-walk sampler for every hop count
@@ -122,11 +135,15 @@ def test_no_held_out_query_is_a_prefix_of_a_training_fact(hops, test_hops, limit
         assert (ds.hops[ds.splits["test_inferred_id"]] == k).sum() > 0, k
     n_inferred = int((ds.hops[ds.splits["train"]] > 1).sum())
     assert n_inferred == round(1.0 * ds.stats["n_id_atomic"])
-    assert comp(hops=hops, test_hops=test_hops, phi=1.0, eval_size=150).content_hash() == ds.content_hash()
+    assert (
+        comp(hops=hops, test_hops=test_hops, phi=1.0, eval_size=150).content_hash()
+        == ds.content_hash()
+    )
 
 
 def test_prefix_helpers_agree_with_brute_force():
     from datagen.composition import Graph, _extends_held, _n_extending
+
     rng = np.random.default_rng(0)
     g = Graph(data_config_from_dict(SMALL), rng)
     sub = g.subgraph(ood=False)
@@ -157,14 +174,19 @@ def test_paper_scale_counts():
 
 
 def test_comparison_labels_follow_values():
-    ds = build_dataset(data_config_from_dict(dict(task="comparison", n_entities=40,
-                                                  n_attributes=3, n_values=5, phi=2.0)))
+    ds = build_dataset(
+        data_config_from_dict(
+            dict(task="comparison", n_entities=40, n_attributes=3, n_values=5, phi=2.0)
+        )
+    )
     lab0, v0 = ds.vocab.ranges["labels"][0], ds.vocab.ranges["values"][0]
     inferred = ds.answer_pos == 4
     diff = np.sign(ds.roles["value_1"] - ds.roles["value_2"])[inferred]
     assert np.array_equal(ds.answers[inferred] - lab0, diff + 1)
-    atomic = {(int(ds.inputs[i, 0]), int(ds.inputs[i, 1])): int(ds.answers[i])
-              for i in np.flatnonzero(~inferred)}
+    atomic = {
+        (int(ds.inputs[i, 0]), int(ds.inputs[i, 1])): int(ds.answers[i])
+        for i in np.flatnonzero(~inferred)
+    }
     for i in np.flatnonzero(inferred)[:200]:
         assert atomic[(ds.inputs[i, 0], ds.inputs[i, 2])] == ds.roles["value_1"][i]
     train = {fact_key(ds, i) for i in ds.splits["train"]}
@@ -172,9 +194,15 @@ def test_comparison_labels_follow_values():
     assert ds.answers.max() < len(ds.vocab) and v0 > 0
 
 
-@pytest.mark.parametrize("op,f", [("add", lambda a, b: a + b), ("sub", lambda a, b: a - b),
-                                  ("mul", lambda a, b: a * b),
-                                  ("poly", lambda a, b: a * a + a * b + b * b)])
+@pytest.mark.parametrize(
+    "op,f",
+    [
+        ("add", lambda a, b: a + b),
+        ("sub", lambda a, b: a - b),
+        ("mul", lambda a, b: a * b),
+        ("poly", lambda a, b: a * a + a * b + b * b),
+    ],
+)
 def test_modular_tables(op, f):
     a, b, c = modular_table(13, op)
     assert np.array_equal(c, f(a, b) % 13) and len(a) == 169
@@ -196,15 +224,18 @@ def test_symmetric_group_composition():
         assert z == tuple(x[y[k]] for k in range(3))
 
 
-@pytest.mark.parametrize("bad,needle", [
-    (dict(phi=1000.0), "largest phi possible"),
-    (dict(out_degree=9), "out_degree"),
-    (dict(hops=[0]), "at least 1"),
-    (dict(ood_fraction=1.0), "outside [0, 1)"),
-    (dict(test_id_fraction=-0.1), "outside [0, 1)"),
-    (dict(n_entitys=3), "unknown key"),
-    (dict(task="compostion"), "unknown"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        (dict(phi=1000.0), "largest phi possible"),
+        (dict(out_degree=9), "out_degree"),
+        (dict(hops=[0]), "at least 1"),
+        (dict(ood_fraction=1.0), "outside [0, 1)"),
+        (dict(test_id_fraction=-0.1), "outside [0, 1)"),
+        (dict(n_entitys=3), "unknown key"),
+        (dict(task="compostion"), "unknown"),
+    ],
+)
 def test_bad_composition_input_is_named(bad, needle):
     with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace(")", r"\)")):
         comp(**bad)
@@ -220,8 +251,9 @@ def test_grokked_format_round_trip_is_lossless(tmp_path):
     write_grokked(ds, tmp_path / "a")
     back = read_grokked(tmp_path / "a")
     for s in ds.splits:
-        assert sorted(fact_key(ds, i) + (int(ds.answers[i]),) for i in ds.splits[s]) == \
-            sorted(fact_key(back, i) + (int(back.answers[i]),) for i in back.splits[s]), s
+        assert sorted(fact_key(ds, i) + (int(ds.answers[i]),) for i in ds.splits[s]) == sorted(
+            fact_key(back, i) + (int(back.answers[i]),) for i in back.splits[s]
+        ), s
     inferred = back.hops > 1
     assert (back.roles["bridge_1"][inferred] >= 0).all()
     write_grokked(back, tmp_path / "b")
@@ -261,13 +293,16 @@ def test_code_version_comes_from_provenance():
     assert code_version is provenance_code_version
 
 
-@pytest.mark.parametrize("cfg", [dict(task="modular", p=97), dict(task="modular", p=23),
-                                 dict(task="group", n=4)])
+@pytest.mark.parametrize(
+    "cfg", [dict(task="modular", p=97), dict(task="modular", p=23), dict(task="group", n=4)]
+)
 def test_table_tasks_evaluate_a_seeded_training_sample(cfg):
     ds = build_dataset(data_config_from_dict(cfg))
     train, sample = ds.splits["train"], ds.splits["train_sample"]
     assert ds.eval_splits == ["test", "train_sample"]
-    assert len(sample) == min(len(train), TRAIN_SAMPLE_SIZE) and len(set(sample.tolist())) == len(sample)
+    assert len(sample) == min(len(train), TRAIN_SAMPLE_SIZE) and len(set(sample.tolist())) == len(
+        sample
+    )
     assert set(sample.tolist()) <= set(train.tolist())
     assert np.array_equal(build_dataset(data_config_from_dict(cfg)).splits["train_sample"], sample)
     other = build_dataset(data_config_from_dict(cfg | {"seed": 1})).splits["train_sample"]
@@ -281,8 +316,12 @@ def test_datagen_does_not_import_torch_or_transformer_lens():
 
 
 def test_cli_prints_statistics(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "datagen", "data=composition_small",
-                          f"out_dir={tmp_path}"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "datagen", "data=composition_small", f"out_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "achieved phi 7.2000" in out.stdout and "content hash" in out.stdout
     assert (tmp_path / "manifest.json").exists()
 
@@ -295,10 +334,17 @@ def test_ood_by_hop_splits_mix_exactly_one_ood_hop_and_valid_is_held_out():
     assert len(ood) + len(idf) == 60 * 6
 
     def hop_facts(i):
-        return (int(ds.inputs[i, 0]), int(ds.inputs[i, 1])), (int(ds.roles["bridge_1"][i]), int(ds.inputs[i, 2]))
+        return (int(ds.inputs[i, 0]), int(ds.inputs[i, 1])), (
+            int(ds.roles["bridge_1"][i]),
+            int(ds.inputs[i, 2]),
+        )
 
-    for name, first, second in (("test_OI", ood, idf), ("test_IO", idf, ood),
-                                ("test_inferred_ood", ood, ood), ("valid", idf, idf)):
+    for name, first, second in (
+        ("test_OI", ood, idf),
+        ("test_IO", idf, ood),
+        ("test_inferred_ood", ood, ood),
+        ("valid", idf, idf),
+    ):
         assert len(ds.splits[name]) > 20, name
         for i in ds.splits[name]:
             a, b = hop_facts(i)

@@ -2,6 +2,7 @@
 small, the README's adaptive tables still regenerate from the lean adaptive summary, and
 docs/results/README.md indexes the studies; all of it checked against the committed files.
 (The adaptive summary's sidecar of curves is tested in tests/test_adaptive.py.)"""
+
 import gzip
 import json
 import os
@@ -19,17 +20,19 @@ from reports.readme import MARKER, results_index, update
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS, RESULTS = ROOT / "docs", ROOT / "docs" / "results"
-CURVES = "summary_curves.json.gz"   # reports/adaptive.py CURVES_FILE
+CURVES = "summary_curves.json.gz"  # reports/adaptive.py CURVES_FILE
 SRC = re.compile(r'<script[^>]*\bsrc="([^"]+)"')
 needs_browser = pytest.mark.skipif(
     chromium() is None and not os.environ.get("GROKLOOP_REQUIRE_BROWSER"),
-    reason="no chromium: bash .ci/install_chromium.sh (or set GROKLOOP_REQUIRE_BROWSER=1 to fail)")
+    reason="no chromium: bash .ci/install_chromium.sh (or set GROKLOOP_REQUIRE_BROWSER=1 to fail)",
+)
 
 
 def demo_page(plotly_js: str = "inline") -> str:
     figs = [go.Figure(go.Scatter(x=[0, 1], y=[i, 1 - i])) for i in range(2)]
-    return page("demo", "two figures", [Section("a").add(figs[0]), Section("b").add(figs[1])],
-                plotly_js)
+    return page(
+        "demo", "two figures", [Section("a").add(figs[0]), Section("b").add(figs[1])], plotly_js
+    )
 
 
 def figures(text: str) -> tuple[int, str]:
@@ -54,12 +57,12 @@ def test_a_page_under_the_shared_asset_loads_it_and_one_elsewhere_inlines_it(tmp
 def test_lean_converts_once_and_keeps_the_figures(tmp_path):
     docs = tmp_path / "docs"
     new = docs / "results" / "study" / "compare.html"
-    old = docs / "archive" / "old" / "figures.html"   # pages once inlined it as a bare <script>
+    old = docs / "archive" / "old" / "figures.html"  # pages once inlined it as a bare <script>
     bare = demo_page().replace('<script type="text/javascript">/**', "<script>/**")
     for path, text in ((new, demo_page()), (old, bare)):
         path.parent.mkdir(parents=True)
         path.write_text(text)
-    other = docs / "results" / "other.html"           # another plotly.js: left as it is
+    other = docs / "results" / "other.html"  # another plotly.js: left as it is
     other.write_text(demo_page().replace("plotly.js v", "plotly.js v0.0.1-was-v"))
     asset = docs / "results" / SHARED_ASSET
     assert lean([docs], asset) == [old, new]
@@ -74,7 +77,7 @@ def test_lean_converts_once_and_keeps_the_figures(tmp_path):
 
 
 def test_every_committed_page_loads_one_existing_plotly_or_inlines_it_once():
-    assert sorted(DOCS.rglob(SHARED_ASSET)) == [RESULTS / SHARED_ASSET]   # one copy
+    assert sorted(DOCS.rglob(SHARED_ASSET)) == [RESULTS / SHARED_ASSET]  # one copy
     assert re.match(r"/\*\*?\s*\*\s*plotly\.js v", (RESULTS / SHARED_ASSET).read_text()[:100])
     pages = sorted(DOCS.rglob("*.html"))
     assert len(pages) >= 10
@@ -85,7 +88,7 @@ def test_every_committed_page_loads_one_existing_plotly_or_inlines_it_once():
             assert len(inlined(text)) == 1 and srcs == [], p
         else:
             assert len(srcs) == 1 and (p.parent / srcs[0]).resolve() == RESULTS / SHARED_ASSET, p
-        n, declared = figures(text) if "data-figures" in text else (1, "1")   # the archived page
+        n, declared = figures(text) if "data-figures" in text else (1, "1")  # the archived page
         assert n == int(declared) and text.count("Plotly.newPlot(") == n, p
 
 
@@ -99,8 +102,9 @@ def test_a_committed_page_renders_with_the_shared_plotly(tmp_path):
     # reports.browser.check loads a copy from a temporary folder, where the relative path does
     # not reach the asset: the copy names it by its absolute file URI instead
     page_ = RESULTS / "two_hop_looped_rerun" / "compare.html"
-    text = page_.read_text().replace('src="../plotly.min.js"',
-                                     f'src="{(RESULTS / SHARED_ASSET).as_uri()}"')
+    text = page_.read_text().replace(
+        'src="../plotly.min.js"', f'src="{(RESULTS / SHARED_ASSET).as_uri()}"'
+    )
     (tmp_path / "compare.html").write_text(text)
     got = check(tmp_path / "compare.html")
     assert got["errors"] == [] and got["rendered"] == got["expected"] == 5, got
@@ -123,5 +127,6 @@ def test_the_findings_tables_of_the_adaptive_study_regenerate_unchanged():
 
 
 def test_the_results_index_is_current():
-    assert results_index(RESULTS) == (RESULTS / "README.md").read_text(), \
+    assert results_index(RESULTS) == (RESULTS / "README.md").read_text(), (
         "docs/results/README.md is stale: python -m reports.readme index"
+    )

@@ -1,4 +1,5 @@
 """Losses, optimiser and schedules against their formulas, computed by hand on small tensors."""
+
 import math
 
 import pytest
@@ -20,8 +21,9 @@ def test_stablemax_matches_the_formula_by_hand():
     assert torch.allclose(stablemax_log_probs(logits), want, atol=1e-6)
     targets = torch.tensor([0, 2])
     loss = cross_entropy(logits, targets, kind="stablemax", reduction="none")
-    assert torch.allclose(loss, torch.tensor([-math.log(3 / 4.75), -math.log(2.5 / 5.6666667)]),
-                          atol=1e-6)
+    assert torch.allclose(
+        loss, torch.tensor([-math.log(3 / 4.75), -math.log(2.5 / 5.6666667)]), atol=1e-6
+    )
     # It is not softmax: the same logits give a different loss.
     assert not torch.allclose(loss, cross_entropy(logits, targets, reduction="none"), atol=1e-3)
 
@@ -36,7 +38,8 @@ def test_stablemax_is_finite_for_huge_logits_and_its_gradient_too():
     confident, target = torch.tensor([[20.0, 0.0, -1.0]]), torch.tensor([0])
     assert cross_entropy(confident, target).item() == 0.0
     assert cross_entropy(confident, target, kind="stablemax").item() == pytest.approx(
-        -math.log(21 / 22.5), rel=1e-6)
+        -math.log(21 / 22.5), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("kind", ["softmax", "stablemax"])
@@ -45,11 +48,16 @@ def test_float64_loss_is_computed_in_float64(kind):
     targets = torch.tensor([0])
     loss64 = cross_entropy(logits, targets, kind=kind, float64=True)
     assert loss64.dtype == torch.float64
-    by_hand = (-torch.log(torch.tensor([31.0 / (31.0 + 1.0 + 1 / 3)], dtype=torch.float64))
-               if kind == "stablemax" else torch.log1p(torch.exp(torch.tensor(-30.0, dtype=torch.float64))
-                                                       + torch.exp(torch.tensor(-32.0, dtype=torch.float64))))
+    by_hand = (
+        -torch.log(torch.tensor([31.0 / (31.0 + 1.0 + 1 / 3)], dtype=torch.float64))
+        if kind == "stablemax"
+        else torch.log1p(
+            torch.exp(torch.tensor(-30.0, dtype=torch.float64))
+            + torch.exp(torch.tensor(-32.0, dtype=torch.float64))
+        )
+    )
     assert loss64.item() == pytest.approx(by_hand.item(), rel=1e-12)
-    if kind == "softmax":   # float32 rounds this loss to exactly 0: the collapse float64 avoids
+    if kind == "softmax":  # float32 rounds this loss to exactly 0: the collapse float64 avoids
         assert cross_entropy(logits, targets).item() == 0.0 and loss64.item() > 0
 
 
@@ -62,7 +70,7 @@ def test_grokfast_ema_after_two_calls():
     ema = {}
     p.grad, q.grad = g1.clone(), None
     grokfast_ema([p, q], ema, alpha, lamb)
-    assert torch.allclose(p.grad, g1 + lamb * g1)       # the EMA starts at the first gradient
+    assert torch.allclose(p.grad, g1 + lamb * g1)  # the EMA starts at the first gradient
     assert q.grad is None and 1 not in ema
     p.grad = g2.clone()
     grokfast_ema([p, q], ema, alpha, lamb)
@@ -75,28 +83,31 @@ def test_grokfast_ema_after_two_calls():
 def test_warmup_is_linear_then_constant():
     cfg = OptimConfig(lr=1e-3, warmup_steps=4)
     # step is the 0-based update index: the first update uses lr / warmup_steps
-    assert [lr_at(s, cfg) for s in range(7)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3,
-                                                               1e-3, 1e-3])
+    assert [lr_at(s, cfg) for s in range(7)] == pytest.approx(
+        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 1e-3]
+    )
     assert lr_at(0, OptimConfig(lr=0.5, warmup_steps=0)) == 0.5
     assert lr_at(10_000, cfg) == 1e-3
 
 
 # --- Log-spaced schedule -------------------------------------------------------------------------
-@pytest.mark.parametrize("total,min_gap,max_gap,n", [(10_000, 10, 500, 20), (1_000, 1, 50, 10),
-                                                      (97, 5, 30, 20), (7, 10, 100, 20)])
+@pytest.mark.parametrize(
+    "total,min_gap,max_gap,n",
+    [(10_000, 10, 500, 20), (1_000, 1, 50, 10), (97, 5, 30, 20), (7, 10, 100, 20)],
+)
 def test_log_schedule_is_increasing_unique_and_ends_at_the_last_step(total, min_gap, max_gap, n):
     steps = log_schedule(total, min_gap, max_gap, n)
     assert steps == sorted(set(steps)) and steps[-1] == total and steps[0] >= 1
     gaps = [b - a for a, b in zip(steps, steps[1:])]
     assert all(min_gap <= g <= max_gap for g in gaps[:-1])
     assert not gaps or gaps[-1] <= max_gap
-    if total >= 10 * max_gap:   # the late part is at the cap, the early part at the floor
+    if total >= 10 * max_gap:  # the late part is at the cap, the early part at the floor
         assert gaps[0] == min_gap and max(gaps) == max_gap
 
 
 def test_log_schedule_is_about_n_per_decade_between_the_clamps():
-    steps = log_schedule(10 ** 6, 1, 10 ** 6, 20)
-    per_decade = [sum(10 ** d <= s < 10 ** (d + 1) for s in steps) for d in (3, 4, 5)]
+    steps = log_schedule(10**6, 1, 10**6, 20)
+    per_decade = [sum(10**d <= s < 10 ** (d + 1) for s in steps) for d in (3, 4, 5)]
     assert all(18 <= c <= 22 for c in per_decade), per_decade
 
 
@@ -122,11 +133,11 @@ def _groups(**optim):
 def test_weight_decay_on_matrices_and_embeddings_not_on_norms_and_biases():
     decayed, names, decay, no_decay = _groups()
     assert decay["weight_decay"] == 0.7 and no_decay["weight_decay"] == 0.0
-    assert {"W_E", "W_pos"} <= decayed                       # embeddings are matrices: decayed
+    assert {"W_E", "W_pos"} <= decayed  # embeddings are matrices: decayed
     shapes = {n: p.dim() for n, p in _model().named_parameters()}
-    assert decayed == {n for n, d in shapes.items() if d >= 2}   # every matrix, nothing else
-    assert {"ln_final.w", "ln_final.b", "b_U"} <= names - decayed   # LayerNorm gain/bias, bias
-    assert any(n.endswith(".bias") for n in names - decayed)        # linear layers' biases
+    assert decayed == {n for n, d in shapes.items() if d >= 2}  # every matrix, nothing else
+    assert {"ln_final.w", "ln_final.b", "b_U"} <= names - decayed  # LayerNorm gain/bias, bias
+    assert any(n.endswith(".bias") for n in names - decayed)  # linear layers' biases
 
 
 def test_decay_norms_and_biases_decays_everything():
@@ -139,7 +150,7 @@ def test_perpendicular_gradient_is_orthogonal_keeps_norm_and_skips_vectors():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(5, 4))
     b = torch.nn.Parameter(torch.randn(4))
-    g = torch.randn(5, 4) + 3 * w.detach()            # a large component along the weights
+    g = torch.randn(5, 4) + 3 * w.detach()  # a large component along the weights
     gb = torch.randn(4)
     w.grad, b.grad = g.clone(), gb.clone()
     perpendicular_grad([w, b])
@@ -149,4 +160,4 @@ def test_perpendicular_gradient_is_orthogonal_keeps_norm_and_skips_vectors():
     wf, gf = w.detach().flatten(), g.flatten()
     perp = gf - (gf @ wf) / (wf @ wf) * wf
     assert torch.allclose(w.grad.flatten(), perp * gf.norm() / perp.norm(), atol=1e-5)
-    assert torch.equal(b.grad, gb)                     # 1-D parameters are left alone
+    assert torch.equal(b.grad, gb)  # 1-D parameters are left alone

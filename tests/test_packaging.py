@@ -1,6 +1,7 @@
 """The project as something to install: every package listed, the Hydra tree shipped inside it,
 the layers kept (import-linter), one console script for every command, and an installed copy
 (not editable) that trains and opens a run from another directory."""
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,11 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def test_every_package_in_the_tree_is_listed_for_installation():
-    found = {p.parent.relative_to(ROOT).as_posix().replace("/", ".")
-             for top in ("datagen", "grokloop", "probes", "reports")
-             for p in (ROOT / top).rglob("__init__.py")}
+    found = {
+        p.parent.relative_to(ROOT).as_posix().replace("/", ".")
+        for top in ("datagen", "grokloop", "probes", "reports")
+        for p in (ROOT / top).rglob("__init__.py")
+    }
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
     assert listed - {"grokloop.conf"} == found
     assert PYPROJECT["tool"]["setuptools"]["package-dir"]["grokloop.conf"] == "conf"
@@ -61,19 +64,36 @@ def test_an_installed_copy_works_from_another_directory(tmp_path):
     without the checkout on the path: the notebook imports, a tiny training run (the Hydra tree
     comes from the installed package), and load_run on that run."""
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert (site / "grokloop" / "conf" / "train.yaml").is_file()
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
-    script = ("import grokloop, sys; assert grokloop.__file__.startswith(sys.argv[1]), grokloop.__file__\n"
-              "from grokloop import LoopedTransformer, ModelConfig, load_run\n"
-              "from grokloop.train.__main__ import main\n"
-              "main(['debug=tiny', 'out_dir=run', 'train.report=false'])\n"
-              "run = load_run('run')\n"
-              "print('loaded', type(run.model).__name__, run.step, len(run.dataset.vocab))\n")
-    r = subprocess.run([sys.executable, "-c", script, str(site)], cwd=work, env=env,
-                       capture_output=True, text=True)
+    script = (
+        "import grokloop, sys; assert grokloop.__file__.startswith(sys.argv[1]), grokloop.__file__\n"
+        "from grokloop import LoopedTransformer, ModelConfig, load_run\n"
+        "from grokloop.train.__main__ import main\n"
+        "main(['debug=tiny', 'out_dir=run', 'train.report=false'])\n"
+        "run = load_run('run')\n"
+        "print('loaded', type(run.model).__name__, run.step, len(run.dataset.vocab))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(site)], cwd=work, env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "loaded LoopedTransformer" in r.stdout and (work / "run" / "config.json").is_file()

@@ -2,6 +2,7 @@
 few steps with a tiny model (`debug=tiny`, or the curriculum's equivalent), a --multirun sweep at
 the first point of its grid, in a scratch directory, in the order the README gives them (so
 `resume=true` finds the run before it). DIR is a folder in the authors' layout."""
+
 from __future__ import annotations
 
 import re
@@ -13,9 +14,16 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINERS = ("grokloop.train", "grokloop.curriculum")
-TINY_CURRICULUM = ["model.d_model=16", "model.n_heads=2", "model.d_mlp=32",
-                   "curriculum.stage_steps=2", "curriculum.eval_size=50", "train.eval_every_min=1",
-                   "train.progress=false", "train.report=false"]
+TINY_CURRICULUM = [
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.d_mlp=32",
+    "curriculum.stage_steps=2",
+    "curriculum.eval_size=50",
+    "train.eval_every_min=1",
+    "train.progress=false",
+    "train.report=false",
+]
 
 
 def readme_training_commands() -> list[tuple[str, list[str]]]:
@@ -46,7 +54,9 @@ def first_point(argv: list[str]) -> list[str]:
             swept[key] = value.split(",")[0]
         else:
             kept.append(a)
-    return kept + [f"{k}={v}" for k, v in swept.items() if not any(a.startswith(f"{k}=") for a in kept)]
+    return kept + [
+        f"{k}={v}" for k, v in swept.items() if not any(a.startswith(f"{k}=") for a in kept)
+    ]
 
 
 def test_the_readme_has_training_commands_and_they_use_known_modules():
@@ -54,7 +64,7 @@ def test_the_readme_has_training_commands_and_they_use_known_modules():
     assert {m for m, _ in commands} == set(TRAINERS) and len(commands) >= 10
 
 
-@pytest.mark.slow   # every README training command, tiny: about a minute
+@pytest.mark.slow  # every README training command, tiny: about a minute
 def test_every_readme_training_command_runs(tmp_path, monkeypatch):
     from datagen import build_dataset, data_config_from_dict
     from datagen.grokked_format import write_grokked
@@ -62,9 +72,21 @@ def test_every_readme_training_command_runs(tmp_path, monkeypatch):
     from grokloop.train.__main__ import main as train_main
 
     folder = tmp_path / "authors"
-    write_grokked(build_dataset(data_config_from_dict(
-        {"task": "composition", "n_entities": 40, "n_relations": 5, "out_degree": 3,
-         "phi": 2.0, "eval_size": 50})), folder)
+    write_grokked(
+        build_dataset(
+            data_config_from_dict(
+                {
+                    "task": "composition",
+                    "n_entities": 40,
+                    "n_relations": 5,
+                    "out_degree": 3,
+                    "phi": 2.0,
+                    "eval_size": 50,
+                }
+            )
+        ),
+        folder,
+    )
     monkeypatch.chdir(tmp_path)
     cache = f"data_cache={tmp_path / 'cache'}"
     for module, argv in readme_training_commands():
@@ -76,4 +98,6 @@ def test_every_readme_training_command_runs(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     assert (runs / "debug" / "composition_small" / "seed0" / "summary.json").is_file()
     assert (runs / "authors" / "summary.json").is_file()
-    assert list((runs / "sweeps").rglob("summary.json")) and list(runs.glob("curriculum/**/summary.json"))
+    assert list((runs / "sweeps").rglob("summary.json")) and list(
+        runs.glob("curriculum/**/summary.json")
+    )

@@ -1,6 +1,7 @@
 """The speed work of issue 38: the mode rule (train.precision=auto / train.compile=auto, tested
 on faked machines), every mode training to the same results within tolerance, and the faster
 code paths computing what the slower ones did (bench/README.md, "Studies")."""
+
 import json
 
 import pytest
@@ -15,11 +16,21 @@ from grokloop.model import LoopedTransformer, rotary
 from grokloop.optim import grokfast_ema, perpendicular_grad
 from grokloop.train import train
 
-TINY = ["data.p=11", "data.train_fraction=0.5", "model.d_model=16", "model.n_heads=2",
-        "model.d_mlp=32", "train.steps=8", "train.eval_every_min=4", "train.eval_every_max=4",
-        "train.checkpoint_every_max=4", "train.progress=false", "train.stop_at_grok=null",
-        "train.report=false"]
-AMX = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}   # a Sapphire Rapids' flags
+TINY = [
+    "data.p=11",
+    "data.train_fraction=0.5",
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.d_mlp=32",
+    "train.steps=8",
+    "train.eval_every_min=4",
+    "train.eval_every_max=4",
+    "train.checkpoint_every_max=4",
+    "train.progress=false",
+    "train.stop_at_grok=null",
+    "train.report=false",
+]
+AMX = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}  # a Sapphire Rapids' flags
 # Tolerances of a tiny run's metrics against fp32 eager, per mode: bf16 keeps 8 bits of
 # mantissa in the matmuls (losses within 2%); compiled is fp32 with other kernels (1e-4)
 TOLERANCE = {"bf16": 0.02, "compiled": 1e-4}
@@ -37,8 +48,15 @@ def fake_machine(monkeypatch, flags: set[str]):
     monkeypatch.setattr(accelerate, "cpu_flags", lambda: flags)
 
 
-@pytest.mark.parametrize("flags,precision", [(AMX, "bf16"), ({"avx512f", "avx512_bf16"}, "fp32"),
-                                             ({"avx2", "fma"}, "fp32"), (set(), "fp32")])
+@pytest.mark.parametrize(
+    "flags,precision",
+    [
+        (AMX, "bf16"),
+        ({"avx512f", "avx512_bf16"}, "fp32"),
+        ({"avx2", "fma"}, "fp32"),
+        (set(), "fp32"),
+    ],
+)
 def test_the_rule_picks_bf16_only_with_amx_and_never_compiles_on_a_cpu(flags, precision):
     mode = accelerate.choose_mode("cpu", flags)
     assert (mode.precision, mode.compile) == (precision, False) and mode.why
@@ -62,7 +80,7 @@ def test_auto_is_resolved_recorded_and_said_first(tmp_path, monkeypatch, capsys)
     fake_machine(monkeypatch, {"avx2"})
     _, config = run(tmp_path, "avx2", ["train.precision=auto"])
     assert config["train"]["precision"] == "fp32" and "fp32, eager" in capsys.readouterr().out
-    run(tmp_path, "default", [])   # the default (fp32, eager, not auto): the line as it was
+    run(tmp_path, "default", [])  # the default (fp32, eager, not auto): the line as it was
     assert capsys.readouterr().out.splitlines()[0].endswith(str((tmp_path / "default").resolve()))
 
 
@@ -78,7 +96,7 @@ def test_a_resumed_run_keeps_the_mode_it_started_with(tmp_path, monkeypatch):
 
 
 def test_bf16_trains_to_the_fp32_results_within_tolerance(tmp_path, monkeypatch):
-    fake_machine(monkeypatch, AMX)   # bf16 autocast runs on any CPU (emulated without AMX)
+    fake_machine(monkeypatch, AMX)  # bf16 autocast runs on any CPU (emulated without AMX)
     fp32, _ = run(tmp_path, "fp32", [])
     bf16, config = run(tmp_path, "bf16", ["train.precision=bf16"])
     assert config["train"]["precision"] == "bf16"
@@ -86,7 +104,7 @@ def test_bf16_trains_to_the_fp32_results_within_tolerance(tmp_path, monkeypatch)
     for a, b in zip(fp32, bf16):
         for k in ("loss/train", "loss/test", "weight_norm"):
             assert b[k] == pytest.approx(a[k], rel=TOLERANCE["bf16"]), k
-    assert fp32[-1]["loss/train"] != bf16[-1]["loss/train"]   # bf16 really ran
+    assert fp32[-1]["loss/train"] != bf16[-1]["loss/train"]  # bf16 really ran
 
 
 @pytest.mark.slow  # ~30-60 s on 1 loaded thread: inductor compiles a forward and a backward
@@ -103,7 +121,7 @@ def padded_evaluate(model, data, splits, n_steps):
     out = {}
     with torch.no_grad():
         for name, idx in splits.items():
-            tokens = data["inputs"][idx, :int(data["answer_pos"][idx].max()) + 1]
+            tokens = data["inputs"][idx, : int(data["answer_pos"][idx].max()) + 1]
             logits = model.readout_steps(tokens, n_steps, positions=data["answer_pos"][idx])
             target = data["answers"][idx]
             out[f"acc/{name}"] = (logits[-1].argmax(-1) == target).float().mean().item()
@@ -114,16 +132,29 @@ def padded_evaluate(model, data, splits, n_steps):
 @pytest.mark.parametrize("positional", ["learned", "rotary", "none"])
 def test_evaluation_by_answer_position_is_the_padded_evaluation(positional):
     torch.manual_seed(0)
-    cfg = ModelConfig(d_vocab=30, n_ctx=8, d_model=32, n_heads=4, n_core=1, n_steps=3,
-                      injection="add", positional=positional, attention_window=3).resolved()
+    cfg = ModelConfig(
+        d_vocab=30,
+        n_ctx=8,
+        d_model=32,
+        n_heads=4,
+        n_core=1,
+        n_steps=3,
+        injection="add",
+        positional=positional,
+        attention_window=3,
+    ).resolved()
     model = LoopedTransformer(cfg)
     n = 300
-    data = {"inputs": torch.randint(30, (n, 8)), "answer_pos": torch.randint(1, 8, (n,)),
-            "answers": torch.randint(30, (n,)), "hops": torch.randint(1, 4, (n,))}
+    data = {
+        "inputs": torch.randint(30, (n, 8)),
+        "answer_pos": torch.randint(1, 8, (n,)),
+        "answers": torch.randint(30, (n,)),
+        "hops": torch.randint(1, 4, (n,)),
+    }
     splits = {"a": torch.arange(0, 200), "b": torch.arange(200, n)}
     cache = {}
     got = evaluate(model, data, splits, 3, batch_size=64, cache=cache)
-    assert evaluate(model, data, splits, 3, batch_size=64, cache=cache) == got   # cached batches
+    assert evaluate(model, data, splits, 3, batch_size=64, cache=cache) == got  # cached batches
     want = padded_evaluate(model, data, splits, 3)
     for k, v in want.items():
         assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
@@ -135,8 +166,8 @@ def pairwise_rotary(x):
     freq = 10000 ** (-torch.arange(half, dtype=torch.float32) / half)
     angle = torch.arange(x.shape[1], dtype=torch.float32)[:, None] * freq
     cos, sin = angle.cos()[None, :, None].to(x.dtype), angle.sin()[None, :, None].to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:2 * half]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half:]], dim=-1)
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], dim=-1)
 
 
 @pytest.mark.parametrize("d", [32, 33])
@@ -152,21 +183,23 @@ def test_rotary_is_the_pairwise_formula_bit_for_bit(d):
     assert torch.equal(at[:, 0], b[torch.arange(16), pos])
 
 
-@pytest.mark.parametrize("kw", [{}, {"positional": "rotary", "attention_window": 3},
-                                {"alibi": True}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"positional": "rotary", "attention_window": 3}, {"alibi": True}]
+)
 def test_the_answer_only_path_is_the_full_forward(kw):
     """The training fast path (the last layer's query at the answer position only) gives the
     logits of the full forward read at those positions."""
     torch.manual_seed(0)
-    model = LoopedTransformer(ModelConfig(d_vocab=20, n_ctx=7, d_model=32, n_heads=4,
-                                          **kw).resolved())
+    model = LoopedTransformer(
+        ModelConfig(d_vocab=20, n_ctx=7, d_model=32, n_heads=4, **kw).resolved()
+    )
     tokens, pos = torch.randint(20, (32, 7)), torch.randint(7, (32,))
     fast = model.readout_steps(tokens, positions=pos, every_step=False, answer_only=True)[-1]
     full = model(tokens)[torch.arange(32), pos]
     assert torch.allclose(fast, full, atol=1e-5)
 
 
-def loop_grokfast(params, ema, alpha, lamb):   # the per-tensor loop the foreach update replaced
+def loop_grokfast(params, ema, alpha, lamb):  # the per-tensor loop the foreach update replaced
     for i, p in enumerate(params):
         if p.grad is None:
             continue
@@ -177,7 +210,7 @@ def loop_grokfast(params, ema, alpha, lamb):   # the per-tensor loop the foreach
         p.grad.add_(ema[i], alpha=lamb)
 
 
-def loop_perpendicular(params):   # the loop with a host sync the sync-free one replaced
+def loop_perpendicular(params):  # the loop with a host sync the sync-free one replaced
     for p in params:
         if p.grad is None or p.dim() < 2:
             continue
@@ -191,16 +224,20 @@ def loop_perpendicular(params):   # the loop with a host sync the sync-free one 
 
 def test_foreach_grokfast_and_sync_free_perpendicular_gradient_are_the_loops_bit_for_bit():
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(5, 4)), torch.nn.Parameter(torch.zeros(3, 3)),
-              torch.nn.Parameter(torch.randn(7)), torch.nn.Parameter(torch.randn(2, 2))]
+    params = [
+        torch.nn.Parameter(torch.randn(5, 4)),
+        torch.nn.Parameter(torch.zeros(3, 3)),
+        torch.nn.Parameter(torch.randn(7)),
+        torch.nn.Parameter(torch.randn(2, 2)),
+    ]
     emas, grads = ({}, {}), ([], [])
     for step in range(3):
         for k, (ema, out) in enumerate(zip(emas, grads)):
             torch.manual_seed(step)
-            for p in params[:3]:   # the last parameter has no gradient
+            for p in params[:3]:  # the last parameter has no gradient
                 p.grad = torch.randn_like(p)
             (grokfast_ema, loop_grokfast)[k](params, ema, 0.98, 2.0)
-            (perpendicular_grad, loop_perpendicular)[k](params)   # a zero weight tensor too
+            (perpendicular_grad, loop_perpendicular)[k](params)  # a zero weight tensor too
             out.append([p.grad.clone() for p in params[:3]])
         assert all(torch.equal(a, b) for a, b in zip(grads[0][-1], grads[1][-1]))
         assert emas[0].keys() == emas[1].keys() == {0, 1, 2}

@@ -1,4 +1,5 @@
 """Wilson intervals: published values, edge cases, and the results row."""
+
 import pytest
 
 from grokloop.stats import acc_row, wilson
@@ -29,9 +30,10 @@ def test_acc_row_carries_interval_and_n():
 
 def test_mean_interval_uses_students_t():
     from grokloop.stats import mean_interval
-    m = mean_interval([1.0, 2.0, 3.0])          # sd 1, t(2) = 4.303
+
+    m = mean_interval([1.0, 2.0, 3.0])  # sd 1, t(2) = 4.303
     assert m["mean"] == 2.0 and m["n"] == 3
-    assert m["hi"] - m["mean"] == pytest.approx(4.303 / 3 ** 0.5)
-    assert mean_interval([0.5])["lo"] is None   # one seed: no spread to measure
+    assert m["hi"] - m["mean"] == pytest.approx(4.303 / 3**0.5)
+    assert mean_interval([0.5])["lo"] is None  # one seed: no spread to measure
     with pytest.raises(ValueError):
         mean_interval([])

@@ -1,4 +1,5 @@
 """Training: config composition and errors, exact resume after SIGKILL, checkpoint fallback."""
+
 import json
 import subprocess
 import sys
@@ -14,10 +15,20 @@ from grokloop.config import run_config_from_dict
 from grokloop.train import train
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
-TINY = ["data.p=11", "data.train_fraction=0.5", "model.d_model=16", "model.n_heads=2",
-        "model.d_mlp=32", "train.steps=60", "train.eval_every_min=5", "train.eval_every_max=10",
-        "train.checkpoint_every_max=10", "train.progress=false", "train.stop_at_grok=null",
-        "train.report=false"]
+TINY = [
+    "data.p=11",
+    "data.train_fraction=0.5",
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.d_mlp=32",
+    "train.steps=60",
+    "train.eval_every_min=5",
+    "train.eval_every_max=10",
+    "train.checkpoint_every_max=10",
+    "train.progress=false",
+    "train.stop_at_grok=null",
+    "train.report=false",
+]
 
 
 def compose_dict(overrides):
@@ -25,11 +36,14 @@ def compose_dict(overrides):
     return d.pop("out_dir"), d.pop("resume"), d
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("model.n_heads=7", "not divisible by model.n_heads"),
-    ("model.n_steps=0", "n_steps"),
-    ("train.eval_splits=[test_inferred_ood]", "does not produce"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("model.n_heads=7", "not divisible by model.n_heads"),
+        ("model.n_steps=0", "n_steps"),
+        ("train.eval_splits=[test_inferred_ood]", "does not produce"),
+    ],
+)
 def test_config_errors_name_the_key_and_create_no_run_dir(tmp_path, capsys, override, needle):
     # In-process (main(argv) is what `python -m grokloop.train` runs; a process-level test of the
     # same path is test_config.py's test_cli_config_error_is_one_line_exit_2_and_writes_nothing).
@@ -48,13 +62,17 @@ def train_main(argv: list[str], capsys) -> tuple[int, str]:
     return e.value.code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("train.init_from=/nonexistent/run", "holds no checkpoint to start from"),
-    ("train.init_optimizer=true", "needs train.init_from"),
-    ("train.stop_at_grok='test,nope'", "names 'nope'"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("train.init_from=/nonexistent/run", "holds no checkpoint to start from"),
+        ("train.init_optimizer=true", "needs train.init_from"),
+        ("train.stop_at_grok='test,nope'", "names 'nope'"),
+    ],
+)
 def test_start_and_stop_options_are_checked_before_any_work(override, needle):
     from grokloop.train import prepare  # in-process: the subprocess test above covers the CLI
+
     with pytest.raises((ValueError, FileNotFoundError), match=needle):
         prepare(run_config_from_dict(compose_dict(TINY + [override])[2]))
 
@@ -70,28 +88,54 @@ def test_unknown_key_fails_with_its_name(tmp_path, capsys):
 
 def test_cli_run_ends_with_its_report_and_says_where(tmp_path):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "grokloop.train", *TINY, "train.report=true",
-                        f"data_cache={tmp_path / 'cache'}", f"out_dir={out}"],
-                       capture_output=True, text=True, cwd=tmp_path, check=True)
-    assert (out / "report.html").stat().st_size > 0 and "Plotly.newPlot" in (out / "report.html").read_text()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grokloop.train",
+            *TINY,
+            "train.report=true",
+            f"data_cache={tmp_path / 'cache'}",
+            f"out_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    assert (out / "report.html").stat().st_size > 0 and "Plotly.newPlot" in (
+        out / "report.html"
+    ).read_text()
     assert f"wrote {out / 'report.html'}" in r.stdout and f"run directory: {out}" in r.stdout
 
 
 def rows(run):
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "wall_time_s"}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.mark.slow  # ~18 s: three CLI processes; fast: test_resume_skips_a_finished_run_and_extends_a_longer_one
 def test_resume_after_sigkill_is_exact(tmp_path):
-    overrides = TINY + ["train.steps=400", "train.eval_every_max=20", "train.checkpoint_every_max=20",
-                        "train.batch_size=16", "model.dropout=0.1", f"data_cache={tmp_path / 'cache'}"]
+    overrides = TINY + [
+        "train.steps=400",
+        "train.eval_every_max=20",
+        "train.checkpoint_every_max=20",
+        "train.batch_size=16",
+        "model.dropout=0.1",
+        f"data_cache={tmp_path / 'cache'}",
+    ]
     cmd = [sys.executable, "-m", "grokloop.train", *overrides]
-    subprocess.run(cmd + [f"out_dir={tmp_path / 'full'}"], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        cmd + [f"out_dir={tmp_path / 'full'}"], check=True, capture_output=True, cwd=tmp_path
+    )
     killed = tmp_path / "killed"
     sigkill_when_checkpointed(cmd + [f"out_dir={killed}"], tmp_path, killed, 100)
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
-    subprocess.run(cmd + [f"out_dir={killed}", "resume=true"], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        cmd + [f"out_dir={killed}", "resume=true"], check=True, capture_output=True, cwd=tmp_path
+    )
     assert rows(killed) == rows(tmp_path / "full")
 
 
@@ -117,9 +161,17 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def test_looped_composition_writes_per_step_and_per_split_metrics(tmp_path):
-    _, _, d = compose_dict(["experiment=composition_khop_looped", "train.steps=20",
-                            "train.progress=false", "model.d_model=16", "model.n_heads=2",
-                            "train.batch_size=64", f"data_cache={tmp_path / 'c'}"])
+    _, _, d = compose_dict(
+        [
+            "experiment=composition_khop_looped",
+            "train.steps=20",
+            "train.progress=false",
+            "model.d_model=16",
+            "model.n_heads=2",
+            "train.batch_size=64",
+            f"data_cache={tmp_path / 'c'}",
+        ]
+    )
     summary = train(run_config_from_dict(d), tmp_path / "r")
     final = summary["final"]
     assert {"acc/test_inferred_id", "acc/test_inferred_ood", "acc/atomic_id"} <= set(final)
@@ -131,8 +183,14 @@ def test_looped_composition_writes_per_step_and_per_split_metrics(tmp_path):
 def test_modular_addition_groks(tmp_path):
     # The default experiment (mod 113, 30% of the table, perpendicular gradient): it reaches 0.99
     # test accuracy in 320-360 steps (seeds 0-2), about a minute here; the cap leaves 4x margin.
-    _, _, d = compose_dict(["experiment=default", "train.steps=1500", "train.progress=false",
-                            f"data_cache={tmp_path / 'cache'}"])
+    _, _, d = compose_dict(
+        [
+            "experiment=default",
+            "train.steps=1500",
+            "train.progress=false",
+            f"data_cache={tmp_path / 'cache'}",
+        ]
+    )
     summary = train(run_config_from_dict(d), tmp_path)
     assert summary["grokked"]["test"] and summary["steps"] < 1500, summary["final"]
     assert summary["final"]["acc/test"] >= 0.99
@@ -145,6 +203,6 @@ def test_resume_skips_a_finished_run_and_extends_a_longer_one(tmp_path, capsys):
     again = train(run_config_from_dict(d), tmp_path, resume=True)
     assert again == first and (tmp_path / "metrics.jsonl").stat().st_mtime_ns == mtime
     assert "already finished" in capsys.readouterr().out
-    d["train"]["steps"] = first["steps"] + 20        # a changed config is not finished: it continues
+    d["train"]["steps"] = first["steps"] + 20  # a changed config is not finished: it continues
     longer = train(run_config_from_dict(d), tmp_path, resume=True)
     assert longer["steps"] == first["steps"] + 20

@@ -19,5 +19,15 @@ This package imports nothing heavy, so `reports` can read MAIN_RULES without tor
 
 # The rules the results tables show, in this order ({T} is max_steps): RUN/halting/results.md
 # and reports/adaptive.py's summary.
-MAIN_RULES = ["trained_depth", "fixed_{T}", "kl<0.01", "huginn_kl<5e-4", "huginn_entropy<1e-3",
-              "huginn_argmax_5", "conf>=0.9", "max_confidence", "oracle", "selector"]
+MAIN_RULES = [
+    "trained_depth",
+    "fixed_{T}",
+    "kl<0.01",
+    "huginn_kl<5e-4",
+    "huginn_entropy<1e-3",
+    "huginn_argmax_5",
+    "conf>=0.9",
+    "max_confidence",
+    "oracle",
+    "selector",
+]

@@ -14,13 +14,14 @@ compute is `mean_cost` in units of core `schedule[0]`'s layers (grokloop/adaptiv
 here converted to layers. Compute is always `mean_layers`: layer applications per example in the
 thinking block (the prelude and coda, run once whatever the schedule, are left out).
 """
+
 from __future__ import annotations
 
 import torch
 
 from grokloop.adaptive.rules import core_layers, rule_exits, summarize_exits, trajectory
 
-EXITS = ("huginn_kl<5e-4", "conf>=0.9", "max_confidence", "oracle")   # points beside the curves
+EXITS = ("huginn_kl<5e-4", "conf>=0.9", "max_confidence", "oracle")  # points beside the curves
 
 
 def schedules(n_cores: int, n_random: int, max_steps: int, seed: int = 0) -> dict[str, list[int]]:
@@ -41,8 +42,11 @@ def scored(traj: dict, hops: torch.Tensor, layers_per_unit: int) -> dict:
         if name not in EXITS and not name.startswith("fixed_"):
             continue
         row = summarize_exits(traj, exit_step, hops, cost_all_steps=name == "max_confidence")
-        spent = (traj["cost"][-1] if name == "max_confidence" else
-                 traj["cost"][exit_step, torch.arange(len(exit_step))]) * layers_per_unit
+        spent = (
+            traj["cost"][-1]
+            if name == "max_confidence"
+            else traj["cost"][exit_step, torch.arange(len(exit_step))]
+        ) * layers_per_unit
         row["mean_layers"] = spent.mean().item()
         for key in [k for k in row if k.startswith("hops_")]:
             row[key]["mean_layers"] = spent[hops == int(key[5:])].mean().item()
@@ -64,8 +68,17 @@ def mean_of(rows: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def block_study(model, tokens, positions, answers, hops, max_steps: int, n_random: int = 8,
-                seed: int = 0, batch_size: int = 4096) -> dict:
+def block_study(
+    model,
+    tokens,
+    positions,
+    answers,
+    hops,
+    max_steps: int,
+    n_random: int = 8,
+    seed: int = 0,
+    batch_size: int = 4096,
+) -> dict:
     """{schedule name: {"schedule": cores, "rules": {rule: row}}} for every schedule of the
     model's bank, plus "random": the mean of the random schedules' rows. The model's default
     schedule is restored afterwards."""
@@ -74,16 +87,19 @@ def block_study(model, tokens, positions, answers, hops, max_steps: int, n_rando
     try:
         for name, schedule in schedules(len(layers), n_random, max_steps, seed).items():
             model.set_schedule(schedule)
-            parts = [trajectory(model, tokens[c], positions[c], answers[c], max_steps)
-                     for c in torch.arange(len(tokens)).split(batch_size)]
+            parts = [
+                trajectory(model, tokens[c], positions[c], answers[c], max_steps)
+                for c in torch.arange(len(tokens)).split(batch_size)
+            ]
             traj = {k: torch.cat([p[k] for p in parts], dim=1).cpu() for k in parts[0]}
             # trajectory's cost is in units of the schedule's first core; back to layers
-            out[name] = {"schedule": schedule,
-                         "rules": scored(traj, hops, layers[schedule[0]])}
+            out[name] = {"schedule": schedule, "rules": scored(traj, hops, layers[schedule[0]])}
     finally:
         model.set_schedule(saved)
     randoms = [v["rules"] for k, v in out.items() if k.startswith("random_")]
     if randoms:
-        out["random"] = {"schedule": None, "rules": {rule: mean_of([r[rule] for r in randoms])
-                                                     for rule in randoms[0]}}
+        out["random"] = {
+            "schedule": None,
+            "rules": {rule: mean_of([r[rule] for r in randoms]) for rule in randoms[0]},
+        }
     return out

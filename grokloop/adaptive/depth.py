@@ -19,6 +19,7 @@ batch that learned from it (for the chosen-step distribution over training). gro
 calls it every step; choose the objective with
 `python -m grokloop.train experiment=khop_fixed train.depth=best`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,8 +39,10 @@ def depth_sequence(tc, seed: int) -> list[int]:
         return [tc.depth_choices[i] for i in picks.tolist()]
     if tc.depth == "poisson":
         lo, hi = tc.depth_clip
-        draws = torch.poisson(torch.full((tc.steps,), float(tc.depth_poisson_mean),
-                                         dtype=torch.float64), generator=gen)
+        draws = torch.poisson(
+            torch.full((tc.steps,), float(tc.depth_poisson_mean), dtype=torch.float64),
+            generator=gen,
+        )
         return draws.clamp(lo, hi).long().tolist()
     return []
 
@@ -48,31 +51,50 @@ def choose_best_step(losses: torch.Tensor, tol: float = 0.0) -> torch.Tensor:
     """losses [steps, batch] -> the chosen step index [batch]: the first step whose loss is within
     `tol` of that example's minimum, i.e. the lowest loss with ties going to the fewest steps."""
     best = losses.min(dim=0).values
-    good = losses <= best + tol                                    # [steps, batch]
-    return good.float().argmax(dim=0)                              # first True
+    good = losses <= best + tol  # [steps, batch]
+    return good.float().argmax(dim=0)  # first True
 
 
-def depth_loss(model, tokens, positions, targets, objective: str, n_steps: int,
-               schedule: list[int] | None = None, grad_last_k: int | None = None,
-               loss: str = "softmax", float64: bool = False, tol: float = 0.0,
-               tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def depth_loss(
+    model,
+    tokens,
+    positions,
+    targets,
+    objective: str,
+    n_steps: int,
+    schedule: list[int] | None = None,
+    grad_last_k: int | None = None,
+    loss: str = "softmax",
+    float64: bool = False,
+    tol: float = 0.0,
+    tau: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scalar loss, share of the batch learning from each step [n_steps]) for one batch."""
     if objective in ("fixed", "random", "poisson"):
-        logits = model.readout_steps(tokens, n_steps, positions=positions, schedule=schedule,
-                                     grad_last_k=grad_last_k, every_step=False, answer_only=True)[-1]
+        logits = model.readout_steps(
+            tokens,
+            n_steps,
+            positions=positions,
+            schedule=schedule,
+            grad_last_k=grad_last_k,
+            every_step=False,
+            answer_only=True,
+        )[-1]
         share = torch.zeros(n_steps, device=tokens.device)
         share[-1] = 1.0
         return cross_entropy(logits, targets, loss, float64), share
-    logits = model.readout_steps(tokens, n_steps, positions=positions, schedule=schedule,
-                                 grad_last_k=grad_last_k)                    # [steps, batch, vocab]
-    per_step = cross_entropy(logits, targets.expand(len(logits), -1), loss, float64,
-                             reduction="none")                               # [steps, batch]
+    logits = model.readout_steps(
+        tokens, n_steps, positions=positions, schedule=schedule, grad_last_k=grad_last_k
+    )  # [steps, batch, vocab]
+    per_step = cross_entropy(
+        logits, targets.expand(len(logits), -1), loss, float64, reduction="none"
+    )  # [steps, batch]
     if objective == "best":
         chosen = choose_best_step(per_step.detach(), tol)
         value = per_step.gather(0, chosen[None]).mean()
         share = torch.bincount(chosen, minlength=n_steps).float() / len(chosen)
         return value, share
     if objective == "soft_best":
-        weights = (-per_step.detach() / tau).softmax(dim=0)                 # [steps, batch]
+        weights = (-per_step.detach() / tau).softmax(dim=0)  # [steps, batch]
         return (weights * per_step).sum(0).mean(), weights.mean(1)
     raise ValueError(f"train.depth={objective!r} is not one of {list(OBJECTIVES)}")

@@ -17,6 +17,7 @@ With reuse=true the selector already there is evaluated again instead of trained
 must match). Abstention is compared as two curves: the confidence threshold's, and the
 selector's greedy episodes with ABSTAIN_OFFSETS added to its abstain logit.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,8 +62,9 @@ from grokloop.evaluate import answer_prefix
 
 
 @torch.no_grad()
-def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str], device="cpu",
-                     batch_size: int = 4096) -> dict:
+def evaluate_halting(
+    model, ds, selector, cfg: HaltingConfig, splits: list[str], device="cpu", batch_size: int = 4096
+) -> dict:
     """Every rule and the selector on every split: {split: {"rules": {rule: row}, "n",
     "coverage_curve" (at ABSTAIN_EXIT), "abstention"}} (`abstention`); for a model with a bank
     of several cores also "blocks", every schedule against its compute
@@ -71,8 +73,11 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
     trained_hops = trained_hop_counts(ds)
     results = {}
     for i, split in enumerate(splits):
-        print(f"exit rules and selector on {split} ({i + 1}/{len(splits)}, "
-              f"{len(ds.splits[split]):,} examples, up to {cfg.max_steps} steps)", flush=True)
+        print(
+            f"exit rules and selector on {split} ({i + 1}/{len(splits)}, "
+            f"{len(ds.splits[split]):,} examples, up to {cfg.max_steps} steps)",
+            flush=True,
+        )
         idx = torch.as_tensor(ds.splits[split], device=device)
         # the selector's coverage curve: a rollout per abstain offset, or, where it abstains only
         # at max_steps, exactly from one (`abstention`)
@@ -87,27 +92,48 @@ def evaluate_halting(model, ds, selector, cfg: HaltingConfig, splits: list[str],
         traj = {k: torch.cat([t[k] for t in trajs], dim=1).cpu() for k in trajs[0]}
         hops = data["hops"][idx].cpu()
         exits = rule_exits(traj, model.config.n_steps)
-        rules = {name: summarize_exits(traj, ex, hops, cost_all_steps=name == "max_confidence")
-                 for name, ex in exits.items()}
-        outs = {b: {k: torch.cat([o[k] for o in os]).cpu() for k in os[0]} for b, os in outs.items()}
+        rules = {
+            name: summarize_exits(traj, ex, hops, cost_all_steps=name == "max_confidence")
+            for name, ex in exits.items()
+        }
+        outs = {
+            b: {k: torch.cat([o[k] for o in os]).cpu() for k in os[0]} for b, os in outs.items()
+        }
         out = outs.get(0.0)
         if out is not None:
             rules["selector"] = summarize_selector(out, hops)
-        results[split] = {"rules": rules, "n": len(idx), "coverage_curve_exit": ABSTAIN_EXIT,
-                          "coverage_curve": coverage_curve(traj, exits[ABSTAIN_EXIT]),
-                          "abstention": abstention(traj, exits[ABSTAIN_EXIT], hops, out,
-                                                   trained_hops, offsets=outs,
-                                                   abstains_at_end=cfg.abstain_at == "max_steps")}
-        if len(model.cores) > 1 and split.startswith("test"):   # a bank: schedules against compute
-            results[split]["blocks"] = block_study(model, tokens[idx], data["answer_pos"][idx],
-                                                   data["answers"][idx], hops, cfg.max_steps,
-                                                   batch_size=batch_size)
+        results[split] = {
+            "rules": rules,
+            "n": len(idx),
+            "coverage_curve_exit": ABSTAIN_EXIT,
+            "coverage_curve": coverage_curve(traj, exits[ABSTAIN_EXIT]),
+            "abstention": abstention(
+                traj,
+                exits[ABSTAIN_EXIT],
+                hops,
+                out,
+                trained_hops,
+                offsets=outs,
+                abstains_at_end=cfg.abstain_at == "max_steps",
+            ),
+        }
+        if len(model.cores) > 1 and split.startswith("test"):  # a bank: schedules against compute
+            results[split]["blocks"] = block_study(
+                model,
+                tokens[idx],
+                data["answer_pos"][idx],
+                data["answers"][idx],
+                hops,
+                cfg.max_steps,
+                batch_size=batch_size,
+            )
             if out is not None:
-                unit = core_layers(model)[model.schedule[0]]   # the selector's cost unit
+                unit = core_layers(model)[model.schedule[0]]  # the selector's cost unit
                 rules["selector"]["mean_layers"] = rules["selector"]["mean_cost"] * unit
                 for key in [k for k in rules["selector"] if k.startswith("hops_")]:
                     rules["selector"][key]["mean_layers"] = (
-                        out["cost"][hops == int(key[5:])].mean().item() * unit)
+                        out["cost"][hops == int(key[5:])].mean().item() * unit
+                    )
     return results
 
 
@@ -131,9 +157,16 @@ def fact_groups(hops: torch.Tensor, trained_hops: list[int] = ()) -> dict[str, t
     return groups
 
 
-def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
-               target: float = TARGET_SELECTIVE_ACC, offsets: dict | None = None,
-               abstains_at_end: bool = False) -> dict:
+def abstention(
+    traj,
+    exit_step,
+    hops,
+    out=None,
+    trained_hops: list[int] = (),
+    target: float = TARGET_SELECTIVE_ACC,
+    offsets: dict | None = None,
+    abstains_at_end: bool = False,
+) -> dict:
     """Abstaining by a confidence threshold on the top probability at `exit_step` against the
     selector's abstain action, per group of facts (`fact_groups`): the threshold's coverage
     curve and its largest coverage at selective accuracy >= target; with the selector's
@@ -154,25 +187,35 @@ def abstention(traj, exit_step, hops, out=None, trained_hops: list[int] = (),
     groups = {}
     for name, m in fact_groups(hops, trained_hops).items():
         exact = selective_curve(top[m], right[m])
-        g = {"n": int(m.sum()), "threshold_coverage_at_target": coverage_at_accuracy(exact, target),
-             "threshold_auroc": auroc(top[m], right[m]),
-             "curve": selective_curve(top[m], right[m], COVERAGE_THRESHOLDS)}
+        g = {
+            "n": int(m.sum()),
+            "threshold_coverage_at_target": coverage_at_accuracy(exact, target),
+            "threshold_auroc": auroc(top[m], right[m]),
+            "curve": selective_curve(top[m], right[m], COVERAGE_THRESHOLDS),
+        }
         if out is not None:
             point = selective_point(out["correct"][m], ~out["abstained"][m])
             curve = [point]
             if abstains_at_end:
                 score, right_end = -out["abstain_margin"][m], out["right_at_end"][m]
                 g["selector_curve"] = [
-                    {"coverage": r["coverage"], "selective_acc": r["selective_acc"],
-                     "abstain_offset": r["min_confidence"]}
-                    for r in selective_curve(score, right_end, ABSTAIN_OFFSETS)][::-1]
+                    {
+                        "coverage": r["coverage"],
+                        "selective_acc": r["selective_acc"],
+                        "abstain_offset": r["min_confidence"],
+                    }
+                    for r in selective_curve(score, right_end, ABSTAIN_OFFSETS)
+                ][::-1]
                 curve = selective_curve(score, right_end)
                 point["auroc"] = auroc(score, right_end)
                 point["coverage_gain_interval"] = coverage_gain_interval(
-                    score.cpu(), right_end.cpu(), top[m].cpu(), right[m].cpu(), target)
+                    score.cpu(), right_end.cpu(), top[m].cpu(), right[m].cpu(), target
+                )
             elif offsets:
-                curve = [selective_point(o["correct"][m], ~o["abstained"][m]) | {"abstain_offset": b}
-                         for b, o in sorted(offsets.items())]
+                curve = [
+                    selective_point(o["correct"][m], ~o["abstained"][m]) | {"abstain_offset": b}
+                    for b, o in sorted(offsets.items())
+                ]
                 g["selector_curve"] = curve
             g["selector"] = point | {"coverage_at_target": coverage_at_accuracy(curve, target)}
             g["threshold"] = threshold_at_coverage(exact, point["coverage"])
@@ -185,15 +228,22 @@ def halting_dir(run_dir) -> Path:
     return Path(run_dir) / "halting"
 
 
-def save_selector(run_dir, selector: Selector, cfg: HaltingConfig, curve: list[dict],
-                  d: Path | None = None) -> None:
+def save_selector(
+    run_dir, selector: Selector, cfg: HaltingConfig, curve: list[dict], d: Path | None = None
+) -> None:
     """Into RUN/halting/ (or the directory `d`)."""
     d = d or halting_dir(run_dir)
     weights = {k: v.detach().cpu().contiguous() for k, v in selector.state_dict().items()}
     atomic_write(d / "selector.safetensors", lambda tmp: save_file(weights, str(tmp)))
-    meta = {"config": dataclasses.asdict(cfg), "d_model": selector.d_model,
-            "n_cores": selector.n_cores, "hidden": selector.hidden,
-            "n_memory": selector.n_memory, "n_history": selector.n_history, "curve": curve}
+    meta = {
+        "config": dataclasses.asdict(cfg),
+        "d_model": selector.d_model,
+        "n_cores": selector.n_cores,
+        "hidden": selector.hidden,
+        "n_memory": selector.n_memory,
+        "n_history": selector.n_history,
+        "curve": curve,
+    }
     atomic_write_text(d / "selector.json", json.dumps(meta, indent=1))
 
 
@@ -201,13 +251,19 @@ def load_selector(run_dir, d: Path | None = None) -> tuple[Selector, HaltingConf
     """From RUN/halting/ (or the directory `d`): the selector, its config, its training curve."""
     d = d or halting_dir(run_dir)
     if not (d / "selector.json").exists():
-        raise FileNotFoundError(f"{d} holds no selector; train one with "
-                                f"`python -m grokloop.halting run_dir={run_dir}`")
+        raise FileNotFoundError(
+            f"{d} holds no selector; train one with `python -m grokloop.halting run_dir={run_dir}`"
+        )
     meta = json.loads((d / "selector.json").read_text())
     n_memory = meta.get("n_memory", 0)
-    selector = Selector(meta["d_model"], meta["n_cores"], meta["hidden"], n_memory=n_memory,
-                        read_state=meta["config"].get("read_state", True),
-                        n_history=meta.get("n_history", 0))
+    selector = Selector(
+        meta["d_model"],
+        meta["n_cores"],
+        meta["hidden"],
+        n_memory=n_memory,
+        read_state=meta["config"].get("read_state", True),
+        n_history=meta.get("n_history", 0),
+    )
     selector.load_state_dict(load_file(str(d / "selector.safetensors")))
     # selectors saved before memory features existed read none
     cfg = HaltingConfig(**({"memory_features": n_memory > 0} | meta["config"]))
@@ -219,19 +275,27 @@ def markdown_table(results: dict, max_steps: int) -> str:
     lines = []
     for split, res in results.items():
         rules = res["rules"]
-        hops = sorted({k for row in rules.values() for k in row if k.startswith("hops_")},
-                      key=lambda k: int(k[5:]))
-        lines += [f"### {split} (n = {res['n']})", "",
-                  "| rule | acc | coverage | mean steps | " + " | ".join(h.replace("_", " ")
-                                                                       for h in hops) + " |",
-                  "|---" * (4 + len(hops)) + "|"]
+        hops = sorted(
+            {k for row in rules.values() for k in row if k.startswith("hops_")},
+            key=lambda k: int(k[5:]),
+        )
+        lines += [
+            f"### {split} (n = {res['n']})",
+            "",
+            "| rule | acc | coverage | mean steps | "
+            + " | ".join(h.replace("_", " ") for h in hops)
+            + " |",
+            "|---" * (4 + len(hops)) + "|",
+        ]
         for name in (r.replace("{T}", str(max_steps)) for r in MAIN_RULES):
             if name not in rules:
                 continue
             row = rules[name]
             cells = [f"{row[h]['acc']:.3f} ({row[h]['mean_steps']:.1f})" for h in hops]
-            lines.append(f"| {name} | {row['acc']:.3f} | {row['coverage']:.2f} | "
-                         f"{row['mean_steps']:.2f} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {name} | {row['acc']:.3f} | {row['coverage']:.2f} | "
+                f"{row['mean_steps']:.2f} | " + " | ".join(cells) + " |"
+            )
         lines.append("")
         if "abstention" in res:
             lines += abstention_table(res["abstention"]) + [""]
@@ -246,17 +310,22 @@ def abstention_table(ab: dict) -> list[str]:
     """Markdown lines: per group of facts, the selector against the confidence threshold at
     equal coverage, and each one's largest coverage at the target selective accuracy."""
     t = f"{ab['target_selective_acc']:.0%}"
-    lines = [f"Abstention (confidence threshold on the top probability at the {ab['exit']} exit):", "",
-             "| facts | n | selector coverage | selector sel. acc | threshold | threshold coverage "
-             f"| threshold sel. acc | coverage at {t} sel. acc: selector | threshold |",
-             "|---" * 9 + "|"]
+    lines = [
+        f"Abstention (confidence threshold on the top probability at the {ab['exit']} exit):",
+        "",
+        "| facts | n | selector coverage | selector sel. acc | threshold | threshold coverage "
+        f"| threshold sel. acc | coverage at {t} sel. acc: selector | threshold |",
+        "|---" * 9 + "|",
+    ]
     for name, g in ab["groups"].items():
         sel, thr = g.get("selector", {}), g.get("threshold", {})
-        lines.append(f"| {name} | {g['n']:,} | {fmt(sel.get('coverage'))} | "
-                     f"{fmt(sel.get('selective_acc'))} | {fmt(thr.get('min_confidence'), '.4g')} | "
-                     f"{fmt(thr.get('coverage'))} | {fmt(thr.get('selective_acc'))} | "
-                     f"{fmt(sel.get('coverage_at_target'))} | "
-                     f"{fmt(g['threshold_coverage_at_target'])} |")
+        lines.append(
+            f"| {name} | {g['n']:,} | {fmt(sel.get('coverage'))} | "
+            f"{fmt(sel.get('selective_acc'))} | {fmt(thr.get('min_confidence'), '.4g')} | "
+            f"{fmt(thr.get('coverage'))} | {fmt(thr.get('selective_acc'))} | "
+            f"{fmt(sel.get('coverage_at_target'))} | "
+            f"{fmt(g['threshold_coverage_at_target'])} |"
+        )
     return lines
 
 
@@ -264,13 +333,14 @@ def abstention_table(ab: dict) -> list[str]:
 @dataclass
 class HaltingCommand(HaltingConfig):
     """Schema of conf/halting.yaml: every HaltingConfig option, and the run to evaluate."""
-    run_dir: str = "???"   # required
-    bank: str | None = None   # a bank directory the frozen model reads (model.memory=facts runs);
-                              # results in RUN/halting/bank_NAME/
-    tag: str | None = None    # results in RUN/halting/TAG/ (under bank_NAME/ with a bank): several
-                              # selectors of one run side by side, e.g. tag=abstain_0.8
-    reuse: bool = False       # evaluate the selector already saved there again instead of training
-                              # one (its options must match these), e.g. after the evaluation grew
+
+    run_dir: str = "???"  # required
+    bank: str | None = None  # a bank directory the frozen model reads (model.memory=facts runs);
+    # results in RUN/halting/bank_NAME/
+    tag: str | None = None  # results in RUN/halting/TAG/ (under bank_NAME/ with a bank): several
+    # selectors of one run side by side, e.g. tag=abstain_0.8
+    reuse: bool = False  # evaluate the selector already saved there again instead of training
+    # one (its options must match these), e.g. after the evaluation grew
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -286,14 +356,15 @@ def run_halting(cmd: HaltingCommand) -> None:
 
     run_dir, bank_dir, tag, reuse = cmd.run_dir, cmd.bank, cmd.tag, cmd.reuse
     if tag is not None and (not tag or Path(tag).name != tag or tag.startswith(".")):
-        raise ValueError(f"tag={tag!r} must be a plain folder name (RUN/halting/TAG/), "
-                         "e.g. tag=abstain_0.8")
+        raise ValueError(
+            f"tag={tag!r} must be a plain folder name (RUN/halting/TAG/), e.g. tag=abstain_0.8"
+        )
     cfg = HaltingConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(HaltingConfig)})
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, ds, run_cfg = load_model(run_dir)
-    check_train_split(ds, cfg.train_split)   # held-out facts only, before any work
+    check_train_split(ds, cfg.train_split)  # held-out facts only, before any work
     out_dir, bank_record = halting_dir(run_dir), None
-    if bank_dir:   # checked before the selector trains or anything is written
+    if bank_dir:  # checked before the selector trains or anything is written
         bank, manifest = bank_option(bank_dir, ds.vocab, model.config.memory, model=model)
         sub, bank_record = bank_results(bank_dir, bank, manifest)
         out_dir = out_dir / sub
@@ -301,21 +372,33 @@ def run_halting(cmd: HaltingCommand) -> None:
         out_dir = out_dir / tag
     if reuse:
         selector, saved, curve = load_selector(run_dir, out_dir)
-        differ = [f"{k}: saved {v!r}, given {getattr(cfg, k)!r}"
-                  for k, v in dataclasses.asdict(saved).items() if getattr(cfg, k) != v]
+        differ = [
+            f"{k}: saved {v!r}, given {getattr(cfg, k)!r}"
+            for k, v in dataclasses.asdict(saved).items()
+            if getattr(cfg, k) != v
+        ]
         if differ:
-            raise ValueError(f"reuse=true: the selector in {out_dir} was trained with other "
-                             f"options ({'; '.join(differ)}); pass the saved values or train a "
-                             "new one with tag=NAME")
+            raise ValueError(
+                f"reuse=true: the selector in {out_dir} was trained with other "
+                f"options ({'; '.join(differ)}); pass the saved values or train a "
+                "new one with tag=NAME"
+            )
     else:
         selector, curve = train_selector(model, ds, cfg)
         save_selector(run_dir, selector, cfg, curve, out_dir)
     # the selector's own training split is not scored: every split reported is held out from it
-    results = evaluate_halting(model, ds, selector, cfg,
-                               [s for s in ds.eval_splits if s != cfg.train_split])
-    out = {"run_dir": str(run_dir), "experiment": run_cfg["experiment"],
-           "checkpoint_step": list_checkpoints(run_dir)[-1], "config": dataclasses.asdict(cfg),
-           "code_version": code_version(), "selector_curve": curve, "splits": results}
+    results = evaluate_halting(
+        model, ds, selector, cfg, [s for s in ds.eval_splits if s != cfg.train_split]
+    )
+    out = {
+        "run_dir": str(run_dir),
+        "experiment": run_cfg["experiment"],
+        "checkpoint_step": list_checkpoints(run_dir)[-1],
+        "config": dataclasses.asdict(cfg),
+        "code_version": code_version(),
+        "selector_curve": curve,
+        "splits": results,
+    }
     if bank_record is not None:
         out["bank"] = bank_record
     atomic_write_text(out_dir / "results.json", json.dumps(out, indent=1))

@@ -23,6 +23,7 @@ seal-rg/recurrent-pretraining, recpre/raven_modeling_minimal.py) exits at its de
 None can exit at step 1 (no previous readout; Huginn compares step 1 with a uniform distribution
 or an entropy of 100, which never passes); without an exit a rule answers at step T.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,12 +33,22 @@ import torch
 
 KL_THRESHOLDS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
 CONFIDENCE_THRESHOLDS = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999]
-HUGINN_KL, HUGINN_ENTROPY, HUGINN_ARGMAX = 5e-4, 1e-3, 5       # Huginn's default thresholds
+HUGINN_KL, HUGINN_ENTROPY, HUGINN_ARGMAX = 5e-4, 1e-3, 5  # Huginn's default thresholds
 HUGINN_RULES = ["huginn_kl<5e-4", "huginn_entropy<1e-3", "huginn_argmax_5"]
 # Abstention: the thresholds of the stored coverage curves (figures), the exit whose top
 # probability the confidence threshold reads, and the selective accuracy the target is set at.
-COVERAGE_THRESHOLDS = [i / 20 for i in range(19)] + [0.9, 0.92, 0.94, 0.96, 0.97, 0.98, 0.99,
-                                                      0.995, 0.999, 0.9999]
+COVERAGE_THRESHOLDS = [i / 20 for i in range(19)] + [
+    0.9,
+    0.92,
+    0.94,
+    0.96,
+    0.97,
+    0.98,
+    0.99,
+    0.995,
+    0.999,
+    0.9999,
+]
 ABSTAIN_EXIT = "huginn_kl<5e-4"
 TARGET_SELECTIVE_ACC = 0.9
 
@@ -49,9 +60,11 @@ def core_layers(model) -> list[int]:
 
 def per_hop(hops: torch.Tensor, **columns: torch.Tensor) -> dict:
     """{'hops_K': {'n': examples with K hops, name: mean of column over them}} for every K."""
-    return {f"hops_{k}": {"n": int((hops == k).sum())} |
-            {name: col[hops == k].float().mean().item() for name, col in columns.items()}
-            for k in hops.unique().tolist()}
+    return {
+        f"hops_{k}": {"n": int((hops == k).sum())}
+        | {name: col[hops == k].float().mean().item() for name, col in columns.items()}
+        for k in hops.unique().tolist()
+    }
 
 
 def readout_stats(log_probs: torch.Tensor, prev_log_probs: torch.Tensor | None) -> dict:
@@ -59,8 +72,11 @@ def readout_stats(log_probs: torch.Tensor, prev_log_probs: torch.Tensor | None) 
     KL(p || p_prev) to the previous readout (None without one). The one definition of each,
     shared by the exit rules and the selector's features."""
     p = log_probs.exp()
-    return {"entropy": -(p * log_probs).sum(-1), "top": p.max(-1).values,
-            "kl": None if prev_log_probs is None else (p * (log_probs - prev_log_probs)).sum(-1)}
+    return {
+        "entropy": -(p * log_probs).sum(-1),
+        "top": p.max(-1).values,
+        "kl": None if prev_log_probs is None else (p * (log_probs - prev_log_probs)).sum(-1),
+    }
 
 
 def retrieval_margin(scores: torch.Tensor) -> torch.Tensor:
@@ -79,22 +95,29 @@ def memory_reads(model, n_steps: int):
     k] in the yielded dict's "scores": one hook for a whole episode of up to n_steps steps."""
     got = {}
     model.ensure_step_hooks(n_steps)
-    with model.hooks(fwd_hooks=[(lambda name: name.endswith("memory.hook_scores"),
-                                 lambda x, hook: got.update(scores=x))]):
+    with model.hooks(
+        fwd_hooks=[
+            (lambda name: name.endswith("memory.hook_scores"), lambda x, hook: got.update(scores=x))
+        ]
+    ):
         yield got
 
 
 @torch.no_grad()
-def trajectory(model, tokens, positions, answers, max_steps: int,
-               margins: bool = False) -> dict[str, torch.Tensor]:
+def trajectory(
+    model, tokens, positions, answers, max_steps: int, margins: bool = False
+) -> dict[str, torch.Tensor]:
     """Per step t = 1..T of the model's schedule (cycled): correct, argmax, top probability,
     entropy, KL to t-1 (inf at t = 1) and layers run so far. Each tensor is [T, batch].
     `margins` (a model with a fact memory): also "margin" [T, batch, pos], the memory's
     `retrieval_margin` at every input position."""
     e, state = model.enter_loop(tokens)
     layers = core_layers(model)
-    cols = {k: [] for k in ("correct", "argmax", "top", "entropy", "kl", "cost")
-            + (("margin",) if margins else ())}
+    cols = {
+        k: []
+        for k in ("correct", "argmax", "top", "entropy", "kl", "cost")
+        + (("margin",) if margins else ())
+    }
     prev, total = None, 0
     with memory_reads(model, max_steps) if margins else contextlib.nullcontext({}) as got:
         for t in range(max_steps):
@@ -107,8 +130,9 @@ def trajectory(model, tokens, positions, answers, max_steps: int,
             cols["correct"].append(cols["argmax"][-1] == answers)
             cols["top"].append(stats["top"])
             cols["entropy"].append(stats["entropy"])
-            cols["kl"].append(torch.full_like(stats["top"], math.inf) if prev is None
-                              else stats["kl"])
+            cols["kl"].append(
+                torch.full_like(stats["top"], math.inf) if prev is None else stats["kl"]
+            )
             cols["cost"].append(torch.full_like(stats["top"], total / layers[model.schedule[0]]))
             if margins:
                 cols["margin"].append(retrieval_margin(got["scores"]).float())
@@ -169,18 +193,27 @@ def summarize_exits(traj, exit_step, hops, cost_all_steps: bool = False) -> dict
     cols = torch.arange(exit_step.shape[0])
     right = at_exit(traj, exit_step)[1].float()
     # A rule that must see every step before choosing (max_confidence) pays for all of them.
-    steps = torch.full_like(right, len(traj["correct"])) if cost_all_steps else (exit_step + 1).float()
+    steps = (
+        torch.full_like(right, len(traj["correct"])) if cost_all_steps else (exit_step + 1).float()
+    )
     cost = traj["cost"][-1] if cost_all_steps else traj["cost"][exit_step, cols]
-    return {"acc": right.mean().item(), "n": len(right), "coverage": 1.0,
-            "mean_steps": steps.mean().item(), "mean_cost": cost.float().mean().item(),
-            **per_hop(hops, acc=right, mean_steps=steps)}
+    return {
+        "acc": right.mean().item(),
+        "n": len(right),
+        "coverage": 1.0,
+        "mean_steps": steps.mean().item(),
+        "mean_cost": cost.float().mean().item(),
+        **per_hop(hops, acc=right, mean_steps=steps),
+    }
 
 
 # --- abstention: answer only where the top probability reaches a threshold ------------------
 def selective_point(correct: torch.Tensor, answered: torch.Tensor) -> dict:
     """{coverage: share answered, selective_acc: accuracy over the answered (None if none)}."""
-    return {"coverage": answered.float().mean().item() if len(answered) else 0.0,
-            "selective_acc": correct[answered].float().mean().item() if answered.any() else None}
+    return {
+        "coverage": answered.float().mean().item() if len(answered) else 0.0,
+        "selective_acc": correct[answered].float().mean().item() if answered.any() else None,
+    }
 
 
 def selective_curve(top: torch.Tensor, right: torch.Tensor, thresholds=None) -> list[dict]:
@@ -191,15 +224,19 @@ def selective_curve(top: torch.Tensor, right: torch.Tensor, thresholds=None) -> 
     if thresholds is None:
         thresholds = top.unique().flip(0).tolist()
     if not n:
-        return [{"min_confidence": c, "coverage": 0.0, "selective_acc": None}
-                for c in sorted(thresholds, reverse=True)]
+        return [
+            {"min_confidence": c, "coverage": 0.0, "selective_acc": None}
+            for c in sorted(thresholds, reverse=True)
+        ]
     order = top.argsort(descending=True)
-    hits = [0.0] + right[order].double().cumsum(0).tolist()       # right among the k most confident
+    hits = [0.0] + right[order].double().cumsum(0).tolist()  # right among the k most confident
     cs = sorted(thresholds, reverse=True)
     # answered at c: the examples with top >= c (c compared in top's dtype, as `top >= c` would)
     ks = (n - torch.searchsorted(top.sort().values, torch.tensor(cs, dtype=top.dtype))).tolist()
-    return [{"min_confidence": c, "coverage": k / n, "selective_acc": hits[k] / k if k else None}
-            for c, k in zip(cs, ks)]
+    return [
+        {"min_confidence": c, "coverage": k / n, "selective_acc": hits[k] / k if k else None}
+        for c, k in zip(cs, ks)
+    ]
 
 
 def coverage_curve(traj, exit_step, thresholds=COVERAGE_THRESHOLDS) -> list[dict]:
@@ -223,13 +260,19 @@ def auroc(score: torch.Tensor, right: torch.Tensor) -> float | None:
 def coverage_at_accuracy(curve: list[dict], target: float = TARGET_SELECTIVE_ACC) -> float | None:
     """The largest coverage of a curve (or of one operating point, [point]) whose selective
     accuracy is at least `target`; None if no point reaches it."""
-    ok = [r["coverage"] for r in curve if r["selective_acc"] is not None
-          and r["selective_acc"] >= target - 1e-12 and r["coverage"] > 0]
+    ok = [
+        r["coverage"]
+        for r in curve
+        if r["selective_acc"] is not None
+        and r["selective_acc"] >= target - 1e-12
+        and r["coverage"] > 0
+    ]
     return max(ok) if ok else None
 
 
-def largest_coverage(score: torch.Tensor, right: torch.Tensor,
-                     target: float = TARGET_SELECTIVE_ACC) -> torch.Tensor:
+def largest_coverage(
+    score: torch.Tensor, right: torch.Tensor, target: float = TARGET_SELECTIVE_ACC
+) -> torch.Tensor:
     """`coverage_at_accuracy` of the exact curve `selective_curve(score, right)`, for a batch of
     them at once ([..., n] -> [...]) and 0 where no threshold reaches the target: answer the k
     highest scores, for each k a threshold can cut at (between distinct scores, or all)."""
@@ -244,15 +287,23 @@ def largest_coverage(score: torch.Tensor, right: torch.Tensor,
     return torch.where(ok, k / n, torch.zeros_like(k)).amax(-1)
 
 
-def coverage_gain_interval(score_a, right_a, score_b, right_b, target: float = TARGET_SELECTIVE_ACC,
-                           n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+def coverage_gain_interval(
+    score_a,
+    right_a,
+    score_b,
+    right_b,
+    target: float = TARGET_SELECTIVE_ACC,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
     """95% percentile bootstrap interval of largest_coverage(a) - largest_coverage(b) over the
     same facts (resampled in pairs, as each fact has both scores): whether one abstention rule
     keeps more facts at the target than another beyond the luck of which facts were drawn."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(score_a), (n_boot, len(score_a)), generator=g)
-    gain = (largest_coverage(score_a[idx], right_a[idx], target)
-            - largest_coverage(score_b[idx], right_b[idx], target))
+    gain = largest_coverage(score_a[idx], right_a[idx], target) - largest_coverage(
+        score_b[idx], right_b[idx], target
+    )
     lo, hi = torch.quantile(gain, torch.tensor([0.025, 0.975], dtype=gain.dtype)).tolist()
     return lo, hi
 

@@ -14,6 +14,7 @@ It learns on `train_split`, by default `valid` (held-out facts); `check_train_sp
 split that shares examples with the model's training split. Trained and evaluated by
 `python -m grokloop.halting run_dir=RUN` (grokloop/adaptive/halting.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,15 +34,33 @@ from grokloop.adaptive.rules import (
 )
 from grokloop.evaluate import answer_prefix
 
-STOP, ABSTAIN = 0, 1          # then 2 + c: continue with core c
+STOP, ABSTAIN = 0, 1  # then 2 + c: continue with core c
 N_STATS = 4  # entropy, top probability, KL to the previous readout, step / max_steps
 # The selector's coverage curve: greedy episodes with these added to its abstain logit. Like the
 # confidence threshold's c, the offset trades coverage for selective accuracy (0: as trained;
 # large: abstain at once; very negative: never abstain), so both are compared as curves.
 # The threshold's curve is exact (every threshold), so the grid is finest where the selector's
 # coverage moves fastest, near its trained operating point (0).
-ABSTAIN_OFFSETS = (-16.0, -8.0, -4.0, -3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0,
-                   4.0, 6.0, 8.0, 16.0)
+ABSTAIN_OFFSETS = (
+    -16.0,
+    -8.0,
+    -4.0,
+    -3.0,
+    -2.0,
+    -1.5,
+    -1.0,
+    -0.5,
+    0.0,
+    0.5,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    6.0,
+    8.0,
+    16.0,
+)
 # When the selector may abstain: "any" step, or only at "max_steps", after thinking as long as
 # it may. With "any", a chain deeper than any trained looks unsolved at early steps, where the
 # answer has not yet arrived, and the selector learned to abstain there (khop_perm_memory_rope:
@@ -52,32 +71,34 @@ ABSTAIN_AT = ("any", "max_steps")
 
 @dataclass
 class HaltingConfig:
-    max_steps: int = 12           # the most steps any rule may run
-    step_cost: float = 0.01       # reward cost of one step of core 0 (per layer for other sizes)
-    abstain_reward: float = 0.3   # between wrong (0) and right (1)
+    max_steps: int = 12  # the most steps any rule may run
+    step_cost: float = 0.01  # reward cost of one step of core 0 (per layer for other sizes)
+    abstain_reward: float = 0.3  # between wrong (0) and right (1)
     hidden: int = 64
     iterations: int = 1500
     batch_size: int = 512
     lr: float = 3e-3
     entropy_bonus: float = 0.01
-    halt_bias: float = -3.0       # initial logit of stop: continue is the prior
-    abstain_bias: float = -6.0    # initial logit of abstain: rarer still (see Selector)
-    train_split: str = "valid"    # held-out facts; never a split that overlaps training
+    halt_bias: float = -3.0  # initial logit of stop: continue is the prior
+    abstain_bias: float = -6.0  # initial logit of abstain: rarer still (see Selector)
+    train_split: str = "valid"  # held-out facts; never a split that overlaps training
     seed: int = 0
     memory_features: bool = True  # a model with a fact memory: also read its retrieval margins
-    abstain_at: str = "any"       # ABSTAIN_AT: abstain at any step, or only at max_steps
-    read_state: bool = True       # read the normalised answer-position state (false: only the
-                                  # readout statistics and memory margins, far fewer inputs to
-                                  # fit to the few thousand held-out facts it trains on)
+    abstain_at: str = "any"  # ABSTAIN_AT: abstain at any step, or only at max_steps
+    read_state: bool = True  # read the normalised answer-position state (false: only the
+    # readout statistics and memory margins, far fewer inputs to
+    # fit to the few thousand held-out facts it trains on)
     expected_last_choice: bool = False  # learn the choice at max_steps from its expected reward
-    read_history: bool = False    # also read every earlier step's signals (`history_width`)
+    read_history: bool = False  # also read every earlier step's signals (`history_width`)
 
     def __post_init__(self):
         if self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps} must be at least 1")
         if not 0 <= self.abstain_reward <= 1:
-            raise ValueError(f"abstain_reward={self.abstain_reward} must lie between the reward "
-                             "of a wrong answer (0) and of a right one (1)")
+            raise ValueError(
+                f"abstain_reward={self.abstain_reward} must lie between the reward "
+                "of a wrong answer (0) and of a right one (1)"
+            )
         if self.step_cost < 0:
             raise ValueError(f"step_cost={self.step_cost} must be >= 0")
         if self.abstain_at not in ABSTAIN_AT:
@@ -94,19 +115,29 @@ def history_width(max_steps: int, n_positions: int) -> int:
     return max_steps * (3 + n_positions)
 
 
-def features(state_at_answer, s: dict, step: int, max_steps: int,
-             memory: torch.Tensor | None = None,
-             history: torch.Tensor | None = None) -> torch.Tensor:
+def features(
+    state_at_answer,
+    s: dict,
+    step: int,
+    max_steps: int,
+    memory: torch.Tensor | None = None,
+    history: torch.Tensor | None = None,
+) -> torch.Tensor:
     """[batch, d_model + 4 (+ memory's) (+ history's)]: the normalised state (none where
     state_at_answer is None), the readout's statistics `s` (`readout_stats`), for a model with
     a fact memory its retrieval margins (`retrieval_margin`), and the episode so far
     (`history_width`)."""
     entropy = s["entropy"]
     kl = torch.zeros_like(entropy) if s["kl"] is None else s["kl"]
-    stats = torch.stack([entropy, s["top"], kl.clamp_min(0).log1p(),
-                         torch.full_like(entropy, step / max_steps)], dim=-1)
-    parts = ([] if state_at_answer is None else
-             [F.layer_norm(state_at_answer, state_at_answer.shape[-1:])]) + [stats]
+    stats = torch.stack(
+        [entropy, s["top"], kl.clamp_min(0).log1p(), torch.full_like(entropy, step / max_steps)],
+        dim=-1,
+    )
+    parts = (
+        []
+        if state_at_answer is None
+        else [F.layer_norm(state_at_answer, state_at_answer.shape[-1:])]
+    ) + [stats]
     return torch.cat(parts + [x for x in (memory, history) if x is not None], dim=-1)
 
 
@@ -118,16 +149,25 @@ class Selector(nn.Module):
     `n_history` > 0 (HaltingConfig.read_history): it reads the episode so far
     (`history_width`)."""
 
-    def __init__(self, d_model: int, n_cores: int, hidden: int = 64, halt_bias: float = 0.0,
-                 abstain_bias: float = 0.0, n_memory: int = 0, read_state: bool = True,
-                 n_history: int = 0):
+    def __init__(
+        self,
+        d_model: int,
+        n_cores: int,
+        hidden: int = 64,
+        halt_bias: float = 0.0,
+        abstain_bias: float = 0.0,
+        n_memory: int = 0,
+        read_state: bool = True,
+        n_history: int = 0,
+    ):
         super().__init__()
         self.d_model, self.n_cores, self.hidden, self.n_memory = d_model, n_cores, hidden, n_memory
         self.read_state, self.n_history = read_state, n_history
-        self.net = nn.Sequential(nn.Linear(d_model * read_state + N_STATS + n_memory + n_history,
-                                           hidden),
-                                 nn.ReLU(),
-                                 nn.Linear(hidden, 2 + n_cores))
+        self.net = nn.Sequential(
+            nn.Linear(d_model * read_state + N_STATS + n_memory + n_history, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 2 + n_cores),
+        )
         # A prior against collapse (PonderNet's geometric prior, a halting bias): a policy
         # that stops or abstains at random from step 1 meets mostly unanswered problems there
         # (a k-hop chain needs k steps), so its batch-mean reward is low, abstaining's fixed
@@ -150,8 +190,10 @@ def reinforce_loss(log_prob_of_actions, reward, entropy, entropy_bonus: float) -
 
 
 def dataset_tensors(ds, device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(getattr(ds, k), device=device)
-            for k in ("inputs", "answer_pos", "answers", "hops")}
+    return {
+        k: torch.as_tensor(getattr(ds, k), device=device)
+        for k in ("inputs", "answer_pos", "answers", "hops")
+    }
 
 
 @dataclass
@@ -163,6 +205,7 @@ class Episodes:
     choice at max_steps (expected_last_choice); `right_at_end`: whether the episode's last
     answer is right (abstained or not); `abstain_margin`: how far the abstain logit stood above
     the best other action at the last step (-inf where abstaining was not allowed)."""
+
     e: torch.Tensor
     state: torch.Tensor
     next_core: torch.Tensor
@@ -192,10 +235,22 @@ class Episodes:
             # injection adds at every step, unchanged (without it answers fell from 0.99 to 0.14).
             state = state.clone()
         zeros = lambda dtype=torch.float: torch.zeros(B, dtype=dtype, device=device)
-        ep = cls(e, state, torch.full((B,), model.schedule[0], device=device),
-                 torch.ones(B, dtype=torch.bool, device=device),
-                 torch.zeros(B, model.config.d_vocab, device=device), zeros(), zeros(), zeros(),
-                 zeros(), zeros(), zeros(torch.bool), zeros(torch.bool), zeros(torch.bool), zeros())
+        ep = cls(
+            e,
+            state,
+            torch.full((B,), model.schedule[0], device=device),
+            torch.ones(B, dtype=torch.bool, device=device),
+            torch.zeros(B, model.config.d_vocab, device=device),
+            zeros(),
+            zeros(),
+            zeros(),
+            zeros(),
+            zeros(),
+            zeros(torch.bool),
+            zeros(torch.bool),
+            zeros(torch.bool),
+            zeros(),
+        )
         if selector.n_memory:
             # one margin per input position of the model; a shorter prefix (an atomic fact's
             # two tokens in a three-token task) leaves the rest at 0
@@ -203,9 +258,11 @@ class Episodes:
             ep.least = torch.full_like(ep.margin, float("inf"))
         if selector.n_history:
             if selector.n_history != history_width(T, selector.n_memory // 2):
-                raise ValueError(f"this selector reads the history of {selector.n_history} "
-                                 f"inputs, not that of max_steps={T}; run it with the max_steps "
-                                 "it was trained with")
+                raise ValueError(
+                    f"this selector reads the history of {selector.n_history} "
+                    f"inputs, not that of max_steps={T}; run it with the max_steps "
+                    "it was trained with"
+                )
             ep.signals = torch.zeros(B, T, selector.n_history // T - 1, device=device)
             ep.said = torch.full((B, T), -1, dtype=torch.long, device=device)
         return ep
@@ -218,8 +275,9 @@ class Episodes:
             rows = idx[self.next_core[idx] == c]
             if not len(rows):
                 continue
-            self.state[rows] = model.step(self.state[rows], self.e[rows], t - 1, c,
-                                          hooked=got is not None)
+            self.state[rows] = model.step(
+                self.state[rows], self.e[rows], t - 1, c, hooked=got is not None
+            )
             if got is not None:
                 width = got["scores"].shape[1]
                 self.margin[rows, :width] = retrieval_margin(got["scores"]).float()
@@ -229,12 +287,18 @@ class Episodes:
 
     def observe(self, selector, idx, t: int, T: int, logp, at_answer) -> torch.Tensor:
         """The selector's features at step t for the rows `idx`, recording the step's signals."""
-        memory = torch.cat([self.margin[idx], self.least[idx]], dim=-1) \
-            if self.margin is not None else None
+        memory = (
+            torch.cat([self.margin[idx], self.least[idx]], dim=-1)
+            if self.margin is not None
+            else None
+        )
         stats = readout_stats(logp, self.prev[idx] if t > 1 else None)
         history = None
         if self.signals is not None:
-            self.signals[idx, t - 1, 0], self.signals[idx, t - 1, 1] = stats["top"], -stats["entropy"]
+            self.signals[idx, t - 1, 0], self.signals[idx, t - 1, 1] = (
+                stats["top"],
+                -stats["entropy"],
+            )
             if self.margin is not None:
                 self.signals[idx, t - 1, 2:] = self.margin[idx]
             self.said[idx, t - 1] = logp.argmax(-1)
@@ -257,7 +321,7 @@ class Episodes:
         stop = action == STOP
         self.correct[idx[stop]] = right[stop]
         self.right_at_end[idx[done]] = right[done]
-        others = torch.cat([logits[:, :ABSTAIN], logits[:, ABSTAIN + 1:]], dim=-1)
+        others = torch.cat([logits[:, :ABSTAIN], logits[:, ABSTAIN + 1 :]], dim=-1)
         self.abstain_margin[idx[done]] = (logits[:, ABSTAIN] - others.max(-1).values)[done].detach()
         self.abstained[idx[action == ABSTAIN]] = True
         self.next_core[idx[~done]] = action[~done] - 2
@@ -278,9 +342,17 @@ def allowed_logits(logits, t: int, T: int, cfg: HaltingConfig, abstain_offset: f
     return logits
 
 
-def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, greedy: bool,
-            generator: torch.Generator | None = None,
-            abstain_offset: float = 0.0) -> dict[str, torch.Tensor]:
+def rollout(
+    model,
+    selector,
+    tokens,
+    positions,
+    answers,
+    cfg: HaltingConfig,
+    greedy: bool,
+    generator: torch.Generator | None = None,
+    abstain_offset: float = 0.0,
+) -> dict[str, torch.Tensor]:
     """Run the selector's episodes for a batch; the model runs under no_grad.
 
     Step 1 runs the model's first scheduled core; after each step the selector acts. At
@@ -304,24 +376,51 @@ def rollout(model, selector, tokens, positions, answers, cfg: HaltingConfig, gre
             if not len(idx):
                 break
             logp, at_answer = ep.think(model, idx, t, positions, got if read_memory else None)
-            logits = allowed_logits(selector(ep.observe(selector, idx, t, T, logp, at_answer)),
-                                    t, T, cfg, abstain_offset)
+            logits = allowed_logits(
+                selector(ep.observe(selector, idx, t, T, logp, at_answer)),
+                t,
+                T,
+                cfg,
+                abstain_offset,
+            )
             dist = torch.distributions.Categorical(logits=logits)
-            action = (logits.argmax(-1) if greedy else
-                      torch.multinomial(dist.probs, 1, generator=generator).squeeze(1))
-            right = logp.argmax(-1) == answers[idx]     # the answer now, whatever the action
+            action = (
+                logits.argmax(-1)
+                if greedy
+                else torch.multinomial(dist.probs, 1, generator=generator).squeeze(1)
+            )
+            right = logp.argmax(-1) == answers[idx]  # the answer now, whatever the action
             value = None
             if t == T and expect_last:
                 p_abstain = dist.probs[:, ABSTAIN]
                 value = p_abstain * cfg.abstain_reward + (1 - p_abstain) * right.float()
-            ep.record(idx, t, action, dist, logits, right,
-                      layers[ep.next_core[idx]] / layers[model.schedule[0]], value)
+            ep.record(
+                idx,
+                t,
+                action,
+                dist,
+                logits,
+                right,
+                layers[ep.next_core[idx]] / layers[model.schedule[0]],
+                value,
+            )
             ep.prev[idx] = logp
-    reward = torch.where(ep.abstained, cfg.abstain_reward, ep.correct.float()) - cfg.step_cost * ep.cost
-    return {"log_prob": ep.log_prob, "entropy": ep.entropy, "reward": reward, "steps": ep.steps,
-            "cost": ep.cost, "correct": ep.correct, "abstained": ep.abstained,
-            "right_at_end": ep.right_at_end, "abstain_margin": ep.abstain_margin,
-            "last_value": ep.last_value, "at_end": ep.steps == T}
+    reward = (
+        torch.where(ep.abstained, cfg.abstain_reward, ep.correct.float()) - cfg.step_cost * ep.cost
+    )
+    return {
+        "log_prob": ep.log_prob,
+        "entropy": ep.entropy,
+        "reward": reward,
+        "steps": ep.steps,
+        "cost": ep.cost,
+        "correct": ep.correct,
+        "abstained": ep.abstained,
+        "right_at_end": ep.right_at_end,
+        "abstain_margin": ep.abstain_margin,
+        "last_value": ep.last_value,
+        "at_end": ep.steps == T,
+    }
 
 
 def check_train_split(ds, split: str) -> None:
@@ -330,15 +429,23 @@ def check_train_split(ds, split: str) -> None:
     import numpy as np
 
     if split not in ds.splits:
-        fix = ("train the model on data with held-out valid facts (data.valid_fraction > 0, or "
-               "data.valid_size > 0 for khop_perm)" if split == "valid" else "use train_split=valid")
-        raise ValueError(f"train_split={split!r} is not a split of this dataset (its splits: "
-                         f"{', '.join(sorted(ds.splits))}); {fix}")
+        fix = (
+            "train the model on data with held-out valid facts (data.valid_fraction > 0, or "
+            "data.valid_size > 0 for khop_perm)"
+            if split == "valid"
+            else "use train_split=valid"
+        )
+        raise ValueError(
+            f"train_split={split!r} is not a split of this dataset (its splits: "
+            f"{', '.join(sorted(ds.splits))}); {fix}"
+        )
     shared = np.intersect1d(ds.splits[split], ds.splits["train"]).size
     if shared:
-        raise ValueError(f"train_split={split!r} shares {shared:,} of its {len(ds.splits[split]):,} "
-                         "examples with the training split; train the selector on held-out "
-                         "facts: use train_split=valid")
+        raise ValueError(
+            f"train_split={split!r} shares {shared:,} of its {len(ds.splits[split]):,} "
+            "examples with the training split; train the selector on held-out "
+            "facts: use train_split=valid"
+        )
 
 
 def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selector, list[dict]]:
@@ -350,8 +457,16 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
     torch.manual_seed(cfg.seed)
     n_memory = 2 * model.config.n_ctx if cfg.memory_features and model.memory is not None else 0
     n_history = history_width(cfg.max_steps, n_memory // 2) if cfg.read_history else 0
-    selector = Selector(model.config.d_model, len(model.cores), cfg.hidden, cfg.halt_bias,
-                        cfg.abstain_bias, n_memory, cfg.read_state, n_history).to(device)
+    selector = Selector(
+        model.config.d_model,
+        len(model.cores),
+        cfg.hidden,
+        cfg.halt_bias,
+        cfg.abstain_bias,
+        n_memory,
+        cfg.read_state,
+        n_history,
+    ).to(device)
     opt = torch.optim.Adam(selector.parameters(), lr=cfg.lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     data = dataset_tensors(ds, device)
@@ -359,25 +474,49 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
     tokens = answer_prefix(data["inputs"], data["answer_pos"], pool)
     curve = []
     from tqdm import tqdm
-    for it in tqdm(range(cfg.iterations), desc=f"halting selector (REINFORCE on {cfg.train_split})",
-                   mininterval=2.0, dynamic_ncols=True):
-        batch = pool[torch.randint(len(pool), (min(cfg.batch_size, len(pool)),), generator=gen,
-                                   device=device)]
-        out = rollout(model, selector, tokens[batch], data["answer_pos"][batch],
-                      data["answers"][batch], cfg, greedy=False, generator=gen)
+
+    for it in tqdm(
+        range(cfg.iterations),
+        desc=f"halting selector (REINFORCE on {cfg.train_split})",
+        mininterval=2.0,
+        dynamic_ncols=True,
+    ):
+        batch = pool[
+            torch.randint(
+                len(pool), (min(cfg.batch_size, len(pool)),), generator=gen, device=device
+            )
+        ]
+        out = rollout(
+            model,
+            selector,
+            tokens[batch],
+            data["answer_pos"][batch],
+            data["answers"][batch],
+            cfg,
+            greedy=False,
+            generator=gen,
+        )
         reward = out["reward"]
-        if cfg.expected_last_choice:   # the episodes that reached max_steps: their expected reward
-            reward = torch.where(out["at_end"], out["last_value"].detach()
-                                 - cfg.step_cost * out["cost"], reward)
-        loss = (reinforce_loss(out["log_prob"], reward, out["entropy"], cfg.entropy_bonus)
-                - out["last_value"].mean())
+        if cfg.expected_last_choice:  # the episodes that reached max_steps: their expected reward
+            reward = torch.where(
+                out["at_end"], out["last_value"].detach() - cfg.step_cost * out["cost"], reward
+            )
+        loss = (
+            reinforce_loss(out["log_prob"], reward, out["entropy"], cfg.entropy_bonus)
+            - out["last_value"].mean()
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if it % 50 == 0 or it == cfg.iterations - 1:
-            curve.append({"iteration": it, "reward": out["reward"].mean().item(),
-                          "steps": out["steps"].mean().item(),
-                          "abstain": out["abstained"].float().mean().item()})
+            curve.append(
+                {
+                    "iteration": it,
+                    "reward": out["reward"].mean().item(),
+                    "steps": out["steps"].mean().item(),
+                    "abstain": out["abstained"].float().mean().item(),
+                }
+            )
     return selector.eval(), curve
 
 
@@ -388,7 +527,11 @@ def summarize_selector(out: dict[str, torch.Tensor], hops) -> dict:
     hop_rows = per_hop(hops, acc=out["correct"], mean_steps=out["steps"])
     for key, row in hop_rows.items():
         row |= selective_point(out["correct"][hops == int(key[5:])], answered[hops == int(key[5:])])
-    return {"acc": out["correct"].float().mean().item(), "n": len(answered),
-            **selective_point(out["correct"], answered),
-            "mean_steps": out["steps"].mean().item(), "mean_cost": out["cost"].mean().item(),
-            **hop_rows}
+    return {
+        "acc": out["correct"].float().mean().item(),
+        "n": len(answered),
+        **selective_point(out["correct"], answered),
+        "mean_steps": out["steps"].mean().item(),
+        "mean_cost": out["cost"].mean().item(),
+        **hop_rows,
+    }

@@ -1,6 +1,7 @@
 """Edit propagation (`python -m grokloop.bank edit_eval`): single-fact edits, applied one at a
 time to a frozen memory model's bank (or, as the baseline, by fine-tuning: grokloop/bank/
 finetune.py), and how far each carries through the two-hop answers that pass through it."""
+
 from __future__ import annotations
 
 import sys
@@ -19,8 +20,15 @@ from grokloop.stats import acc_row
 
 # Which atomic facts are in- and out-of-distribution, read from the splits of a composition
 # dataset: the class of each hop of a two-hop split's paths (datagen/composition.py).
-PATH_CLASSES = {"train": "II", "train_inferred": "II", "valid": "II", "test_inferred_id": "II",
-                "test_inferred_ood": "OO", "test_OI": "OI", "test_IO": "IO"}
+PATH_CLASSES = {
+    "train": "II",
+    "train_inferred": "II",
+    "valid": "II",
+    "test_inferred_id": "II",
+    "test_inferred_ood": "OO",
+    "test_OI": "OI",
+    "test_IO": "IO",
+}
 ATOMIC_CLASSES = {"atomic_id": "I", "atomic_ood": "O"}
 
 
@@ -32,8 +40,9 @@ def fact_classes(ds, d_vocab: int) -> torch.Tensor:
     for split, c in ATOMIC_CLASSES.items():
         if split in ds.splits:
             idx = np.asarray(ds.splits[split])
-            cls[torch.as_tensor(ds.inputs[idx, 0]), torch.as_tensor(ds.inputs[idx, 1])] = \
+            cls[torch.as_tensor(ds.inputs[idx, 0]), torch.as_tensor(ds.inputs[idx, 1])] = (
                 1 if c == "I" else 2
+            )
     for split, cc in PATH_CLASSES.items():
         if split not in ds.splits:
             continue
@@ -65,6 +74,7 @@ class Edit:
     pass through it at the edited hop position, `new_answers` their answers in the edited graph
     (only queries whose answer the edit changes), `unchanged` how many through-queries it leaves
     with their answer, `locality` indexes unrelated queries (through it at no position)."""
+
     position: int
     head: int
     relation: int
@@ -76,8 +86,15 @@ class Edit:
     locality: torch.Tensor
 
 
-def plan_edits(table: torch.Tensor, queries: torch.Tensor, position: int, n_edits: int,
-               n_locality: int, entities: torch.Tensor, rng: np.random.Generator) -> list[Edit]:
+def plan_edits(
+    table: torch.Tensor,
+    queries: torch.Tensor,
+    position: int,
+    n_edits: int,
+    n_locality: int,
+    entities: torch.Tensor,
+    rng: np.random.Generator,
+) -> list[Edit]:
     """Up to `n_edits` distinct facts that are hop `position` (1 or 2) of some of `queries`
     (two-hop (h, r1, r2) [n, 3] in graph `table`), each with a new tail drawn uniformly from the
     `entities` other than the old tail whose edited graph changes the answer of every query
@@ -96,8 +113,8 @@ def plan_edits(table: torch.Tensor, queries: torch.Tensor, position: int, n_edit
         others = entities[entities != old]
         if not len(others):
             raise ValueError(f"no entity other than the old tail {old} to edit fact ({h}, {r}) to")
-        if position == 1:   # the new bridge must give every through-query a new, defined answer
-            after = table[others][:, queries[through, 2]]                   # [entities, through]
+        if position == 1:  # the new bridge must give every through-query a new, defined answer
+            after = table[others][:, queries[through, 2]]  # [entities, through]
             good = others[((after >= 0) & (after != old_answers)).all(1)]
             others = good if len(good) else others
         new = int(others[int(rng.integers(len(others)))])
@@ -105,13 +122,29 @@ def plan_edits(table: torch.Tensor, queries: torch.Tensor, position: int, n_edit
         edited[h, r] = new
         new_answers = compose(edited, queries[through])
         changed = (new_answers >= 0) & (new_answers != old_answers)
-        unrelated = torch.nonzero(~((on_any[0][:, 0] == h) & (on_any[0][:, 1] == r)) &
-                                  ~((on_any[1][:, 0] == h) & (on_any[1][:, 1] == r))).flatten()
-        local = unrelated[torch.as_tensor(
-            rng.choice(len(unrelated), size=min(n_locality, len(unrelated)), replace=False),
-            dtype=torch.int64)]
-        edits.append(Edit(position, h, r, old, new, through[changed], new_answers[changed],
-                          int((~changed).sum()), local))
+        unrelated = torch.nonzero(
+            ~((on_any[0][:, 0] == h) & (on_any[0][:, 1] == r))
+            & ~((on_any[1][:, 0] == h) & (on_any[1][:, 1] == r))
+        ).flatten()
+        local = unrelated[
+            torch.as_tensor(
+                rng.choice(len(unrelated), size=min(n_locality, len(unrelated)), replace=False),
+                dtype=torch.int64,
+            )
+        ]
+        edits.append(
+            Edit(
+                position,
+                h,
+                r,
+                old,
+                new,
+                through[changed],
+                new_answers[changed],
+                int((~changed).sum()),
+                local,
+            )
+        )
     return edits
 
 
@@ -124,21 +157,31 @@ def predict(model, tokens: torch.Tensor, position: int, batch_size: int = 4096) 
     out = []
     for chunk in tokens.split(batch_size):
         pos = torch.full((len(chunk),), position, device=device)
-        out.append(model.readout_steps(chunk.to(device), model.n_steps, positions=pos)[-1]
-                   .argmax(-1).cpu())
+        out.append(
+            model.readout_steps(chunk.to(device), model.n_steps, positions=pos)[-1].argmax(-1).cpu()
+        )
     return torch.cat(out)
 
 
 def bank_editor(model, bank: FactBank):
     """method=bank: `apply(edit)` plugs in `bank` with the one fact edited; `restore()` the bank."""
+
     def apply(e: Edit):
         model.memory.attach(bank.edited(e.head, e.relation, e.new))
 
     return apply, lambda: model.memory.attach(bank)
 
 
-def measure_edits(model, edits: list[Edit], queries: torch.Tensor, table: torch.Tensor,
-                  classes: torch.Tensor, apply, restore, batch_size: int = 4096) -> dict:
+def measure_edits(
+    model,
+    edits: list[Edit],
+    queries: torch.Tensor,
+    table: torch.Tensor,
+    classes: torch.Tensor,
+    apply,
+    restore,
+    batch_size: int = 4096,
+) -> dict:
     """Edit by edit (exact: each is applied alone to the unedited model, then undone): whether
     the edited atomic query answers the new tail (success), each through-query its answer in the
     edited graph (propagation), each unrelated query the answer it gave before any edit
@@ -190,12 +233,14 @@ def measure_edits(model, edits: list[Edit], queries: torch.Tensor, table: torch.
     return counts
 
 
-METRICS = {"success": "the edited atomic query answers the new tail",
-           "propagation": "a two-hop query through the edited fact answers its new answer",
-           "locality": "an unrelated two-hop query keeps the answer it gave before the edit",
-           "before": "before the edit, the through-queries answer their old answers",
-           "spill": "an unrelated two-hop query now answers the edited fact's new tail (of those "
-                    "that did not before; lower is better)"}
+METRICS = {
+    "success": "the edited atomic query answers the new tail",
+    "propagation": "a two-hop query through the edited fact answers its new answer",
+    "locality": "an unrelated two-hop query keeps the answer it gave before the edit",
+    "before": "before the edit, the through-queries answer their old answers",
+    "spill": "an unrelated two-hop query now answers the edited fact's new tail (of those "
+    "that did not before; lower is better)",
+}
 
 
 def edit_eval(cmd: BankCommand) -> dict:
@@ -204,45 +249,63 @@ def edit_eval(cmd: BankCommand) -> dict:
     model fine-tuned on the edited fact (method=finetune, the baseline). Rows NAME.hopP.METRIC."""
     method = cmd.method
     if method not in ("bank", "finetune"):
-        raise ValueError(f"method={method!r}: choose bank (edit the fact in the bank, model "
-                         "frozen) or finetune (train the weights on the edited fact)")
+        raise ValueError(
+            f"method={method!r}: choose bank (edit the fact in the bank, model "
+            "frozen) or finetune (train the weights on the edited fact)"
+        )
     if cmd.n_edits < 1 or cmd.n_locality < 0:
-        raise ValueError(f"n_edits={cmd.n_edits} must be at least 1 and n_locality="
-                         f"{cmd.n_locality} at least 0")
+        raise ValueError(
+            f"n_edits={cmd.n_edits} must be at least 1 and n_locality={cmd.n_locality} at least 0"
+        )
     if not cmd.positions or not set(cmd.positions) <= {1, 2}:
-        raise ValueError(f"positions={cmd.positions}: the hop positions to edit, 1 (the first "
-                         "hop of two-hop queries), 2 (the second) or both: positions=1,2")
+        raise ValueError(
+            f"positions={cmd.positions}: the hop positions to edit, 1 (the first "
+            "hop of two-hop queries), 2 (the second) or both: positions=1,2"
+        )
     if method == "finetune" and (cmd.finetune_steps < 1 or cmd.finetune_lr <= 0):
-        raise ValueError(f"finetune_steps={cmd.finetune_steps} must be at least 1 and "
-                         f"finetune_lr={cmd.finetune_lr} positive")
-    if method == "bank" and (cmd.finetune_steps != BankCommand.finetune_steps or
-                             cmd.finetune_lr != BankCommand.finetune_lr):
+        raise ValueError(
+            f"finetune_steps={cmd.finetune_steps} must be at least 1 and "
+            f"finetune_lr={cmd.finetune_lr} positive"
+        )
+    if method == "bank" and (
+        cmd.finetune_steps != BankCommand.finetune_steps
+        or cmd.finetune_lr != BankCommand.finetune_lr
+    ):
         raise ValueError("finetune_steps= and finetune_lr= are options of method=finetune")
     run_cfg, run_ds, ds, manifest, model, step = load_for_eval(cmd, need_memory=method == "bank")
     if ds.task != "composition":
-        raise ValueError(f"edit_eval needs two-hop fact queries (a composition dataset), not "
-                         f"{ds.task!r}")
+        raise ValueError(
+            f"edit_eval needs two-hop fact queries (a composition dataset), not {ds.task!r}"
+        )
     two_hop = [s for s in ds.eval_splits if (ds.hops[ds.splits[s]] == 2).all()]
     splits = cmd.splits or [s for s in two_hop if s != "train_inferred"]
     bad = [s for s in splits if s not in two_hop]
     if bad:
-        raise ValueError(f"splits names {bad[0]!r}, which holds no two-hop queries; the query "
-                         f"pool comes from {two_hop}")
+        raise ValueError(
+            f"splits names {bad[0]!r}, which holds no two-hop queries; the query "
+            f"pool comes from {two_hop}"
+        )
     d_vocab = len(ds.vocab)
     graph = FactBank.from_dataset(ds)
     table = fact_table(graph, d_vocab)
     if method == "bank":
         bank = model.memory.bank
         if not torch.equal(fact_table(bank, d_vocab), table):
-            raise ValueError("the bank the model reads holds other facts than the graph of the "
-                             "data asked about; pass bank= built from that graph (python -m "
-                             "grokloop.bank build data=...)")
+            raise ValueError(
+                "the bank the model reads holds other facts than the graph of the "
+                "data asked about; pass bank= built from that graph (python -m "
+                "grokloop.bank build data=...)"
+            )
     idx = np.concatenate([np.asarray(ds.splits[s]) for s in splits])
     queries = torch.unique(torch.as_tensor(ds.inputs[idx, :3], dtype=torch.int64), dim=0)
-    if not torch.equal(compose(table, torch.as_tensor(ds.inputs[idx, :3], dtype=torch.int64)),
-                       torch.as_tensor(ds.answers[idx], dtype=torch.int64)):
-        raise ValueError("the two-hop queries' answers are not those of the dataset's graph of "
-                         "atomic facts; edit_eval needs the dataset the queries came from")
+    if not torch.equal(
+        compose(table, torch.as_tensor(ds.inputs[idx, :3], dtype=torch.int64)),
+        torch.as_tensor(ds.answers[idx], dtype=torch.int64),
+    ):
+        raise ValueError(
+            "the two-hop queries' answers are not those of the dataset's graph of "
+            "atomic facts; edit_eval needs the dataset the queries came from"
+        )
     classes = fact_classes(ds, d_vocab)
     entities = torch.tensor(list(ds.vocab.range("entities")))
 
@@ -258,31 +321,63 @@ def edit_eval(cmd: BankCommand) -> dict:
     for position in cmd.positions:
         rng = np.random.default_rng([cmd.edit_seed, position])
         edits = plan_edits(table, queries, position, cmd.n_edits, cmd.n_locality, entities, rng)
-        counts = measure_edits(model, edits, queries, table, classes, apply, restore,
-                               cmd.batch_size)
+        counts = measure_edits(
+            model, edits, queries, table, classes, apply, restore, cmd.batch_size
+        )
         for metric in METRICS:
             for (m, split), (k, n) in sorted(counts.items()):
                 if m == metric and n:
-                    rows.append(acc_row(k / n, n, model=f"{name}.hop{position}.{metric}",
-                                        split=split, hops=1 if metric == "success" else 2,
-                                        metric=f"edit_{metric}", edit_hop=position, **common))
+                    rows.append(
+                        acc_row(
+                            k / n,
+                            n,
+                            model=f"{name}.hop{position}.{metric}",
+                            split=split,
+                            hops=1 if metric == "success" else 2,
+                            metric=f"edit_{metric}",
+                            edit_hop=position,
+                            **common,
+                        )
+                    )
         tok = ds.vocab.token
-        plans.append({"position": position, "n_edits": len(edits),
-                      "n_through": sum(len(e.through) for e in edits),
-                      "n_unchanged": sum(e.unchanged for e in edits),
-                      "edits": [f"{tok(e.head)} {tok(e.relation)}: {tok(e.old)} -> {tok(e.new)}"
-                                for e in edits]})
+        plans.append(
+            {
+                "position": position,
+                "n_edits": len(edits),
+                "n_through": sum(len(e.through) for e in edits),
+                "n_unchanged": sum(e.unchanged for e in edits),
+                "edits": [
+                    f"{tok(e.head)} {tok(e.relation)}: {tok(e.old)} -> {tok(e.new)}" for e in edits
+                ],
+            }
+        )
     seconds = time.perf_counter() - t0
-    summary = {"study": f"bank_edit/{name}", "run_dir": str(cmd.run_dir), "machine": machine(),
-               "code_version": code_version(), "seconds": seconds,
-               "commands": ["python -m grokloop.bank " + " ".join(sys.argv[1:])],
-               "method": method, "metrics": METRICS, "query_splits": splits,
-               "n_queries": len(queries), "edit_seed": cmd.edit_seed,
-               "n_locality": cmd.n_locality, "n_steps": model.n_steps,
-               "finetune": {"steps": cmd.finetune_steps, "lr": cmd.finetune_lr,
-                            "optimizer": "Adam"} if method == "finetune" else None,
-               "bank": None if getattr(model, "memory", None) is None else
-               {"path": cmd.bank, "n_facts": len(model.memory.bank),
-                "source": manifest["source"] if manifest else "checkpoint"},
-               "dataset_hash": ds.content_hash(), "plans": plans, "rows": rows}
+    summary = {
+        "study": f"bank_edit/{name}",
+        "run_dir": str(cmd.run_dir),
+        "machine": machine(),
+        "code_version": code_version(),
+        "seconds": seconds,
+        "commands": ["python -m grokloop.bank " + " ".join(sys.argv[1:])],
+        "method": method,
+        "metrics": METRICS,
+        "query_splits": splits,
+        "n_queries": len(queries),
+        "edit_seed": cmd.edit_seed,
+        "n_locality": cmd.n_locality,
+        "n_steps": model.n_steps,
+        "finetune": {"steps": cmd.finetune_steps, "lr": cmd.finetune_lr, "optimizer": "Adam"}
+        if method == "finetune"
+        else None,
+        "bank": None
+        if getattr(model, "memory", None) is None
+        else {
+            "path": cmd.bank,
+            "n_facts": len(model.memory.bank),
+            "source": manifest["source"] if manifest else "checkpoint",
+        },
+        "dataset_hash": ds.content_hash(),
+        "plans": plans,
+        "rows": rows,
+    }
     return summary

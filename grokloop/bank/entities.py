@@ -28,6 +28,7 @@ A reader checks each against its run and refuses a mismatch in one line that nam
 embeddings (a new entity has no row there; grokloop/bank/grow.py grows and trains rows, the
 conventional alternative).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,7 @@ from datagen.vocab import Vocab
 from grokloop.bank.files import load_bank, read_manifest, vocab_sha256
 from grokloop.memory import FactBank
 
-NEW_RANGE = "new_entities"   # the vocabulary range of the added tokens
+NEW_RANGE = "new_entities"  # the vocabulary range of the added tokens
 
 
 def weights_sha256(model) -> str:
@@ -57,8 +58,10 @@ def weights_sha256(model) -> str:
 def extended_vocab(vocab: Vocab, names: list[str]) -> Vocab:
     """`vocab` with the tokens `names` appended as the range new_entities."""
     ranges = {k: tuple(v) for k, v in vocab.ranges.items()}
-    return Vocab(tuple(vocab.tokens) + tuple(names),
-                 ranges | {NEW_RANGE: (len(vocab), len(vocab) + len(names))})
+    return Vocab(
+        tuple(vocab.tokens) + tuple(names),
+        ranges | {NEW_RANGE: (len(vocab), len(vocab) + len(names))},
+    )
 
 
 def base_of(manifest: dict) -> tuple[Vocab, list[str]]:
@@ -74,8 +77,9 @@ def token_name(word: str) -> str:
     return word if word.startswith("<") and word.endswith(">") else f"<{word}>"
 
 
-def parse_new_facts(lines: list[str], vocab: Vocab, where: str,
-                    known_new: list[str] = ()) -> tuple[FactBank, list[str]]:
+def parse_new_facts(
+    lines: list[str], vocab: Vocab, where: str, known_new: list[str] = ()
+) -> tuple[FactBank, list[str]]:
     """Facts `head relation tail` by name over `vocab`, heads and tails possibly new: (the facts
     over the extended vocabulary, every new token in order: `known_new` first, then new names
     as they first appear)."""
@@ -94,11 +98,15 @@ def parse_new_facts(lines: list[str], vocab: Vocab, where: str,
             i = vocab._index.get(tok)
             if pos == 1:
                 if i not in relations:
-                    raise ValueError(f"{where} line {n}: {word!r} is not a relation of the run "
-                                     "(a bank adds entities, not relations)")
+                    raise ValueError(
+                        f"{where} line {n}: {word!r} is not a relation of the run "
+                        "(a bank adds entities, not relations)"
+                    )
             elif i is not None and i not in entities:
-                raise ValueError(f"{where} line {n}: {word!r} is a token of the run but not an "
-                                 "entity; name a new entity something else")
+                raise ValueError(
+                    f"{where} line {n}: {word!r} is a token of the run but not an "
+                    "entity; name a new entity something else"
+                )
             elif i is None:
                 i = new.setdefault(tok, len(vocab) + len(new))
             ids.append(i)
@@ -109,42 +117,62 @@ def parse_new_facts(lines: list[str], vocab: Vocab, where: str,
     return FactBank(t[:, 0], t[:, 1], t[:, 2]), list(new)
 
 
-def extension_record(run_cfg: dict, vocab: Vocab, n_new: int, run_dir, step: int,
-                     weights: str) -> dict:
+def extension_record(
+    run_cfg: dict, vocab: Vocab, n_new: int, run_dir, step: int, weights: str
+) -> dict:
     m = run_cfg["model"]
-    return {"vocab_sha256": vocab_sha256(vocab), "vocab_size": len(vocab),
-            "entity_keys": m.get("entity_keys", "learned"), "key_seed": m.get("key_seed", 0),
-            "entity_start": m.get("entity_start"), "n_entities": m.get("n_entities"),
-            "new_entities": n_new, "first_new_id": len(vocab), "run_dir": str(run_dir),
-            "step": step, "weights_sha256": weights}
+    return {
+        "vocab_sha256": vocab_sha256(vocab),
+        "vocab_size": len(vocab),
+        "entity_keys": m.get("entity_keys", "learned"),
+        "key_seed": m.get("key_seed", 0),
+        "entity_start": m.get("entity_start"),
+        "n_entities": m.get("n_entities"),
+        "new_entities": n_new,
+        "first_new_id": len(vocab),
+        "run_dir": str(run_dir),
+        "step": step,
+        "weights_sha256": weights,
+    }
 
 
-def check_extension(manifest: dict, path, vocab: Vocab, model_cfg: dict,
-                    learned_ok: bool = False) -> Vocab:
+def check_extension(
+    manifest: dict, path, vocab: Vocab, model_cfg: dict, learned_ok: bool = False
+) -> Vocab:
     """The extended vocabulary of bank `path`, after checking that it extends `vocab` for a model
     of config `model_cfg`; else ValueError, one line naming the fix."""
     ext = manifest["extends"]
-    fix = f"add the entities to this run: python -m grokloop.bank add-entities run_dir=RUN " \
-          f"facts={path}/facts_added.txt out=DIR"
+    fix = (
+        f"add the entities to this run: python -m grokloop.bank add-entities run_dir=RUN "
+        f"facts={path}/facts_added.txt out=DIR"
+    )
     if ext["vocab_sha256"] != vocab_sha256(vocab):
-        raise ValueError(f"bank={path} adds entities to another vocabulary ({ext['vocab_size']} "
-                         f"tokens, sha256 {ext['vocab_sha256'][:12]}) than this run's "
-                         f"({len(vocab)} tokens, sha256 {vocab_sha256(vocab)[:12]}); {fix}")
+        raise ValueError(
+            f"bank={path} adds entities to another vocabulary ({ext['vocab_size']} "
+            f"tokens, sha256 {ext['vocab_sha256'][:12]}) than this run's "
+            f"({len(vocab)} tokens, sha256 {vocab_sha256(vocab)[:12]}); {fix}"
+        )
     mine = model_cfg.get("entity_keys", "learned")
     if mine != "canonical" and not learned_ok:
-        raise ValueError(f"bank={path} adds {ext['new_entities']} entities, and this run has "
-                         "learned entity embeddings (model.entity_keys=learned): a new entity has "
-                         "no embedding in it; train with model.entity_keys=canonical, or grow and "
-                         "train rows for them with method=finetune")
+        raise ValueError(
+            f"bank={path} adds {ext['new_entities']} entities, and this run has "
+            "learned entity embeddings (model.entity_keys=learned): a new entity has "
+            "no embedding in it; train with model.entity_keys=canonical, or grow and "
+            "train rows for them with method=finetune"
+        )
     for key in ("key_seed", "entity_start", "n_entities") if mine == "canonical" else ():
         if ext.get(key) != model_cfg.get(key):
-            raise ValueError(f"bank={path} was made for entity keys with model.{key}="
-                             f"{ext.get(key)}, and this run has model.{key}="
-                             f"{model_cfg.get(key)}; {fix}")
+            raise ValueError(
+                f"bank={path} was made for entity keys with model.{key}="
+                f"{ext.get(key)}, and this run has model.{key}="
+                f"{model_cfg.get(key)}; {fix}"
+            )
     base, names = base_of(manifest)
     if vocab_sha256(base) != vocab_sha256(vocab) or len(names) != ext["new_entities"]:
-        raise ValueError(f"bank={path}: its vocabulary is not the one its manifest says it "
-                         "extends (changed by hand?); make it again with add-entities")
+        raise ValueError(
+            f"bank={path}: its vocabulary is not the one its manifest says it "
+            "extends (changed by hand?); make it again with add-entities"
+        )
     return extended_vocab(vocab, names)
 
 

@@ -1,6 +1,7 @@
 """A bank's files: bank.safetensors (the facts as token ids) and manifest.json (format, names,
 vocabulary, provenance), written atomically; reading one back, checking that it fits a run,
 attaching it to a model; parsing facts by name."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,7 @@ from datagen.provenance import atomic_write, atomic_write_text, code_version, sh
 from grokloop.memory import FactBank
 
 FORMAT = "grokloop.bank/1"
-MAX_NAMED = 10_000   # the manifest names every fact of a bank up to this size
+MAX_NAMED = 10_000  # the manifest names every fact of a bank up to this size
 
 
 def vocab_sha256(vocab) -> str:
@@ -32,22 +33,31 @@ def facts_sha256(bank: FactBank) -> str:
     return hashlib.sha256(bank.ids().numpy().tobytes()).hexdigest()
 
 
-def save_bank(bank: FactBank, out: str | Path, vocab, source: dict,
-              built_for: dict | None = None) -> Path:
+def save_bank(
+    bank: FactBank, out: str | Path, vocab, source: dict, built_for: dict | None = None
+) -> Path:
     """Write bank directory `out` (tensors, then the manifest); returns it."""
     out = Path(out)
-    tensors = {"head": bank.head.contiguous(), "relation": bank.relation.contiguous(),
-               "tail": bank.tail.contiguous()}
+    tensors = {
+        "head": bank.head.contiguous(),
+        "relation": bank.relation.contiguous(),
+        "tail": bank.tail.contiguous(),
+    }
     atomic_write(out / "bank.safetensors", lambda p: save_file(tensors, str(p)))
     manifest = {
-        "format": FORMAT, "schema": "head relation -> tail", "n_facts": len(bank),
+        "format": FORMAT,
+        "schema": "head relation -> tail",
+        "n_facts": len(bank),
         "facts_sha256": facts_sha256(bank),
         "facts": fact_names(bank, vocab) if len(bank) <= MAX_NAMED else None,
         "vocab": {"sha256": vocab_sha256(vocab), "size": len(vocab), **vocab.to_dict()},
         "fits": {"model.memory": "facts", "vocab_sha256": vocab_sha256(vocab)},
-        "source": source, "built_for": built_for,
+        "source": source,
+        "built_for": built_for,
         "bank_sha256": sha256_file(out / "bank.safetensors"),
-        "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        "code_version": code_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return out
 
@@ -55,14 +65,19 @@ def save_bank(bank: FactBank, out: str | Path, vocab, source: dict,
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     if not (path / "manifest.json").exists():
-        raise FileNotFoundError(f"bank={path} is not a bank (no manifest.json); write one with "
-                                "`python -m grokloop.bank build ... out=DIR`")
-    manifest = read_json(path / "manifest.json",
-                         "rebuild the bank with `python -m grokloop.bank build ... out=DIR`")
+        raise FileNotFoundError(
+            f"bank={path} is not a bank (no manifest.json); write one with "
+            "`python -m grokloop.bank build ... out=DIR`"
+        )
+    manifest = read_json(
+        path / "manifest.json", "rebuild the bank with `python -m grokloop.bank build ... out=DIR`"
+    )
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found != FORMAT:
-        raise ValueError(f"bank={path} has format {found!r}, this code reads "
-                         f"{FORMAT!r}; rebuild it with `python -m grokloop.bank build`")
+        raise ValueError(
+            f"bank={path} has format {found!r}, this code reads "
+            f"{FORMAT!r}; rebuild it with `python -m grokloop.bank build`"
+        )
     return manifest
 
 
@@ -70,16 +85,20 @@ def check_fits(manifest: dict, path, vocab, model=None) -> None:
     """ValueError, naming what differs and the fix, unless bank `manifest` fits the vocabulary
     (and `model`, if given)."""
     if model is not None and getattr(model, "memory", None) is None:
-        raise ValueError(f"bank={path}: this model has no memory to read a bank "
-                         f"(model.memory={model.config.memory}); train one with "
-                         "model.memory=facts")
+        raise ValueError(
+            f"bank={path}: this model has no memory to read a bank "
+            f"(model.memory={model.config.memory}); train one with "
+            "model.memory=facts"
+        )
     want, have = manifest["fits"]["vocab_sha256"], vocab_sha256(vocab)
     if want != have:
         theirs = manifest.get("vocab", {})
-        raise ValueError(f"bank={path} was built for another vocabulary ({theirs.get('size')} "
-                         f"tokens, sha256 {want[:12]}) than this model's ({len(vocab)} tokens, "
-                         f"sha256 {have[:12]}); build the bank with the run's vocabulary "
-                         "(python -m grokloop.bank build run_dir=RUN ...)")
+        raise ValueError(
+            f"bank={path} was built for another vocabulary ({theirs.get('size')} "
+            f"tokens, sha256 {want[:12]}) than this model's ({len(vocab)} tokens, "
+            f"sha256 {have[:12]}); build the bank with the run's vocabulary "
+            "(python -m grokloop.bank build run_dir=RUN ...)"
+        )
 
 
 def load_bank(path: str | Path, vocab, model=None) -> tuple[FactBank, dict]:
@@ -89,8 +108,10 @@ def load_bank(path: str | Path, vocab, model=None) -> tuple[FactBank, dict]:
     check_fits(manifest, path, vocab, model)
     f = Path(path) / "bank.safetensors"
     if sha256_file(f) != manifest["bank_sha256"]:
-        raise ValueError(f"{f} does not match the sha256 its manifest recorded (damaged or "
-                         "changed by hand); rebuild the bank")
+        raise ValueError(
+            f"{f} does not match the sha256 its manifest recorded (damaged or "
+            "changed by hand); rebuild the bank"
+        )
     t = load_file(str(f))
     return FactBank(t["head"], t["relation"], t["tail"]), manifest
 
@@ -103,17 +124,20 @@ def attach_bank(model, path: str | Path, vocab) -> dict:
     return manifest
 
 
-def bank_option(path: str | Path, vocab, memory: str, key: str = "bank",
-                model=None) -> tuple[FactBank, dict]:
+def bank_option(
+    path: str | Path, vocab, memory: str, key: str = "bank", model=None
+) -> tuple[FactBank, dict]:
     """The bank that the option `key=path` names (train.bank, or bank= of probes and halting),
     for a run with model.memory=`memory` over `vocab`: (bank, manifest), after the run is checked
     to have a memory and every check of `load_bank` (a bank directory, built for this
     vocabulary, its tensors the ones recorded); attached to `model` too, if one is given. Each
     refusal is one line that names the option and the fix; nothing is attached then."""
     if memory == "none":
-        raise ValueError(f"{key}={path}: this run has no memory to read a bank (model.memory="
-                         "none); only a model.memory=facts model reads one: set model.memory="
-                         f"facts, or leave out {key}=")
+        raise ValueError(
+            f"{key}={path}: this run has no memory to read a bank (model.memory="
+            "none); only a model.memory=facts model reads one: set model.memory="
+            f"facts, or leave out {key}="
+        )
     try:
         bank, manifest = load_bank(path, vocab)
     except (ValueError, FileNotFoundError) as e:
@@ -129,9 +153,15 @@ def bank_results(path: str | Path, bank: FactBank, manifest: dict) -> tuple[str,
     """Where a command that read bank `path` instead of the run's own writes its results (the
     subfolder bank_NAME, NAME the bank directory's name, so the run's own results stay), and the
     record of the bank those results carry."""
-    return (f"bank_{Path(path).resolve().name}",
-            {"path": str(path), "n_facts": len(bank), "facts_sha256": facts_sha256(bank),
-             "source": manifest["source"]})
+    return (
+        f"bank_{Path(path).resolve().name}",
+        {
+            "path": str(path),
+            "n_facts": len(bank),
+            "facts_sha256": facts_sha256(bank),
+            "source": manifest["source"],
+        },
+    )
 
 
 def parse_facts(lines: list[str], vocab, where: str) -> FactBank:
@@ -144,11 +174,13 @@ def parse_facts(lines: list[str], vocab, where: str) -> FactBank:
             continue
         if len(words) != 3:
             raise ValueError(f"{where} line {n}: {line.strip()!r} is not `head relation tail`")
-        try:   # <e_3> or e_3 (angle brackets do not pass Hydra's override lexer)
+        try:  # <e_3> or e_3 (angle brackets do not pass Hydra's override lexer)
             ids.append([vocab.id(w if w in vocab._index else f"<{w}>") for w in words])
         except KeyError as e:
-            raise ValueError(f"{where} line {n}: token {e.args[0]!r} is not in the vocabulary "
-                             f"(e.g. {vocab.tokens[min(2, len(vocab) - 1)]!r})") from None
+            raise ValueError(
+                f"{where} line {n}: token {e.args[0]!r} is not in the vocabulary "
+                f"(e.g. {vocab.tokens[min(2, len(vocab) - 1)]!r})"
+            ) from None
     if not ids:
         raise ValueError(f"{where} holds no facts")
     t = torch.tensor(ids)
@@ -159,5 +191,13 @@ def bank_bytes(bank: FactBank) -> int:
     """The size in bytes of bank.safetensors for `bank` (what `save_bank` writes; 24 a fact plus
     the header), also for a bank held only in a checkpoint."""
     from safetensors.torch import save
-    return len(save({"head": bank.head.contiguous(), "relation": bank.relation.contiguous(),
-                     "tail": bank.tail.contiguous()}))
+
+    return len(
+        save(
+            {
+                "head": bank.head.contiguous(),
+                "relation": bank.relation.contiguous(),
+                "tail": bank.tail.contiguous(),
+            }
+        )
+    )

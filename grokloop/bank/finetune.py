@@ -1,5 +1,6 @@
 """The conventional alternative to editing a bank: fine-tune every weight on the edited fact
 (the baseline of edit propagation, grokloop/bank/edits.py)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,7 @@ def finetune_editor(model, steps: int, lr: float):
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     device = next(model.parameters()).device
 
-    def apply(e):   # an Edit (grokloop/bank/edits.py)
+    def apply(e):  # an Edit (grokloop/bank/edits.py)
         tokens = torch.tensor([[e.head, e.relation]], device=device)
         target, pos = torch.tensor([e.new], device=device), torch.tensor([1], device=device)
         opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -11,6 +11,7 @@ the grown model untrained: what a learned table holds for a new entity, the cont
 canonical keys. A canonical-key model needs no rows (it reads keys); fine-tuning it trains the
 same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,19 +36,28 @@ def grow(model, n_new: int, seed: int = 0):
         if name.split(".")[-1] in BANK_BUFFERS:
             continue
         if name in ("W_E", "b_U"):
-            new[name][:len(value)] = value
+            new[name][: len(value)] = value
         elif name == "W_U_own":
-            new[name][:, :value.shape[1]] = value
+            new[name][:, : value.shape[1]] = value
         else:
             new[name] = value
-    grown.load_state_dict({k: v for k, v in new.items() if k.split(".")[-1] not in BANK_BUFFERS},
-                          strict=False)
+    grown.load_state_dict(
+        {k: v for k, v in new.items() if k.split(".")[-1] not in BANK_BUFFERS}, strict=False
+    )
     grown.set_schedule(list(model.schedule))
     return grown.to(next(model.parameters()).device).eval()
 
 
-def finetune_facts(model, facts: FactBank, steps: int, lr: float, address_weight: float,
-                   batch_size: int = 512, weight_decay: float = 0.1, seed: int = 0) -> dict:
+def finetune_facts(
+    model,
+    facts: FactBank,
+    steps: int,
+    lr: float,
+    address_weight: float,
+    batch_size: int = 512,
+    weight_decay: float = 0.1,
+    seed: int = 0,
+) -> dict:
     """Train every weight of `model` for `steps` AdamW steps on the atomic queries of `facts`
     (batches of batch_size drawn with replacement from `seed`); returns the cost."""
     device = next(model.parameters()).device
@@ -60,8 +70,9 @@ def finetune_facts(model, facts: FactBank, steps: int, lr: float, address_weight
     with torch.enable_grad():
         for _ in range(steps):
             idx = torch.randint(len(facts), (batch_size,), generator=g).to(device)
-            logits = model.readout_steps(tokens[idx], model.n_steps, positions=pos[idx],
-                                         every_step=False)[-1]
+            logits = model.readout_steps(
+                tokens[idx], model.n_steps, positions=pos[idx], every_step=False
+            )[-1]
             loss = F.cross_entropy(logits.float(), target[idx])
             if address_weight:
                 loss = loss + address_weight * address_loss(model, tokens[idx])
@@ -69,6 +80,11 @@ def finetune_facts(model, facts: FactBank, steps: int, lr: float, address_weight
             loss.backward()
             opt.step()
     model.eval()
-    return {"finetune_steps": steps, "finetune_lr": lr, "finetune_seconds": time.perf_counter() - t,
-            "finetune_examples": steps * batch_size, "finetune_loss": float(loss.detach()),
-            "parameters_trained": sum(p.numel() for p in model.parameters())}
+    return {
+        "finetune_steps": steps,
+        "finetune_lr": lr,
+        "finetune_seconds": time.perf_counter() - t,
+        "finetune_examples": steps * batch_size,
+        "finetune_loss": float(loss.detach()),
+        "parameters_trained": sum(p.numel() for p in model.parameters()),
+    }

@@ -11,6 +11,7 @@ Retrieval per hop (the mechanism, read from the per-step hooks steps.{s}.memory.
 relation_2's; for each hop and step, the share of questions whose top-1 slot at that position is
 that fact.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,13 +29,17 @@ def read_questions(lines: list[str], vocab, where: str) -> dict[str, torch.Tenso
         if not words:
             continue
         if len(words) != 5:
-            raise ValueError(f"{where} line {n}: {line.strip()!r} is not `split head relation_1 "
-                             "relation_2 answer`")
+            raise ValueError(
+                f"{where} line {n}: {line.strip()!r} is not `split head relation_1 "
+                "relation_2 answer`"
+            )
         try:
             out.setdefault(words[0], []).append([vocab.id(token_name(w)) for w in words[1:]])
         except KeyError as e:
-            raise ValueError(f"{where} line {n}: {e.args[0]!r} is not in the bank's vocabulary "
-                             "(new entities come from add-entities)") from None
+            raise ValueError(
+                f"{where} line {n}: {e.args[0]!r} is not in the bank's vocabulary "
+                "(new entities come from add-entities)"
+            ) from None
     if not out:
         raise ValueError(f"{where} holds no questions")
     return {s: torch.tensor(rows) for s, rows in out.items()}
@@ -49,9 +54,12 @@ def ask(model, questions: dict[str, torch.Tensor], batch_size: int = 4096) -> di
     """grokloop.evaluate's metrics (acc/SPLIT, n/SPLIT, acc_step/SPLIT/T) of the questions."""
     tokens = torch.cat(list(questions.values()))
     device = next(model.parameters()).device
-    data = {"inputs": tokens[:, :3].to(device), "answers": tokens[:, 3].to(device),
-            "answer_pos": torch.full((len(tokens),), 2, device=device),
-            "hops": torch.full((len(tokens),), 2, device=device)}
+    data = {
+        "inputs": tokens[:, :3].to(device),
+        "answers": tokens[:, 3].to(device),
+        "answer_pos": torch.full((len(tokens),), 2, device=device),
+        "hops": torch.full((len(tokens),), 2, device=device),
+    }
     idx, start = {}, 0
     for s, q in questions.items():
         idx[s] = torch.arange(start, start + len(q), device=device)
@@ -67,23 +75,28 @@ def hop_retrieval(model, bank: FactBank, q: torch.Tensor, batch_size: int = 4096
     first = bank.slots_of(q[:, 0], q[:, 1])
     bridge = bank.tail[first.clamp(min=0)]
     second = bank.slots_of(bridge, q[:, 2])
-    want = torch.stack([first, second], 1)                                   # [n, hop]
+    want = torch.stack([first, second], 1)  # [n, hop]
     if (want < 0).any():
         return None
     hits = torch.zeros(2, model.n_steps)
     for rows, w in zip(q.split(batch_size), want.split(batch_size)):
         slots = {}
-        model.run_with_hooks(rows[:, :3].to(next(model.parameters()).device), fwd_hooks=[
-            (f"steps.{s}.memory.hook_slots", lambda a, hook, s=s: slots.__setitem__(s, a))
-            for s in range(model.n_steps)])
+        model.run_with_hooks(
+            rows[:, :3].to(next(model.parameters()).device),
+            fwd_hooks=[
+                (f"steps.{s}.memory.hook_slots", lambda a, hook, s=s: slots.__setitem__(s, a))
+                for s in range(model.n_steps)
+            ],
+        )
         for hop in range(2):
             for s in range(model.n_steps):
                 hits[hop, s] += (slots[s][:, 1 + hop, 0].cpu() == w[:, hop]).sum()
     return (hits / len(q)).tolist()
 
 
-def baseline_answers(ds, bank: FactBank, q: torch.Tensor, n_tokens: int, seed: int = 0,
-                     d: int = 256) -> dict[str, torch.Tensor]:
+def baseline_answers(
+    ds, bank: FactBank, q: torch.Tensor, n_tokens: int, seed: int = 0, d: int = 256
+) -> dict[str, torch.Tensor]:
     """The non-parametric answers to questions q [n, 4] beside the model's:
     lookup_cosine  the nearest stored query under canonical random keys (grokloop/baselines),
                    storing every training example of the run and every fact of the bank (new
@@ -101,5 +114,7 @@ def baseline_answers(ds, bank: FactBank, q: torch.Tensor, n_tokens: int, seed: i
     memory = KeyMemory(context_embedding(stored, keys), answers, "cosine")
     table = FactTable(bank.head.numpy(), bank.relation.numpy(), bank.tail.numpy(), n_tokens)
     chain = table.get(table.get(q[:, 0].numpy(), q[:, 1].numpy()), q[:, 2].numpy())
-    return {"lookup_cosine": memory.lookup(context_embedding(q[:, :3], keys)),
-            "symbolic": torch.as_tensor(chain)}
+    return {
+        "lookup_cosine": memory.lookup(context_embedding(q[:, :3], keys)),
+        "symbolic": torch.as_tensor(chain),
+    }

@@ -10,6 +10,7 @@ and retrieval rows add `coverage`, the fraction of queries the training facts co
 (retrieval: in one step). `chance` is a seeded uniform guess among the training answers of the
 query's kind (same answer position and attribute), a measured row beside the `chance` column.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -31,7 +32,7 @@ from grokloop.baselines.symbolic import symbolic_answers
 from grokloop.stats import acc_row
 
 NOISED = ("lookup_cosine", "lookup_digit", "scattershot")
-METHODS = NOISED + ("symbolic",)          # what runs on a task unless `methods` names others
+METHODS = NOISED + ("symbolic",)  # what runs on a task unless `methods` names others
 # The controls of complex reasoning (Wang et al. 2024, arXiv 2405.15071, section 5): one-step
 # retrieval (retrieval.py) and a measured uniform guess (chance_answers).
 CONTROLS = ("retrieval", "chance")
@@ -51,8 +52,16 @@ class LookupBaselines:
     example's answer token. `answers(method, idx, sigma)` embeds the queries, adds the noise and
     returns the answers of the nearest stored keys."""
 
-    def __init__(self, ds: Dataset, d: int = 256, seed: int = 0, digit_base: float = 2.0,
-                 methods=NOISED, query_chunk: int = 1024, bank_chunk: int = 16384):
+    def __init__(
+        self,
+        ds: Dataset,
+        d: int = 256,
+        seed: int = 0,
+        digit_base: float = 2.0,
+        methods=NOISED,
+        query_chunk: int = 1024,
+        bank_chunk: int = 16384,
+    ):
         if d < 1:
             raise ValueError(f"d={d} must be >= 1")
         unknown = sorted(set(methods) - set(KNOWN))
@@ -70,11 +79,13 @@ class LookupBaselines:
             if "lookup_cosine" in methods:
                 self.memories["lookup_cosine"] = KeyMemory(ctx, answers, "cosine", **chunks)
             if "lookup_digit" in methods:
-                self.memories["lookup_digit"] = KeyMemory(ctx, answers, "digit", self.weights,
-                                                          **chunks)
+                self.memories["lookup_digit"] = KeyMemory(
+                    ctx, answers, "digit", self.weights, **chunks
+                )
         if "scattershot" in methods:
             self.memories["scattershot"] = KeyMemory(
-                scattershot_embedding(ds.inputs[train], self.keys), answers, "cosine", **chunks)
+                scattershot_embedding(ds.inputs[train], self.keys), answers, "cosine", **chunks
+            )
 
     def embed(self, method: str, idx: np.ndarray) -> torch.Tensor:
         if method == "scattershot":
@@ -86,12 +97,15 @@ class LookupBaselines:
         same noise, so their difference is the metric alone."""
         kind = "scattershot" if method == "scattershot" else "context"
         return torch.Generator().manual_seed(
-            zlib.crc32(f"{self.seed}/{tag}/{sigma!r}/{kind}".encode()))
+            zlib.crc32(f"{self.seed}/{tag}/{sigma!r}/{kind}".encode())
+        )
 
-    def answers(self, method: str, idx: np.ndarray, sigma: float = 0.0,
-                tag: str = "") -> np.ndarray:
-        q = add_noise(self.embed(method, idx), sigma, self.d,
-                      self.noise_generator(method, tag, sigma))
+    def answers(
+        self, method: str, idx: np.ndarray, sigma: float = 0.0, tag: str = ""
+    ) -> np.ndarray:
+        q = add_noise(
+            self.embed(method, idx), sigma, self.d, self.noise_generator(method, tag, sigma)
+        )
         return self.memories[method].lookup(q).numpy()
 
 
@@ -119,8 +133,9 @@ def chance_answers(ds: Dataset, idx: np.ndarray, seed: int = 0, tag: str = "") -
     return out
 
 
-def exact_answers(ds: Dataset, method: str, idx: np.ndarray, seed: int,
-                  tag: str) -> tuple[np.ndarray, np.ndarray | None]:
+def exact_answers(
+    ds: Dataset, method: str, idx: np.ndarray, seed: int, tag: str
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(answers, answered or None) of the methods that add no noise."""
     if method == "symbolic":
         pred = symbolic_answers(ds, idx)
@@ -139,8 +154,16 @@ def _groups(ds: Dataset, idx: np.ndarray) -> list[tuple[dict, np.ndarray]]:
     return out
 
 
-def evaluate(ds: Dataset, methods=None, sigmas=(0.0,), d: int = 256, seed: int = 0,
-             digit_base: float = 2.0, splits: list[str] | None = None, **chunks) -> list[dict]:
+def evaluate(
+    ds: Dataset,
+    methods=None,
+    sigmas=(0.0,),
+    d: int = 256,
+    seed: int = 0,
+    digit_base: float = 2.0,
+    splits: list[str] | None = None,
+    **chunks,
+) -> list[dict]:
     """Rows for every (method, split[, hops], sigma) over the dataset's evaluation splits;
     `methods` None: the task's default_methods."""
     methods = default_methods(ds.task) if methods is None else methods
@@ -148,8 +171,11 @@ def evaluate(ds: Dataset, methods=None, sigmas=(0.0,), d: int = 256, seed: int =
     if unknown or not methods:
         raise ValueError(f"methods={list(methods)}: choose one or more of {list(KNOWN)}")
     splits = ds.eval_splits if splits is None else splits
-    lookup = LookupBaselines(ds, d, seed, digit_base, [m for m in methods if m in NOISED],
-                             **chunks) if set(methods) & set(NOISED) else None
+    lookup = (
+        LookupBaselines(ds, d, seed, digit_base, [m for m in methods if m in NOISED], **chunks)
+        if set(methods) & set(NOISED)
+        else None
+    )
     rows = []
     for split in splits:
         idx = ds.splits[split]
@@ -157,8 +183,9 @@ def evaluate(ds: Dataset, methods=None, sigmas=(0.0,), d: int = 256, seed: int =
         base = {"chance": chance(ds, idx)}
         for method in methods:
             if method in NOISED:
-                runs = [(float(s), lookup.answers(method, idx, float(s), split), None)
-                        for s in sigmas]
+                runs = [
+                    (float(s), lookup.answers(method, idx, float(s), split), None) for s in sigmas
+                ]
             else:
                 runs = [(None, *exact_answers(ds, method, idx, seed, split))]
             for sigma, pred, answered in runs:
@@ -166,8 +193,14 @@ def evaluate(ds: Dataset, methods=None, sigmas=(0.0,), d: int = 256, seed: int =
                     n = int(m.sum())
                     acc = float((pred[m] == truth[m]).mean()) if n else 0.0
                     seeded = sigma is not None or method == "chance"
-                    fields = {"model": method, "split": split, **extra, "sigma": sigma,
-                              "seed": seed if seeded else None, **base}
+                    fields = {
+                        "model": method,
+                        "split": split,
+                        **extra,
+                        "sigma": sigma,
+                        "seed": seed if seeded else None,
+                        **base,
+                    }
                     if answered is not None:
                         fields["coverage"] = float(answered[m].mean()) if n else 0.0
                     rows.append(acc_row(acc, n, **fields))

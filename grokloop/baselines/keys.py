@@ -27,6 +27,7 @@ Scattershot (hierarchical pairwise means) of a sequence of L token keys:
   that level). The key is the concatenation of every level, [sum_l n_l, d] flattened: L = 3 gives
   levels 3, 2, 1 (6 vectors), L = 5 gives 5, 3, 2, 1 (11), L = 9 gives 9, 5, 3, 2, 1 (20).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,7 @@ import torch
 def canonical_keys(n_tokens: int, d: int, seed: int = 0) -> torch.Tensor:
     """[n_tokens, d] float32 keys, N(0, I/d), a pure function of (n_tokens, d, seed)."""
     g = torch.Generator().manual_seed(int(seed))
-    return torch.randn(n_tokens, d, generator=g) / d ** 0.5
+    return torch.randn(n_tokens, d, generator=g) / d**0.5
 
 
 def context_embedding(tokens: np.ndarray | torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -58,7 +59,7 @@ def add_noise(x: torch.Tensor, sigma: float, d: int, generator: torch.Generator)
         raise ValueError(f"sigma={sigma} must be >= 0")
     if sigma == 0:
         return x
-    return x + sigma / d ** 0.5 * torch.randn(x.shape, generator=generator)
+    return x + sigma / d**0.5 * torch.randn(x.shape, generator=generator)
 
 
 def scattershot_sizes(length: int) -> list[int]:
@@ -72,12 +73,12 @@ def scattershot_sizes(length: int) -> list[int]:
 def scattershot_levels(tokens: np.ndarray | torch.Tensor, keys: torch.Tensor) -> list[torch.Tensor]:
     """[N, L] token ids -> the levels [N, n_l, d], l = 0.. (see the module docstring)."""
     tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
-    levels = [keys[tokens]]                                    # [N, L, d]
+    levels = [keys[tokens]]  # [N, L, d]
     while levels[-1].shape[1] > 1:
         x = levels[-1]
         n = x.shape[1]
-        pairs = (x[:, 0:n - 1:2] + x[:, 1:n:2]) / 2            # [N, n // 2, d]
-        levels.append(torch.cat([pairs, x[:, n - 1:]], 1) if n % 2 else pairs)
+        pairs = (x[:, 0 : n - 1 : 2] + x[:, 1:n:2]) / 2  # [N, n // 2, d]
+        levels.append(torch.cat([pairs, x[:, n - 1 :]], 1) if n % 2 else pairs)
     return levels
 
 

@@ -15,6 +15,7 @@ Metrics (`KeyMemory`):
           query's own norm is the same for every j and drops out)
 Ties go to the lowest index (the earliest stored example).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,13 @@ import torch
 METRICS = ("cosine", "digit")
 
 
-def top1(queries: torch.Tensor, bank: torch.Tensor, bias: torch.Tensor | None = None,
-         query_chunk: int = 1024, bank_chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+def top1(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    query_chunk: int = 1024,
+    bank_chunk: int = 16384,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query b: (max_j s_bj, argmax_j s_bj), s_bj = <queries[b], bank[j]> + bias[j],
     exactly, by chunked matmul; ties go to the lowest j."""
     B, M = len(queries), len(bank)
@@ -32,21 +38,22 @@ def top1(queries: torch.Tensor, bank: torch.Tensor, bias: torch.Tensor | None = 
     best = torch.full((B,), -torch.inf, dtype=queries.dtype, device=queries.device)
     arg = torch.zeros(B, dtype=torch.long, device=queries.device)
     # One score buffer reused for every full block (a fresh one per block costs page faults).
-    buf = torch.empty(min(query_chunk, B), min(bank_chunk, M), dtype=queries.dtype,
-                      device=queries.device)
+    buf = torch.empty(
+        min(query_chunk, B), min(bank_chunk, M), dtype=queries.dtype, device=queries.device
+    )
     for q0 in range(0, B, query_chunk):
-        q = queries[q0:q0 + query_chunk]
-        b_best, b_arg = best[q0:q0 + query_chunk], arg[q0:q0 + query_chunk]   # views
+        q = queries[q0 : q0 + query_chunk]
+        b_best, b_arg = best[q0 : q0 + query_chunk], arg[q0 : q0 + query_chunk]  # views
         for m0 in range(0, M, bank_chunk):
-            blk = bank[m0:m0 + bank_chunk]
+            blk = bank[m0 : m0 + bank_chunk]
             if buf.shape == (len(q), len(blk)):
                 s = torch.mm(q, blk.T, out=buf)
             else:
                 s = q @ blk.T
             if bias is not None:
-                s += bias[m0:m0 + bank_chunk]
+                s += bias[m0 : m0 + bank_chunk]
             val, idx = s.max(1)
-            better = val > b_best                      # strict: an earlier chunk wins ties
+            better = val > b_best  # strict: an earlier chunk wins ties
             b_best[better] = val[better]
             b_arg[better] = idx[better] + m0
     return best, arg
@@ -61,9 +68,15 @@ class KeyMemory:
     """Every stored example's key (rows of `keys`, [M, L*d], L positions of d) and its answer;
     `lookup` answers queries with the answer of the nearest stored key under `metric`."""
 
-    def __init__(self, keys: torch.Tensor, answers: torch.Tensor, metric: str = "cosine",
-                 weights: torch.Tensor | None = None, query_chunk: int = 1024,
-                 bank_chunk: int = 16384):
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        answers: torch.Tensor,
+        metric: str = "cosine",
+        weights: torch.Tensor | None = None,
+        query_chunk: int = 1024,
+        bank_chunk: int = 16384,
+    ):
         if metric not in METRICS:
             raise ValueError(f"metric={metric!r} is unknown; choose one of {list(METRICS)}")
         self.metric, self.answers = metric, torch.as_tensor(answers)
@@ -79,7 +92,7 @@ class KeyMemory:
             self.bias = -self._per_position(keys).pow(2).sum(-1).mul(weights).sum(-1)
 
     def _per_position(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(len(x), len(self.weights), -1)         # [N, L, d]
+        return x.reshape(len(x), len(self.weights), -1)  # [N, L, d]
 
     def nearest(self, queries: torch.Tensor) -> torch.Tensor:
         """Index of the nearest stored key for each query."""

@@ -15,6 +15,7 @@ fraction a retrieved fact answered. On test_hard (OOD x OOD: no value known, no 
 between them trained) nothing is retrieved, so it scores the share of the majority label, about
 1/3 on a balanced set. Both comparison layouts (ours and the authors', datagen/grokked_format.py).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,21 +38,33 @@ def retrieval_answers(ds: Dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndar
     r, train, n_vocab = ds.roles, ds.splits["train"], len(ds.vocab)
     idx = np.asarray(idx, np.int64)
     atomic, cmp = (train[r["entity_2"][train] < 0], train[r["entity_2"][train] >= 0])
-    values = FactTable(r["attribute"][atomic], r["entity_1"][atomic], ds.answers[atomic],
-                       n_vocab)
-    pair = FactTable(r["attribute"][cmp], r["entity_1"][cmp] * n_vocab + r["entity_2"][cmp],
-                     ds.answers[cmp], n_vocab * n_vocab)
-    guess = {True: majority(r["attribute"][cmp], ds.answers[cmp]),
-             False: majority(r["attribute"][atomic], ds.answers[atomic])}
+    values = FactTable(r["attribute"][atomic], r["entity_1"][atomic], ds.answers[atomic], n_vocab)
+    pair = FactTable(
+        r["attribute"][cmp],
+        r["entity_1"][cmp] * n_vocab + r["entity_2"][cmp],
+        ds.answers[cmp],
+        n_vocab * n_vocab,
+    )
+    guess = {
+        True: majority(r["attribute"][cmp], ds.answers[cmp]),
+        False: majority(r["attribute"][atomic], ds.answers[atomic]),
+    }
 
     a, x, y = r["attribute"][idx], r["entity_1"][idx], r["entity_2"][idx]
     is_cmp = y >= 0
     v1, v2 = values.get(a, x), values.get(a, y)
     direct = pair.get(a, np.where(is_cmp, x * n_vocab + y, -1))
     mirror = pair.get(a, np.where(is_cmp, y * n_vocab + x, -1))
-    out = np.select([~is_cmp, (v1 >= 0) & (v2 >= 0), direct >= 0, mirror >= 0],
-                    [v1, label_token(ds, a, np.sign(v1 - v2)), direct,
-                     label_token(ds, a, -label_sign(ds, mirror))], -1)
+    out = np.select(
+        [~is_cmp, (v1 >= 0) & (v2 >= 0), direct >= 0, mirror >= 0],
+        [
+            v1,
+            label_token(ds, a, np.sign(v1 - v2)),
+            direct,
+            label_token(ds, a, -label_sign(ds, mirror)),
+        ],
+        -1,
+    )
     answered = out >= 0
     for i in np.flatnonzero(~answered):
         out[i] = guess[bool(is_cmp[i])].get(int(a[i]), -1)

@@ -24,6 +24,7 @@
                bound of a table task is exact on training cells and says nothing about the rest.
 Unanswered queries get -1 (scored wrong); `coverage` reports how many were answered.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,9 @@ class FactTable:
 def _composition(ds: Dataset, idx: np.ndarray) -> np.ndarray:
     train = ds.splits["train"]
     atomic = train[ds.hops[train] == 1]
-    facts = FactTable(ds.roles["head"][atomic], ds.roles["relation_1"][atomic],
-                      ds.answers[atomic], len(ds.vocab))
+    facts = FactTable(
+        ds.roles["head"][atomic], ds.roles["relation_1"][atomic], ds.answers[atomic], len(ds.vocab)
+    )
     cur = ds.roles["head"][idx].copy()
     hops = ds.hops[idx]
     for j in range(1, int(hops.max(initial=0)) + 1):
@@ -74,18 +76,22 @@ def _comparison(ds: Dataset, idx: np.ndarray) -> np.ndarray:
     def sign(i):
         v1 = values.get(r["attribute"][i], r["entity_1"][i])
         v2 = values.get(r["attribute"][i], r["entity_2"][i])
-        return np.where((v1 >= 0) & (v2 >= 0), np.sign(v1 - v2), -2)   # -2: a value unknown
+        return np.where((v1 >= 0) & (v2 >= 0), np.sign(v1 - v2), -2)  # -2: a value unknown
 
     # The label of each (attribute, sign), and of each sign alone, from the training comparisons.
     inferred = train[r["entity_2"][train] >= 0]
     s_train = sign(inferred)
     known = s_train > -2
-    labels = FactTable(r["attribute"][inferred][known], s_train[known] + 1,
-                       ds.answers[inferred][known], V)
-    by_sign = {s: np.bincount(ds.answers[inferred][known & (s_train == s)]).argmax()
-               for s in (-1, 0, 1) if (known & (s_train == s)).any()}
+    labels = FactTable(
+        r["attribute"][inferred][known], s_train[known] + 1, ds.answers[inferred][known], V
+    )
+    by_sign = {
+        s: np.bincount(ds.answers[inferred][known & (s_train == s)]).argmax()
+        for s in (-1, 0, 1)
+        if (known & (s_train == s)).any()
+    }
 
-    out = values.get(r["attribute"][idx], r["entity_1"][idx])          # atomic queries
+    out = values.get(r["attribute"][idx], r["entity_1"][idx])  # atomic queries
     is_inf = r["entity_2"][idx] >= 0
     s = sign(idx[is_inf])
     lab = labels.get(r["attribute"][idx][is_inf], np.where(s > -2, s + 1, -1))
@@ -113,8 +119,9 @@ def value_bounds(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """lo, hi [attribute, entity] (offsets into their vocabulary ranges): the values the
     training facts allow, by bound propagation to a fixed point (see the module docstring)."""
     r, train = ds.roles, ds.splits["train"]
-    (a0, a1), (e0, e1), (v0, v1) = (ds.vocab.ranges[k] for k in ("attributes", "entities",
-                                                                 "values"))
+    (a0, a1), (e0, e1), (v0, v1) = (
+        ds.vocab.ranges[k] for k in ("attributes", "entities", "values")
+    )
     top = v1 - v0 - 1
     lo = np.zeros((a1 - a0, e1 - e0), np.int64)
     hi = np.full_like(lo, top)
@@ -124,13 +131,17 @@ def value_bounds(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     cmp = train[r["entity_2"][train] >= 0]
     a, x, y = r["attribute"][cmp] - a0, r["entity_1"][cmp] - e0, r["entity_2"][cmp] - e0
     s = label_sign(ds, ds.answers[cmp])
-    a, x, y, s = np.concatenate([a, a]), np.concatenate([x, y]), np.concatenate([y, x]), \
-        np.concatenate([s, -s])                           # each fact read from both ends
-    while True:                        # bounds only tighten, within 0..top: this ends
+    a, x, y, s = (
+        np.concatenate([a, a]),
+        np.concatenate([x, y]),
+        np.concatenate([y, x]),
+        np.concatenate([s, -s]),
+    )  # each fact read from both ends
+    while True:  # bounds only tighten, within 0..top: this ends
         before = lo.copy(), hi.copy()
         np.minimum.at(hi, (a, x), np.where(s <= 0, hi[a, y] + np.minimum(s, 0), top))
         np.maximum.at(lo, (a, x), np.where(s >= 0, lo[a, y] + np.maximum(s, 0), 0))
-        np.clip(lo, 0, top, out=lo)    # (facts that contradict each other stop at the ends)
+        np.clip(lo, 0, top, out=lo)  # (facts that contradict each other stop at the ends)
         np.clip(hi, 0, top, out=hi)
         if np.array_equal(before[0], lo) and np.array_equal(before[1], hi):
             return lo, hi
@@ -141,7 +152,7 @@ def _complex_reasoning(ds: Dataset, idx: np.ndarray) -> np.ndarray:
     lo, hi = value_bounds(ds)
     a0, e0, v0 = (ds.vocab.ranges[k][0] for k in ("attributes", "entities", "values"))
     a, x = r["attribute"][idx] - a0, r["entity_1"][idx] - e0
-    out = np.where(lo[a, x] == hi[a, x], v0 + lo[a, x], -1)            # atomic queries
+    out = np.where(lo[a, x] == hi[a, x], v0 + lo[a, x], -1)  # atomic queries
     cmp = r["entity_2"][idx] >= 0
     a, x, y = a[cmp], x[cmp], r["entity_2"][idx][cmp] - e0
     l1, h1, l2, h2 = lo[a, x], hi[a, x], lo[a, y], hi[a, y]
@@ -156,14 +167,19 @@ def _table(ds: Dataset, idx: np.ndarray) -> np.ndarray:
     rows = np.concatenate([ds.inputs[train], ds.inputs[idx]])
     ids = np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
     table = np.full(ids.max() + 1, -1, np.int64)
-    table[ids[:len(train)]] = ds.answers[train]
-    return table[ids[len(train):]]
+    table[ids[: len(train)]] = ds.answers[train]
+    return table[ids[len(train) :]]
 
 
 # Permutation chains (khop_perm) share composition's roles and chain the same atomic facts.
-SOLVERS = {"composition": _composition, "khop_perm": _composition, "comparison": _comparison,
-           "complex_reasoning": _complex_reasoning,
-           "modular": _table, "group": _table}
+SOLVERS = {
+    "composition": _composition,
+    "khop_perm": _composition,
+    "comparison": _comparison,
+    "complex_reasoning": _complex_reasoning,
+    "modular": _table,
+    "group": _table,
+}
 
 
 def symbolic_answers(ds: Dataset, idx: np.ndarray) -> np.ndarray:

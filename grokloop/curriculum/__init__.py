@@ -39,16 +39,28 @@ For tables, FWT is zero-shot accuracy on an operation never trained and sits nea
 transfers; the transfer that matters is how much faster a stage groks, the ratio of its steps to
 the gate from scratch to those in the curriculum (`reports/curriculum.py` computes it across runs).
 """
+
 from grokloop.curriculum.config import (
-                                        MODES,
-                                        CurriculumCommand,
-                                        CurriculumConfig,
-                                        StageConfig,
-                                        checked,
+    MODES,
+    CurriculumCommand,
+    CurriculumConfig,
+    StageConfig,
+    checked,
 )
 from grokloop.curriculum.metrics import initial_accuracy, summarize, transfer_metrics
 from grokloop.curriculum.run import RESUMABLE, Stage, plan, run_curriculum
 
-__all__ = ["MODES", "RESUMABLE", "CurriculumCommand", "CurriculumConfig", "Stage", "StageConfig",
-           "checked", "initial_accuracy", "plan", "run_curriculum", "summarize",
-           "transfer_metrics"]
+__all__ = [
+    "MODES",
+    "RESUMABLE",
+    "CurriculumCommand",
+    "CurriculumConfig",
+    "Stage",
+    "StageConfig",
+    "checked",
+    "initial_accuracy",
+    "plan",
+    "run_curriculum",
+    "summarize",
+    "transfer_metrics",
+]

@@ -1,5 +1,6 @@
 """The curriculum's schemas (conf/curriculum.yaml and conf/curriculum/): the stages, the mode
 and order, gates and budgets, replay; checked when composed."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,24 +13,24 @@ MODES = ("sequential", "scratch", "joint")
 
 @dataclass
 class StageConfig:
-    data: Any = None            # the stage's data preset, composed from conf/data/ by the defaults
-    steps: int | None = None    # None: the curriculum's stage_budget
-    gate: float | None = None   # None: the curriculum's gate
+    data: Any = None  # the stage's data preset, composed from conf/data/ by the defaults
+    steps: int | None = None  # None: the curriculum's stage_budget
+    gate: float | None = None  # None: the curriculum's gate
 
 
 @dataclass
 class CurriculumConfig:
     name: str = "???"
-    stages: dict[str, StageConfig] = field(default_factory=dict)   # in curriculum order
-    mode: str = "sequential"    # sequential | scratch | joint (module docstring)
-    order: str = "forward"      # forward | reversed
-    gate: float = 0.95          # advance once the stage's held-out accuracy reaches this
-    stage_budget: int = 2000    # steps a stage may take to reach its gate
-    stage_steps: int | None = None   # cap on every stage's budget, for quick runs
-    replay: float = 0.0         # fraction of each stage's training split drawn from earlier stages
-    reset_optimizer: bool = True     # false: stage k continues stage k-1's Adam moments
-    eval_size: int = 2000       # held-out cells evaluated per stage
-    held_out: str = "test"      # each stage's split that is held out (test_inferred_id for k-hop)
+    stages: dict[str, StageConfig] = field(default_factory=dict)  # in curriculum order
+    mode: str = "sequential"  # sequential | scratch | joint (module docstring)
+    order: str = "forward"  # forward | reversed
+    gate: float = 0.95  # advance once the stage's held-out accuracy reaches this
+    stage_budget: int = 2000  # steps a stage may take to reach its gate
+    stage_steps: int | None = None  # cap on every stage's budget, for quick runs
+    replay: float = 0.0  # fraction of each stage's training split drawn from earlier stages
+    reset_optimizer: bool = True  # false: stage k continues stage k-1's Adam moments
+    eval_size: int = 2000  # held-out cells evaluated per stage
+    held_out: str = "test"  # each stage's split that is held out (test_inferred_id for k-hop)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -42,10 +43,13 @@ class CurriculumConfig:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"curriculum.{key}={getattr(self, key)} must be at least 1")
         if self.replay and self.mode != "sequential":
-            raise ValueError(f"curriculum.replay={self.replay} applies to mode=sequential only "
-                             f"(mode={self.mode}); set curriculum.replay=0")
-        self.stages = {k: v if isinstance(v, StageConfig) else StageConfig(**v)
-                       for k, v in self.stages.items()}
+            raise ValueError(
+                f"curriculum.replay={self.replay} applies to mode=sequential only "
+                f"(mode={self.mode}); set curriculum.replay=0"
+            )
+        self.stages = {
+            k: v if isinstance(v, StageConfig) else StageConfig(**v) for k, v in self.stages.items()
+        }
 
     def check_stages(self) -> None:
         """The stage list, checked when a curriculum is run (the schema's default has none)."""
@@ -53,8 +57,10 @@ class CurriculumConfig:
             raise ValueError("curriculum.stages is empty; name at least one stage")
         for name, st in self.stages.items():
             if not st.data:
-                raise ValueError(f"curriculum.stages.{name}.data is empty; compose a preset with "
-                                 f"`- /data@stages.{name}.data: PRESET` in the defaults list")
+                raise ValueError(
+                    f"curriculum.stages.{name}.data is empty; compose a preset with "
+                    f"`- /data@stages.{name}.data: PRESET` in the defaults list"
+                )
 
     def ordered(self) -> list[str]:
         names = list(self.stages)
@@ -72,6 +78,7 @@ class CurriculumConfig:
 @dataclass
 class CurriculumCommand:
     """Schema of conf/curriculum.yaml."""
+
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -1,5 +1,6 @@
 """Planning and running a curriculum: every stage's run config before anything runs, then each
 stage as an ordinary training run, chained, resumable at any stage."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,14 +18,15 @@ from grokloop.curriculum.metrics import summarize
 from grokloop.train import config_diff, prepare, train
 
 # Keys of curriculum.json that a resume may change: how the run is shown and where it computes.
-RESUMABLE = frozenset({"train.progress", "train.report", "train.device", "train.eval_batch_size",
-                       "data_cache"})
+RESUMABLE = frozenset(
+    {"train.progress", "train.report", "train.device", "train.eval_batch_size", "data_cache"}
+)
 
 
 @dataclass
 class Stage:
-    name: str           # a stage name, or "joint"
-    trains: list[str]   # the stages whose training cells it trains on
+    name: str  # a stage name, or "joint"
+    trains: list[str]  # the stages whose training cells it trains on
     run_dir: Path
     cfg: RunConfig
 
@@ -33,33 +35,60 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
     """Every stage's run config, before anything runs (so every error comes first)."""
     cc = cmd.curriculum
     names = cc.ordered()
-    parts = {n: config_dict(cc.stages[n].data) for n in names}   # mixture parts, in run order
+    parts = {n: config_dict(cc.stages[n].data) for n in names}  # mixture parts, in run order
     if cc.mode == "joint":
         steps = round(sum(cc.budget(n) for n in names) / len(names))
-        jobs = [("joint", names, steps, ",".join(f"test_{n}" for n in names),
-                 min(cc.gate_of(n) for n in names))]
+        jobs = [
+            (
+                "joint",
+                names,
+                steps,
+                ",".join(f"test_{n}" for n in names),
+                min(cc.gate_of(n) for n in names),
+            )
+        ]
     else:
         jobs = [(n, [n], cc.budget(n), f"test_{n}", cc.gate_of(n)) for n in names]
     stages, previous = [], None
     for k, (name, trains, steps, grok, gate) in enumerate(jobs):
         run_dir = out_dir / "stages" / f"{k:02d}_{name}"
         chained = cc.mode == "sequential" and previous is not None
-        data = MixtureConfig(parts=parts, train_on=trains, replay=cc.replay if chained else 0.0,
-                             eval_size=cc.eval_size, held_out=cc.held_out)
+        data = MixtureConfig(
+            parts=parts,
+            train_on=trains,
+            replay=cc.replay if chained else 0.0,
+            eval_size=cc.eval_size,
+            held_out=cc.held_out,
+        )
         tc = dataclasses.replace(
-            cmd.train, steps=steps, stop_at_grok=grok, grok_threshold=gate, report=False,
+            cmd.train,
+            steps=steps,
+            stop_at_grok=grok,
+            grok_threshold=gate,
+            report=False,
             init_from=str(previous) if chained else None,
-            init_optimizer=chained and not cc.reset_optimizer)
-        cfg = RunConfig(data=data, model=cmd.model, optim=cmd.optim, train=tc,
-                        experiment=f"{cc.name}/{cc.mode}/{name}", seed=cmd.seed,
-                        data_cache=cmd.data_cache)
+            init_optimizer=chained and not cc.reset_optimizer,
+        )
+        cfg = RunConfig(
+            data=data,
+            model=cmd.model,
+            optim=cmd.optim,
+            train=tc,
+            experiment=f"{cc.name}/{cc.mode}/{name}",
+            seed=cmd.seed,
+            data_cache=cmd.data_cache,
+        )
         stages.append(Stage(name, trains, run_dir, cfg))
         previous = run_dir
     return stages
 
 
-def run_curriculum(cmd: CurriculumCommand, out_dir: str | Path, resume: bool = False,
-                   spectra: Callable[[Path], dict] | None = None) -> dict:
+def run_curriculum(
+    cmd: CurriculumCommand,
+    out_dir: str | Path,
+    resume: bool = False,
+    spectra: Callable[[Path], dict] | None = None,
+) -> dict:
     """Run (or resume) the curriculum into out_dir and write its summary.json. `spectra(run_dir)`
     measures each stage's final model (the command passes probes.fourier.stage_spectra)."""
     out_dir = Path(out_dir)
@@ -71,32 +100,45 @@ def run_curriculum(cmd: CurriculumCommand, out_dir: str | Path, resume: bool = F
     saved = out_dir / "curriculum.json"
     # --- checks that write nothing ------------------------------------------------------------
     if saved.exists() and not resume:
-        raise FileExistsError(f"{out_dir} already holds a curriculum; pass resume=true to continue "
-                              "it or choose another out_dir")
+        raise FileExistsError(
+            f"{out_dir} already holds a curriculum; pass resume=true to continue "
+            "it or choose another out_dir"
+        )
     if saved.exists():
         old = json.loads(saved.read_text())
         refused = {k: v for k, v in config_diff(old, config).items() if k not in RESUMABLE}
         if refused:
             lines = "".join(f"\n  {k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
-            raise ValueError(f"cannot resume {out_dir} with a different config:{lines}\nNothing was "
-                             "changed; start a new curriculum (another out_dir) instead.")
-    for st in stages:   # data, splits and sizes of every stage, before any is trained
-        prepare(dataclasses.replace(st.cfg, train=dataclasses.replace(
-            st.cfg.train, init_from=None, init_optimizer=False)))
+            raise ValueError(
+                f"cannot resume {out_dir} with a different config:{lines}\nNothing was "
+                "changed; start a new curriculum (another out_dir) instead."
+            )
+    for st in stages:  # data, splits and sizes of every stage, before any is trained
+        prepare(
+            dataclasses.replace(
+                st.cfg,
+                train=dataclasses.replace(st.cfg.train, init_from=None, init_optimizer=False),
+            )
+        )
     if not saved.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, json.dumps(config | {"code_version": code_version()}, indent=2))
 
     t0 = time.perf_counter()
     for k, st in enumerate(stages):
-        print(f"stage {k + 1}/{len(stages)} {st.name}: trains {', '.join(st.trains)}; gate "
-              f"{st.cfg.train.stop_at_grok} >= {st.cfg.train.grok_threshold}, budget "
-              f"{st.cfg.train.steps} steps", flush=True)
+        print(
+            f"stage {k + 1}/{len(stages)} {st.name}: trains {', '.join(st.trains)}; gate "
+            f"{st.cfg.train.stop_at_grok} >= {st.cfg.train.grok_threshold}, budget "
+            f"{st.cfg.train.steps} steps",
+            flush=True,
+        )
         done = train(st.cfg, st.run_dir, resume=(st.run_dir / "metrics.jsonl").exists())
         passed = all(done["grokked"][s] for s in st.cfg.train.stop_at_grok.split(","))
-        print(f"stage {k + 1}/{len(stages)} {st.name}: "
-              f"{'passed its gate' if passed else 'spent its budget'} after {done['steps']} steps",
-              flush=True)
+        print(
+            f"stage {k + 1}/{len(stages)} {st.name}: "
+            f"{'passed its gate' if passed else 'spent its budget'} after {done['steps']} steps",
+            flush=True,
+        )
     summary = summarize(cmd, stages, time.perf_counter() - t0, spectra)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -31,18 +31,33 @@ Runs you can trust:
     continues from exactly there;
   - a torn last line of metrics.jsonl (a crash mid-append) is dropped with a warning.
 """
+
 from grokloop.train.loop import deterministic_algorithms, init_from, summarize, train
 from grokloop.train.prepare import grok_splits, prepare, resolve_device, training_bank
 from grokloop.train.resume import (
-                                   BOOKKEEPING,
-                                   RESUMABLE,
-                                   config_diff,
-                                   current_config,
-                                   finished_summary,
-                                   flatten,
-                                   resume_changes,
+    BOOKKEEPING,
+    RESUMABLE,
+    config_diff,
+    current_config,
+    finished_summary,
+    flatten,
+    resume_changes,
 )
 
-__all__ = ["BOOKKEEPING", "RESUMABLE", "config_diff", "current_config", "deterministic_algorithms",
-           "finished_summary", "flatten", "grok_splits", "init_from", "prepare", "resolve_device",
-           "resume_changes", "summarize", "train", "training_bank"]
+__all__ = [
+    "BOOKKEEPING",
+    "RESUMABLE",
+    "config_diff",
+    "current_config",
+    "deterministic_algorithms",
+    "finished_summary",
+    "flatten",
+    "grok_splits",
+    "init_from",
+    "prepare",
+    "resolve_device",
+    "resume_changes",
+    "summarize",
+    "train",
+    "training_bank",
+]

@@ -4,6 +4,7 @@ Composes conf/train.yaml with the command line (grokloop/cli.py), trains (groklo
 prints where the run got to, and writes its report (reports/), which is why this command, and not
 the training library below it, imports the report writer.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,14 +25,19 @@ def names_stop(argv: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
 
-    def _main(cmd: TrainCommand) -> None:   # conf/train.yaml composed, typed and checked
+    def _main(cmd: TrainCommand) -> None:  # conf/train.yaml composed, typed and checked
         out_dir = cmd.out_dir
         cfg = cmd.run_config()
         summary = train(cfg, out_dir, resume=cmd.resume, stop_named=names_stop(argv))
-        final = {k: round(v, 4) for k, v in summary["final"].items() if k.startswith("acc/")
-                 and k.count("/") == 1}
+        final = {
+            k: round(v, 4)
+            for k, v in summary["final"].items()
+            if k.startswith("acc/") and k.count("/") == 1
+        }
         print(f"final {final}")
-        print(f"steps to {cfg.train.grok_threshold}: {summary[f'steps_to_{cfg.train.grok_threshold}']}")
+        print(
+            f"steps to {cfg.train.grok_threshold}: {summary[f'steps_to_{cfg.train.grok_threshold}']}"
+        )
         if cfg.train.report:
             write_run_report(out_dir)
         print(f"run directory: {Path(out_dir).resolve()}")
@@ -43,4 +49,5 @@ if __name__ == "__main__":
     # Run the imported module, not __main__: a sweep launcher (joblib, submitit) then pickles the
     # training functions by reference instead of by value.
     from grokloop.train.__main__ import main as imported_main
+
     imported_main()

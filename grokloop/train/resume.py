@@ -1,5 +1,6 @@
 """The saved config and resumes: what may change when a run continues, what a resume changed
 (RUN/resume_log.jsonl), where it continues from, and whether a run already finished its budget."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,10 +19,20 @@ from grokloop.metrics_log import read_rows
 # progress bar and report, where it runs and how evaluation is batched, where the dataset is
 # cached (its content is checked by hash), the kernel choice, the tracker it logs to, and the
 # resume policy itself. Every other difference from the saved config.json refuses the resume.
-RESUMABLE = frozenset({"train.steps", "train.progress", "train.report", "train.device",
-                       "train.eval_batch_size", "train.deterministic", "train.restart_if_damaged",
-                       "train.logger", "data_cache"})
-BOOKKEEPING = ("code_version", "dataset_hash")   # config.json keys that are not config
+RESUMABLE = frozenset(
+    {
+        "train.steps",
+        "train.progress",
+        "train.report",
+        "train.device",
+        "train.eval_batch_size",
+        "train.deterministic",
+        "train.restart_if_damaged",
+        "train.logger",
+        "data_cache",
+    }
+)
+BOOKKEEPING = ("code_version", "dataset_hash")  # config.json keys that are not config
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -87,25 +98,42 @@ def resume_changes(out_dir: Path, config: dict) -> dict[str, tuple]:
     refused = {k: v for k, v in config_diff(saved, config).items() if k not in RESUMABLE}
     if refused:
         lines = "".join(f"\n  {k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
-        raise ValueError(f"cannot resume {out_dir} with a different config; these keys differ from "
-                         f"its config.json:{lines}\nOnly {sorted(RESUMABLE)} may change on resume. "
-                         "Nothing was changed; start a new run (another out_dir) instead.")
+        raise ValueError(
+            f"cannot resume {out_dir} with a different config; these keys differ from "
+            f"its config.json:{lines}\nOnly {sorted(RESUMABLE)} may change on resume. "
+            "Nothing was changed; start a new run (another out_dir) instead."
+        )
     current, new = current_config(out_dir), flatten(config)
-    return {k: (current.get(k), v) for k, v in new.items() if k in RESUMABLE and current.get(k) != v
-            and not (k not in current and v == _default(k))}
+    return {
+        k: (current.get(k), v)
+        for k, v in new.items()
+        if k in RESUMABLE and current.get(k) != v and not (k not in current and v == _default(k))
+    }
 
 
-def log_resume(out_dir: Path, step: int, changes: dict, deterministic: bool, dataset_hash: str,
-               restarted: str | None) -> None:
+def log_resume(
+    out_dir: Path,
+    step: int,
+    changes: dict,
+    deterministic: bool,
+    dataset_hash: str,
+    restarted: str | None,
+) -> None:
     """Append one resume event to RUN/resume_log.jsonl (config.json stays as the run started)."""
     saved_hash = json.loads((out_dir / "config.json").read_text()).get("dataset_hash")
-    event = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step,
-             "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()},
-             "code_version": code_version(), "deterministic": deterministic}
+    event = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "step": step,
+        "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()},
+        "code_version": code_version(),
+        "deterministic": deterministic,
+    }
     if saved_hash is not None and saved_hash != dataset_hash:
-        warnings.warn(f"{out_dir}: the dataset's content differs from the one this run started "
-                      f"with (sha256 {saved_hash[:12]}... -> {dataset_hash[:12]}...); the data "
-                      "generator changed. Continuing; recorded in resume_log.jsonl")
+        warnings.warn(
+            f"{out_dir}: the dataset's content differs from the one this run started "
+            f"with (sha256 {saved_hash[:12]}... -> {dataset_hash[:12]}...); the data "
+            "generator changed. Continuing; recorded in resume_log.jsonl"
+        )
         event["dataset_hash"] = {"old": saved_hash, "new": dataset_hash}
     if restarted:
         event["restarted_from_scratch"] = restarted
@@ -134,21 +162,26 @@ def resume_point(out_dir: Path, restart_if_damaged: bool):
     metrics without a checkpoint, is refused unless restart_if_damaged; then the damaged
     checkpoints are moved to checkpoints/damaged/ for inspection."""
     got, damaged = newest_readable(out_dir)
-    old_rows = read_rows(out_dir / "metrics.jsonl")   # a torn last line dropped, with a warning
+    old_rows = read_rows(out_dir / "metrics.jsonl")  # a torn last line dropped, with a warning
     restarted = None
     if got is None and (damaged or old_rows):
-        why = ("every checkpoint is damaged:\n" + "".join(f"  {p}: {e}\n" for p, e in damaged)
-               if damaged else f"it holds {len(old_rows)} metrics rows but no checkpoint\n")
+        why = (
+            "every checkpoint is damaged:\n" + "".join(f"  {p}: {e}\n" for p, e in damaged)
+            if damaged
+            else f"it holds {len(old_rows)} metrics rows but no checkpoint\n"
+        )
         if not restart_if_damaged:
-            raise RuntimeError(f"cannot resume {out_dir}: {why}Nothing was changed. Pass "
-                               "train.restart_if_damaged=true to start it over from step 0.")
+            raise RuntimeError(
+                f"cannot resume {out_dir}: {why}Nothing was changed. Pass "
+                "train.restart_if_damaged=true to start it over from step 0."
+            )
         warnings.warn(f"restarting {out_dir} from step 0: {why.strip()}")
         restarted = why.strip()
-        for path, _ in damaged:   # kept for inspection, out of the way of the new checkpoints
+        for path, _ in damaged:  # kept for inspection, out of the way of the new checkpoints
             (ckpt_dir(out_dir) / "damaged").mkdir(exist_ok=True)
             for f in list(ckpt_dir(out_dir).glob(path.stem + ".*")):
                 f.rename(ckpt_dir(out_dir) / "damaged" / f.name)
-    for _, e in (damaged if got is not None else []):
+    for _, e in damaged if got is not None else []:
         warnings.warn(f"{e}; falling back to the previous checkpoint")
     return got, old_rows, restarted
 

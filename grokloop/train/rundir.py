@@ -7,6 +7,7 @@ a resume could continue from, so refusing it (without resume=true: "already hold
 it: "keys differ" for the very setting that made it fail, e.g. optim.lr) would leave the user to
 delete it by hand. Anything more (a checkpoint, a row) is a run, and is never replaced.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -30,8 +31,9 @@ def failed_start(out_dir: Path) -> bool:
 
 def replace_failed_start(out_dir: Path) -> None:
     """Remove a failed start's files (call it holding the run's lock)."""
-    print(f"{out_dir} holds a run that stopped before its first checkpoint; replacing it",
-          flush=True)
+    print(
+        f"{out_dir} holds a run that stopped before its first checkpoint; replacing it", flush=True
+    )
     for name in START_FILES:
         (out_dir / name).unlink(missing_ok=True)
     shutil.rmtree(ckpt_dir(out_dir), ignore_errors=True)
@@ -44,8 +46,10 @@ def check_start(cfg, out_dir: Path, resume: bool, config: dict) -> tuple[dict, d
     if failed_start(out_dir):
         return {}, None
     if not resume and (out_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{out_dir} already holds a run; pass resume=true to continue it "
-                              "or choose another out_dir")
+        raise FileExistsError(
+            f"{out_dir} already holds a run; pass resume=true to continue it "
+            "or choose another out_dir"
+        )
     if resume and (out_dir / "config.json").exists():
         return resume_changes(out_dir, config), finished_summary(cfg, out_dir)
     return {}, None

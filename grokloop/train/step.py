@@ -2,6 +2,7 @@
 end loss), the regularisers, the checks that keep a non-finite number out of every checkpoint,
 the gradient transforms (Grokfast, the perpendicular gradient), clipping, the learning rate and
 the update."""
+
 from __future__ import annotations
 
 import torch
@@ -14,32 +15,65 @@ from grokloop.optim import grokfast_ema, lr_at, perpendicular_grad
 from grokloop.train.state import ResidentData, TrainState
 
 
-def batch_loss(state: TrainState, cfg: RunConfig, data: ResidentData, idx: torch.Tensor,
-               n_steps: int, schedule: list[int] | None) -> torch.Tensor:
+def batch_loss(
+    state: TrainState,
+    cfg: RunConfig,
+    data: ResidentData,
+    idx: torch.Tensor,
+    n_steps: int,
+    schedule: list[int] | None,
+) -> torch.Tensor:
     """The training loss of the batch `idx` run for `n_steps` recurrence steps; adds to
     state.chosen which step each example learned from."""
     tc, d, model = cfg.train, data.data, state.model
     if data.end_id is not None:
-        loss, share = answer_and_end_loss(model, data.train_tokens[idx], d["answer_pos"][idx],
-                                          d["answers"][idx], data.end_id, n_steps, schedule,
-                                          tc.grad_last_k, tc.loss, tc.float64_loss)
+        loss, share = answer_and_end_loss(
+            model,
+            data.train_tokens[idx],
+            d["answer_pos"][idx],
+            d["answers"][idx],
+            data.end_id,
+            n_steps,
+            schedule,
+            tc.grad_last_k,
+            tc.loss,
+            tc.float64_loss,
+        )
     else:
-        loss, share = depth_loss(model, data.train_tokens[idx], d["answer_pos"][idx],
-                                 d["answers"][idx], tc.depth, n_steps, schedule, tc.grad_last_k,
-                                 tc.loss, tc.float64_loss, tc.best_step_tol, tc.soft_best_tau)
+        loss, share = depth_loss(
+            model,
+            data.train_tokens[idx],
+            d["answer_pos"][idx],
+            d["answers"][idx],
+            tc.depth,
+            n_steps,
+            schedule,
+            tc.grad_last_k,
+            tc.loss,
+            tc.float64_loss,
+            tc.best_step_tol,
+            tc.soft_best_tau,
+        )
     if len(state.chosen):
-        state.chosen += share   # stays on the device; read at evaluation
+        state.chosen += share  # stays on the device; read at evaluation
     if cfg.model.moe_experts > 0 and tc.moe_balance:
         loss = loss + tc.moe_balance * model.moe_balance_loss()
-    if tc.memory_address_loss:   # the batch's atomic queries `h r` point at their own slot
+    if tc.memory_address_loss:  # the batch's atomic queries `h r` point at their own slot
         atomic = idx[d["hops"][idx] == 1]
         if len(atomic):
             loss = loss + tc.memory_address_loss * address_loss(model, d["inputs"][atomic, :2])
     return loss
 
 
-def train_step(state: TrainState, cfg: RunConfig, data: ResidentData, n_steps: int,
-               schedule: list[int] | None, check: bool, last_good: str) -> torch.Tensor:
+def train_step(
+    state: TrainState,
+    cfg: RunConfig,
+    data: ResidentData,
+    n_steps: int,
+    schedule: list[int] | None,
+    check: bool,
+    last_good: str,
+) -> torch.Tensor:
     """One update of state.model on the next batch; returns the loss (on the device). With
     `check`, a non-finite loss or gradient raises FloatingPointError before the update, naming
     `last_good` (the newest good checkpoint); `check` costs a host sync, so the loop asks for it
@@ -48,9 +82,11 @@ def train_step(state: TrainState, cfg: RunConfig, data: ResidentData, n_steps: i
     loss = batch_loss(state, cfg, data, state.next_batch(data), n_steps, schedule)
     if check and not torch.isfinite(loss):
         after = "" if state.grads_finite else " after non-finite gradients since the last check"
-        raise FloatingPointError(f"loss became {loss.item()} at step {step}{after}; {last_good}. "
-                                 "Lower optim.lr, or try train.float64_loss=true / "
-                                 "train.loss=stablemax")
+        raise FloatingPointError(
+            f"loss became {loss.item()} at step {step}{after}; {last_good}. "
+            "Lower optim.lr, or try train.float64_loss=true / "
+            "train.loss=stablemax"
+        )
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.optim.grokfast_lambda > 0:
@@ -63,12 +99,14 @@ def train_step(state: TrainState, cfg: RunConfig, data: ResidentData, n_steps: i
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    state.grads_finite &= torch.isfinite(norm)   # on the device: no sync until the check
+    state.grads_finite &= torch.isfinite(norm)  # on the device: no sync until the check
     if check and not state.grads_finite:
         when = f"at step {step}" if norm.device.type == "cpu" else f"by step {step}"
-        raise FloatingPointError(f"gradients became non-finite {when} (total norm {norm.item()}, "
-                                 f"loss {loss.item():.4g}); {last_good}. Lower optim.lr, or try "
-                                 "train.float64_loss=true / a smaller optim.grad_clip")
+        raise FloatingPointError(
+            f"gradients became non-finite {when} (total norm {norm.item()}, "
+            f"loss {loss.item():.4g}); {last_good}. Lower optim.lr, or try "
+            "train.float64_loss=true / a smaller optim.grad_clip"
+        )
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg.optim)
     opt.step()

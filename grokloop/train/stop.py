@@ -14,6 +14,7 @@ configured) before the time limit and submitit's handler requeues the job: where
 handler holds SIGUSR1 or SIGUSR2, we take that signal too, checkpoint, then hand over to it.
 Handlers are installed only in the main thread (Python allows no other) and restored after.
 """
+
 from __future__ import annotations
 
 import signal
@@ -40,8 +41,8 @@ class Interrupted(BaseException):
 
 class StopSignals:
     def __init__(self):
-        self.signum: int | None = None     # the signal received, once one is
-        self.deferred = False              # True in the loop: record, do not raise
+        self.signum: int | None = None  # the signal received, once one is
+        self.deferred = False  # True in the loop: record, do not raise
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
