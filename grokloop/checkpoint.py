@@ -66,7 +66,9 @@ def read_checkpoint(run_dir, step: int):
                 raise ValueError(f"{d / f} does not match its recorded sha256")
         weights = load_file(str(d / f"{stem}.safetensors"))
         tensors = load_file(str(d / f"{stem}.state.safetensors"))
-    except (OSError, json.JSONDecodeError, KeyError) as e:
+    except KeyError as e:
+        raise ValueError(f"checkpoint {d / stem} is unreadable: its .json lacks {e}") from e
+    except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"checkpoint {d / stem} is unreadable: {e}") from e
     # Written before non-finite gradients were checked, a checkpoint could hold NaN weights.
     bad = [

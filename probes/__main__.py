@@ -133,12 +133,38 @@ def main(argv: list[str] | None = None) -> None:
     cli.run("probes", run_probes, argv)
 
 
+def readable(run_dir: Path, step: int) -> ValueError | None:
+    try:
+        read_checkpoint(run_dir, step)
+    except ValueError as e:
+        return e
+    return None
+
+
+def check_readable(run_dir: Path, steps: list[int]) -> None:
+    """Every checkpoint to probe is read (and its sha256 checked) before any probe runs, so a
+    damaged one stops the command before work, naming the latest steps that can be probed."""
+    bad = {s: e for s in steps if (e := readable(run_dir, s))}
+    if not bad:
+        return
+    others = (s for s in reversed(list_checkpoints(run_dir)) if s not in bad)
+    good = sorted(s for s, _ in zip((s for s in others if not readable(run_dir, s)), range(3)))
+    fix = (
+        f"name readable ones, e.g. checkpoints=[{','.join(map(str, good))}]"
+        if good
+        else "no checkpoint of this run is readable: train it again"
+    )
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    raise ValueError(f"{next(iter(bad.values()))}{more}; {fix}")
+
+
 def run_probes(cmd: ProbesCommand) -> None:
     """Every probe of `cmd` on every checkpoint it names, each checked before any is run."""
     run_dir = Path(cmd.run_dir)
     if not run_dir.is_dir():
         raise SystemExit(f"run_dir={run_dir}: no such directory")
     steps = choose_checkpoints(cmd.checkpoints, run_dir)
+    check_readable(run_dir, steps)
     model, ds, run_cfg = load_model(run_dir, steps[0])
     bank = None
     if cmd.bank:  # checked before any probe runs or anything is written

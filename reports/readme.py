@@ -151,6 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         write_index(Path(args[1]) if len(args) > 1 else RESULTS)
         return
     files = [Path(p) for p in args] or [Path("README.md")]
+    if missing := [f for f in files if not f.is_file()]:
+        from grokloop.cli import fail
+
+        fail(
+            f"{missing[0]}: no such file; name markdown files holding <!-- results ... --> "
+            "markers, e.g. README.md docs/findings.md"
+        )
     for f in files:
         new = update(f.read_text(), f.resolve().parent)
         if new != f.read_text():

@@ -37,6 +37,12 @@ def train_main(argv):
     main(argv)
 
 
+def readme_main(argv):
+    from reports.readme import main
+
+    main(argv)
+
+
 def probes_main(argv):
     from probes.__main__ import main
 
@@ -299,6 +305,12 @@ def _probes_damaged(c: Ctx):
     return probes_main, [f"run_dir={run}", "probe=logit_lens"], run
 
 
+def _probes_one_damaged(c: Ctx):
+    run = c.run()
+    truncate(sorted((run / "checkpoints").glob("step_*[0-9].safetensors"))[0])
+    return probes_main, [f"run_dir={run}", "probe=logit_lens", "checkpoints=all"], run
+
+
 def _reports(c: Ctx, change):
     run = c.run()
     change(run)
@@ -477,7 +489,8 @@ CASES = [
         "/nonexistent/run",
         2,
     ),
-    ("probes: every checkpoint damaged", _probes_damaged, "", 2),
+    ("probes: every checkpoint damaged", _probes_damaged, "train it again", 2),
+    ("probes: one checkpoint damaged", _probes_one_damaged, "checkpoints=[", 2),
     (
         "probes: unknown split",
         lambda c: (probes_main, [f"run_dir={c.run()}", "probe=logit_lens", "split=[nope]"], None),
@@ -503,6 +516,12 @@ CASES = [
         2,
     ),
     ("no such command", lambda c: (console_main, ["tarin"], None), "not a grokloop command", 2),
+    (
+        "reports.readme: no such file",
+        lambda c: (readme_main, [str(c.tmp / "nope.md")], None),
+        "nope.md: no such file",
+        2,
+    ),
 ]
 
 
