@@ -243,10 +243,8 @@ METRICS = {
 }
 
 
-def edit_eval(cmd: BankCommand) -> dict:
-    """`python -m grokloop.bank edit_eval`: single-fact edits and how far they carry through
-    two-hop answers, for a frozen memory model whose bank is edited (method=bank) or for any
-    model fine-tuned on the edited fact (method=finetune, the baseline). Rows NAME.hopP.METRIC."""
+def check_edit_options(cmd: BankCommand) -> None:
+    """edit_eval's own options, before anything is loaded."""
     method = cmd.method
     if method not in ("bank", "finetune"):
         raise ValueError(
@@ -272,7 +270,11 @@ def edit_eval(cmd: BankCommand) -> dict:
         or cmd.finetune_lr != BankCommand.finetune_lr
     ):
         raise ValueError("finetune_steps= and finetune_lr= are options of method=finetune")
-    run_cfg, run_ds, ds, manifest, model, step = load_for_eval(cmd, need_memory=method == "bank")
+
+
+def edit_queries(cmd: BankCommand, ds, model, table) -> tuple[list[str], torch.Tensor]:
+    """The query splits and the distinct two-hop queries an edit is measured on, checked to be
+    the queries of the graph (and, for method=bank, of the bank the model reads)."""
     if ds.task != "composition":
         raise ValueError(
             f"edit_eval needs two-hop fact queries (a composition dataset), not {ds.task!r}"
@@ -285,27 +287,63 @@ def edit_eval(cmd: BankCommand) -> dict:
             f"splits names {bad[0]!r}, which holds no two-hop queries; the query "
             f"pool comes from {two_hop}"
         )
-    d_vocab = len(ds.vocab)
-    graph = FactBank.from_dataset(ds)
-    table = fact_table(graph, d_vocab)
-    if method == "bank":
-        bank = model.memory.bank
-        if not torch.equal(fact_table(bank, d_vocab), table):
-            raise ValueError(
-                "the bank the model reads holds other facts than the graph of the "
-                "data asked about; pass bank= built from that graph (python -m "
-                "grokloop.bank build data=...)"
-            )
-    idx = np.concatenate([np.asarray(ds.splits[s]) for s in splits])
-    queries = torch.unique(torch.as_tensor(ds.inputs[idx, :3], dtype=torch.int64), dim=0)
-    if not torch.equal(
-        compose(table, torch.as_tensor(ds.inputs[idx, :3], dtype=torch.int64)),
-        torch.as_tensor(ds.answers[idx], dtype=torch.int64),
+    if cmd.method == "bank" and not torch.equal(
+        fact_table(model.memory.bank, len(ds.vocab)), table
     ):
+        raise ValueError(
+            "the bank the model reads holds other facts than the graph of the "
+            "data asked about; pass bank= built from that graph (python -m "
+            "grokloop.bank build data=...)"
+        )
+    idx = np.concatenate([np.asarray(ds.splits[s]) for s in splits])
+    inputs = torch.as_tensor(ds.inputs[idx, :3], dtype=torch.int64)
+    if not torch.equal(compose(table, inputs), torch.as_tensor(ds.answers[idx], dtype=torch.int64)):
         raise ValueError(
             "the two-hop queries' answers are not those of the dataset's graph of "
             "atomic facts; edit_eval needs the dataset the queries came from"
         )
+    return splits, torch.unique(inputs, dim=0)
+
+
+def edit_rows(counts: dict, name: str, position: int, common: dict) -> list[dict]:
+    """A row per (metric, split) of one hop position's edits: NAME.hopP.METRIC."""
+    return [
+        acc_row(
+            k / n,
+            n,
+            model=f"{name}.hop{position}.{metric}",
+            split=split,
+            hops=1 if metric == "success" else 2,
+            metric=f"edit_{metric}",
+            edit_hop=position,
+            **common,
+        )
+        for metric in METRICS
+        for (m, split), (k, n) in sorted(counts.items())
+        if m == metric and n
+    ]
+
+
+def edit_plan(edits: list, position: int, tok) -> dict:
+    return {
+        "position": position,
+        "n_edits": len(edits),
+        "n_through": sum(len(e.through) for e in edits),
+        "n_unchanged": sum(e.unchanged for e in edits),
+        "edits": [f"{tok(e.head)} {tok(e.relation)}: {tok(e.old)} -> {tok(e.new)}" for e in edits],
+    }
+
+
+def edit_eval(cmd: BankCommand) -> dict:
+    """`python -m grokloop.bank edit_eval`: single-fact edits and how far they carry through
+    two-hop answers, for a frozen memory model whose bank is edited (method=bank) or for any
+    model fine-tuned on the edited fact (method=finetune, the baseline). Rows NAME.hopP.METRIC."""
+    check_edit_options(cmd)
+    method = cmd.method
+    run_cfg, run_ds, ds, manifest, model, step = load_for_eval(cmd, need_memory=method == "bank")
+    d_vocab = len(ds.vocab)
+    table = fact_table(FactBank.from_dataset(ds), d_vocab)
+    splits, queries = edit_queries(cmd, ds, model, table)
     classes = fact_classes(ds, d_vocab)
     entities = torch.tensor(list(ds.vocab.range("entities")))
 
@@ -314,8 +352,7 @@ def edit_eval(cmd: BankCommand) -> dict:
         apply, restore = bank_editor(model, model.memory.bank)
     else:
         apply, restore = finetune_editor(model, cmd.finetune_steps, cmd.finetune_lr)
-    experiment = run_cfg.get("experiment", "model")
-    name = cmd.name or f"{experiment}.{method}_edit"
+    name = cmd.name or f"{run_cfg.get('experiment', 'model')}.{method}_edit"
     common = {"seed": run_cfg.get("seed"), "step": step, "method": method}
     rows, plans = [], []
     for position in cmd.positions:
@@ -324,40 +361,15 @@ def edit_eval(cmd: BankCommand) -> dict:
         counts = measure_edits(
             model, edits, queries, table, classes, apply, restore, cmd.batch_size
         )
-        for metric in METRICS:
-            for (m, split), (k, n) in sorted(counts.items()):
-                if m == metric and n:
-                    rows.append(
-                        acc_row(
-                            k / n,
-                            n,
-                            model=f"{name}.hop{position}.{metric}",
-                            split=split,
-                            hops=1 if metric == "success" else 2,
-                            metric=f"edit_{metric}",
-                            edit_hop=position,
-                            **common,
-                        )
-                    )
-        tok = ds.vocab.token
-        plans.append(
-            {
-                "position": position,
-                "n_edits": len(edits),
-                "n_through": sum(len(e.through) for e in edits),
-                "n_unchanged": sum(e.unchanged for e in edits),
-                "edits": [
-                    f"{tok(e.head)} {tok(e.relation)}: {tok(e.old)} -> {tok(e.new)}" for e in edits
-                ],
-            }
-        )
-    seconds = time.perf_counter() - t0
-    summary = {
+        rows += edit_rows(counts, name, position, common)
+        plans.append(edit_plan(edits, position, ds.vocab.token))
+    memory = getattr(model, "memory", None)
+    return {
         "study": f"bank_edit/{name}",
         "run_dir": str(cmd.run_dir),
         "machine": machine(),
         "code_version": code_version(),
-        "seconds": seconds,
+        "seconds": time.perf_counter() - t0,
         "commands": ["python -m grokloop.bank " + " ".join(sys.argv[1:])],
         "method": method,
         "metrics": METRICS,
@@ -370,14 +382,13 @@ def edit_eval(cmd: BankCommand) -> dict:
         if method == "finetune"
         else None,
         "bank": None
-        if getattr(model, "memory", None) is None
+        if memory is None
         else {
             "path": cmd.bank,
-            "n_facts": len(model.memory.bank),
+            "n_facts": len(memory.bank),
             "source": manifest["source"] if manifest else "checkpoint",
         },
         "dataset_hash": ds.content_hash(),
         "plans": plans,
         "rows": rows,
     }
-    return summary
