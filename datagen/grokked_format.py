@@ -250,6 +250,32 @@ def read_grokked(path: str | Path) -> Dataset:
     the only one evaluated (training needs one of the two). Without vocab.json the vocabulary is
     what the records use. A file that is not JSON is an error naming it."""
     path = Path(path)
+    files, vocab_list, missing = _read_files(path)
+    parsed, splits = _examples(path, files)
+    tokens = {t for q, a in parsed.items() for t in q + (a,)}
+    task = _task(path, files, tokens)
+    if vocab_list is not None:
+        absent = sorted((tokens | {"</a>"}) - set(vocab_list))
+        if absent:
+            raise ValueError(
+                f"{path / 'vocab.json'} lacks {len(absent)} tokens the records use, e.g. "
+                f"{absent[:5]}; the authors' tokenizer would split them"
+            )
+    n = _sizes(vocab_list if vocab_list is not None else tokens)
+    ds = (
+        _composition(n, parsed, splits)
+        if task == "composition"
+        else _comparison(n, parsed, splits, task)
+    )
+    ds.config.update(
+        {"source": str(path.resolve()), "files": _file_hashes(path), "missing_files": missing}
+    )
+    return ds
+
+
+def _read_files(path: Path) -> tuple[dict[str, list], list[str] | None, list[str]]:
+    """The folder's record files by name, its vocabulary (None without vocab.json) and the
+    files it lacks; each gap warned about once, each unreadable file an error naming it."""
     if not path.is_dir():
         raise FileNotFoundError(
             f"{path}: no such folder (want train.json, valid.json, test.json "
@@ -301,7 +327,12 @@ def read_grokked(path: str | Path) -> Dataset:
             "needs one, and write_grokked writes it"
         )
 
-    # Examples: one per distinct query, in file order; the splits index them.
+    return files, vocab_list, missing
+
+
+def _examples(path: Path, files: dict[str, list]) -> tuple[dict[tuple, str], dict[str, list]]:
+    """One example per distinct query, in file order (query -> answer), and the splits that
+    index them (test.json's record types named as grokloop's splits)."""
     parsed: dict[tuple, str] = {}
     splits: dict[str, list[tuple]] = {}
     unknown_types = set()
@@ -340,35 +371,19 @@ def read_grokked(path: str | Path) -> Dataset:
                 "split valid_json"
             )
     splits.setdefault("train", [])
+    return parsed, splits
 
-    tokens = {t for q, a in parsed.items() for t in q + (a,)}
+
+def _task(path: Path, files: dict[str, list], tokens: set[str]) -> str:
     if any(t.startswith("<r_") for t in tokens):
-        task = "composition"
-    elif any(t.startswith("<attr_") for t in tokens):
+        return "composition"
+    if any(t.startswith("<attr_") for t in tokens):
         types = {r.get("type") for records in files.values() for r in records}
-        task = "complex_reasoning" if types & set(COMPLEX_TYPES) else "comparison"
-    else:
-        raise ValueError(
-            f"{path}: cannot tell the task: no <r_*> (composition) or <attr_*> "
-            f"(comparison) tokens among {sorted(tokens)[:8]}..."
-        )
-    if vocab_list is not None:
-        absent = sorted((tokens | {"</a>"}) - set(vocab_list))
-        if absent:
-            raise ValueError(
-                f"{vocab_file} lacks {len(absent)} tokens the records use, e.g. "
-                f"{absent[:5]}; the authors' tokenizer would split them"
-            )
-    n = _sizes(vocab_list if vocab_list is not None else tokens)
-    ds = (
-        _composition(n, parsed, splits)
-        if task == "composition"
-        else _comparison(n, parsed, splits, task)
+        return "complex_reasoning" if types & set(COMPLEX_TYPES) else "comparison"
+    raise ValueError(
+        f"{path}: cannot tell the task: no <r_*> (composition) or <attr_*> "
+        f"(comparison) tokens among {sorted(tokens)[:8]}..."
     )
-    ds.config.update(
-        {"source": str(path.resolve()), "files": _file_hashes(path), "missing_files": missing}
-    )
-    return ds
 
 
 def _arrays(vocab: Vocab, parsed: dict, n_ctx: int):
