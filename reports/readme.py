@@ -159,7 +159,12 @@ def main(argv: list[str] | None = None) -> None:
             "markers, e.g. README.md docs/findings.md"
         )
     for f in files:
-        new = update(f.read_text(), f.resolve().parent)
+        try:
+            new = update(f.read_text(), f.resolve().parent)
+        except (ValueError, OSError) as e:  # a marker naming no rows, or a missing summary
+            from grokloop.cli import fail
+
+            fail(f"{f}: {e}; fix the marker's filters or regenerate the study it reads")
         if new != f.read_text():
             atomic_write_text(f, new)
             print(f"rewrote the result tables of {f}")
