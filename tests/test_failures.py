@@ -37,6 +37,14 @@ def train_main(argv):
     main(argv)
 
 
+def _readme_bad_marker(c: Ctx):
+    md = c.tmp / "notes.md"
+    md.write_text(
+        "<!-- results results/nope/summary.json rows=model columns=split -->\n<!-- /results -->\n"
+    )
+    return readme_main, [str(md)], md
+
+
 def readme_main(argv):
     from reports.readme import main
 
@@ -520,6 +528,12 @@ CASES = [
         "reports.readme: no such file",
         lambda c: (readme_main, [str(c.tmp / "nope.md")], None),
         "nope.md: no such file",
+        2,
+    ),
+    (
+        "reports.readme: a marker naming no study",
+        lambda c: _readme_bad_marker(c),
+        "fix the marker",
         2,
     ),
 ]
