@@ -37,7 +37,7 @@ def train_main(argv):
     main(argv)
 
 
-def _readme_bad_marker(c: Ctx):
+def _readme_bad_marker(c):
     md = c.tmp / "notes.md"
     md.write_text(
         "<!-- results results/nope/summary.json rows=model columns=split -->\n<!-- /results -->\n"
