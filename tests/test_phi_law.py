@@ -156,3 +156,31 @@ def test_the_paper_page_reads_every_claim_or_says_it_is_not_measured(tmp_path):
         "not measured"
     )
     assert {r["claim"] for r in summary["rows"]} == {"comparison_ood", "composition_ood", "circuit"}
+
+
+def test_the_paper_page_reads_complex_reasoning_with_baselines_run_once(tmp_path):
+    from reports.paper import paper_summary
+
+    def row(model, acc, seed, step=None):
+        return {
+            "model": model,
+            "split": "test_hard",
+            "acc": acc,
+            "lo": acc - 0.01,
+            "hi": acc + 0.01,
+            "n": 1000,
+            "seed": seed,
+            "step": step,
+        }
+
+    rows = [
+        row("complex_reasoning_cpu", a, s, 30000)
+        for s, a in ((0, 0.99), (1, 0.97), ("pooled", 0.98))
+    ]
+    rows += [row("retrieval", 0.333, None), row("chance", 0.323, 0)]  # one run each, not pooled
+    (tmp_path / "complex_reasoning").mkdir()
+    (tmp_path / "complex_reasoning" / "summary.json").write_text(
+        json.dumps({"study": "complex_reasoning", "rows": rows, "commands": ["make it"]})
+    )
+    ours = {c["id"]: c["ours"] for c in paper_summary(tmp_path)["claims"]}["complex_reasoning"]
+    assert "transformer 0.980" in ours and "one step) 0.333" in ours and "chance 0.323" in ours
