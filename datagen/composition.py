@@ -206,35 +206,28 @@ def _paths(
     return graph.sample_paths(sub, k, min(n_wanted, n_free), rng, keep), total
 
 
-def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Dataset:
-    graph = Graph(cfg, rng)
-    vocab = composition_vocab(cfg.n_entities, cfg.n_relations)
-    id_sub, ood_sub = graph.subgraph(ood=False), graph.subgraph(ood=True)
-    n_id_atomic = int((~graph.is_ood).sum())
-    train_hops = sorted(k for k in set(cfg.hops) if k >= 2)
+def _per_hop(cfg: CompositionConfig, n_id_atomic: int, train_hops: list[int]) -> dict[int, int]:
+    """Training inferred facts per hop count: phi x the ID atomic facts, split evenly."""
     n_train_total = round(cfg.phi * n_id_atomic)
-    per_hop = (
-        {
-            k: n_train_total // len(train_hops) + (i < n_train_total % len(train_hops))
-            for i, k in enumerate(train_hops)
-        }
-        if train_hops
-        else {}
-    )
     if n_train_total and not train_hops:
         raise ValueError(
             f"data.phi={cfg.phi} asks for inferred facts but data.hops={cfg.hops} "
             "has no hop count >= 2; add 2 to data.hops or set phi=0"
         )
+    return {
+        k: n_train_total // len(train_hops) + (i < n_train_total % len(train_hops))
+        for i, k in enumerate(train_hops)
+    }
 
-    # Plan every split's size from exact path counts before building anything. Hop counts go in
-    # increasing order so that held-out queries are known before longer paths are split.
-    blocks, stats = (
-        [],
-        {"n_id_atomic": n_id_atomic, "n_ood_atomic": int(graph.is_ood.sum()), "paths": {}},
-    )
-    held: dict[int, np.ndarray] = {}  # hop count -> the held-out ID paths (test_inferred_id)
-    for k in sorted(set(train_hops) | {k for k in cfg.test_hops if k >= 2}):
+
+def _inferred_blocks(cfg, graph, per_hop, rng, stats) -> list[tuple]:
+    """(split, hop count, paths) of every inferred split, each split's size planned from exact
+    path counts before anything is drawn. Hop counts go in increasing order so that held-out
+    queries are known before longer paths are split."""
+    id_sub, ood_sub = graph.subgraph(ood=False), graph.subgraph(ood=True)
+    n_id_atomic = stats["n_id_atomic"]
+    blocks, held = [], {}  # held: hop count -> the held-out ID paths (test_inferred_id)
+    for k in sorted(set(per_hop) | {k for k in cfg.test_hops if k >= 2}):
         total_id = graph.count_paths(id_sub, k)
         n_cand = total_id - _n_extending(graph, id_sub, held, k)
         n_test = round(cfg.test_id_fraction * n_cand) if k in per_hop else n_cand
@@ -243,7 +236,7 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
         n_test += n_valid  # held out together: test first, then valid
         n_train = per_hop.get(k, 0)
         if n_train > n_cand - n_test:
-            largest = (n_cand - n_test) * len(train_hops) / n_id_atomic
+            largest = (n_cand - n_test) * len(per_hop) / n_id_atomic
             raise ValueError(
                 f"data.phi={cfg.phi} needs {n_train} {k}-hop training facts but only "
                 f"{n_cand - n_test} candidates exist; the largest phi possible "
@@ -271,30 +264,27 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
             "test_id": len(held[k]) - n_valid,
             "valid": n_valid,
         }
+    return blocks
 
-    # OOD by hop (Ye et al. 2025): two-hop queries whose first hop is OOD and second ID
-    # (test_OI) or the reverse (test_IO), named as in the authors' released files. Drawn after
-    # every other split, so adding them changes no other split.
-    if cfg.mixed_ood and 2 in set(cfg.hops) | set(cfg.test_hops):
-        for name, first_ood in (("test_OI", True), ("test_IO", False)):
-            first = np.flatnonzero(graph.is_ood == first_ood)
-            rest = ood_sub if not first_ood else id_sub
-            paths = graph.enumerate_paths(rest, 2, first=first)
-            paths = paths[rng.permutation(len(paths))[: cfg.eval_size]]
-            blocks.append((name, 2, paths))
-            stats["paths"][f"2_{name}"] = {"total": len(paths)}
 
-    # Examples: all atomic facts first (as 1-hop paths), then each inferred block.
-    all_facts = np.arange(len(graph.tail))[:, None]
-    pieces = [
-        (name, k, graph.head[paths[:, 0]], graph.relation[paths], graph.tail[paths])
-        for name, k, paths in [("atomic", 1, all_facts)] + blocks
-    ]
-    max_hops = max([1] + list(cfg.hops) + list(cfg.test_hops))
-    inputs, hops, roles, role_pos, index = lay_out_chains(vocab, pieces, max_hops)
-    answers = roles["answer"].copy()
-    answer_pos = hops.copy()  # the last relation sits at position k
+def _mixed_ood_blocks(cfg, graph, rng, stats) -> list[tuple]:
+    """OOD by hop (Ye et al. 2025): two-hop queries whose first hop is OOD and second ID
+    (test_OI) or the reverse (test_IO), named as in the authors' released files. Drawn after
+    every other split, so adding them changes no other split."""
+    if not (cfg.mixed_ood and 2 in set(cfg.hops) | set(cfg.test_hops)):
+        return []
+    blocks = []
+    for name, first_ood in (("test_OI", True), ("test_IO", False)):
+        first = np.flatnonzero(graph.is_ood == first_ood)
+        rest = graph.subgraph(ood=not first_ood)
+        paths = graph.enumerate_paths(rest, 2, first=first)
+        paths = paths[rng.permutation(len(paths))[: cfg.eval_size]]
+        blocks.append((name, 2, paths))
+        stats["paths"][f"2_{name}"] = {"total": len(paths)}
+    return blocks
 
+
+def _composition_splits(cfg, graph, index, hops, train_hops, rng) -> dict[str, np.ndarray]:
     atomic = np.concatenate(index["atomic"])
     train_inferred = np.concatenate(index.get("train_inferred", [np.empty(0, np.int64)]))
     splits = {
@@ -311,8 +301,32 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
     }
     for name in ("valid", "test_inferred_id", "test_inferred_ood", "test_OI", "test_IO"):
         splits[name] = np.sort(np.concatenate(index.get(name, [np.empty(0, np.int64)])))
-    splits = {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
-    stats["achieved_phi"] = len(train_inferred) / n_id_atomic
+    return {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
+
+
+def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Dataset:
+    graph = Graph(cfg, rng)
+    vocab = composition_vocab(cfg.n_entities, cfg.n_relations)
+    n_id_atomic = int((~graph.is_ood).sum())
+    train_hops = sorted(k for k in set(cfg.hops) if k >= 2)
+    per_hop = _per_hop(cfg, n_id_atomic, train_hops)
+    stats = {"n_id_atomic": n_id_atomic, "n_ood_atomic": int(graph.is_ood.sum()), "paths": {}}
+    blocks = _inferred_blocks(cfg, graph, per_hop, rng, stats)
+    blocks += _mixed_ood_blocks(cfg, graph, rng, stats)
+
+    # Examples: all atomic facts first (as 1-hop paths), then each inferred block.
+    all_facts = np.arange(len(graph.tail))[:, None]
+    pieces = [
+        (name, k, graph.head[paths[:, 0]], graph.relation[paths], graph.tail[paths])
+        for name, k, paths in [("atomic", 1, all_facts)] + blocks
+    ]
+    max_hops = max([1] + list(cfg.hops) + list(cfg.test_hops))
+    inputs, hops, roles, role_pos, index = lay_out_chains(vocab, pieces, max_hops)
+    answers = roles["answer"].copy()
+    answer_pos = hops.copy()  # the last relation sits at position k
+    splits = _composition_splits(cfg, graph, index, hops, train_hops, rng)
+    n_train_inferred = sum(len(x) for x in index.get("train_inferred", []))
+    stats["achieved_phi"] = n_train_inferred / n_id_atomic
     stats["paths"] = {str(k): v for k, v in stats["paths"].items()}
     return Dataset(
         "composition",
