@@ -32,24 +32,11 @@ def _both_orders(a: int, pairs: np.ndarray) -> np.ndarray:
     return np.concatenate([np.full((len(both), 1), a), both], 1)
 
 
-def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
-    E, A, V = cfg.n_entities, cfg.n_attributes, cfg.n_values
-    vocab = Vocab.build(
-        [
-            ("specials", ["<pad>", "<q>", "<mask>"]),
-            ("entities", [f"<e_{i}>" for i in range(E)]),
-            ("attributes", [f"<a_{i}>" for i in range(A)]),
-            ("values", [f"<v_{i}>" for i in range(V)]),
-            ("labels", LABELS),
-        ]
-    )
-    e0, a0, v0, l0 = (vocab.ranges[n][0] for n in ("entities", "attributes", "values", "labels"))
-    value = rng.integers(0, V, size=(E, A))
-    n_ood = round(cfg.ood_fraction * E)
-    is_ood = np.zeros((E, A), dtype=bool)
-    for a in range(A):
-        is_ood[rng.permutation(E)[:n_ood], a] = True
-
+def _comparison_queries(cfg: ComparisonConfig, is_ood: np.ndarray, rng) -> tuple:
+    """Rows of (attribute, e1, e2): the training comparisons (phi x the ID atomic facts, drawn
+    from ID pairs not held out), test_inferred_id, valid and test_inferred_ood (OOD x OOD), and
+    the number of training candidates."""
+    A = is_ood.shape[1]
     cand, test_id, valid, test_ood = [], [], [], []  # rows of (attribute, e1, e2)
     for a in range(A):
         test_ood.append(_both_orders(a, _pairs(np.flatnonzero(is_ood[:, a]))))
@@ -78,9 +65,16 @@ def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
     test_ood = np.concatenate(test_ood)
     test_ood = test_ood[sample_eval(np.arange(len(test_ood)), cfg.eval_size, rng)]
 
+    return train_inf, test_id, valid, test_ood, len(cand)
+
+
+def _comparison_examples(vocab: Vocab, value: np.ndarray, inferred: np.ndarray) -> tuple:
+    """Every atomic fact (attribute, entity -> value) then each comparison (attribute <q> e1
+    <mask> e2 -> label): inputs, answers, answer positions, roles and their positions."""
+    E, A = value.shape
+    e0, a0, v0, l0 = (vocab.ranges[n][0] for n in ("entities", "attributes", "values", "labels"))
     ent, att = (x.ravel() for x in np.meshgrid(np.arange(E), np.arange(A), indexing="ij"))
     n_atomic = E * A
-    inferred = np.concatenate([train_inf, test_id, valid, test_ood])
     N = n_atomic + len(inferred)
     inputs = np.zeros((N, 5), dtype=np.int64)  # <pad> is id 0
     inputs[:n_atomic, 0], inputs[:n_atomic, 1] = a0 + att, e0 + ent
@@ -120,6 +114,32 @@ def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
         "answer": np.full(N, -1),
     }
 
+    return inputs, answers, answer_pos, roles, role_pos
+
+
+def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
+    E, A, V = cfg.n_entities, cfg.n_attributes, cfg.n_values
+    vocab = Vocab.build(
+        [
+            ("specials", ["<pad>", "<q>", "<mask>"]),
+            ("entities", [f"<e_{i}>" for i in range(E)]),
+            ("attributes", [f"<a_{i}>" for i in range(A)]),
+            ("values", [f"<v_{i}>" for i in range(V)]),
+            ("labels", LABELS),
+        ]
+    )
+    value = rng.integers(0, V, size=(E, A))
+    n_ood = round(cfg.ood_fraction * E)
+    is_ood = np.zeros((E, A), dtype=bool)
+    for a in range(A):
+        is_ood[rng.permutation(E)[:n_ood], a] = True
+
+    train_inf, test_id, valid, test_ood, n_candidates = _comparison_queries(cfg, is_ood, rng)
+    n_id_atomic, n_train = int((~is_ood).sum()), len(train_inf)
+    inferred = np.concatenate([train_inf, test_id, valid, test_ood])
+    inputs, answers, answer_pos, roles, role_pos = _comparison_examples(vocab, value, inferred)
+    ent, att = (x.ravel() for x in np.meshgrid(np.arange(E), np.arange(A), indexing="ij"))
+    n_atomic, N = E * A, len(inputs)
     atomic_idx = np.arange(n_atomic)
     atomic_ood = is_ood[ent, att]
     o1, o2 = n_atomic, n_atomic + len(train_inf)
@@ -137,7 +157,7 @@ def make_comparison(cfg: ComparisonConfig, rng: np.random.Generator) -> Dataset:
     splits = {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
     stats = {
         "n_id_atomic": n_id_atomic,
-        "n_candidates": len(cand),
+        "n_candidates": n_candidates,
         "achieved_phi": n_train / n_id_atomic,
     }
     return Dataset(

@@ -4,6 +4,7 @@ the layers kept (import-linter), one console script for every command, and an in
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -41,6 +42,19 @@ def test_the_layers_hold(monkeypatch):
 
     monkeypatch.chdir(ROOT)
     assert lint_imports(config_filename="pyproject.toml", no_cache=True, no_logo=True) == 0
+
+
+def test_no_function_in_the_packages_is_over_100_lines():
+    """Issue 31's size rule, measured on the formatted source (decorators and docstring in)."""
+    long = [
+        f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for package in ("grokloop", "datagen", "probes", "reports")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > 100
+    ]
+    assert not long, long
 
 
 def test_the_console_script_lists_and_runs_every_command(capsys):
