@@ -346,6 +346,16 @@ def included_report(study: str, rows: list[dict]) -> str:
     return page(f"grokloop study: {study}", f"{len(rows)} rows", [section])
 
 
+def commands_from(path: str | None) -> list[str]:
+    """The lines of a commands file (commands with quotes, brackets and ${...} are easier kept in
+    a file than passed through Hydra's grammar)."""
+    if path is None:
+        return []
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"commands_file={path}: no such file")
+    return [line for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 @dataclass
 class StudyCommand:
     """Schema of conf/study.yaml."""
@@ -354,6 +364,7 @@ class StudyCommand:
     name: str = "???"  # the study's name
     out: str | None = None  # None: runs/studies/NAME (never docs/)
     commands: list[str] = field(default_factory=list)  # the commands that made the runs
+    commands_file: str | None = None  # ... or a file of them, one per line (added after)
     steps: list[int] = field(default_factory=list)  # rows also at these training steps
     lens: list[str] = field(default_factory=list)  # roles whose logit-lens top-1 become rows
     include: list[str] = field(default_factory=list)  # other summary.json files whose rows to add
@@ -396,7 +407,7 @@ def run_study(cmd: StudyCommand) -> None:
         out,
         cmd.name,
         runs,
-        cmd.commands,
+        cmd.commands + commands_from(cmd.commands_file),
         model_names=model_names or None,
         steps=cmd.steps,
         lens=cmd.lens,

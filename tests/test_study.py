@@ -93,8 +93,23 @@ def test_a_study_of_included_rows_only_pools_them_and_draws_their_intervals(tmp_
                 )
             )
     files = ",".join(str(tmp_path / f"{d}{s}.json") for d in ("taskA", "taskB") for s in (0, 1))
-    main(["name=baselines", f"out={tmp_path / 'out'}", f"include=[{files}]"])
+    commands = tmp_path / "commands.txt"
+    commands.write_text("python -m x 'out_dir=runs/s${seed}' a=[1,2]\n\npython -m y\n")
+    main(
+        [
+            "name=baselines",
+            f"out={tmp_path / 'out'}",
+            f"include=[{files}]",
+            "commands=[make]",
+            f"commands_file={commands}",
+        ]
+    )
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["commands"] == [
+        "make",
+        "python -m x 'out_dir=runs/s${seed}' a=[1,2]",
+        "python -m y",
+    ]
     pools = [r for r in summary["rows"] if r["seed"] == "pooled"]
     assert len(pools) == 4 and all(r["n"] == 200 for r in pools)  # per data preset, never across
     assert {r["data"] for r in pools} == {"taskA", "taskB"}
