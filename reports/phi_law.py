@@ -27,7 +27,7 @@ from datagen.provenance import atomic_write_text, machine
 from grokloop.stats import acc_row
 from reports.html import Section, page, table, write
 from reports.load import RunFiles, find_runs, read_run
-from reports.study import first_step_at, pooled
+from reports.study import commands_from, first_step_at, pooled
 from reports.survival import km_median, spearman
 
 SPLITS = ("valid", "test_inferred_id")
@@ -300,13 +300,15 @@ class PhiLawCommand:
             "python -m grokloop.train --multirun experiment=phi_law sweep=phi_law"
         ]
     )
+    commands_file: str | None = None  # replaces `commands` with the file's lines
 
 
 def run_phi_law(cmd: PhiLawCommand) -> None:
     if not cmd.runs:
         raise ValueError("give the sweep tree: python -m reports.phi_law runs/sweeps/phi_law")
     runs = [read_run(p, probes=False) for p in find_runs(cmd.runs)]
-    summary = write_phi_law(cmd.out, runs, cmd.commands)
+    commands = commands_from(cmd.commands_file) if cmd.commands_file else cmd.commands
+    summary = write_phi_law(cmd.out, runs, commands)
     print(Path(cmd.out) / "summary.md")
     print(markdown(summary).split("## Accuracy")[0])
 
