@@ -23,7 +23,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from datagen.provenance import atomic_write_text, machine
+from datagen.provenance import atomic_write_text, code_version, machine
 from grokloop.stats import acc_row
 from reports.html import Section, page, table, write
 from reports.load import RunFiles, find_runs, read_run
@@ -261,6 +261,8 @@ def write_phi_law(out: str | Path, runs: list[RunFiles], commands: list[str]) ->
     summary = {
         "study": "phi_law",
         "machine": machine(),
+        "code_version": code_version(),  # of this summary; each run's own code is run_code_versions
+        "run_code_versions": sorted({str(r.config.get("code_version")) for r in runs}),
         "commands": list(commands),
         "rows": rows + pooled_rows,
         "cells": cells_,

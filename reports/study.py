@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datagen.provenance import atomic_write_text, machine
+from datagen.provenance import atomic_write_text, code_version, machine
 from grokloop.stats import acc_row, wilson
 from reports.compare import compare_report, group_runs, short_labels
 from reports.html import write
@@ -314,6 +314,8 @@ def write_study(
     summary = {
         "study": study,
         "machine": machine(),
+        "code_version": code_version(),  # of this summary; each run's own code is run_code_versions
+        "run_code_versions": sorted({str(r.config.get("code_version")) for r in runs}),
         "commands": list(commands),
         "rows": study_rows(runs, model_names, steps, lens) + list(extra_rows or []),
     }

@@ -92,6 +92,7 @@ def test_steps_to_grok_are_censored_at_the_budget_and_the_law_is_measured(tmp_pa
     ]
     assert not any(c["n_entities"] == 200 and c["phi"] == 3.6 for c in summary["cells"])
     rows = summary["rows"]
+    assert {"study", "machine", "code_version", "commands", "rows"} <= set(summary)
     assert {
         "phi",
         "n_entities",

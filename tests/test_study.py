@@ -121,7 +121,11 @@ def test_write_study_writes_the_schema(tmp_path):
     runs = [fake_run(tmp_path, "a", 0, 1, 0.9)]
     write_study(tmp_path / "out", "demo", runs, ["python -m grokloop.train"])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert set(summary) == {"study", "machine", "commands", "rows"} and summary["study"] == "demo"
+    assert (
+        set(summary)
+        == {"study", "machine", "code_version", "run_code_versions", "commands", "rows"}
+        and summary["study"] == "demo"
+    )
     assert {"model", "split", "acc", "lo", "hi", "n"} <= set(summary["rows"][0])
     assert "cpu" in summary["machine"]
     assert (tmp_path / "out" / "compare.html").read_text().startswith("<!DOCTYPE html>")
