@@ -180,7 +180,11 @@ def markdown(summary: dict) -> str:
         "## The law",
         "",
         "Spearman's rho, phi against median steps to grok: "
-        + ", ".join(f"{n} entities {'-' if r is None else f'{r:+.2f}'}" for n, r in rho.items()),
+        + ", ".join(
+            f"{n} entities "
+            + ("- (undefined: every median ties, e.g. none grokked)" if r is None else f"{r:+.2f}")
+            for n, r in rho.items()
+        ),
         "",
         "Ratio of the sizes' medians at each phi: "
         + (
