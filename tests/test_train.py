@@ -86,6 +86,7 @@ def test_unknown_key_fails_with_its_name(tmp_path, capsys):
     assert code != 0 and "d_modle" in err and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # ~5 s: a training process writing its report; fast: tests/test_reports.py
 def test_cli_run_ends_with_its_report_and_says_where(tmp_path):
     out = tmp_path / "run"
     r = subprocess.run(
