@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from datagen.provenance import atomic_write_text, machine  # noqa: E402
+from datagen.provenance import atomic_write_text, machine, portable_path  # noqa: E402
 from grokloop.config import ModelConfig  # noqa: E402
 from grokloop.memory import FactBank, exhaustive_top_k, first_grid, product_top_k  # noqa: E402
 from grokloop.model import LoopedTransformer  # noqa: E402
@@ -258,7 +258,7 @@ def bench_two_hop(args, g) -> dict:
         mem.product_min_facts = 1 << 62  # every fact scored
         e_ms, _, e_pred = median_ms(lambda: answer(sub), 1)
     return {
-        "run": str(args.run),
+        "run": portable_path(args.run),
         "new_entities": args.new_entities,
         "facts": len(mem.bank),
         "tokens": model.vocab_size,

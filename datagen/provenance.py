@@ -81,6 +81,20 @@ def machine() -> dict:
     }
 
 
+def portable_path(path: str | Path) -> str:
+    """A path as committed results show it: relative to the working directory when below it,
+    else from its last `runs` folder on (runs/NAME/...), else as given; never a machine's own
+    absolute prefix where either rule applies."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        parts = path.parts
+        if "runs" in parts:
+            return str(Path(*parts[len(parts) - 1 - parts[::-1].index("runs") :]))
+        return str(path)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

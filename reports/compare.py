@@ -10,6 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from datagen.provenance import portable_path
 from reports import figures as F
 from reports.html import Section, page, table
 from reports.load import RunFiles
@@ -220,7 +221,7 @@ def compare_report(runs: list[RunFiles]) -> str:
         + table(
             ["group", "seed", "directory"],
             [
-                [labels[g], r.config.get("seed"), str(r.path)]
+                [labels[g], r.config.get("seed"), portable_path(r.path)]
                 for g, rs in groups.items()
                 for r in rs
             ],

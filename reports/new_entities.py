@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datagen.dataset import read_json
-from datagen.provenance import atomic_write_text, code_version
+from datagen.provenance import atomic_write_text, code_version, portable_path
 from grokloop.stats import wilson
 
 SPLITS = ("test_new_head", "test_new_bridge", "test_new_answer", "test_new_all", "test_old")
@@ -86,7 +86,7 @@ def study(summaries: list[dict], commands: list[str]) -> dict:
         "code_version": code_version(),
         "commands": commands,
         "evaluated_with": sorted({s["code_version"] for s in summaries}),
-        "weights_sha256": {s["run_dir"]: s["weights_sha256"] for s in summaries},
+        "weights_sha256": {portable_path(s["run_dir"]): s["weights_sha256"] for s in summaries},
         "targets": targets,
         "rows": rows + pooled,
     }

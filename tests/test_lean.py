@@ -130,3 +130,13 @@ def test_the_results_index_is_current():
     assert results_index(RESULTS) == (RESULTS / "README.md").read_text(), (
         "docs/results/README.md is stale: python -m reports.readme index"
     )
+
+
+def test_committed_results_show_portable_paths(tmp_path, monkeypatch):
+    """portable_path: relative below the working directory, else from the last `runs` folder."""
+    from datagen.provenance import portable_path
+
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(tmp_path / "runs" / "a" / "seed0") == "runs/a/seed0"
+    assert portable_path("/elsewhere/x/runs/b/runs/c/seed1") == "runs/c/seed1"
+    assert portable_path("/elsewhere/plain") == "/elsewhere/plain"
