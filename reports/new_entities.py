@@ -18,6 +18,7 @@ from pathlib import Path
 from datagen.dataset import read_json
 from datagen.provenance import atomic_write_text, code_version, portable_path
 from grokloop.stats import wilson
+from reports.study import commands_from
 
 SPLITS = ("test_new_head", "test_new_bridge", "test_new_answer", "test_new_all", "test_old")
 TARGETS = {"test_new_all": 0.9, "test_old": 0.95}  # Wilson lower bound, seeds pooled
@@ -222,7 +223,7 @@ def run_new_entities(cmd: NewEntitiesCommand) -> None:
             "give the evaluations: python -m reports.new_entities "
             "runs/new_entities/eval/*/summary.json"
         )
-    commands = Path(cmd.commands_file).read_text().splitlines() if cmd.commands_file else []
+    commands = commands_from(cmd.commands_file)
     s = write(cmd.out, [read_json(Path(p)) for p in cmd.summaries], commands)
     print(f"wrote {cmd.out}/summary.json, summary.md and index.html: {len(s['rows'])} rows")
 

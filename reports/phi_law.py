@@ -228,6 +228,7 @@ def markdown(summary: dict) -> str:
 def curves(runs: list[RunFiles]) -> go.Figure:
     """valid against step for every run, one colour per size: where the sizes part."""
     fig, colours = go.Figure(), ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+    top = max((r.config["data"]["phi"] for r in runs), default=1.0)  # the darkest line
     sizes = sorted({r.config["data"]["n_entities"] for r in runs})
     for run in sorted(
         runs, key=lambda r: (r.config["data"]["n_entities"], r.config["data"]["phi"])
@@ -241,7 +242,7 @@ def curves(runs: list[RunFiles]) -> go.Figure:
                 mode="lines",
                 name=f"{n} entities, phi {phi}, seed {run.config['seed']}",
                 line={"color": colours[sizes.index(n) % 4]},
-                opacity=0.3 + 0.7 * phi / 18,
+                opacity=0.3 + 0.7 * phi / top,
             )
         )
     fig.update_xaxes(title="step", type="log")
