@@ -74,13 +74,18 @@ def lay_out_chains(vocab: Vocab, pieces, deepest: int):
     return inputs, hops, roles, role_pos, index
 
 
-def composition_vocab(n_entities: int, n_relations: int) -> Vocab:
-    # Token spellings follow the GrokkedTransformer repository so files convert losslessly.
+SELF_RELATION = "<r_self>"
+
+
+def composition_vocab(n_entities: int, n_relations: int, self_relation: bool = False) -> Vocab:
+    # Token spellings follow the GrokkedTransformer repository so files convert losslessly; the
+    # identity relation (data.self_relation) comes last, so every other token keeps its id.
+    relations = [f"<r_{i}>" for i in range(n_relations)] + [SELF_RELATION] * self_relation
     return Vocab.build(
         [
             ("specials", ["<pad>", "</a>"]),
             ("entities", [f"<e_{i}>" for i in range(n_entities)]),
-            ("relations", [f"<r_{i}>" for i in range(n_relations)]),
+            ("relations", relations),
         ]
     )
 
@@ -248,13 +253,15 @@ def _inferred_blocks(cfg, graph, per_hop, rng, stats) -> list[tuple]:
                 f"sampling found only {len(id_paths)} of the {n_test + n_train} "
                 f"{k}-hop paths needed; lower data.phi"
             )
-        ood_paths, total_ood = _paths(graph, ood_sub, k, cfg.eval_size, rng)
+        n_valid_ood = cfg.valid_ood_size if k == 2 else 0
+        ood_paths, total_ood = _paths(graph, ood_sub, k, cfg.eval_size + n_valid_ood, rng)
         held[k] = id_paths[:n_test]
         blocks += [
             ("test_inferred_id", k, id_paths[: n_test - n_valid]),
             ("valid", k, id_paths[n_test - n_valid : n_test]),
             ("train_inferred", k, id_paths[n_test : n_test + n_train]),
             ("test_inferred_ood", k, ood_paths[: cfg.eval_size]),
+            ("valid_ood", k, _after_test(ood_paths, cfg, "test_inferred_ood", n_valid_ood)),
         ]
         stats["paths"][k] = {
             "id": total_id,
@@ -278,10 +285,51 @@ def _mixed_ood_blocks(cfg, graph, rng, stats) -> list[tuple]:
         first = np.flatnonzero(graph.is_ood == first_ood)
         rest = graph.subgraph(ood=not first_ood)
         paths = graph.enumerate_paths(rest, 2, first=first)
-        paths = paths[rng.permutation(len(paths))[: cfg.eval_size]]
-        blocks.append((name, 2, paths))
-        stats["paths"][f"2_{name}"] = {"total": len(paths)}
+        paths = paths[rng.permutation(len(paths))]
+        blocks.append((name, 2, paths[: cfg.eval_size]))
+        valid = _after_test(paths, cfg, name, cfg.valid_ood_size)
+        blocks.append((name.replace("test", "valid"), 2, valid))
+        stats["paths"][f"2_{name}"] = {"total": min(len(paths), cfg.eval_size)}
     return blocks
+
+
+def _after_test(paths: np.ndarray, cfg, name: str, n: int) -> np.ndarray:
+    """The n paths that follow test split `name`'s in the same shuffle (no new draw, so every
+    other split is what it was without them), disjoint from it by construction."""
+    held = paths[cfg.eval_size : cfg.eval_size + n]
+    if len(held) < n:
+        raise ValueError(
+            f"data.valid_ood_size={n}: only {len(held)} {name} paths are "
+            f"left after the test split's {cfg.eval_size}; lower data.valid_ood_size or "
+            "data.eval_size"
+        )
+    return held
+
+
+def _self_relation_blocks(cfg, graph) -> list[tuple]:
+    """data.self_relation: `e <r_self>` -> e for every entity, and every atomic fact (e, r) -> t
+    as `e <r_self> r` -> t (datagen/config.py says why). Deterministic: no draw, so every other
+    split is what it was without them."""
+    if not cfg.self_relation:
+        return []
+    r_self = cfg.n_relations  # the relation id after the real ones (composition_vocab)
+    entities = np.arange(cfg.n_entities)
+    identity = (entities, np.full((len(entities), 1), r_self), entities[:, None])
+    relations = np.stack([np.full(len(graph.tail), r_self), graph.relation], axis=1)
+    second_hop = (graph.head, relations, np.stack([graph.head, graph.tail], axis=1))
+    return [("train_self", 1, *identity), ("train_self", 2, *second_hop)]
+
+
+VALID_AND_TEST = (
+    "valid",
+    "valid_OI",
+    "valid_IO",
+    "valid_ood",
+    "test_inferred_id",
+    "test_inferred_ood",
+    "test_OI",
+    "test_IO",
+)
 
 
 def _composition_splits(cfg, graph, index, hops, train_hops, rng) -> dict[str, np.ndarray]:
@@ -299,14 +347,16 @@ def _composition_splits(cfg, graph, index, hops, train_hops, rng) -> dict[str, n
             or [np.empty(0, np.int64)]
         ),
     }
-    for name in ("valid", "test_inferred_id", "test_inferred_ood", "test_OI", "test_IO"):
+    train_self = index.get("train_self", [])
+    splits["train"] = np.concatenate([splits["train"], *train_self])
+    for name in VALID_AND_TEST:
         splits[name] = np.sort(np.concatenate(index.get(name, [np.empty(0, np.int64)])))
     return {k: v.astype(np.int64) for k, v in splits.items() if k == "train" or len(v)}
 
 
 def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Dataset:
     graph = Graph(cfg, rng)
-    vocab = composition_vocab(cfg.n_entities, cfg.n_relations)
+    vocab = composition_vocab(cfg.n_entities, cfg.n_relations, cfg.self_relation)
     n_id_atomic = int((~graph.is_ood).sum())
     train_hops = sorted(k for k in set(cfg.hops) if k >= 2)
     per_hop = _per_hop(cfg, n_id_atomic, train_hops)
@@ -319,7 +369,9 @@ def make_composition(cfg: CompositionConfig, rng: np.random.Generator) -> Datase
     pieces = [
         (name, k, graph.head[paths[:, 0]], graph.relation[paths], graph.tail[paths])
         for name, k, paths in [("atomic", 1, all_facts)] + blocks
+        if len(paths)
     ]
+    pieces += _self_relation_blocks(cfg, graph)
     max_hops = max([1] + list(cfg.hops) + list(cfg.test_hops))
     inputs, hops, roles, role_pos, index = lay_out_chains(vocab, pieces, max_hops)
     answers = roles["answer"].copy()

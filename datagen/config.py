@@ -39,6 +39,14 @@ class CompositionConfig:
     `valid_fraction`: held-out ID inferred facts (at most eval_size per hop count) for model
     selection and the halting selector, disjoint from test_inferred_id and from training.
     `mixed_ood`: also build test_OI / test_IO, the two-hop facts whose first / second hop is OOD.
+    `valid_ood_size`: two-hop facts held out per OOD kind for model selection, valid_OI, valid_IO
+    and valid_ood (first, second, both hops OOD: the valid twins of test_OI, test_IO and
+    test_inferred_ood), taken from the paths the test splits left; 0: none.
+    `self_relation`: recurrent-style training. Adds the identity relation <r_self> (the atomic
+    fact `e <r_self>` -> e for every entity) and trains every atomic fact (e, r) -> t also as the
+    two-hop query `e <r_self> r` -> t, so the second hop learns to apply every fact, ID and OOD,
+    to an entity that arrives as a state the first hop produced, not only as an input token. No
+    composition of two real facts is added: no test fact, nor any OOD path, is trained.
     """
 
     task: str = "composition"
@@ -53,6 +61,8 @@ class CompositionConfig:
     eval_size: int = 3000
     valid_fraction: float = 0.0
     mixed_ood: bool = True
+    valid_ood_size: int = 0
+    self_relation: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -65,6 +75,13 @@ class CompositionConfig:
                 "out_degree or raise n_relations"
             )
         self.hops, self.test_hops = list(self.hops), list(self.test_hops)
+        if self.valid_ood_size < 0:
+            raise ValueError(f"data.valid_ood_size={self.valid_ood_size} must be >= 0 (0: none)")
+        if self.valid_ood_size and not (self.mixed_ood and 2 in self.hops + self.test_hops):
+            raise ValueError(
+                f"data.valid_ood_size={self.valid_ood_size} holds out two-hop OOD facts; it "
+                "needs data.mixed_ood=true and 2 in data.hops or data.test_hops"
+            )
         for k in self.hops + self.test_hops:
             if int(k) < 1:
                 raise ValueError(f"hop count {k} in data.hops/test_hops must be at least 1")

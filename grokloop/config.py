@@ -56,7 +56,14 @@ class ModelConfig:
     )
     unembed_bias: bool = True  # false: no output bias (the authors' GPT-2 head)
     feedback: str = "none"  # each step after the first adds the embedding of the state's current
-    # top-1 token (argmax) or of its softmax mixture (soft), per position
+    # top-1 token (argmax) or of its softmax mixture (soft), per position;
+    # replace: the state at feedback_positions BECOMES its top-1 token's
+    # embedding (+ that position's embedding), as if the token were input
+    feedback_positions: list[int] | None = None  # where feedback acts; None: every position
+    # (argmax, soft); replace needs them, e.g. [1]: the bridge slot
+    layer_scale: float = 0.0  # > 0: LayerScale (Touvron et al. 2021): attention and MLP outputs
+    # times learned per-channel gains starting at this value, so each
+    # block (each recurrence step) starts near the identity; 0: none
     zero_init_out: bool = False  # attention W_O and MLP output weights start at zero, so every
     # layer starts as the identity on the residual stream
     memory: str = "none"  # facts: a fact memory the thinking block reads at the end of every
@@ -94,7 +101,8 @@ class ModelConfig:
         if min(self.bank) < 1 and not (self.bank == [0] and self.n_steps == 1):
             raise ValueError(f"model.n_core / core_sizes={self.bank} must be at least 1 layer")
         _choice("model.act_fn", self.act_fn, ("relu", "gelu", "gelu_tanh"))
-        _choice("model.feedback", self.feedback, ("none", "argmax", "soft"))
+        _choice("model.feedback", self.feedback, ("none", "argmax", "soft", "replace"))
+        self._check_feedback_and_scale()
         _choice("model.normalization", self.normalization, ("LN", "none"))
         _choice("model.injection", self.injection, ("none", "add", "concat"))
         _choice("model.init_state", self.init_state, ("prelude", "zeros", "random"))
@@ -166,6 +174,28 @@ class ModelConfig:
                 f"model.moe_top_k={self.moe_top_k} must be between 1 and "
                 f"model.moe_experts={self.moe_experts} (0 experts: a dense MLP)"
             )
+
+    def _check_feedback_and_scale(self) -> None:
+        if self.feedback_positions is not None:
+            self.feedback_positions = [int(p) for p in self.feedback_positions]
+        if self.feedback == "replace" and not self.feedback_positions:
+            raise ValueError(
+                "model.feedback=replace needs model.feedback_positions, the positions whose "
+                "state becomes its decoded token's embedding, e.g. [1] (two-hop: the bridge slot)"
+            )
+        positions = self.feedback_positions or []
+        if any(p < 0 or (self.n_ctx and p >= self.n_ctx) for p in positions):
+            raise ValueError(
+                f"model.feedback_positions={positions} must lie in [0, n_ctx"
+                f"{'=' + str(self.n_ctx) if self.n_ctx else ''})"
+            )
+        if positions and self.feedback == "none":
+            raise ValueError(
+                f"model.feedback_positions={positions} is set but model.feedback=none; set "
+                "model.feedback (argmax, soft or replace) or drop the positions"
+            )
+        if self.layer_scale < 0:
+            raise ValueError(f"model.layer_scale={self.layer_scale} must be >= 0 (0: none)")
 
     def resolved(self, d_vocab: int = 0, n_ctx: int = 0) -> ModelConfig:
         """A new config with every derived size filled in: d_vocab and n_ctx from the dataset's

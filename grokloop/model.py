@@ -395,6 +395,20 @@ class Block(nn.Module):
         self.__dict__["memory"] = (
             None  # the model's FactMemory, read after the MLP; not a submodule
         )
+        # LayerScale (model.layer_scale > 0): learned per-channel gains on what attention and the
+        # MLP write, starting small, so every block (and so every recurrence step) starts close
+        # to the identity on the residual stream. Filled in by LoopedTransformer._init_weights.
+        scaled = cfg.layer_scale > 0
+        self.ls_attn = nn.Parameter(torch.empty(cfg.d_model)) if scaled else None
+        self.ls_mlp = nn.Parameter(torch.empty(cfg.d_model)) if scaled else None
+
+    def _attn(self, x, hp, query_pos=None, from_pos: int = 0):
+        out = self.attn(x, hp, query_pos, from_pos)
+        return self.drop(out if self.ls_attn is None else out * self.ls_attn)
+
+    def _mlp(self, x, hp):
+        out = self.mlp(x, hp)
+        return self.drop(out if self.ls_mlp is None else out * self.ls_mlp)
 
     def _read(self, x, memory_hooks=None):
         memory = self.__dict__["memory"]
@@ -404,20 +418,18 @@ class Block(nn.Module):
         if from_pos:
             # Positions before from_pos are known (causal tracing patches a later position): only
             # the residual at from_pos.. is computed, [batch, pos - from_pos, d_model].
-            x1 = x[:, from_pos:] + self.drop(self.attn(self.ln1(x), None, from_pos=from_pos))
-            return self._read(x1 + self.drop(self.mlp(self.ln2(x1), None)))
+            x1 = x[:, from_pos:] + self._attn(self.ln1(x), None, from_pos=from_pos)
+            return self._read(x1 + self._mlp(self.ln2(x1), None))
         if query_pos is not None:
             # Only the residual at query_pos is needed downstream (the loss reads one position and
             # attention is causal), so the last layer computes its query and MLP there alone.
             rows = torch.arange(len(x), device=x.device)
-            x1 = x[rows, query_pos][:, None] + self.drop(self.attn(self.ln1(x), None, query_pos))
-            return self._read(x1 + self.drop(self.mlp(self.ln2(x1), None)))[
-                :, 0
-            ]  # [batch, d_model]
+            x1 = x[rows, query_pos][:, None] + self._attn(self.ln1(x), None, query_pos)
+            return self._read(x1 + self._mlp(self.ln2(x1), None))[:, 0]  # [batch, d_model]
         ln1, ln2 = (None, None) if hp is None else (hp.ln1, hp.ln2)
-        attn_out = apply_hook(hp, "hook_attn_out", self.drop(self.attn(self.ln1(x, ln1), hp)))
+        attn_out = apply_hook(hp, "hook_attn_out", self._attn(self.ln1(x, ln1), hp))
         x = apply_hook(hp, "hook_resid_mid", x + attn_out)
-        x = x + apply_hook(hp, "hook_mlp_out", self.drop(self.mlp(self.ln2(x, ln2), hp)))
+        x = x + apply_hook(hp, "hook_mlp_out", self._mlp(self.ln2(x, ln2), hp))
         return apply_hook(hp, "hook_resid_post", self._read(x, memory_hooks))
 
 
@@ -540,6 +552,8 @@ class LoopedTransformer(HookedRootModule):
         for name, p in self.named_parameters():
             if name.endswith(".w"):  # LayerNorm gains
                 nn.init.ones_(p)
+            elif name.endswith((".ls_attn", ".ls_mlp")):  # LayerScale gains
+                nn.init.constant_(p, self.config.layer_scale)
             elif p.dim() == 1 or name.endswith(".b_in"):  # biases
                 nn.init.zeros_(p)
             elif name.endswith(self.OUTPUT_PROJECTIONS):
@@ -690,16 +704,30 @@ class LoopedTransformer(HookedRootModule):
         return state
 
     def feedback(self, x) -> torch.Tensor:
-        """The discrete feedback channel (DiscoLoop; docs/references.md): the embedding of the
-        token the state currently decodes to through the final norm and unembedding, at every
-        position, so a bridge entity decoded after one step re-enters as that entity's token.
-        argmax: the top-1 token's embedding (no gradient through the choice); soft: the
-        probability-weighted mixture of embeddings (differentiable)."""
-        logits = self.unembed(x)  # [batch, pos, d_vocab]
+        """The discrete feedback channel (DiscoLoop; docs/references.md), the new state: each
+        position (model.feedback_positions, else all) reads the token its state decodes to
+        through the final norm and unembedding, so a bridge entity decoded after one step
+        re-enters as that entity's token. argmax: adds the top-1 token's embedding (no gradient
+        through the choice); soft: adds the probability-weighted mixture of embeddings
+        (differentiable); replace: the state becomes the top-1 token's embedding plus the
+        position's, exactly what the embedding gives that token input there."""
+        positions = self.config.feedback_positions
+        at = x if positions is None else x[:, positions]
+        logits = self.unembed(at)  # [batch, pos, d_vocab]
         E = self.embedding_matrix()
-        if self.config.feedback == "argmax":
-            return E[logits.argmax(-1)]
-        return logits.softmax(-1) @ E
+        if self.config.feedback == "soft":
+            fed = at + logits.softmax(-1) @ E
+        elif self.config.feedback == "argmax":
+            fed = at + E[logits.argmax(-1)]
+        else:
+            fed = E[logits.argmax(-1)]
+            if self.W_pos is not None:
+                fed = fed + self.W_pos[positions]
+        if positions is None:
+            return fed
+        x = x.clone()
+        x[:, positions] = fed
+        return x
 
     def before_layer(self, layer: UnrolledLayer, x, e, hooked: bool = False):
         """What happens to the state x before virtual layer `layer` runs: (x, e). At the loop's
@@ -711,7 +739,7 @@ class LoopedTransformer(HookedRootModule):
             hooks = self.steps[layer.step] if hooked else None
             x = apply_hook(hooks, "hook_state", x)
             if layer.step and self.config.feedback != "none":
-                x = x + self.feedback(x)
+                x = self.feedback(x)
             if layer.injects:
                 x = self.inject(x, e)
             x = apply_hook(hooks, "hook_injected", x)

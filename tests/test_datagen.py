@@ -358,6 +358,53 @@ def test_ood_by_hop_splits_mix_exactly_one_ood_hop_and_valid_is_held_out():
         assert keys[s] == {fact_key(plain, i) for i in plain.splits[s]}, s
 
 
+def test_valid_ood_holds_out_each_ood_kind_apart_from_test_and_changes_nothing_else():
+    ds = comp(valid_fraction=0.1, eval_size=30, valid_ood_size=20)
+    plain = comp(valid_fraction=0.1, eval_size=30)
+    # with eval_size 2000, atomic_ood lists every OOD fact (the graph is the same: same seed)
+    big = comp(valid_fraction=0.1, eval_size=2000)
+    ood = {fact_key(big, i) for i in big.splits["atomic_ood"]}
+    keys = {s: {fact_key(ds, i) for i in ds.splits[s]} for s in ds.splits}
+    for valid, test, first_ood, second_ood in (
+        ("valid_OI", "test_OI", True, False),
+        ("valid_IO", "test_IO", False, True),
+        ("valid_ood", "test_inferred_ood", True, True),
+    ):
+        assert len(ds.splits[valid]) == 20, valid
+        for i in ds.splits[valid]:
+            first = (int(ds.inputs[i, 0]), int(ds.inputs[i, 1]))
+            second = (int(ds.roles["bridge_1"][i]), int(ds.inputs[i, 2]))
+            assert (first in ood, second in ood) == (first_ood, second_ood), valid
+        others = set().union(*(keys[s] for s in ds.splits if s != valid))
+        assert not keys[valid] & others, valid  # disjoint from every test split and training
+    for s in plain.splits:  # drawn from what the test splits left: no other split moves
+        assert np.array_equal(plain.inputs[plain.splits[s]], ds.inputs[ds.splits[s]]), s
+    with pytest.raises(ValueError, match="valid_ood_size=5000: only .* paths are left"):
+        comp(eval_size=30, valid_ood_size=5000)
+
+
+def test_self_relation_trains_every_atomic_fact_as_a_second_hop_and_adds_nothing_else():
+    ds, plain = comp(self_relation=True), comp()
+    r_self = ds.vocab.id("<r_self>")
+    assert r_self == len(plain.vocab) and len(ds.vocab) == len(plain.vocab) + 1
+    facts = atomic_lookup(plain)
+    train = ds.splits["train"]
+    selfs = train[ds.inputs[train, 1] == r_self]
+    identity = selfs[ds.hops[selfs] == 1]
+    assert {int(ds.inputs[i, 0]) for i in identity} == set(ds.vocab.range("entities"))
+    assert all(ds.answers[i] == ds.inputs[i, 0] for i in identity)
+    second = selfs[ds.hops[selfs] == 2]
+    as_second_hop = {
+        (int(ds.inputs[i, 0]), int(ds.inputs[i, 2])): int(ds.answers[i]) for i in second
+    }
+    assert as_second_hop == facts  # every atomic fact, ID and OOD, once; nothing else
+    assert all(ds.roles["bridge_1"][i] == ds.inputs[i, 0] for i in second)
+    for s in set(plain.splits) - {"train"}:  # no draw: every other split is the same
+        assert np.array_equal(plain.inputs[plain.splits[s]], ds.inputs[ds.splits[s]]), s
+    old = {fact_key(plain, i) for i in plain.splits["train"]}
+    assert old <= {fact_key(ds, i) for i in train}
+
+
 def test_cpu_presets_have_a_thousand_facts_in_every_test_split():
     comp_cpu = preset("composition_cpu")
     for s in ("valid", "test_inferred_id", "test_OI", "test_IO", "test_inferred_ood"):

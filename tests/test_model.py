@@ -311,6 +311,57 @@ def test_feedback_adds_the_embedding_of_the_decoded_token_from_step_two(make_mod
     assert torch.allclose(cache["steps.1.hook_injected"], state + fed + e, atol=1e-5)
 
 
+def test_feedback_replace_makes_the_state_the_decoded_tokens_input_embedding(make_model):
+    m = make_model(
+        n_core=1, n_steps=3, injection="none", feedback="replace", feedback_positions=[1]
+    )
+    _, cache = m.run_with_cache(TOKENS, n_steps=2)
+    state, fed = cache["steps.1.hook_state"], cache["steps.1.hook_injected"]
+    token = m.unembed(state[:, 1]).argmax(-1)
+    assert torch.allclose(fed[:, 1], m.W_E[token] + m.W_pos[1], atol=1e-6)  # as if input there
+    keep = [0, 2, 3, 4]
+    assert torch.equal(fed[:, keep], state[:, keep])  # every other position untouched
+    # argmax at the same positions adds instead, elsewhere nothing
+    m.config.feedback = "argmax"
+    _, cache = m.run_with_cache(TOKENS, n_steps=2)
+    assert torch.allclose(
+        cache["steps.1.hook_injected"][:, 1], state[:, 1] + m.W_E[token], atol=1e-5
+    )
+    assert torch.equal(cache["steps.1.hook_injected"][:, keep], state[:, keep])
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(feedback="replace"), "feedback=replace needs model.feedback_positions"),
+        (dict(feedback="argmax", feedback_positions=[7]), "must lie in"),
+        (dict(feedback_positions=[1]), "model.feedback=none"),
+        (dict(layer_scale=-1.0), "layer_scale=-1.0 must be >= 0"),
+    ],
+)
+def test_feedback_and_layer_scale_options_are_checked(make_model, kw, message):
+    with pytest.raises(ValueError, match=message):
+        make_model(n_core=1, n_steps=2, **kw)
+
+
+def test_layer_scale_starts_every_block_near_the_identity_and_learns(make_model):
+    m = make_model(n_core=2, n_steps=2, layer_scale=1e-4).train()
+    block = m.cores[0][0]
+    assert torch.equal(block.ls_attn, torch.full((32,), 1e-4)) and block.ls_mlp is not None
+    _, cache = m.run_with_cache(TOKENS)
+    for v in range(4):  # each block writes ~1e-4 of what it would: the stream barely moves
+        moved = cache[f"blocks.{v}.hook_resid_post"] - cache[f"blocks.{v}.hook_resid_pre"]
+        assert moved.abs().max() < 1e-3 * cache[f"blocks.{v}.hook_resid_pre"].abs().max()
+    m(TOKENS).sum().backward()
+    assert block.ls_attn.grad.abs().sum() > 0  # learned gains
+    # the fast training path (one query) computes what the hooked path does
+    plain = make_model(n_core=2, n_steps=2, layer_scale=0.5)
+    pos = torch.full((6,), 4)
+    full = plain(TOKENS)[:, 4]
+    fast = plain.readout_steps(TOKENS, positions=pos, every_step=False, answer_only=True)[-1]
+    assert torch.allclose(full, fast, atol=1e-5)
+
+
 def test_authors_head_options_tanh_gelu_and_no_output_bias(make_model):
     m = make_model(n_core=1, act_fn="gelu_tanh", unembed_bias=False, tied_embeddings=True)
     assert "b_U" not in dict(m.named_parameters()) and (m.b_U == 0).all()
