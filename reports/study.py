@@ -262,6 +262,55 @@ def stages_lines(stages: list[dict]) -> list[str]:
     return lines
 
 
+def validation_only(splits: list[str]) -> None:
+    bad = [s for s in splits if not s.startswith("valid")]
+    if bad:
+        raise ValueError(
+            f"select={bad}: choices are made on validation splits (valid, valid_*), never "
+            "on test; pass select=[valid,valid_OI,...]"
+        )
+
+
+def selection(rows: list[dict], splits: list[str]) -> dict:
+    """The model a study presents, chosen on validation splits only: per model, the minimum over
+    `splits` of its accuracy at its last step (seeds pooled where it has several); the highest
+    wins. Every model's score is stored, and how many were compared (the variants tried)."""
+    validation_only(splits)
+    per_model: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if r["split"] not in splits or "role" in r or "hops" in r:
+            continue
+        best = per_model.setdefault(r["model"], {}).get(r["split"])
+        key = (r.get("step") or 0, r.get("seed") == "pooled")  # last step, pooled first
+        if best is None or key > (best.get("step") or 0, best.get("seed") == "pooled"):
+            per_model[r["model"]][r["split"]] = r
+    scores = {
+        model: min(by_split[s]["acc"] for s in splits)
+        for model, by_split in per_model.items()
+        if set(by_split) == set(splits)
+    }
+    if not scores:
+        raise ValueError(f"select={splits}: no model has all of these splits")
+    return {
+        "criterion": f"min over {splits} of the accuracy at the last step, seeds pooled",
+        "splits": list(splits),
+        "scores": scores,
+        "chosen": max(scores, key=scores.get),
+        "n_variants": len(scores),
+    }
+
+
+def selection_lines(chosen: dict | None) -> list[str]:
+    if not chosen:
+        return []
+    lines = ["", "## Selection (on validation splits only)", "", chosen["criterion"] + ":", ""]
+    lines += [
+        f"- {model}: {score:.3f}" + (" (chosen)" if model == chosen["chosen"] else "")
+        for model, score in sorted(chosen["scores"].items(), key=lambda kv: -kv[1])
+    ]
+    return lines + ["", f"{chosen['n_variants']} variants compared."]
+
+
 def markdown(summary: dict) -> str:
     rows = [r for r in summary["rows"] if "role" not in r]  # lens rows: in summary.json
     apart = [f for f in POOL_APART if f != "metric" and any(f in r for r in rows)]
@@ -296,6 +345,7 @@ def markdown(summary: dict) -> str:
         )
         lines.append("| " + " | ".join(cells) + " |")
     lines += stages_lines(summary.get("stages", []))
+    lines += selection_lines(summary.get("selection"))
     return "\n".join(lines) + "\n"
 
 
@@ -308,8 +358,10 @@ def write_study(
     extra_rows: list[dict] | None = None,
     steps: list[int] = (),
     lens: list[str] = (),
+    select: list[str] = (),
 ) -> dict:
-    """Write summary.json, summary.md and compare.html for `runs` into `out`; returns the summary."""
+    """Write summary.json, summary.md and compare.html for `runs` into `out`; returns the summary.
+    `select`: validation splits the presented model is chosen on (`selection`)."""
     out = Path(out)
     summary = {
         "study": study,
@@ -321,6 +373,8 @@ def write_study(
     }
     if stages := stage_entries(runs, run_labels(runs, model_names)):
         summary["stages"] = stages
+    if select:
+        summary["selection"] = selection(summary["rows"], list(select))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "summary.md", markdown(summary))
     report = compare_report(runs) if runs else included_report(study, summary["rows"])
@@ -374,6 +428,8 @@ class StudyCommand:
     names: list[str] = field(default_factory=list)  # a model name per entry of runs (every run
     # under it); default: the fewest config
     # keys that tell the models apart
+    select: list[str] = field(default_factory=list)  # validation splits to choose the presented
+    # model on (the highest minimum over them)
 
 
 def run_study(cmd: StudyCommand) -> None:
@@ -383,6 +439,7 @@ def run_study(cmd: StudyCommand) -> None:
             "python -m reports.study DIR [DIR ...] name=NAME"
         )
     out = Path(cmd.out or Path("runs/studies") / cmd.name)
+    validation_only(cmd.select)  # before reading any run
     names = list(cmd.names or [])
     if names and len(names) != len(cmd.runs):
         raise SystemExit(
@@ -414,6 +471,7 @@ def run_study(cmd: StudyCommand) -> None:
         steps=cmd.steps,
         lens=cmd.lens,
         extra_rows=extra,
+        select=cmd.select,
     )
     print(
         f"wrote {out}/summary.json, summary.md and compare.html: {len(runs)} runs, "

@@ -405,6 +405,14 @@ def test_self_relation_trains_every_atomic_fact_as_a_second_hop_and_adds_nothing
     assert old <= {fact_key(ds, i) for i in train}
 
 
+def test_the_ood_validation_preset_is_composition_cpu_plus_its_valid_ood_splits():
+    plain, ood = preset("composition_cpu"), preset("composition_cpu_ood")
+    assert set(ood.splits) - set(plain.splits) == {"valid_OI", "valid_IO", "valid_ood"}
+    for s in plain.splits:
+        assert np.array_equal(plain.inputs[plain.splits[s]], ood.inputs[ood.splits[s]]), s
+    assert all(len(ood.splits[s]) == 300 for s in ("valid_OI", "valid_IO", "valid_ood"))
+
+
 def test_cpu_presets_have_a_thousand_facts_in_every_test_split():
     comp_cpu = preset("composition_cpu")
     for s in ("valid", "test_inferred_id", "test_OI", "test_IO", "test_inferred_ood"):

@@ -340,3 +340,26 @@ def test_stages_give_each_split_its_first_step_at_the_threshold_and_its_ratio_to
     assert "stages" not in write_study(
         tmp_path / "o2", "d", [fake_run(tmp_path, "m", 0, 1, 0.9)], []
     )
+
+
+def test_selection_takes_the_highest_minimum_over_validation_splits_at_the_last_step():
+    from reports.study import selection
+
+    def row(model, split, acc, seed="pooled", step=6000):
+        return dict(model=model, split=split, acc=acc, lo=0, hi=1, n=300, seed=seed, step=step)
+
+    rows = [
+        row("a", "valid_OI", 0.9),
+        row("a", "valid_IO", 0.5),  # a's weakest split
+        row("b", "valid_OI", 0.7),
+        row("b", "valid_IO", 0.6),
+        row("b", "valid_IO", 0.1, step=2000),  # an earlier step: not the last
+        row("b", "valid_IO", 0.99, seed=0),  # one seed: the pooled row counts
+        row("b", "test_IO", 1.0),  # test is never read
+        row("c", "valid_OI", 1.0),  # c lacks valid_IO: not comparable
+    ]
+    chosen = selection(rows, ["valid_OI", "valid_IO"])
+    assert chosen["scores"] == {"a": 0.5, "b": 0.6} and chosen["chosen"] == "b"
+    assert chosen["n_variants"] == 2
+    with pytest.raises(ValueError, match=r"select=\['test_IO'\]: choices are made on validation"):
+        selection(rows, ["valid_OI", "test_IO"])
