@@ -61,6 +61,10 @@ class ModelConfig:
     # embedding (+ that position's embedding), as if the token were input
     feedback_positions: list[int] | None = None  # where feedback acts; None: every position
     # (argmax, soft); replace needs them, e.g. [1]: the bridge slot
+    feedback_keep_last: bool = False  # replace: leave a position alone in the queries that end
+    # there (the next token is pad_id): an atomic fact's answer
+    # is read at position 1, and is not a bridge to hand on
+    pad_id: int = 0  # the padding token (composition's <pad>), read by feedback_keep_last
     layer_scale: float = 0.0  # > 0: LayerScale (Touvron et al. 2021): attention and MLP outputs
     # times learned per-channel gains starting at this value, so each
     # block (each recurrence step) starts near the identity; 0: none
@@ -193,6 +197,11 @@ class ModelConfig:
             raise ValueError(
                 f"model.feedback_positions={positions} is set but model.feedback=none; set "
                 "model.feedback (argmax, soft or replace) or drop the positions"
+            )
+        if self.feedback_keep_last and self.feedback != "replace":
+            raise ValueError(
+                f"model.feedback_keep_last=true applies to model.feedback=replace, not "
+                f"{self.feedback!r}; set model.feedback=replace or drop it"
             )
         if self.layer_scale < 0:
             raise ValueError(f"model.layer_scale={self.layer_scale} must be >= 0 (0: none)")

@@ -679,6 +679,7 @@ class LoopedTransformer(HookedRootModule):
 
     # --- the computation: embed, what happens between layers, layers, unembed -------------------
     def embed(self, tokens):
+        self._remember_query_ends(tokens)
         if self.entity_keys is None:
             x = self.hook_embed(self.W_E[tokens])  # [batch, pos, d_model]
         else:  # every pass starts here: one key-noise draw per pass in training
@@ -688,6 +689,15 @@ class LoopedTransformer(HookedRootModule):
         if self.W_pos is not None:
             x = x + self.hook_pos_embed(self.W_pos[: tokens.shape[1]].expand(len(tokens), -1, -1))
         return self.drop(x)
+
+    def _remember_query_ends(self, tokens) -> None:
+        """model.feedback_keep_last: which rows continue past each feedback position (the next
+        token is not padding); every pass starts at embed, so feedback reads this pass's."""
+        if not self.config.feedback_keep_last:
+            return
+        nxt = [p + 1 for p in self.config.feedback_positions]
+        padded = torch.nn.functional.pad(tokens, (0, 1), value=self.config.pad_id)
+        self._continues = padded[:, nxt] != self.config.pad_id  # [batch, n_positions]
 
     def initial_state(self, e):
         if self.config.init_state == "prelude":
@@ -710,7 +720,8 @@ class LoopedTransformer(HookedRootModule):
         re-enters as that entity's token. argmax: adds the top-1 token's embedding (no gradient
         through the choice); soft: adds the probability-weighted mixture of embeddings
         (differentiable); replace: the state becomes the top-1 token's embedding plus the
-        position's, exactly what the embedding gives that token input there."""
+        position's, exactly what the embedding gives that token input there (with
+        feedback_keep_last, not where the query ends: its answer is read there)."""
         positions = self.config.feedback_positions
         at = x if positions is None else x[:, positions]
         logits = self.unembed(at)  # [batch, pos, d_vocab]
@@ -723,6 +734,8 @@ class LoopedTransformer(HookedRootModule):
             fed = E[logits.argmax(-1)]
             if self.W_pos is not None:
                 fed = fed + self.W_pos[positions]
+            if self.config.feedback_keep_last:  # a query's last position keeps its state
+                fed = torch.where(self._continues[..., None], fed, at)
         if positions is None:
             return fed
         x = x.clone()

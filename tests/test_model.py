@@ -330,9 +330,24 @@ def test_feedback_replace_makes_the_state_the_decoded_tokens_input_embedding(mak
     assert torch.equal(cache["steps.1.hook_injected"][:, keep], state[:, keep])
 
 
+def test_feedback_replace_keeps_the_last_position_of_queries_that_end_there(make_model):
+    m = make_model(
+        n_core=1, n_steps=2, feedback="replace", feedback_positions=[1], feedback_keep_last=True
+    )
+    tokens = TOKENS.clone()
+    tokens[:3, 2:] = 0  # rows 0-2 end at position 1 (then padding, pad_id 0): an atomic query
+    tokens[3:, 2] = 5
+    _, cache = m.run_with_cache(tokens)
+    state, fed = cache["steps.1.hook_state"], cache["steps.1.hook_injected"]
+    assert torch.equal(fed[:3], state[:3])  # ended at 1: nothing replaced
+    token = m.unembed(state[3:, 1]).argmax(-1)
+    assert torch.allclose(fed[3:, 1], m.W_E[token] + m.W_pos[1], atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kw, message",
     [
+        (dict(feedback="argmax", feedback_keep_last=True), "applies to model.feedback=replace"),
         (dict(feedback="replace"), "feedback=replace needs model.feedback_positions"),
         (dict(feedback="argmax", feedback_positions=[7]), "must lie in"),
         (dict(feedback_positions=[1]), "model.feedback=none"),
