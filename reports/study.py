@@ -13,6 +13,7 @@ from these files (`python -m reports.readme`), never typed by hand.
     python -m reports.study DIR [DIR ...] name=STUDY out=docs/results/STUDY [commands=[...]]
         [steps=[2000,4000]]      # rows at those training steps too, not only the last
         [lens=[bridge_1,answer]] # the probed runs' logit-lens top-1 per role, split and layer
+        [select=[valid_OI,valid_IO]]  # the model to present, chosen on validation splits only
 
 Runs with inferred facts also get `stages` (summary.json) and a `## Stages` section
 (summary.md): the first evaluated step at which each of train_inferred, test_inferred_id and
@@ -273,27 +274,31 @@ def validation_only(splits: list[str]) -> None:
 
 def selection(rows: list[dict], splits: list[str]) -> dict:
     """The model a study presents, chosen on validation splits only: per model, the minimum over
-    `splits` of its accuracy at its last step (seeds pooled where it has several); the highest
-    wins. Every model's score is stored, and how many were compared (the variants tried)."""
+    `splits` of its accuracy (seeds pooled where it has several) at the largest step every model
+    was evaluated at, so longer-trained models get no head start; the highest wins. Every
+    model's score is stored, and how many were compared (the variants tried)."""
     validation_only(splits)
-    per_model: dict[str, dict[str, dict]] = {}
+    found: dict[tuple, dict] = {}  # (model, step, split) -> its row, pooled over a single seed's
     for r in rows:
-        if r["split"] not in splits or "role" in r or "hops" in r:
-            continue
-        best = per_model.setdefault(r["model"], {}).get(r["split"])
-        key = (r.get("step") or 0, r.get("seed") == "pooled")  # last step, pooled first
-        if best is None or key > (best.get("step") or 0, best.get("seed") == "pooled"):
-            per_model[r["model"]][r["split"]] = r
-    scores = {
-        model: min(by_split[s]["acc"] for s in splits)
-        for model, by_split in per_model.items()
-        if set(by_split) == set(splits)
-    }
-    if not scores:
+        if r["split"] in splits and "role" not in r and "hops" not in r:
+            key = (r["model"], r.get("step") or 0, r["split"])
+            if key not in found or r.get("seed") == "pooled":
+                found[key] = r
+    steps_of: dict[str, set] = {}
+    for model, step, _ in found:
+        if all((model, step, s) in found for s in splits):
+            steps_of.setdefault(model, set()).add(step)
+    if not steps_of:
         raise ValueError(f"select={splits}: no model has all of these splits")
+    common = set.intersection(*steps_of.values())
+    if not common:
+        raise ValueError(f"select={splits}: the models share no evaluated step; pass steps=[...]")
+    step = max(common)
+    scores = {m: min(found[(m, step, s)]["acc"] for s in splits) for m in steps_of}
     return {
-        "criterion": f"min over {splits} of the accuracy at the last step, seeds pooled",
+        "criterion": f"min over {splits} of the accuracy at step {step}, seeds pooled",
         "splits": list(splits),
+        "step": step,
         "scores": scores,
         "chosen": max(scores, key=scores.get),
         "n_variants": len(scores),

@@ -342,7 +342,7 @@ def test_stages_give_each_split_its_first_step_at_the_threshold_and_its_ratio_to
     )
 
 
-def test_selection_takes_the_highest_minimum_over_validation_splits_at_the_last_step():
+def test_selection_takes_the_highest_minimum_over_validation_splits_at_a_shared_step():
     from reports.study import selection
 
     def row(model, split, acc, seed="pooled", step=6000):
@@ -353,13 +353,14 @@ def test_selection_takes_the_highest_minimum_over_validation_splits_at_the_last_
         row("a", "valid_IO", 0.5),  # a's weakest split
         row("b", "valid_OI", 0.7),
         row("b", "valid_IO", 0.6),
-        row("b", "valid_IO", 0.1, step=2000),  # an earlier step: not the last
         row("b", "valid_IO", 0.99, seed=0),  # one seed: the pooled row counts
+        row("b", "valid_OI", 1.0, step=40000),  # b trained longer: compared at 6000, a's last
+        row("b", "valid_IO", 1.0, step=40000),
         row("b", "test_IO", 1.0),  # test is never read
         row("c", "valid_OI", 1.0),  # c lacks valid_IO: not comparable
     ]
     chosen = selection(rows, ["valid_OI", "valid_IO"])
     assert chosen["scores"] == {"a": 0.5, "b": 0.6} and chosen["chosen"] == "b"
-    assert chosen["n_variants"] == 2
+    assert chosen["n_variants"] == 2 and chosen["step"] == 6000
     with pytest.raises(ValueError, match=r"select=\['test_IO'\]: choices are made on validation"):
         selection(rows, ["valid_OI", "test_IO"])
