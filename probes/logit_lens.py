@@ -101,6 +101,42 @@ def logit_lens(
     )
 
 
+@dataclass
+class HandoffResult:
+    """Where two-hop answers are lost: per fact, whether the first bridge is the lens's top-1 at
+    its position on the state entering the last recurrence step (what that step, and the
+    feedback channel, receive), and whether the final answer is right. The answer rate given a
+    right bridge measures the second hop alone."""
+
+    n: int
+    bridge_right: int
+    answer_if_bridge_right: int  # facts with the bridge right whose answer is right
+    answer_if_bridge_wrong: int
+
+
+@torch.no_grad()
+def handoff(model, batch: ProbeBatch, chunk: int = 256) -> HandoffResult | None:
+    """The hand-off between the steps of a looped model on a batch with a first bridge; None
+    where there is none (one step, or no bridge_1 role)."""
+    last_step = max((v.step or 0) for v in model.layer_table())
+    tok = batch.roles.get("bridge_1")
+    if last_step < 2 or tok is None or not (tok >= 0).any():
+        return None
+    enter = next(v.index for v in model.layer_table() if v.step == last_step)
+    counts = np.zeros(4, dtype=np.int64)  # n, bridge right, answer right with/without it
+    for lo in range(0, len(batch), chunk):
+        rows = slice(lo, lo + chunk)
+        has = tok[rows] >= 0
+        S, _ = model.residual_states(batch.tokens[rows][has])
+        pos = batch.role_pos["bridge_1"][rows][has]
+        at = torch.arange(len(pos))
+        bridge = model.unembed(S[enter][at, pos]).argmax(-1) == tok[rows][has]
+        final = model.unembed(S[-1][at, batch.answer_pos[rows][has]]).argmax(-1)
+        answer = final == batch.answers[rows][has]
+        counts += [len(pos), bridge.sum(), (answer & bridge).sum(), (answer & ~bridge).sum()]
+    return HandoffResult(*map(int, counts))
+
+
 @torch.no_grad()
 def step_readout(
     model, batch: ProbeBatch, n_steps: int | None = None, chunk: int = 1024

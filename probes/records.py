@@ -4,6 +4,7 @@ and the Store that writes them under RUN/probes/."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def run_logit_lens(model, batches, cmd):
                 }
                 for i in range(len(lens.layers))
             ]
+        if (h := logit_lens.handoff(model, b)) is not None:
+            rows.append({"kind": "handoff", "split": split} | dataclasses.asdict(h))
         rows += [
             {
                 "kind": "readout",

@@ -83,6 +83,7 @@ def lens_rows(run: RunFiles, model: str, roles: list[str]) -> list[dict]:
             f"{run.path} has no logit-lens results; run python -m probes "
             f"run_dir={run.path} probe=logit_lens split=..."
         )
+    seed = run.config.get("seed")
     return [
         acc_row(
             r["top1"],
@@ -91,12 +92,30 @@ def lens_rows(run: RunFiles, model: str, roles: list[str]) -> list[dict]:
             split=r["split"],
             role=r["role"],
             layer=r["layer_label"],
-            seed=run.config.get("seed"),
+            seed=seed,
             step=r["checkpoint"],
         )
         for r in probe.rows
         if r.get("kind") == "at_role" and r.get("role") in roles
+    ] + [
+        row
+        for r in probe.rows
+        if r.get("kind") == "handoff"
+        for row in handoff_rows(r, model, seed)
     ]
+
+
+def handoff_rows(r: dict, model: str, seed) -> list[dict]:
+    """A hand-off record (probes/logit_lens.py `handoff`) as three rows, role `handoff`: the bridge
+    right on entering the last step, and the answer rate given it right and given it wrong."""
+    n, right = r["n"], r["bridge_right"]
+    parts = {
+        "bridge_right": (right, n),
+        "answer_if_bridge_right": (r["answer_if_bridge_right"], right),
+        "answer_if_bridge_wrong": (r["answer_if_bridge_wrong"], n - right),
+    }
+    key = dict(model=model, split=r["split"], role="handoff", seed=seed, step=r["checkpoint"])
+    return [acc_row(k / m if m else 0.0, m, **key, metric=name) for name, (k, m) in parts.items()]
 
 
 # Fields that tell rows of one model and split apart (a halting rule, a baseline's noise scale

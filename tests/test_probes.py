@@ -15,7 +15,7 @@ from probes import causal_tracing as ct
 from probes.__main__ import main as probes_main
 from probes.examples import ProbeBatch
 from probes.fourier import fourier_measures, gini
-from probes.logit_lens import logit_lens, step_readout
+from probes.logit_lens import handoff, logit_lens, step_readout
 from probes.surgery import accuracy, layer_loop_surgery, repeat_range
 from tests.test_train import TINY, compose_dict
 
@@ -58,6 +58,26 @@ def test_logit_lens_at_the_last_layer_is_the_models_answer(make_model):
     assert np.allclose(lens.rank[0, -1, P - 1], 2) and np.allclose(lens.at_role_mrr[0, -1], 1 / 3)
     readout = step_readout(m, batch_of(clean, answers=logits.argmax(-1)))
     assert readout.acc[-1] == 1.0 and readout.acc.shape == (3,)
+
+
+def test_handoff_splits_answers_by_whether_the_bridge_reached_the_last_step(make_model):
+    m = make_model(n_core=1, n_steps=2, feedback="argmax")
+    clean, _, ap = clean_and_corrupted()
+    _, cache = m.run_with_cache(clean)
+    decoded = m.unembed(cache["steps.1.hook_state"][:, 1]).argmax(-1)  # what step 2 receives
+    final = m(clean)[torch.arange(N), ap].argmax(-1)
+    bridge = torch.where(torch.arange(N) < 20, decoded, (decoded + 1) % 23)  # 20 right
+    answers = torch.where(torch.arange(N) % 2 == 0, final, (final + 1) % 23)  # evens right
+    batch = batch_of(clean, roles={"answer": answers, "bridge_1": bridge}, answers=answers)
+    batch.role_pos["bridge_1"][:] = 1
+    h = handoff(m, batch, chunk=7)
+    assert (h.n, h.bridge_right, h.answer_if_bridge_right, h.answer_if_bridge_wrong) == (
+        30,
+        20,
+        10,
+        5,
+    )
+    assert handoff(make_model(n_core=1, n_steps=1), batch) is None  # no step to hand on to
 
 
 def test_logit_lens_finds_a_hand_placed_token_at_its_layer(make_model):

@@ -364,3 +364,25 @@ def test_selection_takes_the_highest_minimum_over_validation_splits_at_a_shared_
     assert chosen["n_variants"] == 2 and chosen["step"] == 6000
     with pytest.raises(ValueError, match=r"select=\['test_IO'\]: choices are made on validation"):
         selection(rows, ["valid_OI", "test_IO"])
+
+
+def test_handoff_rows_give_the_second_hop_alone_with_intervals():
+    from reports.study import handoff_rows
+
+    record = dict(
+        split="test_IO",
+        checkpoint=6000,
+        n=300,
+        bridge_right=240,
+        answer_if_bridge_right=180,
+        answer_if_bridge_wrong=6,
+    )
+    rows = {r["metric"]: r for r in handoff_rows(record, "m", 0)}
+    assert rows["bridge_right"]["acc"] == 0.8 and rows["bridge_right"]["n"] == 300
+    assert (
+        rows["answer_if_bridge_right"]["acc"] == 0.75 and rows["answer_if_bridge_right"]["n"] == 240
+    )
+    assert (
+        rows["answer_if_bridge_wrong"]["acc"] == 0.1 and rows["answer_if_bridge_wrong"]["n"] == 60
+    )
+    assert all(r["lo"] <= r["acc"] <= r["hi"] and r["role"] == "handoff" for r in rows.values())
