@@ -142,17 +142,22 @@ def test_the_paper_page_reads_every_claim_or_says_it_is_not_measured(tmp_path):
         "ood_levers": [
             row("composition_cpu_loop2_feedback_wd1", "test_inferred_ood", 0.3, step=6000)
         ],
+        "ood_parametric": [row("ood_x", "test_inferred_ood", 0.77, step=6000)],
     }
+    chosen = {"ood_parametric": {"selection": {"chosen": "ood_x", "step": 6000, "n_variants": 7}}}
     for name, rows in studies.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(
-            json.dumps({"study": name, "rows": rows, "commands": [f"make {name}"]})
+            json.dumps(
+                {"study": name, "rows": rows, "commands": [f"make {name}"]} | chosen.get(name, {})
+            )
         )
     summary = paper_summary(tmp_path)
     ours = {c["id"]: c["ours"] for c in summary["claims"]}
     assert [c.id for c in CLAIMS] == list(ours)
     assert ours["comparison_ood"].startswith("0.980 [0.970, 0.990]")
     assert "after layer L1" in ours["circuit"] and "0.300" in ours["composition_ood"]
+    assert "(ood_x, chosen on valid among 7): 0.770" in ours["composition_ood"]
     assert ours["complex_reasoning"].startswith("not measured") and ours["phi_law"].startswith(
         "not measured"
     )
