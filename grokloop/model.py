@@ -696,7 +696,7 @@ class LoopedTransformer(HookedRootModule):
         if not self.config.feedback_keep_last:
             return
         nxt = [p + 1 for p in self.config.feedback_positions]
-        padded = torch.nn.functional.pad(tokens, (0, 1), value=self.config.pad_id)
+        padded = F.pad(tokens, (0, 1), value=self.config.pad_id)  # a last position ends its query
         self._continues = padded[:, nxt] != self.config.pad_id  # [batch, n_positions]
 
     def initial_state(self, e):
