@@ -36,6 +36,11 @@ class ModelConfig:
     n_coda: int = 0
     n_steps: int = 1
     core_sizes: list[int] | None = None  # a bank of cores of these sizes; None: [n_core]
+    loops: list[list[int]] | None = None  # [[core, steps], ...]: the thinking block as loop
+    # regions run in order between the entry (prelude) and the exit
+    # (coda), each a core of the bank looped that many steps; e.g.
+    # core_sizes [1, 1], loops [[0, 2], [1, 2]]: two loops of one
+    # layer; n_steps must be their total. None: core 0, n_steps times
     injection: str = "none"
     init_state: str = "prelude"
     positional: str = "learned"  # learned | rotary | none (no position signal but the causal mask)
@@ -104,6 +109,8 @@ class ModelConfig:
             raise ValueError(f"model.n_steps={self.n_steps} must be at least 1")
         if min(self.bank) < 1 and not (self.bank == [0] and self.n_steps == 1):
             raise ValueError(f"model.n_core / core_sizes={self.bank} must be at least 1 layer")
+        if self.loops is not None:
+            self._check_loops()
         _choice("model.act_fn", self.act_fn, ("relu", "gelu", "gelu_tanh"))
         _choice("model.feedback", self.feedback, ("none", "argmax", "soft", "replace"))
         self._check_feedback_and_scale()
@@ -226,6 +233,41 @@ class ModelConfig:
     @property
     def bank(self) -> list[int]:
         return list(self.core_sizes) if self.core_sizes else [self.n_core]
+
+    def _check_loops(self) -> None:
+        self.loops = [[int(x) for x in pair] for pair in self.loops]
+        n_cores = len(self.bank)
+        if not self.loops or any(
+            len(p) != 2 or not 0 <= p[0] < n_cores or p[1] < 1 for p in self.loops
+        ):
+            raise ValueError(
+                f"model.loops={self.loops}: give [[core, steps], ...], each core one of the "
+                f"bank's 0..{n_cores - 1} (model.core_sizes={self.bank}) and steps >= 1"
+            )
+        total = sum(n for _, n in self.loops)
+        if self.n_steps != total:
+            raise ValueError(
+                f"model.loops={self.loops} runs {total} steps but model.n_steps="
+                f"{self.n_steps}; set model.n_steps={total}"
+            )
+
+    def default_schedule(self, n_steps: int) -> list[int]:
+        """The core of each of n_steps steps: the loop regions in order (model.loops), cut
+        after n_steps or continued with the last region's core (thinking longer); without
+        loops, core 0 throughout."""
+        if self.loops is None:
+            return [0] * n_steps
+        plan = [core for core, n in self.loops for _ in range(n)]
+        return (plan + [plan[-1]] * n_steps)[:n_steps]
+
+    def regions(self, n_steps: int) -> list[tuple[int, int]]:
+        """(region, step within it, both 0-based) of each of n_steps steps of the default
+        schedule: model.loops's entries, the last one continued past its steps."""
+        if self.loops is None:
+            return [(0, s) for s in range(n_steps)]
+        out = [(r, i) for r, (_, n) in enumerate(self.loops) for i in range(n)]
+        last, done = len(self.loops) - 1, self.loops[-1][1]
+        return (out + [(last, done + i) for i in range(n_steps)])[:n_steps]
 
 
 @dataclass

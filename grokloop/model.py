@@ -64,11 +64,13 @@ class VirtualLayer:
     step: int | None  # 1-based recurrence step for core layers
     core: int | None  # which core of the bank
     layer: int  # layer index within its stage (or core)
+    region: int | None = None  # model.loops: which loop region (0-based) the step belongs to
 
     @property
     def label(self) -> str:
         if self.stage == "core":
-            return f"s{self.step}.c{self.core}.L{self.layer}"
+            where = "" if self.region is None else f"r{self.region}."
+            return f"{where}s{self.step}.c{self.core}.L{self.layer}"
         return f"{self.stage}.L{self.layer}"
 
 
@@ -512,7 +514,7 @@ class LoopedTransformer(HookedRootModule):
             use_attn_result=False,
             positional_embedding_type="standard" if self.W_pos is not None else "rotary",
         )
-        self.set_schedule([0] * cfg.n_steps)
+        self.set_schedule(cfg.default_schedule(cfg.n_steps))
 
     @classmethod
     def from_run(
@@ -609,7 +611,7 @@ class LoopedTransformer(HookedRootModule):
         self.cfg.d_vocab = self.vocab_size
 
     def set_n_steps(self, n_steps: int) -> None:
-        self.set_schedule([0] * n_steps)
+        self.set_schedule(self.config.default_schedule(n_steps))
 
     def set_schedule(self, schedule: list[int]) -> None:
         """Default step schedule (core index per step); grows hook points, never touches weights."""
@@ -630,7 +632,7 @@ class LoopedTransformer(HookedRootModule):
         """The schedule a call runs; grows hook points for it and binds each virtual layer's
         weight views to the block it runs."""
         if schedule is None:
-            schedule = self.schedule if n_steps is None else [0] * n_steps
+            schedule = self.schedule if n_steps is None else self.config.default_schedule(n_steps)
         self._check_schedule(schedule)
         layers = self._unroll(schedule)
         grew = len(self.blocks) < len(layers) or len(self.steps) < len(schedule)
@@ -646,11 +648,23 @@ class LoopedTransformer(HookedRootModule):
 
     def layer_table(self, schedule: list[int] | None = None) -> list[VirtualLayer]:
         schedule = self.schedule if schedule is None else schedule
+        # model.loops: each step's region, where the schedule is the loops' own (a schedule
+        # given by hand has no regions)
+        regions = (
+            [r for r, _ in self.config.regions(len(schedule))]
+            if self.config.loops is not None
+            and schedule == self.config.default_schedule(len(schedule))
+            else [None] * len(schedule)
+        )
         rows = [VirtualLayer(0, "prelude", None, None, i) for i in range(self.config.n_prelude)]
         for s, c in enumerate(schedule):
-            rows += [VirtualLayer(0, "core", s + 1, c, i) for i in range(len(self.cores[c]))]
+            rows += [
+                VirtualLayer(0, "core", s + 1, c, i, regions[s]) for i in range(len(self.cores[c]))
+            ]
         rows += [VirtualLayer(0, "coda", None, None, i) for i in range(self.config.n_coda)]
-        return [VirtualLayer(v, r.stage, r.step, r.core, r.layer) for v, r in enumerate(rows)]
+        return [
+            VirtualLayer(v, r.stage, r.step, r.core, r.layer, r.region) for v, r in enumerate(rows)
+        ]
 
     def _unroll(self, schedule: list[int]) -> list[UnrolledLayer]:
         # Step 1 injects only when its initial state is not e itself (zeros, noise): injecting e

@@ -53,6 +53,7 @@ from plotly.subplots import make_subplots
 from datagen.provenance import atomic_write, atomic_write_text, machine
 from grokloop.adaptive import MAIN_RULES
 from grokloop.stats import acc_row
+from reports import contest
 from reports.figures import style
 from reports.html import Section, page, table, write
 from reports.load import read_run
@@ -88,6 +89,7 @@ def load_halting(path: str | Path) -> dict:
             f"{results} is missing; run `python -m grokloop.halting run_dir={path}` first"
         )
     res = json.loads(results.read_text())
+    facts = contest.load_facts(results)
     run_dir = path if results == path / "halting" / "results.json" else res["run_dir"]
     run = read_run(run_dir, probes=False)
     last = run.metrics[-1]  # also for a run stopped early: its last evaluation
@@ -102,6 +104,7 @@ def load_halting(path: str | Path) -> dict:
         "wall_time_s": last["wall_time_s"],
         "chosen_step_last_interval": chosen,
         "checkpoint": res.get("checkpoint_step"),
+        "contest_facts": facts,
     }
 
 
@@ -294,6 +297,7 @@ def build(runs: list[dict]) -> dict:
         ],
         "rows": rows + pooled_rows(rows),
         "abstention": [e for run in runs for e in abstention_entries(run)],
+        **contest_fields(runs),
         "runs": [
             {
                 k: run.get(k)
@@ -313,6 +317,17 @@ def build(runs: list[dict]) -> dict:
             }
             for run in runs
         ],
+    }
+
+
+def contest_fields(runs: list[dict]) -> dict:
+    """The selector against the valid-tuned rules (reports/contest.py), where runs hold one."""
+    if not any(run["halting"].get("contest") for run in runs):
+        return {}
+    return {
+        "selector_vs_rule": contest.selector_vs_rule(runs),
+        "compute_by_hops": contest.compute_by_hops(runs),
+        "frontier": contest.frontier(runs),
     }
 
 
@@ -634,10 +649,28 @@ def markdown(summary: dict) -> str:
                 *markdown_lines(*runs_table(summary)),
                 *coverage_at_target_lines(summary),
                 *blocks_lines(summary),
+                *contest_lines(summary),
             ]
         )
         + "\n"
     )
+
+
+CONTEST_NOTE = (
+    "The selector against the exit rules, both fit on valid (the selector trains there; each "
+    "rule's threshold is chosen there among the rules tried), scored once on test. accuracy: "
+    "the most accurate rule on valid at no more mean FLOPs than the selector's there, gain = "
+    "selector minus rule accuracy; compute: the cheapest rule on valid at no less accuracy, "
+    "gain = 1 - selector / rule FLOPs. Intervals: paired bootstrap over test facts (pooled "
+    "entries: every run's facts, with each seed's gain in summary.json, seed_gains)."
+)
+
+
+def contest_lines(summary: dict) -> list[str]:
+    table_ = contest.entry_table(summary)
+    if table_ is None:
+        return []
+    return ["", "## Selector against rule", "", CONTEST_NOTE, "", *markdown_lines(*table_)]
 
 
 BLOCKS_NOTE = (
@@ -928,6 +961,12 @@ def figures_html(summary: dict) -> str:
             .text(html.escape(BLOCKS_NOTE))
             .add(table(*blocks_table(summary)))
         )
+    if (entries := contest.entry_table(summary)) is not None:
+        sec = Section("Selector against rule").text(html.escape(CONTEST_NOTE)).add(table(*entries))
+        for fig in (contest.frontier_figure(summary), contest.by_hops_figure(summary)):
+            if fig is not None:
+                sec.add(fig)
+        sections.append(sec)
     note = rows_note(summary) if "rows" in summary else HOPS_NOTE
     sections += [
         Section("Accuracy per hop count").text(html.escape(note)).add(table(*hops_table(summary))),

@@ -25,12 +25,22 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from datagen.provenance import atomic_write, atomic_write_text, code_version
 from grokloop.adaptive import MAIN_RULES
 from grokloop.adaptive.blocks import block_study
+from grokloop.adaptive.contest import (
+    candidate_exits,
+    contest,
+    flops_by_hops,
+    flops_table,
+    score_rules,
+    selector_flops,
+    tuned_per_family,
+)
 from grokloop.adaptive.rules import (
     ABSTAIN_EXIT,
     COVERAGE_THRESHOLDS,
@@ -82,22 +92,13 @@ def evaluate_halting(
         # the selector's coverage curve: a rollout per abstain offset, or, where it abstains only
         # at max_steps, exactly from one (`abstention`)
         offsets = ABSTAIN_OFFSETS if cfg.abstain_at == "any" else (0.0,)
-        trajs, outs = [], {b: [] for b in (offsets if selector is not None else ())}
         tokens = answer_prefix(data["inputs"], data["answer_pos"], idx)
-        for chunk in idx.split(batch_size):
-            args = (tokens[chunk], data["answer_pos"][chunk], data["answers"][chunk])
-            trajs.append(trajectory(model, *args, cfg.max_steps))
-            for b in outs:
-                outs[b].append(rollout(model, selector, *args, cfg, greedy=True, abstain_offset=b))
-        traj = {k: torch.cat([t[k] for t in trajs], dim=1).cpu() for k in trajs[0]}
+        traj, outs = run_split(model, selector, data, tokens, idx, cfg, offsets, batch_size)
         hops = data["hops"][idx].cpu()
         exits = rule_exits(traj, model.config.n_steps)
         rules = {
             name: summarize_exits(traj, ex, hops, cost_all_steps=name == "max_confidence")
             for name, ex in exits.items()
-        }
-        outs = {
-            b: {k: torch.cat([o[k] for o in os]).cpu() for k in os[0]} for b, os in outs.items()
         }
         out = outs.get(0.0)
         if out is not None:
@@ -135,6 +136,84 @@ def evaluate_halting(
                         out["cost"][hops == int(key[5:])].mean().item() * unit
                     )
     return results
+
+
+@torch.no_grad()
+def run_split(model, selector, data, tokens, idx, cfg, offsets=(0.0,), batch_size: int = 4096):
+    """The rules' trajectory on the facts `idx` (rows of `tokens`, the inputs cut after the
+    deepest answer) and the selector's greedy episodes at each abstain offset ({} without a
+    selector): (traj, {offset: episodes}), on the CPU."""
+    trajs, outs = [], {b: [] for b in (offsets if selector is not None else ())}
+    for chunk in idx.split(batch_size):
+        args = (tokens[chunk], data["answer_pos"][chunk], data["answers"][chunk])
+        trajs.append(trajectory(model, *args, cfg.max_steps))
+        for b in outs:
+            outs[b].append(rollout(model, selector, *args, cfg, greedy=True, abstain_offset=b))
+    traj = {k: torch.cat([t[k] for t in trajs], dim=1).cpu() for k in trajs[0]}
+    outs = {b: {k: torch.cat([o[k] for o in os]).cpu() for k in os[0]} for b, os in outs.items()}
+    return traj, outs
+
+
+def contest_results(model, ds, selector, cfg: HaltingConfig, test_split: str) -> tuple[dict, dict]:
+    """The selector against every rule tuned on its training split (`valid`), scored once on
+    `test_split` (grokloop/adaptive/contest.py): ({"rows", "flops", "by_hops", "frontier"}, the
+    per-fact test arrays of the selector and each chosen rule, for pooling across runs)."""
+    data = dataset_tensors(ds, "cpu")
+    lengths_all = data["answer_pos"] + 1
+    splits = (cfg.train_split, test_split)
+    used = torch.cat([torch.as_tensor(ds.splits[s]) for s in splits])
+    table = flops_table(
+        model, sorted(set(lengths_all[used].tolist())), selector, selector.n_features
+    )
+    scored = {}
+    for split in splits:
+        idx = torch.as_tensor(ds.splits[split])
+        tokens = answer_prefix(data["inputs"], data["answer_pos"], idx)
+        traj, outs = run_split(model, selector, data, tokens, idx, cfg)
+        lengths, out = lengths_all[idx], outs[0.0]
+        candidates = candidate_exits(traj, data["answer_pos"][idx])
+        rules = score_rules(traj, candidates, table, model.schedule, lengths)
+        sel = {
+            "correct": out["correct"],
+            "flops": selector_flops(table, out, lengths),
+            "steps": out["steps"].double(),
+        }
+        scored[split] = (rules, sel, data["hops"][idx])
+    (v_rules, v_sel, _), (t_rules, t_sel, hops) = scored[cfg.train_split], scored[test_split]
+    rows = contest(v_rules, t_rules, v_sel, t_sel, seed=cfg.seed)
+    shown = [f"fixed_{min(model.config.n_steps, cfg.max_steps)}", f"fixed_{cfg.max_steps}"]
+    tuned = tuned_per_family(v_rules)
+    shown += [r["rule"] for r in rows if r["rule"]] + list(tuned.values())
+    shown = list(dict.fromkeys(shown))
+    methods = {"selector": t_sel} | {name: t_rules[name] for name in shown}
+    frontier = [
+        {
+            "rule": name,
+            "valid_acc": v_rules[name]["correct"].float().mean().item(),
+            "valid_flops": v_rules[name]["flops"].mean().item(),
+            "test_acc": t_rules[name]["correct"].float().mean().item(),
+            "test_flops": t_rules[name]["flops"].mean().item(),
+        }
+        for name in v_rules
+    ]
+    result = {
+        "split": test_split,
+        "tuned_on": cfg.train_split,
+        "rows": rows,
+        "flops": {
+            "prelude": table["prelude"],
+            "read": table["read"],
+            "step": table["step"],
+            "selector": table["selector"],
+        },
+        "tuned": tuned,
+        "by_hops": flops_by_hops(methods, hops),
+        "frontier": frontier,
+    }
+    per_fact = {"hops": hops.numpy()} | {
+        f"{name}.{k}": v.numpy() for name, d in methods.items() for k, v in d.items()
+    }
+    return result, per_fact
 
 
 def trained_hop_counts(ds) -> list[int]:
@@ -242,6 +321,7 @@ def save_selector(
         "hidden": selector.hidden,
         "n_memory": selector.n_memory,
         "n_history": selector.n_history,
+        "read_length": selector.read_length,
         "curve": curve,
     }
     atomic_write_text(d / "selector.json", json.dumps(meta, indent=1))
@@ -263,6 +343,7 @@ def load_selector(run_dir, d: Path | None = None) -> tuple[Selector, HaltingConf
         n_memory=n_memory,
         read_state=meta["config"].get("read_state", True),
         n_history=meta.get("n_history", 0),
+        read_length=meta.get("read_length", False),
     )
     selector.load_state_dict(load_file(str(d / "selector.safetensors")))
     # selectors saved before memory features existed read none
@@ -401,6 +482,12 @@ def run_halting(cmd: HaltingCommand) -> None:
     }
     if bank_record is not None:
         out["bank"] = bank_record
+    if selector is not None and "test_inferred_id" in ds.splits and cfg.train_split in ds.splits:
+        print("contest: the selector against every valid-tuned rule, in FLOPs", flush=True)
+        out["contest"], per_fact = contest_results(model, ds, selector, cfg, "test_inferred_id")
+        atomic_write(
+            out_dir / "contest.npz", lambda tmp: np.savez_compressed(tmp, **per_fact), suffix=".npz"
+        )
     atomic_write_text(out_dir / "results.json", json.dumps(out, indent=1))
     table = markdown_table(results, cfg.max_steps)
     atomic_write_text(out_dir / "results.md", table)

@@ -90,6 +90,9 @@ class HaltingConfig:
     # fit to the few thousand held-out facts it trains on)
     expected_last_choice: bool = False  # learn the choice at max_steps from its expected reward
     read_history: bool = False  # also read every earlier step's signals (`history_width`)
+    read_length: bool = False  # also read the query's relation count k and the step's distance
+    # to it ((t - k) / max_steps): a rotary model's state carries no absolute position, so
+    # without it the selector cannot know how many steps a k-hop chain needs
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -122,11 +125,13 @@ def features(
     max_steps: int,
     memory: torch.Tensor | None = None,
     history: torch.Tensor | None = None,
+    length: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[batch, d_model + 4 (+ memory's) (+ history's)]: the normalised state (none where
     state_at_answer is None), the readout's statistics `s` (`readout_stats`), for a model with
-    a fact memory its retrieval margins (`retrieval_margin`), and the episode so far
-    (`history_width`)."""
+    a fact memory its retrieval margins (`retrieval_margin`), the episode so far
+    (`history_width`), and with `length` (the answer positions [batch], read_length) the
+    query's length and how far the step is from it, both over max_steps."""
     entropy = s["entropy"]
     kl = torch.zeros_like(entropy) if s["kl"] is None else s["kl"]
     stats = torch.stack(
@@ -138,6 +143,9 @@ def features(
         if state_at_answer is None
         else [F.layer_norm(state_at_answer, state_at_answer.shape[-1:])]
     ) + [stats]
+    if length is not None:
+        k = length.float()[:, None]
+        parts.append(torch.cat([k, step - k], dim=-1) / max_steps)
     return torch.cat(parts + [x for x in (memory, history) if x is not None], dim=-1)
 
 
@@ -147,7 +155,7 @@ class Selector(nn.Module):
     the memory's retrieval margin at each of the n_memory / 2 input positions, this step's and
     the smallest over the steps so far. `read_state=False`: it does not read the state.
     `n_history` > 0 (HaltingConfig.read_history): it reads the episode so far
-    (`history_width`)."""
+    (`history_width`). `read_length`: it reads the query's length (`features`)."""
 
     def __init__(
         self,
@@ -159,12 +167,13 @@ class Selector(nn.Module):
         n_memory: int = 0,
         read_state: bool = True,
         n_history: int = 0,
+        read_length: bool = False,
     ):
         super().__init__()
         self.d_model, self.n_cores, self.hidden, self.n_memory = d_model, n_cores, hidden, n_memory
-        self.read_state, self.n_history = read_state, n_history
+        self.read_state, self.n_history, self.read_length = read_state, n_history, read_length
         self.net = nn.Sequential(
-            nn.Linear(d_model * read_state + N_STATS + n_memory + n_history, hidden),
+            nn.Linear(self.n_features, hidden),
             nn.ReLU(),
             nn.Linear(hidden, 2 + n_cores),
         )
@@ -178,6 +187,16 @@ class Selector(nn.Module):
         with torch.no_grad():
             self.net[-1].bias[STOP] += halt_bias
             self.net[-1].bias[ABSTAIN] += abstain_bias
+
+    @property
+    def n_features(self) -> int:
+        return (
+            self.d_model * self.read_state
+            + N_STATS
+            + 2 * self.read_length
+            + self.n_memory
+            + self.n_history
+        )
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.net(feats)
@@ -224,6 +243,8 @@ class Episodes:
     least: torch.Tensor | None = None
     signals: torch.Tensor | None = None
     said: torch.Tensor | None = None
+    core_steps: torch.Tensor | None = None  # [batch, n_cores]: steps run with each core
+    answer_pos: torch.Tensor | None = None  # [batch]: the query's length (read_length)
 
     @classmethod
     def start(cls, model, selector, tokens, T: int) -> "Episodes":
@@ -251,6 +272,7 @@ class Episodes:
             zeros(torch.bool),
             zeros(),
         )
+        ep.core_steps = torch.zeros(B, len(model.cores), dtype=torch.long, device=device)
         if selector.n_memory:
             # one margin per input position of the model; a shorter prefix (an atomic fact's
             # two tokens in a three-token task) leaves the rest at 0
@@ -278,6 +300,7 @@ class Episodes:
             self.state[rows] = model.step(
                 self.state[rows], self.e[rows], t - 1, c, hooked=got is not None
             )
+            self.core_steps[rows, c] += 1
             if got is not None:
                 width = got["scores"].shape[1]
                 self.margin[rows, :width] = retrieval_margin(got["scores"]).float()
@@ -304,7 +327,10 @@ class Episodes:
             self.said[idx, t - 1] = logp.argmax(-1)
             agrees = (self.said[idx] == logp.argmax(-1, keepdim=True)).float().unsqueeze(-1)
             history = torch.cat([self.signals[idx], agrees], dim=-1).flatten(1)
-        return features(at_answer if selector.read_state else None, stats, t, T, memory, history)
+        length = self.answer_pos[idx] if selector.read_length else None
+        return features(
+            at_answer if selector.read_state else None, stats, t, T, memory, history, length
+        )
 
     def record(self, idx, t: int, action, dist, logits, right, cost_of_step, value=None) -> None:
         """Book step t's action for the rows `idx` (REINFORCE's log probability, unless the
@@ -362,6 +388,7 @@ def rollout(
     T = cfg.max_steps
     layers = torch.tensor(core_layers(model), dtype=torch.float, device=tokens.device)
     ep = Episodes.start(model, selector, tokens, T)
+    ep.answer_pos = positions
     read_memory = selector.n_memory > 0
     # each hooked step leaves its memory's scores in `got`
     reads = memory_reads(model, T) if read_memory else contextlib.nullcontext({})
@@ -420,6 +447,7 @@ def rollout(
         "abstain_margin": ep.abstain_margin,
         "last_value": ep.last_value,
         "at_end": ep.steps == T,
+        "core_steps": ep.core_steps,
     }
 
 
@@ -466,6 +494,7 @@ def train_selector(model, ds, cfg: HaltingConfig, device="cpu") -> tuple[Selecto
         n_memory,
         cfg.read_state,
         n_history,
+        cfg.read_length,
     ).to(device)
     opt = torch.optim.Adam(selector.parameters(), lr=cfg.lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -80,6 +80,11 @@ def prepare(cfg: RunConfig, stop_named: bool = True):
     cfg = dataclasses.replace(
         cfg, model=cfg.model.resolved(len(ds.vocab), ds.n_ctx + int(cfg.train.loss_on_end_token))
     )
+    if cfg.train.mix_cores and cfg.model.loops is not None:
+        raise ValueError(
+            f"train.mix_cores=true draws random schedules, and model.loops={cfg.model.loops} "
+            "fixes one; drop one of them"
+        )
     if cfg.train.mix_cores and len(cfg.model.bank) < 2:
         raise ValueError(
             "train.mix_cores=true needs a bank of several cores, e.g. model.core_sizes=[1,2]"

@@ -1,0 +1,173 @@
+"""The fair contest between the selector and the valid-tuned exit rules (issue 36): the rules
+tried, the choice on valid, measured FLOPs per fact, the paired bootstrap, and the pooled entries
+of the adaptive summary."""
+
+import numpy as np
+import pytest
+import torch
+
+from grokloop.adaptive.contest import (
+    accuracy_gain,
+    candidate_exits,
+    choose_rule,
+    cumulative_rule_flops,
+    family,
+    flops_table,
+    paired_bootstrap,
+    rule_flops,
+    score_rules,
+    selector_flops,
+    tuned_per_family,
+)
+from grokloop.adaptive.selector import HaltingConfig, Selector, rollout
+from tests.test_adaptive import hand_traj
+
+
+def side(correct, flops, steps=None):
+    correct = torch.as_tensor(correct, dtype=torch.bool)
+    flops = torch.as_tensor(flops, dtype=torch.float64)
+    return {"correct": correct, "flops": flops, "steps": flops if steps is None else steps}
+
+
+def test_the_valid_choice_respects_the_selectors_compute_or_accuracy():
+    valid = {
+        "cheap": side([1, 0, 0, 0], [1, 1, 1, 1]),
+        "middle": side([1, 1, 1, 0], [2, 2, 2, 2]),
+        "dear": side([1, 1, 1, 1], [9, 9, 9, 9]),
+    }
+    # the selector: accuracy 0.75 at mean FLOPs 2.5
+    assert choose_rule(valid, 0.75, 2.5, "accuracy") == "middle"  # best within 2.5 FLOPs
+    assert choose_rule(valid, 0.75, 2.5, "compute") == "middle"  # cheapest at >= 0.75
+    assert choose_rule(valid, 1.0, 2.5, "compute") == "dear"
+    assert choose_rule(valid, 0.75, 0.5, "accuracy") is None  # no rule is that cheap
+    assert tuned_per_family({"conf>=0.9": valid["middle"], "conf>=0.99": valid["dear"]}) == {
+        "conf": "conf>=0.99"
+    }
+    assert [family(r) for r in ("fixed_12", "length-1", "kl<1e-05", "argmax_3")] == [
+        "fixed",
+        "length",
+        "kl",
+        "argmax",
+    ]
+
+
+def test_paired_bootstrap_of_a_known_gain():
+    n = 400
+    rule = side(torch.arange(n) % 2 == 0, torch.ones(n))  # half right
+    same = paired_bootstrap(accuracy_gain, rule, rule)
+    assert same == (0.0, 0.0, 0.0)  # paired: identical sides never differ
+    better = side(torch.arange(n) % 4 != 3, torch.ones(n))  # 3/4 right, a superset of rule's
+    gain, lo, hi = paired_bootstrap(accuracy_gain, better, rule)
+    assert gain == pytest.approx(0.25) and 0.2 < lo < gain < hi < 0.3
+
+
+def test_candidates_read_length_thresholds_and_never_the_answer():
+    # 2 facts, 4 steps: fact 0 (1 relation) right from step 1, fact 1 (3 relations) from step 3
+    traj = hand_traj(
+        [[1, 0], [1, 0], [1, 1], [1, 1]],
+        [[0.95, 0.5], [0.99, 0.6], [0.99, 0.97], [0.99, 0.99]],
+    )
+    rules = candidate_exits(traj, torch.tensor([1, 3]))
+    assert "oracle" not in rules
+    assert rules["length+0"][0].tolist() == [0, 2]  # exit at step k
+    assert rules["length+4"][0].tolist() == [3, 3]  # capped at T
+    assert rules["conf>=0.9"][0].tolist() == [0, 2]
+    assert rules["fixed_2"][0].tolist() == [1, 1]
+    assert rules["max_confidence"][2] is True  # sees every step
+
+
+def test_flops_are_measured_per_length_and_core_size(make_model):
+    m = make_model(core_sizes=[1, 2], n_steps=2, injection="add")
+    table = flops_table(m, [3, 5])
+    small, large = table["step"]
+    assert large[5] == 2 * small[5] > 0  # two layers cost twice one
+    assert small[3] < small[5]  # longer queries cost more
+    assert table["read"][5] > 0
+    # a fixed exit pays its steps and one readout; a monitoring one a readout per step
+    lengths = torch.tensor([5, 5])
+    cum = cumulative_rule_flops(table, [0, 1], lengths, 3)
+    assert cum[:, 0].tolist() == [small[5], small[5] + large[5], 2 * small[5] + large[5]]
+    ex = torch.tensor([1, 2])
+    fixed = rule_flops(table, cum, ex, lengths, monitors=False)
+    watching = rule_flops(table, cum, ex, lengths, monitors=True)
+    assert (watching - fixed).tolist() == [table["read"][5], 2 * table["read"][5]]
+
+
+def test_selector_flops_follow_the_cores_it_ran(make_model):
+    m = make_model(core_sizes=[1, 2], n_steps=2, injection="add")
+    sel = Selector(m.config.d_model, 2)
+    table = flops_table(m, [5], sel, sel.n_features)
+    assert table["selector"] > 0
+    cfg = HaltingConfig(max_steps=3)
+    tokens = torch.randint(0, 23, (6, 5), generator=torch.Generator().manual_seed(0))
+    out = rollout(m, sel, tokens, torch.full((6,), 4), torch.zeros(6, dtype=torch.long), cfg, True)
+    assert (out["core_steps"].sum(-1) == out["steps"].long()).all()
+    got = selector_flops(table, out, torch.full((6,), 5))
+    small, large = table["step"][0][5], table["step"][1][5]
+    want = (
+        out["core_steps"][:, 0] * small
+        + out["core_steps"][:, 1] * large
+        + out["steps"] * (table["read"][5] + table["selector"])
+    )
+    assert torch.allclose(got, want.double())
+
+
+def test_score_rules_charges_all_steps_to_the_most_confident(make_model):
+    m = make_model(n_core=1, n_steps=2, injection="add")
+    table = flops_table(m, [5])
+    traj = hand_traj([[1, 1], [1, 1], [1, 1]], [[0.2, 0.9], [0.9, 0.2], [0.3, 0.3]])
+    scored = score_rules(
+        traj, candidate_exits(traj, torch.tensor([4, 4])), table, [0], torch.tensor([5, 5])
+    )
+    assert scored["max_confidence"]["steps"].tolist() == [3, 3]
+    assert (
+        scored["max_confidence"]["flops"][0] == scored["fixed_3"]["flops"][0] + 2 * table["read"][5]
+    )
+
+
+def test_read_length_gives_the_selector_the_query_length(make_model):
+    m = make_model(n_core=1, n_steps=2, injection="add")
+    plain, reads = Selector(m.config.d_model, 1), Selector(m.config.d_model, 1, read_length=True)
+    assert reads.n_features == plain.n_features + 2
+    cfg = HaltingConfig(max_steps=3, read_length=True)
+    tokens = torch.randint(0, 23, (4, 5), generator=torch.Generator().manual_seed(0))
+    out = rollout(
+        m, reads, tokens, torch.tensor([1, 2, 3, 4]), torch.zeros(4, dtype=torch.long), cfg, True
+    )
+    assert out["steps"].min() >= 1
+
+
+def test_pooled_entries_join_every_seeds_facts_and_keep_each_gain():
+    from reports.contest import pooled_entries
+
+    def run(name, seed, sel_right, rule_right):
+        n = len(sel_right)
+        facts = {
+            "hops": np.full(n, 2),
+            "selector.correct": np.array(sel_right, bool),
+            "selector.flops": np.full(n, 10.0),
+            "fixed_4.correct": np.array(rule_right, bool),
+            "fixed_4.flops": np.full(n, 20.0),
+        }
+        gain = np.mean(sel_right) - np.mean(rule_right)
+        row = {"metric": "accuracy", "rule": "fixed_4", "gain": gain, "lo": 0, "hi": 0, "n": n}
+        row["n_variants"] = 80
+        return {
+            "name": name,
+            "seed": seed,
+            "contest_facts": facts,
+            "halting": {
+                "experiment": "x",
+                "config": {"seed": seed, "max_steps": 4},
+                "contest": {"rows": [row, row | {"metric": "compute", "gain": 0.5}]},
+            },
+        }
+
+    runs = [run("m", 0, [1, 1, 1, 0] * 50, [1, 0, 1, 0] * 50), run("m", 1, [1] * 200, [1] * 200)]
+    pooled = {e["metric"]: e for e in pooled_entries(runs)}
+    acc = pooled["accuracy"]
+    assert acc["n"] == 400 and acc["n_runs"] == 2 and acc["seed"] == "pooled"
+    assert acc["gain"] == pytest.approx((150 + 200 - 100 - 200) / 400)
+    assert acc["seed_gains"] == pytest.approx([0.25, 0.0])
+    assert acc["lo"] < acc["gain"] < acc["hi"]
+    assert pooled["compute"]["gain"] == pytest.approx(0.5)  # 1 - 10 / 20
