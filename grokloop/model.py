@@ -709,7 +709,7 @@ class LoopedTransformer(HookedRootModule):
         token is not padding); every pass starts at embed, so feedback reads this pass's."""
         if not self.config.feedback_keep_last:
             return
-        nxt = [p + 1 for p in self.config.feedback_positions]
+        nxt = [p + 1 for p in self.feedback_at(tokens.shape[1])]
         padded = F.pad(tokens, (0, 1), value=self.config.pad_id)  # a last position ends its query
         self._continues = padded[:, nxt] != self.config.pad_id  # [batch, n_positions]
 
@@ -737,6 +737,10 @@ class LoopedTransformer(HookedRootModule):
         position's, exactly what the embedding gives that token input there (with
         feedback_keep_last, not where the query ends: its answer is read there)."""
         positions = self.config.feedback_positions
+        if positions is not None:
+            positions = self.feedback_at(x.shape[1])
+            if not positions:
+                return x
         at = x if positions is None else x[:, positions]
         logits = self.unembed(at)  # [batch, pos, d_vocab]
         E = self.embedding_matrix()
@@ -755,6 +759,11 @@ class LoopedTransformer(HookedRootModule):
         x = x.clone()
         x[:, positions] = fed
         return x
+
+    def feedback_at(self, n_pos: int) -> list[int]:
+        """model.feedback_positions within an input of n_pos positions: a batch cut after its
+        deepest answer (k-hop chains) lacks the later ones."""
+        return [p for p in self.config.feedback_positions if p < n_pos]
 
     def before_layer(self, layer: UnrolledLayer, x, e, hooked: bool = False):
         """What happens to the state x before virtual layer `layer` runs: (x, e). At the loop's

@@ -344,6 +344,16 @@ def test_feedback_replace_keeps_the_last_position_of_queries_that_end_there(make
     assert torch.allclose(fed[3:, 1], m.W_E[token] + m.W_pos[1], atol=1e-6)
 
 
+def test_feedback_positions_past_a_short_input_are_skipped(make_model):
+    """A batch cut after its deepest answer (k-hop chains) is shorter than n_ctx: the feedback
+    acts at the positions it has, as a model naming only those would."""
+    every = make_model(n_core=1, n_steps=3, feedback="replace", feedback_positions=[1, 2, 3, 4])
+    first = make_model(n_core=1, n_steps=3, feedback="replace", feedback_positions=[1, 2])
+    short = TOKENS[:, :3]
+    assert torch.equal(every(short), first(short))
+    assert not torch.equal(every(TOKENS), first(TOKENS))  # the full input reaches 3 and 4
+
+
 @pytest.mark.parametrize(
     "kw, message",
     [
