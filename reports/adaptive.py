@@ -128,9 +128,35 @@ def group_hops(name: str) -> dict | None:
     return {"hops": int(name[5:])} if name.startswith("hops_") else None
 
 
-def run_rows(run: dict) -> list[dict]:
+SELECTOR_RULES = ("selector", THRESHOLD_RULE)
+
+
+def labelled(rows: list[dict], run: dict, rules: bool) -> list[dict]:
+    """A run with a `selector_label` (SummaryCommand.selectors): its selector's rows renamed
+    `selector.LABEL` (and the threshold at its coverage `confidence_threshold.LABEL`) with the
+    selector's seed, and the other rules' rows only where `rules` (the first run of its model
+    run: every selector of one frozen model meets the same rules)."""
+    label = run.get("selector_label")
+    if not label:
+        return rows
+    seed = run["halting"].get("config", {}).get("seed")
+    out = []
+    for r in rows:
+        if r.get("rule") in SELECTOR_RULES:
+            out.append(r | {"rule": f"{r['rule']}.{label}", "selector_seed": seed})
+        elif rules:
+            out.append(r)
+    return out
+
+
+def run_rows(run: dict, rules: bool = True) -> list[dict]:
     """The rows of one run: every rule (and the selector) per split, overall and per hop count,
-    and the confidence threshold at the selector's coverage."""
+    and the confidence threshold at the selector's coverage (`labelled`: rules=False keeps only
+    the selector's)."""
+    return labelled(all_rows(run), run, rules)
+
+
+def all_rows(run: dict) -> list[dict]:
     res, rows, missing_n = run["halting"], [], False
     ids = {"model": run["name"]}
     tail = {"seed": run.get("seed"), "step": res.get("checkpoint_step")}
@@ -279,16 +305,26 @@ def abstention_entries(run: dict) -> list[dict]:
 
 
 def build(runs: list[dict]) -> dict:
-    seen = {}
+    seen, rules_from = {}, set()
     for run in runs:
-        key = (run["name"], run.get("seed"))
+        key = (
+            run["name"],
+            run.get("seed"),
+            run.get("selector_label"),
+            run["halting"].get("config", {}).get("seed") if run.get("selector_label") else None,
+        )
         if key in seen:
             raise SystemExit(
                 f"{run['halting'].get('run_dir')} and {seen[key]} are both model "
-                f"{key[0]!r} with seed {key[1]}: name them apart with names=[...]"
+                f"{key[0]!r} with seed {key[1]}: name them apart with names=[...] (or "
+                "their selectors with selectors=[...])"
             )
         seen[key] = run["halting"].get("run_dir")
-    rows = [r for run in runs for r in run_rows(run)]
+    rows = []
+    for run in runs:
+        first = (run["name"], run.get("seed")) not in rules_from
+        rules_from.add((run["name"], run.get("seed")))
+        rows += run_rows(run, rules=first)
     return {
         "study": "adaptive",
         "machine": machine(),
@@ -1061,6 +1097,9 @@ class SummaryCommand:
     # only in seed
     commands: list[str] = field(default_factory=list)  # the commands that made the study (default:
     # the halting command of each run)
+    selectors: list[str] = field(default_factory=list)  # a label per run for its selector: runs
+    # of one model (same name and seed) then
+    # differ by selector; their rules are kept once
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1084,6 +1123,12 @@ def summarize(cmd: SummaryCommand) -> None:
     runs = [load_halting(r) for r in cmd.runs]
     for run, name in zip(runs, names):
         run["name"] = name
+    if cmd.selectors and len(cmd.selectors) != len(runs):
+        raise ValueError(
+            f"selectors: {len(cmd.selectors)} labels for {len(runs)} runs; give one per run"
+        )
+    for run, label in zip(runs, cmd.selectors):
+        run["selector_label"] = label
     summary = build(runs)
     if cmd.commands:
         summary["commands"] = list(cmd.commands)

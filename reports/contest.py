@@ -20,6 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from grokloop.stats import wilson
 from reports.figures import style
 
 ENTRY_FIELDS = ("rule", "metric", "gain", "lo", "hi", "n", "n_variants")
@@ -47,6 +48,7 @@ def run_entries(run: dict) -> list[dict]:
     seed = run["halting"].get("config", {}).get("seed")
     return [
         {"model": run["name"], "seed": run.get("seed"), "selector_seed": seed}
+        | ({"selector": run["selector_label"]} if run.get("selector_label") else {})
         | {k: r.get(k) for k in ENTRY_FIELDS}
         | {f"test_{w}_{s}": r.get(f"test_{w}_{s}") for w in ("selector", "rule") for s in SIDES}
         for r in rows
@@ -106,9 +108,11 @@ def pooled_entries(runs: list[dict]) -> list[dict]:
                 for who in ("selector", "rule")
             }
             gain, lo, hi = bootstrap(metric, joined)
+            label = members[0].get("selector_label")
             out.append(
                 {
                     "model": common_name([r["name"] for r in members]),
+                    **({"selector": label} if label else {}),
                     "seed": "pooled",
                     "selector_seed": "pooled",
                     "rule": sorted({e["rule"] for e in entries if e["rule"]}),
@@ -134,29 +138,42 @@ def selector_vs_rule(runs: list[dict]) -> list[dict]:
 
 
 def compute_by_hops(runs: list[dict]) -> list[dict]:
-    """Rows {model, seed, selector_seed, method, hops, n, acc, flops, steps}: FLOPs per fact by
-    hop count for the selector, the fixed depths and every valid-tuned rule."""
+    """Rows {model, seed, selector_seed, method, hops, n, acc, lo, hi, flops, steps}: FLOPs per
+    fact by hop count for the selector, the fixed depths and every rule tuned on valid (its
+    family in `tuned_on_valid`)."""
     out = []
     for run in runs:
         contest = run["halting"].get("contest") or {}
         seed = run["halting"].get("config", {}).get("seed")
+        label = run.get("selector_label")
         for method, per_hop in contest.get("by_hops", {}).items():
+            if label and method == "selector":
+                method = f"selector.{label}"
+            tuned = {v: k for k, v in contest.get("tuned", {}).items()}.get(method)
             for key, r in per_hop.items():
+                lo, hi = wilson(round(r["acc"] * r["n"]), r["n"])
                 out.append(
                     {"model": run["name"], "seed": run.get("seed"), "selector_seed": seed}
                     | {"method": method, "hops": int(key[5:])}
+                    | ({"tuned_on_valid": tuned} if tuned else {})
                     | r
+                    | {"lo": lo, "hi": hi}
                 )
     return out
 
 
 def frontier(runs: list[dict]) -> list[dict]:
     """Every candidate rule's valid and test point of each run (the accuracy-compute plane)."""
-    return [
-        {"model": run["name"], "seed": run.get("seed")} | p
-        for run in runs
-        for p in (run["halting"].get("contest") or {}).get("frontier", [])
-    ]
+    out, seen = [], set()
+    for run in runs:  # the rules of one frozen model are the same whichever selector ran
+        if (run["name"], run.get("seed")) in seen:
+            continue
+        seen.add((run["name"], run.get("seed")))
+        out += [
+            {"model": run["name"], "seed": run.get("seed")} | p
+            for p in (run["halting"].get("contest") or {}).get("frontier", [])
+        ]
+    return out
 
 
 # --- tables and figures ----------------------------------------------------------------------
@@ -166,6 +183,7 @@ def entry_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
         return None
     headers = [
         "model",
+        "selector",
         "seed",
         "selector seed",
         "metric",
@@ -185,6 +203,7 @@ def entry_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
         rows.append(
             [
                 e["model"],
+                e.get("selector", "-"),
                 str(e["seed"]),
                 str(e["selector_seed"]),
                 e["metric"],

@@ -171,3 +171,26 @@ def test_pooled_entries_join_every_seeds_facts_and_keep_each_gain():
     assert acc["seed_gains"] == pytest.approx([0.25, 0.0])
     assert acc["lo"] < acc["gain"] < acc["hi"]
     assert pooled["compute"]["gain"] == pytest.approx(0.5)  # 1 - 10 / 20
+
+
+def test_selectors_of_one_model_share_its_rule_rows(make_model):
+    from reports.adaptive import build
+    from tests.test_adaptive import halting_runs
+
+    runs, _ = halting_runs(make_model, [("m", 0), ("m", 0), ("m", 0)])
+    for run, (label, seed) in zip(runs, [("state", 0), ("state", 1), ("length", 0)]):
+        run["selector_label"] = label
+        run["halting"]["config"] = run["halting"]["config"] | {"seed": seed}
+    rows = build(runs)["rows"]
+    per_run = [r for r in rows if r["seed"] == 0]
+    fixed = [r for r in per_run if r["rule"] == "fixed_3" and r["split"] == "test_inferred_id"]
+    assert len({r.get("hops") for r in fixed}) == len(fixed)  # once per hop count, not thrice
+    sel = [r for r in per_run if r["rule"].startswith("selector.") and "hops" not in r]
+    assert sorted((r["rule"], r["selector_seed"], r["split"]) for r in sel) == sorted(
+        (rule, s, split)
+        for rule, s in [("selector.state", 0), ("selector.state", 1), ("selector.length", 0)]
+        for split in ("atomic_id", "test_inferred_id", "test_inferred_ood")
+    )
+    runs[1]["halting"]["config"]["seed"] = 0  # two selectors alike in label and seed
+    with pytest.raises(SystemExit, match="selectors="):
+        build(runs)
