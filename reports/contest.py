@@ -23,7 +23,8 @@ from plotly.subplots import make_subplots
 from grokloop.stats import wilson
 from reports.figures import style
 
-ENTRY_FIELDS = ("rule", "metric", "gain", "lo", "hi", "n", "n_variants")
+ENTRY_FIELDS = ("rule", "metric", "gain", "lo", "hi", "n", "n_variants", "margin")
+COMPANIONS = {"accuracy": "acc_gain", "compute": "compute_saving"}  # each metric's row field
 SIDES = ("acc", "steps", "flops")
 N_BOOT = 2000
 
@@ -50,6 +51,7 @@ def run_entries(run: dict) -> list[dict]:
         {"model": run["name"], "seed": run.get("seed"), "selector_seed": seed}
         | ({"selector": run["selector_label"]} if run.get("selector_label") else {})
         | {k: r.get(k) for k in ENTRY_FIELDS}
+        | {f"{c}{x}": r.get(f"{c}{x}") for c in COMPANIONS.values() for x in ("", "_lo", "_hi")}
         | {f"test_{w}_{s}": r.get(f"test_{w}_{s}") for w in ("selector", "rule") for s in SIDES}
         for r in rows
     ]
@@ -107,7 +109,12 @@ def pooled_entries(runs: list[dict]) -> list[dict]:
                 who: {k: np.concatenate([p[who][k] for p in pairs]) for k in ("correct", "flops")}
                 for who in ("selector", "rule")
             }
-            gain, lo, hi = bootstrap(metric, joined)
+            both = {
+                f"{COMPANIONS[m]}{x}": v
+                for m in COMPANIONS
+                for x, v in zip(("", "_lo", "_hi"), bootstrap(m, joined))
+            }
+            gain, lo, hi = (both[f"{COMPANIONS[metric]}{x}"] for x in ("", "_lo", "_hi"))
             label = members[0].get("selector_label")
             out.append(
                 {
@@ -122,6 +129,8 @@ def pooled_entries(runs: list[dict]) -> list[dict]:
                     "hi": hi,
                     "n": len(joined["selector"]["correct"]),
                     "n_variants": max(e["n_variants"] for e in entries),
+                    "margin": entries[0].get("margin"),
+                    **both,
                     "n_runs": len(members),
                     "seed_gains": [e["gain"] for e in entries],
                     "test_selector_flops": float(joined["selector"]["flops"].mean()),
@@ -189,6 +198,7 @@ def entry_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
         "metric",
         "rule (chosen on valid)",
         "gain [95% CI]",
+        "other metric [95% CI]",
         "selector acc / GFLOPs",
         "rule acc / GFLOPs",
         "n",
@@ -209,6 +219,7 @@ def entry_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
                 e["metric"],
                 rule,
                 gain,
+                companion(e),
                 side(e, "selector"),
                 side(e, "rule"),
                 f"{e['n']:,}",
@@ -216,6 +227,15 @@ def entry_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
             ]
         )
     return headers, rows
+
+
+def companion(e: dict) -> str:
+    """The metric the entry was not chosen on, on test: the price of its gain."""
+    other = COMPANIONS["compute" if e["metric"] == "accuracy" else "accuracy"]
+    if e.get(other) is None:
+        return "-"
+    name = "saving" if other == "compute_saving" else "acc"
+    return f"{name} {e[other]:+.4f} [{e[other + '_lo']:+.4f}, {e[other + '_hi']:+.4f}]"
 
 
 def side(e: dict, who: str) -> str:

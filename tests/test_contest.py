@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from grokloop.adaptive.contest import (
+    MARGIN,
     accuracy_gain,
     candidate_exits,
     choose_rule,
@@ -39,6 +40,9 @@ def test_the_valid_choice_respects_the_selectors_compute_or_accuracy():
     assert choose_rule(valid, 0.75, 2.5, "accuracy") == "middle"  # best within 2.5 FLOPs
     assert choose_rule(valid, 0.75, 2.5, "compute") == "middle"  # cheapest at >= 0.75
     assert choose_rule(valid, 1.0, 2.5, "compute") == "dear"
+    # equal accuracy allows MARGIN: the selector's own valid accuracy is in-sample
+    assert choose_rule(valid, 0.75 + MARGIN / 2, 2.5, "compute") == "middle"
+    assert choose_rule(valid, 0.75 + 2 * MARGIN, 2.5, "compute") == "dear"
     assert choose_rule(valid, 0.75, 0.5, "accuracy") is None  # no rule is that cheap
     assert tuned_per_family({"conf>=0.9": valid["middle"], "conf>=0.99": valid["dear"]}) == {
         "conf": "conf>=0.99"
@@ -152,6 +156,7 @@ def test_pooled_entries_join_every_seeds_facts_and_keep_each_gain():
         gain = np.mean(sel_right) - np.mean(rule_right)
         row = {"metric": "accuracy", "rule": "fixed_4", "gain": gain, "lo": 0, "hi": 0, "n": n}
         row["n_variants"] = 80
+        row |= {"acc_gain": gain, "compute_saving": 0.5, "margin": 0.005}
         return {
             "name": name,
             "seed": seed,
@@ -171,6 +176,9 @@ def test_pooled_entries_join_every_seeds_facts_and_keep_each_gain():
     assert acc["seed_gains"] == pytest.approx([0.25, 0.0])
     assert acc["lo"] < acc["gain"] < acc["hi"]
     assert pooled["compute"]["gain"] == pytest.approx(0.5)  # 1 - 10 / 20
+    # each entry carries the other metric too: the accuracy a saving costs, and the reverse
+    assert acc["compute_saving"] == pytest.approx(0.5)
+    assert pooled["compute"]["acc_gain"] == pytest.approx(acc["gain"])
 
 
 def test_selectors_of_one_model_share_its_rule_rows(make_model):
