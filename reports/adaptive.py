@@ -50,14 +50,14 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from datagen.provenance import atomic_write, atomic_write_text, machine
+from datagen.provenance import atomic_write, atomic_write_text, code_version, machine
 from grokloop.adaptive import MAIN_RULES
 from grokloop.stats import acc_row
 from reports import contest
 from reports.figures import style
 from reports.html import Section, page, table, write
 from reports.load import read_run
-from reports.study import POOL_APART, pooled
+from reports.study import POOL_APART, commands_from, pooled
 
 DEFAULT_OUT = "runs/adaptive_summary"  # under runs/ (gitignored): nothing tracked is overwritten
 HOPS_NOTE = (
@@ -328,6 +328,10 @@ def build(runs: list[dict]) -> dict:
     return {
         "study": "adaptive",
         "machine": machine(),
+        "code_version": code_version(),
+        "run_code_versions": sorted(
+            {v for run in runs if (v := run["halting"].get("code_version")) is not None}
+        ),
         "commands": [
             f"python -m grokloop.halting run_dir={run['halting']['run_dir']}" for run in runs
         ],
@@ -1097,6 +1101,7 @@ class SummaryCommand:
     # only in seed
     commands: list[str] = field(default_factory=list)  # the commands that made the study (default:
     # the halting command of each run)
+    commands_file: str | None = None  # ... or a file of them, one per line (added after)
     selectors: list[str] = field(default_factory=list)  # a label per run for its selector: runs
     # of one model (same name and seed) then
     # differ by selector; their rules are kept once
@@ -1130,8 +1135,8 @@ def summarize(cmd: SummaryCommand) -> None:
     for run, label in zip(runs, cmd.selectors):
         run["selector_label"] = label
     summary = build(runs)
-    if cmd.commands:
-        summary["commands"] = list(cmd.commands)
+    if cmd.commands or cmd.commands_file:
+        summary["commands"] = list(cmd.commands) + commands_from(cmd.commands_file)
     out = Path(cmd.out)
     summary = write_summary(out, summary)  # the tables and figures of what load_summary reads
     atomic_write_text(out / "summary.md", markdown(summary))
