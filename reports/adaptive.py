@@ -1102,6 +1102,8 @@ class SummaryCommand:
     commands: list[str] = field(default_factory=list)  # the commands that made the study (default:
     # the halting command of each run)
     commands_file: str | None = None  # ... or a file of them, one per line (added after)
+    splits: list[str] = field(default_factory=list)  # keep only these evaluation splits (none:
+    # all), e.g. [atomic_id,test_inferred_id]
     selectors: list[str] = field(default_factory=list)  # a label per run for its selector: runs
     # of one model (same name and seed) then
     # differ by selector; their rules are kept once
@@ -1111,6 +1113,17 @@ def main(argv: list[str] | None = None) -> None:
     from grokloop import cli
 
     cli.run("adaptive_summary", summarize, argv)
+
+
+def only_splits(splits: dict, keep: list[str]) -> dict:
+    """A run's halting splits cut to `keep`, refusing a name no run has."""
+    missing = [s for s in keep if s not in splits]
+    if missing:
+        raise ValueError(
+            f"splits={keep}: {', '.join(missing)} not evaluated in this run (it has "
+            f"{', '.join(splits)}); name splits it has"
+        )
+    return {k: v for k, v in splits.items() if k in keep}
 
 
 def summarize(cmd: SummaryCommand) -> None:
@@ -1126,6 +1139,9 @@ def summarize(cmd: SummaryCommand) -> None:
             "(in the order of the runs) or none"
         )
     runs = [load_halting(r) for r in cmd.runs]
+    if cmd.splits:
+        for run in runs:
+            run["halting"]["splits"] = only_splits(run["halting"]["splits"], cmd.splits)
     for run, name in zip(runs, names):
         run["name"] = name
     if cmd.selectors and len(cmd.selectors) != len(runs):

@@ -202,3 +202,12 @@ def test_selectors_of_one_model_share_its_rule_rows(make_model):
     runs[1]["halting"]["config"]["seed"] = 0  # two selectors alike in label and seed
     with pytest.raises(SystemExit, match="selectors="):
         build(runs)
+
+
+def test_the_summary_keeps_only_the_splits_asked_for():
+    from reports.adaptive import only_splits
+
+    splits = {"atomic_id": 1, "train_inferred": 2, "test_inferred_id": 3}
+    assert only_splits(splits, ["test_inferred_id"]) == {"test_inferred_id": 3}
+    with pytest.raises(ValueError, match="valid not evaluated"):
+        only_splits(splits, ["valid"])
