@@ -706,11 +706,21 @@ CONTEST_NOTE = (
 )
 
 
+BY_HOPS_NOTE = (
+    "Accuracy (mean MFLOPs per fact, measured) by hop count on test_inferred_id: the selectors, "
+    "the fixed depths and every rule family at its threshold tuned on valid (its name in "
+    "summary.json compute_by_hops, `tuned_on_valid`), pooled over the runs that have it."
+)
+
+
 def contest_lines(summary: dict) -> list[str]:
     table_ = contest.entry_table(summary)
     if table_ is None:
         return []
-    return ["", "## Selector against rule", "", CONTEST_NOTE, "", *markdown_lines(*table_)]
+    lines = ["", "## Selector against rule", "", CONTEST_NOTE, "", *markdown_lines(*table_)]
+    if (by_hops := contest.by_hops_table(summary)) is not None:
+        lines += ["", "## Compute by difficulty", "", BY_HOPS_NOTE, "", *markdown_lines(*by_hops)]
+    return lines
 
 
 BLOCKS_NOTE = (
@@ -1006,6 +1016,8 @@ def figures_html(summary: dict) -> str:
         for fig in (contest.frontier_figure(summary), contest.by_hops_figure(summary)):
             if fig is not None:
                 sec.add(fig)
+        if (by_hops := contest.by_hops_table(summary)) is not None:
+            sec.text(html.escape(BY_HOPS_NOTE)).add(table(*by_hops))
         sections.append(sec)
     note = rows_note(summary) if "rows" in summary else HOPS_NOTE
     sections += [

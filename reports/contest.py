@@ -229,6 +229,32 @@ def entry_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
     return headers, rows
 
 
+def by_hops_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Compute by difficulty: per model and method, accuracy (mean MFLOPs per fact) at each hop
+    count, pooled over the runs that have it (facts weighted by n)."""
+    rows = summary.get("compute_by_hops") or []
+    if not rows:
+        return None
+    cells: dict[tuple, dict[int, list]] = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["method"]), {}).setdefault(r["hops"], []).append(r)
+    hops = sorted({r["hops"] for r in rows})
+    out = []
+    for (model, method), per in cells.items():
+        line = [model, method]
+        for k in hops:
+            rs = per.get(k, [])
+            n = sum(r["n"] for r in rs)
+            if not n:
+                line.append("-")
+                continue
+            acc = sum(r["acc"] * r["n"] for r in rs) / n
+            flops = sum(r["flops"] * r["n"] for r in rs) / n
+            line.append(f"{acc:.2f} ({flops / 1e6:.1f})")
+        out.append(line)
+    return ["model", "method"] + [f"{k} hops" for k in hops], out
+
+
 def companion(e: dict) -> str:
     """The metric the entry was not chosen on, on test: the price of its gain."""
     other = COMPANIONS["compute" if e["metric"] == "accuracy" else "accuracy"]

@@ -211,3 +211,16 @@ def test_the_summary_keeps_only_the_splits_asked_for():
     assert only_splits(splits, ["test_inferred_id"]) == {"test_inferred_id": 3}
     with pytest.raises(ValueError, match="valid not evaluated"):
         only_splits(splits, ["valid"])
+
+
+def test_compute_by_difficulty_pools_runs_by_their_facts():
+    from reports.contest import by_hops_table
+
+    rows = [
+        {"model": "m", "method": "selector.x", "hops": 2, "n": 100, "acc": 1.0, "flops": 2e6},
+        {"model": "m", "method": "selector.x", "hops": 2, "n": 300, "acc": 0.5, "flops": 4e6},
+        {"model": "m", "method": "fixed_4", "hops": 3, "n": 100, "acc": 0.25, "flops": 1e6},
+    ]
+    headers, table = by_hops_table({"compute_by_hops": rows})
+    assert headers == ["model", "method", "2 hops", "3 hops"]
+    assert table == [["m", "selector.x", "0.62 (3.5)", "-"], ["m", "fixed_4", "-", "0.25 (1.0)"]]
