@@ -290,10 +290,19 @@ def abstention_entries(run: dict) -> list[dict]:
     for split, sres in run["halting"]["splits"].items():
         ab = sres.get("abstention")
         for name, g in (ab or {}).get("groups", {}).items():
+            label = run.get("selector_label")
             out.append(
                 {
                     "model": run["name"],
                     "seed": run.get("seed"),
+                    **(
+                        {
+                            "selector_label": label,
+                            "selector_seed": run["halting"]["config"].get("seed"),
+                        }
+                        if label
+                        else {}
+                    ),
                     "split": split,
                     "facts": name,
                     "exit": ab["exit"],
@@ -470,7 +479,8 @@ def abstention_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     ]
     rows = [
         [
-            e["model"],
+            e["model"]
+            + (f" ({e['selector_label']} {e['selector_seed']})" if "selector_label" in e else ""),
             str(e["seed"]),
             e["split"],
             e["facts"],
@@ -1032,7 +1042,7 @@ def figures_html(summary: dict) -> str:
 # --- summary.json and its curves on disk ------------------------------------------------------
 CURVES_FILE = "summary_curves.json.gz"  # beside summary.json
 CURVES = ("curve", "selector_curve")  # the curves of an abstention entry
-ENTRY_IDS = ("model", "seed", "split", "facts")
+ENTRY_IDS = ("model", "seed", "selector_label", "selector_seed", "split", "facts")
 PRINTED = (".1f", ".2f", ".3f", ".4g")  # every format a table prints a row's number in
 
 

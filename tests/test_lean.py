@@ -114,7 +114,8 @@ def test_the_adaptive_summary_keeps_its_curves_beside_it():
     summary = json.loads((RESULTS / "adaptive" / "summary.json").read_text())
     curves = json.loads(gzip.decompress((RESULTS / "adaptive" / CURVES).read_bytes()))
     entries, ids = summary["abstention"], ("model", "seed", "split", "facts")
-    assert len(summary["rows"]) > 10_000
+    assert len(summary["rows"]) > 1_000
+    assert (RESULTS / "adaptive" / "summary.json").stat().st_size < 2e6  # small enough to read
     assert {"study", "machine", "commands", "runs"} <= set(summary)
     assert [[e[k] for k in ids] for e in entries] == [[c[k] for k in ids] for c in curves]
     assert all("curve" not in e for e in entries) and all("curve" in c for c in curves)
