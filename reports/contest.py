@@ -52,7 +52,12 @@ def run_entries(run: dict) -> list[dict]:
         | ({"selector": run["selector_label"]} if run.get("selector_label") else {})
         | {k: r.get(k) for k in ENTRY_FIELDS}
         | {f"{c}{x}": r.get(f"{c}{x}") for c in COMPANIONS.values() for x in ("", "_lo", "_hi")}
-        | {f"test_{w}_{s}": r.get(f"test_{w}_{s}") for w in ("selector", "rule") for s in SIDES}
+        | {
+            f"{split}_{w}_{s}": r.get(f"{split}_{w}_{s}")
+            for split in ("valid", "test")
+            for w in ("selector", "rule")
+            for s in SIDES
+        }
         for r in rows
     ]
 
