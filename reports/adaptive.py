@@ -728,6 +728,8 @@ def contest_lines(summary: dict) -> list[str]:
     if table_ is None:
         return []
     lines = ["", "## Selector against rule", "", CONTEST_NOTE, "", *markdown_lines(*table_)]
+    if (pooled_ := contest.entry_table(summary, pooled_only=True)) is not None and pooled_[1]:
+        lines += ["", "## Pooled selector against rule", "", *markdown_lines(*pooled_)]
     if (by_hops := contest.by_hops_table(summary)) is not None:
         lines += ["", "## Compute by difficulty", "", BY_HOPS_NOTE, "", *markdown_lines(*by_hops)]
     return lines

@@ -191,8 +191,12 @@ def frontier(runs: list[dict]) -> list[dict]:
 
 
 # --- tables and figures ----------------------------------------------------------------------
-def entry_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
-    entries = summary.get("selector_vs_rule") or []
+def entry_table(
+    summary: dict, pooled_only: bool = False
+) -> tuple[list[str], list[list[str]]] | None:
+    entries = [
+        e for e in summary.get("selector_vs_rule") or [] if not pooled_only or e["seed"] == "pooled"
+    ]
     if not entries:
         return None
     headers = [
