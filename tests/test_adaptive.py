@@ -698,6 +698,11 @@ def test_halting_cli_and_summary_on_a_trained_run(tmp_path):
     } <= set(rules)
     assert set(rules["oracle"]) >= {f"hops_{k}" for k in range(2, 9)}
     assert "valid" not in res["splits"] and res["config"]["train_split"] == "valid"
+    # the contest: rules tuned on valid, the selector scored once on test, per-fact arrays beside
+    contest = res["contest"]
+    assert [r["metric"] for r in contest["rows"]] == ["accuracy", "compute"]
+    assert contest["tuned_on"] == "valid" and contest["split"] == "test_inferred_id"
+    assert (run / "halting" / "contest.npz").is_file()
     assert "deeper_than_trained" in res["splits"]["test_inferred_id"]["abstention"]["groups"]
     selector, cfg, _ = load_selector(run)
     assert cfg.max_steps == 7 and selector.n_cores == 1
