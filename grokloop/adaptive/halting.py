@@ -200,12 +200,7 @@ def contest_results(model, ds, selector, cfg: HaltingConfig, test_split: str) ->
         "split": test_split,
         "tuned_on": cfg.train_split,
         "rows": rows,
-        "flops": {
-            "prelude": table["prelude"],
-            "read": table["read"],
-            "step": table["step"],
-            "selector": table["selector"],
-        },
+        "flops": table,
         "tuned": tuned,
         "by_hops": flops_by_hops(methods, hops),
         "frontier": frontier,
