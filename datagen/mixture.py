@@ -7,6 +7,9 @@ The parts are built by their own generators (each keeps its seed, split and hash
   train_sample  a seeded sample of at most TRAIN_SAMPLE_SIZE training examples
   test_NAME     for EVERY part: a seeded sample of at most `eval_size` of its held-out split
                 (`held_out`: "test" for the tables, e.g. test_inferred_id for composition)
+  valid_NAME    for EVERY part: at most `eval_size` more of the held-out split, disjoint from
+                test_NAME, where a curriculum's gate is read (choices on valid, R on test).
+                A part holding out fewer than 2 x eval_size cells splits them in half.
 Replay draws, evenly over the parts that come before the first trained part, training cells of
 those parts, as many as make them the fraction `replay` of the training split (0.25 with 8,192
 stage cells adds 2,731 replayed ones). The draw is a fixed sample, a function of the seed.
@@ -20,6 +23,12 @@ import numpy as np
 from datagen.arithmetic import TRAIN_SAMPLE_SIZE
 from datagen.config import MixtureConfig, config_dict, data_config_from_dict
 from datagen.dataset import Dataset, sample_eval
+
+
+def eval_size_of(n_held: int, size: int) -> int:
+    """Cells test_NAME and valid_NAME each take from a held-out split of n_held cells: at most
+    `size`, half of them where fewer than 2 * size are held out (test the larger half if odd)."""
+    return size if n_held >= 2 * size else (n_held + 1) // 2
 
 
 def make_mixture(cfg: MixtureConfig, rng: np.random.Generator) -> Dataset:
@@ -73,8 +82,13 @@ def make_mixture(cfg: MixtureConfig, rng: np.random.Generator) -> Dataset:
             replayed[p] = np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False))
     train_idx = np.sort(np.concatenate(train + list(replayed.values())))
     splits = {"train": train_idx, "train_sample": sample_eval(train_idx, TRAIN_SAMPLE_SIZE, rng)}
-    for p, ds in parts.items():
-        splits[f"test_{p}"] = sample_eval(ds.splits[cfg.held_out], cfg.eval_size, rng) + offsets[p]
+    held = {p: ds.splits[cfg.held_out] for p, ds in parts.items()}
+    size = {p: eval_size_of(len(h), cfg.eval_size) for p, h in held.items()}
+    for p in parts:  # every test sample first: they are those of mixtures before valid existed
+        splits[f"test_{p}"] = sample_eval(held[p], size[p], rng) + offsets[p]
+    for p in parts:
+        rest = np.setdiff1d(held[p] + offsets[p], splits[f"test_{p}"])
+        splits[f"valid_{p}"] = sample_eval(rest, size[p], rng)
 
     stats = {
         "parts": {

@@ -127,3 +127,16 @@ def make_table(cfg: TableConfig, rng: np.random.Generator) -> Dataset:
         stats,
         op_id=vocab.id(f"<op_{cfg.op}>"),
     )
+
+
+def table_overlap(op: str, other: str, modulus: int = 127) -> float:
+    """The share of `op`'s cells (those `other` also defines) where `other` gives the same answer:
+    the zero-shot accuracy a model that learned `other` gets on `op` for free (after or, xor is
+    right wherever a & b == 0: (3/4)^7 of the cells). It is what FWT's R[j-1][j] is read against."""
+    a, b, c = op_table(op, modulus)
+    a2, b2, c2 = op_table(other, modulus)
+    size = max(a.max(), a2.max()) + 1
+    theirs = np.full((size, size), -1)
+    theirs[a2, b2] = c2
+    shared = theirs[a, b] >= 0
+    return float((theirs[a, b][shared] == c[shared]).mean())

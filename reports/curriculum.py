@@ -6,9 +6,10 @@ a study over many curricula (seeds, modes, orders, replay, models):
 DIR is a curriculum directory (OUT of grokloop.curriculum) or a tree of them. The study writes
 summary.json in the results schema (one row per configuration, seed, trained-through stage and
 evaluated stage, with Wilson intervals), with the named fields `matrix` (mean R per
-configuration), `ACC`, `BWT`, `FWT` (mean and 95% t interval over seeds), `steps_to_gate` and
-`speedup` (a stage's steps to its gate from scratch over those in the configuration, per seed),
-plus summary.md and report.html.
+configuration), `ACC`, `BWT`, `FWT` (mean and 95% t interval over seeds), `steps_to_gate`, and
+`survival` (per stage, the steps to its gate in a configuration against from scratch as censored
+time-to-event data: every run's time and event, Kaplan-Meier medians, their ratio and the log-rank
+p; never a mean over censored runs), plus summary.md and report.html.
 
 A configuration is `MODEL MODE [reversed] [replay R] [optimizer kept]`, e.g. "vanilla 1L
 sequential replay 0.25"; its seeds are pooled for the intervals."""
@@ -23,10 +24,12 @@ import numpy as np
 import plotly.graph_objects as go
 
 from datagen.provenance import atomic_write_text, machine
+from datagen.tables import table_overlap
 from grokloop.metrics_log import read_rows
 from grokloop.stats import acc_row, mean_interval
 from reports.figures import split_color, style
 from reports.html import Section, page, table, write
+from reports.survival import km_curve, km_median, logrank
 
 # --- reading ------------------------------------------------------------------------------------
 
@@ -41,6 +44,12 @@ def load_curriculum(path: str | Path) -> dict:
         )
     s = json.loads((path / "summary.json").read_text())
     s["path"] = str(path)
+    stages = json.loads((path / "curriculum.json").read_text())["curriculum"]["stages"]
+    s["tables"] = {  # op and modulus of each table stage (a curriculum has one modulus)
+        n: [st["data"]["op"], st["data"].get("modulus", 127)]
+        for n, st in stages.items()
+        if st["data"].get("task") == "table"
+    }
     s["curves"] = [read_rows(path / st["run_dir"] / "metrics.jsonl") for st in s["per_stage"]]
     return s
 
@@ -163,6 +172,30 @@ def stage_table(s: dict) -> str:
     )
 
 
+def survival_figure(name: str, per_stage: dict) -> go.Figure:
+    """Kaplan-Meier curves of steps to each stage's gate: the configuration (solid) against from
+    scratch (dotted), one colour per stage; a curve that stays up never reached the gate."""
+    fig = go.Figure()
+    for i, (stage, sv) in enumerate(per_stage.items()):
+        for side, t, e, dash in (
+            (name, sv["times"], sv["events"], "solid"),
+            ("scratch", sv["scratch_times"], sv["scratch_events"], "dot"),
+        ):
+            km = km_curve(t, e)
+            fig.add_trace(
+                go.Scatter(
+                    x=km["t"],
+                    y=km["surviving"],
+                    name=f"{stage}: {side}",
+                    mode="lines",
+                    line={"shape": "hv", "dash": dash, "color": split_color(stage, i)},
+                )
+            )
+    fig.update_xaxes(title="steps in the stage")
+    fig.update_yaxes(title="share of runs not yet at the gate", range=[0, 1.05])
+    return style(fig, f"{name}: Kaplan-Meier, steps to each stage's gate", height=460)
+
+
 def curriculum_sections(s: dict) -> list[Section]:
     R = np.array(s["matrix"])
     rows = [st["stage"] for st in s["per_stage"]]
@@ -228,6 +261,71 @@ def _stage(s: dict, name: str) -> dict:
     return next(st for st in s["per_stage"] if name in st["steps_to_gate"])
 
 
+def times_to_gate(curricula: list[dict], name: str) -> tuple[list[int], list[bool]]:
+    """Each curriculum's steps to stage `name`'s gate and whether it got there: a run that spent
+    its budget is censored at the steps it ran (the event lies beyond them)."""
+    times, events = [], []
+    for s in curricula:
+        st = _stage(s, name)
+        got = st["steps_to_gate"][name]
+        times.append(st["steps"] if got is None else got)
+        events.append(got is not None)
+    return times, events
+
+
+def stage_survival(configuration: list[dict], scratch: list[dict], name: str) -> dict:
+    """Steps to stage `name`'s gate in a configuration against from scratch, as time-to-event data:
+    the Kaplan-Meier medians (None: more than half the runs never got there), their ratio (scratch
+    over the configuration, > 1: faster after the earlier stages) and the log-rank p value (None
+    where no run of either side reached the gate), with every run's time and event stored."""
+    t, e = times_to_gate(configuration, name)
+    t0, e0 = times_to_gate(scratch, name)
+    median, median0 = km_median(t, e), km_median(t0, e0)
+    return {
+        "times": t,
+        "events": e,
+        "seeds": [s["seed"] for s in configuration],
+        "scratch_times": t0,
+        "scratch_events": e0,
+        "scratch_seeds": [s["seed"] for s in scratch],
+        "km_median": median,
+        "scratch_km_median": median0,
+        "ratio": median0 / median if median and median0 else None,
+        "logrank_p": logrank(t, e, t0, e0) if any(e) or any(e0) else None,
+    }
+
+
+def overlaps(s: dict) -> dict | None:
+    """overlap[i][j]: the share of stage j's table where stage i's operation gives the same answer
+    (datagen.tables.table_overlap), over the stages in s["stages"]; None unless all are tables."""
+    if any(n not in s["tables"] for n in s["stages"]):
+        return None
+    ops = [s["tables"][n][0] for n in s["stages"]]
+    modulus = s["tables"][s["stages"][0]][1]
+    return {
+        "stages": s["stages"],
+        "matrix": [[table_overlap(o, i, modulus) if i != o else 1.0 for o in ops] for i in ops],
+    }
+
+
+def zero_shot(ss: list[dict], overlap: dict | None) -> dict:
+    """Per stage j after the first (in run order): R[j-1][j] and b[j] per seed beside the trivial
+    overlap of stage j-1's table with stage j's, the part of FWT an operation gets for free."""
+    names = ss[0]["stages"]
+    at = {n: k for k, n in enumerate(overlap["stages"])} if overlap else {}
+    return {
+        n: {
+            "after": names[j - 1],
+            "R_prev": [s["matrix"][j - 1][j] for s in ss],
+            "b": [s["initial"][j] for s in ss],
+            "seeds": [s["seed"] for s in ss],
+            "overlap": overlap["matrix"][at[names[j - 1]]][at[n]] if overlap else None,
+        }
+        for j, n in enumerate(names)
+        if j > 0
+    }
+
+
 def aggregate(curricula: list[dict]) -> dict:
     groups: dict[str, list[dict]] = {}
     for s in sorted(curricula, key=lambda s: s["seed"]):
@@ -243,7 +341,8 @@ def aggregate(curricula: list[dict]) -> dict:
         "FWT": {},
         "forgetting": {},
         "steps_to_gate": {},
-        "speedup": {},
+        "survival": {},
+        "zero_shot": {},
         "spectra": {},
     }
     for name, ss in groups.items():
@@ -267,6 +366,7 @@ def aggregate(curricula: list[dict]) -> dict:
                 "mean": np.mean([s["matrix"] for s in ss], 0).tolist(),
             }
         if "ACC" in ss[0]:
+            out["zero_shot"][name] = zero_shot(ss, overlaps(ss[0]) if "tables" in ss[0] else None)
             for key in ("ACC", "BWT", "FWT"):
                 out[key][name] = mean_interval([s[key] for s in ss])
             out["forgetting"][name] = {
@@ -282,22 +382,9 @@ def aggregate(curricula: list[dict]) -> dict:
                 "reached": sum(g is not None for g in got),
             }
         out["steps_to_gate"][name] = steps
-        base = scratch_by_model.get(ss[0]["model"], {})
+        base = [b for b in scratch_by_model.get(ss[0]["model"], {}).values()]
         if ss[0]["mode"] != "scratch" and base:
-            speed = {}
-            for n in ss[0]["stages"]:
-                ratios, censored = [], 0
-                for s, g in zip(ss, steps[n]["per_seed"]):
-                    b = base.get(s["seed"])
-                    bg = b and _stage(b, n)["steps_to_gate"][n]
-                    if b is None or (g is None and bg is None):
-                        continue  # neither reached the gate: no ratio to measure
-                    # One side spent its budget: count the budget, a bound on the true ratio.
-                    censored += g is None or bg is None
-                    ratios.append((bg or _stage(b, n)["budget"]) / (g or _stage(s, n)["budget"]))
-                if ratios:
-                    speed[n] = mean_interval(ratios) | {"censored": censored}
-            out["speedup"][name] = speed
+            out["survival"][name] = {n: stage_survival(ss, base, n) for n in ss[0]["stages"]}
     return out
 
 
@@ -314,6 +401,18 @@ def _ci(m: dict | None, fmt: str = "{:+.3f}") -> str:
         + ", "
         + fmt.format(m["hi"])
         + f"] ({m['n']} seeds{bound})"
+    )
+
+
+def _survival_line(name: str, stage: str, sv: dict) -> str:
+    """One row of the transfer table: medians with runs that reached the gate, ratio, p."""
+    fmt = lambda m: "-" if m is None else f"{m:.0f}"  # noqa: E731
+    ratio = "" if sv["ratio"] is None else f"{sv['ratio']:.2f}"
+    p = "" if sv["logrank_p"] is None else f"{sv['logrank_p']:.3g}"
+    reached, reached0 = sum(sv["events"]), sum(sv["scratch_events"])
+    return (
+        f"| {name} | {stage} | {fmt(sv['km_median'])} ({reached}/{len(sv['events'])}) | "
+        f"{fmt(sv['scratch_km_median'])} ({reached0}/{len(sv['scratch_events'])}) | {ratio} | {p} |"
     )
 
 
@@ -341,6 +440,24 @@ def markdown(summary: dict) -> str:
             f"| {name} | {_ci(agg['ACC'][name], '{:.3f}')} | {_ci(agg['BWT'][name])} | "
             f"{_ci(agg['FWT'][name])} |"
         )
+    lines += [
+        "",
+        "## What FWT is made of: zero-shot accuracy against the trivial overlap",
+        "",
+        "R[j-1][j] (stage j before it trains, after stage j-1) and b[j] (the untrained model), "
+        "mean over seeds, beside the share of stage j's table where stage j-1's operation gives "
+        "the same answer: zero-shot accuracy at the overlap is that coincidence, not transfer.",
+        "",
+        "| configuration | stage | after | R[j-1][j] | b[j] | overlap |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, per in agg["zero_shot"].items():
+        for n, z in per.items():
+            ov = "" if z["overlap"] is None else f"{z['overlap']:.3f}"
+            lines.append(
+                f"| {name} | {n} | {z['after']} | {np.mean(z['R_prev']):.3f} | "
+                f"{np.mean(z['b']):.3f} | {ov} |"
+            )
     stages = summary["stages"]
     lines += [
         "",
@@ -359,18 +476,19 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "## Speed-up: steps to the gate from scratch / in the configuration",
+        "## Transfer: steps to each stage's gate against from scratch",
         "",
-        "A censored seed is one where one side spent its budget without reaching the gate; "
-        "its ratio counts the budget, a bound.",
+        "Time-to-event data: a run that spent its budget is censored there. Kaplan-Meier "
+        "median steps to the gate (runs that reached it / runs), the scratch median, their "
+        "ratio (> 1: faster after the earlier stages) and the log-rank p. A median of - lies "
+        "beyond the budget (more than half the runs never reached the gate).",
         "",
-        "| configuration | " + " | ".join(stages) + " |",
-        "|---|" + "---|" * len(stages),
+        "| configuration | stage | median (reached) | scratch median (reached) | ratio | "
+        "log-rank p |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, speed in agg["speedup"].items():
-        lines.append(
-            f"| {name} | " + " | ".join(_ci(speed.get(n), "{:.2f}") for n in stages) + " |"
-        )
+    for name, per in agg["survival"].items():
+        lines += [_survival_line(name, n, sv) for n, sv in per.items()]
     lines += [
         "",
         "## Embedding structure after each stage",
@@ -442,6 +560,8 @@ def write_study(out: str | Path, name: str, paths: list[Path], commands: list[st
         + "</pre>"
     )
     sections.insert(0, tables)
+    for n, per in agg["survival"].items():
+        sections.insert(1, Section(f"{n}: steps to the gate").add(survival_figure(n, per)))
     for s in curricula:
         if s["seed"] == min(c["seed"] for c in curricula if label(c) == label(s)):
             sections += curriculum_sections(s)

@@ -25,6 +25,14 @@ def km_median(times: list[float], events: list[bool]) -> float | None:
     return None if math.isinf(median) else median
 
 
+def km_curve(times: list[float], events: list[bool]) -> dict:
+    """The Kaplan-Meier estimate as a step function: {"t": [...], "surviving": [...]}, the share
+    of runs not yet at the event just after each time (starting at t = 0, 1.0)."""
+    fit = KaplanMeierFitter().fit(np.asarray(times, float), np.asarray(events, bool))
+    sf = fit.survival_function_.iloc[:, 0]
+    return {"t": [float(t) for t in sf.index], "surviving": [float(v) for v in sf.to_numpy()]}
+
+
 def logrank(times_a, events_a, times_b, events_b) -> float:
     """The log-rank test's p value for two groups of (possibly censored) times to the event."""
     return float(

@@ -14,6 +14,7 @@ from conftest import sigkill_when_checkpointed
 from omegaconf import OmegaConf
 
 from datagen import build_dataset, data_config_from_dict
+from datagen.tables import table_overlap
 from grokloop import cli
 from grokloop.checkpoint import last_good_checkpoint
 from grokloop.curriculum import checked, plan, run_curriculum, transfer_metrics
@@ -51,6 +52,18 @@ def table(op, modulus=127):
 # --- the mixture dataset ------------------------------------------------------------------------
 
 
+def test_a_small_held_out_split_is_halved_between_test_and_valid():
+    from datagen.mixture import eval_size_of
+
+    assert eval_size_of(8192, 2000) == 2000  # enough for both: each takes eval_size
+    assert eval_size_of(3001, 2000) == 1501 and eval_size_of(10, 2000) == 5
+    cfg = {"task": "mixture", "parts": {"xor": table("xor")}, "train_on": ["xor"]}
+    ds = build_dataset(data_config_from_dict(cfg | {"eval_size": 10**6}))
+    test, valid = set(ds.splits["test_xor"].tolist()), set(ds.splits["valid_xor"].tolist())
+    held = len(build_dataset(data_config_from_dict(table("xor"))).splits["test"])
+    assert not test & valid and len(test) + len(valid) == held and len(test) - len(valid) in (0, 1)
+
+
 def test_mixture_trains_one_part_replays_earlier_ones_and_evaluates_every_part():
     parts = {"xor": table("xor"), "add": table("add"), "sub": table("sub"), "mul": table("mul")}
     cfg = data_config_from_dict(
@@ -84,6 +97,10 @@ def test_mixture_trains_one_part_replays_earlier_ones_and_evaluates_every_part()
             (alone[n].splits["test"] + offset[n]).tolist()
         )
         assert not set(test.tolist()) & train
+        # valid_NAME: as many more held-out cells, disjoint from test_NAME (the gate reads them)
+        valid = set(ds.splits[f"valid_{n}"].tolist())
+        assert len(valid) == 500 and not valid & set(test.tolist()) and not valid & train
+        assert valid <= set((alone[n].splits["test"] + offset[n]).tolist())
     # one vocabulary: a token means the same thing in every part; the op token names the part
     assert ds.vocab.tokens == alone["xor"].vocab.tokens
     for n in parts:
@@ -125,7 +142,7 @@ def test_plan_of_every_mode(tmp_path):
     assert first.train.init_from is None and first.data.replay == 0
     assert second.train.init_from == str(stages[0].run_dir) and second.train.init_optimizer
     assert second.data.replay == 0.25 and second.data.train_on == ["sub"]
-    assert second.train.stop_at_grok == "test_sub"
+    assert second.train.stop_at_grok == "valid_sub"  # the gate reads valid; R reads test
 
     rev = plan(command(tmp_path, "curriculum.order=reversed")[0], out)
     assert [s.name for s in rev] == ["mul", "sub", "add"]
@@ -148,7 +165,7 @@ def test_plan_of_every_mode(tmp_path):
         out,
     )
     assert joint.trains == ["add", "sub", "mul"] and joint.cfg.train.steps == 50  # mean budget
-    assert joint.cfg.train.stop_at_grok == "test_add,test_sub,test_mul"
+    assert joint.cfg.train.stop_at_grok == "valid_add,valid_sub,valid_mul"
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -318,7 +335,9 @@ def fake(mode, seed, steps_to, budget=100, model="vanilla 1L"):
     return s | (transfer_metrics(R, np.zeros(len(names))) if mode == "sequential" else {})
 
 
-def test_speedup_is_scratch_over_curriculum_steps_and_marks_budget_bounds():
+def test_transfer_is_survival_of_steps_to_the_gate_checked_by_hand():
+    from scipy.stats import chi2
+
     from reports.curriculum import aggregate
 
     curricula = [
@@ -328,12 +347,30 @@ def test_speedup_is_scratch_over_curriculum_steps_and_marks_budget_bounds():
         fake("scratch", 1, {"a": 50, "b": 80, "c": None}),
     ]
     agg = aggregate(curricula)
-    speed = agg["speedup"]["vanilla 1L sequential"]
-    assert speed["a"]["mean"] == 1.0 and speed["b"]["values"] == [4.0, 2.0]
-    # c: seed 0 spent its budget (100) where scratch took 60 -> 0.6, a bound; seed 1: no ratio
-    assert speed["c"]["values"] == [0.6] and speed["c"]["censored"] == 1
+    surv = agg["survival"]["vanilla 1L sequential"]
+    assert surv["a"]["ratio"] == 1.0 and surv["a"]["logrank_p"] == pytest.approx(1.0)
+    # b: medians 20 (S falls to 1/2 at the first of two events) and 80; the log-rank test by hand:
+    # t=20: 4 at risk (2 + 2), 1 event in the curriculum, E = 2/4, V = 1/4; t=40: 3 at risk (1 +
+    # 2), E = 1/3, V = 2/9; t=80: no curriculum run at risk. O - E = 2 - 5/6, V = 17/36.
+    b = surv["b"]
+    assert (b["km_median"], b["scratch_km_median"], b["ratio"]) == (20, 80, 4.0)
+    assert b["logrank_p"] == pytest.approx(chi2.sf((7 / 6) ** 2 / (17 / 36), 1), rel=1e-6)
+    # c: both curriculum seeds spent the budget (censored at 100, never a ratio of bounds)
+    c = surv["c"]
+    assert c["times"] == [100, 100] and c["events"] == [False, False]
+    assert c["km_median"] is None and c["scratch_km_median"] == 60 and c["ratio"] is None
+    assert 0 < c["logrank_p"] < 1
     assert agg["BWT"]["vanilla 1L sequential"]["mean"] == pytest.approx(-0.9)
-    assert "vanilla 1L scratch" not in agg["speedup"]
+    assert "vanilla 1L scratch" not in agg["survival"]
+
+
+def test_kaplan_meier_curve_steps_down_at_each_event():
+    from reports.survival import km_curve
+
+    assert km_curve([20, 40, 100], [True, True, False]) == {
+        "t": [0.0, 20.0, 40.0, 100.0],
+        "surviving": [1.0, pytest.approx(2 / 3), pytest.approx(1 / 3), pytest.approx(1 / 3)],
+    }
 
 
 def test_study_writes_schema_rows_tables_and_report(tmp_path):
@@ -351,6 +388,14 @@ def test_study_writes_schema_rows_tables_and_report(tmp_path):
     assert all(r["lo"] <= r["acc"] <= r["hi"] for r in rows)
     assert len([r for r in rows if r["seed"] == 0]) == 2 * 3 * 3  # 2 curricula x R[3, 3]
     assert set(summary["ACC"]) == {"vanilla 1L sequential"} and "matrix" in summary
+    # transfer as survival against scratch, and FWT's parts: b per seed beside the table overlap
+    surv = summary["survival"]["vanilla 1L sequential"]
+    assert set(surv) == set(summary["stages"]) and {"logrank_p", "km_median"} <= set(surv["add"])
+    zs = summary["zero_shot"]["vanilla 1L sequential"]
+    assert list(zs) == summary["stages"][1:] and len(zs["sub"]["b"]) == 1
+    assert zs["sub"]["overlap"] == pytest.approx(table_overlap("sub", "add", 11))
+    md = (tmp_path / "res" / "summary.md").read_text()
+    assert "log-rank p" in md and "| vanilla 1L sequential | sub | add |" in md
     assert (tmp_path / "res" / "report.html").read_text().startswith("<!DOCTYPE html>")
     doc = (
         "<!-- results res/summary.md section=Transfer_and_forgetting -->\nold\n<!-- /results -->\n"

@@ -5,8 +5,9 @@ transfer and forgetting on every stage throughout.
         [curriculum.order=reversed] [curriculum.replay=0.25] [curriculum.stage_steps=200]
 
 A stage is a data preset (conf/data/; every stage of one curriculum shares a vocabulary) with a
-gate: the stage ends when its held-out accuracy (`test_NAME`) reaches `gate`, or after its step
-budget. Each stage is an ordinary training run (grokloop/train/) on a mixture dataset
+gate: the stage ends when its accuracy on `valid_NAME` (held-out cells kept apart for choices)
+reaches `gate`, or after its step budget; R is measured on `test_NAME` (other held-out cells, never
+read by a choice). Each stage is an ordinary training run (grokloop/train/) on a mixture dataset
 (datagen/mixture.py) whose training split is the stage's training cells plus `replay`, and whose
 evaluation splits are EVERY stage's held-out cells, so one curve per stage shows learning and
 forgetting over the whole curriculum. Stage k starts from stage k-1's last checkpoint (its

@@ -79,7 +79,7 @@ def summarize(
         last, run = history[-1], json.loads((st.run_dir / "summary.json").read_text())
         rows.append([last[f"acc/test_{n}"] for n in names])
         steps_to = {
-            n: next((r["step"] for r in history if r[f"acc/test_{n}"] >= cc.gate_of(n)), None)
+            n: next((r["step"] for r in history if r[f"acc/valid_{n}"] >= cc.gate_of(n)), None)
             for n in st.trains
         }
         per_stage.append(

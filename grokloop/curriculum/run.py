@@ -43,12 +43,12 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
                 "joint",
                 names,
                 steps,
-                ",".join(f"test_{n}" for n in names),
+                ",".join(f"valid_{n}" for n in names),
                 min(cc.gate_of(n) for n in names),
             )
         ]
     else:
-        jobs = [(n, [n], cc.budget(n), f"test_{n}", cc.gate_of(n)) for n in names]
+        jobs = [(n, [n], cc.budget(n), f"valid_{n}", cc.gate_of(n)) for n in names]
     stages, previous = [], None
     for k, (name, trains, steps, grok, gate) in enumerate(jobs):
         run_dir = out_dir / "stages" / f"{k:02d}_{name}"
