@@ -338,6 +338,8 @@ class TrainConfig:
     )
     memory_address_loss: float = 0.0  # weight of the fact memory's addressing loss on atomic facts
     # (grokloop/memory.py address_loss); 0: the answer loss alone
+    distill: float = 0.0  # > 0: add this weight x KL(init_from's answers || the model's) on the
+    # replayed examples of a mixture (grokloop/train/distill.py)
     bank: str | None = None  # a bank directory (python -m grokloop.bank build) that the fact
     # memory reads while training, instead of the training graph's
     # atomic facts; checked against the run before any work
@@ -374,6 +376,13 @@ class TrainConfig:
             )
         if self.memory_address_loss < 0:
             raise ValueError(f"train.memory_address_loss={self.memory_address_loss} must be >= 0")
+        if self.distill < 0:
+            raise ValueError(f"train.distill={self.distill} must be >= 0")
+        if self.distill and not self.init_from:
+            raise ValueError(
+                f"train.distill={self.distill} distills the model train.init_from names; "
+                "set train.init_from=RUN_DIR or train.distill=0"
+            )
         if self.init_optimizer and not self.init_from:
             raise ValueError(
                 "train.init_optimizer=true needs train.init_from=RUN_DIR, the run whose "

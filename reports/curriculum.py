@@ -75,6 +75,8 @@ def label(s: dict) -> str:
         parts.append("reversed")
     if s.get("replay"):
         parts.append(f"replay {s['replay']:g}")
+    if s.get("distill"):
+        parts.append(f"distill {s['distill']:g}")
     if not s.get("reset_optimizer", True):
         parts.append("optimizer kept")
     return " ".join(parts)

@@ -17,6 +17,7 @@ from datagen import build_dataset, data_config_from_dict
 from datagen.tables import table_overlap
 from grokloop import cli
 from grokloop.checkpoint import last_good_checkpoint
+from grokloop.train import init_from
 from grokloop.curriculum import checked, plan, run_curriculum, transfer_metrics
 from probes.fourier import stage_spectra
 
@@ -210,6 +211,38 @@ def test_init_from_loads_the_previous_stage_exactly(tmp_path):
     assert summary["per_stage"][0]["steps"] == 10
 
 
+def test_distillation_keeps_the_previous_stage_answers_on_replayed_cells_only(tmp_path):
+    from grokloop.model import LoopedTransformer
+    from grokloop.train.distill import distill_loss, replayed_ids, teacher_answers
+    from grokloop.train.prepare import prepare
+    from grokloop.train.state import ResidentData
+
+    cmd, out, _ = command(
+        tmp_path, "curriculum.stage_budget=10", "curriculum.replay=0.5", "curriculum.distill=1"
+    )
+    summary = run_curriculum(cmd, out)
+    stages = plan(cmd, out)
+    assert [st.cfg.train.distill for st in stages] == [0.0, 1.0, 1.0] and summary["distill"] == 1
+    # the teacher of stage sub: stage add's final model, on the add cells replayed into sub
+    ds, _, cfg = prepare(stages[1].cfg)
+    data = ResidentData.build(ds, [], None, False, torch.device("cpu"))
+    teacher = teacher_answers(cfg, ds, data, torch.device("cpu"))
+    add = ds.stats["parts"]["add"]
+    assert len(teacher.idx) == ds.stats["n_replayed"]["add"] > 0
+    assert bool((teacher.idx < add["offset"] + add["size"]).all())
+    assert torch.equal(teacher.idx, replayed_ids(cfg, ds, data.train_idx))
+    model = LoopedTransformer(cfg.model)
+    init_from(model, None, stages[0].run_dir)
+    sub_only = data.train_idx[data.train_idx >= ds.stats["parts"]["sub"]["offset"]][:8]
+    both = torch.cat([teacher.idx[:8], sub_only])
+    # the previous model itself: KL 0; a batch without replayed cells: no term at all
+    assert distill_loss(model, teacher, data, both, 1).item() == pytest.approx(0, abs=1e-5)
+    assert distill_loss(model, teacher, data, sub_only, 1).item() == 0
+    with torch.no_grad():
+        model.W_U_own.add_(torch.randn_like(model.W_U_own))
+    assert distill_loss(model, teacher, data, both, 1).item() > 0.01
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_mid_curriculum_is_exact(tmp_path):
     over = TINY + [
@@ -273,6 +306,7 @@ def test_transfer_metrics_match_a_hand_computed_matrix():
         ("curriculum.replay=0.5 curriculum.mode=scratch", "mode=sequential only"),
         ("curriculum.stage_steps=0", "curriculum.stage_steps=0 must be at least 1"),
         ("curriculum.gate=abc", "curriculum.gate=abc"),
+        ("curriculum.distill=1", "set curriculum.replay > 0 too"),
     ],
 )
 def test_config_errors_are_one_line_and_write_nothing(tmp_path, capsys, override, needle):

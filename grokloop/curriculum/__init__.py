@@ -10,7 +10,8 @@ reaches `gate`, or after its step budget; R is measured on `test_NAME` (other he
 read by a choice). Each stage is an ordinary training run (grokloop/train/) on a mixture dataset
 (datagen/mixture.py) whose training split is the stage's training cells plus `replay`, and whose
 evaluation splits are EVERY stage's held-out cells, so one curve per stage shows learning and
-forgetting over the whole curriculum. Stage k starts from stage k-1's last checkpoint (its
+forgetting over the whole curriculum. With `distill`, a chained stage also keeps the previous
+stage's model's answers on the replayed cells (grokloop/train/distill.py). Stage k starts from stage k-1's last checkpoint (its
 optimizer state too unless `reset_optimizer`). Everything a run guarantees holds per stage:
 checkpoints, exact resume, the run lock; `resume=true` continues the curriculum where it stopped,
 exactly, at any stage.

@@ -28,6 +28,7 @@ class CurriculumConfig:
     stage_budget: int = 2000  # steps a stage may take to reach its gate
     stage_steps: int | None = None  # cap on every stage's budget, for quick runs
     replay: float = 0.0  # fraction of each stage's training split drawn from earlier stages
+    distill: float = 0.0  # weight of KL(previous stage's model || model) on the replayed cells
     reset_optimizer: bool = True  # false: stage k continues stage k-1's Adam moments
     eval_size: int = 2000  # held-out cells evaluated per stage
     held_out: str = "test"  # each stage's split that is held out (test_inferred_id for k-hop)
@@ -46,6 +47,11 @@ class CurriculumConfig:
             raise ValueError(
                 f"curriculum.replay={self.replay} applies to mode=sequential only "
                 f"(mode={self.mode}); set curriculum.replay=0"
+            )
+        if self.distill and not self.replay:
+            raise ValueError(
+                f"curriculum.distill={self.distill} distills on the replayed cells; set "
+                "curriculum.replay > 0 too (e.g. 0.25)"
             )
         self.stages = {
             k: v if isinstance(v, StageConfig) else StageConfig(**v) for k, v in self.stages.items()

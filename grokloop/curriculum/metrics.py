@@ -42,7 +42,9 @@ def initial_accuracy(stage, names: list[str]) -> list[float]:
     ds, _, cfg = prepare(
         dataclasses.replace(
             stage.cfg,
-            train=dataclasses.replace(stage.cfg.train, init_from=None, init_optimizer=False),
+            train=dataclasses.replace(
+                stage.cfg.train, init_from=None, init_optimizer=False, distill=0.0
+            ),
         )
     )
     torch.manual_seed(cfg.seed)
@@ -105,6 +107,7 @@ def summarize(
         "order": cc.order,
         "seed": cmd.seed,
         "replay": cc.replay,
+        "distill": cc.distill,
         "reset_optimizer": cc.reset_optimizer,
         "model": _model_label(cmd.model),
         "stages": names,

@@ -68,6 +68,7 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
             report=False,
             init_from=str(previous) if chained else None,
             init_optimizer=chained and not cc.reset_optimizer,
+            distill=cc.distill if chained else 0.0,
         )
         cfg = RunConfig(
             data=data,
@@ -117,7 +118,9 @@ def run_curriculum(
         prepare(
             dataclasses.replace(
                 st.cfg,
-                train=dataclasses.replace(st.cfg.train, init_from=None, init_optimizer=False),
+                train=dataclasses.replace(
+                    st.cfg.train, init_from=None, init_optimizer=False, distill=0.0
+                ),
             )
         )
     if not saved.exists():

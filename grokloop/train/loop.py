@@ -33,6 +33,7 @@ from grokloop.optim import make_optimizer
 from grokloop.runlock import run_lock
 from grokloop.schedule import log_schedule
 from grokloop.tracking import open_tracker
+from grokloop.train.distill import teacher_answers
 from grokloop.train.prepare import grok_splits, prepare, resolve_device, training_bank
 from grokloop.train.progress import Progress
 from grokloop.train.resume import current_config, log_resume, resume_point, rewind_metrics
@@ -89,6 +90,8 @@ def _train(
             ds, eval_names, cfg.train.batch_size, cfg.train.loss_on_end_token, device
         )
         state, last_ckpt = start(cfg, ds, data, out_dir, resume, device, config, changes)
+        if cfg.train.distill:
+            data.teacher = teacher_answers(cfg, ds, data, device)
         tracker = open_tracker(cfg.train.logger, out_dir, state.step)
         try:
             summary = run_loop(cfg, data, state, out_dir, eval_names, last_ckpt, stop, tracker)

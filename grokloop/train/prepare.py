@@ -70,6 +70,12 @@ def prepare(cfg: RunConfig, stop_named: bool = True):
                 f"train.stop_at_grok names {split!r}, which is not an evaluated "
                 f"split; choose from {wanted} (several: a,b)"
             )
+    if cfg.train.distill and not (ds.task == "mixture" and ds.stats["n_replayed"]):
+        raise ValueError(
+            f"train.distill={cfg.train.distill} reads the replayed examples of a mixture, and "
+            f"this {ds.task!r} dataset replays none; set data.replay (curriculum.replay) > 0 "
+            "or train.distill=0"
+        )
     if cfg.train.loss_on_end_token and "</a>" not in ds.vocab.tokens:
         raise ValueError(
             f"train.loss_on_end_token=true needs a </a> token, which {ds.task!r} data "

@@ -11,6 +11,7 @@ import torch
 from grokloop.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 from grokloop.evaluate import answer_prefix
 from grokloop.losses import with_answer
+from grokloop.train.distill import Teacher
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ResidentData:
     batch: int  # examples per step
     end_id: int | None  # the </a> token when the loss also reads it
     eval_cache: dict = field(default_factory=dict)  # each split's evaluation batches, built once
+    teacher: Teacher | None = None  # train.distill: the previous model's answers on replayed cells
 
     @classmethod
     def build(

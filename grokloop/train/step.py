@@ -12,6 +12,7 @@ from grokloop.config import RunConfig
 from grokloop.losses import answer_and_end_loss
 from grokloop.memory import address_loss
 from grokloop.optim import grokfast_ema, lr_at, perpendicular_grad
+from grokloop.train.distill import distill_loss
 from grokloop.train.state import ResidentData, TrainState
 
 
@@ -58,6 +59,8 @@ def batch_loss(
         state.chosen += share  # stays on the device; read at evaluation
     if cfg.model.moe_experts > 0 and tc.moe_balance:
         loss = loss + tc.moe_balance * model.moe_balance_loss()
+    if data.teacher is not None:  # train.distill: keep the previous model's replayed answers
+        loss = loss + tc.distill * distill_loss(model, data.teacher, data, idx, n_steps)
     if tc.memory_address_loss:  # the batch's atomic queries `h r` point at their own slot
         atomic = idx[d["hops"][idx] == 1]
         if len(atomic):
