@@ -17,8 +17,8 @@ from datagen import build_dataset, data_config_from_dict
 from datagen.tables import table_overlap
 from grokloop import cli
 from grokloop.checkpoint import last_good_checkpoint
-from grokloop.train import init_from
 from grokloop.curriculum import checked, plan, run_curriculum, transfer_metrics
+from grokloop.train import init_from
 from probes.fourier import stage_spectra
 
 # A model small enough that a stage on a 121-cell table takes well under a second.
