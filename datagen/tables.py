@@ -80,6 +80,17 @@ def gf_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def walsh_basis(bits: int = BITS) -> np.ndarray:
+    """The characters of Z_2^bits, row s the Walsh function x -> (-1)^popcount(s & x) / sqrt(n):
+    an orthonormal, symmetric [n, n] basis (n = 2^bits), the xor group's Fourier basis. Row 2^i
+    is bit i's own direction: +1 where bit i of x is 0, -1 where it is 1."""
+    x = np.arange(1 << bits)
+    parity = np.zeros((len(x), len(x)), np.int64)
+    for i in range(bits):  # popcount(s & x) mod 2, bit by bit
+        parity ^= ((x[:, None] >> i) & 1) & ((x[None, :] >> i) & 1)
+    return (1 - 2 * parity) / np.sqrt(len(x))
+
+
 def s5_elements() -> list[tuple[int, ...]]:
     """The 120 permutations of 0..4 in lexicographic order: element k is token k."""
     return list(itertools.permutations(range(5)))

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 
+from datagen.tables import walsh_basis
 from grokloop.checkpoint import load_model
 
 
@@ -65,13 +66,8 @@ def walsh_spectrum(W_E: torch.Tensor, bits: int) -> torch.Tensor:
     """Norm of the embedding of tokens 0..2^bits-1 along each non-constant character of Z_2^bits
     (the Walsh functions (-1)^popcount(s & x)), the XOR group's Fourier basis: [2^bits - 1],
     entry s-1 for character s."""
-    n = 1 << bits
-    x = torch.arange(n)
-    parity = torch.zeros(n, n, dtype=torch.long)
-    for i in range(bits):  # popcount(s & x) mod 2, bit by bit
-        parity ^= ((x[:, None] >> i) & 1) & ((x[None, :] >> i) & 1)
-    basis = (1 - 2 * parity).double() / math.sqrt(n)  # orthonormal, symmetric
-    return (basis @ W_E[:n].double()).norm(dim=1)[1:]
+    basis = torch.from_numpy(walsh_basis(bits))  # datagen.tables: orthonormal, symmetric
+    return (basis @ W_E[: len(basis)].double()).norm(dim=1)[1:]
 
 
 @dataclass

@@ -11,8 +11,8 @@ configuration), `ACC`, `BWT`, `FWT` (mean and 95% t interval over seeds), `steps
 time-to-event data: every run's time and event, Kaplan-Meier medians, their ratio and the log-rank
 p; never a mean over censored runs), plus summary.md and report.html.
 
-A configuration is `MODEL MODE [reversed] [replay R] [optimizer kept]`, e.g. "vanilla 1L
-sequential replay 0.25"; its seeds are pooled for the intervals."""
+A configuration is `MODEL MODE [reversed | shuffled K] [EDIT before STAGE] [replay R] [distill D]
+[optimizer kept]`, e.g. "vanilla 1L sequential replay 0.25"; its seeds are pooled for the intervals."""
 
 from __future__ import annotations
 
@@ -73,6 +73,10 @@ def label(s: dict) -> str:
     parts = [s["model"], s["mode"]]
     if s["order"] == "reversed":
         parts.append("reversed")
+    if s["order"] == "shuffled":
+        parts.append(f"shuffled {s['order_seed']}")
+    if s.get("edit", "none") != "none":
+        parts.append(f"{s['edit']} before {s['edit_stage']}")
     if s.get("replay"):
         parts.append(f"replay {s['replay']:g}")
     if s.get("distill"):

@@ -243,6 +243,39 @@ def test_distillation_keeps_the_previous_stage_answers_on_replayed_cells_only(tm
     assert distill_loss(model, teacher, data, both, 1).item() > 0.01
 
 
+@pytest.mark.parametrize("edit", ["project_bits", "project_random", "transplant_embedding"])
+def test_an_edited_stage_starts_from_the_edited_previous_model(tmp_path, edit):
+    from datagen.tables import walsh_basis
+
+    cmd, out, _ = command(
+        tmp_path,
+        "curriculum.stage_budget=5",
+        f"curriculum.edit={edit}",
+        "curriculum.edit_stage=sub",
+    )
+    summary = run_curriculum(cmd, out)
+    add, sub, mul = plan(cmd, out)
+    assert (
+        sub.cfg.train.init_from == str(out / "stages" / "01_sub.init") and sub.edit_from is not None
+    )
+    assert mul.cfg.train.init_from == str(sub.run_dir) and summary["edit_stage"] == "sub"
+    before = last_good_checkpoint(add.run_dir)[0]
+    start = last_good_checkpoint(sub.cfg.train.init_from)[0]
+    bits = torch.from_numpy(walsh_basis())[[1 << i for i in range(7)]]
+    along_bits = lambda W: (bits @ W[:128].double()).norm()  # noqa: E731
+    others = [k for k in before if k != "W_E"]
+    if edit == "transplant_embedding":  # the embedding kept, everything else fresh
+        assert torch.equal(start["W_E"], before["W_E"])
+        assert not any(torch.equal(start[k], before[k]) for k in others if before[k].abs().sum())
+    else:  # only the integer tokens' embeddings change, by a rank-7 projection
+        assert all(torch.equal(start[k], before[k]) for k in others)
+        assert torch.equal(start["W_E"][128:], before["W_E"][128:])
+        delta = (start["W_E"] - before["W_E"])[:128].double()
+        assert torch.linalg.matrix_rank(delta, atol=1e-4) == 7
+        if edit == "project_bits":
+            assert along_bits(start["W_E"]) < 1e-4 < along_bits(before["W_E"])
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_mid_curriculum_is_exact(tmp_path):
     over = TINY + [
@@ -302,7 +335,10 @@ def test_transfer_metrics_match_a_hand_computed_matrix():
     "override, needle",
     [
         ("curriculum.mode=bogus", "curriculum.mode='bogus' is not one of"),
-        ("curriculum.order=sideways", "forward or reversed"),
+        ("curriculum.order=sideways", "forward, reversed or shuffled"),
+        ("curriculum.edit=bogus", "curriculum.edit='bogus' is not one of"),
+        ("curriculum.edit=project_bits", "an edit needs the stage it starts"),
+        ("curriculum.edit=project_bits curriculum.edit_stage=add", "must name a stage after"),
         ("curriculum.replay=0.5 curriculum.mode=scratch", "mode=sequential only"),
         ("curriculum.stage_steps=0", "curriculum.stage_steps=0 must be at least 1"),
         ("curriculum.gate=abc", "curriculum.gate=abc"),

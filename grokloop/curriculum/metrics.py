@@ -4,7 +4,6 @@ gate, and summary.json."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
@@ -15,7 +14,7 @@ import torch
 from datagen import load_or_build
 from datagen.provenance import code_version, machine
 from grokloop.config import ModelConfig, RunConfig
-from grokloop.curriculum.config import CurriculumCommand
+from grokloop.curriculum.config import CurriculumCommand, fresh_run
 from grokloop.evaluate import evaluate
 from grokloop.metrics_log import read_rows
 from grokloop.model import LoopedTransformer
@@ -39,14 +38,7 @@ def transfer_metrics(R: np.ndarray, b: np.ndarray) -> dict:
 @torch.no_grad()
 def initial_accuracy(stage, names: list[str]) -> list[float]:
     """Accuracy of the untrained model (as train builds it from the seed) on every stage."""
-    ds, _, cfg = prepare(
-        dataclasses.replace(
-            stage.cfg,
-            train=dataclasses.replace(
-                stage.cfg.train, init_from=None, init_optimizer=False, distill=0.0
-            ),
-        )
-    )
+    ds, _, cfg = prepare(fresh_run(stage.cfg))
     torch.manual_seed(cfg.seed)
     model = LoopedTransformer(cfg.model)
     data = {k: torch.as_tensor(getattr(ds, k)) for k in ("inputs", "answer_pos", "answers", "hops")}
@@ -108,6 +100,9 @@ def summarize(
         "seed": cmd.seed,
         "replay": cc.replay,
         "distill": cc.distill,
+        "order_seed": cc.order_seed,
+        "edit": cc.edit,
+        "edit_stage": cc.edit_stage,
         "reset_optimizer": cc.reset_optimizer,
         "model": _model_label(cmd.model),
         "stages": names,

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from datagen.config import MixtureConfig, config_dict
 from datagen.provenance import atomic_write_text, code_version
 from grokloop.config import RunConfig
-from grokloop.curriculum.config import CurriculumCommand
+from grokloop.curriculum.config import CurriculumCommand, fresh_run
 from grokloop.curriculum.metrics import summarize
 from grokloop.train import config_diff, prepare, train
 
@@ -29,6 +31,7 @@ class Stage:
     trains: list[str]  # the stages whose training cells it trains on
     run_dir: Path
     cfg: RunConfig
+    edit_from: Path | None = None  # curriculum.edit: the run whose final weights are edited
 
 
 def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
@@ -53,6 +56,8 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
     for k, (name, trains, steps, grok, gate) in enumerate(jobs):
         run_dir = out_dir / "stages" / f"{k:02d}_{name}"
         chained = cc.mode == "sequential" and previous is not None
+        edit_from = previous if name == cc.edit_stage else None
+        start_from = run_dir.with_name(run_dir.name + ".init") if edit_from else previous
         data = MixtureConfig(
             parts=parts,
             train_on=trains,
@@ -66,8 +71,8 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
             stop_at_grok=grok,
             grok_threshold=gate,
             report=False,
-            init_from=str(previous) if chained else None,
-            init_optimizer=chained and not cc.reset_optimizer,
+            init_from=str(start_from) if chained else None,
+            init_optimizer=chained and not cc.reset_optimizer and not edit_from,
             distill=cc.distill if chained else 0.0,
         )
         cfg = RunConfig(
@@ -79,9 +84,25 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
             seed=cmd.seed,
             data_cache=cmd.data_cache,
         )
-        stages.append(Stage(name, trains, run_dir, cfg))
+        stages.append(Stage(name, trains, run_dir, cfg, edit_from))
         previous = run_dir
     return stages
+
+
+def write_edited_start(stage: Stage, edit: str) -> None:
+    """The stage's starting checkpoint: the previous stage's final weights with `edit` applied
+    (grokloop/curriculum/edits.py), in the run directory stage.cfg.train.init_from names."""
+    from grokloop.checkpoint import last_good_checkpoint, save_checkpoint
+    from grokloop.curriculum.edits import edited
+    from grokloop.model import LoopedTransformer
+
+    _, _, cfg = prepare(fresh_run(stage.cfg))
+    torch.manual_seed(cfg.seed)  # the fresh model a transplant starts from: the stage's own seed
+    model = LoopedTransformer(cfg.model)
+    previous = last_good_checkpoint(stage.edit_from)[0]
+    model.load_state_dict(edited(edit, previous, model.state_dict(), cfg.seed))
+    info = {"edit": edit, "edited": str(stage.edit_from), "wall_time_s": 0.0, "cursor": 0}
+    save_checkpoint(stage.cfg.train.init_from, 0, model, {}, info)
 
 
 def run_curriculum(
@@ -115,20 +136,15 @@ def run_curriculum(
                 "changed; start a new curriculum (another out_dir) instead."
             )
     for st in stages:  # data, splits and sizes of every stage, before any is trained
-        prepare(
-            dataclasses.replace(
-                st.cfg,
-                train=dataclasses.replace(
-                    st.cfg.train, init_from=None, init_optimizer=False, distill=0.0
-                ),
-            )
-        )
+        prepare(fresh_run(st.cfg))
     if not saved.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, json.dumps(config | {"code_version": code_version()}, indent=2))
 
     t0 = time.perf_counter()
     for k, st in enumerate(stages):
+        if st.edit_from is not None and not (st.run_dir / "metrics.jsonl").exists():
+            write_edited_start(st, cmd.curriculum.edit)
         print(
             f"stage {k + 1}/{len(stages)} {st.name}: trains {', '.join(st.trains)}; gate "
             f"{st.cfg.train.stop_at_grok} >= {st.cfg.train.grok_threshold}, budget "

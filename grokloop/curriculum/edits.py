@@ -1,0 +1,58 @@
+"""Edits to the model between two curriculum stages: the causal tests of what the earlier stages
+hand on (issue 35). Applied to the previous stage's final weights, written as the next stage's
+starting checkpoint (OUT/stages/NN_NAME.init), so the stage itself is an ordinary run:
+
+  project_bits          remove from the integer tokens' embeddings the span of the 7 bit directions
+                        (the single-bit Walsh components of the embedding, datagen.tables.
+                        walsh_basis rows 1, 2, 4, ..., 64): the logic stages' bit features
+  project_random        the same for 7 random orthonormal directions (the control, same dimension)
+  transplant_embedding  a fresh model (the stage's own seed) that keeps only the previous model's
+                        token embedding W_E (GrokTransfer, arXiv 2504.13292; Gomezjurado 2026,
+                        arXiv 2604.13082): does the representation alone carry the speed-up?
+"""
+
+from __future__ import annotations
+
+import torch
+
+from datagen.tables import BITS, walsh_basis
+
+EDITS = ("none", "project_bits", "project_random", "transplant_embedding")
+N_NUMBERS = 1 << BITS  # tokens 0..127 are the integers (datagen/tables.py)
+
+
+def bit_directions(W_E: torch.Tensor) -> torch.Tensor:
+    """[BITS, d_model] orthonormal rows spanning the integer embeddings' single-bit components."""
+    basis = torch.from_numpy(walsh_basis()).to(W_E.dtype)
+    components = basis[[1 << i for i in range(BITS)]] @ W_E[:N_NUMBERS]  # [BITS, d_model]
+    return torch.linalg.qr(components.T).Q.T
+
+
+def random_directions(d_model: int, k: int, seed: int) -> torch.Tensor:
+    """[k, d_model] orthonormal rows drawn from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(d_model, k, generator=g, dtype=torch.float64)).Q.T
+
+
+def project_out(W_E: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """W_E with the integer tokens' rows projected off the span of `directions` (orthonormal)."""
+    out, Q = W_E.clone(), directions.to(W_E.dtype)
+    out[:N_NUMBERS] -= (out[:N_NUMBERS] @ Q.T) @ Q
+    return out
+
+
+def edited(edit: str, previous: dict, fresh: dict, seed: int) -> dict:
+    """The starting weights of a stage: `previous` (the last stage's state dict) edited; `fresh`
+    is the state dict of a new model from the stage's seed (what transplant_embedding keeps)."""
+    if edit not in EDITS:
+        raise ValueError(f"curriculum.edit={edit!r} is not one of {list(EDITS)}")
+    W_E = previous["W_E"].double()  # projections in float64, stored as trained
+    if edit == "project_bits":
+        directions = bit_directions(W_E)
+    elif edit == "project_random":
+        directions = random_directions(W_E.shape[1], BITS, seed)
+    if edit in ("project_bits", "project_random"):
+        return previous | {"W_E": project_out(W_E, directions).to(previous["W_E"].dtype)}
+    if edit == "transplant_embedding":
+        return fresh | {"W_E": previous["W_E"].clone()}
+    return dict(previous)
