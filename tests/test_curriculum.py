@@ -197,6 +197,27 @@ def test_gated_stages_chain_and_the_summary_holds_the_matrix(tmp_path):
     assert set(summary["per_stage"][0]["spectra"]) == {"fourier127", "walsh128"}
 
 
+def test_b_is_the_untrained_models_accuracy_on_each_stage_test_cells(tmp_path):
+    from grokloop.curriculum import initial_accuracy
+    from grokloop.model import LoopedTransformer
+    from grokloop.train.prepare import prepare
+
+    cmd, out, _ = command(tmp_path, "curriculum.stage_budget=5")
+    stages = plan(cmd, out)
+    ds, _, cfg = prepare(stages[0].cfg)
+    torch.manual_seed(cmd.seed)  # the model train builds from the seed, before any step
+    model = LoopedTransformer(cfg.model).eval()
+    expected = []
+    for n in ("add", "sub", "mul"):
+        idx = ds.splits[f"test_{n}"]
+        with torch.no_grad():
+            logits = model(torch.as_tensor(ds.inputs[idx]))
+        guess = logits[torch.arange(len(idx)), torch.as_tensor(ds.answer_pos[idx])].argmax(-1)
+        expected.append((guess == torch.as_tensor(ds.answers[idx])).float().mean().item())
+    assert initial_accuracy(stages[0], ["add", "sub", "mul"]) == pytest.approx(expected)
+    assert max(expected) < 0.5  # untrained: at or below chance
+
+
 def test_init_from_loads_the_previous_stage_exactly(tmp_path):
     from grokloop.model import LoopedTransformer
     from grokloop.train import init_from
