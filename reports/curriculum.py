@@ -79,6 +79,8 @@ def label(s: dict) -> str:
         parts.append(f"{s['edit']} before {s['edit_stage']}")
     if s.get("replay"):
         parts.append(f"replay {s['replay']:g}")
+    if s.get("shrink", 1) < 1:
+        parts.append(f"shrink {s['shrink']:g}")
     if s.get("distill"):
         parts.append(f"distill {s['distill']:g}")
     if not s.get("reset_optimizer", True):

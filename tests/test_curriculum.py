@@ -276,9 +276,7 @@ def test_an_edited_stage_starts_from_the_edited_previous_model(tmp_path, edit):
     )
     summary = run_curriculum(cmd, out)
     add, sub, mul = plan(cmd, out)
-    assert (
-        sub.cfg.train.init_from == str(out / "stages" / "01_sub.init") and sub.edit_from is not None
-    )
+    assert sub.cfg.train.init_from == str(out / "stages" / "01_sub.init") and sub.edit == edit
     assert mul.cfg.train.init_from == str(sub.run_dir) and summary["edit_stage"] == "sub"
     before = last_good_checkpoint(add.run_dir)[0]
     start = last_good_checkpoint(sub.cfg.train.init_from)[0]
@@ -295,6 +293,21 @@ def test_an_edited_stage_starts_from_the_edited_previous_model(tmp_path, edit):
         assert torch.linalg.matrix_rank(delta, atol=1e-4) == 7
         if edit == "project_bits":
             assert along_bits(start["W_E"]) < 1e-4 < along_bits(before["W_E"])
+
+
+def test_shrink_and_perturb_mixes_every_chained_start_with_a_fresh_model(tmp_path):
+    from grokloop.model import LoopedTransformer
+
+    cmd, out, _ = command(tmp_path, "curriculum.stage_budget=5", "curriculum.shrink=0.75")
+    run_curriculum(cmd, out)
+    add, sub, mul = plan(cmd, out)
+    assert [st.edit for st in (add, sub, mul)] == ["none", "shrink_perturb", "shrink_perturb"]
+    torch.manual_seed(cmd.seed)
+    fresh = LoopedTransformer(cmd.model.resolved(142, 4)).state_dict()
+    before = last_good_checkpoint(sub.run_dir)[0]
+    start = last_good_checkpoint(mul.cfg.train.init_from)[0]
+    for k, v in before.items():
+        assert torch.allclose(start[k], 0.75 * v + 0.25 * fresh[k], atol=1e-6), k
 
 
 @pytest.mark.slow
@@ -358,6 +371,7 @@ def test_transfer_metrics_match_a_hand_computed_matrix():
         ("curriculum.mode=bogus", "curriculum.mode='bogus' is not one of"),
         ("curriculum.order=sideways", "forward, reversed or shuffled"),
         ("curriculum.edit=bogus", "curriculum.edit='bogus' is not one of"),
+        ("curriculum.shrink=1.5", "curriculum.shrink=1.5 must be in [0, 1]"),
         ("curriculum.edit=project_bits", "an edit needs the stage it starts"),
         ("curriculum.edit=project_bits curriculum.edit_stage=add", "must name a stage after"),
         ("curriculum.replay=0.5 curriculum.mode=scratch", "mode=sequential only"),

@@ -36,6 +36,7 @@ class CurriculumConfig:
     distill: float = 0.0  # weight of KL(previous stage's model || model) on the replayed cells
     edit: str = "none"  # none | project_bits | project_random | transplant_embedding (edits.py)
     edit_stage: str | None = None  # the stage whose starting weights are edited
+    shrink: float = 1.0  # < 1: shrink and perturb before every chained stage (edits.py)
     reset_optimizer: bool = True  # false: stage k continues stage k-1's Adam moments
     eval_size: int = 2000  # held-out cells evaluated per stage
     held_out: str = "test"  # each stage's split that is held out (test_inferred_id for k-hop)
@@ -62,8 +63,16 @@ class CurriculumConfig:
                 f"curriculum.distill={self.distill} distills on the replayed cells; set "
                 "curriculum.replay > 0 too (e.g. 0.25)"
             )
-        if self.edit not in EDITS:
-            raise ValueError(f"curriculum.edit={self.edit!r} is not one of {list(EDITS)}")
+        if self.edit not in EDITS or self.edit == "shrink_perturb":
+            raise ValueError(
+                f"curriculum.edit={self.edit!r} is not one of {list(EDITS[:-1])} "
+                "(shrink and perturb: curriculum.shrink)"
+            )
+        if not 0 <= self.shrink <= 1 or (self.shrink < 1 and self.mode != "sequential"):
+            raise ValueError(
+                f"curriculum.shrink={self.shrink} must be in [0, 1] (1: off), below 1 only in "
+                "mode=sequential"
+            )
         if (self.edit != "none") != (self.edit_stage is not None) or (
             self.edit != "none" and self.mode != "sequential"
         ):

@@ -9,6 +9,11 @@ starting checkpoint (OUT/stages/NN_NAME.init), so the stage itself is an ordinar
   transplant_embedding  a fresh model (the stage's own seed) that keeps only the previous model's
                         token embedding W_E (GrokTransfer, arXiv 2504.13292; Gomezjurado 2026,
                         arXiv 2604.13082): does the representation alone carry the speed-up?
+  shrink_perturb        every weight w -> shrink * w + (1 - shrink) * w_fresh, w_fresh that of a
+                        new model from the stage's seed (shrink and perturb, Ash & Adams 2020,
+                        arXiv 1910.08475): a warm start that keeps what it learned and regains
+                        the fresh model's plasticity; curriculum.shrink < 1 applies it before
+                        every chained stage
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 
 from datagen.tables import BITS, walsh_basis
 
-EDITS = ("none", "project_bits", "project_random", "transplant_embedding")
+EDITS = ("none", "project_bits", "project_random", "transplant_embedding", "shrink_perturb")
 N_NUMBERS = 1 << BITS  # tokens 0..127 are the integers (datagen/tables.py)
 
 
@@ -41,9 +46,10 @@ def project_out(W_E: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def edited(edit: str, previous: dict, fresh: dict, seed: int) -> dict:
+def edited(edit: str, previous: dict, fresh: dict, seed: int, shrink: float = 1.0) -> dict:
     """The starting weights of a stage: `previous` (the last stage's state dict) edited; `fresh`
-    is the state dict of a new model from the stage's seed (what transplant_embedding keeps)."""
+    is the state dict of a new model from the stage's seed (what transplant_embedding keeps and
+    shrink_perturb mixes in)."""
     if edit not in EDITS:
         raise ValueError(f"curriculum.edit={edit!r} is not one of {list(EDITS)}")
     W_E = previous["W_E"].double()  # projections in float64, stored as trained
@@ -55,4 +61,9 @@ def edited(edit: str, previous: dict, fresh: dict, seed: int) -> dict:
         return previous | {"W_E": project_out(W_E, directions).to(previous["W_E"].dtype)}
     if edit == "transplant_embedding":
         return fresh | {"W_E": previous["W_E"].clone()}
+    if edit == "shrink_perturb":
+        return {
+            k: shrink * v + (1 - shrink) * fresh[k] if v.is_floating_point() else v
+            for k, v in previous.items()
+        }
     return dict(previous)

@@ -103,6 +103,7 @@ def summarize(
         "order_seed": cc.order_seed,
         "edit": cc.edit,
         "edit_stage": cc.edit_stage,
+        "shrink": cc.shrink,
         "reset_optimizer": cc.reset_optimizer,
         "model": _model_label(cmd.model),
         "stages": names,

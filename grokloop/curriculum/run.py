@@ -31,7 +31,7 @@ class Stage:
     trains: list[str]  # the stages whose training cells it trains on
     run_dir: Path
     cfg: RunConfig
-    edit_from: Path | None = None  # curriculum.edit: the run whose final weights are edited
+    edit: str = "none"  # how its starting weights are edited from the last stage's (edits.py)
 
 
 def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
@@ -56,8 +56,9 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
     for k, (name, trains, steps, grok, gate) in enumerate(jobs):
         run_dir = out_dir / "stages" / f"{k:02d}_{name}"
         chained = cc.mode == "sequential" and previous is not None
-        edit_from = previous if name == cc.edit_stage else None
-        start_from = run_dir.with_name(run_dir.name + ".init") if edit_from else previous
+        edit = cc.edit if name == cc.edit_stage else "shrink_perturb" if cc.shrink < 1 else "none"
+        edit = edit if chained else "none"
+        start_from = run_dir.with_name(run_dir.name + ".init") if edit != "none" else previous
         data = MixtureConfig(
             parts=parts,
             train_on=trains,
@@ -72,7 +73,7 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
             grok_threshold=gate,
             report=False,
             init_from=str(start_from) if chained else None,
-            init_optimizer=chained and not cc.reset_optimizer and not edit_from,
+            init_optimizer=chained and not cc.reset_optimizer and edit == "none",
             distill=cc.distill if chained else 0.0,
         )
         cfg = RunConfig(
@@ -84,14 +85,14 @@ def plan(cmd: CurriculumCommand, out_dir: Path) -> list[Stage]:
             seed=cmd.seed,
             data_cache=cmd.data_cache,
         )
-        stages.append(Stage(name, trains, run_dir, cfg, edit_from))
+        stages.append(Stage(name, trains, run_dir, cfg, edit))
         previous = run_dir
     return stages
 
 
-def write_edited_start(stage: Stage, edit: str) -> None:
-    """The stage's starting checkpoint: the previous stage's final weights with `edit` applied
-    (grokloop/curriculum/edits.py), in the run directory stage.cfg.train.init_from names."""
+def write_edited_start(stage: Stage, previous_dir: Path, shrink: float) -> None:
+    """The stage's starting checkpoint: the previous stage's final weights with stage.edit
+    applied (grokloop/curriculum/edits.py), in the run directory stage.cfg.train.init_from names."""
     from grokloop.checkpoint import last_good_checkpoint, save_checkpoint
     from grokloop.curriculum.edits import edited
     from grokloop.model import LoopedTransformer
@@ -99,9 +100,9 @@ def write_edited_start(stage: Stage, edit: str) -> None:
     _, _, cfg = prepare(fresh_run(stage.cfg))
     torch.manual_seed(cfg.seed)  # the fresh model a transplant starts from: the stage's own seed
     model = LoopedTransformer(cfg.model)
-    previous = last_good_checkpoint(stage.edit_from)[0]
-    model.load_state_dict(edited(edit, previous, model.state_dict(), cfg.seed))
-    info = {"edit": edit, "edited": str(stage.edit_from), "wall_time_s": 0.0, "cursor": 0}
+    previous = last_good_checkpoint(previous_dir)[0]
+    model.load_state_dict(edited(stage.edit, previous, model.state_dict(), cfg.seed, shrink))
+    info = {"edit": stage.edit, "edited": str(previous_dir), "wall_time_s": 0.0, "cursor": 0}
     save_checkpoint(stage.cfg.train.init_from, 0, model, {}, info)
 
 
@@ -143,8 +144,8 @@ def run_curriculum(
 
     t0 = time.perf_counter()
     for k, st in enumerate(stages):
-        if st.edit_from is not None and not (st.run_dir / "metrics.jsonl").exists():
-            write_edited_start(st, cmd.curriculum.edit)
+        if st.edit != "none" and not (st.run_dir / "metrics.jsonl").exists():
+            write_edited_start(st, stages[k - 1].run_dir, cmd.curriculum.shrink)
         print(
             f"stage {k + 1}/{len(stages)} {st.name}: trains {', '.join(st.trains)}; gate "
             f"{st.cfg.train.stop_at_grok} >= {st.cfg.train.grok_threshold}, budget "
