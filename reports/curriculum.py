@@ -44,7 +44,9 @@ def load_curriculum(path: str | Path) -> dict:
         )
     s = json.loads((path / "summary.json").read_text())
     s["path"] = str(path)
-    stages = json.loads((path / "curriculum.json").read_text())["curriculum"]["stages"]
+    config = json.loads((path / "curriculum.json").read_text())
+    s["recipe"] = recipe(config["optim"], config["train"])
+    stages = config["curriculum"]["stages"]
     s["tables"] = {  # op and modulus of each table stage (a curriculum has one modulus)
         n: [st["data"]["op"], st["data"].get("modulus", 127)]
         for n, st in stages.items()
@@ -69,8 +71,20 @@ def find_curricula(paths: list[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def recipe(optim: dict, train: dict) -> str:
+    """How a curriculum's stages train, in a label: optimizer, learning rate, weight decay (on
+    every parameter or matrices only), batch and precision."""
+    parts = ["AdamW ⊥grad" if optim["perpendicular_grad"] else "AdamW", f"lr {optim['lr']:g}"]
+    decay = "all" if optim["decay_norms_and_biases"] else "matrices"
+    parts.append(f"wd {optim['weight_decay']:g} ({decay})" if optim["weight_decay"] else "wd 0")
+    parts.append(f"batch {train['batch_size']}" if train["batch_size"] else "full batch")
+    if train.get("precision", "fp32") != "fp32":
+        parts.append(train["precision"])
+    return ", ".join(parts)
+
+
 def label(s: dict) -> str:
-    parts = [s["model"], s["mode"]]
+    parts = [f"{s['model']} [{s['recipe']}]" if "recipe" in s else s["model"], s["mode"]]
     if s["order"] == "reversed":
         parts.append("reversed")
     if s["order"] == "shuffled":
@@ -338,10 +352,10 @@ def aggregate(curricula: list[dict]) -> dict:
     groups: dict[str, list[dict]] = {}
     for s in sorted(curricula, key=lambda s: s["seed"]):
         groups.setdefault(label(s), []).append(s)
-    scratch_by_model = {}  # model -> seed -> its scratch baseline
+    scratch_by_model = {}  # (model, recipe) -> seed -> its scratch baseline
     for s in curricula:
         if s["mode"] == "scratch":
-            scratch_by_model.setdefault(s["model"], {})[s["seed"]] = s
+            scratch_by_model.setdefault((s["model"], s.get("recipe")), {})[s["seed"]] = s
     out = {
         "matrix": {},
         "ACC": {},
@@ -390,7 +404,7 @@ def aggregate(curricula: list[dict]) -> dict:
                 "reached": sum(g is not None for g in got),
             }
         out["steps_to_gate"][name] = steps
-        base = [b for b in scratch_by_model.get(ss[0]["model"], {}).values()]
+        base = list(scratch_by_model.get((ss[0]["model"], ss[0].get("recipe")), {}).values())
         if ss[0]["mode"] != "scratch" and base:
             out["survival"][name] = {n: stage_survival(ss, base, n) for n in ss[0]["stages"]}
     return out

@@ -492,21 +492,23 @@ def test_study_writes_schema_rows_tables_and_report(tmp_path):
     assert {"model", "split", "acc", "lo", "hi", "n", "after_stage", "seed"} <= set(rows[0])
     assert all(r["lo"] <= r["acc"] <= r["hi"] for r in rows)
     assert len([r for r in rows if r["seed"] == 0]) == 2 * 3 * 3  # 2 curricula x R[3, 3]
-    assert set(summary["ACC"]) == {"vanilla 1L sequential"} and "matrix" in summary
+    # a configuration names the model, its training recipe and the mode
+    name = "vanilla 1L [AdamW ⊥grad, lr 0.01, wd 0, full batch] sequential"
+    assert set(summary["ACC"]) == {name} and "matrix" in summary
     # transfer as survival against scratch, and FWT's parts: b per seed beside the table overlap
-    surv = summary["survival"]["vanilla 1L sequential"]
+    surv = summary["survival"][name]
     assert set(surv) == set(summary["stages"]) and {"logrank_p", "km_median"} <= set(surv["add"])
-    zs = summary["zero_shot"]["vanilla 1L sequential"]
+    zs = summary["zero_shot"][name]
     assert list(zs) == summary["stages"][1:] and len(zs["sub"]["b"]) == 1
     assert zs["sub"]["overlap"] == pytest.approx(table_overlap("sub", "add", 11))
     md = (tmp_path / "res" / "summary.md").read_text()
-    assert "log-rank p" in md and "| vanilla 1L sequential | sub | add |" in md
+    assert "log-rank p" in md and f"| {name} | sub | add |" in md
     assert (tmp_path / "res" / "report.html").read_text().startswith("<!DOCTYPE html>")
     doc = (
         "<!-- results res/summary.md section=Transfer_and_forgetting -->\nold\n<!-- /results -->\n"
     )
     out = update(doc, tmp_path)
-    assert "| vanilla 1L sequential |" in out and "old" not in out and update(out, tmp_path) == out
+    assert f"| {name} |" in out and "old" not in out and update(out, tmp_path) == out
 
 
 def test_mixture_pads_parts_of_different_lengths_and_fills_missing_roles():
