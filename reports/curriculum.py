@@ -376,6 +376,8 @@ def aggregate(curricula: list[dict]) -> dict:
                             [s["per_stage"][k]["spectra"][basis]["gini"] for s in ss]
                         ),
                         "top_first_seed": st["spectra"][basis]["top"],
+                        "top_per_seed": [s["per_stage"][k]["spectra"][basis]["top"] for s in ss],
+                        "seeds": [s["seed"] for s in ss],
                     }
                     for basis in ("fourier127", "walsh128")
                 }
