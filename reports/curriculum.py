@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
-from datagen.provenance import atomic_write_text, machine
+from datagen.provenance import atomic_write_text, code_version, machine
 from datagen.tables import table_overlap
 from grokloop.metrics_log import read_rows
 from grokloop.stats import acc_row, mean_interval
@@ -99,6 +99,8 @@ def label(s: dict) -> str:
         parts.append(f"distill {s['distill']:g}")
     if not s.get("reset_optimizer", True):
         parts.append("optimizer kept")
+    if "tag" in s:
+        parts.append(f"({s['tag']})")
     return " ".join(parts)
 
 
@@ -366,8 +368,17 @@ def aggregate(curricula: list[dict]) -> dict:
         "survival": {},
         "zero_shot": {},
         "spectra": {},
+        "cost": {},
     }
     for name, ss in groups.items():
+        out["cost"][name] = {
+            "seeds": [s["seed"] for s in ss],
+            "wall_time_s": [s["wall_time_s"] for s in ss],
+            "stage_wall_time_s": {
+                st["stage"]: [s["per_stage"][k]["wall_time_s"] for s in ss]
+                for k, st in enumerate(ss[0]["per_stage"])
+            },
+        }
         if all("spectra" in st for s in ss for st in s["per_stage"]):  # measured by the command
             out["spectra"][name] = {
                 st["stage"]: {
@@ -515,6 +526,24 @@ def markdown(summary: dict) -> str:
         lines += [_survival_line(name, n, sv) for n, sv in per.items()]
     lines += [
         "",
+        "## Cost on this machine",
+        "",
+        "Wall time of a whole curriculum and of each stage (training and its evaluations, one "
+        "thread), mean over seeds.",
+        "",
+        "| configuration | seeds | minutes | " + " | ".join(f"{n} (s)" for n in stages) + " |",
+        "|---|---|---|" + "---|" * len(stages),
+    ]
+    for name, c in agg["cost"].items():
+        per = c["stage_wall_time_s"]
+        cells = [f"{np.mean(per[n]):.0f}" if n in per else "" for n in stages]
+        lines.append(
+            f"| {name} | {len(c['seeds'])} | {np.mean(c['wall_time_s']) / 60:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
         "## Embedding structure after each stage",
         "",
         "Gini coefficient of the integer tokens' embedding spectrum (mean over seeds; 0: "
@@ -556,16 +585,22 @@ class CurriculumStudyCommand:
     name: str = "curriculum"
     out: str | None = None  # None: runs/studies/NAME
     commands: list[str] = field(default_factory=list)  # the commands that made the curricula
+    tags: bool = False  # true: each configuration is also named by its curriculum directory's
+    # parent (runs/X/ARM/seedN -> "(ARM)"), for arms a label cannot tell apart
 
 
-def write_study(out: str | Path, name: str, paths: list[Path], commands: list[str]) -> dict:
-    curricula = [load_curriculum(p) for p in paths]
+def write_study(
+    out: str | Path, name: str, paths: list[Path], commands: list[str], tags: bool = False
+) -> dict:
+    curricula = [load_curriculum(p) | ({"tag": Path(p).parent.name} if tags else {}) for p in paths]
     agg = aggregate(curricula)
     summary = {
         "study": name,
         "machine": machine(),
+        "code_version": code_version(),
+        "run_code_versions": sorted({c["code_version"] for c in curricula if "code_version" in c}),
         "commands": list(commands),
-        "stages": curricula[0]["stages"],
+        "stages": list(dict.fromkeys(n for c in curricula for n in c["stages"])),
         **agg,
         "rows": study_rows(curricula),
     }
@@ -612,7 +647,8 @@ def run_study(cmd: CurriculumStudyCommand) -> None:
         print(f"skipped {p}: not finished (no summary.json)")
     if len(running) == len(paths):
         raise SystemExit(f"no finished curricula under {', '.join(cmd.runs)}")
-    summary = write_study(out, cmd.name, [p for p in paths if p not in running], cmd.commands)
+    finished = [p for p in paths if p not in running]
+    summary = write_study(out, cmd.name, finished, cmd.commands, cmd.tags)
     print(f"wrote {out}/summary.json, summary.md and report.html: {len(summary['rows'])} rows")
 
 
