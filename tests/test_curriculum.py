@@ -419,6 +419,7 @@ def fake(mode, seed, steps_to, budget=100, model="vanilla 1L"):
             "passed": g is not None,
             "steps_to_gate": {n: g},
             "n_eval": 100,
+            "wall_time_s": 1.0,
             "spectra": spectra,
         }
         for n, g in steps_to.items()
@@ -436,6 +437,7 @@ def fake(mode, seed, steps_to, budget=100, model="vanilla 1L"):
         "matrix": R.tolist(),
         "per_stage": per,
         "initial": [0.0] * len(names),
+        "wall_time_s": len(names) * 1.0,
     }
     return s | (transfer_metrics(R, np.zeros(len(names))) if mode == "sequential" else {})
 
