@@ -505,6 +505,8 @@ def test_study_writes_schema_rows_tables_and_report(tmp_path):
     assert zs["sub"]["overlap"] == pytest.approx(table_overlap("sub", "add", 11))
     md = (tmp_path / "res" / "summary.md").read_text()
     assert "log-rank p" in md and f"| {name} | sub | add |" in md
+    assert "## Cost on this machine" in md and summary["code_version"]
+    assert summary["cost"][name]["stage_wall_time_s"]["add"][0] > 0
     assert (tmp_path / "res" / "report.html").read_text().startswith("<!DOCTYPE html>")
     doc = (
         "<!-- results res/summary.md section=Transfer_and_forgetting -->\nold\n<!-- /results -->\n"
