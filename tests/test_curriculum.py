@@ -495,7 +495,7 @@ def test_study_writes_schema_rows_tables_and_report(tmp_path):
     assert all(r["lo"] <= r["acc"] <= r["hi"] for r in rows)
     assert len([r for r in rows if r["seed"] == 0]) == 2 * 3 * 3  # 2 curricula x R[3, 3]
     # a configuration names the model, its training recipe and the mode
-    name = "vanilla 1L [AdamW ⊥grad, lr 0.01, wd 0, full batch] sequential"
+    name = "vanilla 1L [AdamW, lr 0.01, wd 1 (matrices), batch 1024, bf16] sequential"
     assert set(summary["ACC"]) == {name} and "matrix" in summary
     # transfer as survival against scratch, and FWT's parts: b per seed beside the table overlap
     surv = summary["survival"][name]
