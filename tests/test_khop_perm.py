@@ -282,7 +282,7 @@ def test_hops_curriculum_composes_gates_each_hop_and_trains_no_held_out_chain(tm
     out = tmp_path / "cur"
     stages = plan(cmd, out)
     assert [s.name for s in stages] == ["h2", "h3", "h4"]
-    assert [s.cfg.train.stop_at_grok for s in stages] == ["test_h2", "test_h3", "test_h4"]
+    assert [s.cfg.train.stop_at_grok for s in stages] == ["valid_h2", "valid_h3", "valid_h4"]
     assert {s.cfg.train.grok_threshold for s in stages} == {0.95}
     assert (cmd.model.n_steps, cmd.model.positional, cmd.train.depth) == (8, "none", "poisson")
     last = stages[-1].cfg.data
@@ -293,5 +293,6 @@ def test_hops_curriculum_composes_gates_each_hop_and_trains_no_held_out_chain(tm
     assert set(ds.hops[ds.splits["train"]].tolist()) == {1, 2, 3, 4}  # replay keeps 2 and 3
     trained = keys(ds, "train")
     prefixes = {q[:j] for q in trained for j in range(2, len(q) + 1)}
-    held = set().union(*(keys(ds, f"test_h{k}") for k in (2, 3, 4)))
+    held = set().union(*(keys(ds, f"{s}_h{k}") for k in (2, 3, 4) for s in ("test", "valid")))
+    # each stage's 1,000 held-out chains, halved between test and valid (disjoint), none trained
     assert len(held) == 3000 and not (held & prefixes)
