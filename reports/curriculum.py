@@ -451,8 +451,136 @@ def _survival_line(name: str, stage: str, sv: dict) -> str:
     )
 
 
+def _table(title: str, note: str, head: list[str], rows: list[str]) -> list[str]:
+    """A markdown section: ## title, an optional note, a table with header `head`."""
+    return [
+        "",
+        f"## {title}",
+        "",
+        *([note, ""] if note else []),
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *rows,
+    ]
+
+
+def _transfer(agg: dict) -> list[str]:
+    rows = [
+        f"| {name} | {_ci(agg['ACC'][name], '{:.3f}')} | {_ci(agg['BWT'][name])} | "
+        f"{_ci(agg['FWT'][name])} |"
+        for name in agg["ACC"]
+    ]
+    head = ["configuration", "ACC", "BWT", "FWT"]
+    return _table("Transfer and forgetting (mean, 95% t interval over seeds)", "", head, rows)
+
+
+def _zero_shot(agg: dict) -> list[str]:
+    rows = [
+        f"| {name} | {n} | {z['after']} | {np.mean(z['R_prev']):.3f} | {np.mean(z['b']):.3f} | "
+        + ("" if z["overlap"] is None else f"{z['overlap']:.3f}")
+        + " |"
+        for name, per in agg["zero_shot"].items()
+        for n, z in per.items()
+    ]
+    note = (
+        "R[j-1][j] (stage j before it trains, after stage j-1) and b[j] (the untrained model), "
+        "mean over seeds, beside the share of stage j's table where stage j-1's operation gives "
+        "the same answer: zero-shot accuracy at the overlap is that coincidence, not transfer."
+    )
+    head = ["configuration", "stage", "after", "R[j-1][j]", "b[j]", "overlap"]
+    return _table(
+        "What FWT is made of: zero-shot accuracy against the trivial overlap", note, head, rows
+    )
+
+
+def _steps(agg: dict, stages: list[str]) -> list[str]:
+    rows = [
+        f"| {name} | "
+        + " | ".join(
+            " / ".join("-" if g is None else str(g) for g in steps[n]["per_seed"])
+            if n in steps
+            else ""
+            for n in stages
+        )
+        + " |"
+        for name, steps in agg["steps_to_gate"].items()
+    ]
+    title = "Steps to each stage's gate (per seed; - : budget spent)"
+    return _table(title, "", ["configuration", *stages], rows)
+
+
+def _survival(agg: dict) -> list[str]:
+    rows = [
+        _survival_line(name, n, sv)
+        for name, per in agg["survival"].items()
+        for n, sv in per.items()
+    ]
+    note = (
+        "Time-to-event data: a run that spent its budget is censored there. Kaplan-Meier "
+        "median steps to the gate (runs that reached it / runs), the scratch median, their "
+        "ratio (> 1: faster after the earlier stages) and the log-rank p. A median of - lies "
+        "beyond the budget (more than half the runs never reached the gate)."
+    )
+    head = ["configuration", "stage", "median (reached)", "scratch median (reached)", "ratio"]
+    return _table(
+        "Transfer: steps to each stage's gate against from scratch",
+        note,
+        head + ["log-rank p"],
+        rows,
+    )
+
+
+def _cost(agg: dict, stages: list[str]) -> list[str]:
+    rows = []
+    for name, c in agg["cost"].items():
+        per = c["stage_wall_time_s"]
+        cells = [f"{np.mean(per[n]):.0f}" if n in per else "" for n in stages]
+        rows.append(
+            f"| {name} | {len(c['seeds'])} | {np.mean(c['wall_time_s']) / 60:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    note = (
+        "Wall time of a whole curriculum and of each stage (training and its evaluations, one "
+        "thread), mean over seeds."
+    )
+    head = ["configuration", "seeds", "minutes", *(f"{n} (s)" for n in stages)]
+    return _table("Cost on this machine", note, head, rows)
+
+
+def _spectra(agg: dict) -> list[str]:
+    top3 = lambda sp: " / ".join(str(t[:3]) for t in sp.get("top_per_seed", [sp["top_first_seed"]]))  # noqa: E731
+    rows = [
+        f"| {name} | {stage} | {sp['fourier127']['gini']['mean']:.3f} | {top3(sp['fourier127'])} "
+        f"| {sp['walsh128']['gini']['mean']:.3f} | {top3(sp['walsh128'])} |"
+        for name, per in agg["spectra"].items()
+        for stage, sp in per.items()
+    ]
+    note = (
+        "Gini coefficient of the integer tokens' embedding spectrum (mean over seeds; 0: spread "
+        "evenly, towards 1: a few frequencies) in the Fourier basis of Z_127 (the modular "
+        "stages' circuit) and the Walsh basis of Z_2^7 (XOR's), with each seed's top 3 "
+        "frequencies."
+    )
+    head = ["configuration", "after", "Fourier Z_127 gini", "top", "Walsh Z_2^7 gini", "top"]
+    return _table("Embedding structure after each stage", note, head, rows)
+
+
+def _matrices(agg: dict) -> list[str]:
+    lines = ["", "## Mean accuracy matrix R[i, j] (after stage i, on stage j)", ""]
+    for name, m in agg["matrix"].items():
+        lines += [f"**{name}**", "", "| after \\ on | " + " | ".join(m["cols"]) + " |"]
+        lines.append("|---|" + "---|" * len(m["cols"]))
+        lines += [
+            f"| {r} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+            for r, row in zip(m["rows"], m["mean"])
+        ]
+        lines.append("")
+    return lines
+
+
 def markdown(summary: dict) -> str:
-    agg = summary
+    m = summary["machine"]
     lines = [
         f"# {summary['study']}",
         "",
@@ -462,118 +590,16 @@ def markdown(summary: dict) -> str:
         *summary["commands"],
         "```",
         "",
-        f"Machine: {summary['machine'].get('cpu')} ({summary['machine'].get('cores')} cores), "
-        f"torch {summary['machine'].get('torch')}, {summary['machine'].get('date')}.",
-        "",
-        "## Transfer and forgetting (mean, 95% t interval over seeds)",
-        "",
-        "| configuration | ACC | BWT | FWT |",
-        "|---|---|---|---|",
+        f"Machine: {m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}, "
+        f"{m.get('date')}; code {summary.get('code_version')}.",
+        *_transfer(summary),
+        *_zero_shot(summary),
+        *_steps(summary, summary["stages"]),
+        *_survival(summary),
+        *_cost(summary, summary["stages"]),
+        *_spectra(summary),
+        *_matrices(summary),
     ]
-    for name in agg["ACC"]:
-        lines.append(
-            f"| {name} | {_ci(agg['ACC'][name], '{:.3f}')} | {_ci(agg['BWT'][name])} | "
-            f"{_ci(agg['FWT'][name])} |"
-        )
-    lines += [
-        "",
-        "## What FWT is made of: zero-shot accuracy against the trivial overlap",
-        "",
-        "R[j-1][j] (stage j before it trains, after stage j-1) and b[j] (the untrained model), "
-        "mean over seeds, beside the share of stage j's table where stage j-1's operation gives "
-        "the same answer: zero-shot accuracy at the overlap is that coincidence, not transfer.",
-        "",
-        "| configuration | stage | after | R[j-1][j] | b[j] | overlap |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, per in agg["zero_shot"].items():
-        for n, z in per.items():
-            ov = "" if z["overlap"] is None else f"{z['overlap']:.3f}"
-            lines.append(
-                f"| {name} | {n} | {z['after']} | {np.mean(z['R_prev']):.3f} | "
-                f"{np.mean(z['b']):.3f} | {ov} |"
-            )
-    stages = summary["stages"]
-    lines += [
-        "",
-        "## Steps to each stage's gate (per seed; - : budget spent)",
-        "",
-        "| configuration | " + " | ".join(stages) + " |",
-        "|---|" + "---|" * len(stages),
-    ]
-    for name, steps in agg["steps_to_gate"].items():
-        cells = [
-            " / ".join("-" if g is None else str(g) for g in steps[n]["per_seed"])
-            if n in steps
-            else ""
-            for n in stages
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Transfer: steps to each stage's gate against from scratch",
-        "",
-        "Time-to-event data: a run that spent its budget is censored there. Kaplan-Meier "
-        "median steps to the gate (runs that reached it / runs), the scratch median, their "
-        "ratio (> 1: faster after the earlier stages) and the log-rank p. A median of - lies "
-        "beyond the budget (more than half the runs never reached the gate).",
-        "",
-        "| configuration | stage | median (reached) | scratch median (reached) | ratio | "
-        "log-rank p |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, per in agg["survival"].items():
-        lines += [_survival_line(name, n, sv) for n, sv in per.items()]
-    lines += [
-        "",
-        "## Cost on this machine",
-        "",
-        "Wall time of a whole curriculum and of each stage (training and its evaluations, one "
-        "thread), mean over seeds.",
-        "",
-        "| configuration | seeds | minutes | " + " | ".join(f"{n} (s)" for n in stages) + " |",
-        "|---|---|---|" + "---|" * len(stages),
-    ]
-    for name, c in agg["cost"].items():
-        per = c["stage_wall_time_s"]
-        cells = [f"{np.mean(per[n]):.0f}" if n in per else "" for n in stages]
-        lines.append(
-            f"| {name} | {len(c['seeds'])} | {np.mean(c['wall_time_s']) / 60:.1f} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    lines += [
-        "",
-        "## Embedding structure after each stage",
-        "",
-        "Gini coefficient of the integer tokens' embedding spectrum (mean over seeds; 0: "
-        "spread evenly, towards 1: a few frequencies) in the Fourier basis of Z_127 (the "
-        "modular stages' circuit) and the Walsh basis of Z_2^7 (XOR's), with the first "
-        "seed's top 3 frequencies.",
-        "",
-        "| configuration | after | Fourier Z_127 gini | top | Walsh Z_2^7 gini | top |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, per in agg["spectra"].items():
-        for stage, sp in per.items():
-            f, w = sp["fourier127"], sp["walsh128"]
-            lines.append(
-                f"| {name} | {stage} | {f['gini']['mean']:.3f} | {f['top_first_seed'][:3]} "
-                f"| {w['gini']['mean']:.3f} | {w['top_first_seed'][:3]} |"
-            )
-    lines += ["", "## Mean accuracy matrix R[i, j] (after stage i, on stage j)", ""]
-    for name, m in agg["matrix"].items():
-        lines += [
-            f"**{name}**",
-            "",
-            "| after \\ on | " + " | ".join(m["cols"]) + " |",
-            "|---|" + "---|" * len(m["cols"]),
-        ]
-        lines += [
-            f"| {r} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
-            for r, row in zip(m["rows"], m["mean"])
-        ]
-        lines.append("")
     return "\n".join(lines) + "\n"
 
 
