@@ -419,7 +419,11 @@ def aggregate(curricula: list[dict]) -> dict:
         out["steps_to_gate"][name] = steps
         base = list(scratch_by_model.get((ss[0]["model"], ss[0].get("recipe")), {}).values())
         if ss[0]["mode"] != "scratch" and base:
-            out["survival"][name] = {n: stage_survival(ss, base, n) for n in ss[0]["stages"]}
+            out["survival"][name] = {  # the stages its scratch runs also trained
+                n: stage_survival(ss, base, n)
+                for n in ss[0]["stages"]
+                if all(n in b["stages"] for b in base)
+            }
     return out
 
 

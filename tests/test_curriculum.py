@@ -469,6 +469,12 @@ def test_transfer_is_survival_of_steps_to_the_gate_checked_by_hand():
     assert 0 < c["logrank_p"] < 1
     assert agg["BWT"]["vanilla 1L sequential"]["mean"] == pytest.approx(-0.9)
     assert "vanilla 1L scratch" not in agg["survival"]
+    # a stage the scratch runs never trained has no comparison
+    other = [
+        fake("sequential", 0, {"a": 5, "d": 5}, model="m"),
+        fake("scratch", 0, {"a": 9}, model="m"),
+    ]
+    assert list(aggregate(other)["survival"]["m sequential"]) == ["a"]
 
 
 def test_kaplan_meier_curve_steps_down_at_each_event():
