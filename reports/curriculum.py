@@ -29,6 +29,7 @@ from grokloop.metrics_log import read_rows
 from grokloop.stats import acc_row, mean_interval
 from reports.figures import split_color, style
 from reports.html import Section, page, table, write
+from reports.study import commands_from
 from reports.survival import km_curve, km_median, logrank
 
 # --- reading ------------------------------------------------------------------------------------
@@ -615,6 +616,7 @@ class CurriculumStudyCommand:
     name: str = "curriculum"
     out: str | None = None  # None: runs/studies/NAME
     commands: list[str] = field(default_factory=list)  # the commands that made the curricula
+    commands_file: str | None = None  # ... or a file of them, one per line (added after)
     tags: bool = False  # true: each configuration is also named by its curriculum directory's
     # parent (runs/X/ARM/seedN -> "(ARM)"), for arms a label cannot tell apart
 
@@ -670,6 +672,8 @@ def run_study(cmd: CurriculumStudyCommand) -> None:
         raise SystemExit(
             "give the curriculum directories: python -m reports.curriculum DIR [DIR ...]"
         )
+    if cmd.commands_file and not Path(cmd.commands_file).is_file():
+        raise SystemExit(f"commands_file={cmd.commands_file}: no such file")
     out = Path(cmd.out or Path("runs/studies") / cmd.name)
     paths = find_curricula(cmd.runs)
     running = [p for p in paths if not (p / "summary.json").is_file()]
@@ -678,7 +682,8 @@ def run_study(cmd: CurriculumStudyCommand) -> None:
     if len(running) == len(paths):
         raise SystemExit(f"no finished curricula under {', '.join(cmd.runs)}")
     finished = [p for p in paths if p not in running]
-    summary = write_study(out, cmd.name, finished, cmd.commands, cmd.tags)
+    commands = list(cmd.commands) + commands_from(cmd.commands_file)
+    summary = write_study(out, cmd.name, finished, commands, cmd.tags)
     print(f"wrote {out}/summary.json, summary.md and report.html: {len(summary['rows'])} rows")
 
 
