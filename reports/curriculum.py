@@ -204,7 +204,7 @@ def survival_figure(name: str, per_stage: dict) -> go.Figure:
     for i, (stage, sv) in enumerate(per_stage.items()):
         for side, t, e, dash in (
             (name, sv["times"], sv["events"], "solid"),
-            ("scratch", sv["scratch_times"], sv["scratch_events"], "dot"),
+            ("scratch", sv["base_times"], sv["base_events"], "dot"),
         ):
             km = km_curve(t, e)
             fig.add_trace(
@@ -298,23 +298,24 @@ def times_to_gate(curricula: list[dict], name: str) -> tuple[list[int], list[boo
     return times, events
 
 
-def stage_survival(configuration: list[dict], scratch: list[dict], name: str) -> dict:
-    """Steps to stage `name`'s gate in a configuration against from scratch, as time-to-event data:
-    the Kaplan-Meier medians (None: more than half the runs never got there), their ratio (scratch
-    over the configuration, > 1: faster after the earlier stages) and the log-rank p value (None
-    where no run of either side reached the gate), with every run's time and event stored."""
+def stage_survival(configuration: list[dict], base: list[dict], name: str) -> dict:
+    """Steps to stage `name`'s gate in a configuration against a baseline's (from scratch, or the
+    unedited ladder), as time-to-event data: the Kaplan-Meier medians (None: more than half the
+    runs never got there), their ratio (baseline over the configuration, > 1: faster) and the
+    log-rank p value (None where no run of either side reached the gate), with every run's time
+    and event stored."""
     t, e = times_to_gate(configuration, name)
-    t0, e0 = times_to_gate(scratch, name)
+    t0, e0 = times_to_gate(base, name)
     median, median0 = km_median(t, e), km_median(t0, e0)
     return {
         "times": t,
         "events": e,
         "seeds": [s["seed"] for s in configuration],
-        "scratch_times": t0,
-        "scratch_events": e0,
-        "scratch_seeds": [s["seed"] for s in scratch],
+        "base_times": t0,
+        "base_events": e0,
+        "base_seeds": [s["seed"] for s in base],
         "km_median": median,
-        "scratch_km_median": median0,
+        "base_km_median": median0,
         "ratio": median0 / median if median and median0 else None,
         "logrank_p": logrank(t, e, t0, e0) if any(e) or any(e0) else None,
     }
@@ -351,6 +352,38 @@ def zero_shot(ss: list[dict], overlap: dict | None) -> dict:
     }
 
 
+def _ladder(s: dict) -> tuple:
+    """What two curricula must share to differ only by their edit."""
+    return (
+        s["model"],
+        s.get("recipe"),
+        s["mode"],
+        tuple(s["stages"]),
+        s["replay"],
+        s.get("distill"),
+    )
+
+
+def edit_effects(groups: dict[str, list[dict]]) -> dict:
+    """Per edited configuration: steps to the gate of the edited stage and those after it against
+    the same ladder unedited (stage_survival), under `stages`, with the baseline's name."""
+    unedited = {
+        _ladder(ss[0]): n for n, ss in groups.items() if ss[0].get("edit", "none") == "none"
+    }
+    out = {}
+    for name, ss in groups.items():
+        s = ss[0]
+        base = unedited.get(_ladder(s))
+        if s.get("edit", "none") == "none" or base is None:
+            continue
+        after = s["stages"][s["stages"].index(s["edit_stage"]) :]
+        out[name] = {
+            "baseline": base,
+            "stages": {n: stage_survival(ss, groups[base], n) for n in after},
+        }
+    return out
+
+
 def aggregate(curricula: list[dict]) -> dict:
     groups: dict[str, list[dict]] = {}
     for s in sorted(curricula, key=lambda s: s["seed"]):
@@ -370,6 +403,7 @@ def aggregate(curricula: list[dict]) -> dict:
         "zero_shot": {},
         "spectra": {},
         "cost": {},
+        "edit_effect": edit_effects(groups),
     }
     for name, ss in groups.items():
         out["cost"][name] = {
@@ -449,10 +483,10 @@ def _survival_line(name: str, stage: str, sv: dict) -> str:
     fmt = lambda m: "-" if m is None else f"{m:.0f}"  # noqa: E731
     ratio = "" if sv["ratio"] is None else f"{sv['ratio']:.2f}"
     p = "" if sv["logrank_p"] is None else f"{sv['logrank_p']:.3g}"
-    reached, reached0 = sum(sv["events"]), sum(sv["scratch_events"])
+    reached, reached0 = sum(sv["events"]), sum(sv["base_events"])
     return (
         f"| {name} | {stage} | {fmt(sv['km_median'])} ({reached}/{len(sv['events'])}) | "
-        f"{fmt(sv['scratch_km_median'])} ({reached0}/{len(sv['scratch_events'])}) | {ratio} | {p} |"
+        f"{fmt(sv['base_km_median'])} ({reached0}/{len(sv['base_events'])}) | {ratio} | {p} |"
     )
 
 
@@ -535,6 +569,23 @@ def _survival(agg: dict) -> list[str]:
     )
 
 
+def _edit_effect(agg: dict) -> list[str]:
+    if not agg.get("edit_effect"):
+        return []
+    rows = [
+        _survival_line(name, n, sv)
+        for name, eff in agg["edit_effect"].items()
+        for n, sv in eff["stages"].items()
+    ]
+    bases = "; ".join(f"{n} against {eff['baseline']}" for n, eff in agg["edit_effect"].items())
+    note = (
+        "Steps to the gate of the edited stage (and those after it) against the same ladder "
+        f"unedited, as survival data (ratio > 1: faster than unedited): {bases}."
+    )
+    head = ["configuration", "stage", "median (reached)", "unedited median (reached)", "ratio"]
+    return _table("Edits against the unedited ladder", note, head + ["log-rank p"], rows)
+
+
 def _cost(agg: dict, stages: list[str]) -> list[str]:
     rows = []
     for name, c in agg["cost"].items():
@@ -601,6 +652,7 @@ def markdown(summary: dict) -> str:
         *_zero_shot(summary),
         *_steps(summary, summary["stages"]),
         *_survival(summary),
+        *_edit_effect(summary),
         *_cost(summary, summary["stages"]),
         *_spectra(summary),
         *_matrices(summary),

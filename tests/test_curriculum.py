@@ -460,12 +460,12 @@ def test_transfer_is_survival_of_steps_to_the_gate_checked_by_hand():
     # t=20: 4 at risk (2 + 2), 1 event in the curriculum, E = 2/4, V = 1/4; t=40: 3 at risk (1 +
     # 2), E = 1/3, V = 2/9; t=80: no curriculum run at risk. O - E = 2 - 5/6, V = 17/36.
     b = surv["b"]
-    assert (b["km_median"], b["scratch_km_median"], b["ratio"]) == (20, 80, 4.0)
+    assert (b["km_median"], b["base_km_median"], b["ratio"]) == (20, 80, 4.0)
     assert b["logrank_p"] == pytest.approx(chi2.sf((7 / 6) ** 2 / (17 / 36), 1), rel=1e-6)
     # c: both curriculum seeds spent the budget (censored at 100, never a ratio of bounds)
     c = surv["c"]
     assert c["times"] == [100, 100] and c["events"] == [False, False]
-    assert c["km_median"] is None and c["scratch_km_median"] == 60 and c["ratio"] is None
+    assert c["km_median"] is None and c["base_km_median"] == 60 and c["ratio"] is None
     assert 0 < c["logrank_p"] < 1
     assert agg["BWT"]["vanilla 1L sequential"]["mean"] == pytest.approx(-0.9)
     assert "vanilla 1L scratch" not in agg["survival"]
@@ -475,6 +475,24 @@ def test_transfer_is_survival_of_steps_to_the_gate_checked_by_hand():
         fake("scratch", 0, {"a": 9}, model="m"),
     ]
     assert list(aggregate(other)["survival"]["m sequential"]) == ["a"]
+
+
+def test_an_edit_is_compared_with_the_same_ladder_unedited():
+    from reports.curriculum import aggregate
+
+    edited = {"edit": "project_bits", "edit_stage": "b"}
+    curricula = [
+        fake("sequential", 0, {"a": 10, "b": 20, "c": 30}),
+        fake("sequential", 1, {"a": 10, "b": 25, "c": 30}),
+        fake("sequential", 0, {"a": 10, "b": 80, "c": None}) | edited,
+        fake("sequential", 1, {"a": 10, "b": 90, "c": None}) | edited,
+    ]
+    effect = aggregate(curricula)["edit_effect"]
+    eff = effect["vanilla 1L sequential project_bits before b"]
+    assert eff["baseline"] == "vanilla 1L sequential" and list(eff["stages"]) == ["b", "c"]
+    b = eff["stages"]["b"]
+    assert (b["km_median"], b["base_km_median"], b["ratio"]) == (80, 20, 0.25)
+    assert b["times"] == [80, 90] and b["base_times"] == [20, 25] and b["logrank_p"] < 0.2
 
 
 def test_kaplan_meier_curve_steps_down_at_each_event():
