@@ -352,6 +352,21 @@ def zero_shot(ss: list[dict], overlap: dict | None) -> dict:
     }
 
 
+def stage_end(ss: list[dict]) -> dict:
+    """Per trained stage, its own valid and test accuracy at the end of its training, per seed
+    (valid is what gates and choices read; test is what is reported)."""
+    out = {}
+    for k, st in enumerate(ss[0]["per_stage"]):
+        for n in st["trains"]:
+            last = [s["curves"][k][-1] for s in ss]
+            out[n] = {
+                "seeds": [s["seed"] for s in ss],
+                "valid": [r.get(f"acc/valid_{n}") for r in last],
+                "test": [r[f"acc/test_{n}"] for r in last],
+            }
+    return out
+
+
 def _ladder(s: dict) -> tuple:
     """What two curricula must share to differ only by their edit."""
     return (
@@ -403,9 +418,11 @@ def aggregate(curricula: list[dict]) -> dict:
         "zero_shot": {},
         "spectra": {},
         "cost": {},
+        "stage_end": {},
         "edit_effect": edit_effects(groups),
     }
     for name, ss in groups.items():
+        out["stage_end"][name] = stage_end(ss)
         out["cost"][name] = {
             "seeds": [s["seed"] for s in ss],
             "wall_time_s": [s["wall_time_s"] for s in ss],
@@ -548,6 +565,20 @@ def _steps(agg: dict, stages: list[str]) -> list[str]:
     return _table(title, "", ["configuration", *stages], rows)
 
 
+def _stage_end(agg: dict, stages: list[str]) -> list[str]:
+    def cell(e: dict | None) -> str:
+        if e is None or None in e["valid"]:
+            return ""
+        return f"{np.mean(e['valid']):.3f} / {np.mean(e['test']):.3f}"
+
+    rows = [
+        f"| {name} | " + " | ".join(cell(per.get(n)) for n in stages) + " |"
+        for name, per in agg["stage_end"].items()
+    ]
+    note = "Mean over seeds of valid / test accuracy on the stage, where its own training ended."
+    return _table("Each stage where its training ended", note, ["configuration", *stages], rows)
+
+
 def _survival(agg: dict) -> list[str]:
     rows = [
         _survival_line(name, n, sv)
@@ -651,6 +682,7 @@ def markdown(summary: dict) -> str:
         *_transfer(summary),
         *_zero_shot(summary),
         *_steps(summary, summary["stages"]),
+        *_stage_end(summary, summary["stages"]),
         *_survival(summary),
         *_edit_effect(summary),
         *_cost(summary, summary["stages"]),

@@ -438,6 +438,7 @@ def fake(mode, seed, steps_to, budget=100, model="vanilla 1L"):
         "per_stage": per,
         "initial": [0.0] * len(names),
         "wall_time_s": len(names) * 1.0,
+        "curves": [[{f"acc/valid_{n}": 0.9, f"acc/test_{n}": 0.9}] for n in names],
     }
     return s | (transfer_metrics(R, np.zeros(len(names))) if mode == "sequential" else {})
 
@@ -531,6 +532,8 @@ def test_study_writes_schema_rows_tables_and_report(tmp_path):
     assert "log-rank p" in md and f"| {name} | sub | add |" in md
     assert "## Cost on this machine" in md and summary["code_version"]
     assert summary["cost"][name]["stage_wall_time_s"]["add"][0] > 0
+    end = summary["stage_end"][name]["sub"]  # each stage's own valid and test where it ended
+    assert end["test"][0] == summary["matrix"][name]["mean"][1][1] and 0 <= end["valid"][0] <= 1
     assert (tmp_path / "res" / "report.html").read_text().startswith("<!DOCTYPE html>")
     doc = (
         "<!-- results res/summary.md section=Transfer_and_forgetting -->\nold\n<!-- /results -->\n"
