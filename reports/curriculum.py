@@ -48,6 +48,8 @@ def load_curriculum(path: str | Path) -> dict:
     config = json.loads((path / "curriculum.json").read_text())
     s["recipe"] = recipe(config["optim"], config["train"])
     stages = config["curriculum"]["stages"]
+    if s.get("edit", "none") != "none":
+        s["edit_removed"] = edit_removed(path, s)
     s["tables"] = {  # op and modulus of each table stage (a curriculum has one modulus)
         n: [st["data"]["op"], st["data"].get("modulus", 127)]
         for n, st in stages.items()
@@ -55,6 +57,21 @@ def load_curriculum(path: str | Path) -> dict:
     }
     s["curves"] = [read_rows(path / st["run_dir"] / "metrics.jsonl") for st in s["per_stage"]]
     return s
+
+
+def edit_removed(path: Path, s: dict) -> float | None:
+    """The share of the integer embeddings' squared norm the curriculum's edit removed: the
+    edited stage's starting checkpoint against the stage before it (None where either is gone)."""
+    from grokloop.checkpoint import last_good_checkpoint
+    from grokloop.curriculum.edits import removed_norm_fraction
+
+    k = s["stages"].index(s["edit_stage"])
+    run_dir = path / s["per_stage"][k]["run_dir"]
+    before = last_good_checkpoint(path / s["per_stage"][k - 1]["run_dir"])
+    after = last_good_checkpoint(run_dir.with_name(run_dir.name + ".init"))
+    if before is None or after is None:
+        return None
+    return removed_norm_fraction(before[0]["W_E"], after[0]["W_E"])
 
 
 def find_curricula(paths: list[str]) -> list[Path]:
@@ -394,6 +411,7 @@ def edit_effects(groups: dict[str, list[dict]]) -> dict:
         after = s["stages"][s["stages"].index(s["edit_stage"]) :]
         out[name] = {
             "baseline": base,
+            "removed_norm_fraction": [c.get("edit_removed") for c in ss],
             "stages": {n: stage_survival(ss, groups[base], n) for n in after},
         }
     return out
@@ -608,10 +626,18 @@ def _edit_effect(agg: dict) -> list[str]:
         for name, eff in agg["edit_effect"].items()
         for n, sv in eff["stages"].items()
     ]
-    bases = "; ".join(f"{n} against {eff['baseline']}" for n, eff in agg["edit_effect"].items())
+
+    def removed(eff: dict) -> str:
+        got = [f for f in eff.get("removed_norm_fraction", []) if f is not None]
+        return f" (the edit removed {np.mean(got):.2f} of the squared norm)" if got else ""
+
+    bases = "; ".join(
+        f"{n}{removed(eff)} against {eff['baseline']}" for n, eff in agg["edit_effect"].items()
+    )
     note = (
         "Steps to the gate of the edited stage (and those after it) against the same ladder "
-        f"unedited, as survival data (ratio > 1: faster than unedited): {bases}."
+        "unedited, as survival data (ratio > 1: faster than unedited); the share of the integer "
+        f"embeddings' squared norm each edit removed, mean over seeds: {bases}."
     )
     head = ["configuration", "stage", "median (reached)", "unedited median (reached)", "ratio"]
     return _table("Edits against the unedited ladder", note, head + ["log-rank p"], rows)

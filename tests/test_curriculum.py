@@ -264,9 +264,12 @@ def test_distillation_keeps_the_previous_stage_answers_on_replayed_cells_only(tm
     assert distill_loss(model, teacher, data, both, 1).item() > 0.01
 
 
-@pytest.mark.parametrize("edit", ["project_bits", "project_random", "transplant_embedding"])
+@pytest.mark.parametrize(
+    "edit", ["project_bits", "project_random", "rescale_matched", "transplant_embedding"]
+)
 def test_an_edited_stage_starts_from_the_edited_previous_model(tmp_path, edit):
     from datagen.tables import walsh_basis
+    from grokloop.curriculum.edits import bit_directions, project_out, removed_norm_fraction
 
     cmd, out, _ = command(
         tmp_path,
@@ -286,13 +289,28 @@ def test_an_edited_stage_starts_from_the_edited_previous_model(tmp_path, edit):
     if edit == "transplant_embedding":  # the embedding kept, everything else fresh
         assert torch.equal(start["W_E"], before["W_E"])
         assert not any(torch.equal(start[k], before[k]) for k in others if before[k].abs().sum())
-    else:  # only the integer tokens' embeddings change, by a rank-7 projection
-        assert all(torch.equal(start[k], before[k]) for k in others)
-        assert torch.equal(start["W_E"][128:], before["W_E"][128:])
-        delta = (start["W_E"] - before["W_E"])[:128].double()
-        assert torch.linalg.matrix_rank(delta, atol=1e-4) == 7
-        if edit == "project_bits":
-            assert along_bits(start["W_E"]) < 1e-4 < along_bits(before["W_E"])
+        return
+    # only the integer tokens' embeddings change
+    assert all(torch.equal(start[k], before[k]) for k in others)
+    assert torch.equal(start["W_E"][128:], before["W_E"][128:])
+    delta = (start["W_E"] - before["W_E"])[:128].double()
+    projected = project_out(before["W_E"].double(), bit_directions(before["W_E"].double()))
+    if edit == "rescale_matched":  # same directions, the norm project_bits would leave
+        ratio = start["W_E"][:128].double() / before["W_E"][:128].double()
+        assert torch.allclose(ratio, ratio[0, 0].expand_as(ratio), atol=1e-4)
+        assert removed_norm_fraction(before["W_E"], start["W_E"]) == pytest.approx(
+            removed_norm_fraction(before["W_E"], projected), abs=1e-4
+        )
+        return
+    assert torch.linalg.matrix_rank(delta, atol=1e-4) == 7  # a rank-7 projection
+    if edit == "project_bits":
+        assert along_bits(start["W_E"]) < 1e-4 < along_bits(before["W_E"])
+        # the study reads the share of the norm the edit removed from the two checkpoints
+        from reports.curriculum import load_curriculum
+
+        assert load_curriculum(out)["edit_removed"] == pytest.approx(
+            removed_norm_fraction(before["W_E"], start["W_E"])
+        )
 
 
 def test_shrink_and_perturb_mixes_every_chained_start_with_a_fresh_model(tmp_path):

@@ -6,6 +6,9 @@ starting checkpoint (OUT/stages/NN_NAME.init), so the stage itself is an ordinar
                         (the single-bit Walsh components of the embedding, datagen.tables.
                         walsh_basis rows 1, 2, 4, ..., 64): the logic stages' bit features
   project_random        the same for 7 random orthonormal directions (the control, same dimension)
+  rescale_matched       the integer tokens' embeddings scaled down to the norm project_bits would
+                        leave, directions kept (the control for how much project_bits removes:
+                        after the logic stages the bit directions hold most of that norm)
   transplant_embedding  a fresh model (the stage's own seed) that keeps only the previous model's
                         token embedding W_E (GrokTransfer, arXiv 2504.13292; Gomezjurado 2026,
                         arXiv 2604.13082): does the representation alone carry the speed-up?
@@ -22,7 +25,14 @@ import torch
 
 from datagen.tables import BITS, walsh_basis
 
-EDITS = ("none", "project_bits", "project_random", "transplant_embedding", "shrink_perturb")
+EDITS = (
+    "none",
+    "project_bits",
+    "project_random",
+    "rescale_matched",
+    "transplant_embedding",
+    "shrink_perturb",
+)
 N_NUMBERS = 1 << BITS  # tokens 0..127 are the integers (datagen/tables.py)
 
 
@@ -59,6 +69,12 @@ def edited(edit: str, previous: dict, fresh: dict, seed: int, shrink: float = 1.
         directions = random_directions(W_E.shape[1], BITS, seed)
     if edit in ("project_bits", "project_random"):
         return previous | {"W_E": project_out(W_E, directions).to(previous["W_E"].dtype)}
+    if edit == "rescale_matched":
+        numbers = W_E[:N_NUMBERS]
+        kept = project_out(W_E, bit_directions(W_E))[:N_NUMBERS].norm() / numbers.norm()
+        out = W_E.clone()
+        out[:N_NUMBERS] = numbers * kept
+        return previous | {"W_E": out.to(previous["W_E"].dtype)}
     if edit == "transplant_embedding":
         return fresh | {"W_E": previous["W_E"].clone()}
     if edit == "shrink_perturb":
@@ -67,3 +83,9 @@ def edited(edit: str, previous: dict, fresh: dict, seed: int, shrink: float = 1.
             for k, v in previous.items()
         }
     return dict(previous)
+
+
+def removed_norm_fraction(before: torch.Tensor, after: torch.Tensor) -> float:
+    """The share of the integer tokens' squared embedding norm an edit removed."""
+    b, a = before[:N_NUMBERS].double(), after[:N_NUMBERS].double()
+    return float(1 - (a**2).sum() / (b**2).sum())
