@@ -384,6 +384,27 @@ def stage_end(ss: list[dict]) -> dict:
     return out
 
 
+COMMUTATIVE = {"or", "xor", "and", "nand", "gfmul", "add", "mul", "poly"}
+
+
+def transpose_by_configuration(curricula: list[dict]) -> dict:
+    """Per configuration and commutative stage, each seed's test accuracy where the stage's
+    training ended, split by whether a cell's transpose trained (probes/transpose.py)."""
+    from probes.transpose import transpose_accuracy
+
+    out: dict = {}
+    for s in sorted(curricula, key=lambda s: s["seed"]):
+        for st in s["per_stage"]:
+            for n in st["trains"]:
+                if s["tables"].get(n, [None])[0] in COMMUTATIVE:
+                    got = transpose_accuracy(Path(s["path"]) / st["run_dir"], f"test_{n}")
+                    per = out.setdefault(label(s), {}).setdefault(n, {"seeds": []})
+                    per["seeds"].append(s["seed"])
+                    for k, v in got.items():
+                        per.setdefault(k, []).append(v)
+    return out
+
+
 def _ladder(s: dict) -> tuple:
     """What two curricula must share to differ only by their edit."""
     return (
@@ -643,6 +664,29 @@ def _edit_effect(agg: dict) -> list[str]:
     return _table("Edits against the unedited ladder", note, head + ["log-rank p"], rows)
 
 
+def _transpose(agg: dict, stages: list[str]) -> list[str]:
+    if not agg.get("transpose"):
+        return []
+
+    def cell(t: dict | None) -> str:
+        if t is None or None in t["mirrored"] or None in t["rest"]:
+            return ""
+        return f"{np.mean(t['mirrored']):.2f} / {np.mean(t['rest']):.2f}"
+
+    rows = [
+        f"| {name} | " + " | ".join(cell(per.get(n)) for n in stages) + " |"
+        for name, per in agg["transpose"].items()
+    ]
+    note = (
+        "Test accuracy where each commutative stage's training ended, on the held-out cells "
+        "(a, b) whose transpose (b, a) was a training cell / on the rest (about half each), mean "
+        "over seeds: a model that learned the table is right on both; one that memorised its "
+        "cells and the symmetry is right on the first only (probes/transpose.py)."
+    )
+    title = "Learned, or looked up by symmetry?"
+    return _table(title, note, ["configuration", *stages], rows)
+
+
 def _cost(agg: dict, stages: list[str]) -> list[str]:
     rows = []
     for name, c in agg["cost"].items():
@@ -711,6 +755,7 @@ def markdown(summary: dict) -> str:
         *_stage_end(summary, summary["stages"]),
         *_survival(summary),
         *_edit_effect(summary),
+        *_transpose(summary, summary["stages"]),
         *_cost(summary, summary["stages"]),
         *_spectra(summary),
         *_matrices(summary),
@@ -727,15 +772,24 @@ class CurriculumStudyCommand:
     out: str | None = None  # None: runs/studies/NAME
     commands: list[str] = field(default_factory=list)  # the commands that made the curricula
     commands_file: str | None = None  # ... or a file of them, one per line (added after)
+    transpose: bool = False  # true: split each commutative stage's test accuracy by whether the
+    # transposed cell trained (probes/transpose.py)
     tags: bool = False  # true: each configuration is also named by its curriculum directory's
     # parent (runs/X/ARM/seedN -> "(ARM)"), for arms a label cannot tell apart
 
 
 def write_study(
-    out: str | Path, name: str, paths: list[Path], commands: list[str], tags: bool = False
+    out: str | Path,
+    name: str,
+    paths: list[Path],
+    commands: list[str],
+    tags: bool = False,
+    transpose: bool = False,
 ) -> dict:
     curricula = [load_curriculum(p) | ({"tag": Path(p).parent.name} if tags else {}) for p in paths]
     agg = aggregate(curricula)
+    if transpose:
+        agg["transpose"] = transpose_by_configuration(curricula)
     summary = {
         "study": name,
         "machine": machine(),
@@ -793,7 +847,7 @@ def run_study(cmd: CurriculumStudyCommand) -> None:
         raise SystemExit(f"no finished curricula under {', '.join(cmd.runs)}")
     finished = [p for p in paths if p not in running]
     commands = list(cmd.commands) + commands_from(cmd.commands_file)
-    summary = write_study(out, cmd.name, finished, commands, cmd.tags)
+    summary = write_study(out, cmd.name, finished, commands, cmd.tags, cmd.transpose)
     print(f"wrote {out}/summary.json, summary.md and report.html: {len(summary['rows'])} rows")
 
 

@@ -313,6 +313,21 @@ def test_an_edited_stage_starts_from_the_edited_previous_model(tmp_path, edit):
         )
 
 
+def test_transpose_probe_splits_held_out_cells_by_whether_their_transpose_trained(tmp_path):
+    from probes.transpose import transpose_accuracy
+
+    cmd, out, _ = command(tmp_path, "curriculum.stage_budget=5")
+    run_curriculum(cmd, out)
+    add = plan(cmd, out)[0]
+    got = transpose_accuracy(add.run_dir, "test_add")
+    ds = build_dataset(add.cfg.data)
+    trained = {(a, b) for a, _, b, _ in ds.inputs[ds.splits["train"]].tolist()}
+    held = ds.inputs[ds.splits["test_add"]].tolist()
+    mirrored = sum((b, a) in trained for a, _, b, _ in held)
+    assert (got["n_mirrored"], got["n_rest"]) == (mirrored, len(held) - mirrored)
+    assert 0 < mirrored < len(held) and 0 <= got["mirrored"] <= 1 and 0 <= got["rest"] <= 1
+
+
 def test_shrink_and_perturb_mixes_every_chained_start_with_a_fresh_model(tmp_path):
     from grokloop.model import LoopedTransformer
 
@@ -531,7 +546,11 @@ def test_study_writes_schema_rows_tables_and_report(tmp_path):
         cmd, _, _ = command(tmp_path, "curriculum.stage_budget=10", f"curriculum.mode={mode}")
         run_curriculum(cmd, tmp_path / mode)
     summary = write_study(
-        tmp_path / "res", "demo", [tmp_path / "sequential", tmp_path / "scratch"], ["cmd"]
+        tmp_path / "res",
+        "demo",
+        [tmp_path / "sequential", tmp_path / "scratch"],
+        ["cmd"],
+        transpose=True,
     )
     rows = summary["rows"]
     assert {"model", "split", "acc", "lo", "hi", "n", "after_stage", "seed"} <= set(rows[0])
@@ -549,6 +568,7 @@ def test_study_writes_schema_rows_tables_and_report(tmp_path):
     md = (tmp_path / "res" / "summary.md").read_text()
     assert "log-rank p" in md and f"| {name} | sub | add |" in md
     assert "## Cost on this machine" in md and summary["code_version"]
+    assert set(summary["transpose"][name]) == {"add", "mul"} and "looked up by symmetry" in md
     assert summary["cost"][name]["stage_wall_time_s"]["add"][0] > 0
     end = summary["stage_end"][name]["sub"]  # each stage's own valid and test where it ended
     assert end["test"][0] == summary["matrix"][name]["mean"][1][1] and 0 <= end["valid"][0] <= 1
