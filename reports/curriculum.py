@@ -102,7 +102,8 @@ def recipe(optim: dict, train: dict) -> str:
 
 
 def label(s: dict) -> str:
-    parts = [f"{s['model']} [{s['recipe']}]" if "recipe" in s else s["model"], s["mode"]]
+    named = "recipe" in s and s.get("show_recipe", True)
+    parts = [f"{s['model']} [{s['recipe']}]" if named else s["model"], s["mode"]]
     if s["order"] == "reversed":
         parts.append("reversed")
     if s["order"] == "shuffled":
@@ -748,7 +749,8 @@ def markdown(summary: dict) -> str:
         "```",
         "",
         f"Machine: {m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}, "
-        f"{m.get('date')}; code {summary.get('code_version')}.",
+        f"{m.get('date')}; code {summary.get('code_version')}."
+        + (f" Every curriculum trains with {summary['recipe']}." if summary.get("recipe") else ""),
         *_transfer(summary),
         *_zero_shot(summary),
         *_steps(summary, summary["stages"]),
@@ -787,6 +789,9 @@ def write_study(
     transpose: bool = False,
 ) -> dict:
     curricula = [load_curriculum(p) | ({"tag": Path(p).parent.name} if tags else {}) for p in paths]
+    recipes = {c["recipe"] for c in curricula}
+    for c in curricula:  # one recipe for all: said once, not in every configuration's name
+        c["show_recipe"] = len(recipes) > 1
     agg = aggregate(curricula)
     if transpose:
         agg["transpose"] = transpose_by_configuration(curricula)
@@ -794,6 +799,7 @@ def write_study(
         "study": name,
         "machine": machine(),
         "code_version": code_version(),
+        "recipe": recipes.pop() if len(recipes) == 1 else None,
         "run_code_versions": sorted({c["code_version"] for c in curricula if "code_version" in c}),
         "commands": list(commands),
         "stages": list(dict.fromkeys(n for c in curricula for n in c["stages"])),

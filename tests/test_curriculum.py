@@ -511,6 +511,14 @@ def test_transfer_is_survival_of_steps_to_the_gate_checked_by_hand():
     assert list(aggregate(other)["survival"]["m sequential"]) == ["a"]
 
 
+def test_a_label_names_the_recipe_unless_every_configuration_shares_it():
+    from reports.curriculum import label
+
+    s = fake("sequential", 0, {"a": 1}) | {"recipe": "AdamW, lr 0.003", "tag": "arm"}
+    assert label(s) == "vanilla 1L [AdamW, lr 0.003] sequential (arm)"
+    assert label(s | {"show_recipe": False}) == "vanilla 1L sequential (arm)"
+
+
 def test_an_edit_is_compared_with_the_same_ladder_unedited():
     from reports.curriculum import aggregate
 
@@ -556,8 +564,9 @@ def test_study_writes_schema_rows_tables_and_report(tmp_path):
     assert {"model", "split", "acc", "lo", "hi", "n", "after_stage", "seed"} <= set(rows[0])
     assert all(r["lo"] <= r["acc"] <= r["hi"] for r in rows)
     assert len([r for r in rows if r["seed"] == 0]) == 2 * 3 * 3  # 2 curricula x R[3, 3]
-    # a configuration names the model, its training recipe and the mode
-    name = "vanilla 1L [AdamW, lr 0.01, wd 1 (matrices), batch 1024, bf16] sequential"
+    # a configuration names the model and the mode; the one recipe they share is said once
+    name = "vanilla 1L sequential"
+    assert summary["recipe"] == "AdamW, lr 0.01, wd 1 (matrices), batch 1024, bf16"
     assert set(summary["ACC"]) == {name} and "matrix" in summary
     # transfer as survival against scratch, and FWT's parts: b per seed beside the table overlap
     surv = summary["survival"][name]
