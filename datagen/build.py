@@ -59,8 +59,12 @@ def build_dataset(cfg: DataConfig) -> Dataset:
 
 def config_hash(cfg: DataConfig) -> str:
     """Cache key: the config and the generator version, so a generator change never reuses stale
-    data built from the same config."""
+    data built from the same config. A mixture's parts are stacked in their order, which the
+    sorted JSON would lose (a reversed curriculum's stage would load the forward one's data,
+    replaying the wrong stages): the order is part of the key."""
     key = {"config": config_dict(cfg), "generator_version": GENERATOR_VERSION}
+    if cfg.task == "mixture":
+        key["part_order"] = list(cfg.parts)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

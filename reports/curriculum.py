@@ -777,7 +777,13 @@ class CurriculumStudyCommand:
     transpose: bool = False  # true: split each commutative stage's test accuracy by whether the
     # transposed cell trained (probes/transpose.py)
     tags: bool = False  # true: each configuration is also named by its curriculum directory's
-    # parent (runs/X/ARM/seedN -> "(ARM)"), for arms a label cannot tell apart
+    # arm (runs/X/STUDY/ARM/seedN -> "(STUDY/ARM)"), for arms a label cannot tell apart
+
+
+def arm(path: str | Path) -> str:
+    """A curriculum's arm, from its directory: runs/X/STUDY/ARM/seedN -> "STUDY/ARM"."""
+    parent = Path(path).parent
+    return f"{parent.parent.name}/{parent.name}"
 
 
 def write_study(
@@ -788,7 +794,7 @@ def write_study(
     tags: bool = False,
     transpose: bool = False,
 ) -> dict:
-    curricula = [load_curriculum(p) | ({"tag": Path(p).parent.name} if tags else {}) for p in paths]
+    curricula = [load_curriculum(p) | ({"tag": arm(p)} if tags else {}) for p in paths]
     recipes = {c["recipe"] for c in curricula}
     for c in curricula:  # one recipe for all: said once, not in every configuration's name
         c["show_recipe"] = len(recipes) > 1

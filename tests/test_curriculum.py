@@ -53,6 +53,20 @@ def table(op, modulus=127):
 # --- the mixture dataset ------------------------------------------------------------------------
 
 
+def test_mixtures_in_another_part_order_are_cached_apart(tmp_path):
+    from datagen import config_hash, load_or_build
+
+    parts = {"xor": table("xor"), "add": table("add"), "mul": table("mul")}
+    forward = {"task": "mixture", "parts": parts, "train_on": ["add"], "replay": 0.5}
+    # the same parts and trained stage, stacked the other way: mul, not xor, comes before add
+    backward = forward | {"parts": dict(reversed(parts.items()))}
+    a, b = data_config_from_dict(forward), data_config_from_dict(backward)
+    assert config_hash(a) != config_hash(b)
+    load_or_build(a, tmp_path)
+    got = load_or_build(b, tmp_path)  # not the forward mixture from the cache
+    assert list(got.stats["n_replayed"]) == ["mul"]
+
+
 def test_a_small_held_out_split_is_halved_between_test_and_valid():
     from datagen.mixture import eval_size_of
 
