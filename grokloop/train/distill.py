@@ -38,23 +38,14 @@ def teacher_answers(cfg: RunConfig, ds, data, device) -> Teacher:
     init_from(model, None, cfg.train.init_from)
     model.eval()
     idx = replayed_ids(cfg, ds, data.train_idx)
-    d = data.data
-    logp = (
-        torch.cat(
-            [
-                F.log_softmax(
-                    model.readout_steps(
-                        d["inputs"][chunk], cfg.model.n_steps, positions=d["answer_pos"][chunk]
-                    )[-1].float(),
-                    -1,
-                )
-                for chunk in idx.split(cfg.train.eval_batch_size)
-            ]
-        )
-        if len(idx)
-        else torch.zeros(0, cfg.model.d_vocab, device=device)
-    )
-    return Teacher(idx, logp)
+    if not len(idx):
+        return Teacher(idx, torch.zeros(0, cfg.model.d_vocab, device=device))
+    d, n_steps = data.data, cfg.model.n_steps
+    answer = lambda ids: model.readout_steps(  # noqa: E731 (the last step's answer logits)
+        d["inputs"][ids], n_steps, positions=d["answer_pos"][ids]
+    )[-1]
+    chunks = idx.split(cfg.train.eval_batch_size)
+    return Teacher(idx, torch.cat([F.log_softmax(answer(c).float(), -1) for c in chunks]))
 
 
 def distill_loss(model, teacher: Teacher, data, idx: torch.Tensor, n_steps: int) -> torch.Tensor:
