@@ -20,8 +20,10 @@ from datagen.provenance import atomic_write_text, code_version, portable_path
 from grokloop.stats import wilson
 from reports.study import commands_from
 
-SPLITS = ("test_new_head", "test_new_bridge", "test_new_answer", "test_new_all", "test_old")
+TEST_SPLITS = ("test_new_head", "test_new_bridge", "test_new_answer", "test_new_all", "test_old")
+SPLITS = tuple(s.replace("test", "valid", 1) for s in TEST_SPLITS) + TEST_SPLITS
 TARGETS = {"test_new_all": 0.9, "test_old": 0.95}  # Wilson lower bound, seeds pooled
+CHOOSE_ON = ("valid_new_all", "valid_old")  # a variant's worst of these decides (both targets)
 
 
 def pool(rows: list[dict]) -> list[dict]:
@@ -59,18 +61,36 @@ def pool(rows: list[dict]) -> list[dict]:
     return out
 
 
+def is_frozen_canonical(r: dict) -> bool:
+    return "metric" not in r and bool(r.get("frozen")) and r["model"].startswith("canonical")
+
+
+def choose(pooled: list[dict]) -> dict | None:
+    """The frozen canonical-key variant whose worse pooled accuracy over CHOOSE_ON (validation
+    banks: other new entities' facts, the run's valid split) is best: {chosen, criterion,
+    variants: {model: score}}; None without validation rows. Test rows are never read."""
+    scores: dict[str, list[float]] = {}
+    for r in pooled:
+        if is_frozen_canonical(r) and r["split"] in CHOOSE_ON:
+            scores.setdefault(r["model"], []).append(r["acc"])
+    scores = {m: min(v) for m, v in scores.items() if len(v) == len(CHOOSE_ON)}
+    if not scores:
+        return None
+    return {
+        "chosen": max(scores, key=scores.get),
+        "criterion": f"the worse of {' and '.join(CHOOSE_ON)}, seeds pooled",
+        "variants": scores,
+    }
+
+
 def study(summaries: list[dict], commands: list[str]) -> dict:
     rows = [r for s in summaries for r in s["rows"]]
     pooled = pool(rows)
+    selection = choose(pooled)
     targets = []
     for split, want in TARGETS.items():
         for r in pooled:
-            if (
-                r["split"] == split
-                and "metric" not in r
-                and r.get("frozen")
-                and r["model"].startswith("canonical")
-            ):
+            if r["split"] == split and is_frozen_canonical(r):
                 targets.append(
                     {
                         "model": r["model"],
@@ -79,6 +99,7 @@ def study(summaries: list[dict], commands: list[str]) -> dict:
                         "target_lo": want,
                         "lo": r["lo"],
                         "met": r["lo"] >= want,
+                        **({"chosen": r["model"] == selection["chosen"]} if selection else {}),
                     }
                 )
     return {
@@ -88,6 +109,7 @@ def study(summaries: list[dict], commands: list[str]) -> dict:
         "commands": commands,
         "evaluated_with": sorted({s["code_version"] for s in summaries}),
         "weights_sha256": {portable_path(s["run_dir"]): s["weights_sha256"] for s in summaries},
+        "selection": selection,
         "targets": targets,
         "rows": rows + pooled,
     }
@@ -95,6 +117,8 @@ def study(summaries: list[dict], commands: list[str]) -> dict:
 
 def table(rows: list[dict], what: str) -> list[str]:
     """A markdown table: a line per (model, bank), a column per split (acc [lo, hi])."""
+    if not rows:
+        return []
     keys = list(dict.fromkeys((r["model"], r["bank"]) for r in rows))
     splits = [s for s in SPLITS if any(r["split"] == s for r in rows)]
     lines = [f"| model | bank | {' | '.join(splits)} |", "|" + "---|" * (2 + len(splits))]
@@ -116,6 +140,23 @@ def table(rows: list[dict], what: str) -> list[str]:
     ]
 
 
+def is_valid(row: dict) -> bool:
+    return row["split"].startswith("valid")
+
+
+def selection_lines(selection: dict | None) -> list[str]:
+    if not selection:
+        return []
+    v = selection["variants"]
+    return [
+        f"Chosen on valid ({selection['criterion']}) among {len(v)} variants: "
+        f"**{selection['chosen']}** ("
+        + ", ".join(f"{m} {a:.3f}" for m, a in sorted(v.items(), key=lambda x: -x[1]))
+        + ").",
+        "",
+    ]
+
+
 def markdown(summary: dict) -> str:
     pooled = [r for r in summary["rows"] if r.get("seed") == "pooled"]
     answers = [r for r in pooled if "metric" not in r]
@@ -131,17 +172,20 @@ def markdown(summary: dict) -> str:
         f"{m.get('date')}; code {summary['code_version']}. Seeds: "
         f"{', '.join(map(str, sorted({r['seed'] for r in summary['rows'] if r.get('seed') not in (None, 'pooled')})))}.",
         "",
-        *table(answers, "Two-hop accuracy"),
+        *table([r for r in answers if is_valid(r)], "Two-hop accuracy on the validation banks"),
+        *selection_lines(summary.get("selection")),
+        *table([r for r in answers if not is_valid(r)], "Two-hop accuracy on the test banks"),
         "Targets (the frozen canonical-key reasoner, Wilson lower bound):",
         "",
     ]
     lines += [
         f"- {t['model']} / {t['bank']} / {t['split']}: lower bound {t['lo']:.3f} against "
         f"{t['target_lo']}: {'met' if t['met'] else '**not met**'}"
+        + (" (the variant chosen on valid)" if t.get("chosen") else "")
         for t in summary["targets"]
     ]
-    for hop in (1, 2):
-        ret = [r | {"split": r["split"]} for r in pooled if r.get("hop") == hop]
+    for hop in (1, 2):  # on test (every variant's retrieval on valid: summary.json)
+        ret = [r for r in pooled if r.get("hop") == hop and not is_valid(r)]
         for step in sorted({r["read_step"] for r in ret}):
             lines += [
                 "",

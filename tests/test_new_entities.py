@@ -294,6 +294,32 @@ def test_a_synthetic_graph_writes_its_facts_and_questions(synthetic):
     assert tokens[20:] == [f"<new_{i}>" for i in range(20)]  # new_i is ordinal 12 + i
 
 
+def test_a_validation_bank_asks_the_runs_valid_questions_under_valid_names(runs, synthetic):
+    tmp, cache = runs
+    out = tmp / "synthetic_valid"
+    args = [f"run_dir={tmp / 'canonical'}", "new_entities=20", "new_degree=2", "link=true"]
+    bank_main(["add-entities", *args, "link_degree=2", "new_seed=1", "role=valid", f"out={out}"])
+    lines = [line.split() for line in (out / "questions.txt").read_text().splitlines()]
+    assert {w[0] for w in lines} == {
+        f"valid_{s}" for s in ("new_all", "new_head", "new_bridge", "new_answer", "old")
+    }
+    test_old = [
+        w[1:]
+        for w in map(str.split, (synthetic / "questions.txt").read_text().splitlines())
+        if w[0] == "test_old"
+    ]
+    valid_old = [w[1:] for w in lines if w[0] == "valid_old"]
+    assert valid_old and not set(map(tuple, valid_old)) & set(map(tuple, test_old))
+    assert (out / "facts_added.txt").read_text() != (synthetic / "facts_added.txt").read_text()
+
+
+def test_a_role_other_than_test_or_valid_is_refused_before_anything_is_written(runs):
+    tmp, cache = runs
+    args = [f"run_dir={tmp / 'canonical'}", "new_entities=5", "role=train", f"out={tmp / 'role'}"]
+    refused(["add-entities", *args], "give role=test", cache)
+    assert not (tmp / "role").exists()
+
+
 @pytest.mark.parametrize("steps", [0, 2])  # the learned run: untrained rows, two steps
 def test_a_learned_run_grows_rows_for_new_entities_and_fine_tunes_them(runs, synthetic, steps):
     tmp, cache = runs

@@ -51,3 +51,27 @@ def test_seeds_pool_into_one_interval_and_targets_read_the_frozen_answers(tmp_pa
     md = (tmp_path / "summary.md").read_text()
     assert "Seeds: 0, 1." in md and "**not met**" in md
     assert (tmp_path / "index.html").stat().st_size > 0
+
+
+def variant(model: str, seed: int, valid: tuple[float, float], test: float) -> dict:
+    """A frozen canonical variant's evaluation: valid_new_all, valid_old, and test splits."""
+    s = summary(seed, test, test)
+    base = {"model": model, "seed": seed, "bank": "valid_linked", "frozen": True, "n": 1000}
+    s["rows"] = [r | {"model": model} for r in s["rows"] if r["model"] != "lookup_cosine"] + [
+        base | {"split": "valid_new_all", "acc": valid[0]},
+        base | {"split": "valid_old", "acc": valid[1]},
+    ]
+    return s
+
+
+def test_the_variant_is_chosen_on_its_worse_valid_split_never_on_test(tmp_path):
+    runs = [
+        variant("canonical.a", 0, (0.99, 0.80), 1.0),  # best new, worst old, best test
+        variant("canonical.b", 0, (0.90, 0.90), 0.5),
+    ]
+    out = new_entities.write(tmp_path, runs, ["cmd"])
+    assert out["selection"]["chosen"] == "canonical.b"
+    assert out["selection"]["variants"] == {"canonical.a": 0.80, "canonical.b": 0.90}
+    chosen = {t["model"] for t in out["targets"] if t["chosen"]}
+    assert chosen == {"canonical.b"}
+    assert "among 2 variants: **canonical.b**" in (tmp_path / "summary.md").read_text()

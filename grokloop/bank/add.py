@@ -91,10 +91,11 @@ def synthetic_facts(cmd: BankCommand, base: FactBank, ds, out: Path) -> list[str
     lines = []
     for split, q in nf.questions.items():
         rows = np.stack([ent[q[:, 0]], r0 + q[:, 1], r0 + q[:, 2], ent[q[:, 3]]], 1)
-        lines += question_lines(split, rows, ext)
-    idx = ds.splits["test_inferred_id"]  # old entities only: nothing may be lost
+        lines += question_lines(cmd.role + split.removeprefix("test"), rows, ext)
+    # old entities only: nothing may be lost (valid: the held-out queries the run stopped on)
+    idx = ds.splits["test_inferred_id" if cmd.role == "test" else "valid"]
     old = np.concatenate([ds.inputs[idx][:, :3], ds.answers[idx][:, None]], 1)
-    lines += question_lines("test_old", old, ext)
+    lines += question_lines(f"{cmd.role}_old", old, ext)
     atomic_write_text(out / "questions.txt", "\n".join(lines) + "\n")
     return list(names[e1 - e0 :])
 
@@ -105,6 +106,11 @@ def add_entities(cmd: BankCommand) -> Path:
         raise ValueError(
             "add-entities needs run_dir=RUN (a model.entity_keys=canonical memory "
             "run: its keys, vocabulary and weights) and out=DIR"
+        )
+    if cmd.role not in ("test", "valid"):
+        raise ValueError(
+            f"role={cmd.role!r}: give role=test (the study's questions) or role=valid (a "
+            "bank to choose a variant on, with another new_seed)"
         )
     if bool(cmd.facts) == (cmd.new_entities > 0):
         raise ValueError(
@@ -154,6 +160,7 @@ def add_entities(cmd: BankCommand) -> Path:
         "added": str(facts),
         "added_sha256": sha256_file(facts),
         "new_seed": cmd.new_seed if cmd.new_entities else None,
+        "role": cmd.role if cmd.new_entities else None,
     }
     save_bank(bank, out, ext_vocab, source, {"run_dir": str(cmd.run_dir), "step": step})
     # The manifest again with what the bank extends: until then it names a vocabulary no run

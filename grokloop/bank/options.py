@@ -57,6 +57,9 @@ class BankCommand:
     link_degree: int = 4  # link: relations per new entity to old entities
     new_seed: int = 0  # the synthetic facts' and questions' seed
     n_questions: int = 1000  # questions per split (at most)
+    role: str = "test"  # the questions' role: test (test_new_*, test_old from the run's
+    # test_inferred_id) or valid (valid_new_*, valid_old from the run's valid split): a bank to
+    # choose a variant on, made with another new_seed than the test bank's
 
 
 EVAL_KEYS = ("bank", "step", "n_steps", "top_k", "splits", "name")
@@ -84,5 +87,6 @@ ACTIONS = {
         "link_degree",
         "new_seed",
         "n_questions",
+        "role",
     ),
 }

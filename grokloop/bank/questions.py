@@ -4,7 +4,8 @@ answer` lines, asked of a frozen model reading a bank, with the memory's retriev
 add-entities new_entities=N writes such a file (questions.txt) beside the bank it makes: the
 splits test_new_head, test_new_bridge, test_new_answer, test_new_all (which of head, bridge and
 answer are new entities; datagen/new_entities.py) and test_old (the run's held-out two-hop
-queries, test_inferred_id, by name: old entities only, to show nothing was lost).
+queries, test_inferred_id, by name: old entities only, to show nothing was lost); with role=valid
+the same splits named valid_* (valid_old: the run's valid split), for choosing a variant.
 
 Retrieval per hop (the mechanism, read from the per-step hooks steps.{s}.memory.hook_slots): hop
 1's fact (head, relation_1) is needed at relation_1's position, hop 2's (bridge, relation_2) at
