@@ -230,15 +230,16 @@ def all_rows(run: dict) -> list[dict]:
 
 def block_rows(blocks: dict, ids: dict, tail: dict) -> list[dict]:
     """A bank model's schedules (grokloop/adaptive/blocks.py) as rows with `schedule` and
-    `mean_layers`, overall and per hop count; the random schedules by their mean only."""
+    `mean_layers`: every rule over all hop counts, and per hop count the exits of BLOCK_RULES
+    (what the block table reads; the other rules' per-hop rows stay in the runs' results.json,
+    which kept summary.json under 2 MB); the random schedules by their mean only."""
     rows = []
     for schedule, b in blocks.items():
         if schedule.startswith("random_"):
             continue
         for rule, r in b["rules"].items():
-            for hops, h in [(None, r)] + [
-                (int(k[5:]), h) for k, h in r.items() if k.startswith("hops_")
-            ]:
+            per_hop = [(int(k[5:]), h) for k, h in r.items() if k.startswith("hops_")]
+            for hops, h in [(None, r)] + (per_hop if rule in BLOCK_RULES else []):
                 rows.append(
                     acc_row(
                         h["acc"],

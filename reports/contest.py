@@ -154,20 +154,28 @@ def selector_vs_rule(runs: list[dict]) -> list[dict]:
 def compute_by_hops(runs: list[dict]) -> list[dict]:
     """Rows {model, seed, selector_seed, method, hops, n, acc, lo, hi, flops, steps}: FLOPs per
     fact by hop count for the selector, the fixed depths and every rule tuned on valid (its
-    family in `tuned_on_valid`)."""
-    out = []
+    family in `tuned_on_valid`). A rule's rows come once per frozen model (they are the same
+    whichever selector ran beside them: repeating them weighted a seed by its number of selector
+    runs when pooled), a selector's once per selector run."""
+    out, seen = [], set()
     for run in runs:
         contest = run["halting"].get("contest") or {}
         seed = run["halting"].get("config", {}).get("seed")
         label = run.get("selector_label")
         for method, per_hop in contest.get("by_hops", {}).items():
+            if method != "selector":  # a rule once per frozen model, however many runs list it
+                if (run["name"], run.get("seed"), method) in seen:
+                    continue
+                seen.add((run["name"], run.get("seed"), method))
             if label and method == "selector":
                 method = f"selector.{label}"
             tuned = {v: k for k, v in contest.get("tuned", {}).items()}.get(method)
             for key, r in per_hop.items():
                 lo, hi = wilson(round(r["acc"] * r["n"]), r["n"])
+                sel = {"selector_seed": seed} if method.startswith("selector") else {}
                 out.append(
-                    {"model": run["name"], "seed": run.get("seed"), "selector_seed": seed}
+                    {"model": run["name"], "seed": run.get("seed")}
+                    | sel
                     | {"method": method, "hops": int(key[5:])}
                     | ({"tuned_on_valid": tuned} if tuned else {})
                     | r

@@ -224,3 +224,31 @@ def test_compute_by_difficulty_pools_runs_by_their_facts():
     headers, table = by_hops_table({"compute_by_hops": rows})
     assert headers == ["model", "method", "2 hops", "3 hops"]
     assert table == [["m", "selector.x", "0.62 (3.5)", "-"], ["m", "fixed_4", "-", "0.25 (1.0)"]]
+
+
+def test_a_rules_compute_rows_come_once_per_model_seed_and_a_selectors_once_per_run():
+    from reports.contest import compute_by_hops
+
+    def run(seed, selector_seed, methods):
+        per_hop = {"hops_2": {"n": 10, "acc": 0.5, "flops": 1e6, "steps": 2.0}}
+        return {
+            "name": "m",
+            "seed": seed,
+            "selector_label": "state",
+            "halting": {
+                "config": {"seed": selector_seed},
+                "contest": {"by_hops": {m: per_hop for m in methods}, "tuned": {}},
+            },
+        }
+
+    runs = [run(0, 0, ["selector", "fixed_4"]), run(0, 1, ["selector", "fixed_4", "fixed_7"])]
+    rows = compute_by_hops(runs + [run(1, 0, ["selector", "fixed_4"])])
+    got = sorted((r["seed"], r["method"], r.get("selector_seed", "-")) for r in rows)
+    assert got == [
+        (0, "fixed_4", "-"),
+        (0, "fixed_7", "-"),  # listed by the second run only: still kept
+        (0, "selector.state", 0),
+        (0, "selector.state", 1),
+        (1, "fixed_4", "-"),
+        (1, "selector.state", 0),
+    ]
