@@ -201,7 +201,8 @@ def markdown(summary: dict) -> str:
             "",
             "Fine-tuning cost (mean per seed): "
             + "; ".join(
-                f"{r['model']}: {r['finetune_steps']:.0f} steps, {r['finetune_seconds']:.0f} s"
+                f"{r['model']} ({r['bank']}): {r['finetune_steps']:.0f} steps, "
+                f"{r['finetune_seconds']:.0f} s"
                 for r in cost
                 if r["split"] == "test_old"
             ),
