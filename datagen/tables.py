@@ -140,6 +140,15 @@ def make_table(cfg: TableConfig, rng: np.random.Generator) -> Dataset:
     )
 
 
+def is_commutative(op: str, modulus: int = 127) -> bool:
+    """Whether a op b == b op a on every cell whose transpose the table also defines."""
+    a, b, c = op_table(op, modulus)
+    t = np.full((max(a.max(), b.max()) + 1,) * 2, -1)
+    t[a, b] = c
+    both = (t >= 0) & (t.T >= 0)
+    return bool((t[both] == t.T[both]).all())
+
+
 def table_overlap(op: str, other: str, modulus: int = 127) -> float:
     """The share of `op`'s cells (those `other` also defines) where `other` gives the same answer:
     the zero-shot accuracy a model that learned `other` gets on `op` for free (after or, xor is

@@ -25,7 +25,10 @@ def transpose_accuracy(run_dir: str | Path, split: str, data_cache: str | None =
     ds = load_or_build(data_config_from_dict(config["data"]), data_cache)
     model, _, _ = load_model(run_dir)
     model.eval()
-    cells = lambda idx: ds.inputs[idx][:, [0, 2]]  # noqa: E731 (operand tokens a, b)
+
+    def cells(idx):  # the operand tokens a, b of each row
+        return ds.inputs[idx][:, [0, 2]]
+
     trained = {tuple(c) for c in cells(ds.splits["train"]).tolist()}
     idx = ds.splits[split]
     mirrored = np.array([(b, a) in trained for a, b in cells(idx).tolist()])

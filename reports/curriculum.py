@@ -385,19 +385,17 @@ def stage_end(ss: list[dict]) -> dict:
     return out
 
 
-COMMUTATIVE = {"or", "xor", "and", "nand", "gfmul", "add", "mul", "poly"}
-
-
 def transpose_by_configuration(curricula: list[dict]) -> dict:
     """Per configuration and commutative stage, each seed's test accuracy where the stage's
     training ended, split by whether a cell's transpose trained (probes/transpose.py)."""
+    from datagen.tables import is_commutative
     from probes.transpose import transpose_accuracy
 
     out: dict = {}
     for s in sorted(curricula, key=lambda s: s["seed"]):
         for st in s["per_stage"]:
             for n in st["trains"]:
-                if s["tables"].get(n, [None])[0] in COMMUTATIVE:
+                if n in s["tables"] and is_commutative(*s["tables"][n]):
                     got = transpose_accuracy(Path(s["path"]) / st["run_dir"], f"test_{n}")
                     per = out.setdefault(label(s), {}).setdefault(n, {"seeds": []})
                     per["seeds"].append(s["seed"])

@@ -626,3 +626,10 @@ def test_mixture_pads_parts_of_different_lengths_and_fills_missing_roles():
         build_dataset(
             data_config_from_dict({"task": "mixture", "parts": {"h2": base}, "train_on": ["h2"]})
         )
+
+
+def test_commutativity_is_read_from_the_table_itself():
+    from datagen.tables import is_commutative
+
+    assert all(is_commutative(op) for op in ("or", "xor", "gfmul", "add", "mul", "poly"))
+    assert not any(is_commutative(op) for op in ("sub", "implies", "s5"))

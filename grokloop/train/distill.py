@@ -41,9 +41,10 @@ def teacher_answers(cfg: RunConfig, ds, data, device) -> Teacher:
     if not len(idx):
         return Teacher(idx, torch.zeros(0, cfg.model.d_vocab, device=device))
     d, n_steps = data.data, cfg.model.n_steps
-    answer = lambda ids: model.readout_steps(  # noqa: E731 (the last step's answer logits)
-        d["inputs"][ids], n_steps, positions=d["answer_pos"][ids]
-    )[-1]
+
+    def answer(ids):  # the last step's answer logits
+        return model.readout_steps(d["inputs"][ids], n_steps, positions=d["answer_pos"][ids])[-1]
+
     chunks = idx.split(cfg.train.eval_batch_size)
     return Teacher(idx, torch.cat([F.log_softmax(answer(c).float(), -1) for c in chunks]))
 
