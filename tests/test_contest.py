@@ -16,10 +16,13 @@ from grokloop.adaptive.contest import (
     flops_table,
     paired_bootstrap,
     rule_flops,
+    rule_schedules,
     score_rules,
     selector_flops,
     tuned_per_family,
 )
+from grokloop.adaptive.halting import scored_split
+from grokloop.adaptive.rules import scheduled, trajectory
 from grokloop.adaptive.selector import HaltingConfig, Selector, rollout
 from tests.test_adaptive import hand_traj
 
@@ -114,6 +117,38 @@ def test_selector_flops_follow_the_cores_it_ran(make_model):
         + out["steps"] * (table["read"][5] + table["selector"])
     )
     assert torch.allclose(got, want.double())
+
+
+def test_a_bank_lets_the_rules_run_every_schedule_of_its_blocks(make_model):
+    single = make_model(n_core=1, n_steps=2, injection="add")
+    assert rule_schedules(single, 4) == {"": list(single.schedule)}
+    m = make_model(core_sizes=[1, 2], n_steps=2, injection="add")
+    assert m.schedule == [0, 0]  # the default runs the small block throughout: core_0 is no new one
+    assert rule_schedules(m, 4) == {"": [0, 0], "core_1/": [1], "cycle/": [0, 1]}
+    # the contest scores each rule on its own schedule's trajectory and FLOPs
+    gen = torch.Generator().manual_seed(0)
+    n, L = 6, 5
+    data = {
+        "inputs": torch.randint(0, 23, (n, L), generator=gen),
+        "answer_pos": torch.full((n,), L - 1),
+        "answers": torch.randint(0, 23, (n,), generator=gen),
+        "hops": torch.full((n,), 2),
+    }
+    sel = Selector(m.config.d_model, 2)
+    table = flops_table(m, [L], sel, sel.n_features)
+    cfg = HaltingConfig(max_steps=3)
+    rules, _, _ = scored_split(m, sel, data, torch.arange(n), table, cfg)
+    assert {"fixed_2", "core_1/fixed_2", "cycle/fixed_2", "cycle/conf>=0.9"} <= set(rules)
+    small, large = table["step"][0][L], table["step"][1][L]
+    base = table["prelude"][L] + table["read"][L]
+    assert rules["fixed_2"]["flops"][0] == base + 2 * small
+    assert rules["cycle/fixed_2"]["flops"][0] == base + small + large
+    assert rules["core_1/fixed_3"]["flops"][0] == base + 3 * large
+    with scheduled(m, [0, 1]):
+        want = trajectory(m, data["inputs"], data["answer_pos"], data["answers"], 3)
+    assert torch.equal(rules["cycle/fixed_3"]["correct"], want["correct"][2])
+    assert m.schedule == [0, 0]  # restored
+    assert family("cycle/conf>=0.9") == "cycle/conf" and family("core_1/fixed_3") == "core_1/fixed"
 
 
 def test_score_rules_charges_all_steps_to_the_most_confident(make_model):

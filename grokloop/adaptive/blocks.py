@@ -19,7 +19,13 @@ from __future__ import annotations
 
 import torch
 
-from grokloop.adaptive.rules import core_layers, rule_exits, summarize_exits, trajectory
+from grokloop.adaptive.rules import (
+    core_layers,
+    rule_exits,
+    scheduled,
+    summarize_exits,
+    trajectory,
+)
 
 EXITS = ("huginn_kl<5e-4", "conf>=0.9", "max_confidence", "oracle")  # points beside the curves
 
@@ -82,20 +88,17 @@ def block_study(
     """{schedule name: {"schedule": cores, "rules": {rule: row}}} for every schedule of the
     model's bank, plus "random": the mean of the random schedules' rows. The model's default
     schedule is restored afterwards."""
-    layers, saved = core_layers(model), list(model.schedule)
+    layers = core_layers(model)
     out = {}
-    try:
-        for name, schedule in schedules(len(layers), n_random, max_steps, seed).items():
-            model.set_schedule(schedule)
+    for name, schedule in schedules(len(layers), n_random, max_steps, seed).items():
+        with scheduled(model, schedule):
             parts = [
                 trajectory(model, tokens[c], positions[c], answers[c], max_steps)
                 for c in torch.arange(len(tokens)).split(batch_size)
             ]
-            traj = {k: torch.cat([p[k] for p in parts], dim=1).cpu() for k in parts[0]}
-            # trajectory's cost is in units of the schedule's first core; back to layers
-            out[name] = {"schedule": schedule, "rules": scored(traj, hops, layers[schedule[0]])}
-    finally:
-        model.set_schedule(saved)
+        traj = {k: torch.cat([p[k] for p in parts], dim=1).cpu() for k in parts[0]}
+        # trajectory's cost is in units of the schedule's first core; back to layers
+        out[name] = {"schedule": schedule, "rules": scored(traj, hops, layers[schedule[0]])}
     randoms = [v["rules"] for k, v in out.items() if k.startswith("random_")]
     if randoms:
         out["random"] = {

@@ -17,6 +17,12 @@ answered by both sides); each row also carries the other metric on test with its
 (`acc_gain`, `compute_saving` and their `_lo`/`_hi`), so a saving bought with accuracy shows.
 `n_variants` is how many rules the valid choice was made among.
 
+A model with a bank of thinking blocks (`model.core_sizes`) gives the rules the block choice
+too (`rule_schedules`): every rule runs the model's default schedule, each core throughout and
+the cores in turn, each candidate named with its schedule (`cycle/conf>=0.9`), and the valid
+choice is made over them all, so a selector that wins by choosing blocks is measured against
+rules that may run any of those schedules.
+
 Compute is measured, not modelled: `flops_table` runs the prelude, one step of each core and
 the readout at every query length under torch's FlopCounterMode, and a fact's FLOPs are the
 sum of what it ran at its own length (`rule_flops`, `selector_flops`). An adaptive exit pays a
@@ -136,6 +142,26 @@ def candidate_exits(traj: dict, n_relations: torch.Tensor) -> dict[str, tuple]:
         rules[f"argmax_{k}"] = (first_true(argmax_stable(traj["argmax"], k)), True, False)
     rules["max_confidence"] = (traj["top"].argmax(0), True, True)
     return rules
+
+
+def rule_schedules(model, T: int) -> dict[str, list[int]]:
+    """{name prefix: schedule} the rules run: the model's default ("", names unchanged) and, with
+    a bank of cores, each core throughout ("core_C/") and the cores in turn ("cycle/"), each
+    schedule once (compared over T steps, cycled)."""
+
+    def unrolled(schedule):
+        return tuple(schedule[t % len(schedule)] for t in range(T))
+
+    out = {"": list(model.schedule)}
+    n = len(model.cores)
+    if n > 1:
+        named = {f"core_{c}/": [c] for c in range(n)} | {"cycle/": list(range(n))}
+        seen = {unrolled(model.schedule)}
+        for prefix, schedule in named.items():
+            if unrolled(schedule) not in seen:
+                seen.add(unrolled(schedule))
+                out[prefix] = schedule
+    return out
 
 
 def score_rules(traj, rules: dict, table, schedule, lengths) -> dict[str, dict]:

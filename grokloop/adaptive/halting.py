@@ -37,6 +37,7 @@ from grokloop.adaptive.contest import (
     contest,
     flops_by_hops,
     flops_table,
+    rule_schedules,
     score_rules,
     selector_flops,
     tuned_per_family,
@@ -52,6 +53,7 @@ from grokloop.adaptive.rules import (
     coverage_curve,
     coverage_gain_interval,
     rule_exits,
+    scheduled,
     selective_curve,
     selective_point,
     summarize_exits,
@@ -165,20 +167,10 @@ def contest_results(model, ds, selector, cfg: HaltingConfig, test_split: str) ->
     table = flops_table(
         model, sorted(set(lengths_all[used].tolist())), selector, selector.n_features
     )
-    scored = {}
-    for split in splits:
-        idx = torch.as_tensor(ds.splits[split])
-        tokens = answer_prefix(data["inputs"], data["answer_pos"], idx)
-        traj, outs = run_split(model, selector, data, tokens, idx, cfg)
-        lengths, out = lengths_all[idx], outs[0.0]
-        candidates = candidate_exits(traj, data["answer_pos"][idx])
-        rules = score_rules(traj, candidates, table, model.schedule, lengths)
-        sel = {
-            "correct": out["correct"],
-            "flops": selector_flops(table, out, lengths),
-            "steps": out["steps"].double(),
-        }
-        scored[split] = (rules, sel, data["hops"][idx])
+    scored = {
+        split: scored_split(model, selector, data, torch.as_tensor(ds.splits[split]), table, cfg)
+        for split in splits
+    }
     (v_rules, v_sel, _), (t_rules, t_sel, hops) = scored[cfg.train_split], scored[test_split]
     rows = contest(v_rules, t_rules, v_sel, t_sel, seed=cfg.seed)
     shown = [f"fixed_{min(model.config.n_steps, cfg.max_steps)}", f"fixed_{cfg.max_steps}"]
@@ -209,6 +201,28 @@ def contest_results(model, ds, selector, cfg: HaltingConfig, test_split: str) ->
         f"{name}.{k}": v.numpy() for name, d in methods.items() for k, v in d.items()
     }
     return result, per_fact
+
+
+def scored_split(model, selector, data, idx, table, cfg) -> tuple[dict, dict, torch.Tensor]:
+    """(every candidate rule on every rule schedule, the selector's greedy episodes, hops) of the
+    facts `idx`, each side's per-fact correct, FLOPs and steps (grokloop/adaptive/contest.py)."""
+    tokens = answer_prefix(data["inputs"], data["answer_pos"], idx)
+    traj, outs = run_split(model, selector, data, tokens, idx, cfg)
+    lengths, out = data["answer_pos"][idx] + 1, outs[0.0]
+    rules = {}
+    for prefix, schedule in rule_schedules(model, cfg.max_steps).items():
+        if prefix:  # the default schedule's trajectory came with the selector's episodes
+            with scheduled(model, schedule):
+                traj = run_split(model, None, data, tokens, idx, cfg)[0]
+        candidates = candidate_exits(traj, data["answer_pos"][idx])
+        scored = score_rules(traj, candidates, table, schedule, lengths)
+        rules |= {prefix + name: v for name, v in scored.items()}
+    sel = {
+        "correct": out["correct"],
+        "flops": selector_flops(table, out, lengths),
+        "steps": out["steps"].double(),
+    }
+    return rules, sel, data["hops"][idx]
 
 
 def trained_hop_counts(ds) -> list[int]:

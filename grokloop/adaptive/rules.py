@@ -103,6 +103,17 @@ def memory_reads(model, n_steps: int):
         yield got
 
 
+@contextlib.contextmanager
+def scheduled(model, schedule: list[int]):
+    """Within it the model runs `schedule` (cycled) by default; its own is restored after."""
+    saved = list(model.schedule)
+    model.set_schedule(schedule)
+    try:
+        yield model
+    finally:
+        model.set_schedule(saved)
+
+
 @torch.no_grad()
 def trajectory(
     model, tokens, positions, answers, max_steps: int, margins: bool = False
