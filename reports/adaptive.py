@@ -156,8 +156,29 @@ def run_rows(run: dict, rules: bool = True) -> list[dict]:
     return labelled(all_rows(run), run, rules)
 
 
+def per_hop_kept(rule: str, max_steps: int) -> bool:
+    """Whether a rule's per-hop rows go into summary.json: the main rules, the selector and the
+    threshold at its coverage, and the fixed depths `on_depth_grid` (a depth curve to
+    max_steps); the threshold grids' per-hop rows stay in the runs' results.json (all of them
+    at 32 steps took summary.json past 2 MB). Every rule keeps its all-hops row."""
+    if rule in (r.replace("{T}", str(max_steps)) for r in MAIN_RULES) or rule in BLOCK_RULES:
+        return True
+    if rule.startswith(("selector", THRESHOLD_RULE, "trained_depth")):
+        return True
+    return on_depth_grid(rule)
+
+
+def on_depth_grid(rule: str) -> bool:
+    """A fixed depth on the per-hop and schedule rows' grid: every depth up to 8, every 2nd to
+    16, every 4th beyond."""
+    fixed = re.fullmatch(r"fixed_(\d+)", rule)
+    t = int(fixed[1]) if fixed else 0
+    return t > 0 and (t <= 8 or t % 2 == 0 and t <= 16 or t % 4 == 0)
+
+
 def all_rows(run: dict) -> list[dict]:
     res, rows, missing_n = run["halting"], [], False
+    max_steps = res.get("config", {}).get("max_steps", 0)
     ids = {"model": run["name"]}
     tail = {"seed": run.get("seed"), "step": res.get("checkpoint_step")}
     for split, sres in res["splits"].items():
@@ -173,7 +194,7 @@ def all_rows(run: dict) -> list[dict]:
                 **rule_fields(r),
             )
             for key, h in r.items():
-                if not key.startswith("hops_"):
+                if not key.startswith("hops_") or not per_hop_kept(rule, max_steps):
                     continue
                 if "n" not in h:  # results.json from before per-hop counts
                     missing_n = True
@@ -230,7 +251,8 @@ def all_rows(run: dict) -> list[dict]:
 
 def block_rows(blocks: dict, ids: dict, tail: dict) -> list[dict]:
     """A bank model's schedules (grokloop/adaptive/blocks.py) as rows with `schedule` and
-    `mean_layers`: every rule over all hop counts, and per hop count the exits of BLOCK_RULES
+    `mean_layers`: every exit and the fixed depths `on_depth_grid` over all hop counts, and per
+    hop count the exits of BLOCK_RULES
     (what the block table reads; the other rules' per-hop rows stay in the runs' results.json,
     which kept summary.json under 2 MB); the random schedules by their mean only."""
     rows = []
@@ -238,6 +260,8 @@ def block_rows(blocks: dict, ids: dict, tail: dict) -> list[dict]:
         if schedule.startswith("random_"):
             continue
         for rule, r in b["rules"].items():
+            if rule.startswith("fixed_") and not on_depth_grid(rule):
+                continue
             per_hop = [(int(k[5:]), h) for k, h in r.items() if k.startswith("hops_")]
             for hops, h in [(None, r)] + (per_hop if rule in BLOCK_RULES else []):
                 rows.append(
@@ -314,6 +338,21 @@ def abstention_entries(run: dict) -> list[dict]:
     return out
 
 
+def check_one_max_steps(runs: list[dict]) -> None:
+    """Refuse one model seed's runs at different max_steps: its rules are read from the first run
+    only (`build`), and a threshold rule that never fires exits at max_steps, so the same name
+    scores differently at 16 and at 32 steps."""
+    first: dict[tuple, tuple] = {}
+    for run in runs:
+        T, where = run["halting"].get("config", {}).get("max_steps"), run["halting"].get("run_dir")
+        T0, where0 = first.setdefault((run["name"], run.get("seed")), (T, where))
+        if T != T0:
+            raise SystemExit(
+                f"{where} runs model {run['name']!r} (seed {run.get('seed')}) at max_steps {T}, "
+                f"{where0} at {T0}: name them apart with names=[...] (e.g. NAME@{T})"
+            )
+
+
 def build(runs: list[dict]) -> dict:
     seen, rules_from = {}, set()
     for run in runs:
@@ -330,6 +369,7 @@ def build(runs: list[dict]) -> dict:
                 "their selectors with selectors=[...])"
             )
         seen[key] = run["halting"].get("run_dir")
+    check_one_max_steps(runs)
     rows = []
     for run in runs:
         first = (run["name"], run.get("seed")) not in rules_from
@@ -1045,8 +1085,10 @@ def figures_html(summary: dict) -> str:
 # --- summary.json and its curves on disk ------------------------------------------------------
 CURVES_FILE = "summary_curves.json.gz"  # beside summary.json
 CURVES = ("curve", "selector_curve")  # the curves of an abstention entry
+FRONTIER_FILE = "summary_frontier.json.gz"  # beside summary.json: every candidate rule's point
 ENTRY_IDS = ("model", "seed", "selector_label", "selector_seed", "split", "facts")
 PRINTED = (".1f", ".2f", ".3f", ".4g")  # every format a table prints a row's number in
+SHORTENED = ("rows", "compute_by_hops", "frontier")  # the lists of rows whose floats `shorten` cuts
 
 
 def shorten(x):
@@ -1057,6 +1099,15 @@ def shorten(x):
         return [shorten(v) for v in x]
     if not isinstance(x, float):
         return x
+    # repeated to a fixed point, so that a shortened summary shortens to itself: a value cut to 8
+    # digits can print as its 6-digit neighbour does where the original did not
+    while (y := shorter(x)) != x:
+        x = y
+    return x
+
+
+def shorter(x: float) -> float:
+    """x at the fewest digits (6, 8, 10) that print as x does in every PRINTED format, or x."""
     for digits in (6, 8, 10):
         y = float(f"{x:.{digits}g}")
         if all(format(y, f) == format(x, f) for f in PRINTED):
@@ -1077,28 +1128,41 @@ def dumps(summary: dict) -> str:
 
 
 def write_summary(out: Path, summary: dict) -> dict:
-    """summary.json (rows shortened, abstention entries without their curves) and the curves in
-    CURVES_FILE (gzipped JSON: they are the bulk of the entries and no table reads them, only
-    the coverage figure); returns the summary as load_summary reads it back."""
-    summary = summary | {"rows": [{k: shorten(v) for k, v in r.items()} for r in summary["rows"]]}
+    """summary.json (SHORTENED rows shortened, abstention entries without their curves, no
+    frontier), the curves in CURVES_FILE and the frontier in FRONTIER_FILE (gzipped JSON: the
+    bulk of the entries, every candidate rule's point, and no table reads them, only the coverage
+    and frontier figures); returns the summary as load_summary reads it back."""
+    summary = summary | {
+        key: [{k: shorten(v) for k, v in r.items()} for r in summary[key]]
+        for key in SHORTENED
+        if key in summary
+    }
     entries = summary.get("abstention", [])
     curves = [{k: e[k] for k in ENTRY_IDS + CURVES if k in e} for e in entries]
-    on_disk = summary | (
+    on_disk = {k: v for k, v in summary.items() if k != "frontier"} | (
         {"abstention": [{k: v for k, v in e.items() if k not in CURVES} for e in entries]}
         if entries
         else {}
     )
     atomic_write_text(out / "summary.json", dumps(on_disk))
-    if entries:  # mtime=0: the same curves give the same bytes
-        data = gzip.compress(json.dumps(curves, separators=(",", ":")).encode(), mtime=0)
-        atomic_write(out / CURVES_FILE, lambda tmp: tmp.write_bytes(data))
-    else:
-        (out / CURVES_FILE).unlink(missing_ok=True)  # a stale one would not match
+    write_sidecar(out / CURVES_FILE, curves if entries else None)
+    write_sidecar(out / FRONTIER_FILE, summary.get("frontier") or None)
     return summary
 
 
+def write_sidecar(path: Path, data) -> None:
+    """Gzipped JSON (mtime 0: the same data gives the same bytes), or no file for None (a stale
+    one would not match)."""
+    if data is None:
+        path.unlink(missing_ok=True)
+        return
+    raw = gzip.compress(json.dumps(data, separators=(",", ":")).encode(), mtime=0)
+    atomic_write(path, lambda tmp: tmp.write_bytes(raw))
+
+
 def load_summary(path: str | Path) -> dict:
-    """A summary.json (or its folder) with its abstention curves put back from CURVES_FILE."""
+    """A summary.json (or its folder) with its abstention curves put back from CURVES_FILE and
+    its frontier from FRONTIER_FILE."""
     path = Path(path)
     path = path / "summary.json" if path.is_dir() else path
     summary = json.loads(path.read_text())
@@ -1111,6 +1175,8 @@ def load_summary(path: str | Path) -> dict:
         summary["abstention"] = [
             e | {k: c[k] for k in CURVES if k in c} for e, c in zip(summary["abstention"], curves)
         ]
+    if (sidecar := path.parent / FRONTIER_FILE).is_file():
+        summary["frontier"] = json.loads(gzip.decompress(sidecar.read_bytes()))
     return summary
 
 

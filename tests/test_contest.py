@@ -237,6 +237,10 @@ def test_selectors_of_one_model_share_its_rule_rows(make_model):
     runs[1]["halting"]["config"]["seed"] = 0  # two selectors alike in label and seed
     with pytest.raises(SystemExit, match="selectors="):
         build(runs)
+    # rules that may run longer score differently under the same names: one model, one max_steps
+    runs[1]["halting"]["config"] |= {"seed": 1, "max_steps": 32}
+    with pytest.raises(SystemExit, match="max_steps 32, .* names="):
+        build(runs)
 
 
 def test_the_summary_keeps_only_the_splits_asked_for():
@@ -287,3 +291,14 @@ def test_a_rules_compute_rows_come_once_per_model_seed_and_a_selectors_once_per_
         (1, "fixed_4", "-"),
         (1, "selector.state", 0),
     ]
+
+
+def test_the_summary_keeps_per_hop_rows_of_the_main_rules_and_a_grid_of_depths():
+    from reports.adaptive import on_depth_grid, per_hop_kept
+
+    grid = [t for t in range(1, 33) if on_depth_grid(f"fixed_{t}")]
+    assert grid == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32]
+    kept = ["kl<0.01", "conf>=0.9", "fixed_32", "fixed_12", "oracle", "selector", "trained_depth"]
+    assert all(per_hop_kept(rule, 32) for rule in kept)
+    assert not any(per_hop_kept(rule, 32) for rule in ["kl<0.03", "conf>=0.99", "fixed_13"])
+    assert not on_depth_grid("kl<0.01") and not on_depth_grid("cycle/fixed_4")

@@ -21,6 +21,7 @@ from reports.readme import MARKER, results_index, update
 ROOT = Path(__file__).resolve().parent.parent
 DOCS, RESULTS = ROOT / "docs", ROOT / "docs" / "results"
 CURVES = "summary_curves.json.gz"  # reports/adaptive.py CURVES_FILE
+FRONTIER = "summary_frontier.json.gz"  # reports/adaptive.py FRONTIER_FILE
 SRC = re.compile(r'<script[^>]*\bsrc="([^"]+)"')
 needs_browser = pytest.mark.skipif(
     chromium() is None and not os.environ.get("GROKLOOP_REQUIRE_BROWSER"),
@@ -119,6 +120,8 @@ def test_the_adaptive_summary_keeps_its_curves_beside_it():
     assert {"study", "machine", "commands", "runs"} <= set(summary)
     assert [[e[k] for k in ids] for e in entries] == [[c[k] for k in ids] for c in curves]
     assert all("curve" not in e for e in entries) and all("curve" in c for c in curves)
+    frontier = json.loads(gzip.decompress((RESULTS / "adaptive" / FRONTIER).read_bytes()))
+    assert "frontier" not in summary and {"rule", "valid_acc", "test_flops"} <= set(frontier[0])
 
 
 def test_the_findings_tables_of_the_adaptive_study_regenerate_unchanged():
