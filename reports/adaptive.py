@@ -252,9 +252,9 @@ def all_rows(run: dict) -> list[dict]:
 def block_rows(blocks: dict, ids: dict, tail: dict) -> list[dict]:
     """A bank model's schedules (grokloop/adaptive/blocks.py) as rows with `schedule` and
     `mean_layers`: every exit and the fixed depths `on_depth_grid` over all hop counts, and per
-    hop count the exits of BLOCK_RULES
-    (what the block table reads; the other rules' per-hop rows stay in the runs' results.json,
-    which kept summary.json under 2 MB); the random schedules by their mean only."""
+    hop count the exits of BLOCK_RULES (what the block table reads; the other rules' per-hop rows
+    stay in the runs' results.json, which keeps summary.json under 2 MB); the random schedules by
+    their mean only."""
     rows = []
     for schedule, b in blocks.items():
         if schedule.startswith("random_"):
