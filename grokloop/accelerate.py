@@ -6,9 +6,11 @@
                             has bf16 matrix units (CPU: AMX-BF16 or AVX512-BF16; CUDA: any GPU
                             torch calls bf16-capable); elsewhere fp32, with a warning saying why
 
-Both are off by default and touch the training steps only: evaluation, probes and the halting
-selector always run the eager fp32 model, and the logits leave the step in fp32, so the loss
-(softmax or StableMax, optionally float64) is computed exactly as without them.
+Both are off by default and touch the training steps only: probes and the halting selector
+always run the eager fp32 model, the evaluations during training too unless
+train.eval_precision=train (then under the training's autocast, eager), and the logits leave
+the step in fp32, so the loss (softmax or StableMax, optionally float64) is computed exactly as
+without them.
 
 How it is wired: `accelerate_training(model, train_cfg, device)` replaces `readout_steps` on this
 one model instance by a dispatcher. A call in training mode with gradients on goes to the fast

@@ -313,6 +313,8 @@ class TrainConfig:
     eval_every_max: int = 500  # ... up to this
     eval_splits: list[str] | None = None  # None: every split the task produces
     eval_batch_size: int = 4096
+    eval_precision: str = "fp32"  # fp32 | train: the evaluations during training in fp32, or
+    # under the training forward's autocast (bf16 where it trains in bf16; grokloop/accelerate.py)
     checkpoint_every_max: int = 5000
     stop_at_grok: str | None = (
         None  # stop once this split (or each of 'a,b') reaches grok_threshold
@@ -353,6 +355,7 @@ class TrainConfig:
         _choice("train.loss", self.loss, ("softmax", "stablemax"))
         _choice("train.depth", self.depth, ("fixed", "random", "poisson", "best", "soft_best"))
         _choice("train.precision", self.precision, ("fp32", "bf16", "auto"))
+        _choice("train.eval_precision", self.eval_precision, ("fp32", "train"))
         if self.compile not in (True, False, "auto"):
             raise ValueError(f"train.compile={self.compile!r} is not one of [true, false, auto]")
         if self.soft_best_tau <= 0:

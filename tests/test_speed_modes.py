@@ -107,6 +107,29 @@ def test_bf16_trains_to_the_fp32_results_within_tolerance(tmp_path, monkeypatch)
     assert fp32[-1]["loss/train"] != bf16[-1]["loss/train"]  # bf16 really ran
 
 
+def test_evaluation_in_the_training_precision_changes_only_the_evaluations(tmp_path, monkeypatch):
+    """train.eval_precision=train evaluates a bf16 run under bf16 autocast: the same training
+    (bit for bit), evaluation losses within bf16's tolerance of fp32's and not identical; an
+    fp32 run's evaluations do not change; a resume may switch it, and logs that it did."""
+    fake_machine(monkeypatch, AMX)
+    bf16 = ["train.precision=bf16"]
+    fp32_eval, _ = run(tmp_path, "fp32_eval", bf16)
+    bf16_eval, config = run(tmp_path, "bf16_eval", bf16 + ["train.eval_precision=train"])
+    assert config["train"]["eval_precision"] == "train"
+    for a, b in zip(fp32_eval, bf16_eval, strict=True):
+        assert (a["loss/train"], a["weight_norm"]) == (b["loss/train"], b["weight_norm"])
+        assert b["loss/test"] == pytest.approx(a["loss/test"], rel=TOLERANCE["bf16"])
+    assert any(a["loss/test"] != b["loss/test"] for a, b in zip(fp32_eval, bf16_eval))
+    plain, _ = run(tmp_path, "plain", [])
+    same, _ = run(tmp_path, "same", ["train.eval_precision=train"])
+    assert plain == [r | {"wall_time_s": p["wall_time_s"]} for p, r in zip(plain, same)]
+    run(tmp_path, "fp32_eval", bf16 + ["train.eval_precision=train", "train.steps=12"], True)
+    log = (tmp_path / "fp32_eval" / "resume_log.jsonl").read_text()
+    assert '"train.eval_precision": {"old": "fp32", "new": "train"}' in log
+    with pytest.raises(ValueError, match="train.eval_precision"):
+        TrainConfig(eval_precision="bf16")
+
+
 @pytest.mark.slow  # ~30-60 s on 1 loaded thread: inductor compiles a forward and a backward
 def test_compiled_trains_to_the_fp32_results_within_tolerance(tmp_path):
     eager, _ = run(tmp_path, "eager", [])

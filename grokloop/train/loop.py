@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from datagen.provenance import atomic_write_text, code_version
-from grokloop.accelerate import Mode, accelerate_training, resolve_mode
+from grokloop.accelerate import Mode, accelerate_training, autocast, resolve_mode
 from grokloop.adaptive.depth import depth_sequence
 from grokloop.bank import facts_sha256
 from grokloop.checkpoint import (
@@ -164,7 +164,7 @@ def fresh_state(cfg: RunConfig, data: ResidentData, device: torch.device) -> Tra
     """Model, optimizer and RNG streams of a new run, all drawn from cfg.seed."""
     torch.manual_seed(cfg.seed)
     model = LoopedTransformer(cfg.model).to(device)
-    accelerate_training(model, cfg.train, device)  # train.compile / precision; no-op by default
+    mode = accelerate_training(model, cfg.train, device)  # compile / precision; no-op by default
     model.cfg.device = str(device)
     opt = make_optimizer(model, cfg.optim)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -180,6 +180,7 @@ def fresh_state(cfg: RunConfig, data: ResidentData, device: torch.device) -> Tra
         data.n_train,
         chosen,
         grads_finite=torch.ones((), dtype=torch.bool, device=device),
+        precision=mode["precision"],
     )
 
 
@@ -361,14 +362,17 @@ def evaluation_row(
         "loss/train": loss.item(),
         "weight_norm": math.sqrt(sum(p.detach().pow(2).sum().item() for p in params)),
     }
-    row |= evaluate(
-        state.model,
-        data.data,
-        data.eval_idx,
-        cfg.model.n_steps,
-        cfg.train.eval_batch_size,
-        data.eval_cache,
-    )
+    # train.eval_precision=train: evaluate as the training forward computes (bf16 autocast)
+    precision = state.precision if cfg.train.eval_precision == "train" else "fp32"
+    with autocast(state.order.device, precision):
+        row |= evaluate(
+            state.model,
+            data.data,
+            data.eval_idx,
+            cfg.model.n_steps,
+            cfg.train.eval_batch_size,
+            data.eval_cache,
+        )
     if len(state.chosen):  # which step the batches learned from since the last evaluation
         row |= {
             f"depth/chosen_step/{t + 1}": v

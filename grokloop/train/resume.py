@@ -26,6 +26,7 @@ RESUMABLE = frozenset(
         "train.report",
         "train.device",
         "train.eval_batch_size",
+        "train.eval_precision",
         "train.deterministic",
         "train.restart_if_damaged",
         "train.logger",

@@ -71,6 +71,7 @@ class TrainState:
     step: int = 0  # steps done
     wall_before: float = 0.0  # seconds trained before this process (a resumed run)
     grads_finite: torch.Tensor | None = None
+    precision: str = "fp32"  # the training forward's, after any fallback (grokloop/accelerate.py)
 
     def next_batch(self, data: ResidentData) -> torch.Tensor:
         """The next batch's example ids; a fresh permutation when the epoch runs out."""
