@@ -57,7 +57,7 @@ from reports import contest
 from reports.figures import style
 from reports.html import Section, page, table, write
 from reports.load import read_run
-from reports.study import POOL_APART, commands_from, pooled
+from reports.study import POOL_APART, commands_from, pooled, summary_text
 
 DEFAULT_OUT = "runs/adaptive_summary"  # under runs/ (gitignored): nothing tracked is overwritten
 HOPS_NOTE = (
@@ -1115,18 +1115,6 @@ def shorter(x: float) -> float:
     return x
 
 
-def dumps(summary: dict) -> str:
-    """summary.json's text: a line per row and per abstention entry (a line per field made the
-    rows most of the file), everything else indented as json.dumps(indent=1) does."""
-
-    def value(v) -> str:
-        if isinstance(v, list) and v and all(isinstance(e, dict) for e in v):
-            return "[\n" + ",\n".join("  " + json.dumps(e) for e in v) + "\n ]"
-        return json.dumps(v, indent=1).replace("\n", "\n ")
-
-    return "{\n" + ",\n".join(f" {json.dumps(k)}: {value(v)}" for k, v in summary.items()) + "\n}\n"
-
-
 def write_summary(out: Path, summary: dict) -> dict:
     """summary.json (SHORTENED rows shortened, abstention entries without their curves, no
     frontier), the curves in CURVES_FILE and the frontier in FRONTIER_FILE (gzipped JSON: the
@@ -1144,7 +1132,7 @@ def write_summary(out: Path, summary: dict) -> dict:
         if entries
         else {}
     )
-    atomic_write_text(out / "summary.json", dumps(on_disk))
+    atomic_write_text(out / "summary.json", summary_text(on_disk))
     write_sidecar(out / CURVES_FILE, curves if entries else None)
     write_sidecar(out / FRONTIER_FILE, summary.get("frontier") or None)
     return summary

@@ -29,7 +29,7 @@ from grokloop.metrics_log import read_rows
 from grokloop.stats import acc_row, mean_interval
 from reports.figures import split_color, style
 from reports.html import Section, page, table, write
-from reports.study import commands_from
+from reports.study import commands_from, summary_text
 from reports.survival import km_curve, km_median, logrank
 
 # --- reading ------------------------------------------------------------------------------------
@@ -811,7 +811,7 @@ def write_study(
         "rows": study_rows(curricula),
     }
     out = Path(out)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", summary_text(summary))
     atomic_write_text(out / "summary.md", markdown(summary))
     sections = []
     for n, m in agg["matrix"].items():

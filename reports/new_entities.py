@@ -11,14 +11,13 @@ seed's rows, and per (model, bank, split, metric) the seeds pooled, `seed: poole
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datagen.dataset import read_json
 from datagen.provenance import atomic_write_text, code_version, portable_path
 from grokloop.stats import wilson
-from reports.study import commands_from
+from reports.study import commands_from, summary_text
 
 TEST_SPLITS = ("test_new_head", "test_new_bridge", "test_new_answer", "test_new_all", "test_old")
 SPLITS = tuple(s.replace("test", "valid", 1) for s in TEST_SPLITS) + TEST_SPLITS
@@ -247,7 +246,7 @@ def write(out: str | Path, summaries: list[dict], commands: list[str]) -> dict:
 
     out = Path(out)
     summary = study(summaries, commands)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", summary_text(summary))
     atomic_write_text(out / "summary.md", markdown(summary))
     write_html(out / "index.html", page(summary))
     return summary

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from datagen.provenance import atomic_write_text, code_version, machine
 from reports.html import Section, page, table, write
+from reports.study import summary_text
 
 
 def find(summary: dict, last: bool = False, **match) -> dict:
@@ -276,7 +277,7 @@ class PaperCommand:
 def run_paper(cmd: PaperCommand) -> dict:
     summary = paper_summary(Path(cmd.results))
     out = Path(cmd.out)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", summary_text(summary))
     atomic_write_text(out / "summary.md", markdown(summary))
     rows = [
         [c["claim"], c["theirs"], c["ours"], ", ".join(c["studies"])] for c in summary["claims"]

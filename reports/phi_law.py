@@ -17,7 +17,6 @@ budget ranks above every observed one), and at each phi the ratio of the sizes' 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from datagen.provenance import atomic_write_text, code_version, machine
 from grokloop.stats import acc_row
 from reports.html import Section, page, table, write
 from reports.load import RunFiles, find_runs, read_run
-from reports.study import commands_from, first_step_at, pooled
+from reports.study import commands_from, first_step_at, pooled, summary_text
 from reports.survival import km_median, spearman
 
 SPLITS = ("valid", "test_inferred_id")
@@ -275,7 +274,7 @@ def write_phi_law(out: str | Path, runs: list[RunFiles], commands: list[str]) ->
         "unfinished": unfinished,
     }
     out = Path(out)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", summary_text(summary))
     atomic_write_text(out / "summary.md", markdown(summary))
     head = ["entities", "phi", "median steps to grok", "censored"]
     section = (

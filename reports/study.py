@@ -373,6 +373,19 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_text(summary: dict) -> str:
+    """summary.json's text: a line per entry of each top-level list of objects (rows, stages...;
+    a line per field made the rows most of a file), everything else indented as
+    json.dumps(indent=1) does. Every study's summary.json is written by this."""
+
+    def value(v) -> str:
+        if isinstance(v, list) and v and all(isinstance(e, dict) for e in v):
+            return "[\n" + ",\n".join("  " + json.dumps(e) for e in v) + "\n ]"
+        return json.dumps(v, indent=1).replace("\n", "\n ")
+
+    return "{\n" + ",\n".join(f" {json.dumps(k)}: {value(v)}" for k, v in summary.items()) + "\n}\n"
+
+
 def write_study(
     out: str | Path,
     study: str,
@@ -399,7 +412,7 @@ def write_study(
         summary["stages"] = stages
     if select:
         summary["selection"] = selection(summary["rows"], list(select))
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", summary_text(summary))
     atomic_write_text(out / "summary.md", markdown(summary))
     report = compare_report(runs) if runs else included_report(study, summary["rows"])
     write(out / "compare.html", report)  # under docs/results: loads the shared plotly.js

@@ -7,7 +7,7 @@ import pytest
 
 from grokloop.stats import wilson
 from reports.load import RunFiles
-from reports.study import markdown, study_rows, write_study
+from reports.study import markdown, study_rows, summary_text, write_study
 
 
 def fake_run(tmp: Path, name: str, seed: int, depth: int, acc: float) -> RunFiles:
@@ -386,3 +386,23 @@ def test_handoff_rows_give_the_second_hop_alone_with_intervals():
         rows["answer_if_bridge_wrong"]["acc"] == 0.1 and rows["answer_if_bridge_wrong"]["n"] == 60
     )
     assert all(r["lo"] <= r["acc"] <= r["hi"] and r["role"] == "handoff" for r in rows.values())
+
+
+def test_summary_text_puts_a_row_on_a_line_and_reads_back():
+    s = {
+        "study": "s",
+        "machine": {"cpu": "c", "cores": 2},
+        "rows": [{"model": "a", "acc": 0.5, "n": 2}, {"model": "b", "acc": 1.0, "n": 2}],
+    }
+    text = summary_text(s)
+    assert json.loads(text) == s
+    assert '\n  {"model": "a", "acc": 0.5, "n": 2},\n  {"model": "b"' in text
+
+
+def test_every_committed_summary_is_written_as_summary_text_writes_it():
+    """Each study's summary.json as its writer makes it (so regenerating one changes only what
+    changed): the text summary_text gives its own content."""
+    results = Path(__file__).resolve().parent.parent / "docs" / "results"
+    for path in sorted(results.glob("*/summary.json")):
+        text = path.read_text()
+        assert summary_text(json.loads(text)) == text, path
