@@ -183,13 +183,14 @@ def _readout(
     grad_last_k,
     every_step,
     answer_only,
+    late,
     device_type,
     bf16,
 ):
     # The body every compiled copy runs (see _fresh): the class's readout_steps under autocast.
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         out = type(model).readout_steps(
-            model, tokens, n_steps, positions, schedule, grad_last_k, every_step, answer_only
+            model, tokens, n_steps, positions, schedule, grad_last_k, every_step, answer_only, late
         )
     return out.float()
 
@@ -238,14 +239,14 @@ def accelerate_training(model, train_cfg, device: torch.device) -> dict:
         grad_last_k=None,
         every_step=True,
         answer_only=False,
+        late=None,
     ):
+        args = (tokens, n_steps, positions, schedule, grad_last_k, every_step, answer_only, late)
         if not (model.training and torch.is_grad_enabled()) or _hooks_attached(model):
-            return eager(tokens, n_steps, positions, schedule, grad_last_k, every_step, answer_only)
+            return eager(*args)
         if compiled:  # grow hook points / bind weight views outside the compiled region
             model._resolve(n_steps, schedule)
-        return body(
-            model, tokens, n_steps, positions, schedule, grad_last_k, every_step, answer_only
-        )
+        return body(model, *args)
 
     readout_steps.__doc__ = eager.__doc__
     model.readout_steps = readout_steps

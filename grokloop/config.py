@@ -308,6 +308,10 @@ class TrainConfig:
     best_step_tol: float = 0.0  # best: losses within this of the minimum tie (fewest steps win)
     soft_best_tau: float = 1.0  # soft_best: temperature of the soft minimum over steps
     mix_cores: bool = False  # bank: each batch runs a random schedule of the bank's cores
+    reveal_delay_max: int = 0  # > 0: each batch's first token (a chain's head) arrives D ~
+    # U{0..max} recurrence steps late by input injection (pad stands in before), and the batch
+    # unrolls D steps more: every position waits D steps longer for its bridge, as it must on
+    # chains deeper than any trained (grokloop/train/step.py)
     moe_balance: float = 0.01  # weight of the MoE balance regulariser (MoE cores only)
     eval_every_min: int = 10  # log-spaced schedule: gaps grow from this ...
     eval_every_max: int = 500  # ... up to this
@@ -356,6 +360,16 @@ class TrainConfig:
         _choice("train.depth", self.depth, ("fixed", "random", "poisson", "best", "soft_best"))
         _choice("train.precision", self.precision, ("fp32", "bf16", "auto"))
         _choice("train.eval_precision", self.eval_precision, ("fp32", "train"))
+        if self.reveal_delay_max < 0:
+            raise ValueError(f"train.reveal_delay_max={self.reveal_delay_max} must be >= 0")
+        if self.reveal_delay_max and (
+            self.depth not in ("fixed", "random", "poisson") or self.loss_on_end_token
+        ):
+            raise ValueError(
+                f"train.reveal_delay_max={self.reveal_delay_max} trains the answer at the last "
+                f"step; it does not combine with train.depth={self.depth} or "
+                "train.loss_on_end_token=true"
+            )
         if self.compile not in (True, False, "auto"):
             raise ValueError(f"train.compile={self.compile!r} is not one of [true, false, auto]")
         if self.soft_best_tau <= 0:

@@ -887,6 +887,7 @@ class LoopedTransformer(HookedRootModule):
         grad_last_k: int | None = None,
         every_step: bool = True,
         answer_only: bool = False,
+        late: tuple[torch.Tensor, int] | None = None,
     ) -> torch.Tensor:
         """Logits if the model stopped after each step: [n_steps, batch, (pos,) d_vocab].
 
@@ -896,6 +897,9 @@ class LoopedTransformer(HookedRootModule):
         `grad_last_k`: truncated backpropagation, gradients flow through the last k steps only.
         `answer_only` (needs `positions`, `every_step=False`): the final layer is computed at the
         answer positions only and skips its hook points; identical logits, much less work.
+        `late` (early_tokens, step): the loop starts from `early_tokens` and injects them until
+        recurrence step `step` (0-based), from which it injects `tokens`: information that
+        arrives late, so the other positions wait for it (train.reveal_delay_max).
         """
         if answer_only and (positions is None or every_step):
             raise ValueError("answer_only needs positions and every_step=False")
@@ -904,9 +908,15 @@ class LoopedTransformer(HookedRootModule):
         n_pre = len(self.prelude)
         coda = layers[len(layers) - len(self.coda) :]
         self._routing.clear()
-        state, e = self.run_layers(self.embed(tokens), layers[:n_pre], hooked=True)
+        early, reveal = late if late is not None and late[1] > 0 else (tokens, 0)
+        if reveal and self.config.injection == "none":
+            raise ValueError("late tokens arrive by input injection; this model has none")
+        state, e = self.run_layers(self.embed(early), layers[:n_pre], hooked=True)
+        revealed = self.run_layers(self.embed(tokens), layers[:n_pre])[0] if reveal else None
         outs = []
         for s in range(len(schedule)):
+            if s == reveal and revealed is not None:
+                e = revealed
             if grad_last_k is not None and s == len(schedule) - grad_last_k:
                 state = state.detach()
             last = s == len(schedule) - 1

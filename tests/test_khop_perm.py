@@ -251,6 +251,57 @@ def test_recipe_trains_and_resumes_exactly(tmp_path):
     assert rows(cut) == rows(full)
 
 
+def test_a_late_head_is_injected_from_its_step_on_as_a_rollout_by_hand(make_model):
+    """readout_steps(late=(early, D)) is the step-by-step rollout that starts from `early` and
+    injects it until step D, then the real tokens; D = 0 is no delay, and a delay changes the
+    answer (the head matters)."""
+    m = make_model(n_core=1, n_steps=5, injection="add").eval()
+    tokens = TOKENS
+    early = tokens.clone()
+    early[:, 0] = 0
+    pos = torch.tensor([4, 4])
+    got = m.readout_steps(tokens, 5, positions=pos, late=(early, 2))
+    e_early, state = m.enter_loop(early)
+    e_real, _ = m.enter_loop(tokens)
+    for s in range(5):
+        state = m.step(state, e_early if s < 2 else e_real, s)
+        assert torch.allclose(got[s], m.read(state, pos), atol=1e-5), s
+    plain = m.readout_steps(tokens, 5, positions=pos)
+    assert torch.equal(m.readout_steps(tokens, 5, positions=pos, late=(early, 0)), plain)
+    assert not torch.allclose(got[-1], plain[-1], atol=1e-3)
+    with pytest.raises(ValueError, match="input injection"):
+        make_model(n_core=1, n_steps=3, injection="none").readout_steps(TOKENS, 3, late=(early, 1))
+
+
+def test_reveal_delays_come_from_the_seed_and_lengthen_the_unroll():
+    from grokloop.train.loop import step_plan
+
+    _, _, d = compose_dict(
+        TINY + ["model=looped", "train.depth=poisson", "train.depth_clip=[1,4]", "train.steps=400"]
+    )
+    base = run_config_from_dict(d)
+    late = run_config_from_dict(d | {"train": d["train"] | {"reveal_delay_max": 3}})
+    depths, _, none = step_plan(base)
+    delayed, _, delays = step_plan(late)
+    assert none == [] and set(delays) == {0, 1, 2, 3}
+    assert delayed == [a + b for a, b in zip(depths, delays, strict=True)]
+    shorter = run_config_from_dict(d | {"train": d["train"] | {"reveal_delay_max": 3, "steps": 50}})
+    assert step_plan(shorter)[2] == delays[:50]  # train.steps extends the draws
+    with pytest.raises(ValueError, match="train.reveal_delay_max=2 trains the answer"):
+        TrainConfig(reveal_delay_max=2, depth="best")
+
+
+def test_a_run_with_late_heads_trains_and_refuses_a_model_without_injection(tmp_path):
+    over = TINY + ["train.reveal_delay_max=2", f"data_cache={tmp_path / 'cache'}"]
+    _, _, d = compose_dict(over + ["model=looped", "model.injection=add"])
+    train(run_config_from_dict(d), tmp_path / "late")
+    assert rows(tmp_path / "late")
+    _, _, d = compose_dict(over + ["model=looped", "model.injection=none"])
+    with pytest.raises(ValueError, match="model.injection=none; set model.injection=add"):
+        train(run_config_from_dict(d), tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
 # --- the experiment and the hop curriculum ------------------------------------------------------
 
 

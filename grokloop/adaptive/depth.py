@@ -68,8 +68,10 @@ def depth_loss(
     float64: bool = False,
     tol: float = 0.0,
     tau: float = 1.0,
+    late: tuple[torch.Tensor, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scalar loss, share of the batch learning from each step [n_steps]) for one batch."""
+    """(scalar loss, share of the batch learning from each step [n_steps]) for one batch; `late`
+    as LoopedTransformer.readout_steps takes it (the last-step objectives only)."""
     if objective in ("fixed", "random", "poisson"):
         logits = model.readout_steps(
             tokens,
@@ -79,6 +81,7 @@ def depth_loss(
             grad_last_k=grad_last_k,
             every_step=False,
             answer_only=True,
+            late=late,
         )[-1]
         share = torch.zeros(n_steps, device=tokens.device)
         share[-1] = 1.0

@@ -246,12 +246,18 @@ def attach_training_bank(model, cfg: RunConfig, ds) -> None:
         print(f"the memory reads train.bank={cfg.train.bank} ({len(bank):,} facts)", flush=True)
 
 
-def step_plan(cfg: RunConfig) -> tuple[list[int], list[list[int]]]:
-    """Each step's recurrence depth (random and poisson depth) and core schedule (mixed cores),
-    drawn once from the seed, so a step's draw is a function of its index (exact on resume) and
-    costs no host sync in the loop; [] where they do not apply."""
+def step_plan(cfg: RunConfig) -> tuple[list[int], list[list[int]], list[int]]:
+    """Each step's recurrence depth (random and poisson depth, plus any reveal delay), core
+    schedule (mixed cores) and reveal delay (train.reveal_delay_max), drawn once from the seed,
+    so a step's draw is a function of its index (exact on resume) and costs no host sync in the
+    loop; [] where they do not apply."""
     tc = cfg.train
     depths = depth_sequence(tc, cfg.seed)
+    delays = []
+    if tc.reveal_delay_max:
+        gen = torch.Generator().manual_seed(cfg.seed + 3)
+        delays = torch.randint(tc.reveal_delay_max + 1, (tc.steps,), generator=gen).tolist()
+        depths = [(depths[i] if depths else cfg.model.n_steps) + d for i, d in enumerate(delays)]
     schedules = []
     if tc.mix_cores:
         cores = torch.Generator().manual_seed(cfg.seed + 2)
@@ -261,7 +267,7 @@ def step_plan(cfg: RunConfig) -> tuple[list[int], list[list[int]]]:
             ).tolist()
             for i in range(tc.steps)
         ]
-    return depths, schedules
+    return depths, schedules, delays
 
 
 def run_loop(
@@ -278,7 +284,7 @@ def run_loop(
     and checkpointing on their log-spaced schedules; writes summary.json and returns it. On a
     signal it checkpoints the step it stopped at and raises Interrupted."""
     tc = cfg.train
-    depths, schedules = step_plan(cfg)
+    depths, schedules, delays = step_plan(cfg)
     eval_steps = set(log_schedule(tc.steps, tc.eval_every_min, tc.eval_every_max))
     ckpt_steps = set(log_schedule(tc.steps, tc.eval_every_min, tc.checkpoint_every_max, 5))
     metrics_path = out_dir / "metrics.jsonl"
@@ -303,6 +309,7 @@ def run_loop(
                 schedules[step] if schedules else None,
                 check,
                 _last_good(last_ckpt),
+                delays[step] if delays else 0,
             )
             progress.step()
             if done in eval_steps:

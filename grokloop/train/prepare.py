@@ -86,6 +86,11 @@ def prepare(cfg: RunConfig, stop_named: bool = True):
     cfg = dataclasses.replace(
         cfg, model=cfg.model.resolved(len(ds.vocab), ds.n_ctx + int(cfg.train.loss_on_end_token))
     )
+    if cfg.train.reveal_delay_max and cfg.model.injection == "none":
+        raise ValueError(
+            f"train.reveal_delay_max={cfg.train.reveal_delay_max} reveals the head by input "
+            "injection, and model.injection=none; set model.injection=add"
+        )
     if cfg.train.mix_cores and cfg.model.loops is not None:
         raise ValueError(
             f"train.mix_cores=true draws random schedules, and model.loops={cfg.model.loops} "

@@ -23,14 +23,22 @@ def batch_loss(
     idx: torch.Tensor,
     n_steps: int,
     schedule: list[int] | None,
+    delay: int = 0,
 ) -> torch.Tensor:
-    """The training loss of the batch `idx` run for `n_steps` recurrence steps; adds to
-    state.chosen which step each example learned from."""
+    """The training loss of the batch `idx` run for `n_steps` recurrence steps, its first token
+    revealed at step `delay` (train.reveal_delay_max); adds to state.chosen which step each
+    example learned from."""
     tc, d, model = cfg.train, data.data, state.model
+    tokens = data.train_tokens[idx]
+    late = None
+    if delay:  # pad stands in for the head until step `delay`: the chain waits for it
+        early = tokens.clone()
+        early[:, 0] = cfg.model.pad_id
+        late = (early, delay)
     if data.end_id is not None:
         loss, share = answer_and_end_loss(
             model,
-            data.train_tokens[idx],
+            tokens,
             d["answer_pos"][idx],
             d["answers"][idx],
             data.end_id,
@@ -43,7 +51,7 @@ def batch_loss(
     else:
         loss, share = depth_loss(
             model,
-            data.train_tokens[idx],
+            tokens,
             d["answer_pos"][idx],
             d["answers"][idx],
             tc.depth,
@@ -54,6 +62,7 @@ def batch_loss(
             tc.float64_loss,
             tc.best_step_tol,
             tc.soft_best_tau,
+            late,
         )
     if len(state.chosen):
         state.chosen += share  # stays on the device; read at evaluation
@@ -76,13 +85,14 @@ def train_step(
     schedule: list[int] | None,
     check: bool,
     last_good: str,
+    delay: int = 0,
 ) -> torch.Tensor:
     """One update of state.model on the next batch; returns the loss (on the device). With
     `check`, a non-finite loss or gradient raises FloatingPointError before the update, naming
     `last_good` (the newest good checkpoint); `check` costs a host sync, so the loop asks for it
     only where it evaluates or saves (every step on the CPU, where it is free)."""
     step, opt, params = state.step, state.opt, list(state.model.parameters())
-    loss = batch_loss(state, cfg, data, state.next_batch(data), n_steps, schedule)
+    loss = batch_loss(state, cfg, data, state.next_batch(data), n_steps, schedule, delay)
     if check and not torch.isfinite(loss):
         after = "" if state.grads_finite else " after non-finite gradients since the last check"
         raise FloatingPointError(
