@@ -1,14 +1,15 @@
 """Run probes on a training run, one checkpoint at a time.
 
     python -m probes run_dir=RUN [probe=[logit_lens,causal_tracing,attention,fourier,surgery,
-        signals]] [checkpoints=last|all|[STEP,STEP,...]] [split=[NAME,...]] [n=300]
+        signals,wave]] [checkpoints=last|all|[STEP,STEP,...]] [split=[NAME,...]] [n=300]
         [corrupt=all|ROLE] [corruption=exists|free]
         [repeats=[1,2,3]] [patching_examples=40] [n_attention=8] [steps=0] [fit_split=NAME]
         [seed=0] [bank=DIR]
 
 The options are typed by ProbesCommand (conf/probes.yaml; `python -m probes --help`). Each probe
 is a function returning a typed result (probes/logit_lens.py, causal_tracing.py, attention.py,
-fourier.py, surgery.py, signals.py); probes/records.py turns results into what is stored.
+fourier.py, surgery.py, signals.py); probes/records.py turns results into what is stored. `wave`
+(logit_lens.bridge_wave): the step at which each link of a chain first resolves, over `steps`.
 
 Writes RUN/probes/{probe}/step_XXXXXXXX.npz (arrays), RUN/probes/{probe}.jsonl (a tidy table, one
 row per cell and checkpoint; re-running a checkpoint replaces its rows) and RUN/probes/{probe}.json
@@ -38,9 +39,10 @@ from probes.records import (
     run_logit_lens,
     run_signals,
     run_surgery,
+    run_wave,
 )
 
-PROBES = ("logit_lens", "causal_tracing", "attention", "fourier", "surgery", "signals")
+PROBES = ("logit_lens", "causal_tracing", "attention", "fourier", "surgery", "signals", "wave")
 
 
 @dataclass
@@ -57,7 +59,7 @@ class ProbesCommand:
     repeats: list[int] = field(default_factory=lambda: [1, 2, 3])  # surgery: extra repeats
     patching_examples: int = 40  # causal tracing: examples in the per-head patching maps
     n_attention: int = 8  # attention: examples whose patterns are kept
-    steps: int = 0  # signals: recurrence steps to run (0: the trained number)
+    steps: int = 0  # signals, wave: recurrence steps to run (0: the trained number)
     fit_split: str = ""  # signals: fit the signals' combination on n examples of this
     # split (not one it is scored on), score it on every split
     seed: int = 0
@@ -93,10 +95,15 @@ class ProbesCommand:
 
 def choose_probes(names: list[str], ds) -> list[str]:
     """Explicitly named probes must apply to the task; `all` skips those that do not."""
-    applies = {"fourier": ds.task == "modular" and ds.config.get("op") == "add"}
+    applies = {
+        "fourier": ds.task == "modular" and ds.config.get("op") == "add",
+        "wave": any(r.startswith("bridge_") for r in ds.roles),
+    }
     if "all" in names:
         return [p for p in PROBES if applies.get(p, True)]
     for p in names:
+        if p == "wave" and not applies["wave"]:
+            raise SystemExit(f"probe=wave follows chains' bridges; task {ds.task!r} has none")
         if not applies.get(p, True):
             try:
                 fourier.check_applies(ds)
@@ -234,6 +241,8 @@ def run_probe(probe: str, model, batches: dict, cmd: ProbesCommand, ds, fit_batc
         return run_fourier(model, ds)
     if probe == "signals":
         return run_signals(model, batches, cmd, ds, fit_batch)
+    if probe == "wave":
+        return run_wave(model, batches, cmd)
     return run_surgery(model, batches, cmd)
 
 

@@ -137,6 +137,61 @@ def handoff(model, batch: ProbeBatch, chunk: int = 256) -> HandoffResult | None:
     return HandoffResult(*map(int, counts))
 
 
+@dataclass
+class WaveResult:
+    """How a chain's links resolve over the recurrence: for each hop count `hops[j]` and link i =
+    1..k (bridge i at relation i's position; link k is the answer at the answer position),
+    right[t, j, i-1] is the share of k-hop chains whose link i is the logit lens's top-1 at its
+    position after step t + 1; ever[j, i-1] the share right after some step, first[j, i-1] the
+    median first such step among those (nan: none, or i > k); n[j] the chains."""
+
+    hops: np.ndarray  # [K]
+    right: np.ndarray  # [T, K, L]
+    ever: np.ndarray  # [K, L]
+    first: np.ndarray  # [K, L]
+    n: np.ndarray  # [K]
+
+
+def link_targets(batch: ProbeBatch, rows: torch.Tensor, k: int, i: int):
+    """(token, position) of link i of the k-hop chains `rows`: bridge i, or the answer (i = k)."""
+    if i == k:
+        return batch.answers[rows], batch.answer_pos[rows]
+    return batch.roles[f"bridge_{i}"][rows], batch.role_pos[f"bridge_{i}"][rows]
+
+
+@torch.no_grad()
+def bridge_wave(model, batch: ProbeBatch, n_steps: int | None = None) -> WaveResult | None:
+    """The logit lens of every link of every chain at the end of each step of the model's default
+    schedule for `n_steps` (default: its trained number; for a bank of blocks, its first block
+    throughout): where a chain deeper than any trained stops resolving (docs/findings.md).
+    None where the batch has no bridges (one-hop facts, other tasks)."""
+    if not any(r.startswith("bridge_") for r in batch.roles):
+        return None
+    schedule = model.config.default_schedule(n_steps or model.config.n_steps)
+    table = model.layer_table(schedule)
+    ends = [max(v.index for v in table if v.step == s) + 1 for s in range(1, len(schedule) + 1)]
+    hops = np.array(sorted(k for k in batch.hops.unique().tolist() if k > 1))
+    T, L = len(ends), int(hops.max()) if len(hops) else 0
+    right = np.full((T, len(hops), L), np.nan)
+    ever, first = np.full((len(hops), L), np.nan), np.full((len(hops), L), np.nan)
+    n = np.zeros(len(hops), dtype=np.int64)
+    for j, k in enumerate(hops.tolist()):
+        rows = torch.nonzero(batch.hops == k)[:, 0]
+        S, _ = model.residual_states(batch.tokens[rows], schedule)
+        top = model.unembed(S[ends]).argmax(-1)  # [T, m, pos]
+        n[j] = len(rows)
+        for i in range(1, k + 1):
+            tok, pos = link_targets(batch, rows, k, i)
+            ok = top[:, torch.arange(len(rows)), pos] == tok  # [T, m]
+            right[:, j, i - 1] = ok.double().mean(1).numpy()
+            hit = ok.any(0)
+            ever[j, i - 1] = hit.double().mean().item()
+            if hit.any():
+                steps = ok.double().argmax(0)[hit] + 1  # the first step right
+                first[j, i - 1] = float(np.median(steps.numpy()))
+    return WaveResult(hops, right, ever, first, n)
+
+
 @torch.no_grad()
 def step_readout(
     model, batch: ProbeBatch, n_steps: int | None = None, chunk: int = 1024

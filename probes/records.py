@@ -94,6 +94,35 @@ def run_logit_lens(model, batches, cmd):
     return arrays, rows
 
 
+def run_wave(model, batches, cmd):
+    """The bridge wave (logit_lens.bridge_wave) over `cmd.steps` steps (0: the trained number):
+    a row per (split, hop count, link) with the share right at some step, the median first step
+    and the share right after the last step; the per-step shares in the arrays."""
+    arrays, rows = {}, []
+    for split, b in batches.items():
+        w = logit_lens.bridge_wave(model, b, cmd.steps or None)
+        if w is None:
+            continue
+        for k in ("hops", "right", "ever", "first", "n"):
+            arrays[f"{split}/{k}"] = getattr(w, k)
+        rows += [
+            {
+                "kind": "link",
+                "split": split,
+                "hops": int(k),
+                "link": i + 1,
+                "ever": float(w.ever[j, i]),
+                "first_step": None if np.isnan(w.first[j, i]) else float(w.first[j, i]),
+                "at_end": float(w.right[-1, j, i]),
+                "steps": int(w.right.shape[0]),
+                "n": int(w.n[j]),
+            }
+            for j, k in enumerate(w.hops)
+            for i in range(int(k))
+        ]
+    return arrays, rows
+
+
 def run_causal_tracing(model, batches, cmd, ds):
     arrays, rows = {}, []
     layers = ["embed"] + [v.label for v in model.layer_table()]

@@ -13,6 +13,7 @@ from these files (`python -m reports.readme`), never typed by hand.
     python -m reports.study DIR [DIR ...] name=STUDY out=docs/results/STUDY [commands=[...]]
         [steps=[2000,4000]]      # rows at those training steps too, not only the last
         [lens=[bridge_1,answer]] # the probed runs' logit-lens top-1 per role, split and layer
+        [wave=true]              # the probed runs' bridge wave per hop count and link
         [select=[valid_OI,valid_IO]]  # the model to present, chosen on validation splits only
 
 Runs with inferred facts also get `stages` (summary.json) and a `## Stages` section
@@ -105,6 +106,29 @@ def lens_rows(run: RunFiles, model: str, roles: list[str]) -> list[dict]:
     ]
 
 
+def wave_rows(run: RunFiles, model: str) -> list[dict]:
+    """The bridge wave of a run (`python -m probes ... probe=wave`) as results rows, role `wave`:
+    per split, hop count and link, the share of chains whose link the lens reads right after
+    some step (metric wave_ever, with the median first step) and after the last (wave_at_end)."""
+    probe = run.probes.get("wave")
+    if probe is None:
+        raise SystemExit(
+            f"{run.path} has no bridge-wave results; run python -m probes "
+            f"run_dir={run.path} probe=wave split=... steps=..."
+        )
+    out = []
+    for r in probe.rows:
+        if r.get("kind") != "link":
+            continue
+        key = dict(model=model, split=r["split"], hops=r["hops"], link=r["link"], role="wave")
+        key |= dict(seed=run.config.get("seed"), step=r["checkpoint"], steps=r["steps"])
+        out += [
+            acc_row(r["ever"], r["n"], **key, metric="wave_ever", first_step=r["first_step"]),
+            acc_row(r["at_end"], r["n"], **key, metric="wave_at_end"),
+        ]
+    return out
+
+
 def handoff_rows(r: dict, model: str, seed) -> list[dict]:
     """A hand-off record (probes/logit_lens.py `handoff`) as three rows, role `handoff`: the bridge
     right on entering the last step, and the answer rate given it right and given it wrong."""
@@ -120,7 +144,7 @@ def handoff_rows(r: dict, model: str, seed) -> list[dict]:
 
 # Fields that tell rows of one model and split apart (a halting rule, a baseline's noise scale
 # `sigma` and data preset `data` included): seeds are pooled only within one value of each.
-POOL_APART = ("hops", "metric", "sigma", "rule", "data", "schedule")
+POOL_APART = ("hops", "metric", "sigma", "rule", "data", "schedule", "link", "role")
 
 
 def pooled(rows: list[dict], by_step: bool = True) -> list[dict]:
@@ -129,8 +153,8 @@ def pooled(rows: list[dict], by_step: bool = True) -> list[dict]:
     evaluations of runs that stopped at grok, at different steps)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:  # runs of one study share their evaluation schedule, so steps line up
-        if "role" in r or r.get("seed") == "pooled":
-            continue  # lens rows stay per run
+        if r.get("role", "wave") != "wave" or r.get("seed") == "pooled":
+            continue  # lens rows stay per run; the bridge wave pools the seeds' chains
         key = (
             r["model"],
             r["split"],
@@ -188,10 +212,12 @@ def study_rows(
     model_names: dict[str, str] | None = None,
     steps: list[int] = (),
     lens: list[str] = (),
+    wave: bool = False,
 ) -> list[dict]:
     """Rows for every run at its last evaluation and at each of `steps` (its last evaluation at
     or before that step), the model named by its group label (the settings that differ between
-    runs, seeds aside) unless `model_names` maps a run directory to a name."""
+    runs, seeds aside) unless `model_names` maps a run directory to a name; `lens` and `wave`:
+    the probed runs' logit lens and bridge wave rows too."""
     names = run_labels(runs, model_names)  # in group order, as the rows are
     by_path = {str(run.path): run for run in runs}
     rows = []
@@ -203,6 +229,8 @@ def study_rows(
                 rows += run_rows(run, name, row)
         if lens and "logit_lens" in run.probes:
             rows += lens_rows(run, name, list(lens))
+        if wave:
+            rows += wave_rows(run, name)
     return rows + pooled(rows)
 
 
@@ -396,6 +424,7 @@ def write_study(
     steps: list[int] = (),
     lens: list[str] = (),
     select: list[str] = (),
+    wave: bool = False,
 ) -> dict:
     """Write summary.json, summary.md and compare.html for `runs` into `out`; returns the summary.
     `select`: validation splits the presented model is chosen on (`selection`)."""
@@ -406,7 +435,7 @@ def write_study(
         "code_version": code_version(),  # of this summary; each run's own code is run_code_versions
         "run_code_versions": sorted({str(r.config.get("code_version")) for r in runs}),
         "commands": list(commands),
-        "rows": study_rows(runs, model_names, steps, lens) + list(extra_rows or []),
+        "rows": study_rows(runs, model_names, steps, lens, wave) + list(extra_rows or []),
     }
     if stages := stage_entries(runs, run_labels(runs, model_names)):
         summary["stages"] = stages
@@ -460,6 +489,7 @@ class StudyCommand:
     commands_file: str | None = None  # ... or a file of them, one per line (added after)
     steps: list[int] = field(default_factory=list)  # rows also at these training steps
     lens: list[str] = field(default_factory=list)  # roles whose logit-lens top-1 become rows
+    wave: bool = False  # the runs' bridge wave (python -m probes probe=wave) as rows
     include: list[str] = field(default_factory=list)  # other summary.json files whose rows to add
     # (e.g. python -m grokloop.bank eval's)
     names: list[str] = field(default_factory=list)  # a model name per entry of runs (every run
@@ -507,6 +537,7 @@ def run_study(cmd: StudyCommand) -> None:
         model_names=model_names or None,
         steps=cmd.steps,
         lens=cmd.lens,
+        wave=cmd.wave,
         extra_rows=extra,
         select=cmd.select,
     )

@@ -15,7 +15,7 @@ from probes import causal_tracing as ct
 from probes.__main__ import main as probes_main
 from probes.examples import ProbeBatch
 from probes.fourier import fourier_measures, gini
-from probes.logit_lens import handoff, logit_lens, step_readout
+from probes.logit_lens import bridge_wave, handoff, logit_lens, step_readout
 from probes.surgery import accuracy, layer_loop_surgery, repeat_range
 from tests.test_train import TINY, compose_dict
 
@@ -78,6 +78,25 @@ def test_handoff_splits_answers_by_whether_the_bridge_reached_the_last_step(make
         5,
     )
     assert handoff(make_model(n_core=1, n_steps=1), batch) is None  # no step to hand on to
+
+
+def test_the_wave_finds_each_link_right_after_the_step_it_was_planted_at(make_model):
+    """Two-hop chains whose bridge is what the lens reads at position 1 after step 2 and whose
+    answer is what it reads at the answer position after step 1 (from the hooks, not the
+    residual states the wave reads): right there for every chain, so ever 1, first at most."""
+    m = make_model(n_core=1, n_steps=3)
+    clean, _, ap = clean_and_corrupted()
+    _, cache = m.run_with_cache(clean)
+    after = lambda t: m.unembed(cache[f"steps.{t}.hook_state"]).argmax(-1)  # step t's state
+    bridge, answer = after(2)[:, 1], after(1)[:, P - 1]
+    batch = batch_of(clean, roles={"answer": answer, "bridge_1": bridge}, answers=answer)
+    batch.role_pos["bridge_1"][:] = 1
+    batch.hops[:] = 2
+    w = bridge_wave(m, batch)
+    assert w.right.shape == (3, 1, 2) and list(w.hops) == [2] and list(w.n) == [N]
+    assert w.right[1, 0, 0] == 1.0 and w.right[0, 0, 1] == 1.0
+    assert (w.ever == 1.0).all() and w.first[0, 0] <= 2 and w.first[0, 1] == 1
+    assert bridge_wave(m, batch_of(clean)) is None  # no bridges: nothing to follow
 
 
 def test_logit_lens_finds_a_hand_placed_token_at_its_layer(make_model):
@@ -269,7 +288,7 @@ def test_probes_cli_writes_every_probe_for_every_checkpoint(trained_run):
     record = json.loads((out / "causal_tracing.json").read_text())
     steps = record["checkpoints"]
     assert len(steps) >= 2 and record["code_version"] and record["run_config"]["experiment"]
-    for probe in ("logit_lens", "causal_tracing", "attention", "surgery", "signals"):
+    for probe in ("logit_lens", "causal_tracing", "attention", "surgery", "signals", "wave"):
         rows = [json.loads(line) for line in (out / f"{probe}.jsonl").read_text().splitlines()]
         assert {r["checkpoint"] for r in rows} == set(steps)
         assert len(list((out / probe).glob("step_*.npz"))) == len(steps)

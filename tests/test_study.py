@@ -205,6 +205,33 @@ def test_lens_rows_carry_role_layer_and_interval(tmp_path):
     assert sum("role" in r for r in rows) == 1
 
 
+def test_wave_rows_pool_the_seeds_chains_per_link_and_stay_out_of_the_markdown(tmp_path):
+    from reports.load import ProbeResult
+
+    def link(hops, link, ever, n):
+        return {"checkpoint": 100, "kind": "link", "split": "valid", "hops": hops, "link": link,
+                "ever": ever, "first_step": 2.0, "at_end": ever / 2, "steps": 4, "n": n}  # fmt: skip
+
+    runs = [fake_run(tmp_path, f"s{seed}", seed, 1, 0.5) for seed in (0, 1)]
+    for run, ever in zip(runs, (0.5, 1.0)):
+        rows = [link(2, 1, ever, 100), link(2, 2, 1.0, 100), {"kind": "other", "checkpoint": 100}]
+        run.probes["wave"] = ProbeResult({}, {}, rows)
+    rows = study_rows(runs, {str(r.path): "m" for r in runs}, wave=True)
+    wave = [r for r in rows if r.get("role") == "wave"]
+    assert len(wave) == 2 * 2 * 2 + 2 * 2  # per seed (link x metric), and pooled
+    pooled = {(r["link"], r["metric"]): r for r in wave if r["seed"] == "pooled"}
+    assert pooled[(1, "wave_ever")]["acc"] == 0.75 and pooled[(1, "wave_ever")]["n"] == 200
+    assert pooled[(1, "wave_at_end")]["acc"] == pytest.approx(0.375)
+    first = next(r for r in wave if r["seed"] == 0 and r["metric"] == "wave_ever")
+    assert first["first_step"] == 2.0 and (first["lo"], first["hi"]) == pytest.approx(
+        wilson(50, 100)
+    )
+    summary = {"study": "s", "machine": {}, "commands": [], "rows": rows}
+    assert "wave" not in markdown(summary)
+    with pytest.raises(SystemExit, match="probe=wave"):
+        study_rows([fake_run(tmp_path, "b", 0, 1, 0.5)], wave=True)
+
+
 def test_study_includes_rows_of_other_summaries_and_refuses_a_missing_one(tmp_path):
     from reports.study import main
 
