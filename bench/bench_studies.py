@@ -236,6 +236,7 @@ def main():
         args.presets, args.modes, args.steps, args.warmup, args.repeats = "smoke", "fp32", 4, 1, 1
     before = Path(args.before).resolve() if args.before else None
     now = Path(args.now).resolve()
+    load_at_start = os.getloadavg()[0]  # other jobs slow both trees alike, not the ratios
     peaks = {"fp32": matmul_peak("fp32")}
     if bf16_support("cpu")[0]:
         peaks["bf16"] = matmul_peak("bf16")
@@ -281,6 +282,7 @@ def main():
         "steps_timed": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "load": {"start": load_at_start, "end": os.getloadavg()[0]},
         "results": rows,
     }
     path = write("studies", result, args.out)

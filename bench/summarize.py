@@ -270,7 +270,14 @@ def section_studies(r: dict) -> str:
         "repeats; speed-up: median of the per-repeat ratios (min-max). `auto` is "
         f"train.precision=auto ({auto['precision']} here: {auto['why']}) against the preset's "
         "own mode before. Evaluation s: one evaluation (before). Shares: of a run of the "
-        f"preset's full step budget at its own schedule. Matmul peak here: {peaks}.\n\n"
+        f"preset's full step budget at its own schedule. Matmul peak here: {peaks}."
+        + (
+            f" Load (1-minute average) {r['load']['start']:.1f} at the start, "
+            f"{r['load']['end']:.1f} at the end."
+            if "load" in r
+            else ""
+        )
+        + "\n\n"
         + md(
             [
                 "preset",
@@ -286,8 +293,12 @@ def section_studies(r: dict) -> str:
             ],
             rows,
         )
-        + "\n\nTop operators of an fp32 training step (share of its CPU time, torch.profiler):"
-        "\n\n" + md(["preset", "top operators"], ops)
+        + (
+            "\n\nTop operators of an fp32 training step (share of its CPU time, torch.profiler):"
+            "\n\n" + md(["preset", "top operators"], ops)
+            if ops
+            else ""
+        )
     )
 
 
