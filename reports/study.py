@@ -14,6 +14,7 @@ from these files (`python -m reports.readme`), never typed by hand.
         [steps=[2000,4000]]      # rows at those training steps too, not only the last
         [lens=[bridge_1,answer]] # the probed runs' logit-lens top-1 per role, split and layer
         [wave=true]              # the probed runs' bridge wave per hop count and link
+        [hops=[4,8,12]]          # only those hop counts' rows (and the rows over all of them)
         [select=[valid_OI,valid_IO]]  # the model to present, chosen on validation splits only
 
 Runs with inferred facts also get `stages` (summary.json) and a `## Stages` section
@@ -213,11 +214,13 @@ def study_rows(
     steps: list[int] = (),
     lens: list[str] = (),
     wave: bool = False,
+    hops: list[int] = (),
 ) -> list[dict]:
     """Rows for every run at its last evaluation and at each of `steps` (its last evaluation at
     or before that step), the model named by its group label (the settings that differ between
     runs, seeds aside) unless `model_names` maps a run directory to a name; `lens` and `wave`:
-    the probed runs' logit lens and bridge wave rows too."""
+    the probed runs' logit lens and bridge wave rows too; `hops`: only those hop counts' rows
+    (and the rows over all hop counts)."""
     names = run_labels(runs, model_names)  # in group order, as the rows are
     by_path = {str(run.path): run for run in runs}
     rows = []
@@ -231,6 +234,8 @@ def study_rows(
             rows += lens_rows(run, name, list(lens))
         if wave:
             rows += wave_rows(run, name)
+    if hops:
+        rows = [r for r in rows if r.get("hops") is None or r["hops"] in hops]
     return rows + pooled(rows)
 
 
@@ -425,6 +430,7 @@ def write_study(
     lens: list[str] = (),
     select: list[str] = (),
     wave: bool = False,
+    hops: list[int] = (),
 ) -> dict:
     """Write summary.json, summary.md and compare.html for `runs` into `out`; returns the summary.
     `select`: validation splits the presented model is chosen on (`selection`)."""
@@ -435,7 +441,7 @@ def write_study(
         "code_version": code_version(),  # of this summary; each run's own code is run_code_versions
         "run_code_versions": sorted({str(r.config.get("code_version")) for r in runs}),
         "commands": list(commands),
-        "rows": study_rows(runs, model_names, steps, lens, wave) + list(extra_rows or []),
+        "rows": study_rows(runs, model_names, steps, lens, wave, hops) + list(extra_rows or []),
     }
     if stages := stage_entries(runs, run_labels(runs, model_names)):
         summary["stages"] = stages
@@ -490,6 +496,7 @@ class StudyCommand:
     steps: list[int] = field(default_factory=list)  # rows also at these training steps
     lens: list[str] = field(default_factory=list)  # roles whose logit-lens top-1 become rows
     wave: bool = False  # the runs' bridge wave (python -m probes probe=wave) as rows
+    hops: list[int] = field(default_factory=list)  # only these hop counts' rows ([]: all)
     include: list[str] = field(default_factory=list)  # other summary.json files whose rows to add
     # (e.g. python -m grokloop.bank eval's)
     names: list[str] = field(default_factory=list)  # a model name per entry of runs (every run
@@ -538,6 +545,7 @@ def run_study(cmd: StudyCommand) -> None:
         steps=cmd.steps,
         lens=cmd.lens,
         wave=cmd.wave,
+        hops=cmd.hops,
         extra_rows=extra,
         select=cmd.select,
     )

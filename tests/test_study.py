@@ -228,6 +228,8 @@ def test_wave_rows_pool_the_seeds_chains_per_link_and_stay_out_of_the_markdown(t
     )
     summary = {"study": "s", "machine": {}, "commands": [], "rows": rows}
     assert "wave" not in markdown(summary)
+    kept = study_rows(runs, {str(r.path): "m" for r in runs}, wave=True, hops=[3])
+    assert {r.get("hops") for r in kept} == {None, 3}  # the 2-hop wave and test rows left out
     with pytest.raises(SystemExit, match="probe=wave"):
         study_rows([fake_run(tmp_path, "b", 0, 1, 0.5)], wave=True)
 
