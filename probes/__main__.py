@@ -102,13 +102,14 @@ def choose_probes(names: list[str], ds) -> list[str]:
     if "all" in names:
         return [p for p in PROBES if applies.get(p, True)]
     for p in names:
-        if p == "wave" and not applies["wave"]:
-            raise SystemExit(f"probe=wave follows chains' bridges; task {ds.task!r} has none")
-        if not applies.get(p, True):
+        if applies.get(p, True):
+            continue
+        if p == "fourier":
             try:
-                fourier.check_applies(ds)
+                fourier.check_applies(ds)  # its own message: which task and operation it needs
             except ValueError as e:
                 raise SystemExit(str(e)) from None
+        raise SystemExit(f"probe={p} follows chains' bridges; task {ds.task!r} has none")
     return list(names)
 
 
